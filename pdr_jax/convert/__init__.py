@@ -1,0 +1,1 @@
+"""pdr_jax.convert."""

@@ -1,0 +1,50 @@
+"""Loading the golden EDM fixtures (tests/fixtures/edm, copied from PyTorch EDM runs)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from pdr_jax.convert.names import state_dict_to_variables
+from pdr_jax.precond import build_network
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "edm"
+NETWORK_CASES = [
+    "ddpmpp_cond6_gray64",
+    "ddpmpp_aug_rgb32",
+    "ncsnpp_uncond_rgb32",
+    "songunet_skip_rgb32",
+    "adm_cond_rgb32",
+    "vp_ddpmpp_rgb32",
+    "ve_ncsnpp_rgb32",
+    "iddpm_adm_rgb32",
+]
+_PRECOND = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve", "iDDPMPrecond": "iddpm"}
+_ARCH = {"SongUNet": "songunet", "DhariwalUNet": "dhariwalunet"}
+
+
+def nchw_to_nhwc(a):
+    return np.transpose(a, (0, 2, 3, 1)) if np.ndim(a) == 4 else a
+
+
+def load_case(case: str):
+    """(meta json, npz arrays) of a fixture case."""
+    meta = json.loads((FIXTURES / f"{case}.json").read_text())
+    return meta, dict(np.load(FIXTURES / f"{case}.npz"))
+
+
+def network_from_case(case: str, **overrides):
+    """(net, variables, arrays) for a fixture case, weights from its `state/*` entries."""
+    meta, arrays = load_case(case)
+    kwargs = dict(meta["constructor_kwargs"])
+    kwargs.pop("use_fp16", None)
+    precond = _PRECOND[meta["precond_class"].rsplit(".", 1)[-1]]
+    arch = _ARCH[kwargs.pop("model_type", meta["model_class"]).rsplit(".", 1)[-1]]
+    for key in ("channel_mult", "attn_resolutions", "resample_filter"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    net = build_network(precond=precond, arch=arch, **{**kwargs, **overrides})
+    state = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
+    return net, state_dict_to_variables(net, state), arrays
