@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from pdr_jax.convert.edm_pickle import edm_network_kwargs
 from pdr_jax.convert.names import state_dict_to_variables
 from pdr_jax.precond import build_network
 
@@ -21,8 +22,6 @@ NETWORK_CASES = [
     "ve_ncsnpp_rgb32",
     "iddpm_adm_rgb32",
 ]
-_PRECOND = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve", "iDDPMPrecond": "iddpm"}
-_ARCH = {"SongUNet": "songunet", "DhariwalUNet": "dhariwalunet"}
 
 
 def nchw_to_nhwc(a):
@@ -38,13 +37,9 @@ def load_case(case: str):
 def network_from_case(case: str, **overrides):
     """(net, variables, arrays) for a fixture case, weights from its `state/*` entries."""
     meta, arrays = load_case(case)
-    kwargs = dict(meta["constructor_kwargs"])
-    kwargs.pop("use_fp16", None)
-    precond = _PRECOND[meta["precond_class"].rsplit(".", 1)[-1]]
-    arch = _ARCH[kwargs.pop("model_type", meta["model_class"]).rsplit(".", 1)[-1]]
-    for key in ("channel_mult", "attn_resolutions", "resample_filter"):
-        if key in kwargs:
-            kwargs[key] = tuple(kwargs[key])
-    net = build_network(precond=precond, arch=arch, **{**kwargs, **overrides})
+    kwargs = edm_network_kwargs(
+        meta["precond_class"], meta["constructor_kwargs"], model_class=meta["model_class"]
+    )
+    net = build_network(**{**kwargs, **overrides})
     state = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
     return net, state_dict_to_variables(net, state), arrays

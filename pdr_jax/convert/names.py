@@ -38,6 +38,16 @@ def _to_torch_layout(value: np.ndarray) -> np.ndarray:
     return value
 
 
+def torch_shape(flax_shape) -> tuple[int, ...]:
+    """The torch-layout shape of a Flax leaf shape (conv [kh, kw, in, out] -> [out, in, kh, kw])."""
+    flax_shape = tuple(flax_shape)
+    if len(flax_shape) == 4:
+        return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
+    if len(flax_shape) == 2:
+        return flax_shape[::-1]
+    return flax_shape
+
+
 def flax_to_torch_names(variables) -> dict[str, tuple[str, ...]]:
     """{EDM key: Flax path (collection first)} for every leaf of `variables`."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
@@ -80,7 +90,10 @@ def state_dict_to_variables(
         expected = tuple(flat_template[path].shape)
         value = _to_jax_layout(name, np.asarray(state[name], np.float32), len(expected))
         if tuple(value.shape) != expected:
-            problems.append(f"{name}: expected shape {expected} (Flax layout), found {tuple(np.shape(state[name]))}")
+            problems.append(
+                f"{name}: expected shape {torch_shape(expected)} (torch layout; {expected} in Flax), "
+                f"found {tuple(np.shape(state[name]))}"
+            )
         flat[path] = value
     if problems:
         raise ConversionError("shape mismatch: " + "; ".join(problems))

@@ -1,0 +1,154 @@
+"""A network on disk: ``network.json`` (how to build it) plus ``variables/`` (Orbax checkpoint).
+
+    save_model("/models/edm-cifar10", network_kwargs, variables)
+    net, variables = load_model("/models/edm-cifar10")
+    D = net.apply(variables, x, sigma, class_labels)
+
+``network.json`` holds::
+
+    {"format": "pdr_jax-model", "version": 1,
+     "network": {build_network keyword arguments; tuples written as lists},
+     "source": {free-form: where the weights came from}}
+
+``variables`` is an Orbax StandardCheckpointer checkpoint of the Flax variables dict
+("params", and "buffers" where the net has any) in float32. `tools/convert_edm.py` writes this
+layout; training, sampling and restoration tools read it with `load_model`. (Training
+workdirs are a separate, Orbax CheckpointManager layout.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from pdr_jax import precond
+
+FORMAT = "pdr_jax-model"
+VERSION = 1
+NETWORK_FILE = "network.json"
+VARIABLES_DIR = "variables"
+# build_network arguments that are tuples (JSON has only lists).
+_TUPLE_FIELDS = ("channel_mult", "attn_resolutions", "resample_filter")
+
+
+class ModelFormatError(ValueError):
+    """A model directory is missing or malformed: the message names the file and field."""
+
+
+def _json_value(value):
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return value
+
+
+def _variable_shapes(net) -> Any:
+    return jax.eval_shape(lambda: precond.init_variables(net, jax.random.key(0)))
+
+
+def _check_variables(net, variables, where: str) -> None:
+    """Same paths and shapes as the network's own variables, or a ModelFormatError naming them."""
+    expected = {
+        jax.tree_util.keystr(p): tuple(v.shape)
+        for p, v in jax.tree_util.tree_leaves_with_path(_variable_shapes(net))
+    }
+    found = {
+        jax.tree_util.keystr(p): tuple(np.shape(v))
+        for p, v in jax.tree_util.tree_leaves_with_path(variables)
+    }
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shapes = [f"{k}: expected {expected[k]}, found {found[k]}" for k in expected if k in found and expected[k] != found[k]]
+    if missing or unexpected or shapes:
+        raise ModelFormatError(
+            f"{where}: variables do not fit the network: missing {missing}, unexpected {unexpected}, "
+            f"shape mismatches {shapes}"
+        )
+
+
+def save_model(directory, network_kwargs: dict, variables, *, source: Mapping | None = None, overwrite: bool = False) -> None:
+    """Write `directory`/network.json and `directory`/variables.
+
+    `network_kwargs`: build_network keyword arguments (precond, arch, img_resolution,
+    img_channels, ...). `variables`: the Flax variables of that network (float32 is stored).
+    `source`: free-form JSON metadata (e.g. the file converted from). Checks that the variables
+    fit the network first. An existing model there is replaced only with `overwrite=True`.
+    """
+    directory = pathlib.Path(os.fspath(directory)).expanduser().absolute()
+    json_path = directory / NETWORK_FILE
+    if json_path.exists() and not overwrite:
+        raise FileExistsError(f"{json_path} exists; pass overwrite=True (convert_edm.py: --overwrite) to replace the model")
+    network = _json_value(dict(network_kwargs))
+    net = precond.build_network(**_network_kwargs(network, json_path))
+    _check_variables(net, variables, str(directory))
+
+    directory.mkdir(parents=True, exist_ok=True)
+    variables = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float32), variables)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / VARIABLES_DIR, variables, force=True)  # ocp.args.StandardSave
+        checkpointer.wait_until_finished()
+    description = {"format": FORMAT, "version": VERSION, "network": network, "source": _json_value(dict(source or {}))}
+    # allow_nan: EDMPrecond's sigma_max defaults to inf (written as Infinity, read back by json).
+    json_path.write_text(json.dumps(description, indent=2, allow_nan=True) + "\n")
+
+
+def _network_kwargs(network, json_path) -> dict:
+    if not isinstance(network, dict):
+        raise ModelFormatError(f"{json_path}: field 'network' must be an object of build_network arguments")
+    kwargs = dict(network)
+    for key in _TUPLE_FIELDS:
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    for key in ("precond", "arch", "img_resolution", "img_channels"):
+        if key not in kwargs:
+            raise ModelFormatError(f"{json_path}: field 'network.{key}' is missing")
+    return kwargs
+
+
+def read_network_json(directory) -> dict:
+    """The parsed and checked ``network.json`` of a model directory."""
+    json_path = pathlib.Path(os.fspath(directory)).expanduser() / NETWORK_FILE
+    if not json_path.is_file():
+        raise ModelFormatError(f"{json_path}: missing (is {directory} a pdr_jax model directory?)")
+    try:
+        description = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{json_path}: invalid JSON ({exc})") from None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        found = description.get("format") if isinstance(description, dict) else description
+        raise ModelFormatError(f"{json_path}: field 'format' is {found!r}, expected {FORMAT!r}")
+    if description.get("version") != VERSION:
+        raise ModelFormatError(f"{json_path}: field 'version' is {description.get('version')!r}, expected {VERSION}")
+    _network_kwargs(description.get("network"), json_path)
+    return description
+
+
+def load_model(directory):
+    """(net, variables) from a directory written by `save_model` (or tools/convert_edm.py).
+
+    Rebuilds the network with pdr_jax.precond.build_network and restores the variables
+    (float32 arrays) against jax.eval_shape of the network's init as the target. Raises
+    ModelFormatError naming network.json and the field when the description is missing or bad.
+    """
+    directory = pathlib.Path(os.fspath(directory)).expanduser().absolute()
+    json_path = directory / NETWORK_FILE
+    kwargs = _network_kwargs(read_network_json(directory)["network"], json_path)
+    try:
+        net = precond.build_network(**kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{json_path}: field 'network' does not build a network ({exc})") from None
+    target = _variable_shapes(net)
+    if not (directory / VARIABLES_DIR).is_dir():
+        raise ModelFormatError(f"{directory / VARIABLES_DIR}: missing (the Orbax checkpoint of the variables)")
+    with ocp.StandardCheckpointer() as checkpointer:
+        variables = checkpointer.restore(directory / VARIABLES_DIR, target)  # ocp.args.StandardRestore
+    return net, variables
+
