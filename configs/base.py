@@ -1,0 +1,108 @@
+"""Every field of a pdr_jax prior-training run, with its default: one stage at 128x128.
+
+    python launch/train.py --config configs/base.py --workdir runs/base
+    python launch/train.py --config configs/base.py:tiny --workdir /tmp/run   # seconds, on CPU
+
+Presets (the `:arg` after the file name): none = the accelerator-sized recipe; `cpu` = a small
+network and short stages for a laptop CPU; `tiny` = a few steps of a tiny network, for tests.
+Units: durations and intervals in kimg (thousands of training images), EMA as a half-life in
+kimg (EDM), learning rate per stage with a linear warm-up over `optim.lr_rampup_kimg`.
+"""
+
+import ml_collections
+
+from pdr_jax.data import pipeline
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # The network: build_network(**model minus dtype/remat) — see pdr_jax/precond.py NETWORKS.
+    config.model = ml_collections.ConfigDict(
+        dict(
+            precond="edm",
+            arch="ddpmpp",
+            img_resolution=128,  # the final stage's resolution; names of blocks derive from it
+            img_channels=1,
+            label_dim=6,  # the 6-D physics conditioning vector
+            model_channels=64,
+            channel_mult=(1, 2, 2, 2),
+            num_blocks=2,
+            attn_resolutions=(16,),
+            dropout=0.10,
+            label_dropout=0.10,  # whole conditioning rows dropped: the model also runs unconditioned
+            dtype="float32",  # "bfloat16": bf16 U-Net body, float32 preconditioning and loss
+            remat=False,  # rematerialise U-Net blocks (less memory, ~30% more compute)
+        )
+    )
+
+    config.train = ml_collections.ConfigDict(
+        dict(
+            P_mean=-1.2,  # EDM loss: ln(sigma) ~ N(P_mean, P_std^2)
+            P_std=1.2,
+            ema_halflife_kimg=500.0,
+            ema_rampup_ratio=0.05,  # half-life <= ratio * images seen (None: off)
+            log_every_kimg=1.0,
+            val_every_kimg=10.0,
+            val_sigmas=(0.02, 0.1, 0.5, 1.0, 5.0),  # validation loss at fixed sigmas, fixed noise
+            val_batches=2,
+            adaptive_patience=3,  # adaptive stages end after 3 validations in a row that
+            adaptive_min_rel_improvement=0.01,  # improve the best val loss by < 1% (relative)
+            auto_batch_max=1024,  # batch_size="auto": largest power-of-2 batch up to this
+            memory_budget_gb=60.0,  # ... whose compiled step fits this budget (per device)
+            num_devices=None,  # data-parallel over the first N local devices (None: all)
+        )
+    )
+
+    config.optim = ml_collections.ConfigDict(
+        dict(lr=2e-4, lr_rampup_kimg=1000.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0)
+    )
+
+    config.checkpoint = ml_collections.ConfigDict(dict(every_kimg=50.0, keep=3, keep_best=1))
+
+    # End-of-stage sample grids (EMA network, Heun): one row per domain.
+    config.sample = ml_collections.ConfigDict(
+        dict(
+            per_domain=4,
+            num_steps=18,
+            seed=0,
+            scales=dict(photography=1000.0, microscopy=100.0, astronomy=10.0),
+            read_noise=2.0,
+        )
+    )
+
+    config.data = pipeline.default_config()
+
+    # Stages: resolution, duration, batch (an int or "auto"), lr (None: optim.lr), adaptive end.
+    config.stages = [dict(resolution=128, kimg=20000.0, batch_size=256, lr=None, adaptive=False)]
+
+    if arg:
+        apply_preset(config, arg)
+    return config
+
+
+def apply_preset(config: ml_collections.ConfigDict, arg: str) -> None:
+    """Shrink a config in place for `cpu` (README demo) or `tiny` (tests)."""
+    if arg == "cpu":
+        config.model.update(model_channels=32, num_blocks=1, dropout=0.0)
+        config.optim.update(lr=1e-3, lr_rampup_kimg=2.0)
+        config.train.update(ema_halflife_kimg=2.0, log_every_kimg=0.25, val_every_kimg=1.0, val_batches=1)
+        config.checkpoint.update(every_kimg=2.0)
+        config.sample.update(per_domain=4, num_steps=18)
+        config.stages = [dict(resolution=128, kimg=4.0, batch_size=8, lr=None, adaptive=False)]
+    elif arg == "tiny":
+        config.model.update(
+            img_resolution=16, model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,),
+            dropout=0.0,
+        )  # fmt: skip
+        config.optim.update(lr=1e-3, lr_rampup_kimg=0.01)
+        config.train.update(
+            ema_halflife_kimg=0.01, log_every_kimg=0.008, val_every_kimg=0.008, val_sigmas=(0.1, 1.0), val_batches=1,
+            auto_batch_max=8, memory_budget_gb=1.0,
+        )  # fmt: skip
+        config.checkpoint.update(every_kimg=0.008)
+        config.sample.update(per_domain=2, num_steps=3)
+        config.stages = [dict(resolution=16, kimg=0.016, batch_size=8, lr=None, adaptive=False)]
+    else:
+        raise ValueError(f"unknown preset {arg!r}: expected 'cpu' or 'tiny'")

@@ -1,0 +1,464 @@
+"""Training loop: progressive resolution stages, data parallel jit, Orbax checkpoints that resume.
+
+`train(config, workdir)` runs the stages of `config.stages` in order. One network, built for
+the final resolution and fully convolutional, carries its parameters across stages; the train
+step recompiles once per stage (new shapes). Data parallelism: the global batch is sharded over a
+1-D device mesh ("data"), parameters are replicated, the state is donated. Randomness: the step
+key is fold_in(base_key, step), so a resumed run sees the same draws; the data iterator's state
+is checkpointed with the train state, so it sees the same batches too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pdr_jax.precond import build_network
+from pdr_jax.train import loss as losses
+from pdr_jax.train.monitor import MetricsLogger, save_loss_plot, save_sample_grid
+from pdr_jax.train.state import (
+    TrainState,
+    create_train_state,
+    ema_step_size,
+    make_optimizer,
+    warmup_schedule,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One resolution stage: its length in kimg, batch (int or "auto"), learning rate."""
+
+    index: int
+    resolution: int
+    kimg: float
+    batch_size: Any
+    lr: float
+    adaptive: bool
+
+
+def stages_from_config(config) -> list[Stage]:
+    out = []
+    for i, s in enumerate(config.stages):
+        lr = s.get("lr", None) or config.optim.lr
+        out.append(Stage(i, int(s["resolution"]), float(s["kimg"]), s["batch_size"], float(lr), bool(s.get("adaptive", False))))
+    if not out:
+        raise ValueError("config.stages is empty: at least one stage is needed")
+    return out
+
+
+def network_kwargs_from_config(model_cfg) -> dict:
+    """build_network keyword arguments from config.model (everything but dtype/remat)."""
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("dtype", "remat")}
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
+
+
+def build_network_from_config(model_cfg):
+    """(net, network_kwargs) with the configured compute dtype and rematerialisation."""
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.dtype]
+    kwargs = network_kwargs_from_config(model_cfg)
+    return build_network(**kwargs, dtype=dtype, remat=model_cfg.remat), kwargs
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps (jit boundary).
+
+
+def make_train_step(net, config, batch_size: int):
+    """train_step(state, batch, base_key) -> (state, metrics); batch = {"clean", "cond"}."""
+    loss_fn = functools.partial(
+        losses.edm_loss, P_mean=config.train.P_mean, P_std=config.train.P_std, sigma_data=net.sigma_data
+    )
+
+    def train_step(state: TrainState, batch, base_key):
+        key_loss, key_dropout = jax.random.split(jax.random.fold_in(base_key, state.step))
+        images = 2 * batch["clean"] - 1  # the model sees 2x - 1
+
+        def objective(params):
+            variables = {"params": params, **state.buffers}
+            denoise = lambda x, sigma, labels: net.apply(
+                variables, x, sigma, labels, train=True, rngs={"dropout": key_dropout}
+            )
+            # Mean over pixels and batch (EDM sums over pixels; Adam only sees the scale via eps/clip).
+            return jnp.mean(loss_fn(denoise, key_loss, images, batch["cond"]))
+
+        loss, grads = jax.value_and_grad(objective)(state.params)
+        new_state = state.apply_gradients(grads=grads)
+        step_size = ema_step_size(state.nimg, batch_size, config.train.ema_halflife_kimg, config.train.ema_rampup_ratio)
+        ema = optax.incremental_update(new_state.params, state.ema_params, step_size)
+        new_state = new_state.replace(ema_params=ema, nimg=state.nimg + batch_size)
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return train_step
+
+
+def make_eval_step(net, config):
+    """Validation loss of the EMA network at fixed sigmas with fixed noise: comparable across steps."""
+    sigmas = jnp.asarray(config.train.val_sigmas, jnp.float32)
+    sigma_data = net.sigma_data
+
+    def eval_step(state: TrainState, batch):
+        images = 2 * batch["clean"] - 1
+        noise = jax.random.normal(jax.random.key(1234), images.shape)
+        denoise = lambda x, sigma, labels: net.apply(state.variables(ema=True), x, sigma, labels)
+
+        def at_sigma(sigma):
+            s = jnp.full((images.shape[0], 1, 1, 1), sigma)
+            weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
+            return jnp.mean(losses.weighted_denoising_error(denoise, images, batch["cond"], s, noise, weight))
+
+        per_sigma = jax.lax.map(at_sigma, sigmas)
+        return {"val_loss": jnp.mean(per_sigma), "val_loss_per_sigma": per_sigma}
+
+    return eval_step
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices.
+
+
+def maybe_initialize_distributed() -> None:
+    """jax.distributed.initialize() when the environment describes a multi-process job."""
+    if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")) or (
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    ):
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    devices = np.asarray(jax.devices()[: num_devices or jax.device_count()])
+    return Mesh(devices, ("data",))
+
+
+def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
+    """Each process's numpy batch -> one global array sharded over the mesh's data axis."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+        if k in ("clean", "cond")
+    }
+
+
+def auto_batch_size(compile_step, candidates, *, budget_bytes: float) -> tuple[int, dict]:
+    """Largest candidate batch whose compiled train step fits `budget_bytes`.
+
+    compile_step(batch) -> a compiled program (jax.stages.Compiled); its memory_analysis gives
+    argument + output - aliased + temporary bytes. Candidates are tried in increasing order and
+    the search stops at the first that does not fit (memory grows with the batch).
+    """
+    report, best = {}, None
+    for batch in sorted(candidates):
+        mem = compile_step(batch).memory_analysis()
+        if mem is None:
+            raise RuntimeError("batch_size='auto' needs the backend's memory analysis, which is unavailable")
+        need = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+        report[batch] = int(need)
+        if need > budget_bytes:
+            break
+        best = batch
+    if best is None:
+        smallest = min(candidates)
+        raise ValueError(
+            f"batch_size='auto': batch {smallest} needs {report[smallest]} bytes, over the budget of "
+            f"{budget_bytes:.3g} bytes (config.train.memory_budget_gb)"
+        )
+    return best, report
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+    """Keep the latest N plus the best N by validation loss; saves are asynchronous."""
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [
+            ocp.checkpoint_managers.LatestN(config.checkpoint.keep),
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m["val_loss"], reverse=True, n=config.checkpoint.keep_best,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )  # fmt: skip
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True)
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options, item_names=("state", "data", "meta")
+    )
+
+
+def save_checkpoint(manager, step, state, data_iter, meta, metrics=None) -> None:
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_iter.get_state()),
+            meta=ocp.args.JsonSave(meta),
+        ),
+        metrics=metrics,
+        force=True,
+    )
+
+
+def restore_checkpoint(manager, step, abstract_state):
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], restored["data"], restored["meta"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves and exits at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+            pass
+
+    def _handler(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint and exiting")
+        self.requested = True
+
+
+class Plateau:
+    """Adaptive stage end: stop when `patience` validations in a row improve the best validation
+    loss by less than `min_rel_improvement` (relative)."""
+
+    def __init__(self, patience: int, min_rel_improvement: float):
+        self.patience, self.min_rel = patience, min_rel_improvement
+        self.best, self.bad = math.inf, 0
+
+    def update(self, val_loss: float) -> bool:
+        if val_loss < self.best * (1 - self.min_rel):
+            self.best, self.bad = val_loss, 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Train `config` into `workdir`, resuming from its latest checkpoint if there is one."""
+    from pdr_jax.data import pipeline  # local: the data stack (grain, readers) is heavy
+
+    maybe_initialize_distributed()
+    os.makedirs(workdir, exist_ok=True)
+    stages = stages_from_config(config)
+    net, network_kwargs = build_network_from_config(config.model)
+    mesh = make_mesh(config.train.num_devices)
+    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    base_key = jax.random.key(config.seed)
+    manager = make_checkpoint_manager(workdir, config)
+    logger = MetricsLogger(workdir, enabled=jax.process_index() == 0)
+    preemption = _Preemption()
+    _write_json(os.path.join(workdir, "network.json"), {"format": "pdr_jax-model", "version": 1, "network": network_kwargs})
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+
+    tx0 = make_optimizer(config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps, grad_clip=config.optim.grad_clip)
+    init_fn = lambda: create_train_state(net, jax.random.fold_in(base_key, 10**6), tx0, resolution=net.model.img_resolution)
+    abstract_state = jax.eval_shape(init_fn)
+    abstract_state = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
+    )
+
+    meta = _stage_meta(0, step=0, nimg=0.0)
+    data_state = None
+    latest = manager.latest_step()
+    if latest is not None:
+        state, data_state, meta = restore_checkpoint(manager, latest, abstract_state)
+        logger.info(f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})")
+        if meta["stage_complete"]:  # saved at a stage's end: the next stage starts with fresh data
+            meta, data_state = _stage_meta(meta["stage"] + 1, step=int(state.step), nimg=float(state.nimg)), None
+    else:
+        state = jax.jit(init_fn, out_shardings=replicated)()
+        logger.info(f"new run: {network_kwargs}")
+
+    for stage in stages[meta["stage"] :]:
+        state, meta, stopped = _run_stage(
+            stage, stages, state, meta, data_state, config=config, net=net, workdir=workdir, mesh=mesh,
+            batch_sharding=batch_sharding, replicated=replicated, base_key=base_key, manager=manager,
+            logger=logger, preemption=preemption, pipeline=pipeline,
+        )  # fmt: skip
+        data_state = None
+        if stopped:
+            break
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+        save_loss_plot(logger.path, os.path.join(workdir, "loss.png"))
+    logger.close()
+    return state
+
+
+def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, mesh, batch_sharding,
+               replicated, base_key, manager, logger, preemption, pipeline):  # fmt: skip
+    """Train one stage; returns (state, meta, stopped_early_for_preemption)."""
+    num_devices = mesh.devices.size
+    batch_size = _stage_batch_size(stage, state, net, config, num_devices, replicated, batch_sharding, logger)
+    schedule = warmup_schedule(
+        stage.lr, config.optim.lr_rampup_kimg, start_step=meta["stage_start_step"],
+        start_nimg=meta["stage_start_nimg"], batch=batch_size,
+    )  # fmt: skip
+    tx = make_optimizer(schedule, betas=tuple(config.optim.betas), eps=config.optim.eps, grad_clip=config.optim.grad_clip)
+    state = state.replace(tx=tx)
+    train_step = jax.jit(
+        make_train_step(net, config, batch_size),
+        in_shardings=(replicated, batch_sharding, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(make_eval_step(net, config), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+
+    pidx, pcount = jax.process_index(), jax.process_count()
+    ds = pipeline.make_dataset(config.data, seed=config.seed + stage.index, resolution=stage.resolution,
+                               global_batch=batch_size, split="train", process_index=pidx, process_count=pcount)  # fmt: skip
+    data_iter = iter(ds)
+    if data_state is not None:
+        data_iter.set_state(data_state)
+    val_batches = [global_batch(b, batch_sharding) for b in _val_batches(pipeline, config, stage, batch_size, pidx, pcount)]
+
+    end_nimg = meta["stage_start_nimg"] + stage.kimg * 1000
+    total_steps = int(math.ceil((end_nimg - meta["stage_start_nimg"]) / batch_size))
+    plateau = Plateau(config.train.adaptive_patience, config.train.adaptive_min_rel_improvement)
+    every = lambda kimg: max(int(round(kimg * 1000 / batch_size)), 1)
+    log_every, val_every, ckpt_every = every(config.train.log_every_kimg), every(config.train.val_every_kimg), every(config.checkpoint.every_kimg)
+    step = int(state.step)
+    logger.info(f"stage {stage.index}: {stage.resolution}x{stage.resolution}, batch {batch_size} on {num_devices} device(s), "
+                f"{stage.kimg} kimg, lr {stage.lr:g}{', adaptive' if stage.adaptive else ''}")  # fmt: skip
+    last_good_step, t0, n0 = None, None, step
+    pending = None
+    while float(state.nimg) < end_nimg - 0.5:
+        batch = global_batch(next(data_iter), batch_sharding)
+        state, metrics = train_step(state, batch, base_key)
+        step += 1
+        pending = metrics
+        if t0 is None:  # throughput and ETA exclude the first step, which includes the compile
+            t0, n0 = time.time(), step
+        last = float(state.nimg) >= end_nimg - 0.5
+        if step % log_every == 0 or last:
+            loss = float(metrics["loss"])  # host sync only at log steps
+            _check_finite(loss, step, stage, last_good_step)
+            rate = (step - n0) * batch_size / max(time.time() - t0, 1e-9) if step > n0 else float('nan')
+            done = step - meta["stage_start_step"]
+            logger.progress(step=step, stage=stage.index, kimg=float(state.nimg) / 1000, loss=loss,
+                            grad_norm=float(metrics["grad_norm"]), lr=float(schedule(step - 1)),
+                            img_per_s=rate, eta_s=(total_steps - done) * batch_size / max(rate, 1e-9))  # fmt: skip
+        val_metrics = None
+        if step % val_every == 0 or last:
+            val_metrics = _validate(eval_step, state, val_batches)
+            logger.scalars(step, {"val_loss": val_metrics["val_loss"], "stage": stage.index, "kimg": float(state.nimg) / 1000})
+            if stage.adaptive and stage.index < len(stages) - 1 and plateau.update(val_metrics["val_loss"]):
+                logger.info(f"stage {stage.index}: validation loss plateaued at {val_metrics['val_loss']:.4f} "
+                            f"(kimg {float(state.nimg) / 1000:.1f}); moving on")  # fmt: skip
+                last = True
+        if step % ckpt_every == 0 or last or preemption.requested:
+            _check_finite(float(pending["loss"]), step, stage, last_good_step)
+            meta_now = {**meta, "stage_complete": bool(last)}
+            save_checkpoint(manager, step, state, data_iter, meta_now, val_metrics or _validate(eval_step, state, val_batches))
+            last_good_step = step
+        if preemption.requested:
+            manager.wait_until_finished()
+            return state, meta, True
+        if last:
+            break
+    if jax.process_index() == 0:
+        _stage_samples(net, state, config, stage, workdir)
+    return state, _stage_meta(stage.index + 1, step=int(state.step), nimg=float(state.nimg)), False
+
+
+def _stage_meta(stage: int, *, step: int, nimg: float) -> dict:
+    """Checkpointed bookkeeping: where the current stage started, and whether it has ended."""
+    return {"stage": stage, "stage_start_step": step, "stage_start_nimg": nimg, "stage_complete": False}
+
+
+def _stage_batch_size(stage, state, net, config, num_devices, replicated, batch_sharding, logger) -> int:
+    if stage.batch_size != "auto":
+        batch = int(stage.batch_size)
+        if batch % num_devices:
+            raise ValueError(f"stage {stage.index}: batch_size {batch} is not divisible by the {num_devices} devices")
+        return batch
+    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+    res, channels, label_dim = stage.resolution, net.model.in_channels, net.model.label_dim
+
+    def compile_step(b):
+        batch = {
+            "clean": jax.ShapeDtypeStruct((b, res, res, channels), jnp.float32, sharding=batch_sharding),
+            "cond": jax.ShapeDtypeStruct((b, label_dim), jnp.float32, sharding=batch_sharding),
+        }
+        step = jax.jit(make_train_step(net, config, b), in_shardings=(replicated, batch_sharding, replicated), donate_argnums=0)
+        return step.lower(shapes, batch, jax.random.key(0)).compile()
+
+    candidates = [num_devices * 2**k for k in range(12) if num_devices * 2**k <= config.train.auto_batch_max]
+    best, report = auto_batch_size(compile_step, candidates, budget_bytes=config.train.memory_budget_gb * 2**30)
+    logger.info(f"stage {stage.index}: auto batch size {best} (bytes needed per candidate: {report})")
+    return best
+
+
+def _check_finite(loss: float, step: int, stage: Stage, last_good_step) -> None:
+    if not math.isfinite(loss):
+        where = f"the checkpoint of step {last_good_step}" if last_good_step is not None else "the previous stage's checkpoints"
+        raise FloatingPointError(
+            f"training loss is {loss} at step {step} (stage {stage.index}, {stage.resolution}x{stage.resolution}); "
+            f"stopping without saving. The last good state is {where} in the workdir: lower optim.lr or "
+            f"set optim.grad_clip and resume."
+        )
+
+
+def _val_batches(pipeline, config, stage, batch_size, pidx, pcount):
+    ds = pipeline.make_dataset(config.data, seed=config.seed, resolution=stage.resolution, global_batch=batch_size,
+                               split="val", process_index=pidx, process_count=pcount)  # fmt: skip
+    return [b for _, b in zip(range(config.train.val_batches), ds)]
+
+
+def _validate(eval_step, state, val_batches) -> dict:
+    values = [eval_step(state, b)["val_loss"] for b in val_batches]
+    return {"val_loss": float(np.mean(jax.device_get(values)))}
+
+
+def _stage_samples(net, state, config, stage, workdir) -> None:
+    """A PNG grid of EMA samples per domain (fixed seeds, Heun), written at the end of a stage."""
+    from pdr_jax.physics.conditioning import DOMAINS, conditioning_vector
+    from pdr_jax.samplers import edm_sampler
+
+    n = config.sample.per_domain
+    variables = jax.device_get(state.variables(ema=True))
+    rows = []
+    for d, domain in enumerate(DOMAINS):
+        s = config.sample.scales[domain]
+        labels = jnp.broadcast_to(conditioning_vector(domain, s, config.sample.read_noise, 0.0), (n, net.model.label_dim))
+        latents = jax.random.normal(jax.random.key(config.sample.seed + d), (n, stage.resolution, stage.resolution, net.model.in_channels))
+        denoise = lambda x, sigma, labels=labels: net.apply(variables, x, sigma, labels)
+        x = jax.jit(lambda z: edm_sampler(denoise, z, num_steps=config.sample.num_steps,
+                                          sigma_min=max(0.002, net.sigma_min), sigma_max=min(80.0, net.sigma_max)))(latents)  # fmt: skip
+        rows.append(np.asarray((x + 1) / 2))
+    save_sample_grid(rows, os.path.join(workdir, f"samples_stage{stage.index}_{stage.resolution}px.png"), row_labels=DOMAINS)
+
+
+def _write_json(path: str, obj) -> None:
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2)

@@ -1,0 +1,98 @@
+"""What a training run reports: console progress, a JSONL metrics file, TensorBoard events, PNGs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+log = logging.getLogger("pdr_jax.train")
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class MetricsLogger:
+    """Writes `metrics.jsonl` and TensorBoard events under the workdir and a progress line to stderr."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a") if enabled else None
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # tensorboard event files without TensorFlow
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tty = sys.stderr.isatty()
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            if self._tty:
+                sys.stderr.write("\n")
+            log.info(message)
+            print(message, file=sys.stderr, flush=True)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in values.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key, value in values.items():
+            self._tb.add_scalar(key, float(value), int(step))
+
+    def progress(self, *, step: int, stage: int, kimg: float, loss: float, img_per_s: float, eta_s: float, **extra) -> None:
+        self.scalars(step, {"loss": loss, "kimg": kimg, "stage": stage, "img_per_s": img_per_s, **extra})
+        if self.enabled:
+            line = (f"stage {stage} | step {step:6d} | kimg {kimg:8.2f} | loss {loss:.4f} | "
+                    f"{img_per_s:6.1f} img/s | stage ETA {_format_eta(eta_s)}")  # fmt: skip
+            sys.stderr.write(("\r" + line) if self._tty else (line + "\n"))
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
+
+
+def save_sample_grid(rows, path: str, row_labels=None) -> None:
+    """rows: list of [N, H, W, C] arrays in [0, 1] -> one PNG, a row per entry."""
+    from PIL import Image
+
+    tiles = [np.concatenate(list(np.clip(r, 0, 1)), axis=1) for r in rows]
+    grid = np.concatenate(tiles, axis=0)
+    grid = (grid[..., 0] if grid.shape[-1] == 1 else grid) * 255
+    Image.fromarray(np.round(grid).astype(np.uint8)).save(path)
+
+
+def save_loss_plot(metrics_path: str, path: str) -> None:
+    """Training and validation loss against kimg from metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    train = [(r["kimg"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["kimg"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss (batch)", alpha=0.6)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss (EMA, fixed sigmas)")
+    for stage_start in sorted({r["kimg"] for r in records if r.get("event") == "stage_start"}):
+        ax.axvline(stage_start, color="gray", lw=0.5)
+    ax.set_xlabel("kimg")
+    ax.set_ylabel("EDM loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
