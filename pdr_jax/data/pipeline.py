@@ -1,0 +1,397 @@
+"""The data entry point: ``make_dataset(config.data, seed=..., resolution=..., global_batch=...)``.
+
+Training chain (a Grain MapDataset until the prefetch):
+
+    per domain: ImageFrameSource -> repeat(k) -> shuffle(seed) -> repeat()   (frames, reshuffled)
+    MapDataset.mix(domains, domain_weights) -> WindowShuffle(seed)   (exact proportions per window)
+    random_map: RandomCrop -> RandomDihedral -> SampleConditioning [-> SimulatePoissonGaussian]
+    map: SelectKeys -> slice(process_index::process_count)
+    to_iter_dataset(read threads) [-> mp_prefetch(workers)] -> batch(global_batch // process_count)
+
+Every random draw comes from Grain's per-example generator, keyed by the seed and the example's
+index in the mixed stream *before* the per-process slice. So the examples do not depend on the
+worker count, and with P processes the union of their k-th batches is exactly the k-th batch of
+one process with the same global batch; the processes' examples are disjoint.
+
+Validation (split="val") is a fixed, finite list: a grid of crops inside the held-out columns of
+every frame (the right-most ``val_fraction`` of each image, which training crops never touch),
+with (s, r, b) drawn once from ``val_seed`` and no label dropout, padded with repeats (marked
+``valid=False``) to a whole number of global batches. It depends on ``val_seed`` and the
+resolution only, so losses are comparable across steps, runs and training seeds.
+
+Iterator state: ``it = iter(pipeline)`` is a ``grain.DatasetIterator``; ``it.get_state()`` is a
+small JSON-serialisable dict. Save it in the Orbax checkpoint with Grain's handler,
+``ocp.args.Composite(..., data=grain.checkpoint.CheckpointSave(it))`` and restore with
+``grain.checkpoint.CheckpointRestore(it)`` (one JSON file per process), or store
+``iterator_state(it)`` bytes yourself and call ``restore_iterator_state(it, state)``.
+
+Throughput: ``python -m pdr_jax.data.pipeline --bench`` prints batches/s of the embedded pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import functools
+import json
+import logging
+import math
+import time
+
+import chex
+import grain
+import ml_collections
+import numpy as np
+from absl import flags
+
+from pdr_jax.data import sources as sources_lib
+from pdr_jax.data import transforms
+from pdr_jax.physics.conditioning import DEFAULT_SPEC, ConditioningSpec
+
+log = logging.getLogger(__name__)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every data field with its default. configs/base.py sets ``config.data`` to this."""
+    cfg = ml_collections.ConfigDict()
+    # Image sources, a list of dicts: {domain, paths (files, folders, globs), calibration (dict or
+    # .json/.yaml path; None = file metadata), conditioning (None = domain ranges, "calibration",
+    # or {s, r, b} values/ranges), split ("columns"|"train"|"val"), channels, raw_mode, name}.
+    # Empty: the embedded scikit-image set (sources.EMBEDDED_SOURCES).
+    cfg.sources = []
+    # Relative sampling weight of each domain in training batches; 0 leaves a domain out.
+    # Domains with no source are dropped (with a log line). Within a domain, frames are uniform.
+    cfg.domain_weights = ml_collections.ConfigDict(
+        {"photography": 1.0, "microscopy": 1.0, "astronomy": 1.0}
+    )
+    # Per-domain (s, r, b) ranges in electrons for conditioning clean images: s (photon scale,
+    # electrons at intensity 1) and r (read noise) log-uniform, b (background) uniform.
+    # r: phone/consumer CMOS 1-10 e-; sCMOS/EMCCD microscopy cameras 0.5-3 e-; science CCDs
+    # 2-10 e-. b: dark current and offset residuals (photography), autofluorescence and
+    # out-of-focus light (microscopy), sky background (astronomy).
+    cfg.ranges = ml_collections.ConfigDict(
+        {
+            "photography": {"s": (10.0, 1e4), "r": (1.0, 10.0), "b": (0.0, 5.0)},
+            "microscopy": {"s": (1.0, 1e3), "r": (0.5, 3.0), "b": (0.0, 10.0)},
+            "astronomy": {"s": (0.1, 1e2), "r": (2.0, 10.0), "b": (0.0, 20.0)},
+        }
+    )
+    # Probability that an example's conditioning vector is all zeros (unconditional training).
+    cfg.label_dropout = 0.1
+    # Random flips and rot90 (the 8 symmetries of the square) of training crops.
+    cfg.augment = True
+    # Held-out rule: the right-most val_fraction of every image's columns is validation data
+    # (for sources with split="columns"); training crops never reach into it.
+    cfg.val_fraction = 0.25
+    # Validation crops per frame (an even grid over the held-out columns) and their seed.
+    cfg.val_crops_per_frame = 8
+    cfg.val_seed = 0
+    # Default colour handling: "gray" (RGB -> Rec. 709 luminance, RAW planes averaged) or
+    # "split" (each channel its own grayscale image). A source may override it.
+    cfg.channels = "gray"
+    # Camera RAW: "packed" (2x2 Bayer planes, black/white level applied) or "demosaic".
+    cfg.raw_mode = "packed"
+    # Frames smaller than this (in either dimension) are skipped as wrong-shape.
+    cfg.min_size = 16
+    # Window (examples) of the shuffle after mixing: exact domain proportions per window.
+    # Large on purpose: Grain's index_shuffle gets slow for small windows (~40 us at 1024).
+    cfg.shuffle_window = 65536
+    # Grain workers (0: in-process), their per-worker buffer, read threads and prefetch buffer.
+    cfg.worker_count = 0
+    cfg.worker_buffer_size = 16
+    cfg.read_threads = 2
+    cfg.prefetch_buffer_size = 64
+    # Decoded-image cache per process (memory-mapped files are not counted).
+    cfg.cache_mb = 1024
+    # Emit (noisy, clean) pairs simulated with the Poisson-Gaussian model (also a make_dataset arg).
+    cfg.paired = False
+    return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPipeline:
+    """What make_dataset returns: iterate it for numpy batches.
+
+    Batch: {"clean": [B, H, W, 1] float32 in [0, 1], "cond": [B, D + 3] float32, "domain": [B]
+    int32}; paired adds "noisy": [B, H, W, 1] float32 electrons and "s", "r", "b": [B] float32;
+    split="val" adds "valid": [B] bool (False for padding repeats). B = global_batch // process_count.
+    """
+
+    dataset: grain.IterDataset
+    summary: sources_lib.DataSummary
+    batch_size: int  # per process
+    num_batches: int | None  # batches in one pass of split="val"; None: infinite (train)
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return iter(self.dataset)
+
+
+def _derive_seed(seed: int, *ids: int) -> int:
+    """A 32-bit seed for one stage of the chain, independent of the others."""
+    return int(np.random.SeedSequence([seed, *ids]).generate_state(1)[0])
+
+
+_MIN_SHUFFLE_LENGTH = 65536
+
+# Stage ids for _derive_seed.
+_SHUFFLE, _MIX_SHUFFLE, _CROP, _DIHEDRAL, _CONDITIONING, _NOISE = range(6)
+
+
+def _domain_ranges(cfg, spec: ConditioningSpec) -> dict[str, transforms.ConditioningRanges]:
+    ranges = {}
+    for domain in spec.domains:
+        if domain in cfg.ranges:
+            r = cfg.ranges[domain]
+            ranges[domain] = transforms.ConditioningRanges(
+                s=tuple(map(float, r.s)), r=tuple(map(float, r.r)), b=tuple(map(float, r.b))
+            )
+    return ranges
+
+
+def build_frames(
+    cfg, spec: ConditioningSpec = DEFAULT_SPEC
+) -> tuple[dict[str, list[sources_lib.Frame]], sources_lib.DataSummary]:
+    """Open every configured source (or the embedded set): frames per domain, and the summary."""
+    summary = sources_lib.DataSummary()
+    domain_ranges = _domain_ranges(cfg, spec)
+    frames = collections.defaultdict(list)
+    for entry in list(cfg.sources) or sources_lib.EMBEDDED_SOURCES:
+        entry = dict(entry)
+        if entry["domain"] not in domain_ranges:
+            raise ValueError(f"no conditioning ranges configured for domain {entry['domain']!r}")
+        source = sources_lib.build_source(
+            entry,
+            domain_ranges=domain_ranges,
+            summary=summary,
+            spec=spec,
+            min_size=cfg.min_size,
+            channels=cfg.channels,
+            raw_mode=cfg.raw_mode,
+            cache_mb=cfg.cache_mb,
+        )
+        frames[entry["domain"]].extend(source.frames)
+    if summary.skipped:
+        log.warning("Data: skipped %d unreadable files", summary.num_skipped)
+    return dict(frames), summary
+
+
+def _has_train_columns(frame: sources_lib.Frame, val_fraction: float) -> bool:
+    x0, x1 = transforms.split_columns(frame.width, frame.split, val_fraction, "train")
+    return x1 > x0
+
+
+def _mixed_train_stream(cfg, frames, seed: int, spec: ConditioningSpec) -> grain.MapDataset:
+    """Infinite MapDataset of Frames, domains mixed by cfg.domain_weights."""
+    parts, weights = [], []
+    for i, domain in enumerate(spec.domains):
+        weight = float(cfg.domain_weights.get(domain, 0.0))
+        if weight < 0:
+            raise ValueError(f"domain weight of {domain} is negative: {weight}")
+        if domain not in frames:
+            if weight > 0:
+                log.info("Data: no source for domain %s; it is left out of the mix", domain)
+            continue
+        if weight == 0:
+            continue
+        usable = [f for f in frames[domain] if _has_train_columns(f, cfg.val_fraction)]
+        if not usable:
+            raise ValueError(f"domain {domain}: every frame is held out for validation")
+        source = grain.MapDataset.source(sources_lib.ImageFrameSource(usable, domain))
+        # Shuffle passes of the frame list in blocks of >= _MIN_SHUFFLE_LENGTH: Grain's
+        # index_shuffle costs ~1/length per index (3 ms for 2 elements, 4 us for 65536).
+        passes = math.ceil(_MIN_SHUFFLE_LENGTH / len(source))
+        source = source.repeat(passes).shuffle(seed=_derive_seed(seed, _SHUFFLE, i)).repeat()
+        parts.append(source)
+        weights.append(weight)
+    if not parts:
+        raise ValueError("no domain with data has a positive weight in data.domain_weights")
+    mixed = grain.MapDataset.mix(parts, weights)
+    return grain.experimental.WindowShuffleMapDataset(
+        mixed, window_size=cfg.shuffle_window, seed=_derive_seed(seed, _MIX_SHUFFLE)
+    )
+
+
+def _val_crops(cfg, frames, resolution: int, global_batch: int) -> list[transforms.CropSpec]:
+    """The fixed validation crops of every frame, padded to a multiple of global_batch."""
+    crops = [
+        c
+        for domain_frames in frames.values()
+        for frame in domain_frames
+        for c in transforms.val_crops(frame, resolution, cfg.val_fraction, cfg.val_crops_per_frame)
+    ]
+    if not crops:
+        raise ValueError("no held-out data: val_fraction is 0 and no source has split='val'")
+    padded = math.ceil(len(crops) / global_batch) * global_batch
+    crops += [
+        dataclasses.replace(crops[i % len(crops)], valid=False) for i in range(len(crops), padded)
+    ]
+    return crops
+
+
+def _check_batch(batch: dict[str, np.ndarray], batch_size: int, resolution: int, dim: int):
+    """Shapes and finiteness at the data API edge."""
+    chex.assert_shape(batch["clean"], (batch_size, resolution, resolution, 1))
+    chex.assert_shape(batch["cond"], (batch_size, dim))
+    chex.assert_shape(batch["domain"], (batch_size,))
+    chex.assert_tree_all_finite(batch)
+    return batch
+
+
+def make_dataset(
+    cfg: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    resolution: int,
+    global_batch: int,
+    split: str = "train",
+    process_index: int = 0,
+    process_count: int = 1,
+    paired: bool = False,
+    spec: ConditioningSpec = DEFAULT_SPEC,
+) -> DataPipeline:
+    """The Grain pipeline of `split`, yielding this process's share of each global batch.
+
+    cfg: a default_config() ConfigDict (config.data). seed: all training randomness (crops,
+    flips, conditioning, mixing order, noise); split="val" uses cfg.val_seed instead.
+    resolution: square crop size H = W. global_batch: examples per step over all processes,
+    divisible by process_count. paired (or cfg.paired): add simulated noisy electrons and s/r/b.
+    Returns a DataPipeline (see its docstring for the batch layout).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if global_batch % process_count:
+        raise ValueError(f"global_batch {global_batch} not divisible by {process_count} processes")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
+    paired = paired or cfg.paired
+    batch_size = global_batch // process_count
+    frames, summary = build_frames(cfg, spec)
+    keys = ["clean", "cond", "domain"] + (["noisy", "s", "r", "b"] if paired else [])
+
+    if split == "train":
+        ds = _mixed_train_stream(cfg, frames, seed, spec)
+        ds = ds.random_map(
+            transforms.RandomCrop(resolution, cfg.val_fraction), seed=_derive_seed(seed, _CROP)
+        )
+        if cfg.augment:
+            ds = ds.random_map(transforms.RandomDihedral(), seed=_derive_seed(seed, _DIHEDRAL))
+        conditioning = transforms.SampleConditioning(cfg.label_dropout, spec)
+        noise_seed = _derive_seed(seed, _NOISE)
+        ds = ds.random_map(conditioning, seed=_derive_seed(seed, _CONDITIONING))
+        num_batches = None
+    else:
+        crops = _val_crops(cfg, frames, resolution, global_batch)
+        ds = grain.MapDataset.source(crops).map(transforms.FixedCrop(resolution))
+        conditioning = transforms.SampleConditioning(0.0, spec)
+        noise_seed = _derive_seed(cfg.val_seed, _NOISE)
+        ds = ds.random_map(conditioning, seed=_derive_seed(cfg.val_seed, _CONDITIONING))
+        keys.append("valid")
+        num_batches = len(crops) // global_batch
+    if paired:
+        ds = ds.random_map(transforms.SimulatePoissonGaussian(), seed=noise_seed)
+    ds = ds.map(transforms.SelectKeys(keys))
+    # Slice after every random_map: the per-example generators are keyed by the global index.
+    ds = ds[process_index::process_count]
+    read_options = grain.ReadOptions(
+        num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_buffer_size
+    )
+    iter_ds = ds.to_iter_dataset(read_options)
+    if cfg.worker_count > 0:
+        # Grain's workers read absl flags; outside an absl app (notebooks, scripts) they are
+        # unparsed and would raise. Their defaults are what we want.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        iter_ds = iter_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+            )
+        )
+    # Batch after the workers, in this process: batches are then the same for any worker count.
+    iter_ds = iter_ds.batch(batch_size, drop_remainder=True)
+    iter_ds = iter_ds.map(
+        functools.partial(_check_batch, batch_size=batch_size, resolution=resolution, dim=spec.dim)
+    )
+    return DataPipeline(iter_ds, summary, batch_size, num_batches)
+
+
+def iterator_state(iterator: grain.DatasetIterator) -> bytes:
+    """The iterator's position as JSON bytes (for checkpoints that store bytes/strings)."""
+    return json.dumps(iterator.get_state()).encode()
+
+
+def restore_iterator_state(iterator: grain.DatasetIterator, state: bytes) -> grain.DatasetIterator:
+    """Move `iterator` (a fresh iter() of the same pipeline) to a state from iterator_state."""
+    iterator.set_state(json.loads(state))
+    return iterator
+
+
+def measure_throughput(
+    cfg: ml_collections.ConfigDict | None = None,
+    *,
+    resolution: int = 128,
+    global_batch: int = 8,
+    num_batches: int = 50,
+    warmup_batches: int = 3,
+    seed: int = 0,
+    paired: bool = False,
+) -> float:
+    """Batches per second of the training pipeline (the embedded set when cfg has no sources)."""
+    cfg = default_config() if cfg is None else cfg
+    pipeline = make_dataset(
+        cfg, seed=seed, resolution=resolution, global_batch=global_batch, paired=paired
+    )
+    iterator = iter(pipeline)
+    for _ in range(warmup_batches):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(iterator)
+    return num_batches / (time.perf_counter() - start)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", action="store_true", help="print training batches/s")
+    parser.add_argument("--summary", action="store_true", help="print the sources found")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--global_batch", type=int, default=8)
+    parser.add_argument("--num_batches", type=int, default=100)
+    parser.add_argument("--worker_count", type=int, default=0)
+    parser.add_argument("--read_threads", type=int, default=2)
+    parser.add_argument("--paired", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = default_config()
+    cfg.worker_count = args.worker_count
+    cfg.read_threads = args.read_threads
+    if args.summary:
+        print(build_frames(cfg)[1])
+    if args.bench:
+        rate = measure_throughput(
+            cfg,
+            resolution=args.resolution,
+            global_batch=args.global_batch,
+            num_batches=args.num_batches,
+            paired=args.paired,
+        )
+        print(
+            f"{'paired ' if args.paired else ''}pipeline, "
+            f"{'configured' if cfg.sources else 'embedded'} data: {rate:.1f} batches/s "
+            f"({rate * args.global_batch:.0f} images/s) at {args.resolution}x{args.resolution}, "
+            f"batch {args.global_batch}, {args.worker_count} workers, {args.read_threads} threads"
+        )
+
+
+if __name__ == "__main__":
+    _main()
+
+
+__all__ = [
+    "DataPipeline",
+    "build_frames",
+    "default_config",
+    "iterator_state",
+    "make_dataset",
+    "measure_throughput",
+    "restore_iterator_state",
+]
