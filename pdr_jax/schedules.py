@@ -133,7 +133,7 @@ def diffuse(x0, eps, alpha_bar):
 def training_target(x0, eps, alpha_bar, parameterization: str):
     """What a model with this parameterisation learns to predict from x_t = diffuse(x0, eps, abar).
 
-    eps -> eps; x0 -> x0; v -> sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022, eq. 10 area).
+    eps -> eps; x0 -> x0; v -> sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022, Sec. 4).
     """
     if parameterization == "eps":
         return eps
