@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -55,26 +56,41 @@ def _variable_shapes(net) -> Any:
     return jax.eval_shape(lambda: precond.init_variables(net, jax.random.key(0)))
 
 
+def _leaf_shapes(tree) -> dict[str, tuple]:
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _listed(items: list, limit: int = 10) -> str:
+    return str(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def _check_variables(net, variables, where: str) -> None:
     """Same paths and shapes as the network's own variables, or a ModelFormatError naming them."""
-    expected = {
-        jax.tree_util.keystr(p): tuple(v.shape)
-        for p, v in jax.tree_util.tree_leaves_with_path(_variable_shapes(net))
-    }
-    found = {
-        jax.tree_util.keystr(p): tuple(np.shape(v))
-        for p, v in jax.tree_util.tree_leaves_with_path(variables)
-    }
+    expected, found = _leaf_shapes(_variable_shapes(net)), _leaf_shapes(variables)
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    shapes = [f"{k}: expected {expected[k]}, found {found[k]}" for k in expected if k in found and expected[k] != found[k]]
+    shapes = [
+        f"{k}: expected {expected[k]}, found {found[k]}"
+        for k in sorted(expected)
+        if k in found and expected[k] != found[k]
+    ]
     if missing or unexpected or shapes:
         raise ModelFormatError(
-            f"{where}: variables do not fit the network: missing {missing}, unexpected {unexpected}, "
-            f"shape mismatches {shapes}"
+            f"{where}: variables do not fit the network: missing {_listed(missing)}, "
+            f"unexpected {_listed(unexpected)}, shape mismatches {_listed(shapes)}"
         )
 
 
-def save_model(directory, network_kwargs: dict, variables, *, source: Mapping | None = None, overwrite: bool = False) -> None:
+def save_model(
+    directory,
+    network_kwargs: dict,
+    variables,
+    *,
+    source: Mapping | None = None,
+    overwrite: bool = False,
+) -> None:
     """Write `directory`/network.json and `directory`/variables.
 
     `network_kwargs`: build_network keyword arguments (precond, arch, img_resolution,
@@ -85,7 +101,9 @@ def save_model(directory, network_kwargs: dict, variables, *, source: Mapping | 
     directory = pathlib.Path(os.fspath(directory)).expanduser().absolute()
     json_path = directory / NETWORK_FILE
     if json_path.exists() and not overwrite:
-        raise FileExistsError(f"{json_path} exists; pass overwrite=True (convert_edm.py: --overwrite) to replace the model")
+        raise FileExistsError(
+            f"{json_path} exists; pass overwrite=True (convert_edm.py: --overwrite) to replace the model"
+        )
     network = _json_value(dict(network_kwargs))
     net = precond.build_network(**_network_kwargs(network, json_path))
     _check_variables(net, variables, str(directory))
@@ -95,14 +113,21 @@ def save_model(directory, network_kwargs: dict, variables, *, source: Mapping | 
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / VARIABLES_DIR, variables, force=True)  # ocp.args.StandardSave
         checkpointer.wait_until_finished()
-    description = {"format": FORMAT, "version": VERSION, "network": network, "source": _json_value(dict(source or {}))}
+    description = {
+        "format": FORMAT,
+        "version": VERSION,
+        "network": network,
+        "source": _json_value(dict(source or {})),
+    }
     # allow_nan: EDMPrecond's sigma_max defaults to inf (written as Infinity, read back by json).
     json_path.write_text(json.dumps(description, indent=2, allow_nan=True) + "\n")
 
 
 def _network_kwargs(network, json_path) -> dict:
     if not isinstance(network, dict):
-        raise ModelFormatError(f"{json_path}: field 'network' must be an object of build_network arguments")
+        raise ModelFormatError(
+            f"{json_path}: field 'network' must be an object of build_network arguments"
+        )
     kwargs = dict(network)
     for key in _TUPLE_FIELDS:
         if isinstance(kwargs.get(key), list):
@@ -126,7 +151,9 @@ def read_network_json(directory) -> dict:
         found = description.get("format") if isinstance(description, dict) else description
         raise ModelFormatError(f"{json_path}: field 'format' is {found!r}, expected {FORMAT!r}")
     if description.get("version") != VERSION:
-        raise ModelFormatError(f"{json_path}: field 'version' is {description.get('version')!r}, expected {VERSION}")
+        raise ModelFormatError(
+            f"{json_path}: field 'version' is {description.get('version')!r}, expected {VERSION}"
+        )
     _network_kwargs(description.get("network"), json_path)
     return description
 
@@ -144,11 +171,16 @@ def load_model(directory):
     try:
         net = precond.build_network(**kwargs)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFormatError(f"{json_path}: field 'network' does not build a network ({exc})") from None
+        raise ModelFormatError(
+            f"{json_path}: field 'network' does not build a network ({exc})"
+        ) from None
     target = _variable_shapes(net)
     if not (directory / VARIABLES_DIR).is_dir():
-        raise ModelFormatError(f"{directory / VARIABLES_DIR}: missing (the Orbax checkpoint of the variables)")
+        raise ModelFormatError(
+            f"{directory / VARIABLES_DIR}: missing (the Orbax checkpoint of the variables)"
+        )
     with ocp.StandardCheckpointer() as checkpointer:
-        variables = checkpointer.restore(directory / VARIABLES_DIR, target)  # ocp.args.StandardRestore
+        variables = checkpointer.restore(
+            directory / VARIABLES_DIR, target
+        )  # ocp.args.StandardRestore
     return net, variables
-

@@ -18,8 +18,8 @@ import zipfile
 import jax
 import numpy as np
 import pytest
-
 from edm_fixtures import FIXTURES, NETWORK_CASES, load_case, nchw_to_nhwc
+
 from pdr_jax import model_io
 from pdr_jax.convert import (
     ConversionError,
@@ -100,7 +100,14 @@ def _tensors(state):
     for i, (name, value) in enumerate(state.items()):
         value = np.ascontiguousarray(value, np.float32)
         stride = tuple(s // 4 for s in value.strides)
-        args = (_StorageRef(str(i), value), 0, value.shape, stride, False, collections.OrderedDict())
+        args = (
+            _StorageRef(str(i), value),
+            0,
+            value.shape,
+            stride,
+            False,
+            collections.OrderedDict(),
+        )
         out[name] = _Reduce(_REBUILD_TENSOR, args)
     return out
 
@@ -112,7 +119,15 @@ def write_torch_file(path, obj, legacy=False):
     pickler.dump(obj)
     if legacy:
         out = io.BytesIO()
-        for header in (torch_pickle.LEGACY_MAGIC, torch_pickle.LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        for header in (
+            torch_pickle.LEGACY_MAGIC,
+            torch_pickle.LEGACY_PROTOCOL,
+            {
+                "protocol_version": 1001,
+                "little_endian": True,
+                "type_sizes": {"short": 2, "int": 4, "long": 4},
+            },
+        ):
             pickle.dump(header, out, protocol=2)
         out.write(data.getvalue())
         pickle.dump([s.key for s in pickler.storages], out, protocol=2)
@@ -150,7 +165,11 @@ def _assert_matches_edm(net, variables, case):
 def _assert_weights_are_the_fixture_state(variables, case):
     _, arrays = load_case(case)
     state = variables_to_state_dict(variables)
-    expected = {k[6:]: v for k, v in arrays.items() if k.startswith("state/") and not k.endswith("resample_filter")}
+    expected = {
+        k[6:]: v
+        for k, v in arrays.items()
+        if k.startswith("state/") and not k.endswith("resample_filter")
+    }
     assert sorted(state) == sorted(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(state[name], value, err_msg=name)
@@ -182,13 +201,20 @@ def test_training_state_adam_moments_match_torch():
         assert float(moments["step"]) == entry["step"]
         for key in ("exp_avg", "exp_avg_sq"):
             total = np.sum(moments[key], dtype=np.float64)
-            assert total == pytest.approx(entry[f"{key}_sum"], rel=1e-6, abs=1e-9), (entry["param"], key)
-        assert np.sum(np.abs(moments["exp_avg"]), dtype=np.float64) == pytest.approx(entry["exp_avg_abs_sum"], rel=1e-6)
+            assert total == pytest.approx(entry[f"{key}_sum"], rel=1e-6, abs=1e-9), (
+                entry["param"],
+                key,
+            )
+        assert np.sum(np.abs(moments["exp_avg"]), dtype=np.float64) == pytest.approx(
+            entry["exp_avg_abs_sum"], rel=1e-6
+        )
     groups = state["optimizer_state"]["param_groups"]
     assert groups[0]["params"] == state["param_names"] and groups[0]["betas"] == (0.9, 0.999)
     # The Flax-layout moments are the same numbers, in the params tree.
     assert state["adam"]["step"] == 1
-    assert jax.tree_util.tree_structure(state["adam"]["mu"]) == jax.tree_util.tree_structure(state["variables"]["params"])
+    assert jax.tree_util.tree_structure(state["adam"]["mu"]) == jax.tree_util.tree_structure(
+        state["variables"]["params"]
+    )
     mu = variables_to_state_dict({"params": state["adam"]["mu"]})
     for name in state["param_names"]:
         np.testing.assert_array_equal(mu[name], state["optimizer_state"]["state"][name]["exp_avg"])
@@ -199,16 +225,23 @@ def test_loading_never_imports_torch():
     code = f"""
 import sys
 from pdr_jax.convert import load_edm_pickle, load_edm_training_state, torch_pickle
-load_edm_pickle({str(FIXTURES / 'vp_ddpmpp_rgb32.pkl')!r})
+load_edm_pickle({str(FIXTURES / "vp_ddpmpp_rgb32.pkl")!r})
 load_edm_training_state({str(TRAINING_STATE)!r})
-torch_pickle.load({str(TORCH_FILES / 'vp_ddpmpp_rgb32.module.legacy.pth')!r})
-torch_pickle.load({str(TORCH_FILES / 'tensors.pt')!r})
+torch_pickle.load({str(TORCH_FILES / "vp_ddpmpp_rgb32.module.legacy.pth")!r})
+torch_pickle.load({str(TORCH_FILES / "tensors.pt")!r})
 bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torch_utils', 'dnnlib', 'training'))
 assert not bad, bad
 print('ok')
 """
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
@@ -224,7 +257,14 @@ class _Command:
         return self.func, (self.arg,)
 
 
-@pytest.mark.parametrize("func, name", [(os.system, f"{os.system.__module__}.system"), (exec, "builtins.exec"), (eval, "builtins.eval")])
+@pytest.mark.parametrize(
+    "func, name",
+    [
+        (os.system, f"{os.system.__module__}.system"),
+        (exec, "builtins.exec"),
+        (eval, "builtins.eval"),
+    ],
+)
 @pytest.mark.parametrize("layout", ["pickle", "torch-zip", "nested-storage"])
 def test_pickle_that_would_run_a_command_is_refused(tmp_path, func, name, layout):
     marker = tmp_path / "ran"
@@ -238,7 +278,9 @@ def test_pickle_that_would_run_a_command_is_refused(tmp_path, func, name, layout
             archive.writestr("archive/data.pkl", pickle.dumps(payload, protocol=2))
     else:  # inside the legacy storage bytes a snapshot tensor carries
         load_from_bytes = _Global("torch.storage", "_load_from_bytes")
-        inner = pickle.dumps(torch_pickle.LEGACY_MAGIC, protocol=2) + pickle.dumps(payload, protocol=2)
+        inner = pickle.dumps(torch_pickle.LEGACY_MAGIC, protocol=2) + pickle.dumps(
+            payload, protocol=2
+        )
         data = io.BytesIO()
         _TorchPickler(data, legacy=True).dump({"ema": _Reduce(load_from_bytes, (inner,))})
         path.write_bytes(data.getvalue())
@@ -298,7 +340,9 @@ def test_torch_made_tensors_of_every_layout(file):
     for name in expected.files:
         got = tensors[name]
         assert got.shape == expected[name].shape, name
-        np.testing.assert_array_equal(np.asarray(got, expected[name].dtype), expected[name], err_msg=name)
+        np.testing.assert_array_equal(
+            np.asarray(got, expected[name].dtype), expected[name], err_msg=name
+        )
     assert tensors["half"].dtype == np.float16 and tensors["long"].dtype == np.int64
 
 
@@ -307,7 +351,7 @@ def test_own_written_state_dict_with_wrapper_prefix(tmp_path, legacy):
     kwargs, state = _vp_kwargs()
     path = tmp_path / "wrapped.pt"
     write_torch_file(path, _tensors({f"edm_model.{k}": v for k, v in state.items()}), legacy=legacy)
-    net, variables = load_edm_pickle(path, prefix="edm_model.", **kwargs)
+    _, variables = load_edm_pickle(path, prefix="edm_model.", **kwargs)
     _assert_weights_are_the_fixture_state(variables, "vp_ddpmpp_rgb32")
     # Without the prefix the error says which prefix to pass.
     with pytest.raises(ConversionError, match=r"prefix='edm_model\.'"):
@@ -319,12 +363,16 @@ def test_state_dict_architecture_from_named_config(tmp_path):
     _, state = _vp_kwargs()
     path = tmp_path / "sd.pt"
     write_torch_file(path, _tensors(state))
-    small = dict(precond="vp", model_channels=8, channel_mult=(1, 2, 2), num_blocks=1)
+    small = {"precond": "vp", "model_channels": 8, "channel_mult": (1, 2, 2), "num_blocks": 1}
     converted = convert_edm(path, config="edm-cifar10-ddpmpp", augment_dim=0, **small)
-    assert converted.network_kwargs["arch"] == "ddpmpp" and converted.network_kwargs["dropout"] == 0.13
+    assert (
+        converted.network_kwargs["arch"] == "ddpmpp" and converted.network_kwargs["dropout"] == 0.13
+    )
     _assert_weights_are_the_fixture_state(converted.variables, "vp_ddpmpp_rgb32")
     # The config's augment_dim=9 expects an augmentation-label layer this state_dict lacks.
-    with pytest.raises(ConversionError, match=r"missing 1 parameter\(s\): \['model\.map_augment\.weight'\]"):
+    with pytest.raises(
+        ConversionError, match=r"missing 1 parameter\(s\): \['model\.map_augment\.weight'\]"
+    ):
         load_edm_pickle(path, config="edm-cifar10-ddpmpp", **small)
     with pytest.raises(ConversionError, match="records no architecture"):
         load_edm_pickle(path)
@@ -342,7 +390,10 @@ def test_state_dict_architecture_from_named_config(tmp_path):
         ("missing", r"missing 1 parameter\(s\): \['model\.map_label\.weight'\]"),
         ("extra", r"unexpected 1 entr\(y/ies\): \['model\.extra\.weight'\]"),
         ("renamed", r"missing .*'model\.map_layer0\.bias'.*unexpected .*'model\.map_layer0\.b'"),
-        ("misshaped", r"model\.enc\.32x32_conv\.weight: expected shape \(8, 3, 3, 3\).*found \(8, 3, 1, 3\)"),
+        (
+            "misshaped",
+            r"model\.enc\.32x32_conv\.weight: expected shape \(8, 3, 3, 3\).*found \(8, 3, 1, 3\)",
+        ),
     ],
 )
 def test_state_dict_mismatches_are_listed_by_name(tmp_path, edit, pattern):
@@ -381,7 +432,10 @@ def test_corrupt_file(tmp_path):
 
 
 def test_wrong_key_lists_the_available_keys():
-    with pytest.raises(ConversionError, match=r"no entry 'emma'; available keys: \['ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs'\]"):
+    with pytest.raises(
+        ConversionError,
+        match=r"no entry 'emma'; available keys: \['ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs'\]",
+    ):
         load_edm_pickle(FIXTURES / "vp_ddpmpp_rgb32.pkl", key="emma")
     with pytest.raises(ConversionError, match=r"entry 'augment_pipe' is a NoneType"):
         load_edm_pickle(FIXTURES / "vp_ddpmpp_rgb32.pkl", key="augment_pipe")
@@ -400,7 +454,9 @@ def test_unknown_network_class(tmp_path):
 
 def test_unknown_constructor_argument_is_named():
     with pytest.raises(ConversionError, match=r"\['fancy_option'\] have no pdr_jax counterpart"):
-        edm_network_kwargs("VPPrecond", {"img_resolution": 32, "img_channels": 3, "fancy_option": 1})
+        edm_network_kwargs(
+            "VPPrecond", {"img_resolution": 32, "img_channels": 3, "fancy_option": 1}
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +481,9 @@ def http_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(FIXTURES)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(FIXTURES))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", requests
@@ -464,7 +522,9 @@ def test_download_integrity_checks(tmp_path, http_server):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("convert_edm_tool", ROOT / "tools" / "convert_edm.py")
+    spec = importlib.util.spec_from_file_location(
+        "convert_edm_tool", ROOT / "tools" / "convert_edm.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -26,15 +26,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         epilog="Snapshots record their architecture; state_dicts need --config and/or --kwargs. "
         f"Known configs: {', '.join(sorted(precond.NETWORKS))}.",
     )
-    parser.add_argument("input", help="EDM .pkl, training-state .pt or state_dict .pt/.pth; or an http(s) URL")
+    parser.add_argument(
+        "input", help="EDM .pkl, training-state .pt or state_dict .pt/.pth; or an http(s) URL"
+    )
     parser.add_argument("out_dir", help="model directory to write (network.json, variables/)")
-    parser.add_argument("--key", default="ema", help="entry of the snapshot dict to convert (default: ema)")
-    parser.add_argument("--config", help="pdr_jax.precond.NETWORKS name giving a state_dict's architecture")
-    parser.add_argument("--kwargs", default="{}", help='JSON build_network overrides, e.g. \'{"label_dim": 6}\'')
-    parser.add_argument("--prefix", help="strip this prefix from state_dict keys, e.g. module. or edm_model.")
-    parser.add_argument("--cache-dir", help="download cache for URLs (default: $PDR_JAX_CACHE or ~/.cache/pdr_jax)")
+    parser.add_argument(
+        "--key", default="ema", help="entry of the snapshot dict to convert (default: ema)"
+    )
+    parser.add_argument(
+        "--config", help="pdr_jax.precond.NETWORKS name giving a state_dict's architecture"
+    )
+    parser.add_argument(
+        "--kwargs", default="{}", help="JSON build_network overrides, e.g. '{\"label_dim\": 6}'"
+    )
+    parser.add_argument(
+        "--prefix", help="strip this prefix from state_dict keys, e.g. module. or edm_model."
+    )
+    parser.add_argument(
+        "--cache-dir", help="download cache for URLs (default: $PDR_JAX_CACHE or ~/.cache/pdr_jax)"
+    )
     parser.add_argument("--sha256", help="expected sha256 of a downloaded file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model in out_dir")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing model in out_dir"
+    )
     return parser.parse_args(argv)
 
 

@@ -74,7 +74,12 @@ class _Progress:
 
 
 def download(
-    url: str, *, cache_dir=None, sha256: str | None = None, progress: bool = True, timeout: float = 60.0
+    url: str,
+    *,
+    cache_dir=None,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
 ) -> pathlib.Path:
     """The local path of `url`, downloaded on first use and then served from the cache.
 
@@ -114,12 +119,16 @@ def download(
                         done += len(chunk)
                         bar.update(done)
                 except (OSError, http.client.HTTPException) as exc:
-                    raise DownloadError(f"{url}: download broke off after {done} bytes ({exc!r})") from exc
+                    raise DownloadError(
+                        f"{url}: download broke off after {done} bytes ({exc!r})"
+                    ) from exc
                 bar.update(done, final=True)
         if total is not None and done != total:
             raise DownloadError(f"{url}: received {done} bytes, Content-Length says {total}")
         if sha256 and digest.hexdigest() != sha256.lower():
-            raise DownloadError(f"{url}: sha256 {digest.hexdigest()} differs from the expected {sha256}")
+            raise DownloadError(
+                f"{url}: sha256 {digest.hexdigest()} differs from the expected {sha256}"
+            )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax
 import jax
@@ -92,7 +93,9 @@ def edm_network_kwargs(
             f"unknown network class {class_name!r}: pdr_jax converts {sorted(EDM_PRECONDS)}"
         )
     if len(init_args) > len(_EDM_POSITIONAL):
-        raise ConversionError(f"{class_name}: {len(init_args)} positional arguments, expected at most 4")
+        raise ConversionError(
+            f"{class_name}: {len(init_args)} positional arguments, expected at most 4"
+        )
     kwargs = _plain({**dict(zip(_EDM_POSITIONAL, init_args)), **init_kwargs})
     kwargs.pop("use_fp16", None)
     model_type = _short(kwargs.pop("model_type", _DEFAULT_MODEL_TYPE[class_name]))
@@ -133,7 +136,9 @@ def _walk(module: PickledModule, prefix: str = ""):
         if child is None:
             continue
         if not isinstance(child, PickledModule):
-            raise ConversionError(f"{prefix}{name}: a {type(child).__name__} where a module was expected")
+            raise ConversionError(
+                f"{prefix}{name}: a {type(child).__name__} where a module was expected"
+            )
         yield from _walk(child, f"{prefix}{name}.")
 
 
@@ -171,7 +176,9 @@ def _select(obj, key: str, where: str):
     if isinstance(obj, PickledModule) or _is_state_dict(obj):
         return obj, None
     if not isinstance(obj, Mapping):
-        raise ConversionError(f"{where}: holds a {type(obj).__name__}, expected a dict or a network")
+        raise ConversionError(
+            f"{where}: holds a {type(obj).__name__}, expected a dict or a network"
+        )
     if key in obj:
         entry, used = obj[key], key
     elif key == "ema" and "net" in obj and "optimizer_state" in obj:  # a training-state file
@@ -190,8 +197,10 @@ def _strip_prefix(state: Mapping, prefix: str | None, where: str) -> dict:
     if not prefix:
         return dict(state)
     if not any(k.startswith(prefix) for k in state):
-        raise ConversionError(f"{where}: no state_dict key starts with prefix {prefix!r}; keys: {list(state)[:5]}...")
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+        raise ConversionError(
+            f"{where}: no state_dict key starts with prefix {prefix!r}; keys: {list(state)[:5]}..."
+        )
+    return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 def _prefix_hint(state: Mapping) -> str:
@@ -264,7 +273,9 @@ def convert_edm(
                 f"{sorted(precond.NETWORKS)}> and/or network keyword arguments"
             )
         if config is not None and config not in precond.NETWORKS:
-            raise ConversionError(f"{where}: unknown config {config!r}; known: {sorted(precond.NETWORKS)}")
+            raise ConversionError(
+                f"{where}: unknown config {config!r}; known: {sorted(precond.NETWORKS)}"
+            )
         kwargs = {**(precond.NETWORKS[config] if config else {}), **network_kwargs}
         kwargs = _plain(kwargs)
         net = precond.build_network(**kwargs)
@@ -309,7 +320,9 @@ def load_edm_training_state(path, *, cache_dir=None, sha256: str | None = None) 
     obj = torch_pickle.load(_local_file(path, cache_dir, sha256))
     if not (isinstance(obj, Mapping) and {"net", "optimizer_state"} <= set(obj)):
         found = list(obj) if isinstance(obj, Mapping) else type(obj).__name__
-        raise ConversionError(f"{where}: not an EDM training state (keys 'net', 'optimizer_state'); found {found}")
+        raise ConversionError(
+            f"{where}: not an EDM training state (keys 'net', 'optimizer_state'); found {found}"
+        )
     module, optimizer = obj["net"], obj["optimizer_state"]
     if not isinstance(module, PickledModule):
         raise ConversionError(f"{where}: entry 'net' is a {type(module).__name__}, not a network")
@@ -318,14 +331,20 @@ def load_edm_training_state(path, *, cache_dir=None, sha256: str | None = None) 
 
     def name_of(index):
         if not isinstance(index, int) or not 0 <= index < len(names):
-            raise ConversionError(f"{where}: optimizer state for parameter index {index!r}; the net has {len(names)}")
+            raise ConversionError(
+                f"{where}: optimizer state for parameter index {index!r}; the net has {len(names)}"
+            )
         return names[index]
 
     try:
         per_param = {name_of(i): dict(s) for i, s in optimizer["state"].items()}
-        groups = [{**g, "params": [name_of(i) for i in g["params"]]} for g in optimizer["param_groups"]]
+        groups = [
+            {**g, "params": [name_of(i) for i in g["params"]]} for g in optimizer["param_groups"]
+        ]
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ConversionError(f"{where}: optimizer_state is not a torch optimizer state_dict ({exc!r})") from None
+        raise ConversionError(
+            f"{where}: optimizer_state is not a torch optimizer state_dict ({exc!r})"
+        ) from None
     template = jax.eval_shape(lambda: precond.init_variables(net, jax.random.key(0)))
     moments = {
         m: _flax_tree(net, {n: s[m] for n, s in per_param.items() if m in s}, template)
@@ -338,5 +357,9 @@ def load_edm_training_state(path, *, cache_dir=None, sha256: str | None = None) 
         "network_kwargs": kwargs,
         "param_names": names,
         "optimizer_state": {"state": per_param, "param_groups": groups},
-        "adam": {"step": int(max(steps, default=0)), "mu": moments["exp_avg"], "nu": moments["exp_avg_sq"]},
+        "adam": {
+            "step": int(max(steps, default=0)),
+            "mu": moments["exp_avg"],
+            "nu": moments["exp_avg_sq"],
+        },
     }

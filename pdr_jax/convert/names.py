@@ -9,7 +9,7 @@ live in the Flax "buffers" collection under the same names.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import flax
 import jax

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -63,7 +64,9 @@ class PickledModule:
 
     def __setstate__(self, state):  # BUILD of a plain torch container
         if not isinstance(state, dict):
-            raise TorchFileError(f"{self.class_name}: module state is {type(state).__name__}, expected a dict")
+            raise TorchFileError(
+                f"{self.class_name}: module state is {type(state).__name__}, expected a dict"
+            )
         self.state = state
 
     def __repr__(self):
@@ -130,11 +133,15 @@ class _Tensor:
         if self.dtype is not None and self.dtype != flat.dtype:
             raw = flat.view(np.uint8)
             if raw.size % self.dtype.itemsize:
-                raise TorchFileError(f"storage {self.storage.key!r}: size is no multiple of {self.dtype}")
+                raise TorchFileError(
+                    f"storage {self.storage.key!r}: size is no multiple of {self.dtype}"
+                )
             flat = raw.view(self.dtype.newbyteorder(">") if self.storage.big_endian else self.dtype)
         size, stride, offset = self.size, self.stride, self.offset
         if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
-            raise TorchFileError(f"storage {self.storage.key!r}: negative size/stride/offset {size}/{stride}/{offset}")
+            raise TorchFileError(
+                f"storage {self.storage.key!r}: negative size/stride/offset {size}/{stride}/{offset}"
+            )
         if 0 in size:
             return np.zeros(size, flat.dtype)
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
@@ -147,7 +154,9 @@ class _Tensor:
         view = np.lib.stride_tricks.as_strided(
             flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride], writeable=False
         )
-        return np.array(view, dtype=flat.dtype.newbyteorder("=") if self.storage.big_endian else flat.dtype)
+        return np.array(
+            view, dtype=flat.dtype.newbyteorder("=") if self.storage.big_endian else flat.dtype
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +171,15 @@ def _int_tuple(value, what: str) -> tuple:
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     if not isinstance(storage, _Storage) or not isinstance(storage_offset, int):
-        raise TorchFileError(f"tensor rebuild: expected (storage, offset, ...), found {type(storage).__name__}")
-    return _Tensor(storage, storage_offset, _int_tuple(size, "tensor size"), _int_tuple(stride, "tensor stride"))
+        raise TorchFileError(
+            f"tensor rebuild: expected (storage, offset, ...), found {type(storage).__name__}"
+        )
+    return _Tensor(
+        storage,
+        storage_offset,
+        _int_tuple(size, "tensor size"),
+        _int_tuple(stride, "tensor stride"),
+    )
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype, *unused):
@@ -181,7 +197,9 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     # Tensor subclasses (Parameter in some torch versions); the data is all we keep.
-    if func not in (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter) or not isinstance(args, tuple):
+    if func not in (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter) or not isinstance(
+        args, tuple
+    ):
         raise TorchFileError(f"_rebuild_from_type_v2: unexpected rebuild function {func!r:.80}")
     return func(*args)
 
@@ -190,17 +208,23 @@ def _reconstruct_persistent_obj(meta):
     # EDM's loader execs meta["module_src"] and instantiates meta["class_name"] from it; we keep
     # the name and the instance __dict__ only.
     if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise TorchFileError("torch_utils.persistence object: expected a dict meta with type 'class'")
+        raise TorchFileError(
+            "torch_utils.persistence object: expected a dict meta with type 'class'"
+        )
     class_name, state, src = meta.get("class_name"), meta.get("state"), meta.get("module_src")
     if not isinstance(class_name, str) or not isinstance(state, dict):
-        raise TorchFileError("torch_utils.persistence object: meta lacks class_name (str) or state (dict)")
+        raise TorchFileError(
+            "torch_utils.persistence object: meta lacks class_name (str) or state (dict)"
+        )
     return PickledModule(class_name, dict(state), src if isinstance(src, str) else None)
 
 
 def _codecs_encode(obj, encoding="utf-8"):
     # Protocol-2 pickles write bytes as _codecs.encode(text, "latin1").
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
-        raise TorchFileError(f"_codecs.encode: only (str, 'latin1') is allowed, found encoding {encoding!r}")
+        raise TorchFileError(
+            f"_codecs.encode: only (str, 'latin1') is allowed, found encoding {encoding!r}"
+        )
     return obj.encode("latin1")
 
 
@@ -225,7 +249,9 @@ class _NumpyDtype:
     def to_numpy(self) -> np.dtype:
         dtype = np.dtype(self.spec)
         if dtype.hasobject or dtype.kind not in "biufc?":
-            raise TorchFileError(f"numpy scalar of dtype {self.spec!r}: only numeric dtypes are allowed")
+            raise TorchFileError(
+                f"numpy scalar of dtype {self.spec!r}: only numeric dtypes are allowed"
+            )
         return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
 
 
@@ -313,14 +339,12 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed["torch.storage", "UntypedStorage"] = allowed["torch", "UntypedStorage"]
     for name, dtype in _TORCH_DTYPES.items():
         allowed["torch", name] = _TorchDtype(name, dtype)
-    # Protocol-2 pickles name Python 2 modules.
-    for (module, name), value in list(allowed.items()):
-        if module == "builtins":
-            allowed["__builtin__", name] = value
     return allowed
 
 
 _ALLOWED = _allowed_globals()
+# Protocol-2 pickles (torch's) name Python 2 modules, as pickle's fix_imports knows.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,11 +354,12 @@ _ALLOWED = _allowed_globals()
 class _Unpickler(pickle.Unpickler):
     """pickle.Unpickler resolving only allow-listed globals; storages via `storages`."""
 
-    def __init__(self, file: BinaryIO, storages: "_StorageTable | None" = None):
+    def __init__(self, file: BinaryIO, storages: _StorageTable | None = None):
         super().__init__(file)
         self._storages = storages
 
     def find_class(self, module: str, name: str):
+        module = _PY2_MODULES.get(module, module)
         try:
             return _ALLOWED[module, name]
         except KeyError:
@@ -360,9 +385,15 @@ class _StorageTable:
 
     def get(self, pid) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
-            raise TorchFileError(f"unknown persistent id {pid!r:.80} (expected ('storage', type, key, location, numel[, view]))")
+            raise TorchFileError(
+                f"unknown persistent id {pid!r:.80} (expected ('storage', type, key, location, numel[, view]))"
+            )
         storage_type, key, numel = pid[1], pid[2], pid[4]
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+        if (
+            not isinstance(storage_type, _StorageType)
+            or not isinstance(key, str)
+            or not isinstance(numel, int)
+        ):
             raise TorchFileError(f"malformed storage id {pid!r:.80}")
         big_endian = self._byteorder == ">"
         dtype = _np_dtype(storage_type.dtype)
@@ -422,9 +453,13 @@ def _load_legacy_rest(f: BinaryIO):
     """The legacy stream after its magic number: protocol, sys info, object, keys, storages."""
     protocol = _Unpickler(f).load()
     if protocol != LEGACY_PROTOCOL:
-        raise TorchFileError(f"legacy torch file: protocol {protocol!r}, expected {LEGACY_PROTOCOL}")
+        raise TorchFileError(
+            f"legacy torch file: protocol {protocol!r}, expected {LEGACY_PROTOCOL}"
+        )
     sys_info = _Unpickler(f).load()
-    byteorder = "<" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else ">"
+    byteorder = (
+        "<" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else ">"
+    )
     storages = _StorageTable(read=None, byteorder=byteorder)
     obj = _Unpickler(f, storages).load()
     keys = _Unpickler(f).load()
@@ -445,7 +480,9 @@ def _load_zip(f: BinaryIO):
         names = archive.namelist()
         pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pkl) != 1:
-            raise TorchFileError(f"zip file without exactly one '<archive>/data.pkl' entry: {names[:8]}")
+            raise TorchFileError(
+                f"zip file without exactly one '<archive>/data.pkl' entry: {names[:8]}"
+            )
         root = pkl[0][: -len("data.pkl")]
         byteorder = "<"
         if root + "byteorder" in names and archive.read(root + "byteorder").strip() == b"big":
@@ -457,7 +494,9 @@ def _load_zip(f: BinaryIO):
                 raise TorchFileError(f"zip file lacks storage entry {entry!r}")
             data = archive.read(entry)
             if len(data) < numel * dtype.itemsize:
-                raise TorchFileError(f"{entry}: {len(data)} bytes, expected {numel * dtype.itemsize}")
+                raise TorchFileError(
+                    f"{entry}: {len(data)} bytes, expected {numel * dtype.itemsize}"
+                )
             return np.frombuffer(data, dtype, count=numel)
 
         return _Unpickler(io.BytesIO(archive.read(pkl[0])), _StorageTable(read, byteorder)).load()
@@ -489,7 +528,7 @@ def load(file) -> Any:
     Raises UnsafePickleError for a global outside the allow-list, TorchFileError for a
     truncated or corrupt file.
     """
-    name = getattr(file, "name", file)
+    name = getattr(file, "name", "<stream>") if hasattr(file, "read") else os.fspath(file)
     try:
         if hasattr(file, "read"):
             return _load_stream(file)

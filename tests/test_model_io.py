@@ -1,0 +1,118 @@
+"""Model directories: network.json + Orbax variables, and the errors for broken ones."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from edm_fixtures import load_case, network_from_case
+
+from pdr_jax import model_io
+from pdr_jax.convert import edm_network_kwargs
+
+
+def _vp_model():
+    meta, _ = load_case("vp_ddpmpp_rgb32")
+    kwargs = edm_network_kwargs(meta["precond_class"], meta["constructor_kwargs"])
+    net, variables, _ = network_from_case("vp_ddpmpp_rgb32")
+    return kwargs, net, variables
+
+
+def test_save_and_load_round_trip(tmp_path):
+    kwargs, net, variables = _vp_model()
+    model_io.save_model(tmp_path / "m", kwargs, variables, source={"file": "x.pkl"})
+    description = json.loads((tmp_path / "m" / "network.json").read_text())
+    assert description["format"] == "pdr_jax-model" and description["version"] == 1
+    assert description["network"]["channel_mult"] == [1, 2, 2] and description["source"] == {
+        "file": "x.pkl"
+    }
+
+    loaded_net, loaded = model_io.load_model(tmp_path / "m")
+    assert loaded_net == net  # lists are tuples again
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(variables)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, variables)
+
+
+def test_edm_sigma_max_infinity_round_trips(tmp_path):
+    """EDMPrecond's default sigma_max is inf, which JSON writes as Infinity."""
+    meta, _ = load_case("adm_cond_rgb32")
+    kwargs = {
+        **edm_network_kwargs(meta["precond_class"], meta["constructor_kwargs"]),
+        "sigma_max": float("inf"),
+    }
+    _, variables, _ = network_from_case("adm_cond_rgb32")
+    model_io.save_model(tmp_path, kwargs, variables)
+    loaded_net, _ = model_io.load_model(tmp_path)
+    assert loaded_net.sigma_max == float("inf")
+
+
+def test_save_refuses_to_overwrite_and_checks_variables(tmp_path):
+    kwargs, _, variables = _vp_model()
+    model_io.save_model(tmp_path, kwargs, variables)
+    with pytest.raises(FileExistsError, match="network.json exists"):
+        model_io.save_model(tmp_path, kwargs, variables)
+    model_io.save_model(tmp_path, kwargs, variables, overwrite=True)
+
+    with pytest.raises(
+        model_io.ModelFormatError,
+        match=r"params/model/map_label/weight: expected \(6, 8\), found \(10, 8\)",
+    ):
+        model_io.save_model(tmp_path / "other", {**kwargs, "label_dim": 6}, variables)
+    with pytest.raises(
+        model_io.ModelFormatError, match=r"missing \['params/model/map_augment/weight'\]"
+    ):
+        model_io.save_model(tmp_path / "other", {**kwargs, "augment_dim": 9}, variables)
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (None, r"network\.json: missing"),
+        ("{not json", r"network\.json: invalid JSON"),
+        (
+            {"format": "other", "version": 1, "network": {}},
+            r"network\.json: field 'format' is 'other'",
+        ),
+        (
+            {"format": "pdr_jax-model", "version": 7, "network": {}},
+            r"field 'version' is 7, expected 1",
+        ),
+        ({"format": "pdr_jax-model", "version": 1}, r"field 'network' must be an object"),
+        (
+            {
+                "format": "pdr_jax-model",
+                "version": 1,
+                "network": {"arch": "ddpmpp", "img_resolution": 8, "img_channels": 1},
+            },
+            r"field 'network\.precond' is missing",
+        ),
+        (
+            {
+                "format": "pdr_jax-model",
+                "version": 1,
+                "network": {
+                    "precond": "edm",
+                    "arch": "nope",
+                    "img_resolution": 8,
+                    "img_channels": 1,
+                },
+            },
+            r"field 'network' does not build a network .*unknown arch 'nope'",
+        ),
+    ],
+)
+def test_bad_network_json_names_file_and_field(tmp_path, content, pattern):
+    if content is not None:
+        text = content if isinstance(content, str) else json.dumps(content)
+        (tmp_path / "network.json").write_text(text)
+    with pytest.raises(model_io.ModelFormatError, match=pattern) as info:
+        model_io.load_model(tmp_path)
+    assert str(tmp_path / "network.json") in str(info.value)
+
+
+def test_missing_variables_are_reported(tmp_path):
+    kwargs, _, variables = _vp_model()
+    model_io.save_model(tmp_path, kwargs, variables)
+    (tmp_path / "variables").rename(tmp_path / "moved")
+    with pytest.raises(model_io.ModelFormatError, match=r"variables: missing"):
+        model_io.load_model(tmp_path)
