@@ -183,6 +183,9 @@ def _has_train_columns(frame: sources_lib.Frame, val_fraction: float) -> bool:
 
 def _mixed_train_stream(cfg, frames, seed: int, spec: ConditioningSpec) -> grain.MapDataset:
     """Infinite MapDataset of Frames, domains mixed by cfg.domain_weights."""
+    unknown = set(cfg.domain_weights) - set(spec.domains)
+    if unknown:
+        raise ValueError(f"data.domain_weights names unknown domains {sorted(unknown)}")
     parts, weights = [], []
     for i, domain in enumerate(spec.domains):
         weight = float(cfg.domain_weights.get(domain, 0.0))

@@ -219,16 +219,17 @@ class Frame:
     def read(self, rows: slice, cols: slice) -> np.ndarray:
         """[h, w, 1] float32 in [0, 1]: the normalised patch at rows x cols."""
         array, _ = _read_cache(self.cache_bytes).get(self.path, self.raw_mode)
-        stored = np.asarray(array[self.index, rows, cols, :], dtype=np.float32)
-        if self.channel is not None:
-            stored = stored[..., self.channel : self.channel + 1]
-            black = np.float32(self.black[self.channel])
+        if self.channel is None:
+            channels, black = slice(None), np.asarray(self.black, np.float32)
         else:
-            black = np.asarray(self.black, np.float32)
+            channels = slice(self.channel, self.channel + 1)
+            black = np.float32(self.black[self.channel])
+        stored = np.asarray(array[self.index, rows, cols, channels], dtype=np.float32)
         x = (self.scale * stored + self.offset - black) / (np.float32(self.white) - black)
         if self.channel is None:
             x = readers.to_gray(x, self.channel_names)
-        return np.clip(x, 0.0, 1.0, dtype=np.float32)
+        # NaN (masked pixels, common in FITS) -> 0; the network must never see one.
+        return np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0, dtype=np.float32)
 
 
 def _per_channel(value, channels: int) -> tuple[float, ...]:
@@ -240,7 +241,7 @@ def _per_channel(value, channels: int) -> tuple[float, ...]:
     return values
 
 
-def _auto_white(array, meta: readers.ImageMeta, black: tuple[float, ...], percentile: float):
+def _auto_white(array, meta: readers.ImageMeta, percentile: float) -> float:
     """White level of data without one: 1 if a sample of it lies in [0, 1], else a percentile."""
     n = array.shape[0]
     stride_y = max(1, array.shape[1] // 512)
@@ -286,7 +287,7 @@ def _frames_of_file(
     if white is None:
         white = meta.white_level
     if white is None:
-        white = _auto_white(array, meta, black, calibration.white_percentile)
+        white = _auto_white(array, meta, calibration.white_percentile)
     if white <= max(black):
         raise readers.UnreadableImageError(f"white level {white} <= black level {max(black)}")
     names = meta.channel_names

@@ -164,3 +164,28 @@ def test_crops_of_a_narrow_strip_are_mirror_padded_inside_it(tmp_path):
     patch = transforms.FixedCrop(16).map(crops[0])["clean"]
     assert patch.shape == (16, 16, 1)
     np.testing.assert_allclose(np.unique(patch), np.arange(30, 40) / 40, rtol=1e-6)
+
+
+def test_embedded_images_are_skimage_gray_in_unit_range():
+    import skimage.color
+    import skimage.data
+
+    photos, _ = _build(sources.EMBEDDED_SOURCES[0])
+    astronaut = next(f for f in photos.frames if f.path.endswith("astronaut"))
+    expected = skimage.color.rgb2gray(skimage.data.astronaut())
+    np.testing.assert_allclose(_whole(astronaut)[..., 0], expected, atol=1e-6)
+    ihc, _ = _build(sources.EMBEDDED_SOURCES[1])
+    assert [f.channel for f in ihc.frames] == [0, 1, 2]
+    np.testing.assert_allclose(
+        _whole(ihc[2])[..., 0], skimage.data.immunohistochemistry()[..., 2] / 255, atol=1e-6
+    )
+
+
+def test_nan_pixels_read_as_zero(tmp_path):
+    values = np.full((16, 16), 500.0, np.float32)
+    values[:4] = np.nan  # masked rows, as in many reduced FITS images
+    fits.PrimaryHDU(values).writeto(tmp_path / "masked.fits")
+    source, _ = _build({"domain": "astronomy", "paths": [str(tmp_path / "masked.fits")]})
+    x = _whole(source[0])
+    assert np.isfinite(x).all() and (x[:4] == 0).all()
+    np.testing.assert_allclose(x[4:], 1.0)  # the 99.9th percentile of the finite values

@@ -248,3 +248,17 @@ def test_throughput_function_and_command(capsys):
     assert pipeline.measure_throughput(_cfg(), resolution=32, global_batch=4, num_batches=5) > 1
     pipeline._main(["--bench", "--resolution", "32", "--num_batches", "5", "--read_threads", "0"])
     assert "batches/s" in capsys.readouterr().out
+
+
+def test_config_mistakes_are_errors():
+    with pytest.raises(ValueError, match="unknown domains"):
+        pipeline.make_dataset(
+            _cfg(domain_weights={"astronmy": 1.0}), seed=0, resolution=8, global_batch=2
+        )
+    with pytest.raises(ValueError, match="unknown source fields"):
+        pipeline.make_dataset(
+            _cfg(sources=[{"domain": "astronomy", "paths": [], "calibraton": {}}]),
+            seed=0,
+            resolution=8,
+            global_batch=2,
+        )
