@@ -289,6 +289,22 @@ def test_pickle_that_would_run_a_command_is_refused(tmp_path, func, name, layout
     assert not marker.exists()
 
 
+def test_pickle_cannot_rewrite_the_reader(tmp_path):
+    """BUILD on an allow-listed global (here: set its __defaults__) is refused, not applied."""
+    path = tmp_path / "tamper.pkl"
+    name = b"__defaults__"
+    path.write_bytes(
+        b"\x80\x02ctorch._utils\n_rebuild_parameter\n"  # PROTO 2, GLOBAL
+        + b"N}X"
+        + len(name).to_bytes(4, "little")
+        + name  # None, {"__defaults__":
+        + b"(K\x01ts\x86b."  # (1,)}, TUPLE2, BUILD, STOP
+    )
+    with pytest.raises(UnsafePickleError, match="refusing to modify"):
+        torch_pickle.load(path)
+    assert torch_pickle._rebuild_parameter.__defaults__ == (False, None, None)
+
+
 def test_embedded_module_source_is_never_executed(tmp_path):
     marker = tmp_path / "ran"
     meta = {

@@ -22,9 +22,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
 import os
 import pickle
 import struct
+import types
 import zipfile
 from typing import Any, BinaryIO
 
@@ -32,6 +34,7 @@ import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+_MAX_EXPANDED = 1 << 28  # elements a stride-0 (expanded) tensor may reach beyond its storage
 
 
 class TorchFileError(ValueError):
@@ -81,12 +84,40 @@ def _container_class(name: str) -> type:
 _CONTAINERS = {name: _container_class(name) for name in ("ModuleDict", "ModuleList", "Sequential")}
 
 
+class _Sealed:
+    """Mixin: a pickle's BUILD opcode must not rewrite this reader's own objects."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(
+            f"refusing to modify {type(self).__name__} by BUILD: a torch/EDM file never does that"
+        )
+
+
+class _Callable(_Sealed):
+    """An allow-listed function as the pickle sees it: callable, but sealed against BUILD."""
+
+    __slots__ = ("func", "name")
+
+    def __init__(self, func, name: str):
+        self.func, self.name = func, name
+
+    def __call__(self, *args):
+        return self.func(*args)
+
+    def __repr__(self):
+        return self.name
+
+
 class EasyDict(dict):
     """dnnlib.util.EasyDict read as a plain dict."""
 
+    __setstate__ = _Sealed.__setstate__
+
 
 @dataclasses.dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_Sealed):
     """Marker for a ``torch.<Type>Storage`` global: only its element dtype matters."""
 
     name: str
@@ -94,15 +125,17 @@ class _StorageType:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TorchDtype:
+class _TorchDtype(_Sealed):
     """Marker for a ``torch.<dtype>`` global (``_rebuild_tensor_v3``)."""
 
     name: str
     dtype: str  # numpy name
 
 
-class _Storage:
+class _Storage(_Sealed):
     """One tensor storage: a flat array of `dtype`, filled now (zip) or after the object (legacy)."""
+
+    __slots__ = ("big_endian", "data", "dtype", "key", "numel", "offset", "root")
 
     def __init__(self, dtype: np.dtype, numel: int, key: str, big_endian: bool = False):
         self.dtype, self.numel, self.key, self.big_endian = dtype, numel, key, big_endian
@@ -119,7 +152,7 @@ class _Storage:
 
 
 @dataclasses.dataclass
-class _Tensor:
+class _Tensor(_Sealed):
     """A tensor before its storage is known to be filled: materialised at the end of a load."""
 
     storage: _Storage
@@ -144,6 +177,8 @@ class _Tensor:
             )
         if 0 in size:
             return np.zeros(size, flat.dtype)
+        if math.prod(size) > max(flat.size, _MAX_EXPANDED):  # stride-0 views may exceed storage
+            raise TorchFileError(f"storage {self.storage.key!r}: tensor of size {size} exceeds it")
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         # as_strided reads outside the buffer if a file lies about sizes: check before viewing.
         if last >= flat.size:
@@ -197,6 +232,7 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     # Tensor subclasses (Parameter in some torch versions); the data is all we keep.
+    func = func.func if isinstance(func, _Callable) else None
     if func not in (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter) or not isinstance(
         args, tuple
     ):
@@ -339,6 +375,10 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed["torch.storage", "UntypedStorage"] = allowed["torch", "UntypedStorage"]
     for name, dtype in _TORCH_DTYPES.items():
         allowed["torch", name] = _TorchDtype(name, dtype)
+    # Python functions have writable attributes (__defaults__, ...) that BUILD could change.
+    for (module, name), value in allowed.items():
+        if isinstance(value, types.FunctionType):
+            allowed[module, name] = _Callable(value, f"{module}.{name}")
     return allowed
 
 
@@ -516,7 +556,7 @@ def _load_stream(f: BinaryIO, materialize: bool = True):
 
 _CORRUPT = (
     pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-    struct.error, zipfile.BadZipFile, UnicodeDecodeError, OverflowError, MemoryError,
+    struct.error, zipfile.BadZipFile, UnicodeDecodeError, OverflowError, MemoryError, RecursionError,
 )  # fmt: skip
 
 
