@@ -1,0 +1,106 @@
+"""tools/sample.py on a tiny network saved as a model directory and as a training checkpoint."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from pdr_jax import model_io, precond
+
+_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "sample.py"
+_spec = importlib.util.spec_from_file_location("sample_tool", _TOOL)
+sample_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sample_tool)
+
+TINY = dict(
+    precond="edm", arch="ddpmpp", img_resolution=8, img_channels=1, label_dim=6,
+    model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    net = precond.build_network(**TINY)
+    variables = jax.jit(lambda key: precond.init_variables(net, key))(jax.random.key(0))
+    directory = tmp_path_factory.mktemp("model")
+    model_io.save_model(directory, TINY, variables, overwrite=True)
+    return net, variables, directory
+
+
+def test_help():
+    with pytest.raises(SystemExit) as exit_info:
+        sample_tool.main(["--help"])
+    assert exit_info.value.code == 0
+
+
+def test_samples_from_a_model_directory(tiny_model, tmp_path, capsys):
+    """5 images in batches of 2 (the last padded): a 3x2 grid PNG and the arrays. Image i depends
+    only on seed + i: the first two equal a run with --num 2, and the first five those of a run
+    whose batch of 8 is sharded over the 8 test devices."""
+    _, _, directory = tiny_model
+    out = tmp_path / "out"
+    common = ["--steps", "2", "--batch", "2", "--domain", "microscopy,astronomy", "--seed", "3"]
+    assert sample_tool.main([str(directory), str(out), "--num", "5", *common]) == 0
+    log = capsys.readouterr().out
+    assert "batch 3/3" in log and "label_dim 6" in log
+    with np.load(out / "samples.npz") as arrays:
+        images, labels, seeds = arrays["images"], arrays["labels"], arrays["seeds"]
+        settings = json.loads(str(arrays["settings"]))
+    assert images.shape == (5, 8, 8, 1) and images.dtype == np.float32
+    assert np.isfinite(images).all()
+    np.testing.assert_array_equal(seeds, [3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(labels[:, :3].argmax(1), [1, 2, 1, 2, 1])
+    assert settings["steps"] == 2
+    grid = Image.open(out / "samples.png")
+    assert grid.size == (3 * 8, 2 * 8) and grid.mode == "L"
+
+    again = tmp_path / "again"
+    assert sample_tool.main([str(directory), str(again), "--num", "2", *common]) == 0
+    np.testing.assert_allclose(np.load(again / "samples.npz")["images"], images[:2], atol=1e-6)
+
+    sharded = tmp_path / "sharded"
+    common[3] = "8"  # --batch
+    assert sample_tool.main([str(directory), str(sharded), "--num", "8", *common]) == 0
+    assert "over 8 devices" in capsys.readouterr().out
+    np.testing.assert_allclose(np.load(sharded / "samples.npz")["images"][:5], images, atol=1e-5)
+
+
+def test_samples_from_a_training_checkpoint(tiny_model, tmp_path):
+    """A training workdir (network.json + checkpoints/<step>/state): the EMA parameters are used."""
+    from pdr_jax.train.state import TrainState
+
+    net, variables, _ = tiny_model
+    ema = jax.tree_util.tree_map(lambda p: 0.5 * p, variables["params"])
+    state = TrainState.create(
+        apply_fn=net.apply, params=variables["params"], tx=optax.adam(1e-3), ema_params=ema,
+        buffers={}, nimg=np.float32(0),
+    )  # fmt: skip
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    network = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    (workdir / "network.json").write_text(
+        json.dumps({"format": "pdr_jax-model", "version": 1, "network": network})
+    )
+    with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",)) as manager:
+        manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        manager.wait_until_finished()
+    loaded_net, loaded, step = sample_tool.load_training_run(workdir)
+    assert step == 4 and loaded_net == net
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded["params"], state.ema_params)
+    out = tmp_path / "out"
+    argv = [str(workdir), str(out), "--num", "2", "--steps", "2", "--labels", "1,0,0,0.5,0.1,0"]
+    assert sample_tool.main(argv) == 0
+    assert np.load(out / "samples.npz")["images"].shape == (2, 8, 8, 1)
+
+
+def test_label_errors(tiny_model, tmp_path):
+    _, _, directory = tiny_model
+    bad = ["--labels", "1,2,3"]
+    assert sample_tool.main([str(directory), str(tmp_path), *bad]) == 1
+    assert sample_tool.main([str(directory), str(tmp_path), "--domain", "radio"]) == 1
