@@ -164,6 +164,7 @@ def load_model(directory):
     Rebuilds the network with pdr_jax.precond.build_network and restores the variables
     (float32 arrays) against jax.eval_shape of the network's init as the target. Raises
     ModelFormatError naming network.json and the field when the description is missing or bad.
+    Only model directories are read; training workdirs (Orbax CheckpointManager) are not yet.
     """
     directory = pathlib.Path(os.fspath(directory)).expanduser().absolute()
     json_path = directory / NETWORK_FILE
