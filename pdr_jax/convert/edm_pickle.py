@@ -204,9 +204,10 @@ def _strip_prefix(state: Mapping, prefix: str | None, where: str) -> dict:
 
 
 def _prefix_hint(state: Mapping) -> str:
-    heads = {k.split(".", 1)[0] for k in state}
-    if len(heads) == 1 and heads != {"model"} and all("." in k for k in state):
-        return f" (every key starts with {next(iter(heads)) + '.'!r}: pass prefix={next(iter(heads)) + '.'!r})"
+    heads = {k.split(".", 1)[0] + "." for k in state}
+    if len(heads) == 1 and heads != {"model."} and all("." in k for k in state):
+        (head,) = heads
+        return f" (every key starts with {head!r}: pass prefix={head!r})"
     return ""
 
 
@@ -218,12 +219,13 @@ def _variables(net, state: Mapping, where: str) -> dict:
 
 
 def _network_from_module(module: PickledModule, overrides: Mapping, where: str):
-    model = (module.state or {}).get("_modules", {}).get("model")
+    state = module.state or {}
+    model = (state.get("_modules") or {}).get("model")
     try:
         kwargs = edm_network_kwargs(
             module.class_name,
-            module.state.get("_init_kwargs") or {},
-            module.state.get("_init_args") or (),
+            state.get("_init_kwargs") or {},
+            state.get("_init_args") or (),
             model_class=model.class_name if isinstance(model, PickledModule) else None,
         )
     except ConversionError as exc:
@@ -264,7 +266,7 @@ def convert_edm(
                 f"({entry.class_name}); pass keyword arguments to override single arguments"
             )
         net, kwargs, variables = _network_from_module(entry, network_kwargs, where)
-        model = entry.state["_modules"]["model"]
+        model = entry.state["_modules"]["model"]  # present: the weights converted
         source.update(edm_class=entry.class_name, edm_model_class=model.class_name)
     else:
         if config is None and not network_kwargs:
