@@ -193,17 +193,14 @@ def edm_sampler(
     round_sigma = round_sigma or _identity
     t_steps = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, round_sigma)
     t_cur, t_next = t_steps[:-1], t_steps[1:]
-    # Churn (Algorithm 2, line 4): gamma_i = min(S_churn/N, sqrt(2)-1) where S_min <= t_i <= S_max.
+    # Churn gamma_i = min(S_churn/N, sqrt(2)-1) where S_min <= t_i <= S_max (Algorithm 2), and
+    # t_hat = t_i + gamma_i t_i (line 5): fixed by the schedule, so computed here on the host.
     in_range = (S_min <= t_cur) & (t_cur <= S_max)
     gamma = np.where(in_range, min(S_churn / num_steps, np.sqrt(2) - 1), 0.0)
     t_hat = np.asarray(round_sigma(t_cur + gamma * t_cur), np.float64)
     noise_std = S_noise * np.sqrt(np.maximum(t_hat**2 - t_cur**2, 0.0))
-    schedule = {
-        name: jnp.asarray(value, latents.dtype)
-        for name, value in dict(
-            t_cur=t_cur, t_hat=t_hat, t_next=t_next, noise_std=noise_std
-        ).items()
-    }
+    schedule = dict(t_cur=t_cur, t_hat=t_hat, t_next=t_next, noise_std=noise_std)
+    schedule = {k: jnp.asarray(v, latents.dtype) for k, v in schedule.items()}
     return _edm_sample(
         _as_pytree_fn(denoise_fn),
         _as_pytree_fn(guidance_fn),
@@ -235,9 +232,9 @@ def _dpmpp_2m_sample(denoise_fn, guidance_fn, latents, schedule, *, return_traje
     def step(carry, s):
         x_cur, denoised_prev = carry
         denoised = _denoise(denoise_fn, guidance_fn, x_cur, s["t_cur"])
-        # Multistep 2nd-order estimate D_i' = (1 + 1/2r) D_i - 1/2r D_{i-1} (Lu et al. 2022b, Alg. 2).
+        # Multistep estimate D_i' = (1 + 1/2r) D_i - 1/2r D_{i-1} (Lu et al. 2022b, Alg. 2).
         denoised_prime = denoised + s["half_inv_r"] * (denoised - denoised_prev)
-        # Exact linear part, then the data-prediction term: x_{i+1} = (s_{i+1}/s_i) x_i - (e^-h - 1) D_i'.
+        # Data-prediction update x_{i+1} = (sigma_{i+1} / sigma_i) x_i - (e^-h - 1) D_i' (Alg. 2).
         x_next = (s["t_next"] / s["t_cur"]) * x_cur - jnp.expm1(-s["h"]) * denoised_prime
         return (x_next, denoised), x_next if return_trajectory else None
 
@@ -347,7 +344,8 @@ def _discrete_steps(betas, num_steps):
 def _check_parameterization(parameterization):
     if parameterization not in schedules.PARAMETERIZATIONS:
         raise ValueError(
-            f"parameterization must be one of {schedules.PARAMETERIZATIONS}, got {parameterization!r}"
+            f"parameterization must be one of {schedules.PARAMETERIZATIONS}, "
+            f"got {parameterization!r}"
         )
 
 
@@ -366,7 +364,7 @@ def ddpm_sampler(
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), written with the x0 posterior (eq. 7).
 
     With num_steps < T the chain is respaced (Nichol & Dhariwal 2021, Sec. 4): it visits
-    `schedules.spaced_timesteps(T, num_steps)` and uses beta_t = 1 - abar_t / abar_prev between them.
+    `schedules.spaced_timesteps(T, num_steps)`, with beta_t = 1 - abar_t / abar_prev between them.
 
     Args:
       model_fn: (x_t: [B, H, W, C], t: [] int32) -> prediction [B, H, W, C] (`parameterization`).

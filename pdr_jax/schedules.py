@@ -1,4 +1,4 @@
-"""Discrete-time diffusion (DDPM-style models): beta schedules and the eps / x0 / v parameterisations.
+"""Discrete-time diffusion (DDPM-style models): beta schedules, eps / x0 / v parameterisations.
 
 A model trained DDPM-style sees x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps at an
 integer timestep t = 0 .. T-1 (Ho et al. 2020, eq. 4), with alpha_bar_t = prod_{s<=t} (1 - beta_s).
@@ -59,7 +59,7 @@ def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 
 
 
 def sqrt_betas(num_timesteps: int = 1000, s: float = 1e-4, max_beta: float = 0.999):
-    """Square-root schedule (Li et al. 2022, Diffusion-LM, Sec. 4.2): abar(tau) = 1 - sqrt(tau + s)."""
+    """Square-root schedule (Li et al. 2022, Diffusion-LM): abar(tau) = 1 - sqrt(tau + s)."""
     return betas_from_alpha_bar(lambda tau: 1 - np.sqrt(tau + s), num_timesteps, max_beta)
 
 
@@ -152,7 +152,7 @@ def eps_from_x0(x_t, x0, alpha_bar):
 
 
 def x0_from_eps(x_t, eps, alpha_bar):
-    """The clean image under x_t: x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) (Ho et al. eq. 15)."""
+    """The clean image under x_t: x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) (Ho eq. 15)."""
     return (x_t - jnp.sqrt(1 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
 
 

@@ -181,7 +181,7 @@ def _sample(name, latents):
 @pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "dpmpp_2m_discrete", "ddim", "ddpm"])
 def test_samples_match_gaussian_data(name):
     """Heun (18 steps), DPM-Solver++ (20; also on a v-prediction DDPM model), DDIM (50) and DDPM
-    (T = 250) with the ideal denoiser reproduce the data's mean and covariance (tolerances above)."""
+    (100 of T = 1000) with the ideal denoiser reproduce the data's mean and covariance."""
     samples = _sample(name, _latents())
     chex.assert_shape(samples, (NUM_SAMPLES, *SHAPE))
     print(name, assert_matches_gaussian(samples))
@@ -391,7 +391,7 @@ def test_guidance_corrects_every_denoised_estimate(name):
 
 def test_ddpm_equals_ddim_with_eta_one():
     """DDIM's eta = 1 has DDPM's posterior variance and the same mean (Song et al. 2021, Sec. 4.1),
-    and both draw step i's noise from fold_in(key, i): the samples coincide (20 of T = 100 steps)."""
+    and both draw step i's noise from fold_in(key, i): the samples coincide (20 of T = 100)."""
     betas = schedules.cosine_betas(100)
     latents, key = _latents(batch=8), jax.random.key(2)
     ddpm = samplers.ddpm_sampler(gaussian_model(betas), latents, key=key, betas=betas, num_steps=20)

@@ -2,7 +2,7 @@
 
     python tools/sample.py /models/edm-cifar10 out/cifar --num 64 --class 3
     python tools/sample.py runs/gray128 out/gray --num 12 --domain microscopy,astronomy --scale 50
-    python tools/sample.py /models/gray out/gray --labels 0,1,0,0.2,0.05,0 --sampler dpmpp2m --steps 20
+    python tools/sample.py /models/gray out/gray --labels 0,1,0,0.2,0.05,0 --sampler dpmpp2m
 
 MODEL is a directory written by tools/convert_edm.py / pdr_jax.model_io.save_model, or a
 training workdir (network.json + checkpoints/), whose latest (or --step) checkpoint's EMA
