@@ -1,0 +1,108 @@
+"""Physics metrics: chi-square at the truth, residual whiteness, photon-transfer fits, bias."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdr_jax import metrics
+from pdr_jax.physics import noise
+
+
+def test_chi_square_of_the_truth_on_a_million_pixels():
+    # Its standard error is ~sqrt(2 / 10^6) ~ 0.0015 (a bit more at low counts).
+    x = jax.random.uniform(jax.random.key(0), (4, 500, 500, 1))
+    s = jnp.array([1.0, 10.0, 100.0, 1000.0]).reshape(4, 1, 1, 1)
+    y = jax.jit(noise.simulate)(jax.random.key(1), x, s, 2.0, 0.5)
+    chi2 = float(metrics.chi_square(y, x, s, 2.0, 0.5))
+    assert chi2 == pytest.approx(1.0, abs=0.01)
+    # An oversmoothed estimate (the image mean) is far from 1; masked pixels are left out.
+    assert float(metrics.chi_square(y, jnp.full_like(x, 0.5), s, 2.0, 0.5)) > 5
+    mask = jnp.ones_like(x).at[:, :10].set(0.0)
+    corrupted = y.at[:, :10].set(1e6)
+    assert float(metrics.chi_square(corrupted, x, s, 2.0, 0.5, mask)) == pytest.approx(
+        chi2, abs=0.01
+    )
+
+
+def _smoothed(z):
+    """Average of each pixel and its right neighbour: rho(0, 1) = 1/2, other lags 0."""
+    return 0.5 * (z + jnp.roll(z, 1, axis=2))
+
+
+def test_autocorrelation_and_flatness_tell_white_from_coloured():
+    z = jax.random.normal(jax.random.key(2), (8, 64, 64, 1))
+    n = z.size
+    rho = metrics.residual_autocorrelation(z, max_lag=2)
+    assert rho.shape == (5, 5) and float(rho[2, 2]) == pytest.approx(1.0)
+    assert float(metrics.whiteness(z)) < 5 / np.sqrt(n)
+    assert float(metrics.spectral_flatness(z)) == pytest.approx(1.0, abs=0.02)
+    coloured = _smoothed(z)
+    rho = metrics.residual_autocorrelation(coloured, max_lag=2)
+    assert float(rho[2, 3]) == pytest.approx(0.5, abs=0.02)
+    assert float(rho[2, 1]) == pytest.approx(0.5, abs=0.02)
+    assert float(rho[3, 2]) == pytest.approx(0.0, abs=0.02)
+    assert float(metrics.spectral_flatness(coloured)) < 0.7
+    # A single [H, W] image works too (flatness then has a single periodogram).
+    assert float(metrics.spectral_flatness(z[0, :, :, 0])) == pytest.approx(1.0, abs=0.1)
+    # Masked pixels do not count, even if they hold structure.
+    mask = jnp.ones_like(z).at[:, :, :16].set(0.0)
+    structured = z.at[:, :, :16].set(coloured[:, :, :16] * 50)
+    assert float(metrics.whiteness(structured, mask=mask)) < 5 / np.sqrt(n * 0.75)
+
+
+def test_normalized_residuals_of_a_restoration_are_white():
+    x = jax.random.uniform(jax.random.key(3), (2, 64, 64, 1))
+    y = noise.simulate(jax.random.key(4), x, 50.0, 1.5, 1.0)
+    residuals = metrics.normalized_residuals(y, x, 50.0, 1.5, 1.0)
+    assert float(jnp.std(residuals)) == pytest.approx(1.0, abs=0.02)
+    assert float(metrics.whiteness(residuals)) < 5 / np.sqrt(residuals.size)
+
+
+def _to_adu(key, electrons_mean, gain, read_noise, black, shape):
+    """Simulated raw frame: Poisson electrons + read noise, / gain + black, quantised."""
+    e = noise.simulate(key, jnp.zeros(shape), 0.0, read_noise, electrons_mean)
+    return np.round(np.asarray(e) / gain + black)
+
+
+def test_photon_transfer_from_flat_pairs_recovers_gain_and_read_noise():
+    gain, read_noise, black = 2.0, 6.0, 200.0  # e/ADU, e, ADU
+    levels = np.geomspace(20, 20000, 12)
+    keys = jax.random.split(jax.random.key(5), (len(levels), 2))
+    pairs = [
+        tuple(_to_adu(k, level, gain, read_noise, black, (128, 128)) for k in pair_keys)
+        for level, pair_keys in zip(levels, keys)
+    ]
+    # A fixed pattern (vignetting) common to both frames must not matter.
+    vignette = 1.0 + 0.05 * np.linspace(-1, 1, 128)[None, :]
+    pairs = [((a - black) * vignette + black, (b - black) * vignette + black) for a, b in pairs]
+    mean, var = metrics.ptc_from_flat_pairs(pairs, black, white_level=65535)
+    fit = metrics.fit_photon_transfer(mean, var)
+    assert fit.gain == pytest.approx(gain, rel=0.05)
+    assert fit.read_noise == pytest.approx(read_noise, rel=0.05)
+
+
+def test_photon_transfer_from_one_pair_of_a_static_scene():
+    gain, read_noise, black = 0.5, 2.0, 100.0
+    # Electrons: a ramp with many dark pixels (where regression to the mean would bias a fit).
+    scene = 2000 * np.linspace(0, 1, 256)[None, :] ** 2 * np.ones((512, 1))
+    key_a, key_b = jax.random.split(jax.random.key(6))
+    frames = [
+        np.round(np.asarray(noise.simulate(k, scene, 1.0, read_noise, 0.0)) / gain + black)
+        for k in (key_a, key_b)
+    ]
+    mean, var = metrics.ptc_from_frame_pair(*frames, black, num_bins=24)
+    fit = metrics.fit_photon_transfer(mean, var)
+    assert fit.gain == pytest.approx(gain, rel=0.05)
+    assert fit.read_noise == pytest.approx(read_noise, rel=0.05)
+    with pytest.raises(ValueError, match="slope"):
+        metrics.fit_photon_transfer([1.0, 2.0], [5.0, 4.0])
+
+
+def test_relative_bias():
+    x = jax.random.uniform(jax.random.key(7), (16, 16), minval=0.1)
+    assert float(metrics.relative_bias(1.1 * x, x)) == pytest.approx(0.1, rel=1e-5)
+    assert float(metrics.relative_bias(x, x)) == 0.0
+    levels, bias = metrics.relative_bias_by_level(x + 0.01, x, num_bins=4)
+    assert levels.shape == bias.shape == (4,)
+    assert np.all(np.diff(levels) > 0) and np.all(np.diff(bias) < 0)  # 0.01 / level
