@@ -1,0 +1,226 @@
+"""Likelihood guidance for a diffusion sampler: corrections to the denoised estimate.
+
+Units: samplers work in model space, where an image is `2 x - 1` with x in [0, 1]. A denoised
+estimate `denoised` is turned into x = (denoised + 1) / 2, and the log-likelihood gradient
+w.r.t. model space is 0.5 * d log p(y | x) / dx. Pixels with mask == 0 (saturated, dead, hot)
+contribute nothing.
+
+Two modes, both adding a correction to the sampler's denoised estimate:
+
+- "x0" (the seed design, `x0_guidance`): correction = gamma(sigma) * clip(grad, -10, 10) at
+  sigma > sigma_threshold (0.01), grad taken at the denoised estimate. A hook for the
+  samplers' `guidance_fn(x, denoised, sigma)`.
+- "dps" (Chung et al. 2022, Algorithm 1; `dps_denoiser`): the step on log p(y | D(x_t)) taken
+  back through the denoiser to the noisy state, J^T (gamma * grad) with J = dD/dx_t. It needs
+  the denoiser's vector-Jacobian product, so it wraps `denoise_fn` instead of using the hook.
+
+Step size gamma(sigma) = kappa times sigma^2 ("sigma2"), sigma, 1 ("constant"), or
+sigma^2 sigma_data^2 / (sigma^2 + sigma_data^2) ("isotropic": Var[x0 | x_t] under a
+N(0, sigma_data^2) prior per pixel; sigma^2 J is that posterior covariance for the actual
+prior, Tweedie). gamma * grad is a gradient step that treats gamma as the variance of the
+denoised estimate, so it overshoots once gamma F >> 1 (F = s^2 / (4 (lambda + r^2)), the
+pixel's Fisher information): with the seed defaults (x0, kappa sigma^2, kappa = 0.5) gamma F
+reaches 10^5 at sigma = 80 and the sampler diverges. `damping=True` replaces gamma with
+gamma / (1 + gamma F), the Gauss-Newton (Kalman) step, which never passes the pixel's
+maximum-likelihood value. Measured on a Gaussian prior with an exact denoiser
+(tests/physics/test_restore_guided.py), x0 + isotropic + damping and dps + sigma2 + damping,
+both at kappa = 1, beat the noisy and prior-mean estimates at s = 1, 10 and 100 with
+chi-square near 1; the undamped seed defaults do not.
+
+Nothing here knows which sampler calls it; the samplers know nothing about the noise model.
+With kappa = 0 both corrections are exactly zero, and `make_guidance` hands the sampler the
+plain denoiser, so results are bit-identical to unguided sampling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import Partial
+
+from pdr_jax.physics import noise
+
+GAMMA_SCHEDULES = ("sigma2", "sigma", "constant", "isotropic")
+SIGMA_DATA = 0.5  # EDM's sigma_data: the prior std of a model-space pixel
+MODES = ("x0", "dps")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceSettings:
+    """How strongly and through what the likelihood steers the sampler. Validated on creation."""
+
+    mode: str = "x0"  # "x0": correct the denoised estimate; "dps": through the denoiser
+    likelihood: str = "wls"  # a key of pdr_jax.physics.noise.LOG_LIKELIHOODS
+    kappa: float = 0.5  # step-size scale, >= 0; 0 turns guidance off exactly
+    schedule: str = "sigma2"  # a key of GAMMA_SCHEDULES (step_size)
+    sigma_threshold: float = 0.01  # no correction at sigma <= this
+    grad_clip: float | None = 10.0  # clip the model-space gradient to +-grad_clip (None: off)
+    damping: bool = False  # gamma -> gamma / (1 + gamma F), see damped_step
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown guidance mode {self.mode!r}; expected one of {MODES}")
+        if self.likelihood not in noise.LOG_LIKELIHOODS:
+            raise ValueError(
+                f"unknown likelihood {self.likelihood!r}; expected one of "
+                f"{tuple(noise.LOG_LIKELIHOODS)}"
+            )
+        if self.schedule not in GAMMA_SCHEDULES:
+            raise ValueError(
+                f"unknown gamma schedule {self.schedule!r}; expected one of {GAMMA_SCHEDULES}"
+            )
+        if not self.kappa >= 0:
+            raise ValueError(f"kappa must be >= 0, got {self.kappa}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+
+
+def step_size(sigma, *, kappa: float, schedule: str = "sigma2"):
+    """gamma(sigma): kappa times sigma^2, sigma, 1 or sigma^2 sd^2 / (sigma^2 + sd^2) (sd =
+    SIGMA_DATA) for schedule "sigma2", "sigma", "constant", "isotropic"; shaped like sigma."""
+    if schedule == "sigma2":
+        return kappa * jnp.square(sigma)
+    if schedule == "sigma":
+        return kappa * sigma
+    if schedule == "constant":
+        return kappa * jnp.ones_like(sigma)
+    if schedule == "isotropic":
+        return kappa * jnp.square(sigma) * SIGMA_DATA**2 / (jnp.square(sigma) + SIGMA_DATA**2)
+    raise ValueError(f"unknown gamma schedule {schedule!r}; expected one of {GAMMA_SCHEDULES}")
+
+
+def _per_example(sigma, ndim: int):
+    """sigma as a scalar or [B, 1, ..., 1] so it broadcasts against [B, H, W, C] images."""
+    sigma = jnp.asarray(sigma, jnp.float32)
+    if sigma.ndim == 1:
+        sigma = sigma.reshape(-1, *([1] * (ndim - 1)))
+    return sigma
+
+
+def model_space_grad(denoised, y, s, r, b, *, likelihood: str = "wls", mask=None):
+    """0.5 * d log p(y | x) / dx at x = (denoised + 1) / 2, zero where mask == 0.
+
+    denoised: [B, H, W, C] model-space estimate; y, mask: broadcastable (e.g. [B, H, W, C]);
+    s, r, b: scalars or [B, 1, 1, 1]. Returns [B, H, W, C] float32.
+    """
+    x = 0.5 * (denoised + 1.0)
+    return 0.5 * noise.log_likelihood_grad(y, x, s, r, b, kind=likelihood, mask=mask)
+
+
+def fisher_information(denoised, s, r, b):
+    """Per-pixel Fisher information of the measurement about model-space x: s^2 / (4 v),
+    v = lambda + r^2 (the Gaussian approximation, used for every likelihood)."""
+    lam = noise.mean_electrons(0.5 * (denoised + 1.0), s, b)
+    return jnp.square(s) / (4.0 * noise.variance(lam, r))
+
+
+def damped_step(gamma, denoised, s, r, b):
+    """gamma / (1 + gamma F): one Gauss-Newton (Kalman) step instead of a gradient step.
+
+    gamma * grad treats gamma as the variance of the denoised estimate; combining that
+    estimate with the pixel's measurement (information F) gives the damped step, which never
+    moves a pixel past its maximum-likelihood value however large gamma gets (high sigma, many
+    photons). Without it gamma F >> 1 overshoots and the sampler diverges.
+    """
+    return gamma / (1.0 + gamma * fisher_information(denoised, s, r, b))
+
+
+def guidance_step(grad, denoised, sigma, s, r, b, settings: GuidanceSettings):
+    """gamma(sigma) * clip(grad), damped if asked, zero at sigma <= sigma_threshold.
+
+    grad, denoised: [B, H, W, C] model space; sigma: scalar or [B]. Returns [B, H, W, C].
+    """
+    if settings.grad_clip is not None:
+        grad = jnp.clip(grad, -settings.grad_clip, settings.grad_clip)
+    sigma = _per_example(sigma, denoised.ndim)
+    gamma = step_size(sigma, kappa=settings.kappa, schedule=settings.schedule)
+    if settings.damping:
+        gamma = damped_step(gamma, denoised, s, r, b)
+    return jnp.where(sigma > settings.sigma_threshold, gamma * grad, 0.0)
+
+
+def x0_correction(denoised, sigma, *, y, s, r, b, mask=None,
+                  settings: GuidanceSettings = GuidanceSettings()):  # fmt: skip
+    """The seed design: gamma(sigma) * clip(model_space_grad(denoised)) (guidance_step).
+
+    denoised: [B, H, W, C]; sigma: scalar or [B]; y, mask: [B, H, W, C]; s, r, b: scalars or
+    [B, 1, 1, 1]. Returns the correction [B, H, W, C] float32.
+    """
+    grad = model_space_grad(denoised, y, s, r, b, likelihood=settings.likelihood, mask=mask)
+    return guidance_step(grad, denoised, sigma, s, r, b, settings)
+
+
+def dps_correction(denoise_fn, x, sigma, *, y, s, r, b, mask=None,
+                   settings: GuidanceSettings = GuidanceSettings()):  # fmt: skip
+    """(D(x), J^T step): the denoised estimate and its DPS correction (Chung et al. 2022).
+
+    step = guidance_step(model_space_grad(D(x))) and J^T step its vector-Jacobian product
+    through D at x, i.e. the step's pull on log p(y | D(x_t)) taken back to the noisy state.
+    x: [B, H, W, C] model space; sigma: scalar or [B]. Returns two [B, H, W, C] float32.
+    """
+    denoised, vjp_fn = jax.vjp(lambda x_t: denoise_fn(x_t, sigma), x)
+    grad = model_space_grad(denoised, y, s, r, b, likelihood=settings.likelihood, mask=mask)
+    (correction,) = vjp_fn(guidance_step(grad, denoised, sigma, s, r, b, settings))
+    return denoised, correction
+
+
+def _x0_hook(settings, y, s, r, b, mask, x, denoised, sigma):
+    del x  # the seed design corrects the denoised estimate only
+    return x0_correction(denoised, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings)
+
+
+def _dps_denoise(settings, denoise_fn, y, s, r, b, mask, x, sigma):
+    denoised, correction = dps_correction(
+        denoise_fn, x, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings
+    )
+    return denoised + correction
+
+
+@functools.lru_cache(maxsize=64)
+def _bound(fn, settings: GuidanceSettings):
+    """fn with its settings bound, one object per (fn, settings): jitted samplers key their
+    compiled programs on it."""
+    return functools.partial(fn, settings)
+
+
+def x0_guidance(y, s, r, b, *, mask=None, settings: GuidanceSettings = GuidanceSettings()):
+    """A sampler hook `guidance_fn(x, denoised, sigma) -> x0_correction(...)`.
+
+    y: [B, H, W, C] electrons; mask: same or None; s, r, b: scalars or [B, 1, 1, 1].
+    Returned as a `jax.tree_util.Partial` whose arrays (y, s, r, b, mask) are pytree leaves:
+    a jitted sampler traces them instead of baking them in, and reuses its compiled program
+    for new data with the same settings and shapes.
+    """
+    return Partial(_bound(_x0_hook, settings), y, s, r, b, mask)
+
+
+def dps_denoiser(denoise_fn, y, s, r, b, *, mask=None,
+                 settings: GuidanceSettings = GuidanceSettings(mode="dps")):  # fmt: skip
+    """Wrap `denoise_fn(x, sigma) -> D` into `denoise_fn(x, sigma) -> D + dps_correction`.
+
+    A `jax.tree_util.Partial` with the arrays as leaves, as x0_guidance; pass a Partial
+    denoise_fn (e.g. over network variables) to keep those traced too.
+    """
+    if not isinstance(denoise_fn, Partial):
+        denoise_fn = Partial(denoise_fn)
+    return Partial(_bound(_dps_denoise, settings), denoise_fn, y, s, r, b, mask)
+
+
+def make_guidance(denoise_fn, y, s, r, b, *, mask=None,
+                  settings: GuidanceSettings = GuidanceSettings()):  # fmt: skip
+    """(denoise_fn, guidance_fn) for a sampler: settings.mode "x0" adds a hook and keeps the
+    denoiser, "dps" wraps the denoiser and adds no hook.
+
+    kappa = 0 returns (denoise_fn, None), the unguided sampler's own program, so results are
+    bit-identical to unguided sampling. A zero correction passed through the hook is exactly
+    zero too, but the program around it compiles differently (XLA fuses the denoiser's
+    transcendentals with other ops), which moves results by ~1e-6.
+    """
+    if settings.kappa == 0:
+        return denoise_fn, None
+    if settings.mode == "x0":
+        return denoise_fn, x0_guidance(y, s, r, b, mask=mask, settings=settings)
+    return dps_denoiser(denoise_fn, y, s, r, b, mask=mask, settings=settings), None
