@@ -148,7 +148,7 @@ def resolve_layers(net, layers: Iterable[str] | None = None) -> dict[str, str]:
     keys = set(module_keys(net))
     resolved, unknown = {}, []
     for name in layers:
-        path = name[len("model.") :] if name.startswith("model.") else name
+        path = name.removeprefix("model.")
         if name in stable:
             resolved[name] = stable[name]
         elif _flax_path(path)[1] in keys:  # its top-level module exists
