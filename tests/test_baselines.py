@@ -42,7 +42,9 @@ def test_variance_is_stabilised(r):
 
 def test_forward_and_inverse_formulas():
     """Hand values: f(y) = 2 sqrt(y + 3/8 + r^2); I(2 sqrt(3/8)) = 0; I(D) -> D^2/4 - 1/8 - r^2."""
-    np.testing.assert_allclose(baselines.gat_forward([0.0, 10.0], 2.0), 2 * np.sqrt([4.375, 14.375]))
+    np.testing.assert_allclose(
+        baselines.gat_forward([0.0, 10.0], 2.0), 2 * np.sqrt([4.375, 14.375])
+    )
     assert baselines.gat_forward(-10.0, 1.0) == 0.0
     assert baselines.gat_inverse(baselines.D_MIN, 0.0) == pytest.approx(0.0, abs=1e-12)
     assert baselines.gat_inverse([0.0, 0.5, 1.0], 0.0).tolist() == [0.0, 0.0, 0.0]
