@@ -40,7 +40,10 @@ class TilePlan:
 
     @property
     def padded_shape(self) -> tuple[int, int]:
-        return self.height + self.pad_top + self.pad_bottom, self.width + self.pad_left + self.pad_right
+        return (
+            self.height + self.pad_top + self.pad_bottom,
+            self.width + self.pad_left + self.pad_right,
+        )
 
     @property
     def num_tiles(self) -> int:
@@ -70,7 +73,9 @@ def _axis_plan(size: int, tile: int, stride: int) -> tuple[int, int, tuple[int, 
     return total // 2, total - total // 2, tuple(i * stride for i in range(count))
 
 
-def plan_tiles(height: int, width: int, *, tile: int = 128, overlap: int = 16, multiple: int = 8) -> TilePlan:
+def plan_tiles(
+    height: int, width: int, *, tile: int = 128, overlap: int = 16, multiple: int = 8
+) -> TilePlan:
     """Tiles of `tile` pixels overlapping by `overlap` covering an image padded by reflection.
 
     `multiple`: the tile size must be a multiple of it (the U-Net's total downsampling).
@@ -78,7 +83,9 @@ def plan_tiles(height: int, width: int, *, tile: int = 128, overlap: int = 16, m
     if min(height, width) < MIN_SIZE:
         raise ValueError(f"image is {height}x{width}; the minimum is {MIN_SIZE}x{MIN_SIZE} pixels")
     if tile % multiple:
-        raise ValueError(f"tile {tile} must be a multiple of {multiple} (the network's downsampling)")
+        raise ValueError(
+            f"tile {tile} must be a multiple of {multiple} (the network's downsampling)"
+        )
     if not 0 <= overlap < tile // 2 + 1:
         raise ValueError(f"overlap {overlap} must be in [0, tile/2] for tile {tile}")
     stride = tile - overlap
@@ -95,13 +102,22 @@ def plan_tiles(height: int, width: int, *, tile: int = 128, overlap: int = 16, m
 
 def pad(x, plan: TilePlan):
     """[..., H, W, C] -> reflection-padded [..., H', W', C]."""
-    widths = [(0, 0)] * (x.ndim - 3) + [(plan.pad_top, plan.pad_bottom), (plan.pad_left, plan.pad_right), (0, 0)]
+    widths = [(0, 0)] * (x.ndim - 3) + [
+        (plan.pad_top, plan.pad_bottom),
+        (plan.pad_left, plan.pad_right),
+        (0, 0),
+    ]
     return jnp.pad(x, widths, mode="reflect")
 
 
 def unpad(x, plan: TilePlan):
     """Inverse of `pad`: crop back to [..., H, W, C]."""
-    return x[..., plan.pad_top : plan.pad_top + plan.height, plan.pad_left : plan.pad_left + plan.width, :]
+    return x[
+        ...,
+        plan.pad_top : plan.pad_top + plan.height,
+        plan.pad_left : plan.pad_left + plan.width,
+        :,
+    ]
 
 
 def window(plan: TilePlan) -> np.ndarray:
@@ -130,37 +146,53 @@ def weight_map(plan: TilePlan) -> np.ndarray:
 def extract_tiles(x, origins, tile: int):
     """x [H', W', C], origins [N, 2] -> [N, tile, tile, C]."""
     channels = x.shape[-1]
-    return jax.vmap(lambda o: jax.lax.dynamic_slice(x, (o[0], o[1], 0), (tile, tile, channels)))(origins)
+    return jax.vmap(lambda o: jax.lax.dynamic_slice(x, (o[0], o[1], 0), (tile, tile, channels)))(
+        origins
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _TiledApply:
+    """Hashable (by value) whole-image denoiser over a plan: jit caches reuse it across calls."""
+
+    plan: TilePlan
+    batch: int
+
+    def __call__(self, denoise_fn, x, sigma):
+        plan, batch, t = self.plan, self.batch, self.plan.tile
+        origins = plan.origins
+        num_chunks = math.ceil(len(origins) / batch)
+        padded = np.concatenate([origins, np.repeat(origins[-1:], num_chunks * batch - len(origins), 0)])
+        chunks = jnp.asarray(padded.reshape(num_chunks, batch, 2))
+        valid = jnp.asarray((np.arange(num_chunks * batch) < len(origins)).reshape(num_chunks, batch), jnp.float32)
+        win = jnp.asarray(window(plan))[None, :, :, None]
+        inv_weight = jnp.asarray(1.0 / weight_map(plan))[:, :, None]
+
+        def denoise_image(image):
+            def chunk(acc, inputs):
+                org, ok = inputs
+                out = denoise_fn(extract_tiles(image, org, t), sigma) * win * ok[:, None, None, None]
+
+                def add(i, acc):
+                    cur = jax.lax.dynamic_slice(acc, (org[i, 0], org[i, 1], 0), (t, t, acc.shape[-1]))
+                    return jax.lax.dynamic_update_slice(acc, cur + out[i], (org[i, 0], org[i, 1], 0))
+
+                return jax.lax.fori_loop(0, batch, add, acc), None
+
+            acc, _ = jax.lax.scan(chunk, jnp.zeros(image.shape, jnp.float32), (chunks, valid))
+            return acc * inv_weight
+
+        return jax.vmap(denoise_image)(x)
 
 
 def tiled_denoiser(denoise_fn, plan: TilePlan, *, batch: int = 8):
-    """Wrap denoise_fn(tiles [n, t, t, C], sigma) into a denoiser of padded images [B, H', W', C].
+    """Wrap denoise_fn(tiles [batch, t, t, C], sigma) into a denoiser of padded images [B, H', W', C].
 
-    Tiles are processed `batch` at a time in a lax.scan (one compiled network call shape);
-    each chunk's windowed outputs are accumulated, and the sum is divided by the weight map.
+    Tiles are processed `batch` at a time in a lax.scan (one compiled network call shape; the
+    last chunk is padded and masked); each chunk's windowed outputs are accumulated and the sum
+    is divided by the weight map. Returns a `jax.tree_util.Partial`: pass `denoise_fn` as a
+    Partial too, so that the arrays it carries are traced inputs of the sampler, not constants.
     """
-    origins = plan.origins
-    num_chunks = math.ceil(len(origins) / batch)
-    padded = np.concatenate([origins, np.repeat(origins[-1:], num_chunks * batch - len(origins), 0)])
-    valid = (np.arange(num_chunks * batch) < len(origins)).astype(np.float32)
-    chunks = jnp.asarray(padded.reshape(num_chunks, batch, 2))
-    valid = jnp.asarray(valid.reshape(num_chunks, batch))
-    win = jnp.asarray(window(plan))[None, :, :, None]
-    inv_weight = jnp.asarray(1.0 / weight_map(plan))[:, :, None]
-    t = plan.tile
-
-    def denoise_image(x, sigma):
-        def chunk(acc, inputs):
-            org, ok = inputs
-            out = denoise_fn(extract_tiles(x, org, t), sigma) * win * ok[:, None, None, None]
-
-            def add(i, acc):
-                cur = jax.lax.dynamic_slice(acc, (org[i, 0], org[i, 1], 0), (t, t, acc.shape[-1]))
-                return jax.lax.dynamic_update_slice(acc, cur + out[i], (org[i, 0], org[i, 1], 0))
-
-            return jax.lax.fori_loop(0, batch, add, acc), None
-
-        acc, _ = jax.lax.scan(chunk, jnp.zeros(x.shape, jnp.float32), (chunks, valid))
-        return acc * inv_weight
-
-    return lambda x, sigma: jax.vmap(lambda image: denoise_image(image, sigma))(x)
+    if not isinstance(denoise_fn, jax.tree_util.Partial):
+        denoise_fn = jax.tree_util.Partial(denoise_fn)
+    return jax.tree_util.Partial(_TiledApply(plan, batch), denoise_fn)
