@@ -53,6 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdr_jax.nn.unets import DhariwalUNet
+
 Array = jax.Array
 
 
@@ -74,8 +76,10 @@ def _unet(net):
     return model
 
 
-def _resolution(spec_name: str) -> int:
-    return int(spec_name.split("x", 1)[0])
+def _info(name: str, container: str, spec) -> LayerInfo:
+    """LayerInfo of a layout entry; its resolution is the leading number of its key (16x16_...)."""
+    resolution = int(spec.name.split("x", 1)[0])
+    return LayerInfo(name, f"{container}.{spec.name}", resolution, spec.out_channels)
 
 
 def list_layers(net) -> list[LayerInfo]:
@@ -85,31 +89,15 @@ def list_layers(net) -> list[LayerInfo]:
     U-Net's layout: no parameters are needed (works on a 296M-parameter net without init).
     """
     enc_specs, dec_specs = _unet(net).layout
-    layers = []
     encoder = [spec for spec in enc_specs if spec.kind in ("conv", "block")]
-    for i, spec in enumerate(encoder):
-        path = f"enc.{spec.name}"
-        layers.append(
-            LayerInfo(f"encoder_block_{i}", path, _resolution(spec.name), spec.out_channels)
-        )
-    last = encoder[-1]
-    layers.append(
-        LayerInfo(
-            "encoder_bottleneck", f"enc.{last.name}", _resolution(last.name), last.out_channels
-        )
-    )
     mid = next(i for i, spec in enumerate(dec_specs) if spec.name.endswith("_in1"))
-    spec = dec_specs[mid]
-    layers.append(
-        LayerInfo("midblock", f"dec.{spec.name}", _resolution(spec.name), spec.out_channels)
-    )
     decoder = [spec for spec in dec_specs[mid + 1 :] if spec.kind == "block"]
-    for i, spec in enumerate(decoder):
-        path = f"dec.{spec.name}"
-        layers.append(
-            LayerInfo(f"decoder_block_{i}", path, _resolution(spec.name), spec.out_channels)
-        )
-    return layers
+    return [
+        *(_info(f"encoder_block_{i}", "enc", spec) for i, spec in enumerate(encoder)),
+        _info("encoder_bottleneck", "enc", encoder[-1]),
+        _info("midblock", "dec", dec_specs[mid]),
+        *(_info(f"decoder_block_{i}", "dec", spec) for i, spec in enumerate(decoder)),
+    ]
 
 
 def module_keys(net) -> list[str]:
@@ -117,13 +105,11 @@ def module_keys(net) -> list[str]:
     model = _unet(net)
     enc_specs, dec_specs = model.layout
     keys = ["map_noise"]
-    if getattr(model, "augment_dim", 0):
-        keys.append("map_augment")
-    if model.label_dim:
-        keys.append("map_label")
+    keys += ["map_augment"] if model.augment_dim else []
+    keys += ["map_label"] if model.label_dim else []
     keys += ["map_layer0", "map_layer1"]
     keys += [f"enc.{spec.name}" for spec in enc_specs] + [f"dec.{spec.name}" for spec in dec_specs]
-    if not hasattr(model, "encoder_type"):  # DhariwalUNet's output head
+    if isinstance(model, DhariwalUNet):  # SongUNet's output head is the dec.*_aux_* modules
         keys += ["out_norm", "out_conv"]
     return keys
 
@@ -175,7 +161,7 @@ def _capture_program(net, flax_paths: frozenset):
             variables, x, sigma, class_labels, augment_labels=augment_labels,
             capture_intermediates=wanted, mutable=["intermediates"],
         )  # fmt: skip
-        return D, state["intermediates"]
+        return D, state.get("intermediates", {})  # absent when no module matched
 
     return jax.jit(run)
 

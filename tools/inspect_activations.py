@@ -199,12 +199,12 @@ def make_inputs(args, net, variables):
         _log(f"sampling {num} clean images with {args.sample_preset} ({steps} steps)...")
         tick = time.perf_counter()
         latents = jax.random.normal(key_latents, clean.shape)
-        clean = np.asarray(
-            sampler_presets.sample_with_preset(
-                net, variables, latents, None if labels is None else jnp.asarray(labels),
-                key=key_churn, preset=args.sample_preset, **overrides,
-            )  # fmt: skip
-        )
+        sample_labels = None if labels is None else jnp.asarray(labels)
+        samples = sampler_presets.sample_with_preset(
+            net, variables, latents, sample_labels, key=key_churn, preset=args.sample_preset,
+            **overrides,
+        )  # fmt: skip
+        clean = np.asarray(samples)
         _log(f"sampled in {time.perf_counter() - tick:.1f}s")
     if args.input_is_noisy:
         x = clean
@@ -376,7 +376,9 @@ def main(argv=None) -> int:
     )
     if args.list:
         for info in inspect.list_layers(net):
-            _log(f"{info.name:22s} {info.path:22s} {info.resolution}x{info.resolution}x{info.channels}")
+            _log(
+                f"{info.name:22s} {info.path:22s} {info.resolution}x{info.resolution}x{info.channels}"
+            )
         _log(f"EDM module paths: {', '.join(inspect.module_keys(net))}")
         return 0
     try:
