@@ -15,13 +15,15 @@ Three per-pixel log-likelihoods log p(y | x), each with its gradient d/dx in clo
 
 Truncation of `exact` (static, so it jits): the sum runs over a window of `num_counts`
 consecutive counts k0 .. k0 + num_counts - 1 (default 128) centred on the mode of the summand,
-found per pixel by Newton's method. The summand is log-concave in k with curvature at least
-1 / (k + 1/2) + 1 / r^2, so its mass sits within a few `width = (1/(k* + 1/2) + 1/r^2)^(-1/2)`
-of the mode k*. A pixel uses the window when the window covers k* +- 8 widths (the neglected
-mass is then below float32 resolution; tests measure it against a 2048-count window);
-otherwise, i.e. only when both k* and r^2 exceed about 60 for the default window, it uses the
-`gaussian` form, whose error there comes from the Poisson skewness
-lambda / (lambda + r^2)^1.5 < 0.05 (tests measure the density difference).
+found per pixel by Newton's method. The summand is log-concave in k with curvature about
+1 / (k + 1/2) + 1 / r^2 (never below 1 / r^2), so its mass sits within a few
+`width = (1/(k* + 1/2) + 1/r^2)^(-1/2)` of the mode k*. A pixel uses the window when it covers
+k* +- 8 widths; the neglected mass is then below float32 resolution (measured: identical to a
+2048-count window, within 2e-6 of a float64 direct sum; the density integrates to 1 within
+1e-6). Otherwise, which needs both k* and r^2 above ~60 for the default window, the pixel uses
+the `gaussian` form, whose error there comes from the Poisson skewness
+lambda / (lambda + r^2)^1.5 < 0.05 (measured total-variation distance 0.004 at lambda = 150,
+r = 12).
 
 Guards: the variance is floored at MIN_VARIANCE (a pixel with lambda = r = 0 has none), the
 exact form floors r at MIN_READ_NOISE and lambda at MIN_RATE (log Pois needs lambda > 0);
