@@ -9,7 +9,8 @@
 load_edm_pickle) whose `model` is a SongUNet (DDPM++/NCSN++) or a DhariwalUNet (ADM).
 Nothing in the networks' math changes: the requested modules' `__call__` outputs are recorded
 by `Module.apply(..., capture_intermediates=filter)`, so D(x; sigma) is the same with and
-without capturing.
+without capturing (bit for bit on CPU, tested; on a GPU, XLA may fuse a program with extra
+outputs differently, so compare there with a float32 tolerance).
 
 Stable names (the same for both U-Nets; ``{r}`` is a resolution in EDM's key, e.g. 16x16):
 

@@ -21,8 +21,8 @@ Writes to --out:
   layer_stats.csv    the same per-layer numbers, one row per layer
   pooled.csv         spatially averaged activations, one row per image (image, sigma, label,
                      then one column per <layer>/<channel>): input for UMAP/t-SNE/PCA tools
-  montage_<layer>.png  the channel maps of one image (--montage-image), each channel scaled to its
-                     own min..max (viridis; a flat channel is drawn in the middle colour)
+  montage_<layer>.png  the channel maps of one image (--montage-image), each channel scaled from
+                     its own 1st to 99th percentile (viridis; a flat channel in the middle colour)
   inputs.npz         x [N, H, W, C], sigma [N], labels [N, label_dim], clean images y
 A channel is dead when |a| <= --dead-threshold (default 1e-6) at every position of every image.
 """
@@ -260,17 +260,18 @@ def run_capture(net, variables, x, sigma, labels, layers, batch: int, montage_im
 
 
 def channel_montage(maps: np.ndarray, title: str, max_channels: int) -> Image.Image:
-    """[h, w, c] channel maps -> one RGB image: a grid of the first max_channels, each scaled to
-    its own min..max with viridis (flat channels in the middle colour), tiles >= 32 px."""
+    """[h, w, c] channel maps -> one RGB image: a grid of the first max_channels, each scaled
+    from its own 1st to 99th percentile with viridis (flat channels in the middle colour; the
+    percentiles keep a few extreme pixels from washing a map out), tiles >= 32 px."""
     maps = np.asarray(maps, np.float32)[..., :max_channels]
     height, width, count = maps.shape
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     zoom = max(1, math.ceil(32 / max(height, width)))
     gap, header = 2, 14
-    lo, hi = maps.min(axis=(0, 1)), maps.max(axis=(0, 1))
+    lo, hi = np.percentile(maps, [1, 99], axis=(0, 1))
     span = np.where(hi > lo, hi - lo, 1.0)
-    scaled = np.where(hi > lo, (maps - lo) / span, 0.5)
+    scaled = np.where(hi > lo, np.clip((maps - lo) / span, 0, 1), 0.5)
     colors = matplotlib.colormaps["viridis"](scaled)[..., :3]
     tiles = np.repeat(np.repeat(colors, zoom, axis=0), zoom, axis=1)
     tile_h, tile_w = height * zoom, width * zoom
