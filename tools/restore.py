@@ -1,0 +1,210 @@
+"""Restore low-light measurements (Poisson-Gaussian noise) with a pdr_jax diffusion prior.
+
+    python tools/restore.py noisy.tif --output restored.tif --domain microscopy \
+        --scale 10 --read-noise 2 --background 0 --report report.json
+    python tools/restore.py raw_dir/ --output out_dir/ --units adu --gain 1.5 --black-level 100 \
+        --white-level 4095 --domain astronomy --scale 50 --read-noise 3
+
+INPUT: files (.npy, .tif/.tiff, .fits/.fit, .png/.jpg, camera RAW) or folders of them. The data
+are electrons (--units electrons) or raw ADU converted with --gain/--black-level/--white-level
+(saturated pixels are masked out of the likelihood). OUT: a file for one input, a folder for
+several; the format follows its extension (.npy, .tif, .fits, .png as 16 bit): the restored
+clean intensity x in [0, 1] float32; --save-electrons also writes s*x+b. Every image is
+restored at any size through overlapping tiles fused at every sampler step. Exit status 1 if
+any input failed (it is logged and skipped; the others are still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+import traceback
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = ROOT / "models" / "pdr-gray-default"
+OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="measurement files or folders")
+    p.add_argument("--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                   help="model directory (tools/convert_edm.py, a training workdir's model/); default: the shipped model")  # fmt: skip
+    p.add_argument("--domain", required=True, choices=("photography", "microscopy", "astronomy"))
+    p.add_argument("--scale", type=float, required=True, help="photon scale s: electrons per unit clean intensity")
+    p.add_argument("--read-noise", type=float, required=True, help="read noise r (electrons rms)")
+    p.add_argument("--background", type=float, default=0.0, help="background b (electrons)")
+    p.add_argument("--units", choices=("electrons", "adu"), default="electrons")
+    p.add_argument("--gain", type=float, help="electrons per ADU (--units adu)")
+    p.add_argument("--black-level", type=float, help="ADU of an unexposed pixel (--units adu)")
+    p.add_argument("--white-level", type=float, help="saturation ADU (--units adu)")
+    p.add_argument("--steps", type=int, default=18, help="EDM Heun steps")
+    p.add_argument("--guidance", choices=("x0", "dps"), default="x0")
+    p.add_argument("--likelihood", choices=("wls", "gaussian", "exact"), default="wls")
+    p.add_argument("--kappa", type=float, default=1.0, help="guidance strength (0: the prior alone)")
+    p.add_argument("--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)")
+    p.add_argument("--overlap", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8, help="tiles per network call")
+    p.add_argument("--memory-budget-mb", type=float, default=2048.0, help="for the automatic tile size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-electrons", action="store_true", help="also write s*x+b (suffix _electrons)")
+    p.add_argument("--report", help="JSON report of every image and a summary")
+    return p.parse_args(argv)
+
+
+def expand_inputs(inputs) -> list[pathlib.Path]:
+    from pdr_jax.data.readers import is_supported
+
+    files = []
+    for item in inputs:
+        path = pathlib.Path(item)
+        if path.is_dir():
+            files += sorted(f for f in path.iterdir() if f.is_file() and is_supported(f))
+        else:
+            files.append(path)
+    return files
+
+
+def output_paths(files, output: str) -> list[pathlib.Path]:
+    out = pathlib.Path(output)
+    if len(files) == 1 and out.suffix.lower() in OUTPUT_FORMATS:
+        return [out]
+    if out.suffix.lower() in OUTPUT_FORMATS:
+        raise SystemExit(f"--output {out} is a file but there are {len(files)} inputs: give a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return [out / (f.stem + ".tif") for f in files]
+
+
+def read_measurement(path: pathlib.Path, args):
+    """(electrons [F, H, W, C] float32, valid mask like it)."""
+    from pdr_jax.data.readers import read_image
+    from pdr_jax.physics import calibration
+
+    array, meta = read_image(path)
+    data = np.asarray(array, np.float32) * meta.scale + meta.offset
+    if args.units == "electrons":
+        calibration.check_finite(data, f"{path}")
+        return data, np.ones_like(data)
+    gain = args.gain if args.gain is not None else meta.gain
+    black = args.black_level if args.black_level is not None else (meta.black_level or 0.0)
+    white = args.white_level if args.white_level is not None else meta.white_level
+    missing = [name for name, v in (("--gain", gain), ("--white-level", white)) if v is None]
+    if missing:
+        raise ValueError(f"{path}: --units adu needs {', '.join(missing)} (the file does not record it)")
+    cal = calibration.Calibration(gain=float(gain), black_level=float(np.mean(black)), white_level=float(white))
+    electrons, mask = calibration.calibrate(data, cal)
+    return np.asarray(electrons), np.asarray(mask)
+
+
+def write_image(path: pathlib.Path, x: np.ndarray) -> None:
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(path, x.astype(np.float32))
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, x.astype(np.float32))
+    elif suffix in (".fits", ".fit"):
+        from astropy.io import fits
+
+        fits.PrimaryHDU(x.astype(np.float32)).writeto(path, overwrite=True)
+    elif suffix == ".png":
+        from PIL import Image
+
+        if x.ndim == 3 and x.shape[-1] != 1:
+            raise ValueError(f"{path}: 16-bit PNG output is grayscale only; use .tif for {x.shape[-1]} channels")
+        Image.fromarray(np.round(np.clip(x.reshape(x.shape[:2]), 0, 1) * 65535).astype(np.uint16)).save(path)
+    else:
+        raise ValueError(f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}")
+
+
+def restore_one(path, out_path, net, variables, args, key):
+    """Restore every frame and channel of one file; returns its report."""
+    import jax
+
+    from pdr_jax.restore.tiled import restore_tiled
+
+    electrons, mask = read_measurement(path, args)
+    frames, height, width, channels = electrons.shape
+    x = np.zeros_like(electrons)
+    reports = []
+    for f in range(frames):
+        for c in range(channels):  # a grayscale prior restores each channel on its own
+            x[f, :, :, c], rep = restore_tiled(
+                net, variables, electrons[f, :, :, c], mask=mask[f, :, :, c], domain=args.domain, s=args.scale,
+                r=args.read_noise, b=args.background, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                memory_budget_mb=args.memory_budget_mb, num_steps=args.steps, guidance=args.guidance,
+                likelihood=args.likelihood, kappa=args.kappa, key=jax.random.fold_in(key, f * channels + c),
+            )  # fmt: skip
+            reports.append(rep)
+    result = x[0] if frames == 1 else x
+    result = result[..., 0] if channels == 1 else result
+    write_image(out_path, result)
+    if args.save_electrons:
+        write_image(out_path.with_name(out_path.stem + "_electrons" + out_path.suffix), args.scale * result + args.background)
+    warnings = sorted({w for r in reports for w in r["warnings"]})
+    s_lo, s_hi = 10 ** np.array([-1.0, 4.0])
+    if not s_lo <= args.scale <= s_hi:
+        warnings.append(f"scale {args.scale} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped")
+    return {
+        "input": str(path), "output": str(out_path), "shape": [int(v) for v in electrons.shape],
+        "chi_square": float(np.mean([r["chi_square"] for r in reports])),
+        "whiteness": float(np.mean([r["whiteness"] for r in reports])),
+        "spectral_flatness": float(np.mean([r["spectral_flatness"] for r in reports])),
+        "mean_photons": float(np.mean([r["mean_photons"] for r in reports])),
+        "saturated_fraction": float(np.mean([r["saturated_fraction"] for r in reports])),
+        "tile": reports[0]["tile"], "num_tiles": reports[0]["num_tiles"], "plan": reports[0]["plan"],
+        "seconds": float(sum(r["timings"]["total_s"] for r in reports)), "warnings": warnings,
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import jax
+
+    from pdr_jax.model_io import load_model
+
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise SystemExit(f"no supported input files in {args.inputs}")
+    outputs = output_paths(files, args.output)
+    net, variables = load_model(args.checkpoint)
+    print(f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
+          f"{len(files)} input(s)", file=sys.stderr)  # fmt: skip
+    key = jax.random.key(args.seed)
+    reports, failed = [], []
+    start = time.perf_counter()
+    for i, (path, out_path) in enumerate(zip(files, outputs)):
+        bar = "#" * (20 * i // len(files)) + "-" * (20 - 20 * i // len(files))
+        print(f"[{bar}] {i + 1}/{len(files)} {path.name}", file=sys.stderr, flush=True)
+        try:
+            rep = restore_one(path, out_path, net, variables, args, jax.random.fold_in(key, i))
+        except Exception as err:  # a broken input is logged, counted and skipped
+            failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
+            print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
+            if os.environ.get("PDR_JAX_DEBUG"):
+                traceback.print_exc()
+            continue
+        reports.append(rep)
+        print(f"  -> {out_path}  chi2 {rep['chi_square']:.3f}, {rep['num_tiles']} tile(s) of {rep['tile']}px, "
+              f"{rep['seconds']:.1f} s" + "".join(f"\n  warning: {w}" for w in rep["warnings"]), file=sys.stderr)  # fmt: skip
+    summary = {"restored": len(reports), "failed": len(failed), "seconds": time.perf_counter() - start}
+    print(f"[{'#' * 20}] restored {len(reports)}, failed {len(failed)} in {summary['seconds']:.1f} s", file=sys.stderr)
+    if args.report:
+        settings = {k: v for k, v in vars(args).items() if k not in ("inputs", "report")}
+        with open(args.report, "w") as f:
+            json.dump({"summary": summary, "settings": settings, "images": reports, "failures": failed}, f, indent=2)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
