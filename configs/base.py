@@ -10,6 +10,7 @@ kimg (EDM), learning rate per stage with a linear warm-up over `optim.lr_rampup_
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from pdr_jax.data import pipeline
 
@@ -42,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             P_mean=-1.2,  # EDM loss: ln(sigma) ~ N(P_mean, P_std^2)
             P_std=1.2,
             ema_halflife_kimg=500.0,
-            ema_rampup_ratio=0.05,  # half-life <= ratio * images seen (None: off)
+            ema_rampup_ratio=0.05,  # half-life <= ratio * images seen (0: off)
             log_every_kimg=1.0,
             val_every_kimg=10.0,
             val_sigmas=(0.02, 0.1, 0.5, 1.0, 5.0),  # validation loss at fixed sigmas, fixed noise
@@ -51,12 +52,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             adaptive_min_rel_improvement=0.01,  # improve the best val loss by < 1% (relative)
             auto_batch_max=1024,  # batch_size="auto": largest power-of-2 batch up to this
             memory_budget_gb=60.0,  # ... whose compiled step fits this budget (per device)
-            num_devices=None,  # data-parallel over the first N local devices (None: all)
+            num_devices=placeholder(int),  # data-parallel over the first N local devices (unset: all)
         )
     )
 
     config.optim = ml_collections.ConfigDict(
-        dict(lr=2e-4, lr_rampup_kimg=1000.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0)
+        dict(lr=2e-4, lr_rampup_kimg=1000.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0)  # grad_clip 0: off
     )
 
     config.checkpoint = ml_collections.ConfigDict(dict(every_kimg=50.0, keep=3, keep_best=1))
@@ -102,7 +103,7 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str) -> None:
             auto_batch_max=8, memory_budget_gb=1.0,
         )  # fmt: skip
         config.checkpoint.update(every_kimg=0.008)
-        config.sample.update(per_domain=2, num_steps=3)
+        config.sample.update(per_domain=2, num_steps=2)
         config.stages = [dict(resolution=16, kimg=0.016, batch_size=8, lr=None, adaptive=False)]
     else:
         raise ValueError(f"unknown preset {arg!r}: expected 'cpu' or 'tiny'")

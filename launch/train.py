@@ -26,7 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.INFO)
+    logging.set_verbosity(logging.WARNING)  # progress is printed by the loop; library INFO is noise
     loop.train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

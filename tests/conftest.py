@@ -2,16 +2,24 @@
 
 Eight host CPU devices exist in every test process so that sharded code can be checked
 in-process; unsharded code still runs on device 0. Most XLA optimisations are disabled:
-compiles get much faster and the small test programs barely notice.
+compiles get much faster and the small test programs barely notice. A persistent compilation
+cache (shared by xdist workers and by the subprocesses that tests start, through the
+environment) compiles each identical program once per run.
 """
 
 import os
+import pathlib
 
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax-compilation-cache"
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+# Through the environment, so that subprocesses started by tests get the same settings.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "float32")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import jax  # noqa: E402
 
-jax.config.update("jax_disable_most_optimizations", True)
-jax.config.update("jax_default_matmul_precision", "float32")
+assert jax.config.read("jax_disable_most_optimizations"), "JAX_DISABLE_MOST_OPTIMIZATIONS was not picked up"

@@ -28,6 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from pdr_jax import model_io
 from pdr_jax.precond import build_network
 from pdr_jax.train import loss as losses
 from pdr_jax.train.monitor import MetricsLogger, save_loss_plot, save_sample_grid
@@ -104,7 +105,7 @@ def make_train_step(net, config, batch_size: int):
         step_size = ema_step_size(state.nimg, batch_size, config.train.ema_halflife_kimg, config.train.ema_rampup_ratio)
         ema = optax.incremental_update(new_state.params, state.ema_params, step_size)
         new_state = new_state.replace(ema_params=ema, nimg=state.nimg + batch_size)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
 
@@ -115,17 +116,19 @@ def make_eval_step(net, config):
     sigma_data = net.sigma_data
 
     def eval_step(state: TrainState, batch):
+        """Sums over the batch's valid rows (the last val batch is padded by repeats)."""
         images = 2 * batch["clean"] - 1
+        valid = batch["valid"].astype(jnp.float32)
         noise = jax.random.normal(jax.random.key(1234), images.shape)
         denoise = lambda x, sigma, labels: net.apply(state.variables(ema=True), x, sigma, labels)
 
         def at_sigma(sigma):
             s = jnp.full((images.shape[0], 1, 1, 1), sigma)
             weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
-            return jnp.mean(losses.weighted_denoising_error(denoise, images, batch["cond"], s, noise, weight))
+            err = losses.weighted_denoising_error(denoise, images, batch["cond"], s, noise, weight)
+            return jnp.sum(jnp.mean(err, axis=(1, 2, 3)) * valid)
 
-        per_sigma = jax.lax.map(at_sigma, sigmas)
-        return {"val_loss": jnp.mean(per_sigma), "val_loss_per_sigma": per_sigma}
+        return {"loss_sum": jnp.mean(jax.lax.map(at_sigma, sigmas)), "count": jnp.sum(valid)}
 
     return eval_step
 
@@ -148,13 +151,9 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(devices, ("data",))
 
 
-def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
+def global_batch(local_batch: dict, sharding: NamedSharding, keys=("clean", "cond")) -> dict:
     """Each process's numpy batch -> one global array sharded over the mesh's data axis."""
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in local_batch.items()
-        if k in ("clean", "cond")
-    }
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[k])) for k in keys}
 
 
 def auto_batch_size(compile_step, candidates, *, budget_bytes: float) -> tuple[int, dict]:
@@ -193,6 +192,7 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
         [
             ocp.checkpoint_managers.LatestN(config.checkpoint.keep),
             ocp.checkpoint_managers.BestN(
+                # reverse=True sorts descending and keeps the last n: the lowest losses.
                 get_metric_fn=lambda m: m["val_loss"], reverse=True, n=config.checkpoint.keep_best,
                 keep_checkpoints_without_metrics=False,
             ),
@@ -292,24 +292,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if latest is not None:
         state, data_state, meta = restore_checkpoint(manager, latest, abstract_state)
         logger.info(f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})")
-        if meta["stage_complete"]:  # saved at a stage's end: the next stage starts with fresh data
+        if meta["stage_complete"] and not _extended(meta, stages, float(state.nimg)):
+            # Saved at a stage's end: the next stage starts with fresh data.
             meta, data_state = _stage_meta(meta["stage"] + 1, step=int(state.step), nimg=float(state.nimg)), None
     else:
         state = jax.jit(init_fn, out_shardings=replicated)()
         logger.info(f"new run: {network_kwargs}")
 
-    for stage in stages[meta["stage"] :]:
-        state, meta, stopped = _run_stage(
-            stage, stages, state, meta, data_state, config=config, net=net, workdir=workdir, mesh=mesh,
-            batch_sharding=batch_sharding, replicated=replicated, base_key=base_key, manager=manager,
-            logger=logger, preemption=preemption, pipeline=pipeline,
-        )  # fmt: skip
-        data_state = None
-        if stopped:
-            break
-    manager.wait_until_finished()
+    stopped = False
+    try:
+        for stage in stages[meta["stage"] :]:
+            state, meta, stopped = _run_stage(
+                stage, stages, state, meta, data_state, config=config, net=net, workdir=workdir, mesh=mesh,
+                batch_sharding=batch_sharding, replicated=replicated, base_key=base_key, manager=manager,
+                logger=logger, preemption=preemption, pipeline=pipeline,
+            )  # fmt: skip
+            data_state = None
+            if stopped:
+                break
+    finally:  # on errors too: a save in flight is the last good checkpoint, let it land
+        manager.wait_until_finished()
     if jax.process_index() == 0:
         save_loss_plot(logger.path, os.path.join(workdir, "loss.png"))
+        if not stopped:  # the EMA network as a model directory for sample/restore/evaluate tools
+            source = {"workdir": os.path.abspath(workdir), "step": int(state.step), "kimg": float(state.nimg) / 1000}
+            model_io.save_model(os.path.join(workdir, "model"), network_kwargs, jax.device_get(state.variables(ema=True)),
+                                source=source, overwrite=True)  # fmt: skip
     logger.close()
     return state
 
@@ -339,7 +347,8 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
     data_iter = iter(ds)
     if data_state is not None:
         data_iter.set_state(data_state)
-    val_batches = [global_batch(b, batch_sharding) for b in _val_batches(pipeline, config, stage, batch_size, pidx, pcount)]
+    val_batches = [global_batch(b, batch_sharding, keys=("clean", "cond", "valid"))
+                   for b in _val_batches(pipeline, config, stage, batch_size, pidx, pcount)]  # fmt: skip
 
     end_nimg = meta["stage_start_nimg"] + stage.kimg * 1000
     total_steps = int(math.ceil((end_nimg - meta["stage_start_nimg"]) / batch_size))
@@ -349,7 +358,7 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
     step = int(state.step)
     logger.info(f"stage {stage.index}: {stage.resolution}x{stage.resolution}, batch {batch_size} on {num_devices} device(s), "
                 f"{stage.kimg} kimg, lr {stage.lr:g}{', adaptive' if stage.adaptive else ''}")  # fmt: skip
-    last_good_step, t0, n0 = None, None, step
+    last_good_step, t0, n0, plateaued = None, None, step, False
     pending = None
     while float(state.nimg) < end_nimg - 0.5:
         batch = global_batch(next(data_iter), batch_sharding)
@@ -362,7 +371,7 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
         if step % log_every == 0 or last:
             loss = float(metrics["loss"])  # host sync only at log steps
             _check_finite(loss, step, stage, last_good_step)
-            rate = (step - n0) * batch_size / max(time.time() - t0, 1e-9) if step > n0 else float('nan')
+            rate = (step - n0) * batch_size / max(time.time() - t0, 1e-9) if step > n0 else 0.0
             done = step - meta["stage_start_step"]
             logger.progress(step=step, stage=stage.index, kimg=float(state.nimg) / 1000, loss=loss,
                             grad_norm=float(metrics["grad_norm"]), lr=float(schedule(step - 1)),
@@ -374,10 +383,10 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
             if stage.adaptive and stage.index < len(stages) - 1 and plateau.update(val_metrics["val_loss"]):
                 logger.info(f"stage {stage.index}: validation loss plateaued at {val_metrics['val_loss']:.4f} "
                             f"(kimg {float(state.nimg) / 1000:.1f}); moving on")  # fmt: skip
-                last = True
+                last = plateaued = True
         if step % ckpt_every == 0 or last or preemption.requested:
             _check_finite(float(pending["loss"]), step, stage, last_good_step)
-            meta_now = {**meta, "stage_complete": bool(last)}
+            meta_now = {**meta, "stage_complete": bool(last), "plateaued": bool(plateaued)}
             save_checkpoint(manager, step, state, data_iter, meta_now, val_metrics or _validate(eval_step, state, val_batches))
             last_good_step = step
         if preemption.requested:
@@ -390,9 +399,16 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
     return state, _stage_meta(stage.index + 1, step=int(state.step), nimg=float(state.nimg)), False
 
 
+def _extended(meta: dict, stages: list[Stage], nimg: float) -> bool:
+    """A stage that ended at its kimg but is longer in the current config goes on."""
+    if meta.get("plateaued") or meta["stage"] >= len(stages):
+        return False
+    return nimg < meta["stage_start_nimg"] + stages[meta["stage"]].kimg * 1000 - 0.5
+
+
 def _stage_meta(stage: int, *, step: int, nimg: float) -> dict:
     """Checkpointed bookkeeping: where the current stage started, and whether it has ended."""
-    return {"stage": stage, "stage_start_step": step, "stage_start_nimg": nimg, "stage_complete": False}
+    return {"stage": stage, "stage_start_step": step, "stage_start_nimg": nimg, "stage_complete": False, "plateaued": False}
 
 
 def _stage_batch_size(stage, state, net, config, num_devices, replicated, batch_sharding, logger) -> int:
@@ -435,14 +451,15 @@ def _val_batches(pipeline, config, stage, batch_size, pidx, pcount):
 
 
 def _validate(eval_step, state, val_batches) -> dict:
-    values = [eval_step(state, b)["val_loss"] for b in val_batches]
-    return {"val_loss": float(np.mean(jax.device_get(values)))}
+    """Mean EMA denoising loss over the held-out crops and the fixed sigmas."""
+    out = jax.device_get([eval_step(state, b) for b in val_batches])
+    return {"val_loss": float(sum(o["loss_sum"] for o in out) / max(sum(o["count"] for o in out), 1))}
 
 
 def _stage_samples(net, state, config, stage, workdir) -> None:
     """A PNG grid of EMA samples per domain (fixed seeds, Heun), written at the end of a stage."""
     from pdr_jax.physics.conditioning import DOMAINS, conditioning_vector
-    from pdr_jax.samplers import edm_sampler
+    from pdr_jax.samplers import edm_sampler, network_sampler_args
 
     n = config.sample.per_domain
     variables = jax.device_get(state.variables(ema=True))
@@ -450,10 +467,9 @@ def _stage_samples(net, state, config, stage, workdir) -> None:
     for d, domain in enumerate(DOMAINS):
         s = config.sample.scales[domain]
         labels = jnp.broadcast_to(conditioning_vector(domain, s, config.sample.read_noise, 0.0), (n, net.model.label_dim))
-        latents = jax.random.normal(jax.random.key(config.sample.seed + d), (n, stage.resolution, stage.resolution, net.model.in_channels))
-        denoise = lambda x, sigma, labels=labels: net.apply(variables, x, sigma, labels)
-        x = jax.jit(lambda z: edm_sampler(denoise, z, num_steps=config.sample.num_steps,
-                                          sigma_min=max(0.002, net.sigma_min), sigma_max=min(80.0, net.sigma_max)))(latents)  # fmt: skip
+        shape = (n, stage.resolution, stage.resolution, net.model.in_channels)
+        latents = jax.random.normal(jax.random.key(config.sample.seed + d), shape)
+        x = edm_sampler(latents=latents, num_steps=config.sample.num_steps, **network_sampler_args(net, variables, labels))
         rows.append(np.asarray((x + 1) / 2))
     save_sample_grid(rows, os.path.join(workdir, f"samples_stage{stage.index}_{stage.resolution}px.png"), row_labels=DOMAINS)
 

@@ -14,6 +14,8 @@ log = logging.getLogger("pdr_jax.train")
 
 
 def _format_eta(seconds: float) -> str:
+    if not 0 <= seconds < 1e8:  # no throughput measured yet (the first step compiles)
+        return "--:--:--"
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -34,10 +36,7 @@ class MetricsLogger:
 
     def info(self, message: str) -> None:
         if self.enabled:
-            if self._tty:
-                sys.stderr.write("\n")
-            log.info(message)
-            print(message, file=sys.stderr, flush=True)
+            print(("\n" if self._tty else "") + message, file=sys.stderr, flush=True)
 
     def scalars(self, step: int, values: dict) -> None:
         if not self.enabled:

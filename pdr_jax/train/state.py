@@ -33,7 +33,7 @@ def make_optimizer(learning_rate, *, betas=(0.9, 0.999), eps=1e-8, grad_clip=Non
     if not callable(learning_rate):
         learning_rate = optax.constant_schedule(learning_rate)
     adam = optax.adam(learning_rate, b1=betas[0], b2=betas[1], eps=eps)
-    if grad_clip is None:
+    if not grad_clip:
         return adam
     return optax.chain(optax.clip_by_global_norm(grad_clip), adam)
 
@@ -55,7 +55,7 @@ def warmup_schedule(lr: float, rampup_kimg: float, *, start_step: int, start_nim
 def ema_step_size(nimg, batch: int, halflife_kimg: float, rampup_ratio: float | None):
     """1 - beta with EDM's beta = 0.5 ** (batch / halflife_nimg) and its ramp-up of the half-life."""
     halflife_nimg = jnp.asarray(halflife_kimg * 1000, jnp.float32)
-    if rampup_ratio is not None:
+    if rampup_ratio:
         halflife_nimg = jnp.minimum(halflife_nimg, nimg * rampup_ratio)
     beta = 0.5 ** (batch / jnp.maximum(halflife_nimg, 1e-8))
     return 1 - beta

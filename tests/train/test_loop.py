@@ -1,0 +1,233 @@
+"""Training loop end to end on the `tiny` presets (embedded data, 16x16, a few steps).
+
+Every run here compiles a train step, an eval step and a short sampler: the tests share runs
+through module-scoped fixtures to keep the suite fast on 2 cores.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base, progressive
+from pdr_jax.train import loop
+from pdr_jax.train.state import TrainState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tiny(**train):
+    config = base.get_config("tiny")
+    config.train.update(**train)
+    return config
+
+
+def _records(workdir, key):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if key in r]
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+    """4 steps of batch 8 on one device, checkpoints every step."""
+    workdir = str(tmp_path_factory.mktemp("one"))
+    config = _tiny(num_devices=1)
+    config.stages[0]["kimg"] = 0.032
+    return workdir, loop.train(config, workdir)
+
+
+def test_run_writes_everything_and_steps(one_device_run):
+    workdir, state = one_device_run
+    assert int(state.step) == 4 and float(state.nimg) == 32
+    for name in (
+        "metrics.jsonl",
+        "loss.png",
+        "network.json",
+        "config.json",
+        "samples_stage0_16px.png",
+        "model/network.json",
+    ):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert len(_records(workdir, "loss")) == 4 and all(
+        np.isfinite(r["loss"]) for r in _records(workdir, "loss")
+    )
+    # Keep-last-3 plus best-1 by validation loss.
+    steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert steps[-3:] == [2, 3, 4] and len(steps) <= 4
+
+
+def test_eight_devices_equal_one_device_and_resume_across_device_counts(one_device_run, tmp_path):
+    """Same global batch and seed: 8 simulated devices reproduce the 1-device run; a checkpoint
+    written with 8 devices at step 2 resumes on 1 device to step 4 with the same result."""
+    workdir_1, state_1 = one_device_run
+    workdir_8 = str(tmp_path / "eight")
+    config = _tiny(num_devices=8)
+    config.stages[0]["kimg"] = 0.016
+    loop.train(config, workdir_8)  # steps 1-2 on 8 devices
+    config = _tiny(num_devices=1)
+    config.stages[0]["kimg"] = 0.032
+    state_mixed = loop.train(config, workdir_8)  # resumes at 2, steps 3-4 on 1 device
+    assert int(state_mixed.step) == 4
+    losses_1 = [r["loss"] for r in _records(workdir_1, "loss")]
+    losses_8 = [r["loss"] for r in _records(workdir_8, "loss")]
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+    # Float tolerance: 8-way sharded reductions sum in another order than the 1-device program.
+    chex.assert_trees_all_close(state_mixed.params, state_1.params, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(state_mixed.ema_params, state_1.ema_params, atol=1e-5, rtol=1e-5)
+
+
+def test_sigkill_and_resume_matches_uninterrupted(one_device_run, tmp_path):
+    """A run SIGKILLed after its step-2 checkpoint, restarted, ends equal to the uninterrupted run."""
+    _, state_ref = one_device_run
+    workdir = str(tmp_path / "killed")
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config", os.path.join(ROOT, "configs", "base.py:tiny"),
+           "--workdir", workdir, "--config.train.num_devices=1", "--config.stages[0].kimg=0.032"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    ckpt = os.path.join(workdir, "checkpoints", "2")
+    deadline = time.time() + 240
+    while not (os.path.isdir(ckpt) and os.path.exists(os.path.join(ckpt, "_CHECKPOINT_METADATA"))):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint at step 2 within 240 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    config = _tiny(num_devices=1)
+    config.stages[0]["kimg"] = 0.032
+    state = loop.train(config, workdir)
+    assert int(state.step) == 4
+    chex.assert_trees_all_close(state.params, state_ref.params, atol=1e-6, rtol=0)
+    chex.assert_trees_all_close(state.ema_params, state_ref.ema_params, atol=1e-6, rtol=0)
+
+
+def test_progressive_stages_carry_parameters(tmp_path):
+    config = progressive.get_config("tiny")
+    config.train.num_devices = 1
+    workdir = str(tmp_path)
+    state = loop.train(config, workdir)
+    assert int(state.step) == 4  # 2 steps per stage
+    assert os.path.exists(os.path.join(workdir, "samples_stage0_16px.png"))
+    assert os.path.exists(os.path.join(workdir, "samples_stage1_32px.png"))
+    stages = [r["stage"] for r in _records(workdir, "loss")]
+    assert stages == [0, 0, 1, 1]
+    # Rerunning a finished run does nothing more.
+    assert int(loop.train(config, workdir).step) == 4
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from pdr_jax.data import pipeline
+
+    make_dataset = pipeline.make_dataset
+
+    class Poisoned:
+        def __init__(self, ds):
+            self.it = iter(ds)
+            self.n = 0
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            batch = dict(next(self.it))
+            self.n += 1
+            if self.n == 3:
+                batch["clean"] = np.full_like(batch["clean"], np.nan)
+            return batch
+
+        def get_state(self):
+            return self.it.get_state()
+
+        def set_state(self, state):
+            self.it.set_state(state)
+
+    def poisoned(cfg, **kw):
+        ds = make_dataset(cfg, **kw)
+        return (
+            type("DS", (), {"__iter__": lambda self: Poisoned(ds)})()
+            if kw.get("split") == "train"
+            else ds
+        )
+
+    monkeypatch.setattr(pipeline, "make_dataset", poisoned)
+    config = _tiny(num_devices=1)
+    config.stages[0]["kimg"] = 0.032
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3 .*checkpoint of step 2"):
+        loop.train(config, str(tmp_path))
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert steps == [1, 2]
+
+
+def test_auto_batch_size_picks_the_largest_that_fits():
+    fake = lambda need: type("C", (), {"memory_analysis": lambda self: type("M", (), dict(
+        argument_size_in_bytes=need, output_size_in_bytes=0, alias_size_in_bytes=0, temp_size_in_bytes=0))()})()  # fmt: skip
+    best, report = loop.auto_batch_size(lambda b: fake(100 * b), [1, 2, 4, 8, 16], budget_bytes=450)
+    assert best == 4 and report == {1: 100, 2: 200, 4: 400, 8: 800}
+    with pytest.raises(ValueError, match="batch 1 needs 100 bytes"):
+        loop.auto_batch_size(lambda b: fake(100 * b), [1, 2], budget_bytes=50)
+
+
+def test_auto_batch_size_with_compiled_memory_analysis(tmp_path):
+    """A real compiled train step: its memory analysis grows with the batch; the chosen batch fits."""
+    config = _tiny(num_devices=1, memory_budget_gb=1.0, auto_batch_max=4)
+    net, _ = loop.build_network_from_config(config.model)
+    mesh = loop.make_mesh(1)
+    rep, shard = (
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+    )
+    state = jax.eval_shape(
+        lambda: loop.create_train_state(
+            net, jax.random.key(0), loop.make_optimizer(1e-3), resolution=16
+        )
+    )
+    stage = loop.Stage(0, 16, 1.0, "auto", 1e-3, False)
+    logger = type("L", (), {"info": lambda self, m: None})()
+    batch = loop._stage_batch_size(stage, state, net, config, 1, rep, shard, logger)
+    assert batch == 4
+
+
+@pytest.mark.parametrize("overrides", [dict(dtype="bfloat16"), dict(remat=True)])
+def test_bf16_and_remat_train_steps(overrides):
+    """bf16 body / rematerialised blocks: the step runs, the loss is finite and close to float32's."""
+    config = _tiny()
+    losses = []
+    for model in (dict(), overrides):
+        config.model.update(dtype="float32", remat=False)
+        config.model.update(**model)
+        net, _ = loop.build_network_from_config(config.model)
+        state = loop.create_train_state(
+            net, jax.random.key(0), loop.make_optimizer(1e-3), resolution=16
+        )
+        batch = {
+            "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
+            "cond": jnp.zeros((8, 6)),
+        }
+        step = jax.jit(loop.make_train_step(net, config, 8))
+        _, metrics = step(state, batch, jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    assert np.isfinite(losses[1])
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2 if "dtype" in overrides else 1e-5)
+
+
+def test_mistyped_config_key_is_an_error(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config", os.path.join(ROOT, "configs", "base.py:tiny"),
+           "--workdir", str(tmp_path), "--config.optim.lrr=0.1"]  # fmt: skip
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120
+    )
+    assert out.returncode != 0
+    assert "lrr" in out.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
