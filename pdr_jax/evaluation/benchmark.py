@@ -1,0 +1,236 @@
+"""A deterministic Poisson-Gaussian benchmark from clean images, and scoring of restorations.
+
+    clean crops (held-out columns)  --simulate(s, r, b)-->  cases  --method-->  rows of metrics
+
+`load_clean_images` takes its crops from the data pipeline's validation geometry
+(`pdr_jax.data.transforms.val_crops`): for the embedded scikit-image set that is the right-most
+`val_fraction` (25%) of every picture's columns, which training never reads. skimage's moon,
+cell and retina are not in the embedded set (pdr_jax.data.sources) and never used here.
+
+`make_cases` simulates one measurement y = Poisson(s x + b) + N(0, r^2) per image and scale
+with `pdr_jax.physics.noise.simulate`; each one's key comes from the seed and the case's
+name, so a case does not change when images, scales or methods are added to a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from pdr_jax import metrics
+from pdr_jax.data import pipeline, transforms
+from pdr_jax.physics import noise
+
+EMBEDDED = "embedded"
+# Columns of the per-image CSV rows that `score` fills in (besides the case's own fields).
+METRICS = (
+    "psnr", "ssim", "ms_ssim", "chi_square", "poisson_deviance", "whiteness", "relative_bias",
+    "frc_px",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanImage:
+    """One clean benchmark crop."""
+
+    name: str  # e.g. "photography/camera@0,384" (frame, then the crop's row, column)
+    domain: str
+    clean: np.ndarray  # [H, W, 1] float32 in [0, 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One measurement of a clean crop at one photon scale."""
+
+    image: CleanImage
+    s: float  # electrons at intensity 1
+    r: float  # read noise, electrons
+    b: float  # background, electrons
+    y: np.ndarray  # [H, W, 1] float32 electrons
+
+    @property
+    def name(self) -> str:
+        return f"{self.image.name}|s={self.s:g}|r={self.r:g}|b={self.b:g}"
+
+
+def _frame_name(frame) -> str:
+    base = frame.path.split("://")[-1]
+    base = os.path.basename(base) or base
+    channel = "" if frame.channel is None else f"#c{frame.channel}"
+    index = f"[{frame.index}]" if frame.index else ""
+    return f"{base}{index}{channel}"
+
+
+def load_clean_images(
+    source: str = EMBEDDED,
+    *,
+    crop: int = 128,
+    per_domain: int = 6,
+    domain: str = "photography",
+    val_fraction: float | None = None,
+) -> list[CleanImage]:
+    """Up to per_domain clean [crop, crop, 1] crops per domain, spread evenly over the crops.
+
+    source: "embedded" (the embedded scikit-image set; held-out columns only) or a file,
+    folder or glob of clean images of `domain`, which are used whole (split "val"). The crops
+    are the validation grid of `transforms.val_crops` (non-overlapping; a region narrower than
+    crop is mirror-padded); per_domain of them are taken at evenly spaced positions of the
+    domain's list, so they come from different frames where there are several.
+    """
+    cfg = pipeline.default_config()
+    if val_fraction is not None:
+        cfg.val_fraction = val_fraction
+    if source != EMBEDDED:
+        cfg.sources = [{"name": "clean", "domain": domain, "paths": [source], "split": "val"}]
+    frames, _ = pipeline.build_frames(cfg)
+    images = []
+    for domain_name, domain_frames in frames.items():
+        crops = [
+            spec
+            for frame in domain_frames
+            for spec in transforms.val_crops(frame, crop, cfg.val_fraction, max_crops=1 << 20)
+        ]
+        if not crops:
+            continue
+        keep = np.unique(np.linspace(0, len(crops) - 1, min(per_domain, len(crops))).round())
+        for index in keep.astype(int):
+            spec = crops[index]
+            clean = transforms.crop(spec.frame, spec.y, spec.x, crop, spec.x_range)
+            name = f"{domain_name}/{_frame_name(spec.frame)}@{spec.y},{spec.x}"
+            images.append(CleanImage(name, domain_name, clean.astype(np.float32)))
+    if not images:
+        raise ValueError(f"no clean crops of size {crop} found in {source!r}")
+    return images
+
+
+def _case_key(seed: int, name: str):
+    """A PRNG key from the run seed and a case name (crc32: stable across processes)."""
+    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def make_cases(
+    images: Sequence[CleanImage],
+    scales: Sequence[float],
+    *,
+    read_noise: float,
+    background: float = 0.0,
+    seed: int = 0,
+) -> list[Case]:
+    """One simulated measurement per image and scale (order: scale-major, then images)."""
+    simulate = jax.jit(noise.simulate)
+    cases = []
+    for s in scales:
+        for image in images:
+            case = Case(image, float(s), float(read_noise), float(background), np.empty(0))
+            y = simulate(_case_key(seed, case.name), image.clean, case.s, case.r, case.b)
+            cases.append(dataclasses.replace(case, y=np.asarray(y, np.float32)))
+    return cases
+
+
+def score(case: Case, x_hat: np.ndarray) -> dict[str, float]:
+    """Metrics of a restoration x_hat [H, W, 1] in [0, 1] against the case's clean image.
+
+    Quality (PSNR, SSIM, MS-SSIM over as many scales as the crop allows, FRC resolution in
+    pixels at the 1/7 threshold, against the clean crop) and physics (chi-square, Poisson
+    deviance, residual whiteness = largest off-centre |autocorrelation|, relative bias).
+    """
+    clean = case.image.clean
+    x_hat = np.asarray(x_hat, np.float32).reshape(clean.shape)
+    num_scales = metrics.ms_ssim_num_scales(*clean.shape[:2])
+    residuals = metrics.normalized_residuals(case.y, x_hat, case.s, case.r, case.b)
+    physics = (case.y, x_hat, case.s, case.r, case.b)
+    return {
+        "psnr": metrics.psnr(x_hat, clean),
+        "ssim": metrics.ssim(x_hat, clean),
+        "ms_ssim": metrics.ms_ssim(x_hat, clean, num_scales=num_scales) if num_scales else None,
+        "chi_square": float(metrics.chi_square(*physics)),
+        "poisson_deviance": float(metrics.poisson_deviance(*physics)),
+        "whiteness": float(metrics.whiteness(residuals)),
+        "relative_bias": float(metrics.relative_bias(x_hat, clean)),
+        "frc_px": metrics.frc_resolution(*metrics.fourier_ring_correlation(x_hat, clean)),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A restoration method as the benchmark runs it.
+
+    restore(y [N, H, W, 1] electrons, *, s, r, b, domain, key) -> x_hat [N, H, W, 1] in [0, 1];
+    s, r, b are floats (one domain and scale per call), key a PRNG key for sampling methods.
+    """
+
+    restore: Callable[..., np.ndarray]
+    jitted: bool = False  # the first call of a shape compiles: warm it up before timing
+
+
+@dataclasses.dataclass
+class Run:
+    """What `run_methods` returns."""
+
+    rows: list[dict]  # one per (method, case): the case fields, METRICS, seconds
+    examples: dict[tuple[str, str, float], np.ndarray]  # (method, domain, s) -> [H, W, 1]
+    compile_seconds: dict[str, float]  # per method: first-call overhead left out of "seconds"
+
+
+def _groups(cases: Sequence[Case], batch: int):
+    """Cases grouped by (domain, s, r, b) in order, in chunks of at most `batch`."""
+    groups: dict[tuple, list[Case]] = {}
+    for case in cases:
+        groups.setdefault((case.image.domain, case.s, case.r, case.b), []).append(case)
+    for group in groups.values():
+        for start in range(0, len(group), batch):
+            yield group[start : start + batch]
+
+
+def run_methods(
+    cases: Sequence[Case],
+    methods: Mapping[str, Method],
+    *,
+    seed: int = 0,
+    batch: int = 8,
+    log: Callable[[str], None] = print,
+) -> Run:
+    """Run every method on every case, group by group (one domain and scale per call).
+
+    seconds: wall time per image of the call. For jitted methods the first call of each input
+    shape is run twice and timed the second time, so compilation is not counted (it is
+    reported in compile_seconds). The first case of each (domain, s) is kept as the example.
+    """
+    rows, examples, compile_seconds = [], {}, {}
+    for method, spec in methods.items():
+        seen_shapes = set()
+        for chunk in _groups(cases, batch):
+            first = chunk[0]
+            y = np.stack([case.y for case in chunk])
+            args = {"s": first.s, "r": first.r, "b": first.b, "domain": first.image.domain}
+            key = _case_key(seed, f"{method}|{first.name}")
+            first_call = 0.0
+            if spec.jitted and y.shape not in seen_shapes:  # warm-up: compile
+                seen_shapes.add(y.shape)
+                start = time.perf_counter()
+                spec.restore(y, key=key, **args)
+                first_call = time.perf_counter() - start
+            start = time.perf_counter()
+            x_hat = np.asarray(spec.restore(y, key=key, **args), np.float32)
+            elapsed = time.perf_counter() - start
+            seconds = elapsed / len(chunk)
+            if first_call:
+                overhead = max(first_call - elapsed, 0.0)
+                compile_seconds[method] = compile_seconds.get(method, 0.0) + overhead
+            for case, x in zip(chunk, x_hat, strict=True):
+                rows.append(
+                    {
+                        "method": method, "domain": case.image.domain, "image": case.image.name,
+                        "scale": case.s, "read_noise": case.r, "background": case.b,
+                        **score(case, x), "seconds": seconds,
+                    }
+                )  # fmt: skip
+            examples.setdefault((method, first.image.domain, first.s), x_hat[0])
+        log(f"{method}: {sum(r['method'] == method for r in rows)} images")
+    return Run(rows, examples, compile_seconds)

@@ -1,0 +1,253 @@
+"""Results out: per-image CSV, per-cell summary, markdown tables, PNG figures, regression check.
+
+A row is a dict with method, domain, image, scale, read_noise, background, the metrics of
+`benchmark.METRICS` and seconds. A cell is one (method, domain, scale): `summarise` averages
+its rows (FRC resolution: the median, since a curve that starts below 1/7 gives inf).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import pathlib
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from pdr_jax.evaluation.benchmark import METRICS
+
+CELL = ("method", "domain", "scale")
+ROW_FIELDS = ("method", "domain", "image", "scale", "read_noise", "background", *METRICS,
+              "seconds")  # fmt: skip
+SUMMARY_FIELDS = (*CELL, "images", "read_noise", "background", *METRICS, "seconds")
+DEFAULT_MARGIN = 0.05  # regression: a cell's mean PSNR may drop by 5% of its earlier value
+
+
+def _format(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(rows: Iterable[Mapping], path, fields: Sequence[str]) -> None:
+    """rows -> CSV with the given columns (missing values and NaN as empty cells)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _format(row.get(k)) for k in fields})
+
+
+def read_csv(path) -> list[dict]:
+    """CSV -> rows; numbers become floats, empty cells None."""
+
+    def parse(value: str):
+        if value == "":
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def finite_mean(values) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.median(values)) if values else None
+
+
+def _cells(rows: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
+    cells: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        cells.setdefault((row["method"], row["domain"], float(row["scale"])), []).append(row)
+    return cells
+
+
+def summarise(rows: Sequence[Mapping]) -> list[dict]:
+    """Per-image rows -> one row per (method, domain, scale) with the mean metrics, in order."""
+    summary = []
+    for (method, domain, scale), cell in _cells(rows).items():
+        entry = {"method": method, "domain": domain, "scale": scale, "images": len(cell)}
+        for field in ("read_noise", "background", *METRICS, "seconds"):
+            values = [row.get(field) for row in cell]
+            entry[field] = _median(values) if field == "frc_px" else finite_mean(values)
+        summary.append(entry)
+    return summary
+
+
+def _ordered(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _number(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> str:
+    """Markdown: mean PSNR / SSIM / chi-square per domain x scale (rows) and method (columns),
+    the best PSNR of a row in bold; then the other metrics averaged over domains, and seconds
+    per image per method."""
+    methods = _ordered(row["method"] for row in summary)
+    domains = _ordered(row["domain"] for row in summary)
+    scales = sorted({row["scale"] for row in summary})
+    by_cell = {(row["method"], row["domain"], row["scale"]): row for row in summary}
+    lines = [f"### {title}: mean PSNR (dB) / SSIM / chi-square", ""]
+    lines.append("| domain | s (e-) | " + " | ".join(methods) + " |")
+    lines.append("|---|---:|" + "---:|" * len(methods))
+    for domain in domains:
+        for scale in scales:
+            cells = [by_cell.get((method, domain, scale)) for method in methods]
+            psnrs = [c["psnr"] for c in cells if c and c["psnr"] is not None]
+            best = max(psnrs) if psnrs else None
+            texts = []
+            for cell in cells:
+                if cell is None:
+                    texts.append("n/a")
+                    continue
+                psnr = _number(cell["psnr"], 2)
+                if cell["psnr"] is not None and cell["psnr"] == best and len(psnrs) > 1:
+                    psnr = f"**{psnr}**"
+                texts.append(
+                    f"{psnr} / {_number(cell['ssim'], 3)} / {_number(cell['chi_square'], 2)}"
+                )
+            lines.append(f"| {domain} | {scale:g} | " + " | ".join(texts) + " |")
+    images = sorted({row["images"] for row in summary})
+    counts = ", ".join(str(int(n)) for n in images)
+    note = f"Images per cell: {counts}. chi-square ~1: the restoration explains the data."
+    lines += ["", note, ""]
+
+    lines += ["### Other metrics, mean over domains", ""]
+    lines.append("| method | s (e-) | MS-SSIM | Poisson deviance | whiteness | relative bias | "
+                 "FRC res. (px) |")  # fmt: skip
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for method in methods:
+        for scale in scales:
+            cells = [by_cell[key] for key in by_cell if key[0] == method and key[2] == scale]
+            if not cells:
+                continue
+            values = [finite_mean(c[field] for c in cells) for field in METRICS[2:]]
+            ms_ssim, _, deviance, whiteness, bias, frc = values
+            lines.append(
+                f"| {method} | {scale:g} | {_number(ms_ssim, 3)} | {_number(deviance, 2)} | "
+                f"{_number(whiteness, 3)} | {_number(bias, 3)} | {_number(frc, 1)} |"
+            )
+    lines += ["", "### Seconds per image", "", "| method | s/image |", "|---|---:|"]
+    for method in methods:
+        seconds = finite_mean(row["seconds"] for row in summary if row["method"] == method)
+        lines.append(f"| {method} | {_number(seconds, 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_to(summary: Sequence[Mapping], previous: Sequence[Mapping],
+               margin: float = DEFAULT_MARGIN) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Cells whose mean PSNR dropped by more than margin * |previous PSNR|.
+
+    summary: this run's summarise() rows; previous: rows of an earlier results.csv or
+    summary.csv (per-image rows are averaged per cell). Returns (failures, notes): a failure
+    names the cell and both values; notes list cells of one run missing from the other,
+    which are not compared.
+    """
+    now = {key: finite_mean(row["psnr"] for row in rows) for key, rows in _cells(summary).items()}
+    before = {
+        key: finite_mean(row["psnr"] for row in rows) for key, rows in _cells(previous).items()
+    }
+    failures, notes = [], []
+    for key in sorted(set(before) | set(now), key=str):
+        name = f"{key[0]}/{key[1]}/s={key[2]:g}"
+        if key not in now or key not in before:
+            notes.append(f"{name}: only in the {'earlier' if key in before else 'new'} run")
+        elif None not in (before[key], now[key]) and now[key] < before[key] - margin * abs(
+            before[key]
+        ):
+            failures.append(f"{name}: PSNR {now[key]:.2f} dB < {before[key]:.2f} dB - {margin:.0%}")
+    return failures, notes
+
+
+# Figures.
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_psnr_vs_photons(summary: Sequence[Mapping], path) -> None:
+    """One panel per domain: mean PSNR against the photon scale s (log axis), a line per method."""
+    plt = _pyplot()
+    domains = _ordered(row["domain"] for row in summary)
+    methods = _ordered(row["method"] for row in summary)
+    fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.4), squeeze=False)
+    for ax, domain in zip(axes[0], domains, strict=True):
+        for method in methods:
+            cells = sorted(
+                (row["scale"], row["psnr"])
+                for row in summary
+                if row["method"] == method and row["domain"] == domain and row["psnr"] is not None
+            )
+            if cells:
+                ax.plot(*zip(*cells, strict=True), marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_title(domain)
+        ax.set_xlabel("photons at full scale, s (e-)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("PSNR (dB)")
+    axes[0, -1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_examples(panels: Mapping[str, Mapping[str, np.ndarray]], path, *, title: str) -> None:
+    """A grid of images in [0, 1]: a row per key of panels (a domain), a column per inner key
+    (clean, noisy, each method)."""
+    plt = _pyplot()
+    columns = _ordered(name for row in panels.values() for name in row)
+    fig, axes = plt.subplots(
+        len(panels), len(columns), figsize=(2 * len(columns), 2 * len(panels) + 0.4),
+        squeeze=False,
+    )  # fmt: skip
+    for i, (row_name, row) in enumerate(panels.items()):
+        ax_row = axes[i]
+        for ax, column in zip(ax_row, columns, strict=True):
+            ax.set_axis_off()
+            if column in row:
+                ax.imshow(np.squeeze(row[column]), cmap="gray", vmin=0.0, vmax=1.0)
+            if i == 0:
+                ax.set_title(column, fontsize=9)
+        ax_row[0].text(-0.08, 0.5, row_name, transform=ax_row[0].transAxes, rotation=90,
+                       ha="right", va="center", fontsize=9)  # fmt: skip
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(out_dir, rows, *, title: str, examples=None) -> list[dict]:
+    """results.csv, summary.csv, table.md, psnr_vs_photons.png and examples_s{scale}.png.
+
+    examples: {scale: {domain: {column: image}}} or None. Returns the summary rows.
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows)
+    write_csv(rows, out / "results.csv", ROW_FIELDS)
+    write_csv(summary, out / "summary.csv", SUMMARY_FIELDS)
+    (out / "table.md").write_text(markdown_table(summary, title=title))
+    plot_psnr_vs_photons(summary, out / "psnr_vs_photons.png")
+    for scale, panels in (examples or {}).items():
+        plot_examples(panels, out / f"examples_s{scale:g}.png",
+                      title=f"{title}: s = {scale:g} photons at full scale")  # fmt: skip
+    return summary

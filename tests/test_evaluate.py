@@ -1,0 +1,213 @@
+"""tools/evaluate.py and pdr_jax.evaluation: benchmark, methods, tables, resolution, regression."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdr_jax import model_io, precond
+from pdr_jax.data import readers, transforms
+from pdr_jax.evaluation import benchmark, methods, report, resolution
+
+_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "evaluate.py"
+_spec = importlib.util.spec_from_file_location("evaluate_tool", _TOOL)
+evaluate_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate_tool)
+
+TINY = {
+    "precond": "edm", "arch": "ddpmpp", "img_resolution": 16, "img_channels": 1, "label_dim": 6,
+    "model_channels": 8, "channel_mult": (1, 2), "num_blocks": 1, "attn_resolutions": (),
+}  # fmt: skip
+
+
+def _make_tiny_model(directory):
+    """A tiny conditional network, its parameters jittered so that the labels matter (at EDM's
+    init the label path starts at zero), saved as a model directory."""
+    net = precond.build_network(**TINY)
+    variables = jax.jit(lambda key: precond.init_variables(net, key))(jax.random.key(0))
+    leaves, tree = jax.tree_util.tree_flatten(variables)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    leaves = [leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+    model_io.save_model(directory, TINY, jax.tree_util.tree_unflatten(tree, leaves))
+    return directory
+
+
+def test_clean_crops_are_held_out_and_deterministic():
+    images = benchmark.load_clean_images(crop=32, per_domain=2)
+    assert [i.domain for i in images] == ["photography"] * 2 + ["microscopy"] * 2 + [
+        "astronomy"
+    ] * 2
+    again = benchmark.load_clean_images(crop=32, per_domain=2)
+    for image, other in zip(images, again, strict=True):
+        np.testing.assert_array_equal(image.clean, other.clean)
+        assert image.clean.shape == (32, 32, 1) and image.clean.dtype == np.float32
+        # The crop lies in the right-most 25% of the picture's columns, and is that picture.
+        name, position = image.name.split("/")[1].split("@")
+        row, col = map(int, position.split(","))
+        picture, _ = readers.read_skimage(name.split("#")[0])
+        width = picture.shape[2]
+        assert col >= width - transforms.held_out_columns(width, 0.25)
+        assert not any(reserved in name for reserved in ("moon", "cell", "retina"))
+    photo = images[0]
+    picture, meta = readers.read_skimage(photo.name.split("/")[1].split("@")[0])
+    row, col = map(int, photo.name.split("@")[1].split(","))
+    patch = picture[0, row : row + 32, col : col + 32].astype(np.float32) / 255
+    gray = readers.to_gray(patch, meta.channel_names)
+    np.testing.assert_allclose(photo.clean, gray, atol=1e-6)
+
+
+def test_cases_are_deterministic_per_image_and_scale():
+    images = benchmark.load_clean_images(crop=16, per_domain=1)
+    both = benchmark.make_cases(images, [1.0, 100.0], read_noise=2.0, background=0.5, seed=3)
+    alone = benchmark.make_cases(images, [100.0], read_noise=2.0, background=0.5, seed=3)
+    assert len(both) == 6 and [c.s for c in both] == [1.0] * 3 + [100.0] * 3
+    for case, same in zip(both[3:], alone, strict=True):
+        assert case.name == same.name
+        np.testing.assert_array_equal(case.y, same.y)
+    other_seed = benchmark.make_cases(images, [100.0], read_noise=2.0, background=0.5, seed=4)
+    assert not np.array_equal(other_seed[0].y, alone[0].y)
+    residual = np.concatenate([(c.y - 100 * c.image.clean - 0.5).ravel() for c in alone])
+    assert abs(residual.mean()) < 1.0  # y = Poisson(s x + b) + N(0, r^2) has mean s x + b
+
+
+def _rows():
+    """Synthetic per-image rows: 2 methods x 2 domains x 2 scales x 2 images."""
+    rows = []
+    for method, offset in (("noisy", 0.0), ("pdr", 5.0)):
+        for domain in ("photography", "astronomy"):
+            for scale in (1.0, 10.0):
+                for i in range(2):
+                    row = {m: 0.5 for m in benchmark.METRICS}
+                    row.update(method=method, domain=domain, image=f"{domain}/im@0,{i}",
+                               scale=scale, read_noise=2.0, background=0.0, seconds=0.1 + offset,
+                               psnr=10 + offset + 10 * np.log10(scale) + i, frc_px=float(i + 2))  # fmt: skip
+                    rows.append(row)
+    rows[-1]["frc_px"] = float("inf")  # a curve that starts below 1/7
+    return rows
+
+
+def test_tables_figures_and_regression(tmp_path):
+    rows = _rows()
+    summary = report.write_outputs(tmp_path, rows, title="Synthetic", examples={
+        1.0: {"photography": {"clean": np.zeros((16, 16, 1)), "noisy": np.ones((16, 16, 1))}},
+    })  # fmt: skip
+    assert len(summary) == 8
+    cell = next(
+        c for c in summary if (c["method"], c["domain"], c["scale"]) == ("pdr", "astronomy", 10.0)
+    )
+    assert cell["images"] == 2 and cell["psnr"] == pytest.approx(25.5) and cell["frc_px"] == np.inf
+    table = (tmp_path / "table.md").read_text()
+    assert "| domain | s (e-) | noisy | pdr |" in table
+    assert "| photography | 1 | 10.50 / 0.500 / 0.50 | **15.50** / 0.500 / 0.50 |" in table
+    assert "| pdr | 5.100 |" in table  # seconds per image
+    for name in ("results.csv", "summary.csv", "psnr_vs_photons.png", "examples_s1.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert Image.open(tmp_path / "psnr_vs_photons.png").size[0] > 400
+    # CSV round trip, then the regression rule: a 5% margin on each cell's mean PSNR.
+    previous = report.read_csv(tmp_path / "results.csv")
+    assert len(previous) == len(rows) and previous[0]["psnr"] == pytest.approx(rows[0]["psnr"])
+    assert report.compare_to(summary, previous) == ([], [])
+    assert report.compare_to(summary, report.read_csv(tmp_path / "summary.csv"))[0] == []
+    worse = [dict(r, psnr=r["psnr"] * 0.97) for r in rows]
+    assert report.compare_to(report.summarise(worse), previous)[0] == []
+    worse = [dict(r, psnr=r["psnr"] * (0.9 if r["method"] == "pdr" else 1)) for r in rows[:-2]]
+    failures, notes = report.compare_to(report.summarise(worse), previous)
+    assert len(failures) == 3 and all(f.startswith("pdr/") for f in failures)
+    assert notes == ["pdr/astronomy/s=10: only in the earlier run"]
+
+
+def test_recommend_resolution():
+    summary = [
+        {"resolution": 32, "psnr": 24.0, "seconds": 1.0, "memory_mb": 100.0},
+        {"resolution": 64, "psnr": 26.0, "seconds": 2.0, "memory_mb": 400.0},
+        {"resolution": 128, "psnr": 26.0, "seconds": 3.0, "memory_mb": 1600.0},
+        {"resolution": 256, "error": "image is too small"},
+    ]
+    assert resolution.recommend_resolution(summary)[0] == 64  # tie on PSNR: the faster
+    assert resolution.recommend_resolution(summary, max_memory_mb=200)[0] == 32
+    assert resolution.recommend_resolution(summary, max_seconds=1.5, min_psnr=20)[0] == 32
+    choice, reason = resolution.recommend_resolution(summary, max_memory_mb=200, min_psnr=25)
+    assert choice is None and "32: PSNR 24.00 < 25 dB" in reason and "64: memory 400" in reason
+    assert "Recommendation: " in resolution.markdown(summary[3:], (None, reason))
+
+
+def test_ablations_and_method_registry(tmp_path, monkeypatch):
+    assert methods.parse_ablation("likelihood=wls,exact") == [
+        ("likelihood", "wls"), ("likelihood", "exact")
+    ]  # fmt: skip
+    assert methods.parse_ablation("conditioning=off") == [("conditioning", False)]
+    assert methods.parse_ablation("kappa=0.5,2") == [("kappa", 0.5), ("kappa", 2.0)]
+    for bad in ("likelihood=poisson", "temperature=1", "steps", "guidance=x1", "steps=two"):
+        with pytest.raises(ValueError):
+            methods.parse_ablation(bad)
+    ablations = methods.parse_ablation("likelihood=wls,exact") + [("conditioning", False)]
+    variants = methods.pdr_variants(methods.PdrSettings(), ablations)
+    assert list(variants) == ["pdr[likelihood=exact]", "pdr[conditioning=off]"]
+    assert variants["pdr[conditioning=off]"].conditioning is False
+    # No model anywhere: pdr and its variants are skipped with a reason, baselines still run.
+    monkeypatch.setattr(methods, "DEFAULT_CHECKPOINT", tmp_path / "absent")
+    messages = []
+    built = methods.build_methods(
+        ["pdr", "conditional", "noisy"], methods.MethodOptions(), ablations, log=messages.append
+    )
+    assert list(built) == ["noisy"]
+    assert any("pdr: no model" in m for m in messages)
+    assert any("conditional: the concat-conditioned" in m and "issue 10" in m for m in messages)
+    assert sum(m.startswith("SKIPPED method pdr[") for m in messages) == 2
+    with pytest.raises(KeyError, match="unknown methods"):
+        methods.build_methods(["bm4d"], methods.MethodOptions())
+    y = np.full((2, 16, 16, 1), 25.0, np.float32)
+    x = built["noisy"].restore(y, s=50.0, r=2.0, b=5.0, domain="photography", key=None)
+    np.testing.assert_allclose(x, 0.4)
+
+
+@pytest.mark.slow
+def test_evaluate_tool_end_to_end(tmp_path, capsys):
+    """2 clean images x 2 scales, every method (conditional is skipped with its reason), an
+    ablation and a processing resolution of 8 (3 x 3 tiles per 16-pixel crop); then the
+    regression mode. About 20 s on an idle 2-core CPU, mostly compiling the sampler twice."""
+    model = _make_tiny_model(tmp_path / "model")
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    yy, xx = np.mgrid[:24, :24]
+    for i, pattern in enumerate((xx * 10, (xx + yy) * 5 + 40)):
+        Image.fromarray(np.clip(pattern, 0, 255).astype(np.uint8)).save(clean / f"im{i}.png")
+    out = tmp_path / "out"
+    argv = [
+        "--clean", str(clean), "--domain", "microscopy", "--crop", "16", "--num-images", "2",
+        "--scales", "2,50", "--read-noise", "1.5", "--checkpoint", str(model), "--steps", "2",
+        "--ablation", "conditioning=off", "--resolutions", "8", "--out", str(out),
+    ]  # fmt: skip
+    assert evaluate_tool.main(argv) == 0
+    log = capsys.readouterr().out
+    assert "SKIPPED method conditional" in log and "recommended resolution: " in log
+    rows = report.read_csv(out / "results.csv")
+    names = ["pdr", "gat-bm3d", "nlm", "noisy", "pdr[conditioning=off]"]
+    assert [r["method"] for r in rows[::4]] == names and len(rows) == 4 * len(names)
+    for row in rows:
+        assert row["domain"] == "microscopy" and row["scale"] in (2.0, 50.0)
+        assert np.isfinite([row[m] for m in ("psnr", "ssim", "chi_square", "seconds")]).all()
+    pdr = [r["psnr"] for r in rows if r["method"] == "pdr"]
+    assert pdr != [r["psnr"] for r in rows if r["method"] == "pdr[conditioning=off]"]
+    table = (out / "table.md").read_text()
+    assert "| microscopy | 50 |" in table and "### Processing resolution" in table
+    (tiles,) = report.read_csv(out / "resolutions.csv")
+    assert tiles["resolution"] == 8 and tiles["tiles"] == 9 and tiles["memory_mb"] > 0
+    for name in ("summary.csv", "psnr_vs_photons.png", "examples_s2.png", "examples_s50.png"):
+        assert (out / name).exists()
+    assert json.loads((out / "settings.json").read_text())["pdr"]["steps"] == 2
+
+    # Regression mode: the noisy estimate against an earlier run where it was 10% better.
+    earlier = [dict(r, psnr=r["psnr"] * 1.1) for r in rows if r["method"] == "noisy"]
+    report.write_csv(earlier, tmp_path / "earlier.csv", report.ROW_FIELDS)
+    common = ["--clean", str(clean), "--domain", "microscopy", "--crop", "16", "--num-images", "2",
+              "--scales", "2,50", "--read-noise", "1.5", "--methods", "noisy"]  # fmt: skip
+    again = ["--out", str(tmp_path / "again"), "--compare-to", str(out / "summary.csv")]
+    assert evaluate_tool.main(common + again) == 0  # same benchmark, same numbers
+    worse = ["--out", str(tmp_path / "worse"), "--compare-to", str(tmp_path / "earlier.csv")]
+    assert evaluate_tool.main(common + worse) == 1
+    assert (tmp_path / "worse" / "regression.md").read_text().count("- FAIL noisy/") == 2

@@ -1,0 +1,164 @@
+"""Benchmark restoration methods on simulated Poisson-Gaussian measurements of clean images.
+
+    python tools/evaluate.py --out eval/default
+    python tools/evaluate.py --clean embedded --scales 1,10,100 --read-noise 2 \\
+        --methods pdr,conditional,gat-bm3d,nlm,noisy --checkpoint models/pdr-gray-default \\
+        --ablation likelihood=wls,exact --ablation guidance=dps --out eval/ablations
+    python tools/evaluate.py --methods pdr --resolutions 32,64,96,128 --max-memory-mb 2000 \\
+        --min-psnr 25 --out eval/resolutions
+    python tools/evaluate.py --out eval/today --compare-to eval/yesterday/summary.csv
+
+Clean images: the embedded scikit-image set's held-out columns (the right-most 25% of every
+picture, which training never sees), or --clean PATH (files/folder/glob of --domain images,
+used whole). Each crop is measured at every --scales value s (electrons at intensity 1) with
+read noise --read-noise and background --background, y = Poisson(s x + b) + N(0, r^2), from
+--seed: the benchmark is the same on every run. Methods: pdr_jax.evaluation.methods.METHODS;
+one that cannot run (no model, or "conditional" before issue 10) is skipped with a message.
+--ablation FIELD=V1,V2 adds "pdr[FIELD=V]" variants, one field varied at a time.
+
+Writes OUT/results.csv (per image), summary.csv (per method/domain/scale), table.md,
+psnr_vs_photons.png, examples_s{s}.png, settings.json, and with --resolutions
+resolutions.csv and a resolution section in table.md. With --compare-to it exits 1 when a
+method/domain/scale cell's mean PSNR dropped by more than --regression-margin (5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+
+from pdr_jax import baselines
+from pdr_jax.evaluation import benchmark, methods, report, resolution
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    data = parser.add_argument_group("benchmark")
+    data.add_argument("--clean", default=benchmark.EMBEDDED, help="'embedded' or a path")
+    data.add_argument("--domain", default="photography", help="domain of --clean PATH images")
+    data.add_argument("--crop", type=int, default=128, help="crop size (default 128)")
+    data.add_argument("--num-images", type=int, default=6, help="crops per domain (default 6)")
+    data.add_argument("--scales", type=_floats, default=[1.0, 10.0, 100.0])
+    data.add_argument("--read-noise", type=float, default=2.0, help="electrons (default 2)")
+    data.add_argument("--background", type=float, default=0.0, help="electrons (default 0)")
+    data.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("methods")
+    run.add_argument("--methods", default="pdr,conditional,gat-bm3d,nlm,noisy",
+                     help=f"comma-separated, from {sorted(methods.METHODS)}")  # fmt: skip
+    run.add_argument("--checkpoint", help=f"model directory (default {methods.DEFAULT_CHECKPOINT})")
+    run.add_argument("--steps", type=int, default=18)
+    run.add_argument("--guidance", default="x0", help="x0 or dps")
+    run.add_argument("--likelihood", default="wls", help="wls, gaussian or exact")
+    run.add_argument("--kappa", type=float, default=1.0)
+    run.add_argument("--no-conditioning", action="store_true", help="zero conditioning vector")
+    run.add_argument("--ablation", action="append", default=[], metavar="FIELD=V1,V2",
+                     help=f"pdr variants; FIELD in {sorted(methods.ABLATION_FIELDS)}")  # fmt: skip
+    run.add_argument("--batch", type=int, default=8, help="crops per pdr call (default 8)")
+    res = parser.add_argument_group("processing resolution")
+    res.add_argument("--resolutions", type=_floats, default=[], help="e.g. 32,64,96,128")
+    res.add_argument("--tile-overlap", type=int, default=16)
+    res.add_argument("--tile-batch", type=int, default=8, help="tiles per network call")
+    res.add_argument("--max-memory-mb", type=float)
+    res.add_argument("--max-seconds", type=float, help="per image")
+    res.add_argument("--min-psnr", type=float)
+    reg = parser.add_argument_group("regression")
+    reg.add_argument("--compare-to", help="an earlier results.csv or summary.csv")
+    reg.add_argument("--regression-margin", type=float, default=report.DEFAULT_MARGIN)
+    parser.add_argument("--out", required=True, help="output directory")
+    return parser.parse_args(argv)
+
+
+def _examples(cases, run) -> dict:
+    """{scale: {domain: {"clean", "noisy", method...: image}}} from each group's first case."""
+    panels = {}
+    for case in cases:
+        row = panels.setdefault(case.s, {}).setdefault(case.image.domain, {})
+        if row:
+            continue
+        row["clean"] = case.image.clean
+        row["noisy"] = baselines.noisy_estimate(case.y, case.s, case.r, case.b)
+        for (method, domain, scale), image in run.examples.items():
+            if domain == case.image.domain and scale == case.s:
+                row[method] = image
+    return panels
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = methods.PdrSettings(
+        steps=args.steps, guidance=args.guidance, likelihood=args.likelihood, kappa=args.kappa,
+        conditioning=not args.no_conditioning, tile_overlap=args.tile_overlap,
+        tile_batch=args.tile_batch,
+    )  # fmt: skip
+    ablations = [pair for text in args.ablation for pair in methods.parse_ablation(text)]
+    options = methods.MethodOptions(checkpoint=args.checkpoint, pdr=settings)
+    names = [name.strip() for name in args.methods.split(",") if name.strip()]
+
+    images = benchmark.load_clean_images(
+        args.clean, crop=args.crop, per_domain=args.num_images, domain=args.domain
+    )
+    cases = benchmark.make_cases(
+        images, args.scales, read_noise=args.read_noise, background=args.background,
+        seed=args.seed,
+    )  # fmt: skip
+    print(f"benchmark: {len(images)} crops of {args.crop} px x {len(args.scales)} scales")
+    (out / "settings.json").write_text(json.dumps(
+        {"argv": sys.argv[1:] if argv is None else list(argv), **vars(args),
+         "pdr": dataclasses.asdict(settings), "images": [i.name for i in images]}, indent=1,
+    ))  # fmt: skip
+
+    selected = methods.build_methods(names, options, ablations)
+    run = benchmark.run_methods(cases, selected, seed=args.seed, batch=args.batch)
+    for name, seconds in run.compile_seconds.items():
+        print(f"{name}: {seconds:.1f} s of first-call overhead (compilation) not counted")
+    title = (
+        f"{args.clean} crops {args.crop} px, r = {args.read_noise:g} e-, b = {args.background:g} e-"
+    )
+    summary = report.write_outputs(out, run.rows, title=title, examples=_examples(cases, run))
+
+    if args.resolutions:
+        try:
+            net, variables = methods.load_checkpoint(methods.checkpoint_dir(options))
+        except methods.MethodUnavailable as e:
+            print(f"SKIPPED resolutions: {e}")
+        else:
+            rows, _ = resolution.evaluate_resolutions(
+                cases, net, variables, settings, [int(t) for t in args.resolutions],
+                seed=args.seed, batch=args.batch,
+            )  # fmt: skip
+            choice = resolution.recommend_resolution(
+                rows, max_memory_mb=args.max_memory_mb, max_seconds=args.max_seconds,
+                min_psnr=args.min_psnr,
+            )  # fmt: skip
+            report.write_csv(rows, out / "resolutions.csv", resolution.RESOLUTION_FIELDS)
+            with open(out / "table.md", "a") as f:
+                f.write("\n" + resolution.markdown(rows, choice))
+            print(f"recommended resolution: {choice[1]}")
+
+    print((out / "table.md").read_text())
+    if args.compare_to:
+        failures, notes = report.compare_to(
+            summary, report.read_csv(args.compare_to), args.regression_margin
+        )
+        text = "\n".join(["# Regression check", "", f"against {args.compare_to}", ""]
+                         + [f"- FAIL {f}" for f in failures] + [f"- note {n}" for n in notes])  # fmt: skip
+        (out / "regression.md").write_text(text + "\n")
+        print(text)
+        if failures:
+            print(f"REGRESSION: {len(failures)} cell(s) dropped by more than "
+                  f"{args.regression_margin:.0%} of PSNR")  # fmt: skip
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
