@@ -125,42 +125,12 @@ def load_network(args):
     return net, variables, f"EDM file {args.checkpoint}"
 
 
-def _cycle(values: list, num: int) -> list:
-    return [values[i % len(values)] for i in range(num)]
-
-
 def make_labels(args, label_dim: int, num: int):
-    """[num, label_dim] float32 from --labels/--class/--domain, or None for an unconditional net.
-
-    Default: domains in turn for a 6-D conditioned net, random classes (from --seed) otherwise.
-    """
-    given = args.labels or args.classes or args.domain
-    if label_dim == 0:
-        if given:
-            raise ValueError("the network is unconditional (label_dim 0): drop the label options")
-        return None
-    spec = conditioning.DEFAULT_SPEC
-    if args.labels:
-        vector = [float(v) for v in args.labels.split(",")]
-        if len(vector) != label_dim:
-            raise ValueError(f"--labels has {len(vector)} values, the network wants {label_dim}")
-        return np.tile(np.asarray(vector, np.float32), (num, 1))
-    if args.domain or (not given and label_dim == spec.dim):
-        if label_dim != spec.dim:
-            raise ValueError(f"--domain needs a {spec.dim}-D label, the network has {label_dim}")
-        domains = args.domain.split(",") if args.domain else list(spec.domains)
-        index = np.array([spec.domain_index(d) for d in _cycle(domains, num)])
-        vectors = conditioning.conditioning_vector(
-            index, args.scale, args.read_noise, args.background, spec
-        )
-        return np.asarray(vectors, np.float32)
-    if args.classes:
-        classes = np.array(_cycle([int(c) for c in args.classes.split(",")], num))
-    else:
-        classes = np.random.default_rng(args.seed).integers(0, label_dim, num)
-    if np.any((classes < 0) | (classes >= label_dim)):
-        raise ValueError(f"--class must be in 0..{label_dim - 1}")
-    return np.eye(label_dim, dtype=np.float32)[classes]
+    """[num, label_dim] labels from the label options (pdr_jax.physics.conditioning.label_batch)."""
+    return conditioning.label_batch(
+        label_dim, num, labels=args.labels, classes=args.classes, domains=args.domain, scale=args.scale,
+        read_noise=args.read_noise, background=args.background, seed=args.seed,
+    )  # fmt: skip
 
 
 def read_images(path, channels: int) -> np.ndarray:
@@ -189,7 +159,8 @@ def make_inputs(args, net, variables):
         res = args.resolution or model.img_resolution
         clean = np.zeros((args.num, res, res, channels), np.float32)
     num = clean.shape[0]
-    sigma = np.asarray(_cycle([float(s) for s in args.sigma.split(",")], num), np.float32)
+    sigmas = [float(s) for s in args.sigma.split(",")]
+    sigma = np.asarray([sigmas[i % len(sigmas)] for i in range(num)], np.float32)
     labels = make_labels(args, model.label_dim, num)
     key_latents, key_churn, key_noise = jax.random.split(jax.random.key(args.seed), 3)
     if args.sample_preset:

@@ -90,3 +90,39 @@ def describe(c: Sequence[float], spec: ConditioningSpec = DEFAULT_SPEC) -> dict:
     n = len(spec.domains)
     domain = spec.domains[int(np.argmax(c[:n]))] if c[:n].any() else None
     return {"domain": domain, "s": float(s), "r": float(c[-2] * s), "b": float(c[-1] * s)}
+
+
+def label_batch(label_dim: int, num: int, *, labels: str | None = None, classes: str | None = None,
+                domains: str | None = None, scale: float = 100.0, read_noise: float = 2.0,
+                background: float = 0.0, seed: int = 0, spec: ConditioningSpec = DEFAULT_SPEC):  # fmt: skip
+    """[num, label_dim] float32 labels from command-line style options, or None (label_dim 0).
+
+    labels: "v1,v2,..." one explicit vector for all; classes: "3,7" one-hot classes cycled
+    (random classes as EDM's generate.py when nothing is given to a class-conditional net);
+    domains: "microscopy,astronomy" cycled, with scale/read_noise/background, for networks
+    whose labels are the conditioning vector (the default for them: every domain in turn).
+    """
+    given = labels or classes or domains
+    if label_dim == 0:
+        if given:
+            raise ValueError("the network is unconditional (label_dim 0): drop the label options")
+        return None
+    cycle = lambda values: [values[i % len(values)] for i in range(num)]
+    if labels:
+        vector = [float(v) for v in labels.split(",")]
+        if len(vector) != label_dim:
+            raise ValueError(f"--labels has {len(vector)} values, the network wants {label_dim}")
+        return np.tile(np.asarray(vector, np.float32), (num, 1))
+    if domains or (not given and label_dim == spec.dim):
+        if label_dim != spec.dim:
+            raise ValueError(f"--domain needs a {spec.dim}-D label, the network has {label_dim}")
+        names = domains.split(",") if domains else list(spec.domains)
+        index = np.array([spec.domain_index(d) for d in cycle(names)])
+        return np.asarray(conditioning_vector(index, scale, read_noise, background, spec), np.float32)
+    if classes:
+        chosen = np.array(cycle([int(c) for c in classes.split(",")]))
+    else:
+        chosen = np.random.default_rng(seed).integers(0, label_dim, num)
+    if np.any((chosen < 0) | (chosen >= label_dim)):
+        raise ValueError(f"--class must be in 0..{label_dim - 1}")
+    return np.eye(label_dim, dtype=np.float32)[chosen]
