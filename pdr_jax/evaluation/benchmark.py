@@ -198,39 +198,40 @@ def run_methods(
 ) -> Run:
     """Run every method on every case, group by group (one domain and scale per call).
 
-    seconds: wall time per image of the call. For jitted methods the first call of each input
-    shape is run twice and timed the second time, so compilation is not counted (it is
-    reported in compile_seconds). The first case of each (domain, s) is kept as the example.
+    Every method gets the same key for a group (from the seed and the group's first case), so
+    ablation variants differ by their setting, not by their random draws. seconds: wall time
+    per image of the call. For jitted methods the first call of each input shape is run twice
+    and timed the second time, so compilation is not counted (it is reported in
+    compile_seconds). The first case of each (domain, s) is kept as the example.
     """
     rows, examples, compile_seconds = [], {}, {}
-    for method, spec in methods.items():
+    for name, method in methods.items():
         seen_shapes = set()
         for chunk in _groups(cases, batch):
             first = chunk[0]
             y = np.stack([case.y for case in chunk])
             args = {"s": first.s, "r": first.r, "b": first.b, "domain": first.image.domain}
-            key = _case_key(seed, f"{method}|{first.name}")
+            key = _case_key(seed, f"restore|{first.name}")
             first_call = 0.0
-            if spec.jitted and y.shape not in seen_shapes:  # warm-up: compile
+            if method.jitted and y.shape not in seen_shapes:  # warm-up: compile
                 seen_shapes.add(y.shape)
                 start = time.perf_counter()
-                spec.restore(y, key=key, **args)
+                method.restore(y, key=key, **args)
                 first_call = time.perf_counter() - start
             start = time.perf_counter()
-            x_hat = np.asarray(spec.restore(y, key=key, **args), np.float32)
+            x_hat = np.asarray(method.restore(y, key=key, **args), np.float32)
             elapsed = time.perf_counter() - start
-            seconds = elapsed / len(chunk)
             if first_call:
                 overhead = max(first_call - elapsed, 0.0)
-                compile_seconds[method] = compile_seconds.get(method, 0.0) + overhead
+                compile_seconds[name] = compile_seconds.get(name, 0.0) + overhead
             for case, x in zip(chunk, x_hat, strict=True):
                 rows.append(
                     {
-                        "method": method, "domain": case.image.domain, "image": case.image.name,
+                        "method": name, "domain": case.image.domain, "image": case.image.name,
                         "scale": case.s, "read_noise": case.r, "background": case.b,
-                        **score(case, x), "seconds": seconds,
+                        **score(case, x), "seconds": elapsed / len(chunk),
                     }
                 )  # fmt: skip
-            examples.setdefault((method, first.image.domain, first.s), x_hat[0])
-        log(f"{method}: {sum(r['method'] == method for r in rows)} images")
+            examples.setdefault((name, first.image.domain, first.s), x_hat[0])
+        log(f"{name}: {sum(row['method'] == name for row in rows)} images")
     return Run(rows, examples, compile_seconds)

@@ -122,6 +122,8 @@ def load_checkpoint(directory: str):
 
 
 def checkpoint_dir(options: MethodOptions) -> str:
+    """The model directory: options.checkpoint, else the shipped default; MethodUnavailable
+    when neither is there."""
     if options.checkpoint is not None:
         return options.checkpoint
     if DEFAULT_CHECKPOINT.exists():
