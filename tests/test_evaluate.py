@@ -148,8 +148,10 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
     variants = methods.pdr_variants(methods.PdrSettings(), ablations)
     assert list(variants) == ["pdr[likelihood=exact]", "pdr[conditioning=off]"]
     assert variants["pdr[conditioning=off]"].conditioning is False
-    # No model anywhere: pdr and its variants are skipped with a reason, baselines still run.
-    monkeypatch.setattr(methods, "DEFAULT_CHECKPOINT", tmp_path / "absent")
+    # No model (the default directory is still empty): pdr and its variants are skipped with a
+    # reason, baselines still run.
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(methods, "DEFAULT_CHECKPOINT", tmp_path / "empty")
     messages = []
     built = methods.build_methods(
         ["pdr", "conditional", "noisy"], methods.MethodOptions(), ablations, log=messages.append

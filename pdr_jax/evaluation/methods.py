@@ -126,11 +126,11 @@ def checkpoint_dir(options: MethodOptions) -> str:
     when neither is there."""
     if options.checkpoint is not None:
         return options.checkpoint
-    if DEFAULT_CHECKPOINT.exists():
+    if (DEFAULT_CHECKPOINT / model_io.NETWORK_FILE).exists():
         return str(DEFAULT_CHECKPOINT)
     raise MethodUnavailable(
-        f"no model: pass --checkpoint DIR (the shipped default {DEFAULT_CHECKPOINT} does not "
-        "exist yet)"
+        f"no model: pass --checkpoint DIR (the shipped default {DEFAULT_CHECKPOINT} has no "
+        f"{model_io.NETWORK_FILE} yet)"
     )
 
 
