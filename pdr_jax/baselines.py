@@ -38,7 +38,7 @@ alpha) + mu. I(D) vanishes at D = 2 sqrt(3/8) = E[f(y)] for lambda = 0 (pure Poi
 inverse-power terms blow up below it, so D <= 2 sqrt(3/8) maps to 0 here. Written from these
 formulas (not from the authors' code). Measured on simulated data (tests/test_baselines.py):
 relative bias < 1.5% for lambda >= 2 and r in {0, 1, 2, 5}, < 3.5% at lambda = 1, and at most
-0.035 electrons at lambda = 0.2-0.5, where the closed form is only an approximation.
+0.04 electrons at lambda = 0.2-0.5, where the closed form is only an approximation.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ def _measure(rng, lam, r, size):
 def test_unbiased_inverse_of_the_stabilised_expectation(r):
     """inverse(mean f(y)) recovers lambda: E[f(y)] from 10^6 draws (its standard error moves
     lambda_hat by < 0.2%). Tolerances are the closed form's own error, measured here: < 1.5%
-    for lambda >= 2, < 3.5% at lambda = 1, < 0.035 electrons at lambda <= 0.5. The algebraic
+    for lambda >= 2, < 3.5% at lambda = 1, < 0.04 electrons at lambda <= 0.5. The algebraic
     inverse (D/2)^2 - 3/8 - r^2 is far off at low counts."""
     rng = np.random.default_rng(0)
     for lam in (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0, 1000.0):
@@ -25,7 +25,7 @@ def test_unbiased_inverse_of_the_stabilised_expectation(r):
         elif lam >= 1:
             assert lam_hat == pytest.approx(lam, rel=0.035)
         else:
-            assert lam_hat == pytest.approx(lam, abs=0.035)
+            assert lam_hat == pytest.approx(lam, abs=0.04)
     algebraic = (baselines.gat_forward(_measure(rng, 1.0, r, 1_000_000), r).mean() / 2) ** 2
     assert abs(algebraic - 0.375 - r**2 - 1.0) > 0.05
 
