@@ -8,6 +8,10 @@ import pytest
 from pdr_jax import metrics
 from pdr_jax.physics import noise
 
+_simulate = jax.jit(noise.simulate)  # one compiled program per shape instead of op by op
+_autocorrelation = jax.jit(metrics.residual_autocorrelation, static_argnames="max_lag")
+_whiteness = jax.jit(metrics.whiteness, static_argnames="max_lag")
+
 
 def test_chi_square_of_the_truth_on_a_million_pixels():
     # Its standard error is ~sqrt(2 / 10^6) ~ 0.0015 (a bit more at low counts).
@@ -33,12 +37,12 @@ def _smoothed(z):
 def test_autocorrelation_and_flatness_tell_white_from_coloured():
     z = jax.random.normal(jax.random.key(2), (8, 64, 64, 1))
     n = z.size
-    rho = metrics.residual_autocorrelation(z, max_lag=2)
+    rho = _autocorrelation(z, max_lag=2)
     assert rho.shape == (5, 5) and float(rho[2, 2]) == pytest.approx(1.0)
-    assert float(metrics.whiteness(z)) < 5 / np.sqrt(n)
+    assert float(_whiteness(z)) < 5 / np.sqrt(n)
     assert float(metrics.spectral_flatness(z)) == pytest.approx(1.0, abs=0.02)
     coloured = _smoothed(z)
-    rho = metrics.residual_autocorrelation(coloured, max_lag=2)
+    rho = _autocorrelation(coloured, max_lag=2)
     assert float(rho[2, 3]) == pytest.approx(0.5, abs=0.02)
     assert float(rho[2, 1]) == pytest.approx(0.5, abs=0.02)
     assert float(rho[3, 2]) == pytest.approx(0.0, abs=0.02)
@@ -48,20 +52,20 @@ def test_autocorrelation_and_flatness_tell_white_from_coloured():
     # Masked pixels do not count, even if they hold structure.
     mask = jnp.ones_like(z).at[:, :, :16].set(0.0)
     structured = z.at[:, :, :16].set(coloured[:, :, :16] * 50)
-    assert float(metrics.whiteness(structured, mask=mask)) < 5 / np.sqrt(n * 0.75)
+    assert float(_whiteness(structured, mask=mask)) < 5 / np.sqrt(n * 0.75)
 
 
 def test_normalized_residuals_of_a_restoration_are_white():
     x = jax.random.uniform(jax.random.key(3), (2, 64, 64, 1))
-    y = noise.simulate(jax.random.key(4), x, 50.0, 1.5, 1.0)
+    y = _simulate(jax.random.key(4), x, 50.0, 1.5, 1.0)
     residuals = metrics.normalized_residuals(y, x, 50.0, 1.5, 1.0)
     assert float(jnp.std(residuals)) == pytest.approx(1.0, abs=0.02)
-    assert float(metrics.whiteness(residuals)) < 5 / np.sqrt(residuals.size)
+    assert float(_whiteness(residuals)) < 5 / np.sqrt(residuals.size)
 
 
 def _to_adu(key, electrons_mean, gain, read_noise, black, shape):
     """Simulated raw frame: Poisson electrons + read noise, / gain + black, quantised."""
-    e = noise.simulate(key, jnp.zeros(shape), 0.0, read_noise, electrons_mean)
+    e = _simulate(key, jnp.zeros(shape), 0.0, read_noise, electrons_mean)
     return np.round(np.asarray(e) / gain + black)
 
 
@@ -88,7 +92,7 @@ def test_photon_transfer_from_one_pair_of_a_static_scene():
     scene = 2000 * np.linspace(0, 1, 256)[None, :] ** 2 * np.ones((512, 1))
     key_a, key_b = jax.random.split(jax.random.key(6))
     frames = [
-        np.round(np.asarray(noise.simulate(k, scene, 1.0, read_noise, 0.0)) / gain + black)
+        np.round(np.asarray(_simulate(k, scene, 1.0, read_noise, 0.0)) / gain + black)
         for k in (key_a, key_b)
     ]
     mean, var = metrics.ptc_from_frame_pair(*frames, black, num_bins=24)
