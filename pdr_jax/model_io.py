@@ -7,8 +7,13 @@
 ``network.json`` holds::
 
     {"format": "pdr_jax-model", "version": 1,
+     "kind": "prior" | "conditional" (absent: "prior"),
      "network": {build_network keyword arguments; tuples written as lists},
      "source": {free-form: where the weights came from}}
+
+kind "prior" is a pdr_jax.precond denoiser D(x, sigma, labels); kind "conditional" is a
+pdr_jax.conditional.ConditionalDenoiser, whose "network" holds `build_conditional`'s arguments
+(including num_timesteps, beta_schedule and parameterization: all a sampler needs).
 
 ``variables`` is an Orbax StandardCheckpointer checkpoint of the Flax variables dict
 ("params", and "buffers" where the net has any) in float32. `tools/convert_edm.py` writes this
@@ -28,7 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pdr_jax import precond
+from pdr_jax import conditional, precond
 
 FORMAT = "pdr_jax-model"
 VERSION = 1
@@ -36,6 +41,11 @@ NETWORK_FILE = "network.json"
 VARIABLES_DIR = "variables"
 # build_network arguments that are tuples (JSON has only lists).
 _TUPLE_FIELDS = ("channel_mult", "attn_resolutions", "resample_filter")
+# What a model directory holds: its builder and the network.json fields that builder needs.
+KINDS = {
+    "prior": (precond.build_network, ("precond", "arch", "img_resolution", "img_channels")),
+    "conditional": (conditional.build_conditional, ("arch", "img_resolution", "img_channels")),
+}
 
 
 class ModelFormatError(ValueError):
@@ -90,6 +100,7 @@ def save_model(
     *,
     source: Mapping | None = None,
     overwrite: bool = False,
+    kind: str = "prior",
 ) -> None:
     """Write `directory`/network.json and `directory`/variables.
 
@@ -97,7 +108,10 @@ def save_model(
     img_channels, ...). `variables`: the Flax variables of that network (float32 is stored).
     `source`: free-form JSON metadata (e.g. the file converted from). Checks that the variables
     fit the network first. An existing model there is replaced only with `overwrite=True`.
+    `kind`: "prior" (build_network arguments) or "conditional" (build_conditional arguments).
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     directory = pathlib.Path(os.fspath(directory)).expanduser().absolute()
     json_path = directory / NETWORK_FILE
     if json_path.exists() and not overwrite:
@@ -105,7 +119,7 @@ def save_model(
             f"{json_path} exists; pass overwrite=True (convert_edm.py: --overwrite) to replace the model"
         )
     network = _json_value(dict(network_kwargs))
-    net = precond.build_network(**_network_kwargs(network, json_path))
+    net = KINDS[kind][0](**_network_kwargs(network, json_path, kind))
     _check_variables(net, variables, str(directory))
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -116,6 +130,7 @@ def save_model(
     description = {
         "format": FORMAT,
         "version": VERSION,
+        **({"kind": kind} if kind != "prior" else {}),
         "network": network,
         "source": _json_value(dict(source or {})),
     }
@@ -123,7 +138,7 @@ def save_model(
     json_path.write_text(json.dumps(description, indent=2, allow_nan=True) + "\n")
 
 
-def _network_kwargs(network, json_path) -> dict:
+def _network_kwargs(network, json_path, kind: str = "prior") -> dict:
     if not isinstance(network, dict):
         raise ModelFormatError(
             f"{json_path}: field 'network' must be an object of build_network arguments"
@@ -132,7 +147,7 @@ def _network_kwargs(network, json_path) -> dict:
     for key in _TUPLE_FIELDS:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
-    for key in ("precond", "arch", "img_resolution", "img_channels"):
+    for key in KINDS[kind][1]:
         if key not in kwargs:
             raise ModelFormatError(f"{json_path}: field 'network.{key}' is missing")
     return kwargs
@@ -154,23 +169,30 @@ def read_network_json(directory) -> dict:
         raise ModelFormatError(
             f"{json_path}: field 'version' is {description.get('version')!r}, expected {VERSION}"
         )
-    _network_kwargs(description.get("network"), json_path)
+    kind = description.get("kind", "prior")
+    if kind not in KINDS:
+        raise ModelFormatError(f"{json_path}: field 'kind' is {kind!r}, expected one of {sorted(KINDS)}")
+    _network_kwargs(description.get("network"), json_path, kind)
     return description
 
 
 def load_model(directory):
     """(net, variables) from a directory written by `save_model` (or tools/convert_edm.py).
 
-    Rebuilds the network with pdr_jax.precond.build_network and restores the variables
+    Rebuilds the network with pdr_jax.precond.build_network (kind "prior") or
+    pdr_jax.conditional.build_conditional (kind "conditional"; `net.betas()` and
+    `net.parameterization` then describe its sampler) and restores the variables
     (float32 arrays) against jax.eval_shape of the network's init as the target. Raises
     ModelFormatError naming network.json and the field when the description is missing or bad.
     Only model directories are read; training workdirs (Orbax CheckpointManager) are not yet.
     """
     directory = pathlib.Path(os.fspath(directory)).expanduser().absolute()
     json_path = directory / NETWORK_FILE
-    kwargs = _network_kwargs(read_network_json(directory)["network"], json_path)
+    description = read_network_json(directory)
+    kind = description.get("kind", "prior")
+    kwargs = _network_kwargs(description["network"], json_path, kind)
     try:
-        net = precond.build_network(**kwargs)
+        net = KINDS[kind][0](**kwargs)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFormatError(
             f"{json_path}: field 'network' does not build a network ({exc})"

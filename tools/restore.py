@@ -4,14 +4,20 @@
         --scale 10 --read-noise 2 --background 0 --report report.json
     python tools/restore.py raw_dir/ --output out_dir/ --units adu --gain 1.5 --black-level 100 \
         --white-level 4095 --domain astronomy --scale 50 --read-noise 3
+    python tools/restore.py noisy.tif --output restored.tif --domain microscopy --scale 10 \
+        --read-noise 2 --method conditional --sampler ddim --steps 20
 
 INPUT: files (.npy, .tif/.tiff, .fits/.fit, .png/.jpg, camera RAW) or folders of them. The data
 are electrons (--units electrons) or raw ADU converted with --gain/--black-level/--white-level
 (saturated pixels are masked out of the likelihood). OUT: a file for one input, a folder for
 several; the format follows its extension (.npy, .tif, .fits, .png as 16 bit): the restored
 clean intensity x in [0, 1] float32; --save-electrons also writes s*x+b. Every image is
-restored at any size through overlapping tiles fused at every sampler step. Exit status 1 if
-any input failed (it is logged and skipped; the others are still written).
+restored at any size through overlapping tiles fused at every sampler step. --method prior (default):
+the diffusion prior with likelihood guidance (EDM Heun, --guidance/--likelihood/--kappa);
+--method conditional: a conditional model (pdr_jax/conditional.py, default
+models/conditional-gray-default) sampled with --sampler ddim/ddpm/dpmpp, the measurement's tiles
+conditioning each tile (saturated pixels are not masked: the model has no likelihood term).
+Exit status 1 if any input failed (it is logged and skipped; the others are still written).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "models" / "pdr-gray-default"
+DEFAULT_CONDITIONAL_CHECKPOINT = ROOT / "models" / "conditional-gray-default"
 OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
 
 
@@ -36,8 +43,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="measurement files or folders")
     p.add_argument("--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                   help="model directory (tools/convert_edm.py, a training workdir's model/); default: the shipped model")  # fmt: skip
+    p.add_argument("--method", choices=("prior", "conditional"), default="prior",
+                   help="prior: guided diffusion prior; conditional: a conditional restoration model")  # fmt: skip
+    p.add_argument("--checkpoint", default=None,
+                   help="model directory (tools/convert_edm.py, a training workdir's model/); default: the shipped "
+                        "model of --method")  # fmt: skip
     p.add_argument("--domain", required=True, choices=("photography", "microscopy", "astronomy"))
     p.add_argument("--scale", type=float, required=True, help="photon scale s: electrons per unit clean intensity")
     p.add_argument("--read-noise", type=float, required=True, help="read noise r (electrons rms)")
@@ -46,7 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--gain", type=float, help="electrons per ADU (--units adu)")
     p.add_argument("--black-level", type=float, help="ADU of an unexposed pixel (--units adu)")
     p.add_argument("--white-level", type=float, help="saturation ADU (--units adu)")
-    p.add_argument("--steps", type=int, default=18, help="EDM Heun steps")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 18 EDM Heun; 20 conditional)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp"), default="ddim", help="--method conditional")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (--method conditional)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="--method conditional: average this many samples (posterior mean; use eta > 0 or ddpm)")  # fmt: skip
     p.add_argument("--guidance", choices=("x0", "dps"), default="x0")
     p.add_argument("--likelihood", choices=("wls", "gaussian", "exact"), default="wls")
     p.add_argument("--kappa", type=float, default=1.0, help="guidance strength (0: the prior alone)")
@@ -57,7 +71,13 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-electrons", action="store_true", help="also write s*x+b (suffix _electrons)")
     p.add_argument("--report", help="JSON report of every image and a summary")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    conditional = args.method == "conditional"
+    if args.checkpoint is None:
+        args.checkpoint = str(DEFAULT_CONDITIONAL_CHECKPOINT if conditional else DEFAULT_CHECKPOINT)
+    if args.steps is None:
+        args.steps = 20 if conditional else 18
+    return args
 
 
 def expand_inputs(inputs) -> list[pathlib.Path]:
@@ -131,7 +151,7 @@ def restore_one(path, out_path, net, variables, args, key):
     """Restore every frame and channel of one file; returns its report."""
     import jax
 
-    from pdr_jax.restore.tiled import restore_tiled
+    from pdr_jax.restore.tiled import restore_tiled, restore_tiled_conditional
 
     electrons, mask = read_measurement(path, args)
     frames, height, width, channels = electrons.shape
@@ -139,6 +159,17 @@ def restore_one(path, out_path, net, variables, args, key):
     reports = []
     for f in range(frames):
         for c in range(channels):  # a grayscale prior restores each channel on its own
+            if args.method == "conditional":
+                x[f, :, :, c], rep = restore_tiled_conditional(
+                    net, variables, electrons[f, :, :, c], domain=args.domain, s=args.scale, r=args.read_noise,
+                    b=args.background, tile=args.tile, overlap=args.overlap, batch=args.batch, sampler=args.sampler,
+                    num_steps=args.steps, eta=args.eta, num_samples=args.num_samples,
+                    key=jax.random.fold_in(key, f * channels + c),
+                )  # fmt: skip
+                if not mask[f, :, :, c].all():
+                    rep["warnings"].append("saturated pixels are not masked by --method conditional")
+                reports.append(rep)
+                continue
             x[f, :, :, c], rep = restore_tiled(
                 net, variables, electrons[f, :, :, c], mask=mask[f, :, :, c], domain=args.domain, s=args.scale,
                 r=args.read_noise, b=args.background, tile=args.tile, overlap=args.overlap, batch=args.batch,
@@ -171,12 +202,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
 
-    from pdr_jax.model_io import load_model
+    from pdr_jax.model_io import load_model, read_network_json
 
     files = expand_inputs(args.inputs)
     if not files:
         raise SystemExit(f"no supported input files in {args.inputs}")
     outputs = output_paths(files, args.output)
+    kind = read_network_json(args.checkpoint).get("kind", "prior")
+    if kind != args.method:
+        raise SystemExit(f"--checkpoint {args.checkpoint} is a {kind} model; use --method {kind}")
     net, variables = load_model(args.checkpoint)
     print(f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
           f"{len(files)} input(s)", file=sys.stderr)  # fmt: skip

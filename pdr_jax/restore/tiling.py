@@ -8,6 +8,10 @@ Bar-Tal et al. 2023), so no seam can build up over the trajectory, and memory is
 chunk size, not by the image size.
 
 A `TilePlan` records everything needed to invert the transform (JSON-serialisable).
+
+A conditional model (pdr_jax/conditional.py) also needs its conditioning image tile by tile:
+`tiled_denoiser(..., cond_image=c)` cuts c at the same origins and calls
+denoise_fn(tiles, sigma, cond_tiles).
 """
 
 from __future__ import annotations
@@ -158,7 +162,7 @@ class _TiledApply:
     plan: TilePlan
     batch: int
 
-    def __call__(self, denoise_fn, x, sigma):
+    def __call__(self, denoise_fn, cond_image, x, sigma):
         plan, batch, t = self.plan, self.batch, self.plan.tile
         origins = plan.origins
         num_chunks = math.ceil(len(origins) / batch)
@@ -168,10 +172,12 @@ class _TiledApply:
         win = jnp.asarray(window(plan))[None, :, :, None]
         inv_weight = jnp.asarray(1.0 / weight_map(plan))[:, :, None]
 
-        def denoise_image(image):
+        def denoise_image(image, cond):
             def chunk(acc, inputs):
                 org, ok = inputs
-                out = denoise_fn(extract_tiles(image, org, t), sigma) * win * ok[:, None, None, None]
+                tiles = extract_tiles(image, org, t)
+                out = denoise_fn(tiles, sigma) if cond is None else denoise_fn(tiles, sigma, extract_tiles(cond, org, t))
+                out = out * win * ok[:, None, None, None]
 
                 def add(i, acc):
                     cur = jax.lax.dynamic_slice(acc, (org[i, 0], org[i, 1], 0), (t, t, acc.shape[-1]))
@@ -182,11 +188,17 @@ class _TiledApply:
             acc, _ = jax.lax.scan(chunk, jnp.zeros(image.shape, jnp.float32), (chunks, valid))
             return acc * inv_weight
 
-        return jax.vmap(denoise_image)(x)
+        if cond_image is None:
+            return jax.vmap(lambda image: denoise_image(image, None))(x)
+        return jax.vmap(denoise_image)(x, cond_image)
 
 
-def tiled_denoiser(denoise_fn, plan: TilePlan, *, batch: int = 8):
+def tiled_denoiser(denoise_fn, plan: TilePlan, *, batch: int = 8, cond_image=None):
     """Wrap denoise_fn(tiles [batch, t, t, C], sigma) into a denoiser of padded images [B, H', W', C].
+
+    cond_image: optional [B, H', W', C'] padded conditioning image; its tiles are cut at the same
+    origins and passed along: denoise_fn(tiles, sigma, cond_tiles [batch, t, t, C']). `sigma`
+    is passed through unchanged, so a discrete model's timestep t works as well.
 
     Tiles are processed `batch` at a time in a lax.scan (one compiled network call shape; the
     last chunk is padded and masked); each chunk's windowed outputs are accumulated and the sum
@@ -195,4 +207,4 @@ def tiled_denoiser(denoise_fn, plan: TilePlan, *, batch: int = 8):
     """
     if not isinstance(denoise_fn, jax.tree_util.Partial):
         denoise_fn = jax.tree_util.Partial(denoise_fn)
-    return jax.tree_util.Partial(_TiledApply(plan, batch), denoise_fn)
+    return jax.tree_util.Partial(_TiledApply(plan, batch), denoise_fn, cond_image)

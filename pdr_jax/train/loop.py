@@ -6,6 +6,12 @@ step recompiles once per stage (new shapes). Data parallelism: the global batch 
 1-D device mesh ("data"), parameters are replicated, the state is donated. Randomness: the step
 key is fold_in(base_key, step), so a resumed run sees the same draws; the data iterator's state
 is checkpointed with the train state, so it sees the same batches too.
+
+Objectives (`config.train.objective`, default "edm"): "edm" trains the prior, a preconditioned
+denoiser D(x; sigma, labels), with EDM's loss; "ddpm" trains a conditional restoration model
+(pdr_jax/conditional.py, configs/conditional.py) on simulated (clean, noisy) pairs with a
+discrete-time loss. The objective picks the network builder, the train and eval steps, the batch
+keys (pairs for "ddpm") and the end-of-stage figure; everything else is shared.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pdr_jax import model_io
+from pdr_jax import conditional, model_io, schedules
 from pdr_jax.precond import build_network
 from pdr_jax.train import loss as losses
 from pdr_jax.train.monitor import MetricsLogger, save_loss_plot, save_sample_grid
@@ -71,11 +77,28 @@ def network_kwargs_from_config(model_cfg) -> dict:
     return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
 
 
-def build_network_from_config(model_cfg):
-    """(net, network_kwargs) with the configured compute dtype and rematerialisation."""
+def objective_of(config) -> str:
+    """config.train.objective: "edm" (the prior; the default) or "ddpm" (conditional model)."""
+    objective = config.train.get("objective", "edm")
+    if objective not in ("edm", "ddpm"):
+        raise ValueError(f"config.train.objective must be 'edm' or 'ddpm', got {objective!r}")
+    return objective
+
+
+def build_network_from_config(model_cfg, objective: str = "edm"):
+    """(net, network_kwargs) with the configured compute dtype and rematerialisation.
+
+    objective "edm": a pdr_jax.precond network; "ddpm": a pdr_jax.conditional.ConditionalDenoiser.
+    """
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.dtype]
     kwargs = network_kwargs_from_config(model_cfg)
-    return build_network(**kwargs, dtype=dtype, remat=model_cfg.remat), kwargs
+    build = conditional.build_conditional if objective == "ddpm" else build_network
+    return build(**kwargs, dtype=dtype, remat=model_cfg.remat), kwargs
+
+
+def batch_keys(objective: str) -> tuple[str, ...]:
+    """The batch entries a train step reads: pairs (noisy electrons and s, r, b) for "ddpm"."""
+    return ("clean", "cond", "noisy", "s", "r", "b") if objective == "ddpm" else ("clean", "cond")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,11 +124,7 @@ def make_train_step(net, config, batch_size: int):
             return jnp.mean(loss_fn(denoise, key_loss, images, batch["cond"]))
 
         loss, grads = jax.value_and_grad(objective)(state.params)
-        new_state = state.apply_gradients(grads=grads)
-        step_size = ema_step_size(state.nimg, batch_size, config.train.ema_halflife_kimg, config.train.ema_rampup_ratio)
-        ema = optax.incremental_update(new_state.params, state.ema_params, step_size)
-        new_state = new_state.replace(ema_params=ema, nimg=state.nimg + batch_size)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return _apply_update(state, grads, loss, batch_size, config)
 
     return train_step
 
@@ -131,6 +150,72 @@ def make_eval_step(net, config):
         return {"loss_sum": jnp.mean(jax.lax.map(at_sigma, sigmas)), "count": jnp.sum(valid)}
 
     return eval_step
+
+
+def make_ddpm_train_step(net, config, batch_size: int):
+    """train_step(state, batch, base_key) -> (state, metrics) of a conditional DDPM-style model;
+    batch = {"clean", "cond", "noisy", "s", "r", "b"} (see conditional.measurement_channels)."""
+    alpha_bar = jnp.asarray(schedules.alpha_bars(net.betas()), jnp.float32)
+    loss_fn = functools.partial(
+        losses.ddpm_loss, alpha_bar=alpha_bar, parameterization=net.parameterization, distance=config.train.loss
+    )
+
+    def train_step(state: TrainState, batch, base_key):
+        key_loss, key_dropout = jax.random.split(jax.random.fold_in(base_key, state.step))
+        images = 2 * batch["clean"] - 1  # the model sees 2x - 1
+        cond_image = conditional.measurement_channels(batch["noisy"], batch["s"], batch["r"], batch["b"])
+
+        def objective(params):
+            variables = {"params": params, **state.buffers}
+            model_fn = lambda x_t, t: net.apply(
+                variables, conditional.model_input(x_t, cond_image), t, batch["cond"], train=True,
+                rngs={"dropout": key_dropout},
+            )  # fmt: skip
+            return jnp.mean(loss_fn(model_fn, key_loss, images))
+
+        loss, grads = jax.value_and_grad(objective)(state.params)
+        return _apply_update(state, grads, loss, batch_size, config)
+
+    return train_step
+
+
+def make_ddpm_eval_step(net, config):
+    """Validation loss of the EMA conditional model at fixed timesteps with fixed noise."""
+    alpha_bar = jnp.asarray(schedules.alpha_bars(net.betas()), jnp.float32)
+    timesteps = jnp.asarray(config.train.val_timesteps, jnp.int32)
+
+    def eval_step(state: TrainState, batch):
+        """Sums over the batch's valid rows (the last val batch is padded by repeats)."""
+        images = 2 * batch["clean"] - 1
+        valid = batch["valid"].astype(jnp.float32)
+        noise = jax.random.normal(jax.random.key(1234), images.shape)
+        cond_image = conditional.measurement_channels(batch["noisy"], batch["s"], batch["r"], batch["b"])
+        model_fn = lambda x_t, t: net.apply(
+            state.variables(ema=True), conditional.model_input(x_t, cond_image), t, batch["cond"]
+        )
+
+        def at_timestep(t):
+            t = jnp.full((images.shape[0],), t)
+            err = losses.discrete_denoising_error(
+                model_fn, images, t, noise, alpha_bar, parameterization=net.parameterization, distance=config.train.loss
+            )  # fmt: skip
+            return jnp.sum(jnp.mean(err, axis=(1, 2, 3)) * valid)
+
+        return {"loss_sum": jnp.mean(jax.lax.map(at_timestep, timesteps)), "count": jnp.sum(valid)}
+
+    return eval_step
+
+
+def _apply_update(state: TrainState, grads, loss, batch_size: int, config):
+    """Optimizer step, then the EMA (EDM's half-life in images)."""
+    new_state = state.apply_gradients(grads=grads)
+    step_size = ema_step_size(state.nimg, batch_size, config.train.ema_halflife_kimg, config.train.ema_rampup_ratio)
+    ema = optax.incremental_update(new_state.params, state.ema_params, step_size)
+    new_state = new_state.replace(ema_params=ema, nimg=state.nimg + batch_size)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+STEP_FACTORIES = {"edm": (make_train_step, make_eval_step), "ddpm": (make_ddpm_train_step, make_ddpm_eval_step)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,14 +354,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     stages = stages_from_config(config)
-    net, network_kwargs = build_network_from_config(config.model)
+    objective = objective_of(config)
+    kind = "conditional" if objective == "ddpm" else "prior"
+    net, network_kwargs = build_network_from_config(config.model, objective)
     mesh = make_mesh(config.train.num_devices)
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     base_key = jax.random.key(config.seed)
     manager = make_checkpoint_manager(workdir, config)
     logger = MetricsLogger(workdir, enabled=jax.process_index() == 0)
     preemption = _Preemption()
-    _write_json(os.path.join(workdir, "network.json"), {"format": "pdr_jax-model", "version": 1, "network": network_kwargs})
+    _write_json(os.path.join(workdir, "network.json"), {"format": "pdr_jax-model", "version": 1, "kind": kind, "network": network_kwargs})
     _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
 
     tx0 = make_optimizer(config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps, grad_clip=config.optim.grad_clip)
@@ -317,7 +404,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         if not stopped:  # the EMA network as a model directory for sample/restore/evaluate tools
             source = {"workdir": os.path.abspath(workdir), "step": int(state.step), "kimg": float(state.nimg) / 1000}
             model_io.save_model(os.path.join(workdir, "model"), network_kwargs, jax.device_get(state.variables(ema=True)),
-                                source=source, overwrite=True)  # fmt: skip
+                                source=source, overwrite=True, kind=kind)  # fmt: skip
     logger.close()
     return state
 
@@ -333,22 +420,26 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
     )  # fmt: skip
     tx = make_optimizer(schedule, betas=tuple(config.optim.betas), eps=config.optim.eps, grad_clip=config.optim.grad_clip)
     state = state.replace(tx=tx)
+    objective = objective_of(config)
+    make_step, make_eval = STEP_FACTORIES[objective]
+    keys, paired = batch_keys(objective), objective == "ddpm"
     train_step = jax.jit(
-        make_train_step(net, config, batch_size),
+        make_step(net, config, batch_size),
         in_shardings=(replicated, batch_sharding, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(make_eval_step(net, config), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+    eval_step = jax.jit(make_eval(net, config), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
     pidx, pcount = jax.process_index(), jax.process_count()
     ds = pipeline.make_dataset(config.data, seed=config.seed + stage.index, resolution=stage.resolution,
-                               global_batch=batch_size, split="train", process_index=pidx, process_count=pcount)  # fmt: skip
+                               global_batch=batch_size, split="train", process_index=pidx, process_count=pcount,
+                               paired=paired)  # fmt: skip
     data_iter = iter(ds)
     if data_state is not None:
         data_iter.set_state(data_state)
-    val_batches = [global_batch(b, batch_sharding, keys=("clean", "cond", "valid"))
-                   for b in _val_batches(pipeline, config, stage, batch_size, pidx, pcount)]  # fmt: skip
+    val_batches = [global_batch(b, batch_sharding, keys=keys + ("valid",))
+                   for b in _val_batches(pipeline, config, stage, batch_size, pidx, pcount, paired)]  # fmt: skip
 
     end_nimg = meta["stage_start_nimg"] + stage.kimg * 1000
     total_steps = int(math.ceil((end_nimg - meta["stage_start_nimg"]) / batch_size))
@@ -361,7 +452,7 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
     last_good_step, t0, n0, plateaued = None, None, step, False
     pending = None
     while float(state.nimg) < end_nimg - 0.5:
-        batch = global_batch(next(data_iter), batch_sharding)
+        batch = global_batch(next(data_iter), batch_sharding, keys=keys)
         state, metrics = train_step(state, batch, base_key)
         step += 1
         pending = metrics
@@ -395,7 +486,10 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
         if last:
             break
     if jax.process_index() == 0:
-        _stage_samples(net, state, config, stage, workdir)
+        if paired:
+            _stage_restorations(net, state, config, stage, workdir, jax.device_get(val_batches[0]))
+        else:
+            _stage_samples(net, state, config, stage, workdir)
     return state, _stage_meta(stage.index + 1, step=int(state.step), nimg=float(state.nimg)), False
 
 
@@ -418,14 +512,14 @@ def _stage_batch_size(stage, state, net, config, num_devices, replicated, batch_
             raise ValueError(f"stage {stage.index}: batch_size {batch} is not divisible by the {num_devices} devices")
         return batch
     shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
-    res, channels, label_dim = stage.resolution, net.model.in_channels, net.model.label_dim
+    objective = objective_of(config)
+    res, label_dim = stage.resolution, net.model.label_dim
+    channels = net.img_channels if objective == "ddpm" else net.model.in_channels
+    shapes_of = {"clean": (res, res, channels), "noisy": (res, res, channels), "cond": (label_dim,), "s": (), "r": (), "b": ()}
 
     def compile_step(b):
-        batch = {
-            "clean": jax.ShapeDtypeStruct((b, res, res, channels), jnp.float32, sharding=batch_sharding),
-            "cond": jax.ShapeDtypeStruct((b, label_dim), jnp.float32, sharding=batch_sharding),
-        }
-        step = jax.jit(make_train_step(net, config, b), in_shardings=(replicated, batch_sharding, replicated), donate_argnums=0)
+        batch = {k: jax.ShapeDtypeStruct((b, *shapes_of[k]), jnp.float32, sharding=batch_sharding) for k in batch_keys(objective)}
+        step = jax.jit(STEP_FACTORIES[objective][0](net, config, b), in_shardings=(replicated, batch_sharding, replicated), donate_argnums=0)
         return step.lower(shapes, batch, jax.random.key(0)).compile()
 
     candidates = [num_devices * 2**k for k in range(12) if num_devices * 2**k <= config.train.auto_batch_max]
@@ -444,9 +538,9 @@ def _check_finite(loss: float, step: int, stage: Stage, last_good_step) -> None:
         )
 
 
-def _val_batches(pipeline, config, stage, batch_size, pidx, pcount):
+def _val_batches(pipeline, config, stage, batch_size, pidx, pcount, paired=False):
     ds = pipeline.make_dataset(config.data, seed=config.seed, resolution=stage.resolution, global_batch=batch_size,
-                               split="val", process_index=pidx, process_count=pcount)  # fmt: skip
+                               split="val", process_index=pidx, process_count=pcount, paired=paired)  # fmt: skip
     return [b for _, b in zip(range(config.train.val_batches), ds)]
 
 
@@ -472,6 +566,21 @@ def _stage_samples(net, state, config, stage, workdir) -> None:
         x = edm_sampler(latents=latents, num_steps=config.sample.num_steps, **network_sampler_args(net, variables, labels))
         rows.append(np.asarray((x + 1) / 2))
     save_sample_grid(rows, os.path.join(workdir, f"samples_stage{stage.index}_{stage.resolution}px.png"), row_labels=DOMAINS)
+
+
+def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
+    """A PNG grid of held-out crops: clean, noisy ((y - b) / s) and the EMA model's restoration
+    (config.sample: DDIM with num_steps, eta 0), written at the end of a stage."""
+    n = min(config.sample.per_domain * 3, val_batch["clean"].shape[0])
+    batch = {k: np.asarray(v[:n]) for k, v in val_batch.items()}
+    restored = conditional.restore(
+        net, jax.device_get(state.variables(ema=True)), batch["noisy"], batch["s"], batch["r"], batch["b"], batch["cond"],
+        key=jax.random.key(config.sample.seed), sampler="ddim", num_steps=config.sample.num_steps,
+    )  # fmt: skip
+    noisy = (batch["noisy"] - batch["b"][:, None, None, None]) / batch["s"][:, None, None, None]
+    rows = [batch["clean"], noisy, np.asarray(restored)]
+    save_sample_grid(rows, os.path.join(workdir, f"restorations_stage{stage.index}_{stage.resolution}px.png"),
+                     row_labels=("clean", "noisy", "restored"))  # fmt: skip
 
 
 def _write_json(path: str, obj) -> None:

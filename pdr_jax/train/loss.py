@@ -1,8 +1,13 @@
-"""EDM's training losses (Karras et al. 2022, Eq. 2 and Table 1): per-pixel, not reduced.
+"""Training losses, per pixel, not reduced: EDM's (continuous sigma) and DDPM's (discrete t).
 
-Each loss draws sigma per sample, adds N(0, sigma^2) noise to the clean images y, and weights
-the squared denoising error: loss = lambda(sigma) * (D(y + n; sigma) - y)^2.
-`denoise_fn(x, sigma, labels) -> D` takes x [B, H, W, C] and sigma [B].
+EDM (Karras et al. 2022, Eq. 2 and Table 1): each loss draws sigma per sample, adds N(0, sigma^2)
+noise to the clean images y, and weights the squared denoising error:
+loss = lambda(sigma) * (D(y + n; sigma) - y)^2. `denoise_fn(x, sigma, labels) -> D` takes
+x [B, H, W, C] and sigma [B].
+
+DDPM (Ho et al. 2020, Algorithm 1): t ~ U{0, ..., T-1}, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)
+eps, and the distance (L2, L1 or Huber) between model_fn(x_t, t) and the parameterisation's
+target (eps, x0 or v; `pdr_jax.schedules.training_target`).
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
+from pdr_jax import schedules
 from pdr_jax.precond import vp_sigma
 
 
@@ -55,3 +62,38 @@ def ve_loss(denoise_fn, key, images, labels=None, *, sigma_min=0.02, sigma_max=1
 
 
 LOSSES = {"edm": edm_loss, "vp": vp_loss, "ve": ve_loss}
+
+
+# Discrete time (DDPM-style models).
+
+DISTANCES = {
+    "l2": jnp.square,
+    "l1": jnp.abs,
+    # Huber with delta 1, scaled by 2 so that it equals L2 near zero.
+    "huber": lambda err: 2 * optax.huber_loss(err, delta=1.0),
+}
+
+
+def discrete_denoising_error(model_fn, x0, t, noise, alpha_bar, *, parameterization="eps", distance="l2"):
+    """distance(model_fn(x_t, t) - target) for given draws: x0, noise [B, H, W, C]; t [B] int32;
+    alpha_bar [T] float32 (the schedule's, indexed by t)."""
+    chex.assert_rank(x0, 4)
+    chex.assert_equal_shape([x0, noise])
+    abar = alpha_bar[t][:, None, None, None]
+    # Forward process (Ho et al. 2020, eq. 4).
+    x_t = schedules.diffuse(x0, noise, abar)
+    target = schedules.training_target(x0, noise, abar, parameterization)
+    return DISTANCES[distance](model_fn(x_t, t) - target)
+
+
+def ddpm_loss(model_fn, key, x0, *, alpha_bar, parameterization="eps", distance="l2"):
+    """DDPM loss (Ho et al. 2020, Algorithm 1) with any parameterisation and distance.
+
+    model_fn(x_t [B, H, W, C], t [B] int32) -> prediction; x0 [B, H, W, C] in model space;
+    alpha_bar [T] float32. Returns the per-pixel loss [B, H, W, C].
+    """
+    key_t, key_noise = jax.random.split(key)
+    # Sample t uniformly (Algorithm 1, line 3) and eps (line 4).
+    t = jax.random.randint(key_t, (x0.shape[0],), 0, alpha_bar.shape[0])
+    noise = jax.random.normal(key_noise, x0.shape)
+    return discrete_denoising_error(model_fn, x0, t, noise, alpha_bar, parameterization=parameterization, distance=distance)

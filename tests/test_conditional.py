@@ -1,0 +1,186 @@
+"""Conditional restoration model: conditioning image, network, DDPM losses, tiling, model files.
+
+Schedules and the parameterisation conversions themselves are in tests/test_schedules.py; here
+are the hand-computed values of what the conditional training adds on top of them.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdr_jax import conditional, model_io, schedules
+from pdr_jax.precond import init_variables
+from pdr_jax.restore import tiling
+from pdr_jax.restore.tiled import restore_tiled_conditional
+from pdr_jax.train import loss as losses
+
+
+def _make_tiny_model(**overrides):
+    kwargs = dict(
+        arch="ddpmpp", img_resolution=16, img_channels=1, label_dim=6, model_channels=8,
+        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), dropout=0.0, num_timesteps=100,
+        beta_schedule="linear", parameterization="v",
+    )  # fmt: skip
+    kwargs.update(overrides)
+    net = conditional.build_conditional(**kwargs)
+    return net, kwargs, init_variables(net, jax.random.key(0))
+
+
+def test_measurement_channels_hand_values():
+    # y = 60 e-, s = 100, r = 2, b = 10: y_n = 0.5 -> 0; noise 2 sqrt(50 + 4) / 100.
+    y = jnp.array([60.0, 10.0 - 400.0, 1000.0]).reshape(1, 1, 3, 1)
+    c = conditional.measurement_channels(y, 100.0, 2.0, 10.0)
+    chex.assert_shape(c, (1, 1, 3, 2))
+    np.testing.assert_allclose(c[0, 0, :, 0], [0.0, -2.0, 2.0], atol=1e-6)  # clipped to [-0.5, 1.5]
+    np.testing.assert_allclose(c[0, 0, :, 1], [2 * np.sqrt(54) / 100, 0.04, 2 * np.sqrt(994) / 100], rtol=1e-6)
+    # Very few photons: the noise level is capped.
+    low = conditional.measurement_channels(jnp.full((2, 1, 1, 1), 5.0), jnp.array([0.1, 10.0]), 3.0, 0.0)
+    np.testing.assert_allclose(low[:, 0, 0, 1], [conditional.MAX_NOISE_LEVEL, 2 * np.sqrt(14.0) / 10], rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["ddpmpp", "adm"])
+def test_denoiser_shapes_and_channels(arch):
+    overrides = dict(arch=arch) if arch == "ddpmpp" else dict(arch=arch, model_channels=8, attn_resolutions=())
+    net, _, variables = _make_tiny_model(**overrides)
+    assert (net.model.in_channels, net.model.out_channels, net.cond_channels) == (3, 1, 2)
+    x = conditional.model_input(jnp.zeros((2, 16, 16, 1)), jnp.ones((2, 16, 16, 2)))
+    out = net.apply(variables, x, jnp.array([0, 99]), jnp.zeros((2, 6)))
+    chex.assert_shape(out, (2, 16, 16, 1))
+    assert out.dtype == jnp.float32
+
+
+def test_timestep_enters_the_noise_embedding_as_1000_t_over_T():
+    """c_noise = 1000 t / T: a model with T = 100 at t = 5 equals one with T = 1000 at t = 50."""
+    net100, kwargs, variables = _make_tiny_model(num_timesteps=100)
+    net1000 = conditional.build_conditional(**{**kwargs, "num_timesteps": 1000})
+    x = jax.random.normal(jax.random.key(1), (1, 16, 16, 3))
+    chex.assert_trees_all_close(net100.apply(variables, x, 5), net1000.apply(variables, x, 50), atol=1e-6)
+
+
+@pytest.mark.parametrize("parameterization", schedules.PARAMETERIZATIONS)
+def test_ddpm_loss_is_zero_for_the_exact_target_and_converts_to_x0(parameterization):
+    """A model that returns the parameterisation's target has zero loss, and its output converts
+    back to the clean image and the noise."""
+    alpha_bar = jnp.asarray(schedules.alpha_bars(schedules.linear_betas(10)), jnp.float32)
+    x0 = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1), minval=-1, maxval=1)
+    t = jnp.array([0, 3, 6, 9])
+    noise = jax.random.normal(jax.random.key(1), x0.shape)
+    abar = alpha_bar[t][:, None, None, None]
+
+    def oracle(x_t, t_):
+        return schedules.training_target(x0, noise, alpha_bar[t_][:, None, None, None], parameterization)
+
+    err = losses.discrete_denoising_error(oracle, x0, t, noise, alpha_bar, parameterization=parameterization)
+    assert float(jnp.max(err)) == 0.0
+    x_t = schedules.diffuse(x0, noise, abar)
+    x0_hat, eps_hat = schedules.predicted_x0_and_eps(oracle(x_t, t), x_t, abar, parameterization)
+    chex.assert_trees_all_close((x0_hat, eps_hat), (x0, noise), atol=2e-5)
+
+
+def test_targets_hand_values():
+    """x0 = 0.5, eps = -1 at abar = 0.64: x_t = 0.8 * 0.5 - 0.6 = -0.2, v = 0.8 * -1 - 0.6 * 0.5 = -1.1."""
+    x0, eps, abar = jnp.array(0.5), jnp.array(-1.0), 0.64
+    assert float(schedules.diffuse(x0, eps, abar)) == pytest.approx(-0.2, abs=1e-6)
+    assert float(schedules.training_target(x0, eps, abar, "v")) == pytest.approx(-1.1, abs=1e-6)
+    for p in schedules.PARAMETERIZATIONS:
+        x0_hat, eps_hat = schedules.predicted_x0_and_eps(
+            schedules.training_target(x0, eps, abar, p), jnp.array(-0.2), abar, p
+        )
+        assert (float(x0_hat), float(eps_hat)) == pytest.approx((0.5, -1.0), abs=1e-6)
+    # Linear schedule, T = 2: betas 1e-4 and 0.02, abar = 0.9999 and 0.9999 * 0.98.
+    np.testing.assert_allclose(schedules.alpha_bars(schedules.linear_betas(2)), [0.9999, 0.979902], rtol=1e-12)
+
+
+def test_distances_hand_values():
+    err = jnp.array([-3.0, -0.5, 0.0, 2.0])
+    np.testing.assert_allclose(losses.DISTANCES["l2"](err), [9.0, 0.25, 0.0, 4.0])
+    np.testing.assert_allclose(losses.DISTANCES["l1"](err), [3.0, 0.5, 0.0, 2.0])
+    # Huber (delta 1) x 2: err^2 inside, 2|err| - 1 outside.
+    np.testing.assert_allclose(losses.DISTANCES["huber"](err), [5.0, 0.25, 0.0, 3.0])
+
+
+def test_ddpm_loss_draws_and_jit():
+    alpha_bar = jnp.asarray(schedules.alpha_bars(schedules.cosine_betas(50)), jnp.float32)
+    x0 = jnp.zeros((3, 8, 8, 1))
+    zero_model = lambda x_t, t: jnp.zeros_like(x_t)
+    loss = lambda key: losses.ddpm_loss(zero_model, key, x0, alpha_bar=alpha_bar, parameterization="eps")
+    out = loss(jax.random.key(0))
+    chex.assert_shape(out, x0.shape)
+    chex.assert_trees_all_close(out, jax.jit(loss)(jax.random.key(0)))
+    # With x0 = 0 and a zero model, the eps loss is eps^2: mean about 1.
+    assert 0.6 < float(jnp.mean(out)) < 1.4
+
+
+def test_tiled_denoiser_cuts_the_conditioning_image_at_the_same_origins():
+    """A tile function that returns its conditioning tile rebuilds the padded conditioning image."""
+    plan = tiling.plan_tiles(20, 28, tile=16, overlap=4)
+    cond = tiling.pad(jax.random.normal(jax.random.key(0), (1, 20, 28, 1)), plan)
+    fn = tiling.tiled_denoiser(lambda tiles, t, cond_tiles: cond_tiles + 0 * tiles, plan, batch=3, cond_image=cond)
+    out = fn(jnp.zeros_like(cond), jnp.array(7))
+    chex.assert_trees_all_close(out, cond, atol=1e-5)
+    # Without a conditioning image the tiled denoiser is unchanged.
+    same = tiling.tiled_denoiser(lambda tiles, t: tiles * 2, plan, batch=3)(cond, jnp.array(1.0))
+    chex.assert_trees_all_close(same, 2 * cond, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", conditional.SAMPLERS)
+def test_samplers_restore_whole_images(sampler):
+    net, _, variables = _make_tiny_model()
+    y = 100 * jax.random.uniform(jax.random.key(0), (2, 16, 16, 1))
+    x = conditional.restore(net, variables, y, 100.0, 2.0, 0.0, key=jax.random.key(1), sampler=sampler,
+                            num_steps=3, eta=0.5, num_samples=2)  # fmt: skip
+    chex.assert_shape(x, y.shape)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def test_model_dir_round_trip_and_tiled_restoration(tmp_path):
+    net, kwargs, variables = _make_tiny_model()
+    model_io.save_model(tmp_path / "m", kwargs, variables, kind="conditional")
+    assert model_io.read_network_json(tmp_path / "m")["kind"] == "conditional"
+    loaded, restored = model_io.load_model(tmp_path / "m")
+    assert isinstance(loaded, conditional.ConditionalDenoiser) and loaded.parameterization == "v"
+    chex.assert_trees_all_close(restored, jax.device_get(variables))
+    # An image larger than the tile (and not square): several tiles, conditioned tile by tile.
+    y = np.random.default_rng(0).poisson(50.0, (20, 30)).astype(np.float32)
+    x, report = restore_tiled_conditional(loaded, restored, y, domain="microscopy", s=100.0, r=2.0,
+                                          tile=16, overlap=4, batch=4, num_steps=3)  # fmt: skip
+    assert x.shape == y.shape and report["num_tiles"] == 2 * 3 and np.isfinite(report["chi_square"])
+
+
+def test_a_prior_model_dir_is_still_a_prior(tmp_path):
+    from pdr_jax.precond import build_network
+
+    kwargs = dict(precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, model_channels=8,
+                  channel_mult=(1, 2), num_blocks=1, attn_resolutions=())  # fmt: skip
+    net = build_network(**kwargs)
+    model_io.save_model(tmp_path / "p", kwargs, init_variables(net, jax.random.key(0)))
+    assert "kind" not in model_io.read_network_json(tmp_path / "p")
+    with pytest.raises(ValueError, match="kind"):
+        model_io.save_model(tmp_path / "q", kwargs, init_variables(net, jax.random.key(0)), kind="other")
+
+
+def test_restore_tool_method_conditional(tmp_path):
+    """tools/restore.py --method conditional on an odd-sized image; a prior flag on it is refused."""
+    import pathlib
+    import sys
+
+    import tifffile
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
+    import restore as restore_tool
+
+    _, kwargs, variables = _make_tiny_model()
+    model_io.save_model(tmp_path / "m", kwargs, variables, kind="conditional")
+    y = np.random.default_rng(0).poisson(20.0, (19, 27)).astype(np.float32)
+    np.save(tmp_path / "y.npy", y)
+    common = ["--checkpoint", str(tmp_path / "m"), "--domain", "microscopy", "--scale", "20", "--read-noise", "2",
+              "--steps", "2", "--tile", "16", "--overlap", "4", "--batch", "4"]  # fmt: skip
+    code = restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.tif"), "--method", "conditional",
+                              "--sampler", "dpmpp", *common])  # fmt: skip
+    assert code == 0
+    x = tifffile.imread(tmp_path / "x.tif")
+    assert x.shape == y.shape and np.all((x >= 0) & (x <= 1))
+    with pytest.raises(SystemExit, match="--method conditional"):
+        restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "z.tif"), *common])
