@@ -1,7 +1,7 @@
 """The methods the benchmark compares, as one plain dict: METHODS[name](options) -> Method.
 
     "pdr"          likelihood-guided EDM restoration (pdr_jax.restore.restore_image)
-    "conditional"  the concat-conditioned restoration model (issue 10; unavailable until then)
+    "conditional"  the concat-conditioned restoration model (pdr_jax.conditional), DDIM
     "gat-bm3d"     generalized Anscombe + BM3D + closed-form unbiased inverse (pdr_jax.baselines)
     "nlm"          generalized Anscombe + non-local means + the same inverse
     "noisy"        (y - b) / s
@@ -253,12 +253,50 @@ def pdr_method(options: MethodOptions) -> Method:
     return Method(restore, jitted=True)
 
 
-def conditional_method(options: MethodOptions) -> Method:
-    """Placeholder until issue 10's concat-conditioned model lands: always unavailable."""
+# The conditional model's sampler in the benchmark (pdr_jax.conditional.run_sampler).
+CONDITIONAL_SAMPLER = dict(sampler="ddim", num_steps=20, eta=0.0)
+
+
+def conditional_checkpoint_dir(options: MethodOptions) -> str:
+    """options.checkpoint if given (it must be a conditional model), else
+    models/conditional-gray-default next to the default prior; MethodUnavailable otherwise."""
+    if options.checkpoint is not None:
+        kind = model_io.read_network_json(options.checkpoint).get("kind", "prior")
+        if kind != "conditional":
+            raise MethodUnavailable(
+                f"--checkpoint {options.checkpoint} is a {kind} model; leave --checkpoint out to use "
+                "both default models, or evaluate a conditional model directory in its own run"
+            )
+        return options.checkpoint
+    default = DEFAULT_CHECKPOINT.parent / "conditional-gray-default"
+    if (default / model_io.NETWORK_FILE).exists():
+        return str(default)
     raise MethodUnavailable(
-        "the concat-conditioned restoration model (issue 10) is not in this checkout yet; "
-        "add its restore function to pdr_jax.evaluation.methods.METHODS"
+        f"the concat-conditioned restoration model (issue 10) has no model directory: "
+        f"pass --checkpoint DIR of a conditional model ({default} is missing)"
     )
+
+
+def conditional_method(options: MethodOptions) -> Method:
+    """The conditional model (kind "conditional"), crop by crop through restore_tiled_conditional:
+    tiles of the network's resolution, the measurement's tiles conditioning each tile."""
+    from pdr_jax.restore.tiled import restore_tiled_conditional
+
+    net, variables = load_checkpoint(conditional_checkpoint_dir(options))
+    if net.img_channels != 1:
+        raise MethodUnavailable(f"the benchmark is grayscale; the model has {net.img_channels} channels")
+
+    def restore(y, *, s, r, b, domain, key):
+        key = jax.random.key(0) if key is None else key
+        return np.stack([
+            restore_tiled_conditional(
+                net, variables, image, domain=domain, s=s, r=r, b=b, key=jax.random.fold_in(key, i),
+                **CONDITIONAL_SAMPLER,
+            )[0]
+            for i, image in enumerate(np.asarray(y))
+        ])  # fmt: skip
+
+    return Method(restore, jitted=True)
 
 
 def _per_image(estimate):
