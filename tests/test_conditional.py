@@ -184,3 +184,17 @@ def test_restore_tool_method_conditional(tmp_path):
     assert x.shape == y.shape and np.all((x >= 0) & (x <= 1))
     with pytest.raises(SystemExit, match="--method conditional"):
         restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "z.tif"), *common])
+
+
+def test_evaluation_method_loads_the_shipped_conditional_model(tmp_path):
+    """tools/evaluate.py's "conditional": the committed default model, or a conditional --checkpoint;
+    a prior --checkpoint is skipped with its reason."""
+    from pdr_jax.evaluation import methods
+    from pdr_jax.precond import build_network
+
+    assert callable(methods.conditional_method(methods.MethodOptions()).restore)
+    kwargs = dict(precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, model_channels=8,
+                  channel_mult=(1, 2), num_blocks=1, attn_resolutions=())  # fmt: skip
+    model_io.save_model(tmp_path / "p", kwargs, init_variables(build_network(**kwargs), jax.random.key(0)))
+    with pytest.raises(methods.MethodUnavailable, match="is a prior model"):
+        methods.conditional_method(methods.MethodOptions(checkpoint=str(tmp_path / "p")))
