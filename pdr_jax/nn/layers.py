@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdr_jax.nn import fast_conv
+
 Dtype = Any
 
 # EDM's `weight_init` modes as jax initializers (scale 1, fans from the kernel shape;
@@ -58,6 +60,11 @@ def resample_kernel(resample_filter: Sequence[float]) -> np.ndarray:
 
 def _depthwise(x, kernel2d, *, stride: int, padding: int, lhs_dilation: int = 1):
     """Per-channel correlation of x [B, H, W, C] with one [K, K] filter."""
+    taps = fast_conv.separable_taps(kernel2d) if fast_conv.on_cpu() else None
+    if taps is not None:  # XLA:CPU runs grouped convs slowly: two 1-D passes instead
+        return fast_conv.separable_depthwise(
+            x, taps, stride=stride, padding=padding, lhs_dilation=lhs_dilation
+        )
     channels = x.shape[-1]
     kernel = jnp.broadcast_to(jnp.asarray(kernel2d, x.dtype)[:, :, None, None], (*kernel2d.shape, 1, channels))
     return jax.lax.conv_general_dilated(
@@ -156,6 +163,8 @@ class Conv2d(nn.Module):
 
 
 def _conv(x, w, padding: int):
+    if fast_conv.on_cpu():  # same forward; a weight gradient that XLA:CPU runs faster
+        return fast_conv.conv(x, w, padding)
     return jax.lax.conv_general_dilated(
         x,
         w,

@@ -1,0 +1,196 @@
+"""CPU fast paths (pdr_jax.nn.fast_conv) against the plain lax convolutions: values and gradients.
+
+The reference is the same module traced with `fast_conv.on_cpu` patched to False, which is
+the path GPUs/TPUs take. Every Conv2d variant the U-Nets use is covered: kernel 1/3, up/down
+resampling with [1,1] and [1,3,3,1], fused resampling, resample-only (kernel 0), more than
+WEIGHT_GRAD_CHUNK output channels, and a bfloat16 layer.
+"""
+
+import contextlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdr_jax.nn import fast_conv, layers
+
+
+@contextlib.contextmanager
+def _plain_path(monkeypatch):
+    """Trace as a GPU/TPU would: the plain lax convolutions."""
+    with monkeypatch.context() as m:
+        m.setattr(fast_conv, "on_cpu", lambda: False)
+        yield
+
+
+def _grads(module, variables, x):
+    """(y, d loss / d params, d loss / d x) for a loss that weights every output element."""
+
+    def loss(params, x):
+        y = module.apply({"params": params}, x).astype(jnp.float32)
+        return jnp.sum(jnp.sin(y) * jnp.linspace(0.5, 1.5, y.size).reshape(y.shape))
+
+    y = module.apply(variables, x)
+    g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables.get("params", {}), x)
+    return y, g_params, g_x
+
+
+CONV_VARIANTS = {
+    "k3": {"out_channels": 8, "kernel": 3},
+    "k1": {"out_channels": 8, "kernel": 1},
+    "k3_wide_out": {"out_channels": 2 * fast_conv.WEIGHT_GRAD_CHUNK + 3, "kernel": 3},
+    "k1_wide_out": {"out_channels": fast_conv.WEIGHT_GRAD_CHUNK + 1, "kernel": 1},
+    "k3_up": {"out_channels": 8, "kernel": 3, "up": True},
+    "k3_down": {"out_channels": 8, "kernel": 3, "down": True},
+    "k1_down_fir": {"out_channels": 8, "kernel": 1, "down": True, "resample_filter": (1, 3, 3, 1)},
+    "k3_up_fir": {"out_channels": 8, "kernel": 3, "up": True, "resample_filter": (1, 3, 3, 1)},
+    "k0_up": {"out_channels": 6, "kernel": 0, "up": True},
+    "k0_down_fir": {"out_channels": 6, "kernel": 0, "down": True, "resample_filter": (1, 3, 3, 1)},
+    "fused_up": {"out_channels": 8, "kernel": 3, "up": True, "fused_resample": True},
+    "fused_down": {"out_channels": 8, "kernel": 3, "down": True, "fused_resample": True},
+    "fused_up_fir": {
+        "out_channels": 8,
+        "kernel": 3,
+        "up": True,
+        "fused_resample": True,
+        "resample_filter": (1, 3, 3, 1),
+    },
+    "fused_down_fir": {
+        "out_channels": 8,
+        "kernel": 3,
+        "down": True,
+        "fused_resample": True,
+        "resample_filter": (1, 3, 3, 1),
+    },
+    "fused_down_fir_k1": {
+        "out_channels": 8,
+        "kernel": 1,
+        "down": True,
+        "fused_resample": True,
+        "resample_filter": (1, 3, 3, 1),
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONV_VARIANTS))
+def test_conv2d_matches_plain_lax(name, monkeypatch):
+    assert fast_conv.on_cpu(), "these tests compare the CPU fast path; run them on CPU"
+    module = layers.Conv2d(**CONV_VARIANTS[name], init_bias=0.5, init_mode="kaiming_uniform")
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6))
+    variables = module.init(jax.random.key(1), x)
+    fast = jax.jit(lambda v, x: _grads(module, v, x))(variables, x)
+    with _plain_path(monkeypatch):
+        plain = jax.jit(lambda v, x: _grads(module, v, x))(variables, x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
+    chex.assert_trees_all_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_conv_matches_plain_lax(monkeypatch):
+    module = layers.Conv2d(
+        out_channels=fast_conv.WEIGHT_GRAD_CHUNK + 5, kernel=3, down=True, dtype=jnp.bfloat16
+    )
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+    variables = module.init(jax.random.key(1), x)
+    fast = _grads(module, variables, x)
+    with _plain_path(monkeypatch):
+        plain = _grads(module, variables, x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
+    assert fast[0].dtype == jnp.bfloat16
+    chex.assert_trees_all_close(fast, plain, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2, 3])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_weight_gradient_in_chunks_is_exact(kernel, padding):
+    """The chunked weight gradient is XLA's own per chunk: the same numbers, any padding."""
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 5))
+    w = jax.random.normal(
+        jax.random.key(1), (kernel, kernel, 5, 2 * fast_conv.WEIGHT_GRAD_CHUNK + 1)
+    )
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.cos(conv(x, w, padding)))
+    np.testing.assert_array_equal(
+        fast_conv.conv(x, w, padding), fast_conv.plain_conv(x, w, padding)
+    )
+    chex.assert_trees_all_close(
+        jax.grad(loss(fast_conv.conv), (0, 1))(x, w),
+        jax.grad(loss(fast_conv.plain_conv), (0, 1))(x, w),
+        atol=1e-5,
+        rtol=1e-6,
+    )
+
+
+def _depthwise_reference(x, kernel2d, *, stride, padding, lhs_dilation=1):
+    channels = x.shape[-1]
+    kernel = jnp.broadcast_to(
+        jnp.asarray(kernel2d, x.dtype)[:, :, None, None], (*kernel2d.shape, 1, channels)
+    )
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((padding, padding),) * 2, lhs_dilation=(lhs_dilation,) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("resample_filter", [(1, 1), (1, 3, 3, 1), (1, 2, 1)])
+@pytest.mark.parametrize(
+    "conv", [{"stride": 2, "padding": 0}, {"stride": 2, "padding": 1}, {"stride": 1, "padding": 1, "lhs_dilation": 2},
+             {"stride": 1, "padding": 2, "lhs_dilation": 2}, {"stride": 1, "padding": 0, "lhs_dilation": 2}],
+)  # fmt: skip
+def test_separable_depthwise_matches_grouped_conv(resample_filter, conv):
+    kernel2d = layers.resample_kernel(resample_filter)
+    taps = fast_conv.separable_taps(kernel2d)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 10, 3))
+    fast = lambda x: fast_conv.separable_depthwise(x, taps, **conv)
+    plain = lambda x: _depthwise_reference(x, kernel2d, **conv)
+    np.testing.assert_allclose(fast(x), plain(x), atol=1e-6)
+    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))
+    np.testing.assert_allclose(jax.grad(loss(fast))(x), jax.grad(loss(plain))(x), atol=1e-6)
+
+
+def test_separable_taps():
+    np.testing.assert_allclose(
+        fast_conv.separable_taps(layers.resample_kernel((1, 3, 3, 1))), [1 / 8, 3 / 8, 3 / 8, 1 / 8]
+    )
+    assert fast_conv.separable_taps(np.array([[1.0, 0.0], [0.0, 1.0]])) is None
+
+
+def _jaxpr_text(module, x):
+    """The forward pass and the gradient's jaxprs, as text."""
+    variables = module.init(jax.random.key(1), x)
+    forward = jax.make_jaxpr(module.apply)(variables, x)
+    grad = jax.make_jaxpr(jax.grad(lambda v: jnp.sum(module.apply(v, x))))(variables)
+    return f"{forward}\n{grad}"
+
+
+def test_paths_are_chosen_by_backend(monkeypatch):
+    """CPU: custom-VJP conv and no grouped conv; the plain path (GPU/TPU) is the lax conv as before."""
+    module = layers.Conv2d(out_channels=8, kernel=3, up=True)
+    x = jnp.ones((1, 4, 4, 3))
+    cpu = _jaxpr_text(module, x)
+    assert "custom_vjp_call" in cpu and "feature_group_count=3" not in cpu
+    with _plain_path(monkeypatch):
+        plain = _jaxpr_text(module, x)
+    assert "custom_vjp_call" not in plain and "feature_group_count=3" in plain
+
+
+def test_unet_gradients_match_plain_path(monkeypatch):
+    """A whole (tiny) DDPM++ U-Net: loss and parameter gradients agree with the plain path."""
+    from pdr_jax.precond import build_network, init_variables
+
+    net = build_network(
+        precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, label_dim=6, model_channels=16,
+        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0,
+    )  # fmt: skip
+    variables = init_variables(net, jax.random.key(0), resolution=16)
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+    labels = jax.random.uniform(jax.random.key(2), (2, 6))
+
+    def loss(params):
+        D = net.apply({**variables, "params": params}, x, jnp.array([0.5, 2.0]), labels)
+        return jnp.mean(jnp.square(D - x))
+
+    fast = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    with _plain_path(monkeypatch):
+        plain = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    chex.assert_trees_all_close(fast, plain, atol=1e-5, rtol=1e-4)
