@@ -24,7 +24,11 @@ SIZE, BATCH, R, B = 8, 32, 1.0, 0.5
 # The tuned settings (the seed x0 defaults diverge, see pdr_jax.physics.guidance); restore's
 # default latent_scale 0 gives the deterministic, posterior-mean-like estimate.
 SETTINGS = {
-    "x0": {"guidance_mode": "x0", "kappa": 1.0, "schedule": "isotropic", "damping": True},
+    # grad_clip 10 is explicit: restore's default has no clip (damping already bounds the step,
+    # and on dark real images at high s the clip stalled the correction); on this Gaussian
+    # prior the clip keeps chi-square at s = 100 in [0.8, 1.2] (0.88; without it 0.65 with a
+    # lower MSE, 0.00115 vs 0.0017).
+    "x0": {"guidance_mode": "x0", "kappa": 1.0, "schedule": "isotropic", "damping": True, "grad_clip": 10.0},
     "dps": {
         "guidance_mode": "dps",
         "kappa": 1.0,
