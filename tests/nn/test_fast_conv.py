@@ -194,3 +194,26 @@ def test_unet_gradients_match_plain_path(monkeypatch):
     with _plain_path(monkeypatch):
         plain = jax.jit(jax.value_and_grad(loss))(variables["params"])
     chex.assert_trees_all_close(fast, plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 64), (1, 4, 6, 12), (2, 5, 5, 256)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_group_norm_matches_plain_path(shape, dtype, monkeypatch):
+    """GroupNorm's CPU form (per-channel scale and shift, no transposes): values and gradients."""
+    norm = layers.GroupNorm(eps=1e-6, dtype=dtype)
+    x = (3 * jax.random.normal(jax.random.key(0), shape) + 1).astype(dtype)
+    variables = norm.init(jax.random.key(1), x)
+    keys = jax.random.split(jax.random.key(2), 2)
+    variables = {"params": {"weight": jax.random.normal(keys[0], shape[-1:]),
+                            "bias": jax.random.normal(keys[1], shape[-1:])}}  # fmt: skip
+
+    def run(variables, x):
+        loss = lambda v, x: jnp.sum(jax.nn.silu(norm.apply(v, x).astype(jnp.float32)) * jnp.cos(x))
+        return norm.apply(variables, x), jax.grad(loss, argnums=(0, 1))(variables, x)
+
+    fast = run(variables, x)
+    with _plain_path(monkeypatch):
+        plain = run(variables, x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
+    tol = 1e-4 if dtype == jnp.float32 else 5e-2
+    chex.assert_trees_all_close(fast, plain, atol=tol, rtol=tol)
