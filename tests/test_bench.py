@@ -1,0 +1,76 @@
+"""tools/bench.py on its `tiny` configuration: every figure is there and plausible.
+
+The side-by-side PyTorch EDM timing runs only where PDR_TORCH_PYTHON (a Python with torch) and
+PDR_EDM_PATH (a checkout of NVlabs/edm) are set; the project itself never needs torch.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import pytest
+
+_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "bench.py"
+_spec = importlib.util.spec_from_file_location("bench_tool", _TOOL)
+bench_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_tool)
+
+_FAST = ["--config", "tiny", "--repeats", "1", "--rounds", "1", "--data-batches", "2"]
+
+
+def test_tiny_json_report(capsys):
+    bench_tool.main([*_FAST, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"] == "tiny" and report["batch"] == 2 and report["resolution"] == 16
+    assert set(report["compile_s"]) == {"train", "forward", "heun"}
+    assert all(seconds > 0 for seconds in report["compile_s"].values())
+    results = report["results"]
+    for part in ("forward", "heun", "train"):
+        assert results[part]["images_per_s"] > 0 and len(results[part]["times_s"]) == 1
+    assert results["data"]["images_per_s"] > 0
+    (restore,) = results["restore"]
+    assert restore["size"] == 24 and restore["tiles"] == 4 and restore["megapixels_per_s"] > 0
+    train_memory = report["program_memory"]["train"]
+    assert train_memory is None or train_memory["argument_bytes"] > 0
+    assert report["peak_host_memory_mib"] > 0
+    assert len(report["environment"]["load_average_before"]) == 3
+
+
+def test_text_report_and_skip(capsys):
+    bench_tool.main([*_FAST, "--skip", "data", "restore", "heun"])
+    text = capsys.readouterr().out
+    assert "train" in text and "images/s" in text and "peak host memory" in text
+    parts = {line.split()[0] for line in text.splitlines()[2:]}
+    assert {"forward", "train"} <= parts and not parts & {"heun", "data", "restore"}
+
+
+def test_configs_are_the_issue_reference_points():
+    config, resolution, batch, _, num_steps = bench_tool.bench_config("bench-64")
+    assert (resolution, batch, num_steps) == (64, 8, 18)
+    model = config.model
+    assert (model.precond, model.arch, model.img_channels, model.label_dim) == (
+        "edm",
+        "ddpmpp",
+        1,
+        6,
+    )
+    assert (model.model_channels, tuple(model.channel_mult), model.num_blocks) == (64, (1, 2, 2), 2)
+    assert tuple(model.attn_resolutions) == (16,) and model.dropout == 0
+    assert bench_tool.bench_config("bench-128")[1:3] == (128, 4)
+    with pytest.raises(KeyError, match="unknown config"):
+        bench_tool.bench_config("nope")
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("PDR_TORCH_PYTHON") and os.environ.get("PDR_EDM_PATH")),
+    reason="set PDR_TORCH_PYTHON and PDR_EDM_PATH to time PyTorch EDM side by side",
+)
+def test_torch_side_by_side(capsys):
+    bench_tool.main(
+        [*_FAST, "--json", "--skip", "data", "restore", "--torch-python",
+         os.environ["PDR_TORCH_PYTHON"], "--edm-path", os.environ["PDR_EDM_PATH"]]
+    )  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    for part in ("forward", "heun", "train"):
+        assert report["results"][part]["speedup_vs_torch"] > 0
