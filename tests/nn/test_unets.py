@@ -70,8 +70,9 @@ def test_fully_convolutional_other_resolution():
     """The network built for 16x16 runs at 32x32 and 8x8 with the same parameters."""
     net = _make_tiny_model()
     variables = precond.init_variables(net, jax.random.key(0))
+    apply = jax.jit(net.apply)
     for res in (8, 32):
-        D = net.apply(variables, jnp.ones((1, res, res, 1)), 1.0)
+        D = apply(variables, jnp.ones((1, res, res, 1)), 1.0)
         chex.assert_shape(D, (1, res, res, 1))
 
 
@@ -81,8 +82,8 @@ def test_bf16_inner_network_close_to_float32():
     net16, _, _ = network_from_case("ddpmpp_cond6_gray64", dtype=jnp.bfloat16)
     x = jnp.asarray(nchw_to_nhwc(arrays["x"]))
     args = (x, jnp.asarray(arrays["sigma"]), jnp.asarray(arrays["class_labels"]))
-    D32 = net32.apply(variables, *args)
-    D16 = net16.apply(variables, *args)
+    D32 = jax.jit(net32.apply)(variables, *args)
+    D16 = jax.jit(net16.apply)(variables, *args)
     assert D16.dtype == jnp.float32
     rel = float(jnp.max(jnp.abs(D16 - D32)) / jnp.max(jnp.abs(D32)))
     assert rel < 2e-2, rel
@@ -102,10 +103,11 @@ def test_dropout_and_label_dropout_only_in_training():
     variables = _perturbed_variables(net)
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 1))
     labels = jnp.ones((4, 6))
-    eval_a = net.apply(variables, x, 1.0, labels)
-    eval_b = net.apply(variables, x, 1.0, labels)
+    apply = jax.jit(net.apply, static_argnames="train")
+    eval_a = apply(variables, x, 1.0, labels)
+    eval_b = apply(variables, x, 1.0, labels)
     chex.assert_trees_all_equal(eval_a, eval_b)
-    train = lambda k: net.apply(variables, x, 1.0, labels, train=True, rngs={"dropout": jax.random.key(k)})
+    train = lambda k: apply(variables, x, 1.0, labels, train=True, rngs={"dropout": jax.random.key(k)})
     assert float(jnp.max(jnp.abs(train(0) - train(1)))) > 1e-4
     assert float(jnp.max(jnp.abs(train(0) - eval_a))) > 1e-4
 
@@ -125,8 +127,8 @@ def test_remat_gives_same_values_and_gradients():
     variables = _perturbed_variables(net)
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
     loss = lambda n, p: jnp.mean(n.apply({"params": p}, x, 1.0, jnp.ones((2, 6))) ** 2)
-    g = jax.grad(functools.partial(loss, net))(variables["params"])
-    g_remat = jax.grad(functools.partial(loss, net_remat))(variables["params"])
+    g = jax.jit(jax.grad(functools.partial(loss, net)))(variables["params"])
+    g_remat = jax.jit(jax.grad(functools.partial(loss, net_remat)))(variables["params"])
     chex.assert_trees_all_close(g, g_remat, atol=1e-6, rtol=1e-5)
 
 
