@@ -1,7 +1,7 @@
 """Progressive-resolution prior training, 32 -> 64 -> 96 -> 128: the project's main job.
 
     python launch/train.py --config configs/progressive.py --workdir runs/progressive
-    python launch/train.py --config configs/progressive.py:cpu --workdir runs/demo   # ~15 min, 2 CPU cores
+    python launch/train.py --config configs/progressive.py:cpu --workdir runs/demo   # ~12 min, 2 CPU cores
     python launch/train.py --config configs/progressive.py:shipped --workdir runs/shipped  # the shipped model
     python launch/train.py --config configs/progressive.py:tiny --workdir /tmp/run  # tests
 
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg:
         base.apply_preset(config, "cpu" if arg == "shipped" else arg)
         if arg == "cpu":
-            # ~15 min on 2 CPU cores: the learning happens at 32-64 px, 96/128 px only adapt.
+            # ~12 min on 2 idle CPU cores (8 kimg): the learning happens at 32-64 px, 96/128 px only adapt.
             config.stages = [
                 dict(resolution=32, kimg=6.0, batch_size=32, lr=2e-3, adaptive=True),
                 dict(resolution=64, kimg=1.5, batch_size=16, lr=1e-3, adaptive=True),

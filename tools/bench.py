@@ -28,6 +28,10 @@ same network, batch, optimiser and sampler are timed in PyTorch EDM in a subproc
 rounds alternate between the two (JAX, torch, JAX, torch, ...) so that both see the same load;
 the report gives pdr_jax / torch ratios. pdr_jax never imports torch; EDM's code is only
 imported by that subprocess, from --edm-path.
+
+XLA flags are read from the environment and recorded in the report. On CPU (jaxlib 0.10),
+``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` sends convolutions to Eigen instead of
+YNNPACK: YNNPACK runs a convolution of <= 64 channels on one core, Eigen on all of them.
 """
 
 from __future__ import annotations
@@ -44,11 +48,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base
 from pdr_jax import samplers
+from pdr_jax.nn import fast_conv
 from pdr_jax.train.loop import build_network_from_config, make_train_step
 from pdr_jax.train.state import create_train_state, make_optimizer
 
@@ -407,6 +413,106 @@ class TorchBench:
 
 
 # ----------------------------------------------------------------------------------------------
+# Restoration at scale: tools/restore.py on whole images of growing size, one subprocess each.
+
+
+def _synthetic_measurement(size: int, scale: float, read_noise: float, seed: int = 0):
+    """A smooth [size, size] clean image in [0.1, 0.9] and its Poisson-Gaussian measurement."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(size, dtype=np.float32)
+    clean = 0.5 + 0.4 * np.sin(i / 13.0)[:, None] * np.cos(i / 29.0)[None, :]
+    y = rng.poisson(scale * clean).astype(np.float32)
+    y += rng.normal(0.0, read_noise, y.shape).astype(np.float32)
+    return clean, y
+
+
+def restore_scaling(
+    sizes, *, steps: int, checkpoint: str | None, batch: int, tile: int | None
+) -> dict:
+    """Peak RSS and time of `tools/restore.py` on one [size, size] measurement per size.
+
+    Each size runs in a fresh process on two copies of the same measurement (one call of the
+    CLI, folder mode): the first includes compilation, the second is the steady-state time.
+    Peak RSS is the child's ru_maxrss. Fitting peak RSS = a + k * (image bytes) over the sizes
+    gives the size-independent part a (model, compiled programs, one chunk of tiles) and k,
+    the number of full-image float32 arrays alive at the peak.
+    """
+    import tempfile
+
+    scale, read_noise = 10.0, 2.0
+    restore_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "restore.py")
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            _, y = _synthetic_measurement(size, scale, read_noise)
+            os.makedirs(os.path.join(tmp, "in"))
+            for name in ("a.npy", "b.npy"):
+                np.save(os.path.join(tmp, "in", name), y)
+            del y
+            report_path = os.path.join(tmp, "report.json")
+            cmd = [sys.executable, restore_py, os.path.join(tmp, "in"), "--output", os.path.join(tmp, "out"),
+                   "--domain", "microscopy", "--scale", str(scale), "--read-noise", str(read_noise),
+                   "--steps", str(steps), "--batch", str(batch), "--report", report_path]  # fmt: skip
+            cmd += ["--checkpoint", checkpoint] if checkpoint else []
+            cmd += ["--tile", str(tile)] if tile else []
+            _log(f"restore {size}x{size}: {' '.join(cmd[2:])}")
+            start = time.perf_counter()
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            stderr = proc.stderr.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            if status != 0:
+                raise RuntimeError(f"tools/restore.py failed on {size}x{size}:\n{stderr[-2000:]}")
+            with open(report_path) as f:
+                images = json.load(f)["images"]
+        first, second = (im["seconds"] for im in images)
+        rows.append({
+            "size": size, "megapixels": size * size / 1e6, "tiles": images[0]["num_tiles"],
+            "tile": images[0]["tile"], "process_s": wall, "first_s": first, "steady_s": second,
+            "steady_s_per_megapixel": second / (size * size / 1e6),
+            "peak_rss_mib": usage.ru_maxrss / 1024, "image_mib": size * size * 4 / 2**20,
+            "chi_square": images[1]["chi_square"],
+        })  # fmt: skip
+        _log(f"  {rows[-1]['steady_s']:.1f} s, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")
+    image_mib = np.array([r["image_mib"] for r in rows])
+    rss = np.array([r["peak_rss_mib"] for r in rows])
+    seconds = np.array([r["steady_s"] for r in rows])
+    megapixels = np.array([r["megapixels"] for r in rows])
+    fit = {}
+    if len(rows) >= 2:
+        k, a = np.polyfit(image_mib, rss, 1)
+        fit["rss_fixed_mib"], fit["rss_image_arrays"] = float(a), float(k)
+        fit["rss_max_residual_mib"] = float(np.max(np.abs(rss - (a + k * image_mib))))
+        slope, intercept = np.polyfit(megapixels, seconds, 1)
+        fit["seconds_per_megapixel"], fit["seconds_fixed"] = float(slope), float(intercept)
+        fit["time_max_relative_residual"] = float(
+            np.max(np.abs(seconds - (intercept + slope * megapixels)) / seconds)
+        )
+    return {"steps": steps, "batch": batch, "checkpoint": checkpoint or "models/pdr-gray-default",
+            "sizes": rows, "fit": fit, "load_average": os.getloadavg()}  # fmt: skip
+
+
+def format_scaling(report: dict) -> str:
+    lines = [
+        f"tools/restore.py, {report['steps']} Heun steps, batch {report['batch']}, {report['checkpoint']}"
+    ]
+    lines.append("  size    tiles  first s  steady s  s/Mpx   peak RSS MiB  image MiB")
+    for r in report["sizes"]:
+        lines.append(f"  {r['size']:5d}  {r['tiles']:6d}  {r['first_s']:7.1f}  {r['steady_s']:8.1f}  "
+                     f"{r['steady_s_per_megapixel']:5.1f}  {r['peak_rss_mib']:12.0f}  {r['image_mib']:9.0f}")  # fmt: skip
+    fit = report["fit"]
+    if fit:
+        lines.append(
+            f"peak RSS = {fit['rss_fixed_mib']:.0f} MiB + {fit['rss_image_arrays']:.1f} x image "
+            f"(max residual {fit['rss_max_residual_mib']:.0f} MiB); time = {fit['seconds_fixed']:.1f} s + "
+            f"{fit['seconds_per_megapixel']:.2f} s/Mpx (max relative residual {fit['time_max_relative_residual']:.1%})"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
 # The run.
 
 
@@ -435,6 +541,7 @@ def run(args) -> dict:
             "machine": platform.machine(),
             "load_average_before": load_before,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "cpu_fast_paths": fast_conv.on_cpu(),
         },
         "compile_s": bench.compile_s,
         "program_memory": bench.memory,
@@ -521,11 +628,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip", nargs="*", default=(), choices=PARTS, help="parts not to run")
     parser.add_argument("--torch-python", help="a Python with torch: also time PyTorch EDM")
     parser.add_argument("--edm-path", help="a checkout of NVlabs/edm (with --torch-python)")
+    parser.add_argument(
+        "--restore-scaling", type=int, nargs="+", metavar="SIZE",
+        help="instead of a config: time tools/restore.py on SIZE x SIZE measurements (peak RSS, s/Mpx)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--restore-steps", type=int, default=2, help="Heun steps for --restore-scaling"
+    )
+    parser.add_argument(
+        "--restore-batch", type=int, default=8, help="tiles per network call (--restore-scaling)"
+    )
+    parser.add_argument(
+        "--restore-tile",
+        type=int,
+        default=None,
+        help="tile size (--restore-scaling; default: the rule)",
+    )
+    parser.add_argument(
+        "--restore-checkpoint", default=None, help="model for --restore-scaling (default: shipped)"
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="disable the CPU fast paths of pdr_jax.nn.fast_conv (the 'before' figures)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.plain:
+        fast_conv.on_cpu = lambda: False
+    if args.restore_scaling:
+        report = restore_scaling(args.restore_scaling, steps=args.restore_steps, checkpoint=args.restore_checkpoint,
+                                 batch=args.restore_batch, tile=args.restore_tile)  # fmt: skip
+        print(json.dumps(report, indent=2) if args.json else format_scaling(report))
+        return
     report = run(args)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
