@@ -29,9 +29,13 @@ rounds alternate between the two (JAX, torch, JAX, torch, ...) so that both see 
 the report gives pdr_jax / torch ratios. pdr_jax never imports torch; EDM's code is only
 imported by that subprocess, from --edm-path.
 
-XLA flags are read from the environment and recorded in the report. On CPU (jaxlib 0.10),
-``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` sends convolutions to Eigen instead of
-YNNPACK: YNNPACK runs a convolution of <= 64 channels on one core, Eigen on all of them.
+Programs are compiled as the project compiles them: on CPU with pdr_jax.backend's compiler
+options (convolutions on multi-threaded Eigen kernels, reductions on YNNPACK) and the CPU fast
+paths of pdr_jax.nn.fast_conv and GroupNorm; --plain turns all of them off (XLA's defaults, the
+plain lax formulation) for before/after figures. XLA_FLAGS from the environment are recorded.
+
+--restore-scaling SIZE... instead runs tools/restore.py on synthetic SIZE x SIZE measurements,
+one process per size, and reports its time and peak RSS against the image size.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base
-from pdr_jax import samplers
+from pdr_jax import backend, samplers
 from pdr_jax.nn import fast_conv
 from pdr_jax.train.loop import build_network_from_config, make_train_step
 from pdr_jax.train.state import create_train_state, make_optimizer
@@ -186,14 +190,14 @@ class JaxBench:
         # A copy: the training step donates (deletes) the state's buffers.
         self.variables = jax.tree_util.tree_map(jnp.copy, self.state.variables(ema=True))
 
-        step = jax.jit(make_train_step(self.net, config, batch), donate_argnums=0)
+        step = backend.jit(make_train_step(self.net, config, batch), donate_argnums=0)
         self.train_step, self.compile_s["train"] = _compile(
             step, self.state, self.batch_data, keys[3]
         )
         self.memory["train"] = _memory(self.train_step)
         self.step_key = keys[3]
 
-        denoise = jax.jit(
+        denoise = backend.jit(
             lambda variables, x, sigma, labels: self.net.apply(variables, x, sigma, labels)
         )
         sigma = jnp.full((batch,), 1.0)
@@ -213,7 +217,7 @@ class JaxBench:
             denoise_fn, latents, num_steps=self.num_steps, **args
         )
         self.sampler, self.compile_s["heun"] = _compile(
-            jax.jit(sample), self.denoise_fn, self.latents
+            backend.jit(sample), self.denoise_fn, self.latents
         )
         self.memory["heun"] = _memory(self.sampler)
 
@@ -253,7 +257,7 @@ class JaxBench:
             image = jax.random.normal(
                 jax.random.key(size), (1, size, size, self.net.model.in_channels)
             )
-            run = jax.jit(
+            run = backend.jit(
                 lambda x, tiled=tiled, plan=plan: tiling.unpad(
                     tiled(tiling.pad(x, plan), 1.0), plan
                 )
@@ -431,11 +435,13 @@ def restore_scaling(
 ) -> dict:
     """Peak RSS and time of `tools/restore.py` on one [size, size] measurement per size.
 
-    Each size runs in a fresh process on two copies of the same measurement (one call of the
-    CLI, folder mode): the first includes compilation, the second is the steady-state time.
-    Peak RSS is the child's ru_maxrss. Fitting peak RSS = a + k * (image bytes) over the sizes
-    gives the size-independent part a (model, compiled programs, one chunk of tiles) and k,
-    the number of full-image float32 arrays alive at the peak.
+    Each size runs in a fresh process (one call of the CLI). Its time includes compilation,
+    which does not depend on the size (the tiles go through one lax.scan), so fitting
+    seconds = a + b * megapixels separates that fixed cost a from the cost per pixel b; the
+    residuals of the fit show whether time is linear in pixels. Peak RSS is the child's
+    ru_maxrss; fitting peak RSS = c + k * (image bytes) gives the size-independent part c
+    (Python, JAX, the model, compiled programs, one chunk of tiles) and k, the number of
+    full-image float32 arrays alive at the peak.
     """
     import tempfile
 
@@ -445,12 +451,11 @@ def restore_scaling(
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             _, y = _synthetic_measurement(size, scale, read_noise)
-            os.makedirs(os.path.join(tmp, "in"))
-            for name in ("a.npy", "b.npy"):
-                np.save(os.path.join(tmp, "in", name), y)
+            measurement = os.path.join(tmp, "y.npy")
+            np.save(measurement, y)
             del y
             report_path = os.path.join(tmp, "report.json")
-            cmd = [sys.executable, restore_py, os.path.join(tmp, "in"), "--output", os.path.join(tmp, "out"),
+            cmd = [sys.executable, restore_py, measurement, "--output", os.path.join(tmp, "x.npy"),
                    "--domain", "microscopy", "--scale", str(scale), "--read-noise", str(read_noise),
                    "--steps", str(steps), "--batch", str(batch), "--report", report_path]  # fmt: skip
             cmd += ["--checkpoint", checkpoint] if checkpoint else []
@@ -466,19 +471,18 @@ def restore_scaling(
             if status != 0:
                 raise RuntimeError(f"tools/restore.py failed on {size}x{size}:\n{stderr[-2000:]}")
             with open(report_path) as f:
-                images = json.load(f)["images"]
-        first, second = (im["seconds"] for im in images)
+                image = json.load(f)["images"][0]
         rows.append({
-            "size": size, "megapixels": size * size / 1e6, "tiles": images[0]["num_tiles"],
-            "tile": images[0]["tile"], "process_s": wall, "first_s": first, "steady_s": second,
-            "steady_s_per_megapixel": second / (size * size / 1e6),
+            "size": size, "megapixels": size * size / 1e6, "tiles": image["num_tiles"], "tile": image["tile"],
+            "process_s": wall, "restore_s": image["seconds"],
+            "restore_s_per_megapixel": image["seconds"] / (size * size / 1e6),
             "peak_rss_mib": usage.ru_maxrss / 1024, "image_mib": size * size * 4 / 2**20,
-            "chi_square": images[1]["chi_square"],
+            "chi_square": image["chi_square"],
         })  # fmt: skip
-        _log(f"  {rows[-1]['steady_s']:.1f} s, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")
+        _log(f"  {rows[-1]['restore_s']:.1f} s, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")
     image_mib = np.array([r["image_mib"] for r in rows])
     rss = np.array([r["peak_rss_mib"] for r in rows])
-    seconds = np.array([r["steady_s"] for r in rows])
+    seconds = np.array([r["restore_s"] for r in rows])
     megapixels = np.array([r["megapixels"] for r in rows])
     fit = {}
     if len(rows) >= 2:
@@ -498,10 +502,10 @@ def format_scaling(report: dict) -> str:
     lines = [
         f"tools/restore.py, {report['steps']} Heun steps, batch {report['batch']}, {report['checkpoint']}"
     ]
-    lines.append("  size    tiles  first s  steady s  s/Mpx   peak RSS MiB  image MiB")
+    lines.append("  size    tiles  restore s  s/Mpx   peak RSS MiB  image MiB  chi2")
     for r in report["sizes"]:
-        lines.append(f"  {r['size']:5d}  {r['tiles']:6d}  {r['first_s']:7.1f}  {r['steady_s']:8.1f}  "
-                     f"{r['steady_s_per_megapixel']:5.1f}  {r['peak_rss_mib']:12.0f}  {r['image_mib']:9.0f}")  # fmt: skip
+        lines.append(f"  {r['size']:5d}  {r['tiles']:6d}  {r['restore_s']:9.1f}  {r['restore_s_per_megapixel']:5.1f}  "
+                     f"{r['peak_rss_mib']:12.0f}  {r['image_mib']:9.0f}  {r['chi_square']:.2f}")  # fmt: skip
     fit = report["fit"]
     if fit:
         lines.append(
@@ -542,6 +546,7 @@ def run(args) -> dict:
             "load_average_before": load_before,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "cpu_fast_paths": fast_conv.on_cpu(),
+            "compiler_options": backend.compiler_options(),
         },
         "compile_s": bench.compile_s,
         "program_memory": bench.memory,
@@ -650,7 +655,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--plain",
         action="store_true",
-        help="disable the CPU fast paths of pdr_jax.nn.fast_conv (the 'before' figures)",
+        help="XLA's defaults and no CPU fast paths (pdr_jax.backend, pdr_jax.nn.fast_conv): the 'before' figures",
     )
     return parser.parse_args(argv)
 
@@ -659,6 +664,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.plain:
         fast_conv.on_cpu = lambda: False
+        backend.compiler_options = lambda: None
     if args.restore_scaling:
         report = restore_scaling(args.restore_scaling, steps=args.restore_steps, checkpoint=args.restore_checkpoint,
                                  batch=args.restore_batch, tile=args.restore_tile)  # fmt: skip

@@ -163,8 +163,6 @@ class Conv2d(nn.Module):
 
 
 def _conv(x, w, padding: int):
-    if fast_conv.on_cpu():  # same forward; a weight gradient that XLA:CPU runs faster
-        return fast_conv.conv(x, w, padding)
     return jax.lax.conv_general_dilated(
         x,
         w,

@@ -34,7 +34,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pdr_jax import conditional, model_io, schedules
+from pdr_jax import backend, conditional, model_io, schedules
 from pdr_jax.precond import build_network
 from pdr_jax.train import loss as losses
 from pdr_jax.train.monitor import MetricsLogger, save_loss_plot, save_sample_grid
@@ -423,13 +423,14 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
     objective = objective_of(config)
     make_step, make_eval = STEP_FACTORIES[objective]
     keys, paired = batch_keys(objective), objective == "ddpm"
-    train_step = jax.jit(
+    # On CPU, the compiler options of pdr_jax.backend (multi-threaded convolutions).
+    train_step = backend.jit(
         make_step(net, config, batch_size),
         in_shardings=(replicated, batch_sharding, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(make_eval(net, config), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+    eval_step = backend.jit(make_eval(net, config), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
     pidx, pcount = jax.process_index(), jax.process_count()
     ds = pipeline.make_dataset(config.data, seed=config.seed + stage.index, resolution=stage.resolution,
@@ -519,7 +520,7 @@ def _stage_batch_size(stage, state, net, config, num_devices, replicated, batch_
 
     def compile_step(b):
         batch = {k: jax.ShapeDtypeStruct((b, *shapes_of[k]), jnp.float32, sharding=batch_sharding) for k in batch_keys(objective)}
-        step = jax.jit(STEP_FACTORIES[objective][0](net, config, b), in_shardings=(replicated, batch_sharding, replicated), donate_argnums=0)
+        step = backend.jit(STEP_FACTORIES[objective][0](net, config, b), in_shardings=(replicated, batch_sharding, replicated), donate_argnums=0)
         return step.lower(shapes, batch, jax.random.key(0)).compile()
 
     candidates = [num_devices * 2**k for k in range(12) if num_devices * 2**k <= config.train.auto_batch_max]
