@@ -46,7 +46,8 @@ def jit(fun=None, **jit_kwargs):
 
     Called with traced arguments (inside another jit, where JAX refuses compiler options) it is
     a plain `jax.jit`. Use as `jit(f, static_argnames=...)` or as a decorator `@jit(static_argnames=...)`. The
-    wrapped function keeps `jax.jit`'s `lower` (for compile-time and memory inspection).
+    wrapped function keeps `jax.jit`'s `lower` (for compile-time and memory inspection) and
+    `clear_cache`.
     """
     if fun is None:
         return functools.partial(jit, **jit_kwargs)
@@ -66,5 +67,11 @@ def jit(fun=None, **jit_kwargs):
             return nested(*args, **kwargs)  # inside another jit: options are the outer program's
         return get()(*args, **kwargs)
 
+    def clear_cache():
+        nested.clear_cache()
+        for compiled in jitted.values():
+            compiled.clear_cache()
+
     wrapper.lower = lambda *args, **kwargs: get().lower(*args, **kwargs)
+    wrapper.clear_cache = clear_cache
     return wrapper
