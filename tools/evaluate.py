@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--steps", type=int, default=18)
     run.add_argument("--guidance", default="x0", help="x0 or dps")
     run.add_argument("--likelihood", default="wls", help="wls, gaussian or exact")
-    run.add_argument("--kappa", type=float, default=1.0)
+    run.add_argument("--kappa", type=methods.parse_kappa, default="auto",
+                     help="guidance strength, or auto (from the mean photon count; default)")  # fmt: skip
     run.add_argument("--no-conditioning", action="store_true", help="zero conditioning vector")
     run.add_argument("--ablation", action="append", default=[], metavar="FIELD=V1,V2",
                      help=f"pdr variants; FIELD in {sorted(methods.ABLATION_FIELDS)}")  # fmt: skip

@@ -47,7 +47,7 @@ class PdrSettings:
     steps: int = 18  # sampler steps (Heun: 2 steps - 1 network calls)
     guidance: str = "x0"  # pdr_jax.physics.guidance.MODES
     likelihood: str = "wls"  # a key of pdr_jax.physics.noise.LOG_LIKELIHOODS
-    kappa: float = 1.0  # guidance step-size scale
+    kappa: float | str = "auto"  # guidance step-size scale; "auto": restore.guided.auto_kappa
     conditioning: bool = True  # False: the all-zero conditioning vector (unconditional)
     tile: int | None = None  # processing resolution; None: the whole crop at once
     tile_overlap: int = 16
@@ -60,7 +60,7 @@ class PdrSettings:
             raise ValueError(
                 f"likelihood must be one of {tuple(noise.LOG_LIKELIHOODS)}: {self.likelihood}"
             )
-        if self.steps < 1 or self.kappa < 0:
+        if self.steps < 1 or (self.kappa != "auto" and (isinstance(self.kappa, str) or self.kappa < 0)):
             raise ValueError(f"need steps >= 1 and kappa >= 0, got {self.steps}, {self.kappa}")
 
 
@@ -74,9 +74,15 @@ class MethodOptions:
 
 # Ablations.
 
+
+def parse_kappa(text: str):
+    """'auto' or a float."""
+    return text if text == "auto" else float(text)
+
+
 _BOOLEANS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 ABLATION_FIELDS = {
-    "likelihood": str, "guidance": str, "kappa": float, "steps": int,
+    "likelihood": str, "guidance": str, "kappa": parse_kappa, "steps": int,
     "conditioning": lambda v: _BOOLEANS[v.lower()],
 }  # fmt: skip
 

@@ -91,7 +91,7 @@ def restore_tiled(
     num_steps: int = 18,
     guidance: str = "x0",
     likelihood: str = "wls",
-    kappa: float = 1.0,
+    kappa: float | str = "auto",
     key=None,
     spec: conditioning.ConditioningSpec = conditioning.DEFAULT_SPEC,
     **kwargs,

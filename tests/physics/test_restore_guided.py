@@ -18,7 +18,7 @@ from jax.tree_util import Partial
 
 from pdr_jax import precond, samplers
 from pdr_jax.physics import noise
-from pdr_jax.restore import restore_image, restore_with_denoiser
+from pdr_jax.restore import guided, restore_image, restore_with_denoiser
 
 SIZE, BATCH, R, B = 8, 32, 1.0, 0.5
 # The tuned settings (the seed x0 defaults diverge, see pdr_jax.physics.guidance); restore's
@@ -145,12 +145,29 @@ def test_invalid_inputs_are_named():
         ({"mask": np.zeros_like(y)}, "mask excludes every pixel"),
         ({"y_electrons": y[0, 0, 0]}, r"must be \[H, W\], \[H, W, C\] or \[B, H, W, C\]"),
         ({"kappa": -1.0}, "kappa must be >= 0"),
+        ({"kappa": "strong"}, "kappa must be a number >= 0 or 'auto'"),
         ({"guidance_mode": "pigdm"}, "unknown guidance mode"),
     ]
     for overrides, message in cases:
         kwargs = {"y_electrons": y, "s": 10.0, "r": R, "b": B, **overrides}
         with pytest.raises(ValueError, match=message):
             restore_with_denoiser(_denoise_fn(), **kwargs)
+
+
+def test_auto_kappa_follows_the_photon_count():
+    """kappa = 1 - 0.35 log10(mean photons), clipped to [0.4, 1]; restore records the value used."""
+    assert guided.auto_kappa(0.66) == 1.0 and guided.auto_kappa(1e-6) == 1.0
+    assert guided.auto_kappa(10.0) == pytest.approx(0.65)
+    assert guided.auto_kappa(45.0) == pytest.approx(1 - 0.35 * np.log10(45.0))
+    assert guided.auto_kappa(1e6) == 0.4
+    counts = np.geomspace(0.1, 1e4, 50)
+    assert np.all(np.diff([guided.auto_kappa(c) for c in counts]) <= 0)
+    _, x_true = _prior()
+    y = noise.simulate(jax.random.key(1), x_true, 10.0, R, B)
+    _, report, _ = _restore(y, 10.0)
+    mean_photons = report["mean_photons"]
+    assert report["settings"]["kappa"] == pytest.approx(guided.auto_kappa(mean_photons))
+    assert report["settings"]["schedule"] == "sigma2"
 
 
 def test_restore_image_with_a_conditioned_network_accepts_every_layout():
