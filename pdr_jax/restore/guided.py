@@ -85,7 +85,7 @@ def auto_kappa(mean_photons: float) -> float:
     image's brightness to the data. The slope was chosen on the held-out embedded crops (64 px,
     3 per domain, r = 2; pdr_jax.evaluation) with the shipped model, so that chi-square lies in
     [0.8, 1.2] at s = 10 and 100 in every domain: kappa 1.0 at 0.66 photons (astronomy, s = 10),
-    ~0.75 at 5-7 photons, 0.41 at 45 photons (photography, s = 100). A fixed kappa could not do
+    ~0.75 at 5-7 photons, 0.42 at 45 photons (photography, s = 100). A fixed kappa could not do
     that: 0.5 left astronomy at s = 10 at 15.6 dB, 0.7 gave chi-square 0.70 on photography at
     s = 100.
     """
@@ -136,7 +136,8 @@ def restore_with_denoiser(
       kappa, schedule, sigma_threshold, grad_clip, damping: the step size gamma(sigma) and its
         limits (`pdr_jax.physics.guidance.GuidanceSettings`). The defaults are the tuned setting:
         gamma = kappa sigma^2, damped to gamma/(1 + gamma F), no gradient clip, and
-        kappa="auto" = `auto_kappa(mean photon count)` (see there). The sigma^2 schedule takes
+        kappa="auto" = `auto_kappa(mean photon count over the valid pixels of the whole
+        batch)` (see there; the value used is in the report's settings). The sigma^2 schedule takes
         the full damped (Kalman) step at high sigma, which fixes the image's brightness early;
         the isotropic schedule left dark images biased towards the prior (held-out astronomy
         crops at s = 10 with the shipped model: mean 0.34 instead of 0.065, 11.2 dB). The
