@@ -84,15 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="noise, classes and --config weights")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument("--labels", help="comma-separated label vector for every image")
-    labels.add_argument("--class", dest="classes", help="class index or comma-separated indices")
-    labels.add_argument(
-        "--domain", help=f"domain name(s), comma-separated, of {', '.join(conditioning.DOMAINS)}"
-    )
-    parser.add_argument("--scale", type=float, default=100.0, help="--domain: photon scale s (e-)")
-    parser.add_argument("--read-noise", type=float, default=2.0, help="--domain: read noise r (e-)")
-    parser.add_argument("--background", type=float, default=0.0, help="--domain: background b (e-)")
+    conditioning.add_label_arguments(parser)
     parser.add_argument("--dead-threshold", type=float, default=1e-6, help="default 1e-6")
     parser.add_argument(
         "--max-channels", type=int, default=64, help="channels per montage (default 64)"
@@ -125,14 +117,6 @@ def load_network(args):
     return net, variables, f"EDM file {args.checkpoint}"
 
 
-def make_labels(args, label_dim: int, num: int):
-    """[num, label_dim] labels from the label options (pdr_jax.physics.conditioning.label_batch)."""
-    return conditioning.label_batch(
-        label_dim, num, labels=args.labels, classes=args.classes, domains=args.domain, scale=args.scale,
-        read_noise=args.read_noise, background=args.background, seed=args.seed,
-    )  # fmt: skip
-
-
 def read_images(path, channels: int) -> np.ndarray:
     """[N, H, W, C] float32 in [-1, 1] from a .npy of NHWC/NCHW/HWC images (uint8 is rescaled)."""
     images = np.load(path)
@@ -161,7 +145,7 @@ def make_inputs(args, net, variables):
     num = clean.shape[0]
     sigmas = [float(s) for s in args.sigma.split(",")]
     sigma = np.asarray([sigmas[i % len(sigmas)] for i in range(num)], np.float32)
-    labels = make_labels(args, model.label_dim, num)
+    labels = conditioning.label_batch_from_args(args, model.label_dim, num)
     key_latents, key_churn, key_noise = jax.random.split(jax.random.key(args.seed), 3)
     if args.sample_preset:
         overrides = {} if args.sample_steps is None else {"num_steps": args.sample_steps}

@@ -63,15 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--S-min", type=float, default=0.0)
     parser.add_argument("--S-max", type=float, default=float("inf"))
     parser.add_argument("--S-noise", type=float, default=1.0)
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument("--labels", help="comma-separated label vector for every image")
-    labels.add_argument("--class", dest="classes", help="class index or comma-separated indices")
-    labels.add_argument(
-        "--domain", help=f"domain name(s), comma-separated, of {', '.join(conditioning.DOMAINS)}"
-    )
-    parser.add_argument("--scale", type=float, default=100.0, help="--domain: photon scale s (e-)")
-    parser.add_argument("--read-noise", type=float, default=2.0, help="--domain: read noise r (e-)")
-    parser.add_argument("--background", type=float, default=0.0, help="--domain: background b (e-)")
+    conditioning.add_label_arguments(parser)
     parser.add_argument(
         "--step", type=int, help="training workdir: checkpoint step (default latest)"
     )
@@ -123,14 +115,6 @@ def load(model, step=None, ema=True):
 
 # ----------------------------------------------------------------------------------------------
 # Labels and sampling.
-
-
-def make_labels(args, label_dim: int, num: int):
-    """[num, label_dim] labels from the label options (pdr_jax.physics.conditioning.label_batch)."""
-    return conditioning.label_batch(
-        label_dim, num, labels=args.labels, classes=args.classes, domains=args.domain, scale=args.scale,
-        read_noise=args.read_noise, background=args.background, seed=args.seed,
-    )  # fmt: skip
 
 
 def make_latents(seed: int, indices, shape):
@@ -187,7 +171,7 @@ def main(argv=None) -> int:
         raise SystemExit("--num, --batch and --steps must be positive")
     try:
         net, variables, description = load(args.model, args.step, not args.no_ema)
-        labels = make_labels(args, net.model.label_dim, args.num)
+        labels = conditioning.label_batch_from_args(args, net.model.label_dim, args.num)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
