@@ -74,6 +74,35 @@ def choose_tile(height: int, width: int, *, net, batch: int, mean_photons: float
     return max(min(best, 64), min(fitting))
 
 
+def _as_hwc(y_electrons, channels: int) -> tuple[np.ndarray, bool]:
+    """y [H, W] or [H, W, channels] -> ([H, W, channels] float32, whether it was [H, W])."""
+    y = np.asarray(y_electrons, np.float32)
+    squeeze = y.ndim == 2
+    y = y[..., None] if squeeze else y
+    if y.ndim != 3 or y.shape[-1] != channels:
+        raise ValueError(f"y_electrons must be [H, W] or [H, W, {channels}], got {np.shape(y_electrons)}")
+    return y, squeeze
+
+
+def _tile_labels(net, domain, s, r, b, batch: int, spec):
+    """The conditioning vector for every tile of a chunk ([batch, spec.dim]), None if unconditional."""
+    labels = jnp.broadcast_to(conditioning.conditioning_vector(domain, s, r, b, spec), (batch, spec.dim))
+    return labels if net.model.label_dim else None
+
+
+def _fit_report(y, x, s, r, b, valid, domain, spec, plan) -> dict:
+    """Chi-square, residual whiteness and flatness over the original pixels, and the tile plan."""
+    residuals = metrics.normalized_residuals(y, x, s, r, b)
+    return dict(
+        chi_square=float(metrics.chi_square(y, x, s, r, b, valid)),
+        whiteness=float(metrics.whiteness(residuals, mask=valid)),
+        spectral_flatness=float(metrics.spectral_flatness(residuals)),
+        num_tiles=plan.num_tiles,
+        plan=plan.to_json(),
+        conditioning=dict(domain=domain if isinstance(domain, str) else spec.domains[int(domain)], s=s, r=r, b=b),
+    )  # fmt: skip
+
+
 def restore_tiled(
     net,
     variables,
@@ -104,11 +133,7 @@ def restore_tiled(
     `pdr_jax.restore.restore_image`.
     """
     start = time.perf_counter()
-    y = np.asarray(y_electrons, np.float32)
-    squeeze = y.ndim == 2
-    y = y[..., None] if squeeze else y
-    if y.ndim != 3 or y.shape[-1] != net.model.in_channels:
-        raise ValueError(f"y_electrons must be [H, W] or [H, W, {net.model.in_channels}], got {np.shape(y_electrons)}")
+    y, squeeze = _as_hwc(y_electrons, net.model.in_channels)
     valid = np.ones_like(y) if mask is None else np.asarray(mask, np.float32).reshape(y.shape)
     mean_photons = float(np.sum((y - b) * valid) / max(np.sum(valid), 1))
     detail = detail_fraction((y[..., 0] - b) / s)
@@ -121,9 +146,7 @@ def restore_tiled(
     inside[plan.pad_top : plan.pad_top + plan.height, plan.pad_left : plan.pad_left + plan.width] = 1
     mask_pad = tiling.pad(jnp.asarray(valid), plan) * inside  # the padding is not data
 
-    labels = jnp.broadcast_to(conditioning.conditioning_vector(domain, s, r, b, spec), (batch, spec.dim))
-    labels = labels if net.model.label_dim else None
-    args = network_sampler_args(net, variables, labels)
+    args = network_sampler_args(net, variables, _tile_labels(net, domain, s, r, b, batch, spec))
     denoise = tiling.tiled_denoiser(args["denoise_fn"], plan, batch=batch)
     x_pad, report = restore_with_denoiser(
         denoise, y_pad[None], s=s, r=r, b=b, mask=mask_pad[None], key=key, num_steps=num_steps,
@@ -131,19 +154,13 @@ def restore_tiled(
         sigma_max=args["sigma_max"], round_sigma=args["round_sigma"], **kwargs,
     )  # fmt: skip
     x = np.asarray(tiling.unpad(x_pad[0], plan))
-    residuals = metrics.normalized_residuals(y, x, s, r, b)
     report.update(
-        chi_square=float(metrics.chi_square(y, x, s, r, b, valid)),
-        whiteness=float(metrics.whiteness(residuals, mask=valid)),
-        spectral_flatness=float(metrics.spectral_flatness(residuals)),
+        _fit_report(y, x, s, r, b, valid, domain, spec, plan),
         mean_photons=mean_photons,
         detail_fraction=detail,
         saturated_fraction=float(1 - valid.mean()),
         tile=tile,
         overlap=overlap,
-        num_tiles=plan.num_tiles,
-        plan=plan.to_json(),
-        conditioning=dict(domain=domain if isinstance(domain, str) else spec.domains[int(domain)], s=s, r=r, b=b),
     )
     report["timings"]["total_s"] = time.perf_counter() - start
     return (x[..., 0] if squeeze else x), report
@@ -180,18 +197,13 @@ def restore_tiled_conditional(
     from pdr_jax import conditional
 
     start = time.perf_counter()
-    y = np.asarray(y_electrons, np.float32)
-    squeeze = y.ndim == 2
-    y = y[..., None] if squeeze else y
-    if y.ndim != 3 or y.shape[-1] != net.img_channels:
-        raise ValueError(f"y_electrons must be [H, W] or [H, W, {net.img_channels}], got {np.shape(y_electrons)}")
+    y, squeeze = _as_hwc(y_electrons, net.img_channels)
     multiple = downsampling_factor(net)
     if tile is None:
         tile = min(net.model.img_resolution, (min(y.shape[:2]) // multiple) * multiple)
     plan = tiling.plan_tiles(*y.shape[:2], tile=tile, overlap=min(overlap, tile // 2), multiple=multiple)
     cond_pad = tiling.pad(conditional.measurement_channels(jnp.asarray(y)[None], s, r, b), plan)
-    labels = jnp.broadcast_to(conditioning.conditioning_vector(domain, s, r, b, spec), (batch, spec.dim))
-    labels = labels if net.model.label_dim else None
+    labels = _tile_labels(net, domain, s, r, b, batch, spec)
     tile_fn = jax.tree_util.Partial(conditional.tile_model_fn(net), variables, labels)
     model_fn = tiling.tiled_denoiser(tile_fn, plan, batch=batch, cond_image=cond_pad)
     key = jax.random.key(0) if key is None else key
@@ -203,13 +215,9 @@ def restore_tiled_conditional(
             net, model_fn, latents, sampler=sampler, num_steps=num_steps, eta=eta, key=key_sampler
         )
     x = np.asarray(jnp.clip((tiling.unpad(total[0] / num_samples, plan) + 1) / 2, 0, 1))
-    residuals = metrics.normalized_residuals(y, x, s, r, b)
     report = dict(
-        chi_square=float(metrics.chi_square(y, x, s, r, b)), whiteness=float(metrics.whiteness(residuals)),
-        spectral_flatness=float(metrics.spectral_flatness(residuals)), mean_photons=float(np.mean(y - b)),
+        _fit_report(y, x, s, r, b, None, domain, spec, plan), mean_photons=float(np.mean(y - b)),
         saturated_fraction=0.0, method="conditional", sampler=sampler, num_steps=num_steps, eta=eta, num_samples=num_samples,
-        tile=tile, overlap=plan.overlap, num_tiles=plan.num_tiles, plan=plan.to_json(),
-        conditioning=dict(domain=domain if isinstance(domain, str) else spec.domains[int(domain)], s=s, r=r, b=b),
-        timings=dict(total_s=time.perf_counter() - start), warnings=[],
+        tile=tile, overlap=plan.overlap, timings=dict(total_s=time.perf_counter() - start), warnings=[],
     )  # fmt: skip
     return (x[..., 0] if squeeze else x), report
