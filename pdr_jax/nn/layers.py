@@ -203,18 +203,28 @@ class GroupNorm(nn.Module):
 def _group_norm_nhwc(x, weight, bias, groups: int, eps: float):
     """GroupNorm as one per-(sample, channel) scale and shift of x [B, H, W, C], in float32.
 
-    The same statistics as GroupNorm's, reduced in place over (H*W, C/G) instead of after a
-    transpose to [B, G, H*W*C/G]: on CPU the transposes (forward and backward) cost more than
-    the arithmetic, and y = x * a + c fuses with what follows (SiLU, the adaptive scale).
+    The same statistics as GroupNorm's, without a transpose to [B, G, H*W*C/G] (on CPU the
+    transposes, forward and backward, cost more than the arithmetic). The per-channel sums of
+    d = x - k and d^2 over H*W are matrix-vector products, which XLA:CPU runs multi-threaded
+    in one pass, where a reduction over the middle axis runs on one core: the GroupNorm+SiLU
+    gradient at [8, 64, 64, 128] takes about half the time (tools/bench.py). k, one pixel's
+    group mean, is a shift that keeps E[d^2] - E[d]^2 from cancelling when |mean| >> std
+    (mean 30, std 1: max error 3e-6 against float64, two-pass float32 8e-5); the statistics
+    don't depend on k, so it carries no gradient. y = x * a + c fuses with what follows.
     """
     b, h, w, c = x.shape
     x = x.astype(jnp.float32)
-    xg = x.reshape(b, h * w, groups, c // groups)
-    mean = xg.mean(axis=(1, 3))  # [B, G]
-    var = jnp.square(xg - mean[:, None, :, None]).mean(axis=(1, 3))
-    inv_std = jnp.repeat(jax.lax.rsqrt(var + eps), c // groups, axis=1)  # [B, C]
-    scale = inv_std * weight
-    shift = bias - jnp.repeat(mean, c // groups, axis=1) * scale
+    size = c // groups
+    per_channel = lambda v: jnp.repeat(v, size, axis=1)  # [B, G] -> [B, C]
+    group_sum = lambda v: v.reshape(b, groups, size).sum(axis=-1)  # [B, C] -> [B, G]
+    shift_k = jax.lax.stop_gradient(x[:, 0, 0, :].reshape(b, groups, size).mean(axis=-1))
+    d = x.reshape(b, h * w, c) - per_channel(shift_k)[:, None, :]
+    ones = jnp.ones((h * w,), jnp.float32)
+    count = h * w * size
+    mean_d = group_sum(jnp.einsum("bpc,p->bc", d, ones)) / count
+    var = group_sum(jnp.einsum("bpc,p->bc", d * d, ones)) / count - jnp.square(mean_d)
+    scale = per_channel(jax.lax.rsqrt(jnp.maximum(var, 0.0) + eps)) * weight
+    shift = bias - per_channel(shift_k + mean_d) * scale
     return x * scale[:, None, None, :] + shift[:, None, None, :]
 
 
