@@ -205,12 +205,13 @@ def _group_norm_nhwc(x, weight, bias, groups: int, eps: float):
 
     The same statistics as GroupNorm's, without a transpose to [B, G, H*W*C/G] (on CPU the
     transposes, forward and backward, cost more than the arithmetic). The per-channel sums of
-    d = x - k and d^2 over H*W are matrix-vector products, which XLA:CPU runs multi-threaded
-    in one pass, where a reduction over the middle axis runs on one core: the GroupNorm+SiLU
-    gradient at [8, 64, 64, 128] takes about half the time (tools/bench.py). k, one pixel's
-    group mean, is a shift that keeps E[d^2] - E[d]^2 from cancelling when |mean| >> std
-    (mean 30, std 1: max error 3e-6 against float64, two-pass float32 8e-5); the statistics
-    don't depend on k, so it carries no gradient. y = x * a + c fuses with what follows.
+    d = x - k and d^2 over H*W are products with a row of ones, which XLA:CPU runs
+    multi-threaded in one pass, where a reduction over the middle axis runs on one core:
+    GroupNorm+SiLU at [8, 64, 64, 128] takes 8 ms instead of 14 forward, 16 ms instead of 45
+    forward+backward. k, one pixel's group mean, is a shift that keeps E[d^2] - E[d]^2 from
+    cancelling when |mean| >> std (mean 30, std 1: max error 1e-5 against float64, 3e-4
+    unshifted); the statistics don't depend on k, so it carries no gradient. y = x * a + c
+    fuses with what follows (SiLU, the adaptive scale).
     """
     b, h, w, c = x.shape
     x = x.astype(jnp.float32)
@@ -219,10 +220,11 @@ def _group_norm_nhwc(x, weight, bias, groups: int, eps: float):
     group_sum = lambda v: v.reshape(b, groups, size).sum(axis=-1)  # [B, C] -> [B, G]
     shift_k = jax.lax.stop_gradient(x[:, 0, 0, :].reshape(b, groups, size).mean(axis=-1))
     d = x.reshape(b, h * w, c) - per_channel(shift_k)[:, None, :]
-    ones = jnp.ones((h * w,), jnp.float32)
+    # ones [B, 1, P] @ d [B, P, C]: a batched GEMM in XLA's canonical layout, no transpose of d.
+    column_sum = lambda v: jnp.matmul(jnp.ones((b, 1, h * w), jnp.float32), v)[:, 0]
     count = h * w * size
-    mean_d = group_sum(jnp.einsum("bpc,p->bc", d, ones)) / count
-    var = group_sum(jnp.einsum("bpc,p->bc", d * d, ones)) / count - jnp.square(mean_d)
+    mean_d = group_sum(column_sum(d)) / count
+    var = group_sum(column_sum(d * d)) / count - jnp.square(mean_d)
     scale = per_channel(jax.lax.rsqrt(jnp.maximum(var, 0.0) + eps)) * weight
     shift = bias - per_channel(shift_k + mean_d) * scale
     return x * scale[:, None, None, :] + shift[:, None, None, :]
