@@ -141,9 +141,12 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
     ]  # fmt: skip
     assert methods.parse_ablation("conditioning=off") == [("conditioning", False)]
     assert methods.parse_ablation("kappa=0.5,2") == [("kappa", 0.5), ("kappa", 2.0)]
+    assert methods.parse_ablation("kappa=auto,1") == [("kappa", "auto"), ("kappa", 1.0)]
     for bad in ("likelihood=poisson", "temperature=1", "steps", "guidance=x1", "steps=two"):
         with pytest.raises(ValueError):
             methods.parse_ablation(bad)
+    with pytest.raises(ValueError, match="expected a number >= 0 or 'auto', got 'strong'"):
+        methods.parse_ablation("kappa=0.5,strong")
     ablations = methods.parse_ablation("likelihood=wls,exact") + [("conditioning", False)]
     variants = methods.pdr_variants(methods.PdrSettings(), ablations)
     assert list(variants) == ["pdr[likelihood=exact]", "pdr[conditioning=off]"]

@@ -34,6 +34,7 @@ import warnings
 
 from pdr_jax import baselines
 from pdr_jax.evaluation import benchmark, methods, report, resolution
+from pdr_jax.restore.guided import parse_kappa
 
 
 def _floats(text: str) -> list[float]:
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--steps", type=int, default=18)
     run.add_argument("--guidance", default="x0", help="x0 or dps")
     run.add_argument("--likelihood", default="wls", help="wls, gaussian or exact")
-    run.add_argument("--kappa", type=methods.parse_kappa, default="auto",
+    run.add_argument("--kappa", type=parse_kappa, default="auto",
                      help="guidance strength, or auto (from the mean photon count; default)")  # fmt: skip
     run.add_argument("--no-conditioning", action="store_true", help="zero conditioning vector")
     run.add_argument("--ablation", action="append", default=[], metavar="FIELD=V1,V2",

@@ -38,16 +38,9 @@ DEFAULT_CONDITIONAL_CHECKPOINT = ROOT / "models" / "conditional-gray-default"
 OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
 
 
-def _kappa(text: str):
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}") from None
-
-
 def parse_args(argv=None):
+    from pdr_jax.restore.guided import parse_kappa
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="measurement files or folders")
@@ -72,7 +65,7 @@ def parse_args(argv=None):
                    help="--method conditional: average this many samples (posterior mean; use eta > 0 or ddpm)")  # fmt: skip
     p.add_argument("--guidance", choices=("x0", "dps"), default="x0")
     p.add_argument("--likelihood", choices=("wls", "gaussian", "exact"), default="wls")
-    p.add_argument("--kappa", type=_kappa, default="auto",
+    p.add_argument("--kappa", type=parse_kappa, default="auto",
                    help="guidance strength (0: the prior alone; auto: from the mean photon count, "
                         "pdr_jax.restore.guided.auto_kappa)")  # fmt: skip
     p.add_argument("--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)")

@@ -18,6 +18,7 @@ runs the network on overlapping tiles fused at every denoiser call
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import pathlib
@@ -30,7 +31,7 @@ from pdr_jax import baselines, model_io, samplers
 from pdr_jax.evaluation.benchmark import Method
 from pdr_jax.physics import conditioning, noise
 from pdr_jax.physics import guidance as physics_guidance
-from pdr_jax.restore import tiling
+from pdr_jax.restore import guided, tiling
 
 # The shipped default model, relative to the repository root (once it exists).
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[2] / "models" / "pdr-gray-default"
@@ -75,14 +76,9 @@ class MethodOptions:
 # Ablations.
 
 
-def parse_kappa(text: str):
-    """'auto' or a float."""
-    return text if text == "auto" else float(text)
-
-
 _BOOLEANS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 ABLATION_FIELDS = {
-    "likelihood": str, "guidance": str, "kappa": parse_kappa, "steps": int,
+    "likelihood": str, "guidance": str, "kappa": guided.parse_kappa, "steps": int,
     "conditioning": lambda v: _BOOLEANS[v.lower()],
 }  # fmt: skip
 
@@ -97,7 +93,7 @@ def parse_ablation(text: str) -> list[tuple[str, object]]:
         )
     try:
         parsed = [(field, ABLATION_FIELDS[field](v.strip())) for v in values.split(",")]
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, argparse.ArgumentTypeError) as e:
         raise ValueError(f"ablation {text!r}: bad value ({e})") from None
     for name, value in parsed:  # validate through the settings
         dataclasses.replace(PdrSettings(), **{name: value})

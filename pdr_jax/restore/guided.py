@@ -11,6 +11,7 @@ a second image of the same shape reuses the compiled program.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 import warnings
@@ -91,6 +92,19 @@ def auto_kappa(mean_photons: float) -> float:
     """
     kappa = 1.0 - AUTO_KAPPA_SLOPE * np.log10(max(float(mean_photons), 1e-3))
     return float(np.clip(kappa, *AUTO_KAPPA_RANGE))
+
+
+def parse_kappa(text: str) -> str | float:
+    """A --kappa value: 'auto' (auto_kappa) or a number >= 0."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}")
+    return value
 
 
 def _repeat(value, num_samples: int):

@@ -7,6 +7,7 @@ measured as y ~ Poisson(s x + b) + N(0, r^2). A good restoration must beat both 
 estimate (y - b) / s and the prior mean in MSE, with a chi-square near 1.
 """
 
+import argparse
 import functools
 import warnings
 
@@ -152,6 +153,14 @@ def test_invalid_inputs_are_named():
         kwargs = {"y_electrons": y, "s": 10.0, "r": R, "b": B, **overrides}
         with pytest.raises(ValueError, match=message):
             restore_with_denoiser(_denoise_fn(), **kwargs)
+
+
+def test_parse_kappa_takes_auto_or_a_number_and_names_both_otherwise():
+    """The --kappa parser of tools/restore.py and tools/evaluate.py (and evaluate's ablations)."""
+    assert guided.parse_kappa("auto") == "auto" and guided.parse_kappa("0.5") == 0.5
+    for text in ("strong", "-1", "nan", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 0 or 'auto'"):
+            guided.parse_kappa(text)
 
 
 def test_auto_kappa_follows_the_photon_count():
