@@ -96,11 +96,15 @@ def whiteness(residuals, max_lag: int = 2, mask=None):
 
 def _half_plane(height: int, width: int) -> np.ndarray:
     """[H, W] bool: one frequency of each conjugate pair (u, v) ~ (-u, -v), self-conjugate ones
-    (DC, Nyquist lines' corners) excluded, so each kept periodogram value has 2 degrees of freedom."""
-    u, v = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    index = u * width + v
-    conjugate = ((-u) % height) * width + (-v) % width
-    return index < conjugate
+    (DC, Nyquist lines' corners) excluded, so each kept periodogram value has 2 degrees of freedom.
+
+    (u, v) is kept when its row-major index is below its conjugate's, i.e. u < -u mod H, or
+    u == -u mod H and v < -v mod W; built from the two axes, so the only [H, W] array is the
+    result (one byte per pixel).
+    """
+    u, v = np.arange(height), np.arange(width)
+    u_conj, v_conj = (-u) % height, (-v) % width
+    return (u < u_conj)[:, None] | ((u == u_conj)[:, None] & (v < v_conj)[None, :])
 
 
 def spectral_flatness(residuals):
@@ -116,8 +120,11 @@ def spectral_flatness(residuals):
     batch, height, width, channels = z.shape
     z = z - jnp.mean(z, axis=(1, 2), keepdims=True)
     power = jnp.mean(jnp.square(jnp.abs(jnp.fft.fft2(z, axes=(1, 2)))), axis=(0, 3))
-    kept = power[_half_plane(height, width)]
-    flatness = jnp.exp(jnp.mean(jnp.log(kept))) / jnp.mean(kept)
+    kept = _half_plane(height, width)
+    count = int(kept.sum())
+    # Masked sums rather than power[kept]: no gathered copy, and the same code under jit.
+    log_mean = jnp.sum(jnp.where(kept, jnp.log(jnp.where(kept, power, 1.0)), 0.0)) / count
+    flatness = jnp.exp(log_mean) / (jnp.sum(jnp.where(kept, power, 0.0)) / count)
     n = batch * channels
     return flatness / jnp.exp(jax.scipy.special.digamma(float(n)) - np.log(n))
 

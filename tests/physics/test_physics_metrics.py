@@ -34,6 +34,16 @@ def _smoothed(z):
     return 0.5 * (z + jnp.roll(z, 1, axis=2))
 
 
+def test_half_plane_keeps_one_of_each_conjugate_pair():
+    """Against the definition: the row-major index of (u, v) is below that of (-u, -v)."""
+    for height, width in [(1, 1), (2, 2), (3, 4), (7, 5), (8, 8), (16, 9)]:
+        u, v = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+        expected = u * width + v < ((-u) % height) * width + (-v) % width
+        np.testing.assert_array_equal(metrics._half_plane(height, width), expected)
+    # 8x8: 64 frequencies, 4 self-conjugate (DC and the Nyquist corners), 30 pairs.
+    assert metrics._half_plane(8, 8).sum() == 30
+
+
 def test_autocorrelation_and_flatness_tell_white_from_coloured():
     z = jax.random.normal(jax.random.key(2), (8, 64, 64, 1))
     n = z.size
