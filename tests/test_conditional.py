@@ -187,8 +187,8 @@ def test_restore_tool_method_conditional(tmp_path):
 
 
 def test_evaluation_method_loads_the_shipped_conditional_model(tmp_path):
-    """tools/evaluate.py's "conditional": the committed default model, or a conditional --checkpoint;
-    a prior --checkpoint is skipped with its reason."""
+    """tools/evaluate.py's "conditional": the committed default model, or --conditional-checkpoint
+    (a prior there is skipped with its reason); --checkpoint is the prior's and leaves it alone."""
     from pdr_jax.evaluation import methods
     from pdr_jax.precond import build_network
 
@@ -196,5 +196,8 @@ def test_evaluation_method_loads_the_shipped_conditional_model(tmp_path):
     kwargs = dict(precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, model_channels=8,
                   channel_mult=(1, 2), num_blocks=1, attn_resolutions=())  # fmt: skip
     model_io.save_model(tmp_path / "p", kwargs, init_variables(build_network(**kwargs), jax.random.key(0)))
-    with pytest.raises(methods.MethodUnavailable, match="is a prior model"):
-        methods.conditional_method(methods.MethodOptions(checkpoint=str(tmp_path / "p")))
+    with pytest.raises(methods.MethodUnavailable, match="--conditional-checkpoint .* is a prior model"):
+        methods.conditional_method(methods.MethodOptions(conditional_checkpoint=str(tmp_path / "p")))
+    both = methods.MethodOptions(checkpoint=str(tmp_path / "p"))
+    assert methods.conditional_checkpoint_dir(both) == str(methods.DEFAULT_CONDITIONAL)
+    assert methods.checkpoint_dir(both) == str(tmp_path / "p")

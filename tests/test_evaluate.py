@@ -155,13 +155,15 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
     # reason, baselines still run.
     (tmp_path / "empty").mkdir()
     monkeypatch.setattr(methods, "DEFAULT_CHECKPOINT", tmp_path / "empty")
+    monkeypatch.setattr(methods, "DEFAULT_CONDITIONAL", tmp_path / "empty")
     messages = []
     built = methods.build_methods(
         ["pdr", "conditional", "noisy"], methods.MethodOptions(), ablations, log=messages.append
     )
     assert list(built) == ["noisy"]
     assert any("pdr: no model" in m for m in messages)
-    assert any("conditional: the concat-conditioned" in m and "issue 10" in m for m in messages)
+    assert any("conditional: the concat-conditioned" in m and "--conditional-checkpoint" in m
+               for m in messages)  # fmt: skip
     assert sum(m.startswith("SKIPPED method pdr[") for m in messages) == 2
     with pytest.raises(KeyError, match="unknown methods"):
         methods.build_methods(["bm4d"], methods.MethodOptions())
@@ -172,7 +174,8 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_evaluate_tool_end_to_end(tmp_path, capsys):
-    """2 clean images x 2 scales, every method (conditional is skipped with its reason), an
+    """2 clean images x 2 scales, every method (conditional, given the prior as
+    --conditional-checkpoint, is skipped with its reason), an
     ablation and a processing resolution of 8 (3 x 3 tiles per 16-pixel crop); then the
     regression mode. About 20 s on an idle 2-core CPU, mostly compiling the sampler twice."""
     model = _make_tiny_model(tmp_path / "model")
@@ -186,10 +189,12 @@ def test_evaluate_tool_end_to_end(tmp_path, capsys):
         "--clean", str(clean), "--domain", "microscopy", "--crop", "16", "--num-images", "2",
         "--scales", "2,50", "--read-noise", "1.5", "--checkpoint", str(model), "--steps", "2",
         "--ablation", "conditioning=off", "--resolutions", "8", "--out", str(out),
+        "--conditional-checkpoint", str(model),
     ]  # fmt: skip
     assert evaluate_tool.main(argv) == 0
     log = capsys.readouterr().out
-    assert "SKIPPED method conditional" in log and "recommended resolution: " in log
+    assert "SKIPPED method conditional" in log and "is a prior model" in log
+    assert "recommended resolution: " in log
     rows = report.read_csv(out / "results.csv")
     names = ["pdr", "gat-bm3d", "nlm", "noisy", "pdr[conditioning=off]"]
     assert [r["method"] for r in rows[::4]] == names and len(rows) == 4 * len(names)

@@ -55,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run = parser.add_argument_group("methods")
     run.add_argument("--methods", default="pdr,conditional,gat-bm3d,nlm,noisy",
                      help=f"comma-separated, from {sorted(methods.METHODS)}")  # fmt: skip
-    run.add_argument("--checkpoint", help=f"model directory (default {methods.DEFAULT_CHECKPOINT})")
+    run.add_argument("--checkpoint", help=f"the prior for pdr (default {methods.DEFAULT_CHECKPOINT})")
+    run.add_argument("--conditional-checkpoint",
+                     help=f"the model for conditional (default {methods.DEFAULT_CONDITIONAL})")  # fmt: skip
     run.add_argument("--steps", type=int, default=18)
     run.add_argument("--guidance", default="x0", help="x0 or dps")
     run.add_argument("--likelihood", default="wls", help="wls, gaussian or exact")
@@ -142,7 +144,9 @@ def main(argv=None) -> int:
         tile_batch=args.tile_batch,
     )  # fmt: skip
     ablations = [pair for text in args.ablation for pair in methods.parse_ablation(text)]
-    options = methods.MethodOptions(checkpoint=args.checkpoint, pdr=settings)
+    options = methods.MethodOptions(
+        checkpoint=args.checkpoint, conditional_checkpoint=args.conditional_checkpoint, pdr=settings
+    )
     names = [name.strip() for name in args.methods.split(",") if name.strip()]
 
     images = benchmark.load_clean_images(

@@ -35,6 +35,7 @@ from pdr_jax.restore import guided, tiling
 
 # The shipped default model, relative to the repository root (once it exists).
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[2] / "models" / "pdr-gray-default"
+DEFAULT_CONDITIONAL = DEFAULT_CHECKPOINT.parent / "conditional-gray-default"
 
 
 class MethodUnavailable(RuntimeError):
@@ -69,7 +70,8 @@ class PdrSettings:
 class MethodOptions:
     """What the method factories need from the command line."""
 
-    checkpoint: str | None = None  # a model directory; None: DEFAULT_CHECKPOINT if it exists
+    checkpoint: str | None = None  # the prior for "pdr"; None: DEFAULT_CHECKPOINT if it exists
+    conditional_checkpoint: str | None = None  # for "conditional"; None: DEFAULT_CONDITIONAL
     pdr: PdrSettings = PdrSettings()
 
 
@@ -260,22 +262,22 @@ CONDITIONAL_SAMPLER = dict(sampler="ddim", num_steps=20, eta=0.0)
 
 
 def conditional_checkpoint_dir(options: MethodOptions) -> str:
-    """options.checkpoint if given (it must be a conditional model), else
-    models/conditional-gray-default next to the default prior; MethodUnavailable otherwise."""
-    if options.checkpoint is not None:
-        kind = model_io.read_network_json(options.checkpoint).get("kind", "prior")
+    """options.conditional_checkpoint if given (it must be a conditional model), else the
+    shipped DEFAULT_CONDITIONAL; MethodUnavailable otherwise."""
+    if options.conditional_checkpoint is not None:
+        directory = options.conditional_checkpoint
+        kind = model_io.read_network_json(directory).get("kind", "prior")
         if kind != "conditional":
             raise MethodUnavailable(
-                f"--checkpoint {options.checkpoint} is a {kind} model; leave --checkpoint out to use "
-                "both default models, or evaluate a conditional model directory in its own run"
+                f"--conditional-checkpoint {directory} is a {kind} model (network.json 'kind'); "
+                "expected a conditional one (launch/train.py --config configs/conditional.py)"
             )
-        return options.checkpoint
-    default = DEFAULT_CHECKPOINT.parent / "conditional-gray-default"
-    if (default / model_io.NETWORK_FILE).exists():
-        return str(default)
+        return directory
+    if (DEFAULT_CONDITIONAL / model_io.NETWORK_FILE).exists():
+        return str(DEFAULT_CONDITIONAL)
     raise MethodUnavailable(
-        f"the concat-conditioned restoration model (issue 10) has no model directory: "
-        f"pass --checkpoint DIR of a conditional model ({default} is missing)"
+        f"the concat-conditioned restoration model has no model directory: pass "
+        f"--conditional-checkpoint DIR ({DEFAULT_CONDITIONAL} is missing)"
     )
 
 
