@@ -147,6 +147,9 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
             methods.parse_ablation(bad)
     with pytest.raises(ValueError, match="expected a number >= 0 or 'auto', got 'strong'"):
         methods.parse_ablation("kappa=0.5,strong")
+    for kappa in (-1.0, float("nan"), "strong"):
+        with pytest.raises(ValueError, match="kappa >= 0 or 'auto'"):
+            methods.PdrSettings(kappa=kappa)
     ablations = methods.parse_ablation("likelihood=wls,exact") + [("conditioning", False)]
     variants = methods.pdr_variants(methods.PdrSettings(), ablations)
     assert list(variants) == ["pdr[likelihood=exact]", "pdr[conditioning=off]"]

@@ -62,8 +62,9 @@ class PdrSettings:
             raise ValueError(
                 f"likelihood must be one of {tuple(noise.LOG_LIKELIHOODS)}: {self.likelihood}"
             )
-        if self.steps < 1 or (self.kappa != "auto" and (isinstance(self.kappa, str) or self.kappa < 0)):
-            raise ValueError(f"need steps >= 1 and kappa >= 0, got {self.steps}, {self.kappa}")
+        kappa_ok = self.kappa == "auto" or (not isinstance(self.kappa, str) and self.kappa >= 0)
+        if self.steps < 1 or not kappa_ok:  # (nan >= 0 is False: refused too)
+            raise ValueError(f"need steps >= 1 and kappa >= 0 or 'auto', got {self.steps}, {self.kappa}")
 
 
 @dataclasses.dataclass(frozen=True)
