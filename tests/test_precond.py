@@ -17,9 +17,14 @@ def _inputs(net, arrays):
     return x, jnp.asarray(arrays["sigma"]), labels, aug
 
 
+@pytest.mark.parametrize("cpu_conv", ["xla", "f32"])
 @pytest.mark.parametrize("case", NETWORK_CASES)
-def test_network_matches_edm(case):
-    """D, the inner U-Net output F_x and the hooked activations equal EDM's."""
+def test_network_matches_edm(case, cpu_conv, monkeypatch):
+    """D, the inner U-Net output F_x and the hooked activations equal EDM's.
+
+    With XLA's convolutions and with oneDNN's (pdr_jax.nn.onednn, the single-device CPU default).
+    """
+    monkeypatch.setenv("PDR_CPU_CONV", cpu_conv)
     net, variables, arrays = network_from_case(case)
     x, sigma, labels, aug = _inputs(net, arrays)
 

@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base
 from pdr_jax import backend, samplers
-from pdr_jax.nn import fast_conv
+from pdr_jax.nn import fast_conv, onednn
 from pdr_jax.train.loop import build_network_from_config, make_train_step
 from pdr_jax.train.state import create_train_state, make_optimizer
 
@@ -546,6 +546,7 @@ def run(args) -> dict:
             "load_average_before": load_before,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "cpu_fast_paths": fast_conv.on_cpu(),
+            "cpu_conv": onednn.mode(),
             "compiler_options": backend.compiler_options(),
         },
         "compile_s": bench.compile_s,
@@ -592,7 +593,7 @@ def format_report(report: dict) -> str:
     env, res = report["environment"], report["results"]
     title = (
         f"pdr_jax bench {report['config']}: {report['resolution']}x{report['resolution']}, batch {report['batch']} "
-        f"(jax {env['jax']}, {env['backend']}, {env['cpu_count']} CPUs, load {env['load_average_before'][0]:.1f} -> "
+        f"(jax {env['jax']}, {env['backend']}, {env['cpu_count']} CPUs, convolutions {env.get('cpu_conv', '?')}, load {env['load_average_before'][0]:.1f} -> "
         f"{env['load_average_after'][0]:.1f})"
     )
     lines = [
@@ -655,13 +656,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--plain",
         action="store_true",
-        help="XLA's defaults and no CPU fast paths (pdr_jax.backend, pdr_jax.nn.fast_conv): the 'before' figures",
+        help="XLA's defaults and no CPU fast paths (pdr_jax.backend, pdr_jax.nn.fast_conv, "
+        "--cpu-conv xla): the 'before' figures; only --cpu-conv reaches --restore-scaling's processes",
+    )
+    parser.add_argument(
+        "--cpu-conv",
+        choices=onednn.MODES,
+        default=None,
+        help="convolutions on CPU (sets PDR_CPU_CONV, see pdr_jax.nn.onednn): auto (the default: "
+        "f32 in a single-device process), f32 oneDNN, bf16 oneDNN (bfloat16 operands, float32 "
+        "accumulation) or xla",
     )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.plain:
+        args.cpu_conv = "xla"
+    if args.cpu_conv:
+        os.environ["PDR_CPU_CONV"] = args.cpu_conv  # read at trace time; inherited by subprocesses
     if args.plain:
         fast_conv.on_cpu = lambda: False
         backend.compiler_options = lambda: None

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdr_jax.nn import fast_conv
+from pdr_jax.nn import fast_conv, onednn
 
 Dtype = Any
 
@@ -163,6 +163,10 @@ class Conv2d(nn.Module):
 
 
 def _conv(x, w, padding: int):
+    cpu_mode = onednn.mode()
+    # XLA:CPU's convolutions are slower than oneDNN's (onednn.py), but for one output channel.
+    if cpu_mode != "xla" and w.shape[-1] > 1:
+        return onednn.conv2d(x, w, padding, bf16=cpu_mode == "bf16")
     return jax.lax.conv_general_dilated(
         x,
         w,

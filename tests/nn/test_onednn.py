@@ -1,0 +1,122 @@
+"""oneDNN convolutions (pdr_jax.nn.onednn) against lax.conv_general_dilated: values, gradients.
+
+The whole-network check against PyTorch EDM with oneDNN convolutions is in tests/test_precond.py
+(`cpu_conv` parametrisation).
+"""
+
+import platform
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pdr_jax.nn import onednn
+
+pytestmark = pytest.mark.skipif(
+    not onednn.available()
+    and not (platform.system() == "Linux" and platform.machine() == "x86_64"),
+    reason="oneDNN (onednn-cpu-gomp) is a dependency on Linux x86-64 only",
+)
+
+# (batch, size, in, out, kernel, padding): EDM's 3x3 and 1x1 convolutions, a fused-resample
+# padding (output larger than input), and a single input channel (the first layer of gray nets).
+SHAPES = [(2, 8, 3, 5, 3, 1), (2, 9, 4, 6, 1, 0), (1, 6, 8, 4, 3, 2), (2, 7, 1, 16, 3, 1)]
+
+
+def _lax_conv(x, w, padding):
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        (1, 1),
+        ((padding, padding),) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    )
+
+
+def _operands(shape, seed=0):
+    b, size, ci, co, k, p = shape
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((b, size, size, ci)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, ci, co)) / np.sqrt(k * k * ci), jnp.float32)
+    out = size + 2 * p - k + 1
+    dy = jnp.asarray(rng.standard_normal((b, out, out, co)), jnp.float32)
+    return x, w, dy, p
+
+
+def _value_and_grads(conv, x, w, dy):
+    y, vjp = jax.jit(lambda x, w: jax.vjp(conv, x, w))(x, w)
+    return (y, *vjp(dy))
+
+
+def test_library_is_found_and_mode_follows_the_environment(monkeypatch):
+    assert onednn.available(), "onednn-cpu-gomp is installed with pdr_jax on Linux x86-64"
+    monkeypatch.setenv("PDR_CPU_CONV", "auto")
+    assert jax.device_count() == 8  # tests/conftest.py: auto keeps XLA's convolutions here
+    assert onednn.mode() == "xla"
+    for value in ("f32", "bf16", "xla"):
+        monkeypatch.setenv("PDR_CPU_CONV", value.upper())
+        assert onednn.mode() == value
+    monkeypatch.setenv("PDR_CPU_CONV", "fp16")
+    with pytest.raises(
+        ValueError, match=r"PDR_CPU_CONV='fp16': expected one of auto, f32, bf16, xla"
+    ):
+        onednn.mode()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}s{}c{}-{}k{}p{}".format(*s))
+def test_f32_values_and_gradients_equal_lax(shape):
+    x, w, dy, p = _operands(shape)
+    got = _value_and_grads(lambda x, w: onednn.conv2d(x, w, p), x, w, dy)
+    want = _value_and_grads(lambda x, w: _lax_conv(x, w, p), x, w, dy)
+    for name, a, b in zip(("y", "dx", "dw"), got, want):
+        assert a.shape == b.shape and a.dtype == jnp.float32, name
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(a, b, atol=2e-6 * scale, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: "b{}s{}c{}-{}k{}p{}".format(*s))
+def test_bf16_is_float32_arithmetic_on_bfloat16_rounded_operands(shape):
+    """bf16 mode = lax in float32 on bf16-rounded x, w (and dy for the gradients): tight.
+
+    Against unrounded float32 it is off by ~bf16's 2^-9 relative rounding, which shows the
+    rounding really happens.
+    """
+    x, w, dy, p = _operands(shape, seed=1)
+    r = lambda v: v.astype(jnp.bfloat16).astype(jnp.float32)
+    got = _value_and_grads(lambda x, w: onednn.conv2d(x, w, p, bf16=True), x, w, dy)
+    rounded = _value_and_grads(lambda x, w: _lax_conv(x, w, p), r(x), r(w), r(dy))
+    exact = _value_and_grads(lambda x, w: _lax_conv(x, w, p), x, w, dy)
+    for name, a, b, c in zip(("y", "dx", "dw"), got, rounded, exact):
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(a, b, atol=2e-6 * scale, rtol=0, err_msg=name)
+        assert 1e-4 * scale < float(jnp.max(jnp.abs(a - c))) < 1e-2 * scale, name
+
+
+def test_bfloat16_activations_stay_bfloat16(monkeypatch):
+    """A bfloat16 network: y and dx in bfloat16 straight from oneDNN, dw in w's float32."""
+    x, w, dy, p = _operands(SHAPES[0], seed=2)
+    xb, dyb = x.astype(jnp.bfloat16), dy.astype(jnp.bfloat16)
+    y, dx, dw = _value_and_grads(lambda x, w: onednn.conv2d(x, w, p), xb, w, dyb)
+    assert (y.dtype, dx.dtype, dw.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)
+    r = lambda v: v.astype(jnp.bfloat16).astype(jnp.float32)
+    want = _value_and_grads(lambda x, w: _lax_conv(x, w, p), r(x), r(w), r(dy))
+    for name, a, b in zip(("y", "dx", "dw"), (y, dx, dw), want):
+        scale = float(jnp.max(jnp.abs(b)))  # y, dx: one bfloat16 rounding of the float32 result
+        np.testing.assert_allclose(
+            np.float32(a), b, atol=(4e-3 if name != "dw" else 2e-6) * scale, rtol=0, err_msg=name
+        )
+
+
+def test_errors_in_the_handler_reach_python(monkeypatch):
+    x, w, _, p = _operands(SHAPES[0])
+    # A failure inside the handler becomes an XLA error with the convolution named, not a crash.
+    plan = onednn._plan(onednn._key("fwd", x, w, p, jnp.float32))
+
+    def fail(frame):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(plan, "_execute", fail)
+    with pytest.raises(Exception, match=r"oneDNN convolution .*kind='fwd'.*RuntimeError: injected"):
+        jax.block_until_ready(jax.jit(lambda x, w: onednn.conv2d(x, w, p))(x, w))
