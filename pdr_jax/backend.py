@@ -7,7 +7,9 @@ XLA's own (Eigen) reductions are slow. So on CPU the hot programs (training step
 are compiled with `CPU_COMPILER_OPTIONS`: YNNPACK for reductions only, Eigen's multi-threaded
 convolutions for the rest. Measured on a 2-core AVX-512 CPU with the `bench-64` DDPM++
 (tools/bench.py): training step 2.98 s -> 2.43 s, convolution weight gradients 287 -> 197 ms
-for four 64-channel 3x3 layers. Results are the same up to float rounding (tested).
+for four 64-channel 3x3 layers. Results are the same up to float rounding (tested). (In a
+single-device CPU process the dense convolutions themselves go to oneDNN instead:
+`pdr_jax.nn.onednn`.)
 
 On GPU/TPU, or where this jaxlib does not know the option (checked once by compiling a tiny
 program), no options are passed. `jit` is a drop-in for `jax.jit` (also as a decorator with

@@ -6,8 +6,8 @@ DDPM++ training step at 64x64 for few FLOPs (tools/bench.py). EDM's resampling f
 separable, outer(f, f) / sum(f)^2, so on CPU the depthwise filter runs as two 1-D passes of
 shifted, strided slices (pad, slice, multiply, add): XLA fuses them into one elementwise loop
 each, and their gradients are the same cheap ops. (GroupNorm's CPU path is in layers.py; the
-compiler options that send the dense convolutions to multi-threaded kernels are in
-`pdr_jax.backend`.)
+dense convolutions go to oneDNN, `pdr_jax.nn.onednn`, or with XLA's convolutions to the
+multi-threaded kernels chosen by `pdr_jax.backend`'s compiler options.)
 
 On GPU/TPU nothing here is used (`on_cpu()` is False), so resampling keeps the grouped
 `lax.conv_general_dilated`. Results equal it up to float rounding (the 2-D weights are applied

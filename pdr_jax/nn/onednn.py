@@ -20,8 +20,10 @@ Modes (`PDR_CPU_CONV`, read at trace time like every CPU path of pdr_jax):
   up to float rounding (tests/nn/test_onednn.py, and the EDM fixtures in tests/test_precond.py).
 - ``bf16``: operands rounded to bfloat16, float32 accumulation and results (relative error
   ~3e-3 per convolution, as mixed-precision training on a GPU); the activations saved for the
-  gradient are bfloat16 too. Twice as fast on CPUs with AVX512-BF16; opt in for sampling and
-  training where that precision is acceptable.
+  gradient are bfloat16 too. Twice as fast on CPUs with AVX512-BF16 (or AMX); on others the
+  same numbers at float32 speed (`native_bf16`). Opt in for sampling and training where that
+  precision is acceptable. A bfloat16 network (config.model.dtype) gets bfloat16 convolutions
+  in every oneDNN mode.
 - ``xla``: XLA's own convolutions.
 Without oneDNN (not installed, not Linux x86-64) every mode is ``xla``. On GPU/TPU nothing here
 runs.
@@ -321,7 +323,7 @@ class _Plan:
     temporary, and oneDNN's scratchpad is another XLA-allocated temporary.
     """
 
-    def __init__(self, dnnl: _Dnnl, key: _Key):
+    def __init__(self, dnnl: _Dnnl, key: _Key, *, register: bool = True):
         self.key = key
         lib, check = dnnl.lib, dnnl.check
         op_dtype = _DNNL_BF16 if key.bf16 else _DNNL_F32
@@ -441,6 +443,8 @@ class _Plan:
         self.dnnl = dnnl
         self._memories_by_thread = {}
         self.target = key.target_name()
+        if not register:
+            return
         self._callback = _HANDLER(self._handle)  # kept alive as long as the plan
         jax.ffi.register_ffi_target(self.target, jax.ffi.pycapsule(self._callback), platform="cpu")
 
@@ -537,7 +541,8 @@ class _Plan:
             jax.ShapeDtypeStruct((self.scratch_bytes,), jnp.uint8),
             jax.ShapeDtypeStruct((self.reorder_bytes,), jnp.uint8),
         )
-        return jax.ffi.ffi_call(self.target, shapes)(*operands)[0]
+        # Under vmap (the tiled restore maps over images) the calls run one after another.
+        return jax.ffi.ffi_call(self.target, shapes, vmap_method="sequential")(*operands)[0]
 
 
 def _forward_hint(dnnl: _Dnnl, key: _Key, src, weights, geometry) -> _P:
@@ -569,10 +574,29 @@ def _plan(key: _Key) -> _Plan:
 
 
 def _key(kind: str, x, w, padding: int, out_dtype) -> _Key:
+    """The plan for operands x, w as oneDNN reads them (float32 or bfloat16) and a result dtype."""
     b, h, ww, ci = x.shape
     kh, kw, _, co = w.shape
-    bf16_out = kind != "bwd_weights" and out_dtype == jnp.bfloat16
-    return _Key(kind, b, h, ww, ci, co, (kh, kw), padding, x.dtype == jnp.bfloat16, bf16_out)
+    bf16 = x.dtype == jnp.bfloat16
+    bf16_out = bf16 and kind != "bwd_weights" and out_dtype == jnp.bfloat16
+    return _Key(kind, b, h, ww, ci, co, (kh, kw), padding, bf16, bf16_out)
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has oneDNN bfloat16 convolutions (AVX-512 at least; not on AVX2 only).
+
+    Where not, bfloat16 operands are widened to float32 before the call: the same numbers
+    (products of bfloat16 values are exact in float32), no speed-up.
+    """
+    dnnl = _dnnl()
+    if dnnl is None:
+        return False
+    try:
+        _Plan(dnnl, _Key("fwd", 1, 4, 4, 16, 16, (3, 3), 1, True), register=False)
+    except RuntimeError:
+        return False
+    return True
 
 
 def conv2d(x, w, padding: int, *, bf16: bool = False):
@@ -594,12 +618,16 @@ def _conv2d(x, w, padding: int, bf16: bool):
 
 
 def _operand(v, bf16: bool):
-    return v.astype(jnp.bfloat16 if bf16 else jnp.float32)
+    """v as oneDNN reads it: float32, or rounded to bfloat16 (kept so where that is native)."""
+    if not bf16:
+        return v.astype(jnp.float32)
+    v = v.astype(jnp.bfloat16)
+    return v if native_bf16() else v.astype(jnp.float32)
 
 
 def _conv2d_fwd(x, w, padding, bf16):
     xo, wo = _operand(x, bf16), _operand(w, bf16)
-    y = _plan(_key("fwd", xo, wo, padding, x.dtype))(xo, wo)
+    y = _plan(_key("fwd", xo, wo, padding, x.dtype))(xo, wo).astype(x.dtype)
     # Residuals: the operands as oneDNN reads them, and zero-size carriers of the primal dtypes.
     return y, (xo, wo, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
@@ -609,7 +637,7 @@ def _conv2d_bwd(padding, bf16, residuals, dy):
     dy = _operand(dy, bf16)
     dx = _plan(_key("bwd_data", x, w, padding, x_dtype.dtype))(dy, w)
     dw = _plan(_key("bwd_weights", x, w, padding, jnp.float32))(x, dy)
-    return dx, dw.astype(w_dtype.dtype)
+    return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

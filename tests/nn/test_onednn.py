@@ -76,13 +76,17 @@ def test_f32_values_and_gradients_equal_lax(shape):
         np.testing.assert_allclose(a, b, atol=2e-6 * scale, rtol=0, err_msg=name)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "widened"])
 @pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: "b{}s{}c{}-{}k{}p{}".format(*s))
-def test_bf16_is_float32_arithmetic_on_bfloat16_rounded_operands(shape):
+def test_bf16_is_float32_arithmetic_on_bfloat16_rounded_operands(shape, native, monkeypatch):
     """bf16 mode = lax in float32 on bf16-rounded x, w (and dy for the gradients): tight.
 
     Against unrounded float32 it is off by ~bf16's 2^-9 relative rounding, which shows the
-    rounding really happens.
+    rounding really happens. "widened" is the path of CPUs without oneDNN bf16 convolutions
+    (bf16 operands widened to float32); "native" is this CPU's (the same where it has none).
     """
+    if not native:
+        monkeypatch.setattr(onednn, "native_bf16", lambda: False)
     x, w, dy, p = _operands(shape, seed=1)
     r = lambda v: v.astype(jnp.bfloat16).astype(jnp.float32)
     got = _value_and_grads(lambda x, w: onednn.conv2d(x, w, p, bf16=True), x, w, dy)
@@ -94,8 +98,11 @@ def test_bf16_is_float32_arithmetic_on_bfloat16_rounded_operands(shape):
         assert 1e-4 * scale < float(jnp.max(jnp.abs(a - c))) < 1e-2 * scale, name
 
 
-def test_bfloat16_activations_stay_bfloat16(monkeypatch):
-    """A bfloat16 network: y and dx in bfloat16 straight from oneDNN, dw in w's float32."""
+@pytest.mark.parametrize("native", [True, False], ids=["native", "widened"])
+def test_bfloat16_activations_stay_bfloat16(native, monkeypatch):
+    """A bfloat16 network: y and dx in bfloat16 (straight from oneDNN where native), dw float32."""
+    if not native:
+        monkeypatch.setattr(onednn, "native_bf16", lambda: False)
     x, w, dy, p = _operands(SHAPES[0], seed=2)
     xb, dyb = x.astype(jnp.bfloat16), dy.astype(jnp.bfloat16)
     y, dx, dw = _value_and_grads(lambda x, w: onednn.conv2d(x, w, p), xb, w, dyb)
@@ -120,3 +127,12 @@ def test_errors_in_the_handler_reach_python(monkeypatch):
     monkeypatch.setattr(plan, "_execute", fail)
     with pytest.raises(Exception, match=r"oneDNN convolution .*kind='fwd'.*RuntimeError: injected"):
         jax.block_until_ready(jax.jit(lambda x, w: onednn.conv2d(x, w, p))(x, w))
+
+
+def test_vmap_runs_the_batch_one_call_after_another():
+    """The tiled restore vmaps the network over images; each image is its own oneDNN call."""
+    x, w, _, p = _operands(SHAPES[0], seed=3)
+    stacked = jnp.stack([x, 2 * x])
+    got = jax.jit(jax.vmap(lambda x: onednn.conv2d(x, w, p)))(stacked)
+    want = jnp.stack([_lax_conv(x, w, p), _lax_conv(2 * x, w, p)])
+    np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))), rtol=0)
