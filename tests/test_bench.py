@@ -37,9 +37,12 @@ def test_tiny_json_report(capsys):
     assert len(report["environment"]["load_average_before"]) == 3
 
 
-def test_text_report_and_skip(capsys):
-    bench_tool.main([*_FAST, "--skip", "data", "restore", "heun"])
+def test_text_report_and_skip(capsys, monkeypatch):
+    """Also the oneDNN bf16 path end to end (training step, forward) via --cpu-conv."""
+    monkeypatch.setenv("PDR_CPU_CONV", "auto")  # restored after the test; main() overwrites it
+    bench_tool.main([*_FAST, "--skip", "data", "restore", "heun", "--cpu-conv", "bf16"])
     text = capsys.readouterr().out
+    assert "convolutions bf16" in text.splitlines()[0]
     assert "train" in text and "images/s" in text and "peak host memory" in text
     parts = {line.split()[0] for line in text.splitlines()[2:]}
     assert {"forward", "train"} <= parts and not parts & {"heun", "data", "restore"}
