@@ -4,7 +4,10 @@ The whole-network check against PyTorch EDM with oneDNN convolutions is in tests
 (`cpu_conv` parametrisation).
 """
 
+import os
 import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +66,15 @@ def test_library_is_found_and_mode_follows_the_environment(monkeypatch):
         ValueError, match=r"PDR_CPU_CONV='fp16': expected one of auto, f32, bf16, xla"
     ):
         onednn.mode()
+
+
+def test_auto_is_onednn_float32_in_a_single_device_process():
+    env = {**os.environ, "XLA_FLAGS": "", "PDR_CPU_CONV": "auto"}  # no forced host devices
+    code = "import jax; from pdr_jax.nn import onednn; print(jax.device_count(), onednn.mode())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "f32"], out.stderr
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}s{}c{}-{}k{}p{}".format(*s))
