@@ -188,6 +188,8 @@ class _TiledApply:
             acc, _ = jax.lax.scan(chunk, jnp.zeros(image.shape, jnp.float32), (chunks, valid))
             return acc * inv_weight
 
+        if x.shape[0] == 1:  # one image (the CLI's case): no vmap, so custom calls run unbatched
+            return denoise_image(x[0], None if cond_image is None else cond_image[0])[None]
         if cond_image is None:
             return jax.vmap(lambda image: denoise_image(image, None))(x)
         return jax.vmap(denoise_image)(x, cond_image)

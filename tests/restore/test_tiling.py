@@ -72,3 +72,14 @@ def test_no_seam_with_a_tile_local_denoiser():
         stitched[r : r + tile, c : c + tile] = t
     stitched_err = np.abs(np.asarray(tiling.unpad(jnp.asarray(stitched)[..., None], plan))[..., 0] - np.asarray(reference)[..., 0])
     assert stitched_err[border & inner].max() > 10 * max(err[border & inner].max(), 1e-6)
+
+
+def test_several_images_equal_one_at_a_time():
+    """B > 1 images go through vmap, a single image does not: both give the same result."""
+    plan = tiling.plan_tiles(40, 56, tile=16, overlap=4)
+    fn = lambda tiles, sigma: jnp.tanh(tiles * sigma) + tiles.mean(axis=(1, 2), keepdims=True)
+    denoise = jax.jit(tiling.tiled_denoiser(fn, plan, batch=4))
+    x = jnp.stack([tiling.pad(jax.random.uniform(jax.random.key(i), (40, 56, 2)), plan) for i in (1, 2)])
+    both = denoise(x, 0.5)
+    one_by_one = jnp.concatenate([denoise(x[:1], 0.5), denoise(x[1:], 0.5)])
+    np.testing.assert_allclose(both, one_by_one, atol=1e-6, rtol=0)
