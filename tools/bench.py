@@ -29,10 +29,12 @@ rounds alternate between the two (JAX, torch, JAX, torch, ...) so that both see 
 the report gives pdr_jax / torch ratios. pdr_jax never imports torch; EDM's code is only
 imported by that subprocess, from --edm-path.
 
-Programs are compiled as the project compiles them: on CPU with pdr_jax.backend's compiler
-options (convolutions on multi-threaded Eigen kernels, reductions on YNNPACK) and the CPU fast
-paths of pdr_jax.nn.fast_conv and GroupNorm; --plain turns all of them off (XLA's defaults, the
-plain lax formulation) for before/after figures. XLA_FLAGS from the environment are recorded.
+Programs are compiled as the project compiles them: on CPU the convolutions go to oneDNN
+(pdr_jax.nn.onednn; --cpu-conv picks auto, f32, bf16 or xla, as PDR_CPU_CONV does), with
+pdr_jax.backend's compiler options (XLA's convolutions on multi-threaded Eigen kernels,
+reductions on YNNPACK) and the CPU fast paths of pdr_jax.nn.fast_conv and GroupNorm; --plain
+turns all of them off (XLA's defaults, the plain lax formulation) for before/after figures.
+XLA_FLAGS from the environment and the convolution path are recorded.
 
 --restore-scaling SIZE... instead runs tools/restore.py on synthetic SIZE x SIZE measurements,
 one process per size, and reports its time and peak RSS against the image size.

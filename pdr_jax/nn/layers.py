@@ -164,7 +164,8 @@ class Conv2d(nn.Module):
 
 def _conv(x, w, padding: int):
     cpu_mode = onednn.mode()
-    # XLA:CPU's convolutions are slower than oneDNN's (onednn.py), but for one output channel.
+    # XLA:CPU's convolutions are slower than oneDNN's (onednn.py), but for one output channel
+    # (64 -> 1 at [8, 64, 64]: 1.7 ms in XLA, 3.1 in oneDNN).
     if cpu_mode != "xla" and w.shape[-1] > 1:
         return onednn.conv2d(x, w, padding, bf16=cpu_mode == "bf16")
     return jax.lax.conv_general_dilated(
