@@ -467,8 +467,13 @@ class _Plan:
                 metadata = ctypes.cast(
                     extension, ctypes.POINTER(_MetadataExtension)
                 ).contents.metadata.contents
-                metadata.api_version.major = frame.api.contents.api_version.major
-                metadata.api_version.minor = frame.api.contents.api_version.minor
+                version = frame.api.contents.api_version
+                if version.major != 0:  # the structs above are API 0.x's
+                    raise RuntimeError(
+                        f"XLA FFI API {version.major}.{version.minor} is not the 0.x this module "
+                        f"reads; set {_ENV}=xla"
+                    )
+                metadata.api_version.major, metadata.api_version.minor = 0, version.minor
                 metadata.traits = 0
                 return None
             self._execute(frame)
