@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             auto_batch_max=1024,  # batch_size="auto": largest power-of-2 batch up to this
             memory_budget_gb=60.0,  # ... whose compiled step fits this budget (per device)
             num_devices=placeholder(int),  # data-parallel over the first N local devices (unset: all)
+            # Start a new run from these weights instead of random ones: a model directory
+            # (e.g. models/pdr-gray-default, or a workdir's model/) or an EDM .pkl/.pt. "" = off.
+            init_from="",
         )
     )
 

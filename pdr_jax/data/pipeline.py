@@ -58,7 +58,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Image sources, a list of dicts: {domain, paths (files, folders, globs), calibration (dict or
     # .json/.yaml path; None = file metadata), conditioning (None = domain ranges, "calibration",
     # or {s, r, b} values/ranges), split ("columns"|"train"|"val"), channels, raw_mode, name}.
-    # Empty: the embedded scikit-image set (sources.EMBEDDED_SOURCES).
+    # Empty: the embedded scikit-image set (sources.EMBEDDED_SOURCES). {"corpus": ""} is the
+    # corpus of tools/prepare_corpus.py (train + val splits and the embedded set; expand_sources).
+    # {"domain", "simulator", "indices", "size", "seed", "split"} is a simulator (data/simulators.py).
     cfg.sources = []
     # Relative sampling weight of each domain in training batches; 0 leaves a domain out.
     # Domains with no source are dropped (with a log line). Within a domain, frames are uniform.
@@ -156,8 +158,7 @@ def build_frames(
     summary = sources_lib.DataSummary()
     domain_ranges = _domain_ranges(cfg, spec)
     frames = collections.defaultdict(list)
-    for entry in list(cfg.sources) or sources_lib.EMBEDDED_SOURCES:
-        entry = dict(entry)
+    for entry in expand_sources(cfg.sources):
         if entry["domain"] not in domain_ranges:
             raise ValueError(f"no conditioning ranges configured for domain {entry['domain']!r}")
         source = sources_lib.build_source(
@@ -174,6 +175,34 @@ def build_frames(
     if summary.skipped:
         log.warning("Data: skipped %d unreadable files", summary.num_skipped)
     return dict(frames), summary
+
+
+def expand_sources(entries) -> list[dict]:
+    """The source entries of config.data.sources with corpus references expanded.
+
+    [] -> the embedded set; {"corpus": ROOT or "", "splits": ["train", "val"], "domains": [...],
+    "embedded": True} -> the built corpus's images and simulators of those splits
+    (pdr_jax.data.corpus.source_entries; "" is the default root), plus the embedded set unless
+    "embedded" is False. Other entries pass through.
+    """
+    from pdr_jax.data import corpus
+
+    expanded = []
+    for entry in list(entries) or sources_lib.EMBEDDED_SOURCES:
+        entry = dict(entry)
+        if "corpus" not in entry:
+            expanded.append(entry)
+            continue
+        unknown = set(entry) - {"corpus", "splits", "domains", "embedded"}
+        if unknown:
+            raise ValueError(f"unknown corpus source fields {sorted(unknown)} in {entry}")
+        domains = entry.get("domains")
+        expanded += corpus.source_entries(
+            entry["corpus"] or corpus.DEFAULT_ROOT, entry.get("splits", ("train", "val")), domains
+        )
+        if entry.get("embedded", True):
+            expanded += [dict(e) for e in sources_lib.EMBEDDED_SOURCES if domains is None or e["domain"] in domains]
+    return expanded
 
 
 def _has_train_columns(frame: sources_lib.Frame, val_fraction: float) -> bool:

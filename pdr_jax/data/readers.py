@@ -350,7 +350,13 @@ def read_fits(path) -> tuple[np.ndarray, ImageMeta]:
         bit_depth = abs(int(header["BITPIX"]))
         if white is None:
             white = float(np.iinfo(array.dtype).max) * scale + offset
-    cards = {k: v for k, v in header.items() if k and k not in ("COMMENT", "HISTORY")}
+    cards = {}
+    for card in header.cards:
+        if card.keyword and card.keyword not in ("COMMENT", "HISTORY"):
+            try:
+                cards[card.keyword] = card.value
+            except Exception:  # an unparsable card (astropy's VerifyError): leave it out
+                continue
     meta = ImageMeta(
         format="fits",
         dtype=str(array.dtype),

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pdr_jax.data import readers
+from pdr_jax.data import readers, simulators
 from pdr_jax.data.transforms import ConditioningRanges
 from pdr_jax.physics.conditioning import DEFAULT_SPEC, ConditioningSpec
 
@@ -85,6 +85,9 @@ _SOURCE_KEYS = {
     "channels",
     "raw_mode",
 }
+# A simulated source: {"domain", "simulator", "indices": [start, stop], "size", "seed", "split"}
+# (pdr_jax.data.simulators), with "name" and "conditioning" as for files.
+_SIMULATOR_KEYS = {"name", "domain", "simulator", "indices", "size", "seed", "split", "conditioning"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,6 +416,8 @@ def build_source(
     Raises ValueError naming the source when none of its files is readable.
     """
     entry = dict(entry)
+    if "simulator" in entry:
+        return _build_simulated_source(entry, domain_ranges=domain_ranges, summary=summary, spec=spec)
     unknown = set(entry) - _SOURCE_KEYS
     if unknown:
         raise ValueError(f"unknown source fields {sorted(unknown)} in {entry}")
@@ -461,4 +466,21 @@ def build_source(
     summary.sources.append(
         {"name": name, "domain": domain_name, "files": num_files, "frames": len(frames)}
     )
+    return ImageFrameSource(frames, name)
+
+
+def _build_simulated_source(entry, *, domain_ranges, summary, spec) -> ImageFrameSource:
+    """The ImageFrameSource of a simulator entry (see _SIMULATOR_KEYS); nothing is rendered yet."""
+    unknown = set(entry) - _SIMULATOR_KEYS
+    if unknown:
+        raise ValueError(f"unknown simulated-source fields {sorted(unknown)} in {entry}")
+    domain_name = entry["domain"]
+    name = entry.get("name") or f"{domain_name}:{entry['simulator']}"
+    ranges = _ranges(entry.get("conditioning"), domain_ranges[domain_name], {})
+    frames = simulators.simulated_frames(
+        entry["simulator"], tuple(entry.get("indices", (0, 1000))), size=int(entry.get("size", 256)),
+        seed=int(entry.get("seed", 0)), domain=spec.domain_index(domain_name), ranges=ranges,
+        split=entry.get("split", "train"),
+    )  # fmt: skip
+    summary.sources.append({"name": name, "domain": domain_name, "files": 0, "frames": len(frames)})
     return ImageFrameSource(frames, name)

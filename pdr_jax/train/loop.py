@@ -26,6 +26,7 @@ import signal
 import time
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -381,10 +382,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         logger.info(f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})")
         if meta["stage_complete"] and not _extended(meta, stages, float(state.nimg)):
             # Saved at a stage's end: the next stage starts with fresh data.
-            meta, data_state = _stage_meta(meta["stage"] + 1, step=int(state.step), nimg=float(state.nimg)), None
+            meta, data_state = _stage_meta(meta["stage"] + 1, step=int(state.step), nimg=float(state.nimg),
+                                           init_kimg=meta.get("init_kimg", 0.0)), None  # fmt: skip
     else:
         state = jax.jit(init_fn, out_shardings=replicated)()
         logger.info(f"new run: {network_kwargs}")
+        if config.train.init_from:
+            state, meta["init_kimg"] = init_from(state, config.train.init_from)
+            state = jax.device_put(state, replicated)
+            logger.info(f"weights from {config.train.init_from} ({meta['init_kimg']:.1f} kimg before this run)")
 
     stopped = False
     try:
@@ -402,11 +408,48 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if jax.process_index() == 0:
         save_loss_plot(logger.path, os.path.join(workdir, "loss.png"))
         if not stopped:  # the EMA network as a model directory for sample/restore/evaluate tools
-            source = {"workdir": os.path.abspath(workdir), "step": int(state.step), "kimg": float(state.nimg) / 1000}
+            kimg = float(state.nimg) / 1000
+            source = {"workdir": os.path.abspath(workdir), "step": int(state.step), "kimg": kimg,
+                      "init_from": config.train.init_from or None,
+                      "kimg_total": meta.get("init_kimg", 0.0) + kimg}  # fmt: skip
             model_io.save_model(os.path.join(workdir, "model"), network_kwargs, jax.device_get(state.variables(ema=True)),
                                 source=source, overwrite=True, kind=kind)  # fmt: skip
     logger.close()
     return state
+
+
+def init_from(state: TrainState, source: str) -> tuple[TrainState, float]:
+    """`state` with parameters (and EMA, buffers) from a model directory or an EDM pickle.
+
+    source: a pdr_jax model directory (model_io.load_model; its recorded kimg_total or kimg is
+    returned so that the run's total counts on) or an EDM .pkl/.pt/.pth (convert/edm_pickle,
+    its EMA network; 0 kimg returned). The optimiser starts fresh. Raises ValueError naming the
+    source and the first mismatching parameters when its network differs from the config's.
+    """
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        _, variables = model_io.load_model(path)
+        recorded = model_io.read_network_json(path).get("source", {})
+        kimg = float(recorded.get("kimg_total") or recorded.get("kimg") or 0.0)
+    else:
+        from pdr_jax.convert.edm_pickle import load_edm_pickle
+
+        _, variables = load_edm_pickle(path)
+        kimg = 0.0
+    variables = flax.core.unfreeze(variables)
+    params = variables.pop("params")
+    want = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype.name), {"params": state.params, **state.buffers})
+    have = jax.tree_util.tree_map(lambda x: (tuple(x.shape), np.dtype(x.dtype).name), {"params": params, **variables})
+    if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(have) or want != have:
+        flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+        flat_have = dict(jax.tree_util.tree_flatten_with_path(have)[0])
+        diff = sorted(jax.tree_util.keystr(k) for k in flat_want.keys() ^ flat_have.keys())
+        diff += sorted(jax.tree_util.keystr(k) for k in flat_want.keys() & flat_have.keys() if flat_want[k] != flat_have[k])
+        raise ValueError(f"train.init_from={source}: its network does not match config.model "
+                         f"(first differences: {diff[:5]})")  # fmt: skip
+    cast = lambda tree, like: jax.tree_util.tree_map(lambda v, l: jnp.asarray(v, l.dtype), tree, like)
+    params = cast(params, state.params)
+    return state.replace(params=params, ema_params=params, buffers=cast(variables, state.buffers)), kimg
 
 
 def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, mesh, batch_sharding,
@@ -491,7 +534,8 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
             _stage_restorations(net, state, config, stage, workdir, jax.device_get(val_batches[0]))
         else:
             _stage_samples(net, state, config, stage, workdir)
-    return state, _stage_meta(stage.index + 1, step=int(state.step), nimg=float(state.nimg)), False
+    next_meta = _stage_meta(stage.index + 1, step=int(state.step), nimg=float(state.nimg), init_kimg=meta.get("init_kimg", 0.0))
+    return state, next_meta, False
 
 
 def _extended(meta: dict, stages: list[Stage], nimg: float) -> bool:
@@ -501,9 +545,11 @@ def _extended(meta: dict, stages: list[Stage], nimg: float) -> bool:
     return nimg < meta["stage_start_nimg"] + stages[meta["stage"]].kimg * 1000 - 0.5
 
 
-def _stage_meta(stage: int, *, step: int, nimg: float) -> dict:
-    """Checkpointed bookkeeping: where the current stage started, and whether it has ended."""
-    return {"stage": stage, "stage_start_step": step, "stage_start_nimg": nimg, "stage_complete": False, "plateaued": False}
+def _stage_meta(stage: int, *, step: int, nimg: float, init_kimg: float = 0.0) -> dict:
+    """Checkpointed bookkeeping: where the current stage started, and whether it has ended;
+    init_kimg: the kimg of train.init_from's weights (the run's total counts on from it)."""
+    return {"stage": stage, "stage_start_step": step, "stage_start_nimg": nimg, "stage_complete": False,
+            "plateaued": False, "init_kimg": init_kimg}  # fmt: skip
 
 
 def _stage_batch_size(stage, state, net, config, num_devices, replicated, batch_sharding, logger) -> int:
