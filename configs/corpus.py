@@ -32,8 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.update(ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2, log_every_kimg=1.0)
         config.checkpoint.update(every_kimg=2.0)
         config.stages = [
-            dict(resolution=32, kimg=60.0, batch_size=32, lr=1e-3, adaptive=False),
-            dict(resolution=64, kimg=20.0, batch_size=16, lr=5e-4, adaptive=False),
-            dict(resolution=128, kimg=2.0, batch_size=8, lr=2e-4, adaptive=False),
+            dict(resolution=32, kimg=24.0, batch_size=32, lr=1e-3, adaptive=False),
+            dict(resolution=64, kimg=4.0, batch_size=16, lr=5e-4, adaptive=False),
+            dict(resolution=128, kimg=0.4, batch_size=8, lr=2e-4, adaptive=False),
         ]
     return config
