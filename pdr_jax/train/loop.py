@@ -449,7 +449,9 @@ def init_from(state: TrainState, source: str) -> tuple[TrainState, float]:
                          f"(first differences: {diff[:5]})")  # fmt: skip
     cast = lambda tree, like: jax.tree_util.tree_map(lambda v, l: jnp.asarray(v, l.dtype), tree, like)
     params = cast(params, state.params)
-    return state.replace(params=params, ema_params=params, buffers=cast(variables, state.buffers)), kimg
+    # Separate buffers for params and EMA: the train step donates both.
+    ema_params = jax.tree_util.tree_map(jnp.copy, params)
+    return state.replace(params=params, ema_params=ema_params, buffers=cast(variables, state.buffers)), kimg
 
 
 def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, mesh, batch_sharding,
