@@ -224,3 +224,72 @@ def test_evaluate_tool_end_to_end(tmp_path, capsys):
     worse = ["--out", str(tmp_path / "worse"), "--compare-to", str(tmp_path / "earlier.csv")]
     assert evaluate_tool.main(common + worse) == 1
     assert (tmp_path / "worse" / "regression.md").read_text().count("- FAIL noisy/") == 2
+
+
+def _tiny_corpus(root):
+    """A corpus of 6 small astronomy renditions and simulated microscopy (no apt: a fake package)."""
+    from pdr_jax.data import corpus
+
+    tree = root / "pkg" / "usr/share/sky"
+    tree.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = np.clip(rng.gamma(2.0, 30 + 10 * i, (48, 48)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(tree / f"field{i}.png")
+    packages = {"pkg": (corpus.Selection("astronomy", "usr/share/sky/*.png", kind="render"),)}
+    simulated = (("fluorescence", "microscopy", {"train": 2, "val": 2, "test": 2}),)
+    return corpus.build(root / "corpus", packages=packages, fetch=lambda name, _: root / name,
+                        simulated=simulated)  # fmt: skip
+
+
+def test_corpus_benchmark_protocol_and_gaussian_diagnostic(tmp_path, capsys):
+    """--clean corpus:val@ROOT: the val split's crops (real astronomy, simulated microscopy,
+    embedded held-out columns), s = 2..250, r = 0.5 and 3 averaged, astronomy sky 0.05 s; and
+    the prior diagnostic table."""
+    manifest = _tiny_corpus(tmp_path)
+    val_files = {r["file"].split("/")[-1] for r in manifest["images"] if r["split"] == "val"}
+    images = benchmark.load_clean_images(f"corpus:val@{tmp_path / 'corpus'}", crop=32, per_domain=3)
+    names = [i.name for i in images]
+    assert {i.domain for i in images} == {"photography", "microscopy", "astronomy"}
+    astronomy = [n for n in names if n.startswith("astronomy/")]
+    assert astronomy and all(any(f in n for f in val_files) or "hubble" in n for n in astronomy)
+    assert not any(r["file"].split("/")[-1] in n for n in names for r in manifest["images"] if r["split"] != "val")
+    with pytest.raises(ValueError, match="corpus:val or corpus:test"):
+        benchmark.load_clean_images(f"corpus:train@{tmp_path / 'corpus'}", crop=32)
+
+    cases = benchmark.make_cases(images[:2] + images[-2:], benchmark.CORPUS_SCALES, read_noise=benchmark.CORPUS_READ_NOISES,
+                                 sky_fraction=benchmark.CORPUS_SKY_FRACTION)  # fmt: skip
+    assert len(cases) == 4 * 4 * 2
+    for case in cases:
+        assert case.b == (0.05 * case.s if case.image.domain == "astronomy" else 0.0)
+    assert {c.r for c in cases} == {0.5, 3.0}
+
+    model = _make_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["--clean", f"corpus:val@{tmp_path / 'corpus'}", "--crop", "16", "--num-images", "1",
+            "--methods", "noisy", "--gaussian-denoising", "--checkpoint", str(model), "--out", str(out)]  # fmt: skip
+    assert evaluate_tool.main(argv) == 0
+    rows = report.read_csv(out / "results.csv")
+    assert sorted({r["scale"] for r in rows}) == [2.0, 10.0, 50.0, 250.0]
+    assert sorted({r["read_noise"] for r in rows}) == [0.5, 3.0]
+    summary = report.read_csv(out / "summary.csv")
+    assert {r["read_noise"] for r in summary} == {1.75}  # both read noises in each cell
+    diagnostic_rows = report.read_csv(out / "gaussian_denoising.csv")
+    assert len(diagnostic_rows) == 3 * 4
+    for row in diagnostic_rows:
+        # The noisy input's PSNR is -20 log10(sigma), a little more where clipping to [0, 1]
+        # shortens the errors of dark or bright pixels.
+        closed_form = -20 * np.log10(row["sigma"])
+        assert closed_form - 0.3 < row["noisy"] < closed_form + 3, row
+        assert np.isfinite(row["prior"]) and np.isfinite(row["bm3d"])
+    assert "prior - BM3D" in (out / "table.md").read_text()
+    assert "0.5, 3 e- (averaged)" in capsys.readouterr().out
+
+
+def test_gaussian_diagnostic_noise_is_the_stated_sigma():
+    from pdr_jax.evaluation import diagnostic
+
+    image = benchmark.CleanImage("x/y@0,0", "astronomy", np.full((64, 64, 1), 0.5, np.float32))
+    noisy = diagnostic.noisy_crop(image, 0.1, seed=0)
+    assert abs(float((noisy - 0.5).std()) - 0.1) < 0.005
+    np.testing.assert_array_equal(noisy, diagnostic.noisy_crop(image, 0.1, seed=0))

@@ -7,12 +7,20 @@
     python tools/evaluate.py --methods pdr --resolutions 32,64,96,128 --max-memory-mb 2000 \\
         --min-psnr 25 --out eval/resolutions
     python tools/evaluate.py --out eval/today --compare-to eval/yesterday/summary.csv
+    python tools/evaluate.py --clean corpus:val --methods pdr,gat-bm3d --out eval/val   # tuning
+    python tools/evaluate.py --clean corpus:test --gaussian-denoising --out eval/test  # report once
 
 Clean images: the embedded scikit-image set's held-out columns (the right-most 25% of every
-picture, which training never sees), or --clean PATH (files/folder/glob of --domain images,
-used whole). Each crop is measured at every --scales value s (electrons at intensity 1) with
-read noise --read-noise and background --background, y = Poisson(s x + b) + N(0, r^2), from
---seed: the benchmark is the same on every run. Methods: pdr_jax.evaluation.methods.METHODS;
+picture, which training never sees), --clean corpus:val or corpus:test (that split of
+tools/prepare_corpus.py's corpus, all three domains, plus the embedded held-out columns), or
+--clean PATH (files/folder/glob of --domain images, used whole). Each crop is measured at every
+--scales value s (electrons at intensity 1) and every --read-noise value r, with background
+--background plus --sky-fraction x s for astronomy, y = Poisson(s x + b) + N(0, r^2), from
+--seed: the benchmark is the same on every run. The corpus protocol's defaults: s = 2, 10, 50,
+250; r = 0.5, 3; astronomy sky 0.05 s; 128 px crops (else s = 1, 10, 100; r = 2; no sky).
+Tune on corpus:val only; corpus:test is for reporting, once. --gaussian-denoising adds the
+prior diagnostic (pdr_jax.evaluation.diagnostic): the prior's one-call denoiser against BM3D
+at Gaussian sigma 0.02-0.2 on the same crops. Methods: pdr_jax.evaluation.methods.METHODS;
 one that cannot run (no model, or "conditional" before issue 10) is skipped with a message.
 --ablation FIELD=V1,V2 adds "pdr[FIELD=V]" variants, one field varied at a time.
 
@@ -48,9 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--domain", default="photography", help="domain of --clean PATH images")
     data.add_argument("--crop", type=int, default=128, help="crop size (default 128)")
     data.add_argument("--num-images", type=int, default=6, help="crops per domain (default 6)")
-    data.add_argument("--scales", type=_floats, default=[1.0, 10.0, 100.0])
-    data.add_argument("--read-noise", type=float, default=2.0, help="electrons (default 2)")
+    data.add_argument("--scales", type=_floats, help="photon levels (default 1,10,100; corpus: 2,10,50,250)")
+    data.add_argument("--read-noise", type=_floats,
+                      help="read noise(s), electrons (default 2; corpus: 0.5,3)")  # fmt: skip
     data.add_argument("--background", type=float, default=0.0, help="electrons (default 0)")
+    data.add_argument("--sky-fraction", type=float,
+                      help="astronomy sky b += f * s (default 0; corpus: 0.05)")  # fmt: skip
+    data.add_argument("--gaussian-denoising", action="store_true",
+                      help="also the prior's one-call denoiser vs BM3D at Gaussian sigma 0.02-0.2")  # fmt: skip
     data.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("methods")
     run.add_argument("--methods", default="pdr,conditional,gat-bm3d,nlm,noisy",
@@ -78,7 +91,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     reg.add_argument("--compare-to", help="an earlier results.csv or summary.csv")
     reg.add_argument("--regression-margin", type=float, default=report.DEFAULT_MARGIN)
     parser.add_argument("--out", required=True, help="output directory")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    corpus_run = args.clean.startswith(benchmark.CORPUS + ":")
+    if args.scales is None:
+        args.scales = list(benchmark.CORPUS_SCALES) if corpus_run else [1.0, 10.0, 100.0]
+    if args.read_noise is None:
+        args.read_noise = list(benchmark.CORPUS_READ_NOISES) if corpus_run else [2.0]
+    if args.sky_fraction is None:
+        args.sky_fraction = benchmark.CORPUS_SKY_FRACTION["astronomy"] if corpus_run else 0.0
+    return args
 
 
 def _examples(cases, run) -> dict:
@@ -118,6 +139,22 @@ def _run_resolutions(args, cases, options: methods.MethodOptions, out: pathlib.P
     print(f"recommended resolution: {choice[1]}")
 
 
+def _run_gaussian_denoising(args, images, options: methods.MethodOptions, out: pathlib.Path) -> None:
+    """gaussian_denoising.csv and a section of table.md: the prior's D vs BM3D at sigma."""
+    from pdr_jax.evaluation import diagnostic
+
+    try:
+        net, variables = methods.load_checkpoint(methods.checkpoint_dir(options))
+    except methods.MethodUnavailable as e:
+        print(f"SKIPPED gaussian denoising: {e}")
+        return
+    rows = diagnostic.gaussian_denoising(images, net, variables, seed=args.seed)
+    report.write_csv(rows, out / "gaussian_denoising.csv", diagnostic.FIELDS)
+    title = f"Prior diagnostic on {args.clean} crops of {args.crop} px: PSNR (dB) at Gaussian sigma"
+    with open(out / "table.md", "a") as f:
+        f.write("\n" + diagnostic.markdown(rows, title=title))
+
+
 def _check_regression(args, summary, out: pathlib.Path) -> int:
     """regression.md against --compare-to; 1 when a cell dropped by more than the margin."""
     failures, notes = report.compare_to(
@@ -154,9 +191,10 @@ def main(argv=None) -> int:
     )
     cases = benchmark.make_cases(
         images, args.scales, read_noise=args.read_noise, background=args.background,
-        seed=args.seed,
+        sky_fraction={"astronomy": args.sky_fraction}, seed=args.seed,
     )  # fmt: skip
-    print(f"benchmark: {len(images)} crops of {args.crop} px x {len(args.scales)} scales")
+    print(f"benchmark: {len(images)} crops of {args.crop} px x {len(args.scales)} scales "
+          f"x {len(args.read_noise)} read noises")  # fmt: skip
     (out / "settings.json").write_text(json.dumps(
         {"argv": sys.argv[1:] if argv is None else list(argv), **vars(args),
          "pdr": dataclasses.asdict(settings), "images": [i.name for i in images]}, indent=1,
@@ -170,11 +208,14 @@ def main(argv=None) -> int:
         for name, seconds in run.compile_seconds.items():
             print(f"{name}: {seconds:.1f} s of first-call overhead (compilation) not counted")
         source = "embedded held-out" if args.clean == benchmark.EMBEDDED else args.clean
-        title = (f"{source} crops of {args.crop} px, r = {args.read_noise:g} e-, "
-                 f"b = {args.background:g} e-")  # fmt: skip
+        sky = f" + {args.sky_fraction:g} s (astronomy)" if args.sky_fraction else ""
+        title = (f"{source} crops of {args.crop} px, r = {', '.join(f'{r:g}' for r in args.read_noise)} e-"
+                 f"{' (averaged)' if len(args.read_noise) > 1 else ''}, b = {args.background:g} e-{sky}")  # fmt: skip
         summary = report.write_outputs(out, run.rows, title=title, examples=_examples(cases, run))
         if args.resolutions:
             _run_resolutions(args, cases, options, out)
+        if args.gaussian_denoising:
+            _run_gaussian_denoising(args, images, options, out)
     print((out / "table.md").read_text())
     return _check_regression(args, summary, out) if args.compare_to else 0
 

@@ -454,7 +454,7 @@ def build(
                 "package_version": package_version(tree), "path": rel, "sha256": sha,
                 "licence": licence_of(tree, package, rel), "height": int(x.shape[0]),
                 "width": int(x.shape[1]), "pixels": int(x.size), "processing": info,
-                "file": str(out.relative_to(root)),
+                "file": str(out.relative_to(root)), "sky_centre": centre,
             }  # fmt: skip
         thumb = thumbnail(x)
         aspect = x.shape[1] / x.shape[0]
@@ -465,6 +465,9 @@ def build(
         thumbs.append((record, thumb, aspect))
         records.append(record)
     assign_splits(records, seed)
+    leaked = reserved_images({"images": records})
+    if leaked:  # cannot happen (checked per file above); a guard for edits to the tables
+        raise RuntimeError(f"reserved images in the corpus: {leaked}")
     manifest = {
         "version": MANIFEST_VERSION, "seed": seed, "fractions": FRACTIONS, "images": records,
         "skipped": skipped, "simulators": _simulator_entries(simulated, seed),
@@ -475,6 +478,14 @@ def build(
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(root / "manifest.json")  # a crash mid-write keeps the previous manifest
     return manifest
+
+
+def reserved_images(manifest: dict[str, Any]) -> list[str]:
+    """Ids of manifest images that are reserved for evaluation (by name or sky position)."""
+    return [
+        r["id"] for r in manifest["images"]
+        if reserved_reason(r["path"], tuple(r["sky_centre"]) if r.get("sky_centre") else None)
+    ]  # fmt: skip
 
 
 def _simulator_entries(simulated, seed: int) -> list[dict[str, Any]]:
@@ -572,6 +583,6 @@ def summary_markdown(manifest: dict[str, Any]) -> str:
 
 __all__ = [
     "DEFAULT_ROOT", "PACKAGES", "RESERVED_NAMES", "RESERVED_REGIONS", "Selection", "build",
-    "fetch_package", "licence_of", "load", "noise_level", "process", "reserved_reason",
+    "fetch_package", "licence_of", "load", "noise_level", "process", "reserved_images", "reserved_reason",
     "source_entries", "summarize", "summary_markdown",
 ]  # fmt: skip

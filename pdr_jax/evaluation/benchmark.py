@@ -28,6 +28,11 @@ from pdr_jax.data import pipeline, transforms
 from pdr_jax.physics import noise
 
 EMBEDDED = "embedded"
+CORPUS = "corpus"  # "corpus:val" / "corpus:test" (pdr_jax.data.corpus), optionally "corpus:test@ROOT"
+# The corpus benchmark protocol (issue 19): photon levels, read noises and the astronomy sky.
+CORPUS_SCALES = (2.0, 10.0, 50.0, 250.0)
+CORPUS_READ_NOISES = (0.5, 3.0)
+CORPUS_SKY_FRACTION = {"astronomy": 0.05}  # b = 0.05 s electrons per pixel
 # Columns of the per-image CSV rows that `score` fills in (besides the case's own fields).
 METRICS = (
     "psnr", "ssim", "ms_ssim", "chi_square", "poisson_deviance", "whiteness", "relative_bias",
@@ -77,8 +82,10 @@ def load_clean_images(
 ) -> list[CleanImage]:
     """Up to per_domain clean [crop, crop, 1] crops per domain, spread evenly over the crops.
 
-    source: "embedded" (the embedded scikit-image set; held-out columns only) or a file,
-    folder or glob of clean images of `domain`, which are used whole (split "val"). The crops
+    source: "embedded" (the embedded scikit-image set; held-out columns only), "corpus:val" or
+    "corpus:test" (that split of the built corpus: its real images whole, its simulated images,
+    and the embedded set's held-out columns; "corpus:test@/path" for another corpus root), or a
+    file, folder or glob of clean images of `domain`, which are used whole (split "val"). The crops
     are the validation grid of `transforms.val_crops` (non-overlapping; a region narrower than
     crop is mirror-padded); per_domain of them are taken at evenly spaced positions of the
     domain's list, so they come from different frames where there are several.
@@ -86,7 +93,12 @@ def load_clean_images(
     cfg = pipeline.default_config()
     if val_fraction is not None:
         cfg.val_fraction = val_fraction
-    if source != EMBEDDED:
+    if source.startswith(CORPUS + ":"):
+        split, _, root = source.removeprefix(CORPUS + ":").partition("@")
+        if split not in ("val", "test"):
+            raise ValueError(f"--clean {source}: expected corpus:val or corpus:test (train is for training)")
+        cfg.sources = [{"corpus": root, "splits": [split]}]
+    elif source != EMBEDDED:
         cfg.sources = [{"name": "clean", "domain": domain, "paths": [source], "split": "val"}]
     frames, _ = pipeline.build_frames(cfg)
     images = []
@@ -118,18 +130,25 @@ def make_cases(
     images: Sequence[CleanImage],
     scales: Sequence[float],
     *,
-    read_noise: float,
+    read_noise: float | Sequence[float],
     background: float = 0.0,
+    sky_fraction: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> list[Case]:
-    """One simulated measurement per image and scale (order: scale-major, then images)."""
+    """One simulated measurement per image, scale and read noise (order: read noise, scale,
+    images). b = background + sky_fraction[domain] * s electrons (e.g. an astronomy sky that
+    scales with the exposure, CORPUS_SKY_FRACTION)."""
     simulate = jax.jit(noise.simulate)
+    read_noises = [read_noise] if np.isscalar(read_noise) else list(read_noise)
+    sky_fraction = dict(sky_fraction or {})
     cases = []
-    for s in scales:
-        for image in images:
-            case = Case(image, float(s), float(read_noise), float(background), np.empty(0))
-            y = simulate(_case_key(seed, case.name), image.clean, case.s, case.r, case.b)
-            cases.append(dataclasses.replace(case, y=np.asarray(y, np.float32)))
+    for r in read_noises:
+        for s in scales:
+            for image in images:
+                b = float(background) + sky_fraction.get(image.domain, 0.0) * float(s)
+                case = Case(image, float(s), float(r), b, np.empty(0))
+                y = simulate(_case_key(seed, case.name), image.clean, case.s, case.r, case.b)
+                cases.append(dataclasses.replace(case, y=np.asarray(y, np.float32)))
     return cases
 
 

@@ -231,3 +231,60 @@ def test_mistyped_config_key_is_an_error(tmp_path):
     assert out.returncode != 0
     assert "lrr" in out.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def _fresh_state(config):
+    from pdr_jax.train.state import create_train_state, make_optimizer
+
+    net, _ = loop.build_network_from_config(config.model)
+    return create_train_state(net, jax.random.key(5), make_optimizer(1e-3), resolution=net.model.img_resolution)
+
+
+def test_init_from_a_model_directory_continues_its_kimg(one_device_run, tmp_path):
+    """train.init_from=<model dir>: the run starts from its EMA weights (not random ones) and
+    the saved model counts the earlier kimg on; resuming that run keeps counting."""
+    from pdr_jax import model_io
+
+    workdir, _ = one_device_run
+    model_dir = os.path.join(workdir, "model")
+    _, variables = model_io.load_model(model_dir)
+    state, kimg = loop.init_from(_fresh_state(_tiny()), model_dir)
+    assert kimg == 0.032
+    chex.assert_trees_all_equal(state.params, variables["params"])
+    chex.assert_trees_all_equal(state.ema_params, variables["params"])
+
+    config = _tiny(num_devices=1, init_from=model_dir)
+    config.stages[0]["kimg"] = 0.016  # 2 steps
+    run = str(tmp_path / "continued")
+    loop.train(config, run)
+    source = model_io.read_network_json(os.path.join(run, "model"))["source"]
+    assert source["init_from"] == model_dir and source["kimg"] == 0.016
+    assert source["kimg_total"] == pytest.approx(0.048)
+    first_loss = _records(run, "loss")[0]["loss"]
+    fresh = str(tmp_path / "fresh")
+    loop.train(_with_kimg(_tiny(num_devices=1), 0.016), fresh)
+    assert first_loss != _records(fresh, "loss")[0]["loss"]  # other weights, other first loss
+    config.stages[0]["kimg"] = 0.032  # a longer stage: the stopped run resumes, not re-inits
+    loop.train(config, run)
+    source = model_io.read_network_json(os.path.join(run, "model"))["source"]
+    assert source["kimg"] == 0.032 and source["kimg_total"] == pytest.approx(0.064)
+
+
+def _with_kimg(config, kimg):
+    config.stages[0]["kimg"] = kimg
+    return config
+
+
+def test_init_from_an_edm_pickle_and_a_mismatch():
+    """The EDM fixture (DDPM++ gray 64 px, 6-D labels): its weights become the run's start."""
+    from pdr_jax.convert.edm_pickle import load_edm_pickle
+
+    pickle = os.path.join(ROOT, "tests", "fixtures", "edm", "ddpmpp_cond6_gray64.pkl")
+    config = _tiny()
+    config.model.update(img_resolution=64, model_channels=32, channel_mult=(1, 2, 2), attn_resolutions=(16,))
+    state, kimg = loop.init_from(_fresh_state(config), pickle)
+    _, variables = load_edm_pickle(pickle)
+    assert kimg == 0.0
+    chex.assert_trees_all_equal(state.params, variables["params"])
+    with pytest.raises(ValueError, match="does not match config.model"):
+        loop.init_from(_fresh_state(_tiny()), pickle)
