@@ -100,7 +100,7 @@ def _per_channel(denoise, image):
     raise ValueError(f"expected an image [H, W] or [H, W, C], got shape {image.shape}")
 
 
-def _stabilised(denoise_unit, y, s: float, r: float, b: float):
+def stabilised(denoise_unit, y, s: float, r: float, b: float):
     """GAT -> denoise_unit(image in [0, 1], noise std) -> unbiased inverse -> x in [0, 1].
 
     The stabilised image (noise std 1) is rescaled to [0, 1] before denoising, with the noise
@@ -109,11 +109,11 @@ def _stabilised(denoise_unit, y, s: float, r: float, b: float):
     """
 
     def denoise(channel):
-        stabilised = gat_forward(channel, r)
-        lo, hi = float(stabilised.min()), float(stabilised.max())
+        z = gat_forward(channel, r)
+        lo, hi = float(z.min()), float(z.max())
         if hi - lo < 1e-12:  # a constant image: nothing to denoise
-            return stabilised
-        denoised = denoise_unit((stabilised - lo) / (hi - lo), 1.0 / (hi - lo))
+            return z
+        denoised = denoise_unit((z - lo) / (hi - lo), 1.0 / (hi - lo))
         return np.asarray(denoised, np.float64) * (hi - lo) + lo
 
     y = np.asarray(y, np.float64)
@@ -131,7 +131,7 @@ def gat_bm3d(y, s: float, r: float, b: float = 0.0):
     """
     import bm3d
 
-    return _stabilised(lambda image, sigma: bm3d.bm3d(image, sigma_psd=sigma), y, s, r, b)
+    return stabilised(lambda image, sigma: bm3d.bm3d(image, sigma_psd=sigma), y, s, r, b)
 
 
 def gat_nlm(y, s: float, r: float, b: float = 0.0, *, patch_size: int = 5,
@@ -150,4 +150,4 @@ def gat_nlm(y, s: float, r: float, b: float = 0.0, *, patch_size: int = 5,
             sigma=sigma, fast_mode=True, preserve_range=True,
         )  # fmt: skip
 
-    return _stabilised(nlm, y, s, r, b)
+    return stabilised(nlm, y, s, r, b)

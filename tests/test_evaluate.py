@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -293,3 +294,23 @@ def test_gaussian_diagnostic_noise_is_the_stated_sigma():
     noisy = diagnostic.noisy_crop(image, 0.1, seed=0)
     assert abs(float((noisy - 0.5).std()) - 0.1) < 0.005
     np.testing.assert_array_equal(noisy, diagnostic.noisy_crop(image, 0.1, seed=0))
+
+
+def test_gaussian_diagnostic_calls_the_denoiser_in_model_space():
+    """An exact denoiser of model-space data (a constant image 2 * 0.3 - 1 = -0.4 with
+    sigma 2 * 0.1) must give back the clean image: the [0, 1] <-> model-space mapping."""
+    from pdr_jax.evaluation import diagnostic
+
+    class Exact:
+        class model:
+            label_dim = 0
+
+        @staticmethod
+        def apply(variables, x, sigma, labels):
+            # The posterior mean of a point prior at -0.4 is -0.4 whatever x; a sigma other
+            # than the model-space 0.2 moves the output off it.
+            return jnp.full_like(x, -0.4) + 100 * (sigma[:, None, None, None] - 0.2)
+
+    image = benchmark.CleanImage("photography/a@0,0", "photography", np.full((16, 16, 1), 0.3, np.float32))
+    (row,) = diagnostic.gaussian_denoising([image], Exact, {}, sigmas=(0.1,), with_bm3d=False)
+    assert row["prior"] > 80  # exact: PSNR limited only by float rounding

@@ -1,8 +1,9 @@
 """Prior diagnostic: the prior's one-call denoiser against BM3D at the same Gaussian noise.
 
     x_noisy = x + sigma n,  n ~ N(0, 1)  (x in [0, 1], the benchmark's clean crops)
-    prior:  D(x_noisy; sigma, c)   one network call, c the crop's domain at the matched photon
-            level s = 1 / sigma^2 (r = b = 0), as restoration would condition it
+    prior:  D(x_noisy; sigma, c)   one network call in model space (2 x - 1, where the noise
+            std is 2 sigma), c the crop's domain at the matched photon level s = 1 / sigma^2
+            (r = b = 0), as restoration would condition it
     bm3d:   BM3D(x_noisy, sigma_psd = sigma)
 
 A prior whose D loses to BM3D here cannot win the restoration either, however good the
@@ -40,7 +41,8 @@ def gaussian_denoising(
     """Mean PSNR per (domain, sigma) of the prior's D, BM3D and the noisy input: rows of FIELDS."""
     import bm3d
 
-    apply = jax.jit(lambda x, sigma, labels: net.apply(variables, x, sigma, labels))
+    # Model space is 2 x - 1: the noise std there is 2 sigma.
+    apply = jax.jit(lambda x, sigma, labels: (net.apply(variables, 2 * x - 1, 2 * sigma, labels) + 1) / 2)
     rows = []
     for domain in dict.fromkeys(image.domain for image in images):
         crops = [image for image in images if image.domain == domain]

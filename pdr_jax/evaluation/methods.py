@@ -2,6 +2,8 @@
 
     "pdr"          likelihood-guided EDM restoration (pdr_jax.restore.restore_image)
     "conditional"  the concat-conditioned restoration model (pdr_jax.conditional), DDIM
+    "pdr-vst"      one call of the prior: GAT, the prior's denoiser at the stabilised noise
+                   level, the unbiased inverse (GAT+BM3D with the prior in BM3D's place)
     "gat-bm3d"     generalized Anscombe + BM3D + closed-form unbiased inverse (pdr_jax.baselines)
     "nlm"          generalized Anscombe + non-local means + the same inverse
     "noisy"        (y - b) / s
@@ -304,6 +306,30 @@ def conditional_method(options: MethodOptions) -> Method:
     return Method(restore, jitted=True)
 
 
+def vst_prior_method(options: MethodOptions) -> Method:
+    """"pdr-vst": the one-call variance-stabilised estimate, GAT+BM3D with the prior in BM3D's
+    place: generalized Anscombe transform, the prior's denoiser D once at the stabilised
+    image's noise level (unit std there, scaled into [0, 1] as for BM3D, then into model
+    space), the closed-form unbiased inverse (pdr_jax.baselines). Conditioned on the crop's
+    domain and (s, r, b)."""
+    net, variables = load_checkpoint(checkpoint_dir(options))
+    apply = jax.jit(lambda x, sigma, labels: net.apply(variables, x, sigma, labels))
+
+    def restore(y, *, s, r, b, domain, key):
+        del key
+        labels = _labels(net, domain, s, r, b, 1, options.pdr.conditioning)
+
+        def denoise_unit(image, sigma):
+            # [0, 1] -> model space 2 u - 1, where the noise std is 2 sigma.
+            x = jnp.asarray(2 * image - 1, jnp.float32)[None, :, :, None]
+            denoised = apply(x, jnp.full((1,), 2 * sigma, jnp.float32), labels)
+            return (np.asarray(denoised[0, :, :, 0], np.float64) + 1) / 2
+
+        return np.stack([baselines.stabilised(denoise_unit, image, s, r, b) for image in np.asarray(y)])
+
+    return Method(restore, jitted=True)
+
+
 def _per_image(estimate):
     """A Method from estimate(y [H, W, C], s, r, b) -> x [H, W, C], applied image by image."""
 
@@ -317,6 +343,7 @@ def _per_image(estimate):
 METHODS = {
     "pdr": pdr_method,
     "conditional": conditional_method,
+    "pdr-vst": vst_prior_method,
     "gat-bm3d": _per_image(baselines.gat_bm3d),
     "nlm": _per_image(baselines.gat_nlm),
     "noisy": _per_image(baselines.noisy_estimate),
