@@ -19,12 +19,24 @@ from configs import base, progressive
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = progressive.get_config(arg)
+    config = progressive.get_config("tiny" if arg == "tiny" else None)
+    if arg not in (None, "", "tiny", "cpu", "sweep"):
+        raise ValueError(f"unknown preset {arg!r}: expected 'cpu', 'sweep' or 'tiny'")
     config.data.sources = [{"corpus": ""}]
     # Per-domain weights: each domain a third of every batch, whatever its image count.
     config.data.domain_weights.update(photography=1.0, microscopy=1.0, astronomy=1.0)
     config.train.update(P_mean=-1.4, P_std=1.4)
-    if arg == "cpu":
+    if arg == "sweep":
+        # Size sweep (issue 20): one long 32 px stage, stopped by time (SIGTERM saves), val
+        # loss every kimg, for --config.model.model_channels / num_blocks variants:
+        # timeout -s TERM 600 python launch/train.py --config configs/corpus.py:sweep \
+        #     --config.model.model_channels=64 --workdir ~/runs/sweep-64x1
+        base.apply_preset(config, "cpu")
+        config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
+        config.train.update(ema_halflife_kimg=2.0, val_every_kimg=1.0, val_batches=4, log_every_kimg=1.0)
+        config.checkpoint.update(every_kimg=5.0)
+        config.stages = [dict(resolution=32, kimg=1000.0, batch_size=32, lr=1e-3, adaptive=False)]
+    elif arg == "cpu":
         # The CPU-hours recipe of the shipped model (README, "The shipped model"): the network
         # of configs/base.py:cpu at 32-64 px for most of the images, a short 128 px finish.
         base.apply_preset(config, "cpu")

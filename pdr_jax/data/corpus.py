@@ -439,7 +439,7 @@ def build(
         old = previous.get(image_id)
         if old and old["sha256"] == sha and out.exists():
             x = np.load(out, mmap_mode="r").astype(np.float32) / 65535
-            record = dict(old)
+            record = dict(old, sky_centre=centre)
         else:
             try:
                 x, info = process(file, selection.kind)
