@@ -33,7 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         #     --config.model.model_channels=64 --workdir ~/runs/sweep-64x1
         base.apply_preset(config, "cpu")
         config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
-        config.train.update(ema_halflife_kimg=2.0, val_every_kimg=1.0, val_batches=4, log_every_kimg=1.0)
+        config.train.update(
+            ema_halflife_kimg=2.0, val_every_kimg=1.0, val_batches=4, log_every_kimg=1.0
+        )
         config.checkpoint.update(every_kimg=5.0)
         config.stages = [dict(resolution=32, kimg=1000.0, batch_size=32, lr=1e-3, adaptive=False)]
     elif arg == "cpu":
@@ -41,7 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # of configs/base.py:cpu at 32-64 px for most of the images, a short 128 px finish.
         base.apply_preset(config, "cpu")
         config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
-        config.train.update(ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2, log_every_kimg=1.0)
+        config.train.update(
+            ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2, log_every_kimg=1.0
+        )
         config.checkpoint.update(every_kimg=2.0)
         config.stages = [
             dict(resolution=32, kimg=24.0, batch_size=32, lr=1e-3, adaptive=False),

@@ -27,7 +27,9 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=pathlib.Path, default=corpus.DEFAULT_ROOT,
                         help=f"corpus folder (default {corpus.DEFAULT_ROOT}; $PDR_JAX_CACHE/corpus)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    parser.add_argument("--summary", action="store_true", help="print the summary of a built corpus")
+    parser.add_argument(
+        "--summary", action="store_true", help="print the summary of a built corpus"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.summary:

@@ -48,7 +48,9 @@ from pdr_jax.data import readers
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-DEFAULT_ROOT = pathlib.Path(os.environ.get("PDR_JAX_CACHE", "~/.cache/pdr_jax")).expanduser() / "corpus"
+DEFAULT_ROOT = (
+    pathlib.Path(os.environ.get("PDR_JAX_CACHE", "~/.cache/pdr_jax")).expanduser() / "corpus"
+)
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 SPLITS = tuple(FRACTIONS)
 
@@ -70,24 +72,58 @@ class Selection:
 # gradients and patterns): 13 + 2 from lomiri, the 12 of mate's nature/ folder, 12 from plasma.
 PACKAGES: dict[str, tuple[Selection, ...]] = {
     "lomiri-wallpapers-16.04": (
-        Selection("photography", "usr/share/backgrounds/*.jpg", frozenset({
-            "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
-            "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
-            "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
-            "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
-            "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
-        })),  # fmt: skip
+        Selection(
+            "photography",
+            "usr/share/backgrounds/*.jpg",
+            frozenset(
+                {
+                    "Bridge_by_Sander_Klootwijk",
+                    "Dragonfly_by_Bolly",
+                    "Picture_0B_by_freespace",
+                    "Picture_1A_by_freespace",
+                    "Wine_by_Jakkub_Mede",
+                    "aitzgorri_by_Aitzol_Berasategi",
+                    "free_by_Peter_Nerlich",
+                    "friends_by_Aitzol_Berasategi",
+                    "greentock_by_Peter_Nerlich",
+                    "life_by_Aitzol_Berasategi",
+                    "picosdeeuropa_by_Aitzol_Berasategi",
+                    "seeding_by_Clements_Engelhardt",
+                    "sunset_by_Aitzol_Berasategi",
+                }
+            ),
+        ),
     ),
     "lomiri-wallpapers-20.04": (
-        Selection("photography", "usr/share/backgrounds/*.jpg",
-                  frozenset({"Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus"})),  # fmt: skip
+        Selection(
+            "photography",
+            "usr/share/backgrounds/*.jpg",
+            frozenset({"Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus"}),
+        ),
     ),
     "mate-backgrounds": (Selection("photography", "usr/share/backgrounds/mate/nature/*.jpg"),),
     "plasma-workspace-wallpapers": (
-        Selection("photography", "usr/share/wallpapers/*/contents/images/*", frozenset({
-            "BytheWater", "ColdRipple", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
-            "Kite", "MilkyWay", "OneStandsOut", "Path", "Volna", "summer_1am",
-        }), largest_per_folder=2),  # fmt: skip
+        Selection(
+            "photography",
+            "usr/share/wallpapers/*/contents/images/*",
+            frozenset(
+                {
+                    "BytheWater",
+                    "ColdRipple",
+                    "DarkestHour",
+                    "EveningGlow",
+                    "FallenLeaf",
+                    "Grey",
+                    "Kite",
+                    "MilkyWay",
+                    "OneStandsOut",
+                    "Path",
+                    "Volna",
+                    "summer_1am",
+                }
+            ),
+            largest_per_folder=2,
+        ),
     ),
     "stellarium-data": (
         Selection("astronomy", "usr/share/stellarium/nebulae/default/*.png", kind="render"),
@@ -95,13 +131,21 @@ PACKAGES: dict[str, tuple[Selection, ...]] = {
     # One ACS/WFC exposure of 47 Tuc in electrons; input1/input3 and the reference_* files are
     # the same exposure copied or drizzled, so they are not taken (one scene, one image).
     "python-drizzle-testdata": (
-        Selection("astronomy", "usr/share/python-drizzle/test_data/j8bt06nyq_flt.fits", kind="frame"),
+        Selection(
+            "astronomy", "usr/share/python-drizzle/test_data/j8bt06nyq_flt.fits", kind="frame"
+        ),
     ),
     # Sky images only (no spectra, flats, arcs or chopped IR cubes): a raw CCD frame, an ISAAC
     # IR frame, two DSS plates and an XMM-Newton EPIC photon-count image.
     "eso-midas-testdata": tuple(
         Selection("astronomy", f"usr/lib/eso-midas/*/test/prim/{name}", kind="frame")
-        for name in ("ccd.fits", "ISAAC.*.fits", "dss_test1.fits", "dss_test2.fits", "image_M12c.fits")
+        for name in (
+            "ccd.fits",
+            "ISAAC.*.fits",
+            "dss_test1.fits",
+            "dss_test2.fits",
+            "image_M12c.fits",
+        )
     ),
 }
 
@@ -118,7 +162,10 @@ _SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 # sky images by position. Fornax cluster: centre (RA 54.62, Dec -35.45) deg, radius 6 deg
 # (about its virial radius at 20 Mpc), which includes NGC 1316 / Fornax A at 3.7 deg.
 RESERVED_NAMES = ("moon", "luna", "m13", "n6205", "ngc6205", "n1316", "ngc1316", "fornax")
-RESERVED_REGIONS = (("M13", 250.423, 36.461, 1.0), ("Fornax cluster / NGC 1316", 54.62, -35.45, 6.0))
+RESERVED_REGIONS = (
+    ("M13", 250.423, 36.461, 1.0),
+    ("Fornax cluster / NGC 1316", 54.62, -35.45, 6.0),
+)
 
 
 def reserved_reason(path: str, centre: tuple[float, float] | None = None) -> str | None:
@@ -141,7 +188,9 @@ def reserved_reason(path: str, centre: tuple[float, float] | None = None) -> str
 # Fetching.
 
 
-def fetch_package(name: str, packages_dir: pathlib.Path, *, run: Callable = subprocess.run) -> pathlib.Path:
+def fetch_package(
+    name: str, packages_dir: pathlib.Path, *, run: Callable = subprocess.run
+) -> pathlib.Path:
     """Download a Debian package and unpack it under packages_dir/name (once); its tree.
 
     Uses ``apt-get download`` (no installation) and ``dpkg -x``. Raises FileNotFoundError
@@ -157,7 +206,9 @@ def fetch_package(name: str, packages_dir: pathlib.Path, *, run: Callable = subp
         result = run(["apt-get", "download", name], cwd=debs, capture_output=True, text=True)
         found = sorted(debs.glob(f"{name}_*.deb"))
         if result.returncode or not found:
-            raise FileNotFoundError(f"package {name}: apt-get download failed: {result.stderr.strip()[-300:]}")
+            raise FileNotFoundError(
+                f"package {name}: apt-get download failed: {result.stderr.strip()[-300:]}"
+            )
     tree.mkdir(parents=True, exist_ok=True)
     result = run(["dpkg", "-x", str(found[-1]), str(tree)], capture_output=True, text=True)
     if result.returncode:
@@ -184,13 +235,15 @@ def licence_of(tree: pathlib.Path, package: str, path: str) -> str:
         return "unknown"
     licence = "unknown"
     for stanza in re.split(r"\n\s*\n", copyright_file.read_text(errors="replace")):
-        files = re.search(r"^Files:(.*(?:\n[ \t].*)*)", stanza, re.M)
-        name = re.search(r"^License:[ \t]*(\S.*)$", stanza, re.M)
+        files = re.search(r"^Files:(.*(?:\n[ \t].*)*)", stanza, re.MULTILINE)
+        name = re.search(r"^License:[ \t]*(\S.*)$", stanza, re.MULTILINE)
         if not (files and name):
             continue
         for pattern in files.group(1).split():
-            if pattern == "*" or fnmatch.fnmatch(path, "*" + pattern) or (
-                os.path.basename(pattern) == os.path.basename(path)
+            if (
+                pattern == "*"
+                or fnmatch.fnmatch(path, "*" + pattern)
+                or (os.path.basename(pattern) == os.path.basename(path))
             ):
                 licence = name.group(1).strip()
     return licence
@@ -204,6 +257,7 @@ def _candidates(tree: pathlib.Path, selection: Selection) -> list[pathlib.Path]:
     files = [pathlib.Path(p) for p in sorted(glob.glob(str(tree / selection.pattern)))]
     files = [f for f in files if f.is_file() and not f.is_symlink()]
     if selection.largest_per_folder:
+
         def folder(f):
             return f.parents[selection.largest_per_folder].name
 
@@ -355,7 +409,7 @@ def _sky_centres(tree: pathlib.Path) -> dict[str, tuple[float, float]]:
         # Not strict JSON (numbers such as -.97): read each tile's image and corners by pattern.
         for block in textures.read_text(errors="replace").split("imageCredits")[1:]:
             url = re.search(r'"imageUrl"\s*:\s*"([^"]+)"', block)
-            coords = re.search(r'"worldCoords"\s*:\s*\[\[(.*?)\]\]', block, re.S)
+            coords = re.search(r'"worldCoords"\s*:\s*\[\[(.*?)\]\]', block, re.DOTALL)
             if not (url and coords):
                 continue
             values = [float(v) for v in re.findall(number, coords.group(1))]
@@ -364,7 +418,9 @@ def _sky_centres(tree: pathlib.Path) -> dict[str, tuple[float, float]]:
             if len(corners):
                 # mean of unit vectors: robust at RA = 0/360
                 ra, dec = np.radians(corners[:, 0]), np.radians(corners[:, 1])
-                v = np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]).mean(1)
+                v = np.stack(
+                    [np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]
+                ).mean(1)
                 centres[tile["imageUrl"]] = (
                     float(np.degrees(np.arctan2(v[1], v[0])) % 360),
                     float(np.degrees(np.arcsin(v[2] / np.linalg.norm(v)))),
@@ -381,7 +437,9 @@ def _load_manifest(root: pathlib.Path) -> dict[str, Any] | None:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}); delete it to rebuild the corpus") from e
     if manifest.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: manifest version {manifest.get('version')}, expected {MANIFEST_VERSION}")
+        raise ValueError(
+            f"{path}: manifest version {manifest.get('version')}, expected {MANIFEST_VERSION}"
+        )
     return manifest
 
 
@@ -439,11 +497,11 @@ def build(
         old = previous.get(image_id)
         if old and old["sha256"] == sha and out.exists():
             x = np.load(out, mmap_mode="r").astype(np.float32) / 65535
-            record = dict(old, sky_centre=centre)
+            record = dict(old, sky_centre=None if centre is None else list(centre))
         else:
             try:
                 x, info = process(file, selection.kind)
-            except Exception as e:  # corrupt files raise many types; each is named and skipped
+            except Exception as e:  # noqa: BLE001 (corrupt files raise many types; each is named and skipped)
                 skip(package, rel, str(e).removeprefix(f"{file}: ") if isinstance(
                     e, readers.UnreadableImageError) else f"{type(e).__name__}: {e}")  # fmt: skip
                 continue
@@ -454,13 +512,17 @@ def build(
                 "package_version": package_version(tree), "path": rel, "sha256": sha,
                 "licence": licence_of(tree, package, rel), "height": int(x.shape[0]),
                 "width": int(x.shape[1]), "pixels": int(x.size), "processing": info,
-                "file": str(out.relative_to(root)), "sky_centre": centre,
+                "file": str(out.relative_to(root)), "sky_centre": None if centre is None else list(centre),
             }  # fmt: skip
         thumb = thumbnail(x)
         aspect = x.shape[1] / x.shape[0]
         twin = next((r for r, t, a in thumbs if abs(a / aspect - 1) < 0.1 and near_duplicate(t, thumb)), None)  # fmt: skip
         if twin is not None:
-            skip(package, rel, f"near duplicate of {twin['id']} (thumbnail and detail correlation > {NEAR_DUPLICATE_CORRELATION})")
+            skip(
+                package,
+                rel,
+                f"near duplicate of {twin['id']} (thumbnail and detail correlation > {NEAR_DUPLICATE_CORRELATION})",
+            )
             continue
         thumbs.append((record, thumb, aspect))
         records.append(record)
@@ -530,7 +592,8 @@ def load(root: pathlib.Path | str = DEFAULT_ROOT) -> dict[str, Any]:
 
 
 def source_entries(
-    root: pathlib.Path | str = DEFAULT_ROOT, splits: Iterable[str] = ("train", "val"),
+    root: pathlib.Path | str = DEFAULT_ROOT,
+    splits: Iterable[str] = ("train", "val"),
     domains: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Data-pipeline source entries (pipeline.default_config().sources) for the given splits.
@@ -567,7 +630,10 @@ def source_entries(
 
 def summary_markdown(manifest: dict[str, Any]) -> str:
     """The per-domain, per-split table of a manifest (README, closing notes)."""
-    lines = ["| domain | split | real images | simulated | megapixels | licences |", "|---|---|---:|---:|---:|---|"]
+    lines = [
+        "| domain | split | real images | simulated | megapixels | licences |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     summary = manifest.get("summary") or summarize(manifest)
     for domain in sorted(k for k in summary if k != "skipped"):
         for split in SPLITS:
@@ -576,8 +642,12 @@ def summary_markdown(manifest: dict[str, Any]) -> str:
                 continue
             simulated = sum(v for k, v in cell.items() if k.startswith("simulated_"))
             licences = ", ".join(f"{k} ({v})" for k, v in sorted(cell["licences"].items()))
-            lines.append(f"| {domain} | {split} | {cell['images']} | {simulated} | {cell['megapixels']:.1f} | {licences or '-'} |")
-    lines.append(f"\nskipped: {summary['skipped']} files (reserved, duplicate, unreadable or posterised)")
+            lines.append(
+                f"| {domain} | {split} | {cell['images']} | {simulated} | {cell['megapixels']:.1f} | {licences or '-'} |"
+            )
+    lines.append(
+        f"\nskipped: {summary['skipped']} files (reserved, duplicate, unreadable or posterised)"
+    )
     return "\n".join(lines)
 
 

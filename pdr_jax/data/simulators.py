@@ -42,7 +42,9 @@ def _noise_field(rng: np.random.Generator, size: int, scales) -> np.ndarray:
     """Sum of Gaussian-blurred white noise at the given scales (px), each normalised to std 1."""
     field = np.zeros((size, size), np.float32)
     for scale in scales:
-        layer = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), scale, mode="wrap")
+        layer = ndimage.gaussian_filter(
+            rng.standard_normal((size, size)).astype(np.float32), scale, mode="wrap"
+        )
         field += layer / (layer.std() + 1e-8)
     return field / np.sqrt(len(scales))
 
@@ -61,7 +63,9 @@ def _clustered_centres(rng, size: int, count: int) -> np.ndarray:
     centres = rng.uniform(0, size, (num_clusters, 2))
     spread = rng.uniform(0.05, 0.35, num_clusters) * size
     which = rng.integers(0, num_clusters, count)
-    return np.clip(centres[which] + rng.standard_normal((count, 2)) * spread[which, None], 0, size - 1)
+    return np.clip(
+        centres[which] + rng.standard_normal((count, 2)) * spread[which, None], 0, size - 1
+    )
 
 
 def fluorescence(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -101,7 +105,9 @@ def brightfield(rng: np.random.Generator, size: int) -> np.ndarray:
         (tissue_field > np.quantile(tissue_field, 1 - cover)).astype(np.float32), 2.0
     )
     angle = rng.uniform(0, np.pi)
-    fibres = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), (6.0, 0.8))
+    fibres = ndimage.gaussian_filter(
+        rng.standard_normal((size, size)).astype(np.float32), (6.0, 0.8)
+    )
     fibres = ndimage.rotate(fibres, np.degrees(angle), reshape=False, mode="wrap")
     fibres = np.clip(fibres / (fibres.std() + 1e-8), -2, 2) / 4 + 0.5
     od = tissue * fibres * rng.uniform(0.1, 0.6)
@@ -111,7 +117,9 @@ def brightfield(rng: np.random.Generator, size: int) -> np.ndarray:
         r2 = _ellipse(yy, xx, cy, cx, a, a * rng.uniform(0.5, 1), rng.uniform(0, np.pi))
         od = od + np.clip(1.5 * (1 - r2), 0, 1) * rng.uniform(0.4, 1.6)
     od = ndimage.gaussian_filter(od, rng.uniform(0.5, 1.5))
-    vignette = 1 - 0.15 * rng.uniform() * (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (size / 2) ** 2)
+    vignette = 1 - 0.15 * rng.uniform() * (
+        ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (size / 2) ** 2
+    )
     return np.clip(rng.uniform(0.75, 0.97) * vignette * np.exp(-od), 0, 1).astype(np.float32)
 
 
@@ -154,7 +162,10 @@ def astronomy(rng: np.random.Generator, size: int) -> np.ndarray:
         padded[iy : iy + 2 * radius + 1, ix : ix + 2 * radius + 1] += flux * stamp
     image = padded[radius:-radius, radius:-radius]
     image = image / (np.quantile(image, 0.999) + 1e-8) * rng.uniform(0.4, 1.0)
-    sky = rng.uniform(0, 0.06) + rng.uniform(0, 0.04) * (yy * rng.uniform(-1, 1) + xx * rng.uniform(-1, 1)) / size
+    sky = (
+        rng.uniform(0, 0.06)
+        + rng.uniform(0, 0.04) * (yy * rng.uniform(-1, 1) + xx * rng.uniform(-1, 1)) / size
+    )
     return np.clip(image + np.maximum(sky, 0), 0, 1).astype(np.float32)
 
 
@@ -220,3 +231,30 @@ def simulated_frames(
         SimulatedFrame(simulator, seed, i, domain, size, size, ranges, split)
         for i in range(start, stop)
     ]
+
+
+def sample_grid(path, *, per_row: int = 6, size: int = 192, seed: int = 0) -> None:
+    """A PNG of `per_row` images of every simulator (one row each; the README's grid)."""
+    from PIL import Image
+
+    rows = [
+        np.concatenate(
+            [SIMULATORS[name](np.random.default_rng([seed, i]), size) for i in range(per_row)],
+            axis=1,
+        )
+        for name in SIMULATORS
+    ]
+    Image.fromarray(np.round(np.concatenate(rows, axis=0) * 255).astype(np.uint8)).save(path)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Write a grid of simulated images (one row per simulator)."
+    )
+    parser.add_argument("output", help="PNG path, e.g. docs/simulated_samples.png")
+    parser.add_argument("--per-row", type=int, default=6)
+    parser.add_argument("--size", type=int, default=192)
+    args = parser.parse_args()
+    sample_grid(args.output, per_row=args.per_row, size=args.size)

@@ -42,7 +42,9 @@ def gaussian_denoising(
     import bm3d
 
     # Model space is 2 x - 1: the noise std there is 2 sigma.
-    apply = jax.jit(lambda x, sigma, labels: (net.apply(variables, 2 * x - 1, 2 * sigma, labels) + 1) / 2)
+    apply = jax.jit(
+        lambda x, sigma, labels: (net.apply(variables, 2 * x - 1, 2 * sigma, labels) + 1) / 2
+    )
     rows = []
     for domain in dict.fromkeys(image.domain for image in images):
         crops = [image for image in images if image.domain == domain]
@@ -51,15 +53,26 @@ def gaussian_denoising(
             n = len(crops)
             labels = None
             if net.model.label_dim:
-                labels = conditioning.conditioning_vector(domain, jnp.full((n,), 1 / sigma**2), 0.0, 0.0)
+                labels = conditioning.conditioning_vector(
+                    domain, jnp.full((n,), 1 / sigma**2), 0.0, 0.0
+                )
             denoised = np.asarray(apply(jnp.asarray(noisy), jnp.full((n,), sigma), labels))
-            psnr = lambda xs: float(np.mean([metrics.psnr(np.clip(x, 0, 1), i.clean) for x, i in zip(xs, crops, strict=True)]))
-            row = {"domain": domain, "sigma": sigma, "images": n, "prior": psnr(denoised),
-                   "noisy": psnr(noisy), "bm3d": None}  # fmt: skip
+            row = {"domain": domain, "sigma": sigma, "images": n, "prior": _mean_psnr(denoised, crops),
+                   "noisy": _mean_psnr(noisy, crops), "bm3d": None}  # fmt: skip
             if with_bm3d:
-                row["bm3d"] = psnr([bm3d.bm3d(x[..., 0], sigma_psd=sigma)[..., None] for x in noisy])
+                estimates = [bm3d.bm3d(x[..., 0], sigma_psd=sigma)[..., None] for x in noisy]
+                row["bm3d"] = _mean_psnr(estimates, crops)
             rows.append(row)
     return rows
+
+
+def _mean_psnr(estimates, crops: Sequence[CleanImage]) -> float:
+    """Mean PSNR (dB) of estimates clipped to [0, 1] against the crops' clean images."""
+    return float(
+        np.mean(
+            [metrics.psnr(np.clip(x, 0, 1), c.clean) for x, c in zip(estimates, crops, strict=True)]
+        )
+    )
 
 
 def markdown(rows: Sequence[dict], *, title: str) -> str:
@@ -69,6 +82,8 @@ def markdown(rows: Sequence[dict], *, title: str) -> str:
     for row in rows:
         gap = "" if row["bm3d"] is None else f"{row['prior'] - row['bm3d']:+.2f}"
         bm3d = "" if row["bm3d"] is None else f"{row['bm3d']:.2f}"
-        lines.append(f"| {row['domain']} | {row['sigma']:g} | {row['prior']:.2f} | {bm3d} | {row['noisy']:.2f} | {gap} |")
+        lines.append(
+            f"| {row['domain']} | {row['sigma']:g} | {row['prior']:.2f} | {bm3d} | {row['noisy']:.2f} | {gap} |"
+        )
     counts = sorted({row["images"] for row in rows})
     return "\n".join(lines) + f"\n\nCrops per cell: {', '.join(map(str, counts))}; PSNR in dB.\n"

@@ -45,7 +45,9 @@ def _sky(seed: int, size: int = 256) -> np.ndarray:
     x[rng.integers(0, size, 60), rng.integers(0, size, 60)] = rng.uniform(50, 255, 60)
     from scipy import ndimage
 
-    return np.clip(ndimage.gaussian_filter(x, 1.5) * 8 + np.linspace(0, 40, size), 0, 255).astype(np.uint8)
+    return np.clip(ndimage.gaussian_filter(x, 1.5) * 8 + np.linspace(0, 40, size), 0, 255).astype(
+        np.uint8
+    )
 
 
 def _fake_packages(base: pathlib.Path) -> None:
@@ -70,7 +72,9 @@ def _fake_packages(base: pathlib.Path) -> None:
 
 PACKAGES = {
     "photos": (corpus.Selection("photography", "usr/share/backgrounds/*.jpg"),),
-    "sky": (corpus.Selection("astronomy", "usr/share/stellarium/nebulae/default/*.png", kind="render"),),
+    "sky": (
+        corpus.Selection("astronomy", "usr/share/stellarium/nebulae/default/*.png", kind="render"),
+    ),
     "missing-package": (corpus.Selection("photography", "*.jpg"),),
 }
 SIMULATED = (("fluorescence", "microscopy", {"train": 4, "val": 2, "test": 2}),)
@@ -79,7 +83,9 @@ SIMULATED = (("fluorescence", "microscopy", {"train": 4, "val": 2, "test": 2}),)
 def _fetch(base):
     def fetch(name, packages_dir):
         if not (base / name).exists():
-            raise FileNotFoundError(f"package {name}: apt-get download failed: E: Unable to locate package")
+            raise FileNotFoundError(
+                f"package {name}: apt-get download failed: E: Unable to locate package"
+            )
         return base / name
 
     return fetch
@@ -103,7 +109,9 @@ def test_build_selects_processes_and_skips_with_reasons(built):
         "stellarium_nebulae_default_n0001.png", "stellarium_nebulae_default_n0002.png",
         "stellarium_nebulae_default_n0003.png",
     ]  # fmt: skip
-    reasons = {pathlib.Path(s["path"]).name or s["package"]: s["reason"] for s in manifest["skipped"]}
+    reasons = {
+        pathlib.Path(s["path"]).name or s["package"]: s["reason"] for s in manifest["skipped"]
+    }
     assert set(reasons) == {"zcopy_of_photo0.jpg", "zsmaller_photo0.jpg", "broken.jpg", "moon_texture.jpg",
                             "m13.png", "n9999.png", "posterised.png", "missing-package"}  # fmt: skip
     assert "exact duplicate" in reasons["zcopy_of_photo0.jpg"]
@@ -117,10 +125,17 @@ def test_build_selects_processes_and_skips_with_reasons(built):
     # 800x600 JPEG -> gray, 2x anti-aliased downsampling (short side 600 // 384 = 1 -> at least 2)
     assert (photo["height"], photo["width"], photo["processing"]["downsample"]) == (300, 400, 2)
     assert photo["licence"] == "CC0-1.0"  # the later, more specific DEP-5 stanza wins
-    assert {r["licence"] for r in manifest["images"] if r["package"] == "photos"} == {"GPL-2+", "CC0-1.0"}
+    assert {r["licence"] for r in manifest["images"] if r["package"] == "photos"} == {
+        "GPL-2+",
+        "CC0-1.0",
+    }
     stored = np.load(root / photo["file"])
     assert stored.dtype == np.uint16 and stored.shape == (300, 400)
-    gray = readers.to_gray(np.asarray(Image.open(built[1] / "photos/usr/share/backgrounds/photo4.jpg"), np.float64) / 255, ("R", "G", "B"))
+    gray = readers.to_gray(
+        np.asarray(Image.open(built[1] / "photos/usr/share/backgrounds/photo4.jpg"), np.float64)
+        / 255,
+        ("R", "G", "B"),
+    )
     assert abs(stored.mean() / 65535 - gray.mean()) < 2e-3  # the mean brightness survives
     assert len(photo["sha256"]) == 64 and photo["pixels"] == 300 * 400
 
@@ -133,7 +148,9 @@ def test_splits_are_by_whole_image_and_reproducible(built, tmp_path):
     assert sorted(by_domain["photography"]) == ["test", "train", "train", "train", "train", "val"]
     assert sorted(by_domain["astronomy"]) == ["test", "train", "val"]
     again = corpus.build(tmp_path, packages=PACKAGES, fetch=_fetch(base), simulated=SIMULATED)
-    assert {r["id"]: r["split"] for r in again["images"]} == {r["id"]: r["split"] for r in manifest["images"]}
+    assert {r["id"]: r["split"] for r in again["images"]} == {
+        r["id"]: r["split"] for r in manifest["images"]
+    }
     sims = {(s["simulator"], s["split"]): tuple(s["indices"]) for s in manifest["simulators"]}
     ranges = [range(*v) for v in sims.values()]
     assert all(not set(a) & set(b) for i, a in enumerate(ranges) for b in ranges[i + 1 :])
@@ -165,7 +182,10 @@ def test_pipeline_sources_from_the_corpus(built):
     test_files = {str(root / r["file"]) for r in manifest["images"] if r["split"] == "test"}
     assert not test_files & {f.path for fs in frames.values() for f in fs}  # test never trains
     batch = next(iter(pipeline.make_dataset(cfg, seed=0, resolution=32, global_batch=6)))
-    assert batch["clean"].shape == (6, 32, 32, 1) and 0 <= batch["clean"].min() <= batch["clean"].max() <= 1
+    assert (
+        batch["clean"].shape == (6, 32, 32, 1)
+        and 0 <= batch["clean"].min() <= batch["clean"].max() <= 1
+    )
     assert set(batch["domain"].tolist()) <= {0, 1, 2}
     with pytest.raises(ValueError, match="unknown corpus splits"):
         corpus.source_entries(root, ["training"])
@@ -204,7 +224,9 @@ def test_noise_level_and_frame_processing(tmp_path):
     image, info = corpus.process(tmp_path / "frame.fits", "frame")
     assert info["downsample"] == 1 and info["noise"] < corpus.MAX_FRAME_NOISE
     assert image.shape == (512, 512) and 0 <= image.min() and image.max() <= 1
-    fits.PrimaryHDU((clean + rng.standard_normal(clean.shape) * 2000).astype(np.float32)).writeto(tmp_path / "noisy.fits")
+    fits.PrimaryHDU((clean + rng.standard_normal(clean.shape) * 2000).astype(np.float32)).writeto(
+        tmp_path / "noisy.fits"
+    )
     with pytest.raises(readers.UnreadableImageError, match="noise"):
         corpus.process(tmp_path / "noisy.fits", "frame")
 

@@ -21,7 +21,9 @@ def test_deterministic_per_index_and_in_range(name):
 
 
 def _stats(name, n=12, size=128):
-    images = np.stack([simulators.SIMULATORS[name](np.random.default_rng([7, i]), size) for i in range(n)])
+    images = np.stack(
+        [simulators.SIMULATORS[name](np.random.default_rng([7, i]), size) for i in range(n)]
+    )
     return np.median(images, axis=(1, 2)), np.quantile(images, 0.999, axis=(1, 2)), images
 
 
@@ -46,8 +48,20 @@ def test_documented_statistics():
 def test_simulated_source_in_the_pipeline():
     cfg = pipeline.default_config()
     cfg.sources = [
-        {"domain": "microscopy", "simulator": "fluorescence", "indices": [0, 6], "size": 64, "split": "train"},
-        {"domain": "microscopy", "simulator": "brightfield", "indices": [100, 102], "size": 64, "split": "val"},
+        {
+            "domain": "microscopy",
+            "simulator": "fluorescence",
+            "indices": [0, 6],
+            "size": 64,
+            "split": "train",
+        },
+        {
+            "domain": "microscopy",
+            "simulator": "brightfield",
+            "indices": [100, 102],
+            "size": 64,
+            "split": "val",
+        },
     ]
     frames, summary = pipeline.build_frames(cfg)
     assert [s["frames"] for s in summary.sources] == [6, 2]
