@@ -12,7 +12,7 @@
 
 Clean images: the embedded scikit-image set's held-out columns (the right-most 25% of every
 picture, which training never sees), --clean corpus:val or corpus:test (that split of
-tools/prepare_corpus.py's corpus, all three domains, plus the embedded held-out columns), or
+tools/prepare_corpus.py's corpus, all three domains; val adds the embedded held-out columns), or
 --clean PATH (files/folder/glob of --domain images, used whole). Each crop is measured at every
 --scales value s (electrons at intensity 1) and every --read-noise value r, with background
 --background plus --sky-fraction x s for astronomy, y = Poisson(s x + b) + N(0, r^2), from

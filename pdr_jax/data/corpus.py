@@ -16,7 +16,7 @@ domain, fixed seed) and writes:
 Manifest: {"version", "seed", "fractions", "images": [{"id", "domain", "package",
 "package_version", "path" (inside the package), "sha256" (of the source file), "licence"
 (from the package's debian/copyright), "height", "width", "pixels", "processing" (what was
-done, in words and numbers), "split", "file" (relative to root)}], "skipped": [{"package",
+done, in words and numbers), "processing_version", "split", "file" (relative to root)}], "skipped": [{"package",
 "path", "reason"}], "simulators": [{"simulator", "domain", "split", "indices", "size", "seed"}],
 "summary"}. Rerunning skips packages already unpacked and images whose source sha256 and
 output file are already in the manifest.
@@ -48,6 +48,9 @@ from pdr_jax.data import readers
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+# Bumped whenever `process` changes what it keeps or writes: a rerun reprocesses images whose
+# record has another version instead of reusing them.
+PROCESSING_VERSION = 2
 DEFAULT_ROOT = (
     pathlib.Path(os.environ.get("PDR_JAX_CACHE", "~/.cache/pdr_jax")).expanduser() / "corpus"
 )
@@ -288,6 +291,12 @@ def _sha256(path: pathlib.Path) -> str:
 def noise_level(x: np.ndarray) -> float:
     """Robust std of pixel noise: MAD of the diagonal second difference (1 for unit white noise)."""
     d = (x[1:, 1:] - x[:-1, 1:] - x[1:, :-1] + x[:-1, :-1]) / 2
+    if np.mean(d == 0) > 0.2:
+        # Sparse data (photon-count images: mostly zeros) would give a MAD of 0: measure the
+        # pixels that change.
+        d = d[d != 0]
+        if d.size == 0:
+            return 0.0
     return float(1.4826 * np.median(np.abs(d - np.median(d))))
 
 
@@ -384,17 +393,26 @@ def near_duplicate(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.all(np.sum(a * b, axis=1) > NEAR_DUPLICATE_CORRELATION))
 
 
+def _split_rank(seed: int, image_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()
+
+
 def assign_splits(records: list[dict], seed: int) -> None:
-    """Set record["split"]: per domain, a seeded permutation of the ids, 10 % val, 10 % test."""
+    """Set record["split"]: per domain, images ranked by sha256(seed:id); the first 10 % are
+    val, the next 10 % test (at least one each from 3 images on), the rest train.
+
+    The rank of an image does not depend on the others, so adding or dropping an image (a
+    package update, a new refusal rule) moves no other image across splits unless the counts
+    change.
+    """
     by_domain: dict[str, list[dict]] = {}
     for record in records:
         by_domain.setdefault(record["domain"], []).append(record)
-    for domain, items in sorted(by_domain.items()):
-        items.sort(key=lambda r: r["id"])
-        order = np.random.default_rng([seed, sum(map(ord, domain))]).permutation(len(items))
+    for items in by_domain.values():
+        items = sorted(items, key=lambda r: _split_rank(seed, r["id"]))
         n_held = max(1, round(FRACTIONS["val"] * len(items))) if len(items) >= 3 else 0
-        for rank, i in enumerate(order):
-            items[i]["split"] = "val" if rank < n_held else "test" if rank < 2 * n_held else "train"
+        for rank, item in enumerate(items):
+            item["split"] = "val" if rank < n_held else "test" if rank < 2 * n_held else "train"
 
 
 def _image_id(package: str, path: str) -> str:
@@ -495,7 +513,7 @@ def build(
         image_id = _image_id(package, rel)
         out = root / "images" / selection.domain / f"{image_id.replace('/', '__')}.npy"
         old = previous.get(image_id)
-        if old and old["sha256"] == sha and out.exists():
+        if old and old["sha256"] == sha and old.get("processing_version") == PROCESSING_VERSION and out.exists():
             x = np.load(out, mmap_mode="r").astype(np.float32) / 65535
             record = dict(old, sky_centre=None if centre is None else list(centre))
         else:
@@ -510,6 +528,7 @@ def build(
             record = {
                 "id": image_id, "domain": selection.domain, "package": package,
                 "package_version": package_version(tree), "path": rel, "sha256": sha,
+                "processing_version": PROCESSING_VERSION,
                 "licence": licence_of(tree, package, rel), "height": int(x.shape[0]),
                 "width": int(x.shape[1]), "pixels": int(x.size), "processing": info,
                 "file": str(out.relative_to(root)), "sky_centre": None if centre is None else list(centre),

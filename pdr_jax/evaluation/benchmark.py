@@ -83,8 +83,9 @@ def load_clean_images(
     """Up to per_domain clean [crop, crop, 1] crops per domain, spread evenly over the crops.
 
     source: "embedded" (the embedded scikit-image set; held-out columns only), "corpus:val" or
-    "corpus:test" (that split of the built corpus: its real images whole, its simulated images,
-    and the embedded set's held-out columns; "corpus:test@/path" for another corpus root), or a
+    "corpus:test" (that split of the built corpus: its real images whole and its simulated
+    images; val adds the embedded set's held-out columns; "corpus:test@/path" for another
+    corpus root), or a
     file, folder or glob of clean images of `domain`, which are used whole (split "val"). The crops
     are the validation grid of `transforms.val_crops` (non-overlapping; a region narrower than
     crop is mirror-padded); per_domain of them are taken at evenly spaced positions of the
@@ -97,7 +98,9 @@ def load_clean_images(
         split, _, root = source.removeprefix(CORPUS + ":").partition("@")
         if split not in ("val", "test"):
             raise ValueError(f"--clean {source}: expected corpus:val or corpus:test (train is for training)")
-        cfg.sources = [{"corpus": root, "splits": [split]}]
+        # The embedded held-out columns serve tuning (val) only: test stays independent of
+        # everything a default was chosen on.
+        cfg.sources = [{"corpus": root, "splits": [split], "embedded": split == "val"}]
     elif source != EMBEDDED:
         cfg.sources = [{"name": "clean", "domain": domain, "paths": [source], "split": "val"}]
     frames, _ = pipeline.build_frames(cfg)

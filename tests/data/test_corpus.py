@@ -151,6 +151,10 @@ def test_splits_are_by_whole_image_and_reproducible(built, tmp_path):
     assert {r["id"]: r["split"] for r in again["images"]} == {
         r["id"]: r["split"] for r in manifest["images"]
     }
+    # Dropping an image (a new refusal rule, say) moves no other image across splits.
+    records = [dict(r) for r in manifest["images"] if not r["id"].endswith("photo3.jpg")]
+    corpus.assign_splits(records, seed=0)
+    assert all(r["split"] == {m["id"]: m["split"] for m in manifest["images"]}[r["id"]] for r in records)
     sims = {(s["simulator"], s["split"]): tuple(s["indices"]) for s in manifest["simulators"]}
     ranges = [range(*v) for v in sims.values()]
     assert all(not set(a) & set(b) for i, a in enumerate(ranges) for b in ranges[i + 1 :])
@@ -217,6 +221,9 @@ def test_noise_level_and_frame_processing(tmp_path):
 
     rng = np.random.default_rng(0)
     assert abs(corpus.noise_level(rng.standard_normal((256, 256))) - 1) < 0.05
+    # A photon-count image (X-ray: mostly zeros, single counts) is noise, not a clean image.
+    counts = rng.poisson(0.05, (256, 256)).astype(np.float64)
+    assert corpus.noise_level(counts / counts.max()) > 0.1
     y, x = np.mgrid[0:512, 0:512]
     clean = 1000 + 5e4 * np.exp(-((y - 256) ** 2 + (x - 256) ** 2) / (2 * 60.0**2))
     noisy = clean + rng.standard_normal(clean.shape) * 40  # noise 40 / 5e4 ~ 8e-4 of full scale
