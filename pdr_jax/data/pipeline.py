@@ -180,7 +180,8 @@ def build_frames(
 def expand_sources(entries) -> list[dict]:
     """The source entries of config.data.sources with corpus references expanded.
 
-    [] -> the embedded set; {"corpus": ROOT or "", "splits": ["train", "val"], "domains": [...],
+    [] -> the embedded set; "corpus" / "corpus:ROOT" or {"corpus": ROOT or "", "splits":
+    ["train", "val"], "domains": [...],
     "embedded": True} -> the built corpus's images and simulators of those splits
     (pdr_jax.data.corpus.source_entries; "" is the default root), plus the embedded set unless
     "embedded" is False. Other entries pass through.
@@ -189,6 +190,11 @@ def expand_sources(entries) -> list[dict]:
 
     expanded = []
     for entry in list(entries) or sources_lib.EMBEDDED_SOURCES:
+        if isinstance(entry, str):  # "corpus" or "corpus:ROOT", the short form
+            name, _, root = entry.partition(":")
+            if name != "corpus":
+                raise ValueError(f"data source {entry!r}: a string source must be 'corpus' or 'corpus:ROOT'")
+            entry = {"corpus": root}
         entry = dict(entry)
         if "corpus" not in entry:
             expanded.append(entry)

@@ -191,6 +191,11 @@ def test_pipeline_sources_from_the_corpus(built):
         and 0 <= batch["clean"].min() <= batch["clean"].max() <= 1
     )
     assert set(batch["domain"].tolist()) <= {0, 1, 2}
+    short = pipeline.default_config()
+    short.sources = [f"corpus:{root}"]
+    assert len(pipeline.expand_sources(short.sources)) == len(pipeline.expand_sources([{"corpus": str(root)}]))
+    with pytest.raises(ValueError, match="must be 'corpus' or 'corpus:ROOT'"):
+        pipeline.expand_sources(["photos"])
     with pytest.raises(ValueError, match="unknown corpus splits"):
         corpus.source_entries(root, ["training"])
 
@@ -247,3 +252,17 @@ def test_table_names_the_issue_packages_and_refuses_nothing_it_selects():
         for selection in selections:
             for name in selection.names or ():
                 assert corpus.reserved_reason(name + ".jpg") is None, name
+
+
+def test_prepare_corpus_tool_summary_and_missing_corpus(built, capsys):
+    import importlib.util
+
+    path = pathlib.Path(__file__).parents[2] / "tools" / "prepare_corpus.py"
+    spec = importlib.util.spec_from_file_location("prepare_corpus_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root, _, _ = built
+    assert tool.main(["--root", str(root), "--summary"]) == 0
+    assert "| photography | train | 4 | 0 |" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="run python tools/prepare_corpus.py"):
+        tool.main(["--root", str(root / "nowhere"), "--summary"])
