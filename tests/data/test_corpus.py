@@ -266,3 +266,22 @@ def test_prepare_corpus_tool_summary_and_missing_corpus(built, capsys):
     assert "| photography | train | 4 | 0 |" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="run python tools/prepare_corpus.py"):
         tool.main(["--root", str(root / "nowhere"), "--summary"])
+
+
+def test_corpus_config_presets(built):
+    """configs/corpus.py names the corpus as its data; its presets build; the data it names
+    expands against a built corpus."""
+    from configs import corpus as corpus_config
+
+    for preset in (None, "cpu", "sweep", "tiny"):
+        config = corpus_config.get_config(preset)
+        assert list(config.data.sources) == [{"corpus": ""}]
+        assert (config.train.P_mean, config.train.P_std) == (-1.4, 1.4)
+    assert corpus_config.get_config("cpu").model.model_channels == 32
+    with pytest.raises(ValueError, match="unknown preset"):
+        corpus_config.get_config("gpu")
+    root, _, _ = built
+    config = corpus_config.get_config("tiny")
+    config.data.sources = [{"corpus": str(root)}]
+    frames, _ = pipeline.build_frames(config.data)
+    assert set(frames) == {"photography", "microscopy", "astronomy"}  # + the embedded set
