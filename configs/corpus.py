@@ -40,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.stages = [dict(resolution=32, kimg=1000.0, batch_size=32, lr=1e-3, adaptive=False)]
     elif arg == "cpu":
         # The CPU recipe of the shipped model (README, "The shipped model"): the network of
-        # configs/base.py:cpu (chosen by the size sweep), 60 kimg at 32 px, 10 at 64 px and a
-        # short 128 px finish; ~50 min on 2 idle cores with PDR_CPU_CONV=bf16. Longer stages
+        # configs/base.py:cpu (chosen by the size sweep), 40 kimg at 32 px, 8 at 64 px and a
+        # short 128 px finish; ~40 min on 2 idle cores with PDR_CPU_CONV=bf16. Longer stages
         # in a later run extend a finished workdir (the loop resumes a lengthened stage).
         base.apply_preset(config, "cpu")
         config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
@@ -50,8 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
         config.checkpoint.update(every_kimg=2.0)
         config.stages = [
-            dict(resolution=32, kimg=60.0, batch_size=32, lr=1e-3, adaptive=False),
-            dict(resolution=64, kimg=10.0, batch_size=16, lr=5e-4, adaptive=False),
+            dict(resolution=32, kimg=40.0, batch_size=32, lr=1e-3, adaptive=False),
+            dict(resolution=64, kimg=8.0, batch_size=16, lr=5e-4, adaptive=False),
             dict(resolution=128, kimg=0.6, batch_size=8, lr=2e-4, adaptive=False),
         ]
     return config
