@@ -26,28 +26,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Per-domain weights: each domain a third of every batch, whatever its image count.
     config.data.domain_weights.update(photography=1.0, microscopy=1.0, astronomy=1.0)
     config.train.update(P_mean=-1.4, P_std=1.4)
+    if arg in ("cpu", "sweep"):
+        # The network of configs/base.py:cpu (chosen by the size sweep), Adam at 1e-3.
+        base.apply_preset(config, "cpu")
+        config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
+        config.train.update(log_every_kimg=1.0)
     if arg == "sweep":
         # Size sweep (issue 20): one long 32 px stage, stopped by time (SIGTERM saves), val
         # loss every kimg, for --config.model.model_channels / num_blocks variants:
         # timeout -s TERM 600 python launch/train.py --config configs/corpus.py:sweep \
         #     --config.model.model_channels=64 --workdir ~/runs/sweep-64x1
-        base.apply_preset(config, "cpu")
-        config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
-        config.train.update(
-            ema_halflife_kimg=2.0, val_every_kimg=1.0, val_batches=4, log_every_kimg=1.0
-        )
+        config.train.update(ema_halflife_kimg=2.0, val_every_kimg=1.0, val_batches=4)
         config.checkpoint.update(every_kimg=5.0)
         config.stages = [dict(resolution=32, kimg=1000.0, batch_size=32, lr=1e-3, adaptive=False)]
     elif arg == "cpu":
-        # The CPU recipe of the shipped model (README, "The shipped model"): the network of
-        # configs/base.py:cpu (chosen by the size sweep), 40 kimg at 32 px, 8 at 64 px and a
-        # short 128 px finish; ~40 min on 2 idle cores with PDR_CPU_CONV=bf16. Longer stages
-        # in a later run extend a finished workdir (the loop resumes a lengthened stage).
-        base.apply_preset(config, "cpu")
-        config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
-        config.train.update(
-            ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2, log_every_kimg=1.0
-        )
+        # The CPU recipe of the shipped model (README, "The shipped model"): 40 kimg at 32 px,
+        # 8 at 64 px and a short 128 px finish; ~40 min on 2 idle cores with PDR_CPU_CONV=bf16.
+        # Longer stages in a later run extend a finished workdir (the loop resumes a
+        # lengthened stage).
+        config.train.update(ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2)
         config.checkpoint.update(every_kimg=2.0)
         config.stages = [
             dict(resolution=32, kimg=40.0, batch_size=32, lr=1e-3, adaptive=False),

@@ -77,7 +77,7 @@ def _listed(items: list, limit: int = 10) -> str:
     return str(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _check_variables(net, variables, where: str) -> None:
+def check_variables(net, variables, where: str) -> None:
     """Same paths and shapes as the network's own variables, or a ModelFormatError naming them."""
     expected, found = _leaf_shapes(_variable_shapes(net)), _leaf_shapes(variables)
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -120,7 +120,7 @@ def save_model(
         )
     network = _json_value(dict(network_kwargs))
     net = KINDS[kind][0](**_network_kwargs(network, json_path, kind))
-    _check_variables(net, variables, str(directory))
+    check_variables(net, variables, str(directory))
 
     directory.mkdir(parents=True, exist_ok=True)
     variables = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float32), variables)

@@ -117,13 +117,21 @@ def _examples(cases, run) -> dict:
     return panels
 
 
+def _load_prior(options: methods.MethodOptions, what: str):
+    """(net, variables) of the pdr prior, or None after a SKIPPED line naming `what` and why."""
+    try:
+        return methods.load_checkpoint(methods.checkpoint_dir(options))
+    except methods.MethodUnavailable as e:
+        print(f"SKIPPED {what}: {e}")
+        return None
+
+
 def _run_resolutions(args, cases, options: methods.MethodOptions, out: pathlib.Path) -> None:
     """The pdr sweep over --resolutions: resolutions.csv, resolution_rows.csv, table.md."""
-    try:
-        net, variables = methods.load_checkpoint(methods.checkpoint_dir(options))
-    except methods.MethodUnavailable as e:
-        print(f"SKIPPED resolutions: {e}")
+    prior = _load_prior(options, "resolutions")
+    if prior is None:
         return
+    net, variables = prior
     summary, rows = resolution.evaluate_resolutions(
         cases, net, variables, options.pdr, [int(t) for t in args.resolutions], seed=args.seed,
         batch=args.batch,
@@ -143,12 +151,10 @@ def _run_gaussian_denoising(args, images, options: methods.MethodOptions, out: p
     """gaussian_denoising.csv and a section of table.md: the prior's D vs BM3D at sigma."""
     from pdr_jax.evaluation import diagnostic
 
-    try:
-        net, variables = methods.load_checkpoint(methods.checkpoint_dir(options))
-    except methods.MethodUnavailable as e:
-        print(f"SKIPPED gaussian denoising: {e}")
+    prior = _load_prior(options, "gaussian denoising")
+    if prior is None:
         return
-    rows = diagnostic.gaussian_denoising(images, net, variables, seed=args.seed)
+    rows = diagnostic.gaussian_denoising(images, *prior, seed=args.seed)
     report.write_csv(rows, out / "gaussian_denoising.csv", diagnostic.FIELDS)
     title = f"Prior diagnostic on {args.clean} crops of {args.crop} px: PSNR (dB) at Gaussian sigma"
     with open(out / "table.md", "a") as f:

@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from pdr_jax.data import corpus
 from pdr_jax.data import sources as sources_lib
 from pdr_jax.data import transforms
 from pdr_jax.physics.conditioning import DEFAULT_SPEC, ConditioningSpec
@@ -186,8 +187,6 @@ def expand_sources(entries) -> list[dict]:
     (pdr_jax.data.corpus.source_entries; "" is the default root), plus the embedded set unless
     "embedded" is False. Other entries pass through.
     """
-    from pdr_jax.data import corpus
-
     expanded = []
     for entry in list(entries) or sources_lib.EMBEDDED_SOURCES:
         if isinstance(entry, str):  # "corpus" or "corpus:ROOT", the short form

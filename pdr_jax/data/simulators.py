@@ -208,7 +208,10 @@ class SimulatedFrame:
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
         """[h, w, 1] float32 in [0, 1]: the patch at rows x cols."""
-        return render(self.simulator, self.seed, self.index, self.height)[rows, cols, None]
+        # Slice the cached float16 image first: a crop converts only its own pixels.
+        return _render16(self.simulator, self.seed, self.index, self.height)[
+            rows, cols, None
+        ].astype(np.float32)
 
 
 def simulated_frames(

@@ -388,7 +388,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         state = jax.jit(init_fn, out_shardings=replicated)()
         logger.info(f"new run: {network_kwargs}")
         if config.train.init_from:
-            state, meta["init_kimg"] = init_from(state, config.train.init_from)
+            state, meta["init_kimg"] = init_from(state, net, config.train.init_from)
             state = jax.device_put(state, replicated)
             logger.info(f"weights from {config.train.init_from} ({meta['init_kimg']:.1f} kimg before this run)")
 
@@ -418,13 +418,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     return state
 
 
-def init_from(state: TrainState, source: str) -> tuple[TrainState, float]:
+def init_from(state: TrainState, net, source: str) -> tuple[TrainState, float]:
     """`state` with parameters (and EMA, buffers) from a model directory or an EDM pickle.
 
     source: a pdr_jax model directory (model_io.load_model; its recorded kimg_total or kimg is
     returned so that the run's total counts on) or an EDM .pkl/.pt/.pth (convert/edm_pickle,
-    its EMA network; 0 kimg returned). The optimiser starts fresh. Raises ValueError naming the
-    source and the first mismatching parameters when its network differs from the config's.
+    its EMA network; 0 kimg returned). The optimiser starts fresh. Raises
+    model_io.ModelFormatError (a ValueError) naming the source and the missing, unexpected and
+    mis-shaped parameters when its network differs from `net`, the config's.
     """
     path = os.path.expanduser(source)
     if os.path.isdir(path):
@@ -436,19 +437,10 @@ def init_from(state: TrainState, source: str) -> tuple[TrainState, float]:
 
         _, variables = load_edm_pickle(path)
         kimg = 0.0
+    model_io.check_variables(net, variables, f"train.init_from={source} (against config.model)")
     variables = flax.core.unfreeze(variables)
-    params = variables.pop("params")
-    want = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype.name), {"params": state.params, **state.buffers})
-    have = jax.tree_util.tree_map(lambda x: (tuple(x.shape), np.dtype(x.dtype).name), {"params": params, **variables})
-    if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(have) or want != have:
-        flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
-        flat_have = dict(jax.tree_util.tree_flatten_with_path(have)[0])
-        diff = sorted(jax.tree_util.keystr(k) for k in flat_want.keys() ^ flat_have.keys())
-        diff += sorted(jax.tree_util.keystr(k) for k in flat_want.keys() & flat_have.keys() if flat_want[k] != flat_have[k])
-        raise ValueError(f"train.init_from={source}: its network does not match config.model "
-                         f"(first differences: {diff[:5]})")  # fmt: skip
     cast = lambda tree, like: jax.tree_util.tree_map(lambda v, l: jnp.asarray(v, l.dtype), tree, like)
-    params = cast(params, state.params)
+    params = cast(variables.pop("params"), state.params)
     # Separate buffers for params and EMA: the train step donates both.
     ema_params = jax.tree_util.tree_map(jnp.copy, params)
     return state.replace(params=params, ema_params=ema_params, buffers=cast(variables, state.buffers)), kimg

@@ -234,10 +234,12 @@ def test_mistyped_config_key_is_an_error(tmp_path):
 
 
 def _fresh_state(config):
+    """(state, net) of config.model, freshly initialised."""
     from pdr_jax.train.state import create_train_state, make_optimizer
 
     net, _ = loop.build_network_from_config(config.model)
-    return create_train_state(net, jax.random.key(5), make_optimizer(1e-3), resolution=net.model.img_resolution)
+    state = create_train_state(net, jax.random.key(5), make_optimizer(1e-3), resolution=net.model.img_resolution)
+    return state, net
 
 
 def test_init_from_a_model_directory_continues_its_kimg(one_device_run, tmp_path):
@@ -248,7 +250,7 @@ def test_init_from_a_model_directory_continues_its_kimg(one_device_run, tmp_path
     workdir, _ = one_device_run
     model_dir = os.path.join(workdir, "model")
     _, variables = model_io.load_model(model_dir)
-    state, kimg = loop.init_from(_fresh_state(_tiny()), model_dir)
+    state, kimg = loop.init_from(*_fresh_state(_tiny()), model_dir)
     assert kimg == 0.032
     chex.assert_trees_all_equal(state.params, variables["params"])
     chex.assert_trees_all_equal(state.ema_params, variables["params"])
@@ -282,9 +284,9 @@ def test_init_from_an_edm_pickle_and_a_mismatch():
     pickle = os.path.join(ROOT, "tests", "fixtures", "edm", "ddpmpp_cond6_gray64.pkl")
     config = _tiny()
     config.model.update(img_resolution=64, model_channels=32, channel_mult=(1, 2, 2), attn_resolutions=(16,))
-    state, kimg = loop.init_from(_fresh_state(config), pickle)
+    state, kimg = loop.init_from(*_fresh_state(config), pickle)
     _, variables = load_edm_pickle(pickle)
     assert kimg == 0.0
     chex.assert_trees_all_equal(state.params, variables["params"])
-    with pytest.raises(ValueError, match="does not match config.model"):
-        loop.init_from(_fresh_state(_tiny()), pickle)
+    with pytest.raises(ValueError, match=r"init_from=.*ddpmpp_cond6_gray64.pkl \(against config.model\): variables do not fit"):
+        loop.init_from(*_fresh_state(_tiny()), pickle)
