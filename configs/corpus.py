@@ -4,6 +4,8 @@
     python launch/train.py --config configs/corpus.py --workdir runs/corpus            # accelerator
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu --workdir ~/runs/corpus-cpu \\
         --config.train.init_from=models/pdr-gray-default                  # the shipped model's run
+    PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu-continue \\
+        --workdir ~/runs/corpus-cpu2 --config.train.init_from=models/pdr-gray-default   # more of it
     python launch/train.py --config configs/corpus.py:tiny --workdir /tmp/run    # tests (needs a corpus)
 
 Data: the corpus's train images and simulators (validation on its val split) plus the embedded
@@ -20,13 +22,15 @@ from configs import base, progressive
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = progressive.get_config("tiny" if arg == "tiny" else None)
-    if arg not in (None, "", "tiny", "cpu", "sweep"):
-        raise ValueError(f"unknown preset {arg!r}: expected 'cpu', 'sweep' or 'tiny'")
+    if arg not in (None, "", "tiny", "cpu", "cpu-continue", "sweep"):
+        raise ValueError(
+            f"unknown preset {arg!r}: expected 'cpu', 'cpu-continue', 'sweep' or 'tiny'"
+        )
     config.data.sources = [{"corpus": ""}]
     # Per-domain weights: each domain a third of every batch, whatever its image count.
     config.data.domain_weights.update(photography=1.0, microscopy=1.0, astronomy=1.0)
     config.train.update(P_mean=-1.4, P_std=1.4)
-    if arg in ("cpu", "sweep"):
+    if arg in ("cpu", "cpu-continue", "sweep"):
         # The network of configs/base.py:cpu (chosen by the size sweep), Adam at 1e-3.
         base.apply_preset(config, "cpu")
         config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
@@ -50,5 +54,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dict(resolution=32, kimg=40.0, batch_size=32, lr=1e-3, adaptive=False),
             dict(resolution=64, kimg=8.0, batch_size=16, lr=5e-4, adaptive=False),
             dict(resolution=128, kimg=0.6, batch_size=8, lr=2e-4, adaptive=False),
+        ]
+    elif arg == "cpu-continue":
+        # A second CPU session from a trained model (init_from): lower learning rates, most of
+        # the images at 64 px, where restoration's 128 px crops get their detail; ~50 min on 2
+        # idle cores with PDR_CPU_CONV=bf16.
+        config.optim.update(lr=5e-4, lr_rampup_kimg=0.5)
+        config.train.update(ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2)
+        config.checkpoint.update(every_kimg=2.0)
+        config.stages = [
+            dict(resolution=32, kimg=20.0, batch_size=32, lr=5e-4, adaptive=False),
+            dict(resolution=64, kimg=24.0, batch_size=16, lr=3e-4, adaptive=False),
+            dict(resolution=128, kimg=2.4, batch_size=8, lr=1.5e-4, adaptive=False),
         ]
     return config
