@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ]
     elif arg == "cpu-continue":
         # A second CPU session from a trained model (init_from): lower learning rates, most of
-        # the images at 64 px, where restoration's 128 px crops get their detail; ~50 min on 2
+        # the images at 64 px, and a 128 px finish at the size restoration runs at; ~70 min on 2
         # idle cores with PDR_CPU_CONV=bf16.
         config.optim.update(lr=5e-4, lr_rampup_kimg=0.5)
         config.train.update(ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2)
@@ -65,6 +65,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.stages = [
             dict(resolution=32, kimg=20.0, batch_size=32, lr=5e-4, adaptive=False),
             dict(resolution=64, kimg=24.0, batch_size=16, lr=3e-4, adaptive=False),
-            dict(resolution=128, kimg=2.4, batch_size=8, lr=1.5e-4, adaptive=False),
+            dict(resolution=128, kimg=6.0, batch_size=8, lr=1.5e-4, adaptive=False),
         ]
     return config
