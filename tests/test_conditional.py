@@ -13,7 +13,7 @@ import pytest
 from pdr_jax import conditional, model_io, schedules
 from pdr_jax.precond import init_variables
 from pdr_jax.restore import tiling
-from pdr_jax.restore.tiled import restore_tiled_conditional
+from pdr_jax.restore import Physics
 from pdr_jax.train import loss as losses
 
 
@@ -144,7 +144,7 @@ def test_model_dir_round_trip_and_tiled_restoration(tmp_path):
     chex.assert_trees_all_close(restored, jax.device_get(variables))
     # An image larger than the tile (and not square): several tiles, conditioned tile by tile.
     y = np.random.default_rng(0).poisson(50.0, (20, 30)).astype(np.float32)
-    x, report = restore_tiled_conditional(loaded, restored, y, domain="microscopy", s=100.0, r=2.0,
+    x, report = conditional.restore_tiled(loaded, restored, y, Physics(100.0, 2.0, 0.0, "microscopy"),
                                           tile=16, overlap=4, batch=4, num_steps=3)  # fmt: skip
     assert x.shape == y.shape and report["num_tiles"] == 2 * 3 and np.isfinite(report["chi_square"])
 

@@ -149,8 +149,11 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="expected a number >= 0 or 'auto', got 'strong'"):
         methods.parse_ablation("kappa=0.5,strong")
     for kappa in (-1.0, float("nan"), "strong"):
-        with pytest.raises(ValueError, match="kappa >= 0 or 'auto'"):
-            methods.PdrSettings(kappa=kappa)
+        with pytest.raises(ValueError, match="kappa must be >= 0 or 'auto'"):
+            methods.with_field(methods.PdrSettings(), "kappa", kappa)
+    assert methods.parse_ablation("start_factor=0.5") == [("start_factor", 0.5)]
+    tuned = methods.with_field(methods.PdrSettings(), "steps", 3)
+    assert tuned.sampler.num_steps == 3 and tuned.guidance == methods.PdrSettings().guidance
     ablations = methods.parse_ablation("likelihood=wls,exact") + [("conditioning", False)]
     variants = methods.pdr_variants(methods.PdrSettings(), ablations)
     assert list(variants) == ["pdr[likelihood=exact]", "pdr[conditioning=off]"]
@@ -213,7 +216,7 @@ def test_evaluate_tool_end_to_end(tmp_path, capsys):
     assert tiles["resolution"] == 8 and tiles["tiles"] == 9 and tiles["memory_mb"] > 0
     for name in ("summary.csv", "psnr_vs_photons.png", "examples_s2.png", "resolution_rows.csv"):
         assert (out / name).exists()
-    assert json.loads((out / "settings.json").read_text())["pdr"]["steps"] == 2
+    assert json.loads((out / "settings.json").read_text())["pdr"]["sampler"]["num_steps"] == 2
 
     # Regression mode: the noisy estimate against an earlier run where it was 10% better.
     earlier = [dict(r, psnr=r["psnr"] * 1.1) for r in rows if r["method"] == "noisy"]

@@ -42,7 +42,7 @@ import warnings
 
 from pdr_jax import baselines
 from pdr_jax.evaluation import benchmark, methods, report, resolution
-from pdr_jax.restore.guided import parse_kappa
+from pdr_jax.restore import GuidanceSettings, SamplerSettings, parse_kappa
 
 
 def _floats(text: str) -> list[float]:
@@ -71,11 +71,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--checkpoint", help=f"the prior for pdr (default {methods.DEFAULT_CHECKPOINT})")
     run.add_argument("--conditional-checkpoint",
                      help=f"the model for conditional (default {methods.DEFAULT_CONDITIONAL})")  # fmt: skip
-    run.add_argument("--steps", type=int, default=18)
-    run.add_argument("--guidance", default="x0", help="x0 or dps")
-    run.add_argument("--likelihood", default="wls", help="wls, gaussian or exact")
-    run.add_argument("--kappa", type=parse_kappa, default="auto",
-                     help="guidance strength, or auto (from the mean photon count; default)")  # fmt: skip
+    sampler, guidance = SamplerSettings(), GuidanceSettings()
+    run.add_argument("--steps", type=int, default=sampler.num_steps,
+                     help=f"pdr sampler steps after the start (default {sampler.num_steps}; 0: the one-call estimate)")  # fmt: skip
+    run.add_argument("--start", choices=("vst", "noise"), default=sampler.start,
+                     help=f"pdr start (default {sampler.start}; pdr_jax.restore.SamplerSettings)")  # fmt: skip
+    run.add_argument("--guidance", default=guidance.mode, help="x0 or dps")
+    run.add_argument("--likelihood", default=guidance.likelihood, help="wls, gaussian or exact")
+    run.add_argument("--kappa", type=parse_kappa, default=guidance.kappa,
+                     help=f"guidance strength, or auto (from the mean photon count); default {guidance.kappa}")  # fmt: skip
     run.add_argument("--no-conditioning", action="store_true", help="zero conditioning vector")
     run.add_argument("--ablation", action="append", default=[], metavar="FIELD=V1,V2",
                      help=f"pdr variants; FIELD in {sorted(methods.ABLATION_FIELDS)}")  # fmt: skip
@@ -118,9 +122,9 @@ def _examples(cases, run) -> dict:
 
 
 def _load_prior(options: methods.MethodOptions, what: str):
-    """(net, variables) of the pdr prior, or None after a SKIPPED line naming `what` and why."""
+    """The pdr prior (pdr_jax.restore.Prior), or None after a SKIPPED line naming `what` and why."""
     try:
-        return methods.load_checkpoint(methods.checkpoint_dir(options))
+        return methods.load_prior(options)
     except methods.MethodUnavailable as e:
         print(f"SKIPPED {what}: {e}")
         return None
@@ -131,9 +135,8 @@ def _run_resolutions(args, cases, options: methods.MethodOptions, out: pathlib.P
     prior = _load_prior(options, "resolutions")
     if prior is None:
         return
-    net, variables = prior
     summary, rows = resolution.evaluate_resolutions(
-        cases, net, variables, options.pdr, [int(t) for t in args.resolutions], seed=args.seed,
+        cases, prior, options.pdr, [int(t) for t in args.resolutions], seed=args.seed,
         batch=args.batch,
     )  # fmt: skip
     choice = resolution.recommend_resolution(
@@ -154,7 +157,7 @@ def _run_gaussian_denoising(args, images, options: methods.MethodOptions, out: p
     prior = _load_prior(options, "gaussian denoising")
     if prior is None:
         return
-    rows = diagnostic.gaussian_denoising(images, *prior, seed=args.seed)
+    rows = diagnostic.gaussian_denoising(images, prior.net, prior.variables, seed=args.seed)
     report.write_csv(rows, out / "gaussian_denoising.csv", diagnostic.FIELDS)
     title = f"Prior diagnostic on {args.clean} crops of {args.crop} px: PSNR (dB) at Gaussian sigma"
     with open(out / "table.md", "a") as f:
@@ -181,10 +184,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    defaults = methods.PdrSettings()
     settings = methods.PdrSettings(
-        steps=args.steps, guidance=args.guidance, likelihood=args.likelihood, kappa=args.kappa,
-        conditioning=not args.no_conditioning, tile_overlap=args.tile_overlap,
-        tile_batch=args.tile_batch,
+        guidance=dataclasses.replace(
+            defaults.guidance, mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa
+        ),
+        sampler=dataclasses.replace(defaults.sampler, num_steps=args.steps, start=args.start),
+        conditioning=not args.no_conditioning,
+        tiling=methods.TilingSettings(overlap=args.tile_overlap, batch=args.tile_batch),
     )  # fmt: skip
     ablations = [pair for text in args.ablation for pair in methods.parse_ablation(text)]
     options = methods.MethodOptions(

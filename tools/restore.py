@@ -5,6 +5,8 @@
     python tools/restore.py raw_dir/ --output out_dir/ --units adu --gain 1.5 --black-level 100 \
         --white-level 4095 --domain astronomy --scale 50 --read-noise 3
     python tools/restore.py noisy.tif --output restored.tif --domain microscopy --scale 10 \
+        --read-noise 2 --num-samples 8 --uncertainty restored_std.tif
+    python tools/restore.py noisy.tif --output restored.tif --domain microscopy --scale 10 \
         --read-noise 2 --method conditional --sampler ddim --steps 20
 
 INPUT: files (.npy, .tif/.tiff, .fits/.fit, .png/.jpg, camera RAW) or folders of them. The data
@@ -13,8 +15,10 @@ are electrons (--units electrons) or raw ADU converted with --gain/--black-level
 several; the format follows its extension (.npy, .tif, .fits, .png as 16 bit): the restored
 clean intensity x in [0, 1] float32; --save-electrons also writes s*x+b. Every image is
 restored at any size through overlapping tiles fused at every sampler step. --method prior (default):
-the diffusion prior with likelihood guidance (EDM Heun, --guidance/--likelihood/--kappa);
---method conditional: a conditional model (pdr_jax/conditional.py, default
+the diffusion prior with likelihood guidance through pdr_jax.restore.restore, whose tuned defaults
+the flags start from (the one-call variance-stabilised estimate, re-noised and refined by EDM Heun
+steps; --steps 0: the one-call estimate alone, the fast setting); --num-samples K averages K
+samples and --uncertainty writes their per-pixel std. --method conditional: a conditional model (pdr_jax/conditional.py, default
 models/conditional-gray-default) sampled with --sampler ddim/ddpm/dpmpp, the measurement's tiles
 conditioning each tile (saturated pixels are not masked: the model has no likelihood term).
 Exit status 1 if any input failed (it is logged and skipped; the others are still written).
@@ -39,7 +43,9 @@ OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
 
 
 def parse_args(argv=None):
-    from pdr_jax.restore.guided import parse_kappa
+    from pdr_jax.restore import GuidanceSettings, SamplerSettings, parse_kappa
+
+    sampler, guidance = SamplerSettings(), GuidanceSettings()
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -58,16 +64,21 @@ def parse_args(argv=None):
     p.add_argument("--gain", type=float, help="electrons per ADU (--units adu)")
     p.add_argument("--black-level", type=float, help="ADU of an unexposed pixel (--units adu)")
     p.add_argument("--white-level", type=float, help="saturation ADU (--units adu)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: 18 EDM Heun; 20 conditional)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampler steps (default: {sampler.num_steps} EDM Heun after the start; 20 conditional)")  # fmt: skip
+    p.add_argument("--start", choices=("vst", "noise"), default=sampler.start,
+                   help="vst: refine the one-call variance-stabilised estimate; noise: EDM's start at sigma_max")  # fmt: skip
     p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp"), default="ddim", help="--method conditional")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (--method conditional)")
     p.add_argument("--num-samples", type=int, default=1,
-                   help="--method conditional: average this many samples (posterior mean; use eta > 0 or ddpm)")  # fmt: skip
-    p.add_argument("--guidance", choices=("x0", "dps"), default="x0")
-    p.add_argument("--likelihood", choices=("wls", "gaussian", "exact"), default="wls")
-    p.add_argument("--kappa", type=parse_kappa, default="auto",
-                   help="guidance strength (0: the prior alone; auto: from the mean photon count, "
-                        "pdr_jax.restore.guided.auto_kappa)")  # fmt: skip
+                   help="average this many samples (posterior mean; --method conditional: use eta > 0 or ddpm)")  # fmt: skip
+    p.add_argument("--uncertainty", help="--method prior with --num-samples > 1: write the per-pixel posterior std "
+                                         "here (a file for one input, else a folder)")  # fmt: skip
+    p.add_argument("--guidance", choices=("x0", "dps"), default=guidance.mode)
+    p.add_argument("--likelihood", choices=("wls", "gaussian", "exact"), default=guidance.likelihood)
+    p.add_argument("--kappa", type=parse_kappa, default=guidance.kappa,
+                   help=f"guidance strength (default {guidance.kappa}; 0: the prior alone; auto: from the mean "
+                        "photon count, pdr_jax.restore.auto_kappa)")  # fmt: skip
     p.add_argument("--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)")
     p.add_argument("--overlap", type=int, default=16)
     p.add_argument("--batch", type=int, default=8, help="tiles per network call")
@@ -80,7 +91,9 @@ def parse_args(argv=None):
     if args.checkpoint is None:
         args.checkpoint = str(DEFAULT_CONDITIONAL_CHECKPOINT if conditional else DEFAULT_CHECKPOINT)
     if args.steps is None:
-        args.steps = 20 if conditional else 18
+        args.steps = 20 if conditional else sampler.num_steps
+    if args.uncertainty and (conditional or args.num_samples < 2):
+        p.error("--uncertainty needs --method prior and --num-samples >= 2")
     return args
 
 
@@ -151,53 +164,71 @@ def write_image(path: pathlib.Path, x: np.ndarray) -> None:
         raise ValueError(f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}")
 
 
-def restore_one(path, out_path, net, variables, args, key):
+def restore_one(path, out_path, model, args, key, std_path=None):
     """Restore every frame and channel of one file; returns its report."""
+    import dataclasses
+
     import jax
 
-    from pdr_jax.restore.tiled import restore_tiled, restore_tiled_conditional
+    from pdr_jax import conditional
+    from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
 
+    physics = Physics(args.scale, args.read_noise, args.background, args.domain)
+    guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
+    sampler = dataclasses.replace(SamplerSettings(), num_steps=args.steps, start=args.start)
+    tiles = TilingSettings(tile=args.tile, overlap=args.overlap, batch=args.batch, memory_budget_mb=args.memory_budget_mb)
     electrons, mask = read_measurement(path, args)
     frames, height, width, channels = electrons.shape
     x = np.zeros_like(electrons)
+    std = np.zeros_like(electrons) if std_path else None
     reports = []
     for f in range(frames):
         for c in range(channels):  # a grayscale prior restores each channel on its own
+            part_key = jax.random.fold_in(key, f * channels + c)
             if args.method == "conditional":
-                x[f, :, :, c], rep = restore_tiled_conditional(
-                    net, variables, electrons[f, :, :, c], domain=args.domain, s=args.scale, r=args.read_noise,
-                    b=args.background, tile=args.tile, overlap=args.overlap, batch=args.batch, sampler=args.sampler,
-                    num_steps=args.steps, eta=args.eta, num_samples=args.num_samples,
-                    key=jax.random.fold_in(key, f * channels + c),
+                net, variables = model
+                x[f, :, :, c], rep = conditional.restore_tiled(
+                    net, variables, electrons[f, :, :, c], physics, tile=args.tile, overlap=args.overlap,
+                    batch=args.batch, sampler=args.sampler, num_steps=args.steps, eta=args.eta,
+                    num_samples=args.num_samples, key=part_key,
                 )  # fmt: skip
                 if not mask[f, :, :, c].all():
                     rep["warnings"].append("saturated pixels are not masked by --method conditional")
                 reports.append(rep)
                 continue
-            x[f, :, :, c], rep = restore_tiled(
-                net, variables, electrons[f, :, :, c], mask=mask[f, :, :, c], domain=args.domain, s=args.scale,
-                r=args.read_noise, b=args.background, tile=args.tile, overlap=args.overlap, batch=args.batch,
-                memory_budget_mb=args.memory_budget_mb, num_steps=args.steps, guidance=args.guidance,
-                likelihood=args.likelihood, kappa=args.kappa, key=jax.random.fold_in(key, f * channels + c),
+            result = restore(
+                model, electrons[f, :, :, c], physics=physics, mask=mask[f, :, :, c], guidance=guidance,
+                sampler=sampler, tiling_settings=tiles, num_samples=args.num_samples, key=part_key,
             )  # fmt: skip
-            reports.append(rep)
-    result = x[0] if frames == 1 else x
-    result = result[..., 0] if channels == 1 else result
-    write_image(out_path, result)
+            x[f, :, :, c] = result.image
+            if std is not None and result.std is not None:
+                std[f, :, :, c] = result.std
+            elif std is not None:  # the one-call estimate was the result: no spread to write
+                std = None
+            reports.append(result.report)
+    squeeze = lambda a: (a[0] if frames == 1 else a)[..., 0] if channels == 1 else (a[0] if frames == 1 else a)  # noqa: E731
+    result_image = squeeze(x)
+    write_image(out_path, result_image)
+    if std is not None:
+        write_image(std_path, squeeze(std))
+    elif std_path:
+        reports[-1]["warnings"].append(f"no posterior std written to {std_path}: no samples were drawn")
     if args.save_electrons:
-        write_image(out_path.with_name(out_path.stem + "_electrons" + out_path.suffix), args.scale * result + args.background)
+        write_image(out_path.with_name(out_path.stem + "_electrons" + out_path.suffix), args.scale * result_image + args.background)
     warnings = sorted({w for r in reports for w in r["warnings"]})
     s_lo, s_hi = 10 ** np.array([-1.0, 4.0])
     if not s_lo <= args.scale <= s_hi:
         warnings.append(f"scale {args.scale} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped")
+    mean = lambda key: float(np.mean([r[key] for r in reports]))  # noqa: E731
     return {
         "input": str(path), "output": str(out_path), "shape": [int(v) for v in electrons.shape],
-        "chi_square": float(np.mean([r["chi_square"] for r in reports])),
-        "whiteness": float(np.mean([r["whiteness"] for r in reports])),
-        "spectral_flatness": float(np.mean([r["spectral_flatness"] for r in reports])),
-        "mean_photons": float(np.mean([r["mean_photons"] for r in reports])),
-        "saturated_fraction": float(np.mean([r["saturated_fraction"] for r in reports])),
+        "chi_square": mean("chi_square"), "whiteness": mean("whiteness"),
+        "spectral_flatness": mean("spectral_flatness"), "mean_photons": mean("mean_photons"),
+        "saturated_fraction": mean("saturated_fraction"),
+        "posterior_std": mean("posterior_std") if std is not None else None,
+        "uncertainty": str(std_path) if std is not None else None,
         "tile": reports[0]["tile"], "num_tiles": reports[0]["num_tiles"], "plan": reports[0]["plan"],
+        "kappa": reports[0].get("kappa"), "settings": reports[0].get("settings"),
         "seconds": float(sum(r["timings"]["total_s"] for r in reports)), "warnings": warnings,
     }  # fmt: skip
 
@@ -207,25 +238,28 @@ def main(argv=None) -> int:
     import jax
 
     from pdr_jax.model_io import load_model, read_network_json
+    from pdr_jax.restore import Prior
 
     files = expand_inputs(args.inputs)
     if not files:
         raise SystemExit(f"no supported input files in {args.inputs}")
     outputs = output_paths(files, args.output)
+    std_outputs = output_paths(files, args.uncertainty) if args.uncertainty else [None] * len(files)
     kind = read_network_json(args.checkpoint).get("kind", "prior")
     if kind != args.method:
         raise SystemExit(f"--checkpoint {args.checkpoint} is a {kind} model; use --method {kind}")
     net, variables = load_model(args.checkpoint)
+    model = (net, variables) if args.method == "conditional" else Prior(net, variables)
     print(f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
           f"{len(files)} input(s)", file=sys.stderr)  # fmt: skip
     key = jax.random.key(args.seed)
     reports, failed = [], []
     start = time.perf_counter()
-    for i, (path, out_path) in enumerate(zip(files, outputs)):
+    for i, (path, out_path, std_path) in enumerate(zip(files, outputs, std_outputs, strict=True)):
         bar = "#" * (20 * i // len(files)) + "-" * (20 - 20 * i // len(files))
         print(f"[{bar}] {i + 1}/{len(files)} {path.name}", file=sys.stderr, flush=True)
         try:
-            rep = restore_one(path, out_path, net, variables, args, jax.random.fold_in(key, i))
+            rep = restore_one(path, out_path, model, args, jax.random.fold_in(key, i), std_path)
         except Exception as err:  # a broken input is logged, counted and skipped
             failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
             print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)

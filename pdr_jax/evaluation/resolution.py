@@ -18,8 +18,7 @@ from pdr_jax.evaluation import benchmark, methods, report
 
 def evaluate_resolutions(
     cases: Sequence[benchmark.Case],
-    net,
-    variables,
+    prior,
     settings: methods.PdrSettings,
     resolutions: Sequence[int],
     *,
@@ -35,10 +34,11 @@ def evaluate_resolutions(
     summary, rows = [], []
     height, width = cases[0].image.clean.shape[:2]
     for tile in resolutions:
-        tiled = dataclasses.replace(settings, tile=int(tile))
+        base = settings.tiling or methods.TilingSettings()
+        tiled = dataclasses.replace(settings, tiling=dataclasses.replace(base, tile=int(tile)))
         entry = {"resolution": int(tile)}
         try:
-            plan = methods.tile_plan(net, height, width, tiled)
+            plan = methods.tile_plan(prior, height, width, tiled.tiling)
         except ValueError as e:
             log(f"resolution {tile}: skipped ({e})")
             summary.append({**entry, "error": str(e)})
@@ -46,7 +46,7 @@ def evaluate_resolutions(
 
         def restore(y, *, s, r, b, domain, key, tiled=tiled):
             return methods.restore_pdr(
-                net, variables, y, s=s, r=r, b=b, domain=domain, key=key, settings=tiled
+                prior, y, s=s, r=r, b=b, domain=domain, key=key, settings=tiled
             )
 
         name = f"pdr@{tile}"
@@ -63,7 +63,7 @@ def evaluate_resolutions(
             min_cell_psnr=min(c["psnr"] for c in cells),
             seconds=report.finite_mean(row["seconds"] for row in run.rows),
             compile_seconds=run.compile_seconds.get(name, 0.0),
-            memory_mb=methods.network_memory_bytes(net, variables, shape, tiled) / 2**20,
+            memory_mb=methods.network_memory_bytes(prior, shape, tiled) / 2**20,
         )
         log(
             f"resolution {tile}: PSNR {entry['psnr']:.2f} dB, {entry['seconds']:.3g} s/image, "

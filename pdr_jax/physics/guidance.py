@@ -25,7 +25,7 @@ gamma / (1 + gamma F), the Gauss-Newton (Kalman) step, which never passes the pi
 maximum-likelihood value.
 
 Measured on 32 8x8 images from a Gaussian prior with its exact denoiser, r = 1, b = 0.5, 18
-Heun steps from zero latents (tests/physics/test_restore_guided.py); MSE of x in [0, 1] (and
+Heun steps from zero latents (tests/restore/test_restoration.py); MSE of x in [0, 1] (and
 chi-square) at s = 1 / 10 / 100:
 
     noisy (y - b) / s                       2.07        0.0663       0.00539
@@ -62,15 +62,21 @@ MODES = ("x0", "dps")
 
 @dataclasses.dataclass(frozen=True)
 class GuidanceSettings:
-    """How strongly and through what the likelihood steers the sampler. Validated on creation."""
+    """How strongly and through what the likelihood steers the sampler. Validated on creation.
+
+    The defaults are the tuned setting of pdr_jax.restore.restore (damped sigma^2 steps, no
+    clip); the seed design of the table above is GuidanceSettings(kappa=0.5, grad_clip=10.0,
+    damping=False). kappa "auto" is resolved by pdr_jax.restore (auto_kappa of the mean
+    photon count) before the settings reach the functions here.
+    """
 
     mode: str = "x0"  # "x0": correct the denoised estimate; "dps": through the denoiser
     likelihood: str = "wls"  # a key of pdr_jax.physics.noise.LOG_LIKELIHOODS
-    kappa: float = 0.5  # step-size scale, >= 0; 0 turns guidance off exactly
+    kappa: float | str = 1.0  # step-size scale, >= 0 (0 turns guidance off exactly), or "auto"
     schedule: str = "sigma2"  # a key of GAMMA_SCHEDULES (step_size)
     sigma_threshold: float = 0.01  # no correction at sigma <= this
-    grad_clip: float | None = 10.0  # clip the model-space gradient to +-grad_clip (None: off)
-    damping: bool = False  # gamma -> gamma / (1 + gamma F), see damped_step
+    grad_clip: float | None = None  # clip the model-space gradient to +-grad_clip (None: off)
+    damping: bool = True  # gamma -> gamma / (1 + gamma F), see damped_step
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -84,8 +90,8 @@ class GuidanceSettings:
             raise ValueError(
                 f"unknown gamma schedule {self.schedule!r}; expected one of {GAMMA_SCHEDULES}"
             )
-        if not self.kappa >= 0:
-            raise ValueError(f"kappa must be >= 0, got {self.kappa}")
+        if self.kappa != "auto" and (isinstance(self.kappa, str) or not self.kappa >= 0):
+            raise ValueError(f"kappa must be >= 0 or 'auto', got {self.kappa!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
 
@@ -231,6 +237,8 @@ def make_guidance(denoise_fn, y, s, r, b, *, mask=None,
     zero too, but the program around it compiles differently (XLA fuses the denoiser's
     transcendentals with other ops), which moves results by ~1e-6.
     """
+    if settings.kappa == "auto":
+        raise ValueError("kappa 'auto' must be resolved first (pdr_jax.restore.auto_kappa)")
     if settings.kappa == 0:
         return denoise_fn, None
     if settings.mode == "x0":

@@ -1,6 +1,20 @@
-"""pdr_jax.restore: likelihood-guided restoration (guided.py) and tiling for large images
-(tiling.py, whose `tiled_denoiser` plugs into `restore_with_denoiser`)."""
+"""pdr_jax.restore: one restoration path (restoration.py: `restore(prior, y, physics=...)`) and
+tiling for images of any size (tiling.py)."""
 
-from pdr_jax.restore.guided import prepare_measurement, restore_image, restore_with_denoiser
+from pdr_jax.physics.guidance import GuidanceSettings
+from pdr_jax.restore.restoration import (
+    Denoiser,
+    Physics,
+    Prior,
+    Restoration,
+    SamplerSettings,
+    TilingSettings,
+    auto_kappa,
+    parse_kappa,
+    restore,
+)
 
-__all__ = ["prepare_measurement", "restore_image", "restore_with_denoiser"]
+__all__ = [
+    "Denoiser", "GuidanceSettings", "Physics", "Prior", "Restoration", "SamplerSettings",
+    "TilingSettings", "auto_kappa", "parse_kappa", "restore",
+]  # fmt: skip

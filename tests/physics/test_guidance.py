@@ -42,7 +42,7 @@ def test_model_space_gradient_is_half_the_intensity_gradient(likelihood):
 
 def test_x0_correction_threshold_mask_clip_and_schedules():
     _, y, denoised = _data()
-    settings = GuidanceSettings(kappa=0.5, grad_clip=10.0)
+    settings = GuidanceSettings(kappa=0.5, grad_clip=10.0, damping=False)  # the seed design
     grad = guidance.model_space_grad(denoised, y, S, R, B)
     for sigma in (0.5, 3.0, 80.0):
         c = guidance.x0_correction(denoised, sigma, y=y, s=S, r=R, b=B, settings=settings)
@@ -88,7 +88,7 @@ def test_dps_takes_the_step_back_through_the_denoiser():
     a, c = 0.7, 0.1
     denoise_fn = lambda x, sigma: a * x + c
     for settings in (
-        GuidanceSettings(mode="dps", kappa=0.5, grad_clip=None),
+        GuidanceSettings(mode="dps", kappa=0.5, damping=False),
         GuidanceSettings(mode="dps", kappa=1.0, damping=True, schedule="isotropic"),
     ):
         denoised, correction = guidance.dps_correction(
@@ -162,5 +162,6 @@ def test_hooks_are_pytrees_with_one_function_per_setting():
     ],
 )
 def test_invalid_settings_are_named(field, value, message):
+    assert GuidanceSettings() == GuidanceSettings(kappa=1.0, grad_clip=None, damping=True)  # tuned
     with pytest.raises(ValueError, match=message):
         GuidanceSettings(**{field: value})

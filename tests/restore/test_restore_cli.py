@@ -95,3 +95,19 @@ def test_too_small_input_is_rejected_clearly(tiny_model, tmp_path):
                               str(tmp_path / "r.json"), *_args(tiny_model)])  # fmt: skip
     assert code == 1
     assert "minimum is 8x8" in json.loads((tmp_path / "r.json").read_text())["failures"][0]["error"]
+
+
+def test_num_samples_write_a_posterior_std_map(tiny_model, tmp_path):
+    y, _ = _measurement((24, 20), s=5.0)  # few photons: the sampler refines the one-call estimate
+    np.save(tmp_path / "y.npy", y)
+    out, std, report = tmp_path / "x.tif", tmp_path / "std.tif", tmp_path / "report.json"
+    code = restore_tool.main([str(tmp_path / "y.npy"), "--output", str(out), "--num-samples", "3",
+                              "--uncertainty", str(std), "--report", str(report), *_args(tiny_model), "--scale", "5"])  # fmt: skip
+    assert code == 0
+    sigma = tifffile.imread(std)
+    assert sigma.shape == (24, 20) and np.all(sigma >= 0) and sigma.mean() > 0
+    image = json.loads(report.read_text())["images"][0]
+    assert image["posterior_std"] == pytest.approx(float(sigma.mean()), rel=1e-5)
+    assert image["settings"]["num_samples"] == 3 and image["uncertainty"] == str(std)
+    with pytest.raises(SystemExit):  # --uncertainty needs samples
+        restore_tool.main([str(tmp_path / "y.npy"), "--output", str(out), "--uncertainty", str(std), *_args(tiny_model)])

@@ -1,0 +1,466 @@
+"""One restoration path: `restore(prior, y, physics=Physics(...))` for every caller.
+
+    y electrons [H, W] | [H, W, C] | [B, H, W, C]
+      --(tile plan: reflection padding, tiles fused at every denoiser call)-->
+      --(start: the one-call variance-stabilised estimate, re-noised)-->
+      --(EDM sampler with likelihood guidance, `num_samples` per image)-->
+    Restoration(image in [0, 1] like y, report, posterior std)
+
+`tools/restore.py`, `tools/evaluate.py` (methods "pdr" and "pdr-vst"), the notebooks and the
+README call `restore`; what varies between them are the settings records below, whose
+defaults are the tuned defaults (chosen on `corpus:val`, see the README's "Restoration
+defaults"). `Prior` wraps a `pdr_jax.precond` network; anything with the same members (a
+closed-form Gaussian denoiser in the tests) restores the same way.
+
+The start (`SamplerSettings.start`):
+  "vst"    the one-call estimate of GAT + denoiser + exact unbiased inverse (Makitalo & Foi
+           2013, with the prior's denoiser in BM3D's place) at the stabilised noise level
+           sigma_v (unit std after the GAT, scaled into [0, 1] like the image), re-noised to
+           start_sigma = start_factor * 2 sigma_v in model space (SDEdit, Meng et al. 2022);
+           the guided sampler runs from there down to sigma_min. Where the measurement's
+           noise is low (`noise_level(y)` < refine_min_noise; on corpus:val the sampler's
+           steps lost PSNR there and gained it at higher noise), and with num_steps = 0, the
+           one-call estimate is the result (the fast method: one network call per tile).
+  "noise"  EDM's start: latents * sigma_max (zero latents: a deterministic estimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import warnings
+from typing import Protocol
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdr_jax import baselines, metrics, model_io, samplers
+from pdr_jax.physics import calibration, conditioning
+from pdr_jax.physics import guidance as physics_guidance
+from pdr_jax.physics.guidance import GuidanceSettings
+from pdr_jax.restore import tiling
+
+SOLVERS = ("heun", "euler")
+STARTS = ("vst", "noise")
+
+
+@dataclasses.dataclass(frozen=True)
+class Physics:
+    """The measurement model y ~ Poisson(s x + b) + N(0, r^2) in electrons, and the domain.
+
+    The CLI names are in the errors: s is --scale, r --read-noise, b --background.
+    """
+
+    s: float  # electrons at clean intensity 1 (--scale)
+    r: float  # read noise, electrons rms (--read-noise)
+    b: float = 0.0  # background, electrons (--background)
+    domain: str = "photography"  # a name of conditioning.DOMAINS
+
+    def __post_init__(self):
+        for name, flag, value, strict in (
+            ("s", "--scale", self.s, True), ("r", "--read-noise", self.r, False),
+            ("b", "--background", self.b, False),
+        ):  # fmt: skip
+            value = float(value)
+            if not np.isfinite(value) or (value <= 0 if strict else value < 0):
+                raise ValueError(
+                    f"{flag} ({name}) must be a finite number {'>' if strict else '>='} 0, got {value}"
+                )
+        if self.domain not in conditioning.DOMAINS:
+            raise ValueError(
+                f"unknown domain {self.domain!r}; expected one of {conditioning.DOMAINS}"
+            )
+
+    def labels(self, rows: int):
+        """[rows, 6] conditioning vectors (pdr_jax.physics.conditioning)."""
+        vector = conditioning.conditioning_vector(self.domain, self.s, self.r, self.b)
+        return jnp.broadcast_to(vector, (rows, vector.shape[-1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """How the sampler runs; the defaults are the tuned setting (README, "Restoration defaults")."""
+
+    num_steps: int = 6  # EDM steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
+    solver: str = "heun"  # "heun" or "euler"
+    start: str = "vst"  # "vst" or "noise" (module docstring)
+    start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
+    latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
+    refine_min_noise: float = 0.4  # "vst": run the sampler only where noise_level(y) >= this
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0  # "noise" start
+    rho: float = 7.0
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS or self.start not in STARTS:
+            raise ValueError(
+                f"solver must be one of {SOLVERS} and start one of {STARTS}, got "
+                f"{self.solver!r}, {self.start!r}"
+            )
+        if self.num_steps < 0 or (self.num_steps == 0 and self.start != "vst"):
+            raise ValueError(
+                f"num_steps must be >= 1 (0 only with start='vst'), got {self.num_steps}"
+            )
+        if not (self.start_factor > 0 and self.latent_scale >= 0 and self.refine_min_noise >= 0
+                and 0 < self.sigma_min < self.sigma_max):  # fmt: skip
+            raise ValueError(
+                "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0 and 0 < sigma_min "
+                f"< sigma_max, got {self.start_factor}, {self.latent_scale}, {self.refine_min_noise}, "
+                f"{self.sigma_min}, {self.sigma_max}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingSettings:
+    """Tiles for images larger than the network (pdr_jax.restore.tiling); `tiling=None` in
+    `restore` runs the whole image (or batch of crops) through the network at once."""
+
+    tile: int | None = None  # tile size; None: tiling.choose_tile's documented rule
+    overlap: int = 16  # capped at a quarter tile
+    batch: int = 8  # tiles per network call
+    memory_budget_mb: float = 2048.0  # for the automatic tile size
+
+
+class Denoiser(Protocol):
+    """What `restore` needs of a prior (Prior below; a closed-form denoiser in the tests)."""
+
+    img_resolution: int  # the largest tile
+    img_channels: int
+    downsampling: int  # tile sizes are multiples of it
+    model_channels: int  # for tiling.choose_tile's memory estimate
+
+    def sampler_args(self, physics: Physics, rows: int) -> dict:
+        """denoise_fn(x [rows, h, w, C], sigma) -> D in model space, sigma_min, sigma_max,
+        round_sigma (samplers.network_sampler_args)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Prior:
+    """A `pdr_jax.precond` network and its variables as a Denoiser.
+
+    conditioned=False feeds the all-zero conditioning vector (what label dropout trains the
+    network for); an unconditional network (label_dim 0) gets no labels either way.
+    """
+
+    net: object
+    variables: object
+    conditioned: bool = True
+
+    def __post_init__(self):
+        label_dim = self.net.model.label_dim
+        if label_dim not in (0, conditioning.DEFAULT_SPEC.dim):
+            raise ValueError(
+                f"the network's label_dim {label_dim} is not the {conditioning.DEFAULT_SPEC.dim}-D "
+                "physics conditioning (pdr_jax.physics.conditioning)"
+            )
+
+    @classmethod
+    def load(cls, directory: str) -> Prior:
+        """The prior of a model directory (model_io.load_model)."""
+        return cls(*model_io.load_model(directory))
+
+    img_resolution = property(lambda self: self.net.model.img_resolution)
+    img_channels = property(lambda self: self.net.model.in_channels)
+    downsampling = property(lambda self: 2 ** (len(self.net.model.channel_mult) - 1))
+    model_channels = property(lambda self: self.net.model.model_channels)
+
+    def sampler_args(self, physics: Physics, rows: int) -> dict:
+        if not self.net.model.label_dim:
+            labels = None
+        elif self.conditioned:
+            labels = physics.labels(rows)
+        else:
+            labels = conditioning.unconditional(rows)
+        return samplers.network_sampler_args(self.net, self.variables, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restoration:
+    """What `restore` returns."""
+
+    image: np.ndarray  # like y, float32 in [0, 1]: the mean of the samples
+    report: dict  # chi_square, whiteness, mean_photons, kappa, warnings, timings, settings, ...
+    std: np.ndarray | None = None  # like y: per-pixel std over num_samples > 1 samples
+
+
+# The guidance strength rule.
+
+AUTO_KAPPA_SLOPE = 0.35
+AUTO_KAPPA_RANGE = (0.4, 1.0)
+
+
+def auto_kappa(mean_photons: float) -> float:
+    """kappa = 1 - AUTO_KAPPA_SLOPE log10(mean photons per pixel), clipped to AUTO_KAPPA_RANGE.
+
+    Each sampler step re-applies the (damped) likelihood correction to a new denoised
+    estimate, so with many photons the corrections add up to more than one Kalman update and
+    the result follows the noise; with few the full strength is needed. Provenance of the
+    constants: README, "Restoration defaults".
+    """
+    kappa = 1.0 - AUTO_KAPPA_SLOPE * np.log10(max(float(mean_photons), 1e-3))
+    return float(np.clip(kappa, *AUTO_KAPPA_RANGE))
+
+
+def parse_kappa(text: str) -> str | float:
+    """A --kappa value: 'auto' (auto_kappa) or a number >= 0."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}")
+    return value
+
+
+# The measurement.
+
+
+def _as_bhwc(y, channels: int):
+    """y [H, W] / [H, W, C] / [B, H, W, C] -> ([B, H, W, C] float32 numpy, undo)."""
+    y = np.asarray(y, np.float32)
+    if y.ndim == 2:
+        y, undo = y[None, :, :, None], lambda x: x[0, :, :, 0]
+    elif y.ndim == 3:
+        y, undo = y[None], lambda x: x[0]
+    elif y.ndim == 4:
+        undo = lambda x: x
+    else:
+        raise ValueError(f"y must be [H, W], [H, W, C] or [B, H, W, C], got shape {y.shape}")
+    if y.shape[-1] != channels:
+        raise ValueError(
+            f"y has {y.shape[-1]} channel(s) but the prior has {channels}: restore each channel "
+            "on its own (tools/restore.py does) or use a prior with as many channels"
+        )
+    return y, undo
+
+
+def _valid_mask(mask, y: np.ndarray, undo_shape) -> np.ndarray:
+    """The likelihood mask as [B, H, W, C] float32 (1 = valid), checked against y."""
+    if mask is None:
+        return np.ones_like(y)
+    calibration.check_finite(mask, "mask")
+    if np.shape(mask) != undo_shape:
+        raise ValueError(f"mask shape {np.shape(mask)} differs from y {undo_shape}")
+    valid = (np.asarray(mask, np.float32).reshape(y.shape) > 0).astype(np.float32)
+    if not valid.any():
+        raise ValueError("mask excludes every pixel")
+    return valid
+
+
+# The start.
+
+
+def noise_level(y: np.ndarray, physics: Physics) -> float:
+    """The measurement's noise std in model space, 2 sqrt(mean(max(y, 0)) + r^2) / s: what
+    SamplerSettings.refine_min_noise compares (0.04-2.2 over the corpus benchmark's cells)."""
+    return float(2 * np.sqrt(np.mean(np.maximum(y, 0)) + physics.r**2) / physics.s)
+
+
+def stabilised_sigma(y: np.ndarray, r: float) -> float:
+    """sigma_v of one image: the GAT's unit noise std in the [0, 1] range of its GAT image."""
+    z = baselines.gat_forward(y, r)
+    return 1.0 / max(float(np.ptp(z)), 1e-12)
+
+
+@jax.jit
+def _apply(denoise_fn, x, sigma):
+    """denoise_fn(x, sigma), compiled once per denoiser (a Partial: its arrays are traced)."""
+    return denoise_fn(x, sigma)
+
+
+def _vst_estimate(denoise_fn, y: np.ndarray, physics: Physics) -> np.ndarray:
+    """The one-call estimate of one padded image y [1, H', W', C] -> x [1, H', W', C] in [0, 1]."""
+    z = baselines.gat_forward(y, physics.r)
+    lo, hi = float(z.min()), float(z.max())
+    if hi - lo < 1e-12:  # a constant image: nothing to denoise
+        return np.clip((baselines.gat_inverse(z, physics.r) - physics.b) / physics.s, 0, 1)
+    sigma_v = 1.0 / (hi - lo)
+    unit = (z - lo) / (hi - lo)  # [0, 1], noise std sigma_v; model space 2u - 1, std 2 sigma_v
+    denoised = _apply(denoise_fn, jnp.asarray(2 * unit - 1, jnp.float32), jnp.float32(2 * sigma_v))
+    z_hat = (np.asarray(denoised, np.float64) + 1) / 2 * (hi - lo) + lo
+    lam = baselines.gat_inverse(z_hat, physics.r)
+    return np.clip((lam - physics.b) / physics.s, 0.0, 1.0).astype(np.float32)
+
+
+def _start(
+    denoise_fn, y_pad, physics, sampler: SamplerSettings, num_samples: int, key, net_sigma, noise
+):
+    """(latents [B K, H', W', C], sigma_max, start estimate [B, H', W', C] or None, refine).
+
+    refine: whether the sampler runs (False: the estimate is the result)."""
+    rows = y_pad.shape[0] * num_samples
+    noise_key = jax.random.key(0) if key is None else key
+    latents = sampler.latent_scale * jax.random.normal(
+        noise_key, (rows, *y_pad.shape[1:]), jnp.float32
+    )
+    if sampler.start == "noise":
+        return latents, min(sampler.sigma_max, net_sigma[1]), None, True
+    estimate = np.concatenate(
+        [_vst_estimate(denoise_fn, y_pad[i : i + 1], physics) for i in range(len(y_pad))]
+    )
+    sigma_v = max(stabilised_sigma(image, physics.r) for image in y_pad)
+    start_sigma = float(np.clip(sampler.start_factor * 2 * sigma_v, 2 * net_sigma[0], net_sigma[1]))
+    x_model = jnp.repeat(jnp.asarray(2 * estimate - 1), num_samples, axis=0)
+    refine = sampler.num_steps > 0 and noise >= sampler.refine_min_noise
+    return x_model / start_sigma + latents, start_sigma, estimate, refine
+
+
+# The restoration.
+
+
+def restore(
+    prior: Denoiser,
+    y,
+    *,
+    physics: Physics,
+    mask=None,
+    guidance: GuidanceSettings = GuidanceSettings(),
+    sampler: SamplerSettings = SamplerSettings(),
+    tiling_settings: TilingSettings | None = TilingSettings(),
+    num_samples: int = 1,
+    key=None,
+) -> Restoration:
+    """Restore x in [0, 1] from electrons y ~ Poisson(s x + b) + N(0, r^2) with a diffusion prior.
+
+    Args:
+      prior: a Prior (or any Denoiser).
+      y: [H, W], [H, W, C] or [B, H, W, C] float electrons, C = prior.img_channels; a batch
+        shares one physics.
+      physics: s, r, b and the domain.
+      mask: like y, 1 = valid, 0 = ignored by the likelihood (saturated, dead, hot pixels).
+      guidance: the likelihood step (pdr_jax.physics.guidance; kappa "auto" = auto_kappa of
+        the mean photon count over the valid pixels).
+      sampler: steps, solver and start.
+      tiling_settings: tiles for images of any size (a plan of one tile for a small image);
+        None: the whole image in one network call, e.g. a batch of crops.
+      num_samples: K samples per image (differing by their start noise); the image is their
+        mean, `std` their per-pixel standard deviation.
+      key: PRNG key of the start noise (None: key 0).
+
+    Returns a Restoration. Raises ValueError naming the field for NaN/Inf data, bad physics,
+    a mask of the wrong shape or a prior with other channels.
+    """
+    start_time = time.perf_counter()
+    calibration.check_finite(y, "y")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    y_b, undo = _as_bhwc(y, prior.img_channels)
+    valid = _valid_mask(mask, y_b, np.shape(y))
+    mean_photons = float(np.sum((y_b - physics.b) * valid) / valid.sum())
+    if guidance.kappa == "auto":
+        guidance = dataclasses.replace(guidance, kappa=auto_kappa(mean_photons))
+    report_warnings = []
+    if mean_photons < 1.0:
+        report_warnings.append(
+            f"mean photon count {mean_photons:.3g} < 1: the likelihood is weak and the result is "
+            "dominated by the prior"
+        )
+
+    # The tile plan (a whole image: none) and its denoiser.
+    batch, height, width, _ = y_b.shape
+    if tiling_settings is None:
+        if height % prior.downsampling or width % prior.downsampling:
+            raise ValueError(
+                f"y is {height}x{width}: without tiling both sides must be multiples of the "
+                f"network's downsampling {prior.downsampling} (pass tiling_settings)"
+            )
+        plan, pad, unpad = None, (lambda v: np.asarray(v)), (lambda v: np.asarray(v))
+        args = prior.sampler_args(physics, batch * num_samples)
+        denoise_fn, start_fn = args["denoise_fn"], prior.sampler_args(physics, 1)["denoise_fn"]
+        inside = np.ones((1, height, width, 1), np.float32)
+    else:
+        tile = tiling_settings.tile or tiling.choose_tile(
+            height, width, resolution=prior.img_resolution, multiple=prior.downsampling,
+            model_channels=prior.model_channels, batch=tiling_settings.batch,
+            memory_budget_mb=tiling_settings.memory_budget_mb,
+        )  # fmt: skip
+        plan = tiling.plan_tiles(height, width, tile=tile, overlap=min(tiling_settings.overlap, tile // 4),
+                                 multiple=prior.downsampling)  # fmt: skip
+        pad = lambda v: np.asarray(tiling.pad(jnp.asarray(v), plan))
+        unpad = lambda v: np.asarray(tiling.unpad(v, plan))
+        args = prior.sampler_args(physics, tiling_settings.batch)
+        denoise_fn = start_fn = tiling.tiled_denoiser(
+            args["denoise_fn"], plan, batch=tiling_settings.batch
+        )
+        inside = np.zeros((1, *plan.padded_shape, 1), np.float32)
+        inside[:, plan.pad_top : plan.pad_top + height, plan.pad_left : plan.pad_left + width] = 1
+    y_pad = pad(y_b)
+    mask_pad = pad(valid) * inside  # the padding is not data
+
+    # The start, then the guided sampler.
+    prepared = time.perf_counter()
+    latents, sigma_max, estimate, refine = _start(
+        start_fn, y_pad, physics, sampler, num_samples, key, (args["sigma_min"], args["sigma_max"]),
+        noise_level(y_b, physics),
+    )  # fmt: skip
+    started = time.perf_counter()
+    if not refine:
+        samples = jnp.asarray(estimate)[:, None]
+    else:
+        repeat = lambda v: jnp.repeat(jnp.asarray(v), num_samples, axis=0)
+        guided_fn, guidance_fn = physics_guidance.make_guidance(
+            denoise_fn, repeat(y_pad), *(jnp.float32(v) for v in (physics.s, physics.r, physics.b)),
+            mask=repeat(mask_pad), settings=guidance,
+        )  # fmt: skip
+        x_model = samplers.edm_sampler(
+            guided_fn, latents, num_steps=sampler.num_steps, sigma_min=args["sigma_min"],
+            sigma_max=sigma_max, rho=sampler.rho, round_sigma=args["round_sigma"],
+            solver=sampler.solver, guidance_fn=guidance_fn,
+        )  # fmt: skip
+        samples = jnp.clip(0.5 * (x_model + 1.0), 0.0, 1.0).reshape(
+            batch, num_samples, *y_pad.shape[1:]
+        )
+    samples = unpad(samples)
+    sampled = time.perf_counter()
+
+    x = samples.mean(axis=1)
+    chex.assert_shape(x, y_b.shape)
+    std = samples.std(axis=1) if num_samples > 1 and refine else None
+    if num_samples > 1 and not refine:
+        report_warnings.append(
+            "the one-call estimate was the result (num_steps 0, or the noise level below "
+            "refine_min_noise): there are no samples to take a posterior std from"
+        )
+    num_nonfinite = int(np.sum(~np.isfinite(x)))
+    if num_nonfinite:
+        report_warnings.append(f"{num_nonfinite} restored pixel(s) are NaN/Inf")
+    for message in report_warnings:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    s, r, b = physics.s, physics.r, physics.b
+    residuals = metrics.normalized_residuals(y_b, x, s, r, b)
+    report = {
+        "chi_square": float(metrics.chi_square(y_b, x, s, r, b, valid)),
+        "whiteness": float(metrics.whiteness(residuals, mask=valid)),
+        "spectral_flatness": float(metrics.spectral_flatness(residuals)),
+        "mean_photons": mean_photons,
+        "num_valid_pixels": int(valid.sum()),
+        "saturated_fraction": float(1 - valid.mean()),
+        "kappa": float(guidance.kappa),
+        "start_sigma": None if estimate is None else float(sigma_max),
+        "noise_level": noise_level(y_b, physics),
+        "refined": refine,
+        "posterior_std": None if std is None else float(std.mean()),
+        "tile": None if plan is None else plan.tile,
+        "num_tiles": 1 if plan is None else plan.num_tiles,
+        "plan": None if plan is None else plan.to_json(),
+        "physics": dataclasses.asdict(physics),
+        "settings": {
+            "guidance": dataclasses.asdict(guidance),
+            "sampler": dataclasses.asdict(sampler),
+            "tiling": None if tiling_settings is None else dataclasses.asdict(tiling_settings),
+            "num_samples": num_samples,
+        },
+        "timings": {
+            "prepare_s": prepared - start_time,
+            "start_s": started - prepared,
+            "sample_s": sampled - started,
+            "total_s": time.perf_counter() - start_time,
+        },
+        "warnings": report_warnings,
+    }
+    return Restoration(undo(x), report, None if std is None else undo(std))
