@@ -13,7 +13,10 @@ INPUT: files (.npy, .tif/.tiff, .fits/.fit, .png/.jpg, camera RAW) or folders of
 are electrons (--units electrons) or raw ADU converted with --gain/--black-level/--white-level
 (saturated pixels are masked out of the likelihood). OUT: a file for one input, a folder for
 several; the format follows its extension (.npy, .tif, .fits, .png as 16 bit): the restored
-clean intensity x in [0, 1] float32; --save-electrons also writes s*x+b. Every image is
+clean intensity x in [0, 1] float32; --save-electrons also writes s*x+b. A FITS output keeps the
+input FITS header (WCS, exposure...) and adds HISTORY cards saying how it was restored; a TIFF
+output keeps the input TIFF's resolution and ImageJ metadata and describes the restoration; .npy
+and 16-bit PNG outputs keep no metadata. Every image is
 restored at any size through overlapping tiles fused at every sampler step. --method prior (default):
 the diffusion prior with likelihood guidance through pdr_jax.restore.restore, whose tuned defaults
 the flags start from (the one-call variance-stabilised estimate, re-noised and refined by EDM Heun
@@ -121,7 +124,7 @@ def output_paths(files, output: str) -> list[pathlib.Path]:
 
 
 def read_measurement(path: pathlib.Path, args):
-    """(electrons [F, H, W, C] float32, valid mask like it)."""
+    """(electrons [F, H, W, C] float32, valid mask like it, the reader's ImageMeta)."""
     from pdr_jax.data.readers import read_image
     from pdr_jax.physics import calibration
 
@@ -129,7 +132,7 @@ def read_measurement(path: pathlib.Path, args):
     data = np.asarray(array, np.float32) * meta.scale + meta.offset
     if args.units == "electrons":
         calibration.check_finite(data, f"{path}")
-        return data, np.ones_like(data)
+        return data, np.ones_like(data), meta
     gain = args.gain if args.gain is not None else meta.gain
     black = args.black_level if args.black_level is not None else (meta.black_level or 0.0)
     white = args.white_level if args.white_level is not None else meta.white_level
@@ -138,10 +141,52 @@ def read_measurement(path: pathlib.Path, args):
         raise ValueError(f"{path}: --units adu needs {', '.join(missing)} (the file does not record it)")
     cal = calibration.Calibration(gain=float(gain), black_level=float(np.mean(black)), white_level=float(white))
     electrons, mask = calibration.calibrate(data, cal)
-    return np.asarray(electrons), np.asarray(mask)
+    return np.asarray(electrons), np.asarray(mask), meta
 
 
-def write_image(path: pathlib.Path, x: np.ndarray) -> None:
+# FITS cards that describe the stored array, not the image: written afresh for the output.
+_FITS_STRUCTURAL = {"SIMPLE", "BITPIX", "EXTEND", "BSCALE", "BZERO", "BLANK", "XTENSION", "PCOUNT",
+                    "GCOUNT", "CHECKSUM", "DATASUM", "BUNIT", "DATAMIN", "DATAMAX"}  # fmt: skip
+
+
+def _fits_header(meta, history: list[str]):
+    """The input's FITS cards (WCS, exposure, ...) minus the structural ones, plus HISTORY."""
+    from astropy.io import fits
+
+    header = fits.Header()
+    if meta is not None and meta.format == "fits":
+        for key, value in meta.header.items():
+            if key not in _FITS_STRUCTURAL and not key.startswith("NAXIS"):
+                try:
+                    header[key] = value
+                except (ValueError, TypeError):  # a value astropy cannot write back: leave it out
+                    continue
+    header["BUNIT"] = ("", "clean intensity x in [0, 1] (pdr_jax)")
+    for line in history:
+        header.add_history(line)
+    return header
+
+
+def _tiff_metadata(meta) -> dict:
+    """tifffile.imwrite arguments that keep the input TIFF's resolution and ImageJ metadata."""
+    if meta is None or meta.format != "tiff":
+        return {}
+    kwargs = {}
+    header = meta.header
+    if "XResolution" in header and "YResolution" in header:
+        kwargs["resolution"] = (header["XResolution"], header["YResolution"])
+        if "ResolutionUnit" in header:
+            kwargs["resolutionunit"] = header["ResolutionUnit"]
+    if header.get("imagej"):  # its own layout keys are written afresh by tifffile
+        layout = {"ImageJ", "images", "channels", "slices", "frames", "hyperstack", "mode", "loop"}
+        kwargs.update(imagej=True, metadata={k: v for k, v in header["imagej"].items() if k not in layout})
+    return kwargs
+
+
+def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> None:
+    """x [H, W] / [H, W, C] / [F, H, W, C] float32 to path by its extension. A FITS output keeps
+    the input FITS header (WCS included) with `history` as HISTORY cards; a TIFF output keeps the
+    input TIFF's resolution and ImageJ metadata; .npy and 16-bit PNG keep nothing."""
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
@@ -149,11 +194,16 @@ def write_image(path: pathlib.Path, x: np.ndarray) -> None:
     elif suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(path, x.astype(np.float32))
+        kwargs = _tiff_metadata(meta)
+        if kwargs.get("imagej"):
+            kwargs["metadata"] = {**kwargs["metadata"], "Info": "\n".join(history)}
+        else:
+            kwargs["description"] = "\n".join(history) or None
+        tifffile.imwrite(path, x.astype(np.float32), **kwargs)
     elif suffix in (".fits", ".fit"):
         from astropy.io import fits
 
-        fits.PrimaryHDU(x.astype(np.float32)).writeto(path, overwrite=True)
+        fits.PrimaryHDU(x.astype(np.float32), header=_fits_header(meta, list(history))).writeto(path, overwrite=True)
     elif suffix == ".png":
         from PIL import Image
 
@@ -177,7 +227,7 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
     sampler = dataclasses.replace(SamplerSettings(), num_steps=args.steps, start=args.start)
     tiles = TilingSettings(tile=args.tile, overlap=args.overlap, batch=args.batch, memory_budget_mb=args.memory_budget_mb)
-    electrons, mask = read_measurement(path, args)
+    electrons, mask, meta = read_measurement(path, args)
     frames, height, width, channels = electrons.shape
     x = np.zeros_like(electrons)
     std = np.zeros_like(electrons) if std_path else None
@@ -208,9 +258,15 @@ def restore_one(path, out_path, model, args, key, std_path=None):
             reports.append(result.report)
     squeeze = lambda a: (a[0] if frames == 1 else a)[..., 0] if channels == 1 else (a[0] if frames == 1 else a)  # noqa: E731
     result_image = squeeze(x)
-    write_image(out_path, result_image)
+    history = [
+        f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {args.checkpoint}",
+        f"--domain {args.domain} --scale {args.scale:g} --read-noise {args.read_noise:g} "
+        f"--background {args.background:g} --steps {args.steps} --num-samples {args.num_samples}",
+        f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
+    ]
+    write_image(out_path, result_image, meta, history)
     if std is not None:
-        write_image(std_path, squeeze(std))
+        write_image(std_path, squeeze(std), meta, [*history, "values: per-pixel posterior std"])
     elif std_path:
         reports[-1]["warnings"].append(f"no posterior std written to {std_path}: no samples were drawn")
     if args.save_electrons:

@@ -223,6 +223,9 @@ def _tiff_header(page, tif) -> dict[str, Any]:
     header = {}
     for tag in page.tags:
         value = tag.value
+        if tag.name in ("XResolution", "YResolution") and isinstance(value, tuple) and len(value) == 2:
+            header[tag.name] = value[0] / value[1] if value[1] else 0.0  # a rational: pixels per unit
+            continue
         if isinstance(value, (int, float, str)) and not (
             isinstance(value, str) and len(value) > 2000
         ):

@@ -111,3 +111,27 @@ def test_num_samples_write_a_posterior_std_map(tiny_model, tmp_path):
     assert image["settings"]["num_samples"] == 3 and image["uncertainty"] == str(std)
     with pytest.raises(SystemExit):  # --uncertainty needs samples
         restore_tool.main([str(tmp_path / "y.npy"), "--output", str(out), "--uncertainty", str(std), *_args(tiny_model)])
+
+
+def test_fits_and_tiff_outputs_keep_the_input_metadata(tiny_model, tmp_path):
+    from astropy.io import fits
+
+    y, _ = _measurement((20, 24))
+    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.1, "CRVAL2": 2.2,
+                          "CRPIX1": 12.0, "CRPIX2": 10.0, "CDELT1": -1e-4, "CDELT2": 1e-4, "EXPTIME": 30.0})  # fmt: skip
+    fits.PrimaryHDU(y, header=header).writeto(tmp_path / "y.fits")
+    assert restore_tool.main([str(tmp_path / "y.fits"), "--output", str(tmp_path / "x.fits"), *_args(tiny_model)]) == 0
+    with fits.open(tmp_path / "x.fits") as hdul:
+        out = hdul[0].header
+        assert hdul[0].data.shape == (20, 24) and hdul[0].header["BITPIX"] == -32
+    for key in ("CTYPE1", "CRVAL1", "CRVAL2", "CRPIX1", "CDELT2", "EXPTIME"):
+        assert out[key] == header[key], key
+    history = "\n".join(str(line) for line in out["HISTORY"])
+    assert "pdr_jax restore of y.fits" in history and "--scale 20" in history and "chi-square" in history
+    tifffile.imwrite(tmp_path / "y.tif", y, imagej=True, resolution=(4.0, 4.0), metadata={"spacing": 0.5, "unit": "um"})
+    assert restore_tool.main([str(tmp_path / "y.tif"), "--output", str(tmp_path / "x.tif"), *_args(tiny_model)]) == 0
+    with tifffile.TiffFile(tmp_path / "x.tif") as tif:
+        page = tif.pages[0]
+        assert page.tags["XResolution"].value == (4, 1) and page.tags["YResolution"].value == (4, 1)
+        assert tif.imagej_metadata["unit"] == "um" and tif.imagej_metadata["spacing"] == 0.5
+        assert "pdr_jax restore of y.tif" in tif.imagej_metadata["Info"]
