@@ -188,7 +188,7 @@ def ptc_from_flat_pairs(flat_pairs, black_level: float, white_level: float | Non
     return np.asarray(means), np.asarray(variances)
 
 
-def _neighbour_mean(image):
+def neighbour_mean(image):
     """Mean of the 8 neighbours of each interior pixel of [H, W] or [H, W, C]: [H-2, W-2(, C)]."""
     height, width = image.shape[:2]
     total = sum(
@@ -215,7 +215,7 @@ def ptc_from_frame_pair(
     a, b = np.asarray(frame_a, np.float64), np.asarray(frame_b, np.float64)
     if a.shape != b.shape or a.ndim not in (2, 3) or min(a.shape[:2]) < 3:
         raise ValueError(f"need two equal [H, W(, C)] frames, got {a.shape} and {b.shape}")
-    level = (_neighbour_mean(0.5 * (a + b)) - black_level).ravel()
+    level = (neighbour_mean(0.5 * (a + b)) - black_level).ravel()
     mean = (0.5 * (a + b)[1:-1, 1:-1] - black_level).ravel()
     diff = (a - b)[1:-1, 1:-1].ravel()
     means, variances = [], []

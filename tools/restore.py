@@ -30,6 +30,7 @@ Exit status 1 if any input failed (it is logged and skipped; the others are stil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -43,6 +44,16 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "models" / "pdr-gray-default"
 DEFAULT_CONDITIONAL_CHECKPOINT = ROOT / "models" / "conditional-gray-default"
 OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
+
+
+def _number_or_auto(text: str):
+    """A flag value: 'auto' or a float."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def parse_args(argv=None):
@@ -60,11 +71,16 @@ def parse_args(argv=None):
                    help="model directory (tools/convert_edm.py, a training workdir's model/); default: the shipped "
                         "model of --method")  # fmt: skip
     p.add_argument("--domain", required=True, choices=("photography", "microscopy", "astronomy"))
-    p.add_argument("--scale", type=float, required=True, help="photon scale s: electrons per unit clean intensity")
-    p.add_argument("--read-noise", type=float, required=True, help="read noise r (electrons rms)")
+    p.add_argument("--scale", type=_number_or_auto, required=True,
+                   help="photon scale s: electrons per unit clean intensity, or auto: the 99.5th percentile of the "
+                        "smoothed photon level (s is a choice of units; pdr_jax.physics.noise_estimation.auto_scale)")  # fmt: skip
+    p.add_argument("--read-noise", type=_number_or_auto, required=True,
+                   help="read noise r (electrons rms), or auto: estimated from the image's local mean-variance relation")  # fmt: skip
     p.add_argument("--background", type=float, default=0.0, help="background b (electrons)")
     p.add_argument("--units", choices=("electrons", "adu"), default="electrons")
-    p.add_argument("--gain", type=float, help="electrons per ADU (--units adu)")
+    p.add_argument("--gain", type=_number_or_auto,
+                   help="electrons per ADU (--units adu), or auto: estimated with the read noise from the image "
+                        "(needs tens of photons at its bright end; the report gives the uncertainty)")  # fmt: skip
     p.add_argument("--black-level", type=float, help="ADU of an unexposed pixel (--units adu)")
     p.add_argument("--white-level", type=float, help="saturation ADU (--units adu)")
     p.add_argument("--steps", type=int, default=None,
@@ -124,24 +140,46 @@ def output_paths(files, output: str) -> list[pathlib.Path]:
 
 
 def read_measurement(path: pathlib.Path, args):
-    """(electrons [F, H, W, C] float32, valid mask like it, the reader's ImageMeta)."""
+    """(electrons [F, H, W, C] float32, valid mask like it, the reader's ImageMeta, noise).
+
+    noise: {"scale", "read_noise", "gain"} with "auto" values replaced by the estimates of the
+    first frame and channel (pdr_jax.physics.noise_estimation), and "estimate" (their standard
+    errors and warnings) when anything was estimated.
+    """
     from pdr_jax.data.readers import read_image
-    from pdr_jax.physics import calibration
+    from pdr_jax.physics import calibration, noise_estimation
 
     array, meta = read_image(path)
     data = np.asarray(array, np.float32) * meta.scale + meta.offset
+    noise = {"scale": args.scale, "read_noise": args.read_noise, "gain": args.gain, "estimate": None}
     if args.units == "electrons":
         calibration.check_finite(data, f"{path}")
-        return data, np.ones_like(data), meta
-    gain = args.gain if args.gain is not None else meta.gain
-    black = args.black_level if args.black_level is not None else (meta.black_level or 0.0)
-    white = args.white_level if args.white_level is not None else meta.white_level
-    missing = [name for name, v in (("--gain", gain), ("--white-level", white)) if v is None]
-    if missing:
-        raise ValueError(f"{path}: --units adu needs {', '.join(missing)} (the file does not record it)")
-    cal = calibration.Calibration(gain=float(gain), black_level=float(np.mean(black)), white_level=float(white))
-    electrons, mask = calibration.calibrate(data, cal)
-    return np.asarray(electrons), np.asarray(mask), meta
+        electrons, mask = data, np.ones_like(data)
+        if args.read_noise == "auto":
+            estimate = noise_estimation.estimate_noise(data[0, :, :, 0], gain=1.0)
+            noise.update(read_noise=estimate.read_noise, estimate=dataclasses.asdict(estimate))
+    else:
+        gain = args.gain if args.gain is not None else meta.gain
+        black = args.black_level if args.black_level is not None else (meta.black_level or 0.0)
+        white = args.white_level if args.white_level is not None else meta.white_level
+        missing = [name for name, v in (("--gain", gain), ("--white-level", white)) if v is None]
+        if missing:
+            raise ValueError(f"{path}: --units adu needs {', '.join(missing)} (the file does not record it)")
+        if "auto" in (gain, args.read_noise):
+            estimate = noise_estimation.estimate_noise(
+                data[0, :, :, 0], black_level=float(np.mean(black)), white_level=float(white),
+                gain=None if gain == "auto" else float(gain),
+            )  # fmt: skip
+            gain = estimate.gain
+            noise["estimate"] = dataclasses.asdict(estimate)
+            if args.read_noise == "auto":
+                noise["read_noise"] = estimate.read_noise
+        noise["gain"] = float(gain)
+        cal = calibration.Calibration(gain=float(gain), black_level=float(np.mean(black)), white_level=float(white))
+        electrons, mask = (np.asarray(v) for v in calibration.calibrate(data, cal))
+    if args.scale == "auto":
+        noise["scale"] = noise_estimation.auto_scale(electrons[0, :, :, 0], args.background)
+    return electrons, mask, meta, noise
 
 
 # FITS cards that describe the stored array, not the image: written afresh for the output.
@@ -216,18 +254,23 @@ def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> Non
 
 def restore_one(path, out_path, model, args, key, std_path=None):
     """Restore every frame and channel of one file; returns its report."""
-    import dataclasses
 
     import jax
 
     from pdr_jax import conditional
     from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
 
-    physics = Physics(args.scale, args.read_noise, args.background, args.domain)
+    electrons, mask, meta, noise = read_measurement(path, args)
+    scale, read_noise = noise["scale"], noise["read_noise"]
+    if noise["estimate"] is not None or args.scale == "auto":
+        estimate = noise["estimate"] or {}
+        print(f"  {path.name}: scale {scale:.4g} e-, read noise {read_noise:.3g} "
+              f"+- {estimate.get('read_noise_std', 0.0):.2g} e-, gain {noise['gain']} "
+              f"+- {estimate.get('gain_std', 0.0):.2g} (estimated where 'auto')", file=sys.stderr)  # fmt: skip
+    physics = Physics(scale, read_noise, args.background, args.domain)
     guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
     sampler = dataclasses.replace(SamplerSettings(), num_steps=args.steps, start=args.start)
     tiles = TilingSettings(tile=args.tile, overlap=args.overlap, batch=args.batch, memory_budget_mb=args.memory_budget_mb)
-    electrons, mask, meta = read_measurement(path, args)
     frames, height, width, channels = electrons.shape
     x = np.zeros_like(electrons)
     std = np.zeros_like(electrons) if std_path else None
@@ -260,7 +303,7 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     result_image = squeeze(x)
     history = [
         f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {args.checkpoint}",
-        f"--domain {args.domain} --scale {args.scale:g} --read-noise {args.read_noise:g} "
+        f"--domain {args.domain} --scale {scale:g} --read-noise {read_noise:g} "
         f"--background {args.background:g} --steps {args.steps} --num-samples {args.num_samples}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
     ]
@@ -270,11 +313,13 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     elif std_path:
         reports[-1]["warnings"].append(f"no posterior std written to {std_path}: no samples were drawn")
     if args.save_electrons:
-        write_image(out_path.with_name(out_path.stem + "_electrons" + out_path.suffix), args.scale * result_image + args.background)
+        write_image(out_path.with_name(out_path.stem + "_electrons" + out_path.suffix), scale * result_image + args.background)
     warnings = sorted({w for r in reports for w in r["warnings"]})
     s_lo, s_hi = 10 ** np.array([-1.0, 4.0])
-    if not s_lo <= args.scale <= s_hi:
-        warnings.append(f"scale {args.scale} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped")
+    if not s_lo <= scale <= s_hi:
+        warnings.append(f"scale {scale:g} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped")
+    if noise["estimate"] is not None:
+        warnings += [f"noise estimate: {w}" for w in noise["estimate"]["warnings"]]
     mean = lambda key: float(np.mean([r[key] for r in reports]))  # noqa: E731
     return {
         "input": str(path), "output": str(out_path), "shape": [int(v) for v in electrons.shape],
@@ -285,6 +330,7 @@ def restore_one(path, out_path, model, args, key, std_path=None):
         "uncertainty": str(std_path) if std is not None else None,
         "tile": reports[0]["tile"], "num_tiles": reports[0]["num_tiles"], "plan": reports[0]["plan"],
         "kappa": reports[0].get("kappa"), "settings": reports[0].get("settings"),
+        "noise": {"scale": scale, "read_noise": read_noise, "gain": noise["gain"], "estimate": noise["estimate"]},
         "seconds": float(sum(r["timings"]["total_s"] for r in reports)), "warnings": warnings,
     }  # fmt: skip
 

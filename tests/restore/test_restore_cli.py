@@ -135,3 +135,18 @@ def test_fits_and_tiff_outputs_keep_the_input_metadata(tiny_model, tmp_path):
         assert page.tags["XResolution"].value == (4, 1) and page.tags["YResolution"].value == (4, 1)
         assert tif.imagej_metadata["unit"] == "um" and tif.imagej_metadata["spacing"] == 0.5
         assert "pdr_jax restore of y.tif" in tif.imagej_metadata["Info"]
+
+
+def test_auto_read_noise_and_scale_are_estimated_and_reported(tiny_model, tmp_path):
+    y, _ = _measurement((64, 64), s=20.0, r=2.0)
+    np.save(tmp_path / "y.npy", y)
+    report = tmp_path / "report.json"
+    code = restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"), "--report", str(report),
+                              *_args(tiny_model), "--read-noise", "auto", "--scale", "auto"])  # fmt: skip
+    assert code == 0
+    noise = json.loads(report.read_text())["images"][0]["noise"]
+    assert noise["read_noise"] == pytest.approx(2.0, rel=0.25) and noise["estimate"]["read_noise_std"] > 0
+    assert noise["scale"] == pytest.approx(0.8 * 20.0, rel=0.15)  # the clean bright end, 0.8 at s = 20
+    with pytest.raises(SystemExit):
+        restore_tool.parse_args(["y.npy", "--output", "x.npy", "--domain", "microscopy", "--scale", "bright",
+                                 "--read-noise", "2"])  # fmt: skip

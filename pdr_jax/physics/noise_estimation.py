@@ -1,0 +1,150 @@
+"""Noise parameters from one noisy image: gain and read noise from its local mean-variance relation.
+
+    var(y) = (y_mean - black) / gain + (read_noise / gain)^2        (ADU; gain = 1 for electrons)
+
+A single image has no second exposure to difference against, so (after Foi et al. 2008, "Practical
+Poissonian-Gaussian noise modeling and fitting for single-image raw-data") each interior pixel's
+residual d = y - mean(its 8 neighbours) serves as the noise sample: for a locally smooth signal
+(constant or linear) it has variance (1 + 1/8) var(y). Pixels are binned by the neighbour mean
+(independent of the pixel's own noise, as in metrics.ptc_from_frame_pair), and each bin's
+variance is the mean of its smallest 80% of d^2 divided by the fraction a normal distribution
+keeps (0.4377): edges, stars and hot pixels, which make the tails heavy, fall in the trimmed
+20%. Saturated pixels (>= white_level) and their neighbours are left out. The line through the
+bins is metrics.fit_photon_transfer's weighted least squares; its uncertainty is the spread of
+refits over bootstrap resamples of the bins.
+
+`auto_scale` is the rule for `--scale auto`: s is a choice of units (x = 1 at s electrons), not
+a property of the data; the 99.5th percentile of the smoothed photon level puts the bright end
+of the image near x = 1 and keeps outlier pixels from setting it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pdr_jax import metrics
+
+TRIM_KEEP = 0.8  # fraction of the smallest d^2 kept per bin
+# E[z^2 | |z| < q] for z ~ N(0, 1), q its 90% two-sided quantile: corrects the trimmed mean.
+_TRIMMED_NORMAL_VARIANCE = 0.43766
+_NEIGHBOUR_FACTOR = 1.0 + 1.0 / 8.0  # var(y - mean of 8 neighbours) / var(y)
+SCALE_PERCENTILE = 99.5
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseEstimate:
+    """Gain and read noise of one image, with bootstrap standard errors."""
+
+    gain: float  # electrons per ADU (1 when the data are electrons and the gain was fixed)
+    gain_std: float  # 0 when the gain was given
+    read_noise: float  # electrons rms
+    read_noise_std: float
+    num_bins: int
+    fit_rms: float  # relative rms of the bins about the fitted line
+    warnings: tuple[str, ...] = ()
+
+
+def _bins(
+    y: np.ndarray, black_level: float, white_level: float | None, num_bins: int, min_pixels: int
+):
+    """(mean [K], variance [K], pixels [K]) of the residual in equal-count bins of the level."""
+    y = np.asarray(y, np.float64)
+    if y.ndim == 3:
+        y = y[..., 0] if y.shape[-1] == 1 else None
+    if y is None or y.ndim != 2 or min(y.shape) < 8:
+        raise ValueError("noise estimation needs one [H, W] image of at least 8x8 pixels")
+    level = metrics.neighbour_mean(y) - black_level
+    residual = y[1:-1, 1:-1] - (level + black_level)
+    keep = np.ones(level.shape, bool)
+    if white_level is not None:  # a saturated pixel or neighbour breaks the noise model
+        saturated = y >= white_level
+        near = metrics.neighbour_mean(saturated.astype(np.float64)) > 0
+        keep = ~(saturated[1:-1, 1:-1] | near)
+    level, residual = level[keep], residual[keep]
+    means, variances, counts = [], [], []
+    for chunk in np.array_split(np.argsort(level), num_bins):
+        if chunk.size < min_pixels:
+            continue
+        squares = np.sort(residual[chunk] ** 2)[: int(TRIM_KEEP * chunk.size)]
+        means.append(level[chunk].mean())
+        variances.append(squares.mean() / _TRIMMED_NORMAL_VARIANCE / _NEIGHBOUR_FACTOR)
+        counts.append(chunk.size)
+    return np.asarray(means), np.asarray(variances), np.asarray(counts)
+
+
+def _fit(means, variances, gain):
+    """(gain, intercept): the PTC line, or its intercept alone with the slope 1 / gain fixed."""
+    if gain is None:
+        fit = metrics.fit_photon_transfer(means, variances)
+        return fit.gain, fit.intercept
+    weights = 1.0 / np.maximum(variances, 1e-12) ** 2
+    return gain, float(np.sum(weights * (variances - means / gain)) / np.sum(weights))
+
+
+def estimate_noise(y, *, black_level: float = 0.0, white_level: float | None = None,
+                   gain: float | None = None, num_bins: int = 32, min_pixels: int = 50,
+                   num_bootstrap: int = 64, seed: int = 0) -> NoiseEstimate:  # fmt: skip
+    """Gain (unless given) and read noise from one image y [H, W] (ADU, or electrons with gain=1).
+
+    Raises ValueError when the image is too small or has no shot-noise signal (the slope of
+    variance against level is not positive). Warnings (in the result) name a poor fit: bins
+    more than 20% off the line, a negative intercept (read noise unresolved: 0 returned), a
+    fitted gain whose bootstrap std exceeds 20% of it, or fewer than 6 usable bins.
+    """
+    means, variances, _ = _bins(y, black_level, white_level, num_bins, min_pixels)
+    warnings = []
+    if means.size < 2:
+        raise ValueError(
+            f"only {means.size} usable level bin(s): the image is too small or saturated"
+        )
+    if means.size < 6:
+        warnings.append(f"only {means.size} level bins: the estimate is rough")
+    fitted_gain, intercept = _fit(means, variances, gain)
+    model = means / fitted_gain + intercept
+    fit_rms = float(np.sqrt(np.mean(((variances - model) / np.maximum(model, 1e-12)) ** 2)))
+    if fit_rms > 0.2:
+        warnings.append(
+            f"the variances lie {fit_rms:.0%} (rms) off the Poisson-Gaussian line: the image may "
+            "be processed (denoised, compressed, demosaicked) or its level not linear"
+        )
+    if intercept < 0:
+        warnings.append("negative read-noise variance fitted: read noise unresolved, 0 returned")
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(num_bootstrap):
+        pick = rng.integers(0, means.size, means.size)
+        if np.unique(means[pick]).size < 2:
+            continue
+        try:
+            draws.append(_fit(means[pick], variances[pick], gain))
+        except ValueError:  # a resample without shot-noise slope
+            continue
+    draws = np.asarray(draws).reshape(-1, 2)
+    gain_std = float(np.std(draws[:, 0])) if gain is None and len(draws) else 0.0
+    if gain_std > 0.2 * fitted_gain:
+        warnings.append(
+            f"gain {fitted_gain:.3g} +- {gain_std:.2g}: poorly constrained (too few photons at the "
+            "bright end to separate shot noise from read noise); give --gain if it is known"
+        )
+    read_noise = float(np.sqrt(max(intercept, 0.0)) * fitted_gain)
+    read_draws = np.sqrt(np.maximum(draws[:, 1], 0.0)) * draws[:, 0]
+    return NoiseEstimate(
+        gain=float(fitted_gain),
+        gain_std=gain_std,
+        read_noise=read_noise,
+        read_noise_std=float(np.std(read_draws)) if len(draws) else float("nan"),
+        num_bins=int(means.size),
+        fit_rms=fit_rms,
+        warnings=tuple(warnings),
+    )
+
+
+def auto_scale(y_electrons, background: float = 0.0) -> float:
+    """--scale auto: the SCALE_PERCENTILE-th percentile of the smoothed photon level (electrons
+    above the background) of y [H, W]; at least 1e-3."""
+    y = np.asarray(y_electrons, np.float64)
+    y = y[..., 0] if y.ndim == 3 else y
+    level = metrics.neighbour_mean(y) - background
+    return float(max(np.percentile(level, SCALE_PERCENTILE), 1e-3))
