@@ -383,10 +383,10 @@ def restore(
                                  multiple=prior.downsampling)  # fmt: skip
         pad = lambda v: np.asarray(tiling.pad(jnp.asarray(v), plan))
         unpad = lambda v: np.asarray(tiling.unpad(v, plan))
-        args = prior.sampler_args(physics, tiling_settings.batch)
-        denoise_fn = start_fn = tiling.tiled_denoiser(
-            args["denoise_fn"], plan, batch=tiling_settings.batch
-        )
+        # No more tiles per network call than the plan has: a chunk is padded to its size.
+        chunk = min(tiling_settings.batch, plan.num_tiles)
+        args = prior.sampler_args(physics, chunk)
+        denoise_fn = start_fn = tiling.tiled_denoiser(args["denoise_fn"], plan, batch=chunk)
         inside = np.zeros((1, *plan.padded_shape, 1), np.float32)
         inside[:, plan.pad_top : plan.pad_top + height, plan.pad_left : plan.pad_left + width] = 1
     y_pad = pad(y_b)
