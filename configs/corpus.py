@@ -6,6 +6,8 @@
         --config.train.init_from=models/pdr-gray-default                  # the shipped model's run
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu-continue \\
         --workdir ~/runs/corpus-cpu2 --config.train.init_from=models/pdr-gray-default   # more of it
+    PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu-finish \\
+        --workdir ~/runs/corpus-cpu3 --config.train.init_from=models/pdr-gray-default   # low sigma
     python launch/train.py --config configs/corpus.py:tiny --workdir /tmp/run    # tests (needs a corpus)
 
 Data: the corpus's train images and simulators (validation on its val split) plus the embedded
@@ -22,15 +24,16 @@ from configs import base, progressive
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = progressive.get_config("tiny" if arg == "tiny" else None)
-    if arg not in (None, "", "tiny", "cpu", "cpu-continue", "sweep"):
+    if arg not in (None, "", "tiny", "cpu", "cpu-continue", "cpu-finish", "sweep"):
         raise ValueError(
-            f"unknown preset {arg!r}: expected 'cpu', 'cpu-continue', 'sweep' or 'tiny'"
+            f"unknown preset {arg!r}: expected 'cpu', 'cpu-continue', 'cpu-finish', 'sweep' or "
+            "'tiny'"
         )
     config.data.sources = [{"corpus": ""}]
     # Per-domain weights: each domain a third of every batch, whatever its image count.
     config.data.domain_weights.update(photography=1.0, microscopy=1.0, astronomy=1.0)
     config.train.update(P_mean=-1.4, P_std=1.4)
-    if arg in ("cpu", "cpu-continue", "sweep"):
+    if arg in ("cpu", "cpu-continue", "cpu-finish", "sweep"):
         # The network of configs/base.py:cpu (chosen by the size sweep), Adam at 1e-3.
         base.apply_preset(config, "cpu")
         config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
@@ -66,5 +69,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dict(resolution=32, kimg=20.0, batch_size=32, lr=5e-4, adaptive=False),
             dict(resolution=64, kimg=24.0, batch_size=16, lr=3e-4, adaptive=False),
             dict(resolution=128, kimg=6.0, batch_size=8, lr=1.5e-4, adaptive=False),
+        ]
+    elif arg == "cpu-finish":
+        # A third CPU session from a trained model (init_from), aimed at the prior's weakest
+        # cells (README, "Prior diagnostic": photography at sigma 0.02-0.05): photographs in
+        # half of every batch, ln(sigma) ~ N(-1.8, 1.5^2) (1.5x the density at model-space
+        # sigma 0.04 of N(-1.4, 1.4^2), as much above sigma 2), low learning rates; 64 px, then
+        # 128 px. ~70 min on 2 idle cores with PDR_CPU_CONV=bf16.
+        config.data.domain_weights.update(photography=2.0)
+        config.train.update(P_mean=-1.8, P_std=1.5)
+        config.optim.update(lr=2e-4, lr_rampup_kimg=0.5)
+        config.train.update(ema_halflife_kimg=2.0, val_every_kimg=4.0, val_batches=2)
+        config.checkpoint.update(every_kimg=2.0)
+        config.stages = [
+            dict(resolution=64, kimg=20.0, batch_size=16, lr=2e-4, adaptive=False),
+            dict(resolution=128, kimg=5.0, batch_size=8, lr=1e-4, adaptive=False),
         ]
     return config

@@ -278,6 +278,9 @@ def test_corpus_config_presets(built):
         assert list(config.data.sources) == [{"corpus": ""}]
         assert (config.train.P_mean, config.train.P_std) == (-1.4, 1.4)
     assert corpus_config.get_config("cpu").model.model_channels == 32
+    finish = corpus_config.get_config("cpu-finish")
+    assert (finish.train.P_mean, finish.train.P_std) == (-1.8, 1.5)
+    assert finish.data.domain_weights.photography == 2 * finish.data.domain_weights.astronomy
     with pytest.raises(ValueError, match="unknown preset"):
         corpus_config.get_config("gpu")
     root, _, _ = built
