@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help=f"pdr sampler steps after the start (default {sampler.num_steps}; 0: the one-call estimate)")  # fmt: skip
     run.add_argument("--start", choices=("vst", "noise"), default=sampler.start,
                      help=f"pdr start (default {sampler.start}; pdr_jax.restore.SamplerSettings)")  # fmt: skip
-    run.add_argument("--guidance", default=guidance.mode, help="x0 or dps")
+    run.add_argument("--guidance", default=guidance.mode, help="x0, dps or prox (pdr_jax.physics.guidance)")
     run.add_argument("--likelihood", default=guidance.likelihood, help="wls, gaussian or exact")
     run.add_argument("--kappa", type=parse_kappa, default=guidance.kappa,
                      help=f"guidance strength, or auto (from the mean photon count); default {guidance.kappa}")  # fmt: skip

@@ -57,6 +57,7 @@ def _number_or_auto(text: str):
 
 
 def parse_args(argv=None):
+    from pdr_jax.physics.guidance import MODES as guidance_modes
     from pdr_jax.restore import GuidanceSettings, SamplerSettings, parse_kappa
 
     sampler, guidance = SamplerSettings(), GuidanceSettings()
@@ -93,7 +94,9 @@ def parse_args(argv=None):
                    help="average this many samples (posterior mean; --method conditional: use eta > 0 or ddpm)")  # fmt: skip
     p.add_argument("--uncertainty", help="--method prior with --num-samples > 1: write the per-pixel posterior std "
                                          "here (a file for one input, else a folder)")  # fmt: skip
-    p.add_argument("--guidance", choices=("x0", "dps"), default=guidance.mode)
+    p.add_argument("--guidance", choices=guidance_modes, default=guidance.mode,
+                   help="x0: correct the denoised estimate; dps: through the denoiser; prox: the exact "
+                        "proximal data step (pdr_jax.physics.guidance)")  # fmt: skip
     p.add_argument("--likelihood", choices=("wls", "gaussian", "exact"), default=guidance.likelihood)
     p.add_argument("--kappa", type=parse_kappa, default=guidance.kappa,
                    help=f"guidance strength (default {guidance.kappa}; 0: the prior alone; auto: from the mean "

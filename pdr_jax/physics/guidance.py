@@ -5,7 +5,7 @@ estimate `denoised` is turned into x = (denoised + 1) / 2, and the log-likelihoo
 w.r.t. model space is 0.5 * d log p(y | x) / dx. Pixels with mask == 0 (saturated, dead, hot)
 contribute nothing.
 
-Two modes, both adding a correction to the sampler's denoised estimate:
+Three modes, each adding a correction to the sampler's denoised estimate:
 
 - "x0" (the seed design, `x0_guidance`): correction = gamma(sigma) * clip(grad, -10, 10) at
   sigma > sigma_threshold (0.01), grad taken at the denoised estimate. A hook for the
@@ -13,6 +13,14 @@ Two modes, both adding a correction to the sampler's denoised estimate:
 - "dps" (Chung et al. 2022, Algorithm 1; `dps_denoiser`): the step on log p(y | D(x_t)) taken
   back through the denoiser to the noisy state, J^T (gamma * grad) with J = dD/dx_t. It needs
   the denoiser's vector-Jacobian product, so it wraps `denoise_fn` instead of using the hook.
+- "prox" (half-quadratic splitting as in DiffPIR, Zhu et al. 2023; `proximal_correction`):
+  the denoised estimate is replaced by the exact proximal point of the measurement's negative
+  log-likelihood, argmin_x NLL(y | x) + |x - x0|^2 / (2 gamma_x), per pixel and in closed
+  form. The likelihood is the shifted Poisson y + r^2 ~ Poisson(s x + b + r^2) (the
+  Poisson-Gaussian model's mean and variance; its proximal point is the positive root of a
+  quadratic), gamma_x = gamma(sigma) / 4 the estimate's variance in [0, 1] units. The damped
+  "x0" step is one Gauss-Newton step of the same problem with the variance frozen at x0.
+  `likelihood`, `grad_clip` and `damping` do not apply.
 
 Step size gamma(sigma) = kappa times sigma^2 ("sigma2"), sigma, 1 ("constant"), or
 sigma^2 sigma_data^2 / (sigma^2 + sigma_data^2) ("isotropic": Var[x0 | x_t] under a
@@ -57,7 +65,7 @@ from pdr_jax.physics import noise
 
 GAMMA_SCHEDULES = ("sigma2", "sigma", "constant", "isotropic")
 SIGMA_DATA = 0.5  # EDM's sigma_data: the prior std of a model-space pixel
-MODES = ("x0", "dps")
+MODES = ("x0", "dps", "prox")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +78,8 @@ class GuidanceSettings:
     photon count) before the settings reach the functions here.
     """
 
-    mode: str = "x0"  # "x0": correct the denoised estimate; "dps": through the denoiser
+    mode: str = "x0"  # "x0": correct the denoised estimate; "dps": through the denoiser;
+    # "prox": the exact proximal data step (half-quadratic splitting)
     likelihood: str = "wls"  # a key of pdr_jax.physics.noise.LOG_LIKELIHOODS
     kappa: float | str = 1.0  # step-size scale, >= 0 (0 turns guidance off exactly), or "auto"
     schedule: str = "sigma2"  # a key of GAMMA_SCHEDULES (step_size)
@@ -171,6 +180,38 @@ def x0_correction(denoised, sigma, *, y, s, r, b, mask=None,
     return guidance_step(grad, denoised, sigma, s, r, b, settings)
 
 
+def proximal_correction(denoised, sigma, *, y, s, r, b, mask=None,
+                        settings: GuidanceSettings = GuidanceSettings(mode="prox")):  # fmt: skip
+    """2 (x* - x0): the step from the denoised estimate to its exact proximal point.
+
+    x* = argmin_x lambda' - y' log lambda' + (x - x0)^2 / (2 gamma_x), lambda' = s x + b + r^2,
+    y' = max(y + r^2, 0), x0 = (denoised + 1) / 2, gamma_x = gamma(sigma) / 4 (step_size).
+    Setting the derivative to zero gives A lambda'^2 + B lambda' - y' s = 0 with A = rho / s,
+    B = s - rho ((b + r^2) / s + x0), rho = 1 / gamma_x; lambda' is its non-negative root,
+    written without cancellation for either sign of B. gamma -> infinity gives the maximum-
+    likelihood x = (y - b) / s, gamma -> 0 leaves x0. Zero where mask == 0 and at sigma <=
+    sigma_threshold. denoised: [B, H, W, C]; sigma: scalar or [B]; y, mask: [B, H, W, C];
+    s, r, b: scalars or [B, 1, 1, 1]. Returns [B, H, W, C] float32.
+    """
+    sigma = _per_example(sigma, denoised.ndim)
+    gamma = step_size(sigma, kappa=settings.kappa, schedule=settings.schedule)
+    rho = 4.0 / jnp.maximum(gamma, 1e-20)
+    x0 = 0.5 * (denoised + 1.0)
+    offset = b + jnp.square(r)
+    counts = jnp.maximum(y + jnp.square(r), 0.0)
+    quad = rho / s
+    lin = s - rho * (offset / s + x0)
+    root = jnp.sqrt(jnp.square(lin) + 4.0 * quad * counts * s)
+    lam = jnp.where(
+        lin >= 0, 2.0 * counts * s / jnp.maximum(lin + root, 1e-30), (root - lin) / (2.0 * quad)
+    )
+    correction = 2.0 * ((lam - offset) / s - x0)
+    if mask is not None:
+        correction = correction * mask
+    on = (sigma > settings.sigma_threshold) & (gamma > 0)  # kappa = 0: exactly no step
+    return jnp.where(on, correction, 0.0).astype(jnp.float32)
+
+
 def dps_correction(denoise_fn, x, sigma, *, y, s, r, b, mask=None,
                    settings: GuidanceSettings = GuidanceSettings()):  # fmt: skip
     """(D(x), J^T step): the denoised estimate and its DPS correction (Chung et al. 2022).
@@ -190,6 +231,11 @@ def _x0_hook(settings, y, s, r, b, mask, x, denoised, sigma):
     return x0_correction(denoised, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings)
 
 
+def _prox_hook(settings, y, s, r, b, mask, x, denoised, sigma):
+    del x  # the proximal point of the denoised estimate
+    return proximal_correction(denoised, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings)
+
+
 def _dps_denoise(settings, denoise_fn, y, s, r, b, mask, x, sigma):
     denoised, correction = dps_correction(
         denoise_fn, x, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings
@@ -205,14 +251,16 @@ def _bound(fn, settings: GuidanceSettings):
 
 
 def x0_guidance(y, s, r, b, *, mask=None, settings: GuidanceSettings = GuidanceSettings()):
-    """A sampler hook `guidance_fn(x, denoised, sigma) -> x0_correction(...)`.
+    """A sampler hook `guidance_fn(x, denoised, sigma) -> x0_correction(...)` (settings.mode
+    "prox": `proximal_correction(...)`).
 
     y: [B, H, W, C] electrons; mask: same or None; s, r, b: scalars or [B, 1, 1, 1].
     Returned as a `jax.tree_util.Partial` whose arrays (y, s, r, b, mask) are pytree leaves:
     a jitted sampler traces them instead of baking them in, and reuses its compiled program
     for new data with the same settings and shapes.
     """
-    return Partial(_bound(_x0_hook, settings), y, s, r, b, mask)
+    hook = _prox_hook if settings.mode == "prox" else _x0_hook
+    return Partial(_bound(hook, settings), y, s, r, b, mask)
 
 
 def dps_denoiser(denoise_fn, y, s, r, b, *, mask=None,
@@ -229,8 +277,8 @@ def dps_denoiser(denoise_fn, y, s, r, b, *, mask=None,
 
 def make_guidance(denoise_fn, y, s, r, b, *, mask=None,
                   settings: GuidanceSettings = GuidanceSettings()):  # fmt: skip
-    """(denoise_fn, guidance_fn) for a sampler: settings.mode "x0" adds a hook and keeps the
-    denoiser, "dps" wraps the denoiser and adds no hook.
+    """(denoise_fn, guidance_fn) for a sampler: settings.mode "x0" and "prox" add a hook and
+    keep the denoiser, "dps" wraps the denoiser and adds no hook.
 
     kappa = 0 returns (denoise_fn, None), the unguided sampler's own program, so results are
     bit-identical to unguided sampling. A zero correction passed through the hook is exactly
@@ -241,6 +289,6 @@ def make_guidance(denoise_fn, y, s, r, b, *, mask=None,
         raise ValueError("kappa 'auto' must be resolved first (pdr_jax.restore.auto_kappa)")
     if settings.kappa == 0:
         return denoise_fn, None
-    if settings.mode == "x0":
+    if settings.mode in ("x0", "prox"):
         return denoise_fn, x0_guidance(y, s, r, b, mask=mask, settings=settings)
     return dps_denoiser(denoise_fn, y, s, r, b, mask=mask, settings=settings), None

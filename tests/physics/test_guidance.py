@@ -1,6 +1,7 @@
 """Guidance corrections: units, masking, threshold, clipping, damping, DPS through the
 denoiser, and exact equality with the unguided sampler at kappa = 0."""
 
+import dataclasses
 import functools
 
 import chex
@@ -82,6 +83,47 @@ def test_damped_step_never_passes_the_maximum_likelihood_value():
     chex.assert_trees_all_close(denoised + c, ml, atol=1e-3)  # sigma -> inf: the ML value
 
 
+@pytest.mark.parametrize("s, r, b", [(S, R, B), (2.0, 3.0, 0.0), (250.0, 0.5, 12.5)])
+def test_proximal_step_is_the_exact_minimiser(s, r, b):
+    """x* of proximal_correction zeroes the derivative of lambda' - y' log lambda' +
+    (x - x0)^2 / (2 gamma_x) (float32: 1e-3 of the terms' scale), beats its neighbours,
+    tends to the ML value (y - b) / s as gamma grows and to x0 as it shrinks; masked and
+    sub-threshold pixels get no step."""
+    x, _, denoised = _data()
+    y = noise.simulate(jax.random.key(3), x, s, r, b)
+    x0 = 0.5 * (denoised + 1)
+    prox = GuidanceSettings(mode="prox", kappa=1.0)
+
+    def objective(x_, sigma):
+        gamma_x = sigma**2 / 4
+        lam = s * x_ + b + r**2
+        return lam - jnp.maximum(y + r**2, 0) * jnp.log(lam) + (x_ - x0) ** 2 / (2 * gamma_x)
+
+    for sigma in (0.05, 0.5, 5.0):
+        x_star = x0 + 0.5 * guidance.proximal_correction(denoised, sigma, y=y, s=s, r=r, b=b,
+                                                         settings=prox)  # fmt: skip
+        lam = s * x_star + b + r**2
+        derivative = s - jnp.maximum(y + r**2, 0) * s / lam + (x_star - x0) / (sigma**2 / 4)
+        scale = s + jnp.abs(y) * s / lam + jnp.abs(x_star - x0) / (sigma**2 / 4)
+        np.testing.assert_array_less(np.abs(derivative) / scale, 1e-3)
+        for delta in (-1e-2, 1e-2):
+            assert bool(jnp.all(objective(x_star, sigma) <= objective(x_star + delta, sigma)))
+    far = x0 + 0.5 * guidance.proximal_correction(denoised, 1e4, y=y, s=s, r=r, b=b, settings=prox)
+    chex.assert_trees_all_close(far, jnp.maximum(y + r**2, 0) / s - (b + r**2) / s, atol=1e-3)
+    near = guidance.proximal_correction(denoised, 1e-3, y=y, s=s, r=r, b=b,
+                                        settings=dataclasses.replace(prox, sigma_threshold=0.0))  # fmt: skip
+    inside = s * x0 + b + r**2 > 0  # elsewhere x0 is no point of the likelihood's domain
+    np.testing.assert_allclose(jnp.where(inside, near, 0.0), 0.0, atol=1e-3)
+    assert bool(jnp.all(s * (x0 + 0.5 * near) + b + r**2 > 0))
+    np.testing.assert_array_equal(
+        guidance.proximal_correction(denoised, 0.005, y=y, s=s, r=r, b=b, settings=prox), 0.0
+    )
+    mask = jnp.ones_like(y).at[:, :2].set(0.0)
+    masked = guidance.proximal_correction(denoised, 1.0, y=y, s=s, r=r, b=b, mask=mask,
+                                          settings=prox)  # fmt: skip
+    np.testing.assert_array_equal(masked[:, :2], 0.0)
+
+
 def test_dps_takes_the_step_back_through_the_denoiser():
     # For a linear denoiser D(x) = a x + c, J^T v = a v.
     _, y, x_t = _data()
@@ -107,7 +149,7 @@ def _toy_denoiser(x, sigma):
     )
 
 
-@pytest.mark.parametrize("mode", ["x0", "dps"])
+@pytest.mark.parametrize("mode", ["x0", "dps", "prox"])
 def test_kappa_zero_is_bit_identical_to_the_unguided_sampler(mode):
     _, y, x_t = _data()
     # The corrections themselves are exact zeros ...
@@ -117,8 +159,10 @@ def test_kappa_zero_is_bit_identical_to_the_unguided_sampler(mode):
         _, dps = guidance.dps_correction(
             _toy_denoiser, x_t, 5.0, y=y, s=S, r=R, b=B, settings=settings
         )
+        prox = guidance.proximal_correction(x_t, 5.0, y=y, s=S, r=R, b=B, settings=settings)
         np.testing.assert_array_equal(x0, 0.0)
         np.testing.assert_array_equal(dps, 0.0)
+        np.testing.assert_array_equal(prox, 0.0)
     # ... and the sampler's result is bit for bit the unguided one.
     latents = jax.random.normal(jax.random.key(3), y.shape)
     kwargs = {"num_steps": 6, "S_churn": 10.0, "key": jax.random.key(4)}
