@@ -25,6 +25,7 @@ import numpy as np
 
 from pdr_jax import metrics
 from pdr_jax.data import pipeline, transforms
+from pdr_jax.evaluation import sources
 from pdr_jax.physics import noise
 
 EMBEDDED = "embedded"
@@ -36,8 +37,9 @@ CORPUS_SKY_FRACTION = {"astronomy": 0.05}  # b = 0.05 s electrons per pixel
 # Columns of the per-image CSV rows that `score` fills in (besides the case's own fields).
 METRICS = (
     "psnr", "ssim", "ms_ssim", "chi_square", "poisson_deviance", "whiteness", "relative_bias",
-    "frc_px",
+    "frc_px", "sources_true", "sources_false", "sources_missed",
 )  # fmt: skip
+POINT_SOURCE_DOMAINS = ("astronomy",)  # score counts invented and missed stars there (sources)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,13 +162,19 @@ def score(case: Case, x_hat: np.ndarray) -> dict[str, float]:
 
     Quality (PSNR, SSIM, MS-SSIM over as many scales as the crop allows, FRC resolution in
     pixels at the 1/7 threshold, against the clean crop) and physics (chi-square, Poisson
-    deviance, residual whiteness = largest off-centre |autocorrelation|, relative bias).
+    deviance, residual whiteness = largest off-centre |autocorrelation|, relative bias); in
+    POINT_SOURCE_DOMAINS the point sources of the clean crop and the restoration's false and
+    missed ones (pdr_jax.evaluation.sources), None elsewhere.
     """
     clean = case.image.clean
     x_hat = np.asarray(x_hat, np.float32).reshape(clean.shape)
     num_scales = metrics.ms_ssim_num_scales(*clean.shape[:2])
     residuals = metrics.normalized_residuals(case.y, x_hat, case.s, case.r, case.b)
     physics = (case.y, x_hat, case.s, case.r, case.b)
+    point_sources = dict.fromkeys(("true", "false", "missed"))
+    if case.image.domain in POINT_SOURCE_DOMAINS:
+        counts = sources.count(clean, x_hat, case.s, case.r, case.b)
+        point_sources = {key: counts[key] for key in point_sources}
     return {
         "psnr": metrics.psnr(x_hat, clean),
         "ssim": metrics.ssim(x_hat, clean),
@@ -176,6 +184,7 @@ def score(case: Case, x_hat: np.ndarray) -> dict[str, float]:
         "whiteness": float(metrics.whiteness(residuals)),
         "relative_bias": float(metrics.relative_bias(x_hat, clean)),
         "frc_px": metrics.frc_resolution(*metrics.fourier_ring_correlation(x_hat, clean)),
+        **{f"sources_{key}": value for key, value in point_sources.items()},
     }
 
 

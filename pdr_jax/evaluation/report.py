@@ -134,12 +134,28 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
             cells = [by_cell[key] for key in by_cell if key[0] == method and key[2] == scale]
             if not cells:
                 continue
-            values = [finite_mean(c[field] for c in cells) for field in METRICS[2:]]
-            ms_ssim, _, deviance, whiteness, bias, frc = values
+            fields = ("ms_ssim", "poisson_deviance", "whiteness", "relative_bias", "frc_px")
+            ms_ssim, deviance, whiteness, bias, frc = (
+                finite_mean(c[field] for c in cells) for field in fields
+            )
             lines.append(
                 f"| {method} | {scale:g} | {_number(ms_ssim, 3)} | {_number(deviance, 2)} | "
                 f"{_number(whiteness, 3)} | {_number(bias, 3)} | {_number(frc, 1)} |"
             )
+    counted = [row for row in summary if row.get("sources_true") is not None]
+    if counted:
+        lines += ["", "### Point sources per crop (pdr_jax.evaluation.sources): true / false / missed",
+                  "", "| domain | s (e-) | " + " | ".join(methods) + " |",
+                  "|---|---:|" + "---:|" * len(methods)]  # fmt: skip
+        for domain in _ordered(row["domain"] for row in counted):
+            for scale in scales:
+                texts = []
+                for method in methods:
+                    cell = by_cell.get((method, domain, scale))
+                    texts.append("n/a" if cell is None else " / ".join(
+                        _number(cell[f"sources_{k}"], 1) for k in ("true", "false", "missed")
+                    ))  # fmt: skip
+                lines.append(f"| {domain} | {scale:g} | " + " | ".join(texts) + " |")
     lines += ["", "### Seconds per image", "", "| method | s/image |", "|---|---:|"]
     for method in methods:
         seconds = finite_mean(row["seconds"] for row in summary if row["method"] == method)
