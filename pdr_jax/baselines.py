@@ -100,16 +100,18 @@ def _per_channel(denoise, image):
     raise ValueError(f"expected an image [H, W] or [H, W, C], got shape {image.shape}")
 
 
-def stabilised(denoise_unit, y, s: float, r: float, b: float):
+def stabilised(denoise_unit, y, s: float, r: float, b: float, *, joint_channels: bool = False):
     """GAT -> denoise_unit(image in [0, 1], noise std) -> unbiased inverse -> x in [0, 1].
 
     The stabilised image (noise std 1) is rescaled to [0, 1] before denoising, with the noise
     std scaled alike, as Makitalo & Foi's VST + BM3D demo does: the denoisers' defaults assume
-    that range.
+    that range. joint_channels=True hands denoise_unit the whole [H, W, C] image (one range,
+    one noise std: a multi-channel prior denoises its channels together); otherwise each
+    channel goes alone.
     """
 
-    def denoise(channel):
-        z = gat_forward(channel, r)
+    def denoise(image):
+        z = gat_forward(image, r)
         lo, hi = float(z.min()), float(z.max())
         if hi - lo < 1e-12:  # a constant image: nothing to denoise
             return z
@@ -117,7 +119,7 @@ def stabilised(denoise_unit, y, s: float, r: float, b: float):
         return np.asarray(denoised, np.float64) * (hi - lo) + lo
 
     y = np.asarray(y, np.float64)
-    lam = gat_inverse(_per_channel(denoise, y), r)
+    lam = gat_inverse(denoise(y) if joint_channels else _per_channel(denoise, y), r)
     return np.clip((lam - b) / s, 0.0, 1.0).astype(np.float32)
 
 

@@ -87,6 +87,8 @@ ABLATION_FIELDS = {
     "start": ("sampler", "start", str),
     "start_factor": ("sampler", "start_factor", float),
     "latent_scale": ("sampler", "latent_scale", float),
+    "estimate_sigma_factor": ("sampler", "estimate_sigma_factor", float),
+    "refine_min_noise": ("sampler", "refine_min_noise", float),
     "num_samples": (None, "num_samples", int),
     "conditioning": (None, "conditioning", lambda v: _BOOLEANS[v.lower()]),
 }

@@ -89,6 +89,7 @@ class SamplerSettings:
     start: str = "vst"  # "vst" or "noise" (module docstring)
     start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
     latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
+    estimate_sigma_factor: float = 1.0  # "vst": the denoiser runs at this times sigma_v
     refine_min_noise: float = 0.4  # "vst": run the sampler only where noise_level(y) >= this
     sigma_min: float = 0.002
     sigma_max: float = 80.0  # "noise" start
@@ -105,11 +106,13 @@ class SamplerSettings:
                 f"num_steps must be >= 1 (0 only with start='vst'), got {self.num_steps}"
             )
         if not (self.start_factor > 0 and self.latent_scale >= 0 and self.refine_min_noise >= 0
+                and self.estimate_sigma_factor > 0
                 and 0 < self.sigma_min < self.sigma_max):  # fmt: skip
             raise ValueError(
-                "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0 and 0 < sigma_min "
-                f"< sigma_max, got {self.start_factor}, {self.latent_scale}, {self.refine_min_noise}, "
-                f"{self.sigma_min}, {self.sigma_max}"
+                "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
+                "estimate_sigma_factor > 0 and 0 < sigma_min < sigma_max, got "
+                f"{self.start_factor}, {self.latent_scale}, {self.refine_min_noise}, "
+                f"{self.estimate_sigma_factor}, {self.sigma_min}, {self.sigma_max}"
             )
 
 
@@ -261,30 +264,27 @@ def noise_level(y: np.ndarray, physics: Physics) -> float:
     return float(2 * np.sqrt(np.mean(np.maximum(y, 0)) + physics.r**2) / physics.s)
 
 
-def stabilised_sigma(y: np.ndarray, r: float) -> float:
-    """sigma_v of one image: the GAT's unit noise std in the [0, 1] range of its GAT image."""
-    z = baselines.gat_forward(y, r)
-    return 1.0 / max(float(np.ptp(z)), 1e-12)
-
-
 @jax.jit
 def _apply(denoise_fn, x, sigma):
     """denoise_fn(x, sigma), compiled once per denoiser (a Partial: its arrays are traced)."""
     return denoise_fn(x, sigma)
 
 
-def _vst_estimate(denoise_fn, y: np.ndarray, physics: Physics) -> np.ndarray:
-    """The one-call estimate of one padded image y [1, H', W', C] -> x [1, H', W', C] in [0, 1]."""
-    z = baselines.gat_forward(y, physics.r)
-    lo, hi = float(z.min()), float(z.max())
-    if hi - lo < 1e-12:  # a constant image: nothing to denoise
-        return np.clip((baselines.gat_inverse(z, physics.r) - physics.b) / physics.s, 0, 1)
-    sigma_v = 1.0 / (hi - lo)
-    unit = (z - lo) / (hi - lo)  # [0, 1], noise std sigma_v; model space 2u - 1, std 2 sigma_v
-    denoised = _apply(denoise_fn, jnp.asarray(2 * unit - 1, jnp.float32), jnp.float32(2 * sigma_v))
-    z_hat = (np.asarray(denoised, np.float64) + 1) / 2 * (hi - lo) + lo
-    lam = baselines.gat_inverse(z_hat, physics.r)
-    return np.clip((lam - physics.b) / physics.s, 0.0, 1.0).astype(np.float32)
+def _vst_estimate(denoise_fn, y: np.ndarray, physics: Physics, factor: float = 1.0):
+    """(x [1, H', W', C] in [0, 1], sigma_v): the one-call estimate of one padded image
+    y [1, H', W', C] (baselines.stabilised with the prior, its channels together, in BM3D's
+    place, run at factor * sigma_v) and sigma_v (inf for a constant image: nothing to denoise)."""
+    sigmas = []
+
+    def denoise_unit(unit, sigma_v):  # [0, 1], noise std sigma_v -> model space 2u - 1, 2 sigma_v
+        sigmas.append(sigma_v)
+        model = jnp.asarray(2 * unit[None] - 1, jnp.float32)
+        return (np.asarray(_apply(denoise_fn, model, jnp.float32(2 * factor * sigma_v)))[0] + 1) / 2
+
+    x = baselines.stabilised(
+        denoise_unit, y[0], physics.s, physics.r, physics.b, joint_channels=True
+    )
+    return x[None], (sigmas[0] if sigmas else float("inf"))
 
 
 def _start(
@@ -300,10 +300,13 @@ def _start(
     )
     if sampler.start == "noise":
         return latents, min(sampler.sigma_max, net_sigma[1]), None, True
-    estimate = np.concatenate(
-        [_vst_estimate(denoise_fn, y_pad[i : i + 1], physics) for i in range(len(y_pad))]
+    estimates, sigmas = zip(
+        *(
+            _vst_estimate(denoise_fn, y_pad[i : i + 1], physics, sampler.estimate_sigma_factor)
+            for i in range(len(y_pad))
+        )
     )
-    sigma_v = max(stabilised_sigma(image, physics.r) for image in y_pad)
+    estimate, sigma_v = np.concatenate(estimates), max(sigmas)
     start_sigma = float(np.clip(sampler.start_factor * 2 * sigma_v, 2 * net_sigma[0], net_sigma[1]))
     x_model = jnp.repeat(jnp.asarray(2 * estimate - 1), num_samples, axis=0)
     refine = sampler.num_steps > 0 and noise >= sampler.refine_min_noise
