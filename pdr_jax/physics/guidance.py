@@ -42,6 +42,8 @@ chi-square) at s = 1 / 10 / 100:
     seed: x0, kappa 0.5 sigma^2, undamped   0.196 (0.87) 0.215 (4.8)  0.237 (688)
     x0, kappa 1, isotropic, damped          0.0175 (1.03) 0.0062 (0.86) 0.0017 (0.88)
     dps, kappa 1, sigma2, damped, no clip   0.0166 (1.03) 0.0068 (1.00) 0.0016 (1.02)
+    prox, kappa 0.25, sigma2                0.0183 (0.99) 0.0056 (0.90) 0.0011 (0.80)
+    prox, kappa 1, sigma2                   0.0298 (0.95) 0.0066 (0.80) 0.0012 (0.65)
 
 From random latents (posterior samples) the MSE is about twice the posterior variance
 (dps, damped, one sample: 0.034 / 0.013 / 0.0033, chi-square 1.06 / 1.13 / 1.34; x0 damped

@@ -127,6 +127,22 @@ def test_restoration_beats_noisy_and_prior_mean_with_chi_square_near_one(mode):
         assert bool(caught) == (s == 1.0) == bool(report["warnings"])
 
 
+def test_the_proximal_data_step_restores_end_to_end():
+    """Guidance "prox" (kappa 0.25, 18 steps from zero latents) beats the noisy estimate and
+    the prior mean; its chi-square falls with s (0.99 / 0.90 / 0.80 at s = 1 / 10 / 100: the
+    exact step at every sampler step fits the noise, pdr_jax.physics.guidance)."""
+    arrays, x_true = _prior()
+    prior_mean = np.broadcast_to(((arrays[0] + 1) / 2).reshape(1, SIZE, SIZE, 1), x_true.shape)
+    chi_squares = []
+    for s in (1.0, 10.0, 100.0):
+        y = noise.simulate(jax.random.key(1), x_true, s, R, B)
+        guidance = GuidanceSettings(mode="prox", kappa=0.25)
+        x, report, _ = _restore(y, s, guidance=guidance, sampler=NOISE_START)
+        assert _mse(x, x_true) < min(_mse((y - B) / s, x_true), _mse(prior_mean, x_true)), s
+        chi_squares.append(report["chi_square"])
+    assert 0.95 < chi_squares[0] < 1.05 and chi_squares[0] > chi_squares[1] > chi_squares[2] > 0.75
+
+
 @pytest.mark.parametrize("mode", ["x0", "dps"])
 def test_kappa_zero_equals_the_unguided_sampler_bit_for_bit(mode):
     _, x_true = _prior()
@@ -144,17 +160,38 @@ def test_zero_steps_is_the_one_call_variance_stabilised_estimate():
     with the same denoiser), image by image; the start of the default sampler."""
     _, x_true = _prior()
     y = np.asarray(noise.simulate(jax.random.key(1), x_true, 10.0, R, B))
-    x, report, _ = _restore(y, 10.0, sampler=SamplerSettings(num_steps=0))
+    for factor in (1.0, 1.5):  # SamplerSettings.estimate_sigma_factor: D at factor sigma_v
+        sampler = SamplerSettings(num_steps=0, estimate_sigma_factor=factor)
+        x, report, _ = _restore(y, 10.0, sampler=sampler)
 
-    def denoise_unit(image, sigma):
-        model = jnp.asarray(2 * image - 1, jnp.float32)[None, :, :, None]
-        return (np.asarray(_denoise_fn()(model, jnp.float32(2 * sigma)))[0, :, :, 0] + 1) / 2
+        def denoise_unit(image, sigma, factor=factor):
+            model = jnp.asarray(2 * image - 1, jnp.float32)[None, :, :, None]
+            denoised = _denoise_fn()(model, jnp.float32(2 * factor * sigma))
+            return (np.asarray(denoised)[0, :, :, 0] + 1) / 2
 
-    expected = np.stack(
-        [baselines.stabilised(denoise_unit, image[..., 0], 10.0, R, B) for image in y]
-    )
-    np.testing.assert_allclose(x[..., 0], expected, atol=2e-6)
-    assert report["start_sigma"] > 0 and report["settings"]["sampler"]["num_steps"] == 0
+        expected = np.stack(
+            [baselines.stabilised(denoise_unit, image[..., 0], 10.0, R, B) for image in y]
+        )
+        np.testing.assert_allclose(x[..., 0], expected, atol=2e-6)
+        assert report["start_sigma"] > 0 and report["settings"]["sampler"]["num_steps"] == 0
+        assert not report["refined"]
+
+
+def test_the_sampler_refines_only_where_the_noise_level_reaches_the_threshold():
+    """noise_level = 2 sqrt(mean(max(y, 0)) + r^2) / s; the guided steps run at or above
+    SamplerSettings.refine_min_noise and the one-call estimate is the result below it."""
+    from pdr_jax.restore.restoration import noise_level
+
+    y = np.full((2, SIZE, SIZE, 1), 10.0, np.float32)
+    y[0, 0, 0, 0] = -6.0  # negative readings count as 0
+    level = noise_level(y, Physics(20.0, R, B))
+    assert level == pytest.approx(2 * np.sqrt((10.0 * (y.size - 1)) / y.size + R**2) / 20.0)
+    for threshold, refined in ((level * 0.99, True), (level * 1.01, False)):
+        sampler = SamplerSettings(refine_min_noise=threshold)
+        estimate, report, _ = _restore(y, 20.0, mode="default", sampler=sampler)
+        assert report["refined"] == refined and report["noise_level"] == pytest.approx(level)
+        one_call, _, _ = _restore(y, 20.0, sampler=SamplerSettings(num_steps=0))
+        assert np.array_equal(estimate, one_call) != refined
 
 
 def test_samples_spread_and_a_one_tile_plan_equals_the_whole_image():
