@@ -59,6 +59,7 @@ def _number_or_auto(text: str):
 def parse_args(argv=None):
     from pdr_jax.physics.guidance import MODES as guidance_modes
     from pdr_jax.restore import GuidanceSettings, SamplerSettings, parse_kappa
+    from pdr_jax.restore.restoration import SOLVERS
 
     sampler, guidance = SamplerSettings(), GuidanceSettings()
 
@@ -88,6 +89,9 @@ def parse_args(argv=None):
                    help=f"sampler steps (default: {sampler.num_steps} EDM Heun after the start; 20 conditional)")  # fmt: skip
     p.add_argument("--start", choices=("vst", "noise"), default=sampler.start,
                    help="vst: refine the one-call variance-stabilised estimate; noise: EDM's start at sigma_max")  # fmt: skip
+    p.add_argument("--solver", choices=SOLVERS, default=sampler.solver,
+                   help="--method prior: EDM heun (2 steps - 1 network calls), euler or dpmpp (DPM-Solver++(2M)), "
+                        "steps calls each")  # fmt: skip
     p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp"), default="ddim", help="--method conditional")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (--method conditional)")
     p.add_argument("--num-samples", type=int, default=1,
@@ -272,7 +276,9 @@ def restore_one(path, out_path, model, args, key, std_path=None):
               f"+- {estimate.get('gain_std', 0.0):.2g} (estimated where 'auto')", file=sys.stderr)  # fmt: skip
     physics = Physics(scale, read_noise, args.background, args.domain)
     guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
-    sampler = dataclasses.replace(SamplerSettings(), num_steps=args.steps, start=args.start)
+    sampler = dataclasses.replace(
+        SamplerSettings(), num_steps=args.steps, start=args.start, solver=args.solver
+    )
     tiles = TilingSettings(tile=args.tile, overlap=args.overlap, batch=args.batch, memory_budget_mb=args.memory_budget_mb)
     frames, height, width, channels = electrons.shape
     x = np.zeros_like(electrons)
@@ -307,7 +313,7 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     history = [
         f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {args.checkpoint}",
         f"--domain {args.domain} --scale {scale:g} --read-noise {read_noise:g} "
-        f"--background {args.background:g} --steps {args.steps} --num-samples {args.num_samples}",
+        f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
     ]
     write_image(out_path, result_image, meta, history)

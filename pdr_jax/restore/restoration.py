@@ -43,7 +43,7 @@ from pdr_jax.physics import guidance as physics_guidance
 from pdr_jax.physics.guidance import GuidanceSettings
 from pdr_jax.restore import tiling
 
-SOLVERS = ("heun", "euler")
+SOLVERS = ("heun", "euler", "dpmpp")  # EDM Heun (2N - 1 calls), Euler (N), DPM-Solver++(2M) (N)
 STARTS = ("vst", "noise")
 
 
@@ -84,8 +84,8 @@ class Physics:
 class SamplerSettings:
     """How the sampler runs; the defaults are the tuned setting (README, "Restoration defaults")."""
 
-    num_steps: int = 6  # EDM steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
-    solver: str = "heun"  # "heun" or "euler"
+    num_steps: int = 6  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
+    solver: str = "heun"  # a name of SOLVERS
     start: str = "vst"  # "vst" or "noise" (module docstring)
     start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
     latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
@@ -316,6 +316,14 @@ def _start(
 # The restoration.
 
 
+def network_calls(sampler: SamplerSettings, refine: bool = True) -> int:
+    """Denoiser calls per tile: the one-call estimate ("vst" start) plus the sampler's steps
+    (Heun 2N - 1, Euler and DPM-Solver++ N) where it refines."""
+    steps = sampler.num_steps if refine else 0
+    calls = 2 * steps - 1 if sampler.solver == "heun" and steps else steps
+    return calls + (sampler.start == "vst")
+
+
 def restore(
     prior: Denoiser,
     y,
@@ -410,11 +418,16 @@ def restore(
             denoise_fn, repeat(y_pad), *(jnp.float32(v) for v in (physics.s, physics.r, physics.b)),
             mask=repeat(mask_pad), settings=guidance,
         )  # fmt: skip
-        x_model = samplers.edm_sampler(
-            guided_fn, latents, num_steps=sampler.num_steps, sigma_min=args["sigma_min"],
-            sigma_max=sigma_max, rho=sampler.rho, round_sigma=args["round_sigma"],
-            solver=sampler.solver, guidance_fn=guidance_fn,
-        )  # fmt: skip
+        schedule = dict(num_steps=sampler.num_steps, sigma_min=args["sigma_min"],
+                        sigma_max=sigma_max, rho=sampler.rho, round_sigma=args["round_sigma"])  # fmt: skip
+        if sampler.solver == "dpmpp":
+            x_model = samplers.dpmpp_2m_sampler(
+                guided_fn, latents, guidance_fn=guidance_fn, **schedule
+            )
+        else:
+            x_model = samplers.edm_sampler(
+                guided_fn, latents, solver=sampler.solver, guidance_fn=guidance_fn, **schedule
+            )
         samples = jnp.clip(0.5 * (x_model + 1.0), 0.0, 1.0).reshape(
             batch, num_samples, *y_pad.shape[1:]
         )
@@ -447,6 +460,7 @@ def restore(
         "start_sigma": None if estimate is None else float(sigma_max),
         "noise_level": noise_level(y_b, physics),
         "refined": refine,
+        "network_calls": network_calls(sampler, refine),
         "posterior_std": None if std is None else float(std.mean()),
         "tile": None if plan is None else plan.tile,
         "num_tiles": 1 if plan is None else plan.num_tiles,
