@@ -226,6 +226,17 @@ def ptc_from_frame_pair(
     return np.asarray(means), np.asarray(variances)
 
 
+def std_coverage(x_hat, std, x_true, k: float = 1.0) -> float:
+    """Fraction of pixels whose error |x_hat - x_true| lies within k times the predicted std:
+    a calibrated Gaussian posterior gives 0.683 at k = 1 and 0.954 at k = 2. Any equal shapes."""
+    x_hat, std, x_true = (np.asarray(v, np.float64) for v in (x_hat, std, x_true))
+    if not x_hat.shape == std.shape == x_true.shape:
+        raise ValueError(
+            f"shapes differ: x_hat {x_hat.shape}, std {std.shape}, x_true {x_true.shape}"
+        )
+    return float(np.mean(np.abs(x_hat - x_true) <= k * std))
+
+
 def relative_bias(x_hat, x_true, mask=None):
     """mean(x_hat - x_true) / mean(x_true) over mask == 1; scalar (0 = unbiased)."""
     x_hat, x_true = jnp.asarray(x_hat, jnp.float32), jnp.asarray(x_true, jnp.float32)

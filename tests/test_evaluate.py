@@ -105,6 +105,8 @@ def test_tables_figures_and_regression(tmp_path):
     assert "| domain | s (e-) | noisy | pdr |" in table
     assert "| photography | 1 | 10.50 / 0.500 / 0.50 | **15.50** / 0.500 / 0.50 |" in table
     assert "| pdr | 5.100 |" in table  # seconds per image
+    assert "| astronomy | 10 | 0.5 / 0.5 / 0.5 | 0.5 / 0.5 / 0.5 |" in table  # point sources
+    assert "| pdr | astronomy | 10 | 0.5000 | 0.500 | 0.500 |" in table  # posterior std
     for name in ("results.csv", "summary.csv", "psnr_vs_photons.png", "examples_s1.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert Image.open(tmp_path / "psnr_vs_photons.png").size[0] > 400
@@ -119,6 +121,31 @@ def test_tables_figures_and_regression(tmp_path):
     failures, notes = report.compare_to(report.summarise(worse), previous)
     assert len(failures) == 3 and all(f.startswith("pdr/") for f in failures)
     assert notes == ["pdr/astronomy/s=10: only in the earlier run"]
+
+
+def test_a_sampling_method_scores_its_posterior_std():
+    """A method returning (x_hat, std) gets its std's mean and coverage scored per image; one
+    returning x_hat alone gets None there."""
+    cases = benchmark.make_cases(benchmark.load_clean_images(crop=16, per_domain=1), [10.0],
+                                 read_noise=2.0)  # fmt: skip
+
+    def sampling(y, *, s, r, b, domain, key, spread):
+        x = np.clip((y - b) / s, 0, 1)
+        return x, np.full_like(x, spread)
+
+    methods_ = {
+        "wide": benchmark.Method(lambda y, **kw: sampling(y, spread=1.0, **kw)),
+        "narrow": benchmark.Method(lambda y, **kw: sampling(y, spread=1e-9, **kw)),
+        "point": benchmark.Method(lambda y, *, s, b, **kw: np.clip((y - b) / s, 0, 1)),
+    }
+    rows = benchmark.run_methods(cases, methods_, log=lambda _: None).rows
+    by_method = {m: [r for r in rows if r["method"] == m] for m in methods_}
+    assert all(r["coverage_1sd"] == r["coverage_2sd"] == 1.0 for r in by_method["wide"])
+    assert all(r["std_mean"] == pytest.approx(1.0) for r in by_method["wide"])
+    assert all(r["coverage_2sd"] < 0.05 for r in by_method["narrow"])
+    assert all(r["coverage_1sd"] is None and r["std_mean"] is None for r in by_method["point"])
+    astronomy = [r for r in by_method["point"] if r["domain"] == "astronomy"]
+    assert astronomy and all(r["sources_false"] is not None for r in astronomy)
 
 
 def test_recommend_resolution():
@@ -257,7 +284,12 @@ def test_corpus_benchmark_protocol_and_gaussian_diagnostic(tmp_path, capsys):
     assert {i.domain for i in images} == {"photography", "microscopy", "astronomy"}
     astronomy = [n for n in names if n.startswith("astronomy/")]
     assert astronomy and all(any(f in n for f in val_files) or "hubble" in n for n in astronomy)
-    assert not any(r["file"].split("/")[-1] in n for n in names for r in manifest["images"] if r["split"] != "val")
+    assert not any(
+        r["file"].split("/")[-1] in n
+        for n in names
+        for r in manifest["images"]
+        if r["split"] != "val"
+    )
     with pytest.raises(ValueError, match="corpus:val or corpus:test"):
         benchmark.load_clean_images(f"corpus:train@{tmp_path / 'corpus'}", crop=32)
 
@@ -314,6 +346,8 @@ def test_gaussian_diagnostic_calls_the_denoiser_in_model_space():
             # than the model-space 0.2 moves the output off it.
             return jnp.full_like(x, -0.4) + 100 * (sigma[:, None, None, None] - 0.2)
 
-    image = benchmark.CleanImage("photography/a@0,0", "photography", np.full((16, 16, 1), 0.3, np.float32))
+    image = benchmark.CleanImage(
+        "photography/a@0,0", "photography", np.full((16, 16, 1), 0.3, np.float32)
+    )
     (row,) = diagnostic.gaussian_denoising([image], Exact, {}, sigmas=(0.1,), with_bm3d=False)
     assert row["prior"] > 80  # exact: PSNR limited only by float rounding

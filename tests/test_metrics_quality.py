@@ -164,3 +164,16 @@ def test_poisson_deviance():
     assert float(metrics.poisson_deviance(corrupted, x, 500.0, 2.0, 1.0, mask)) == pytest.approx(
         1.0, abs=0.03
     )
+
+
+def test_std_coverage_of_a_calibrated_gaussian_posterior():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(size=(200, 500))
+    std = rng.uniform(0.01, 0.1, size=truth.shape)
+    estimate = truth + std * rng.standard_normal(truth.shape)
+    # 1e5 pixels: the binomial std of a fraction is < 0.0015.
+    assert metrics.std_coverage(estimate, std, truth, 1) == pytest.approx(0.6827, abs=0.006)
+    assert metrics.std_coverage(estimate, std, truth, 2) == pytest.approx(0.9545, abs=0.004)
+    assert metrics.std_coverage(estimate, std / 2, truth, 1) == pytest.approx(0.3829, abs=0.006)
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.std_coverage(estimate, std[:10], truth)

@@ -29,7 +29,9 @@ from pdr_jax.evaluation import sources
 from pdr_jax.physics import noise
 
 EMBEDDED = "embedded"
-CORPUS = "corpus"  # "corpus:val" / "corpus:test" (pdr_jax.data.corpus), optionally "corpus:test@ROOT"
+CORPUS = (
+    "corpus"  # "corpus:val" / "corpus:test" (pdr_jax.data.corpus), optionally "corpus:test@ROOT"
+)
 # The corpus benchmark protocol (issue 19): photon levels, read noises and the astronomy sky.
 CORPUS_SCALES = (2.0, 10.0, 50.0, 250.0)
 CORPUS_READ_NOISES = (0.5, 3.0)
@@ -37,7 +39,8 @@ CORPUS_SKY_FRACTION = {"astronomy": 0.05}  # b = 0.05 s electrons per pixel
 # Columns of the per-image CSV rows that `score` fills in (besides the case's own fields).
 METRICS = (
     "psnr", "ssim", "ms_ssim", "chi_square", "poisson_deviance", "whiteness", "relative_bias",
-    "frc_px", "sources_true", "sources_false", "sources_missed",
+    "frc_px", "sources_true", "sources_false", "sources_missed", "std_mean", "coverage_1sd",
+    "coverage_2sd",
 )  # fmt: skip
 POINT_SOURCE_DOMAINS = ("astronomy",)  # score counts invented and missed stars there (sources)
 
@@ -99,7 +102,9 @@ def load_clean_images(
     if source.startswith(CORPUS + ":"):
         split, _, root = source.removeprefix(CORPUS + ":").partition("@")
         if split not in ("val", "test"):
-            raise ValueError(f"--clean {source}: expected corpus:val or corpus:test (train is for training)")
+            raise ValueError(
+                f"--clean {source}: expected corpus:val or corpus:test (train is for training)"
+            )
         # The embedded held-out columns serve tuning (val) only: test stays independent of
         # everything a default was chosen on.
         cfg.sources = [{"corpus": root, "splits": [split], "embedded": split == "val"}]
@@ -157,17 +162,20 @@ def make_cases(
     return cases
 
 
-def score(case: Case, x_hat: np.ndarray) -> dict[str, float]:
+def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[str, float]:
     """Metrics of a restoration x_hat [H, W, 1] in [0, 1] against the case's clean image.
 
     Quality (PSNR, SSIM, MS-SSIM over as many scales as the crop allows, FRC resolution in
     pixels at the 1/7 threshold, against the clean crop) and physics (chi-square, Poisson
     deviance, residual whiteness = largest off-centre |autocorrelation|, relative bias); in
     POINT_SOURCE_DOMAINS the point sources of the clean crop and the restoration's false and
-    missed ones (pdr_jax.evaluation.sources), None elsewhere.
+    missed ones (pdr_jax.evaluation.sources), None elsewhere; with a posterior std (a
+    sampling method's per-pixel std over its samples) its mean and the fractions of pixels
+    whose error lies within 1 and 2 std (calibrated: 0.683, 0.954), None without.
     """
     clean = case.image.clean
     x_hat = np.asarray(x_hat, np.float32).reshape(clean.shape)
+    std = None if std is None else np.asarray(std, np.float32).reshape(clean.shape)
     num_scales = metrics.ms_ssim_num_scales(*clean.shape[:2])
     residuals = metrics.normalized_residuals(case.y, x_hat, case.s, case.r, case.b)
     physics = (case.y, x_hat, case.s, case.r, case.b)
@@ -185,6 +193,11 @@ def score(case: Case, x_hat: np.ndarray) -> dict[str, float]:
         "relative_bias": float(metrics.relative_bias(x_hat, clean)),
         "frc_px": metrics.frc_resolution(*metrics.fourier_ring_correlation(x_hat, clean)),
         **{f"sources_{key}": value for key, value in point_sources.items()},
+        "std_mean": None if std is None else float(np.mean(std)),
+        **{
+            f"coverage_{k}sd": None if std is None else metrics.std_coverage(x_hat, std, clean, k)
+            for k in (1, 2)
+        },
     }
 
 
@@ -194,6 +207,7 @@ class Method:
 
     restore(y [N, H, W, 1] electrons, *, s, r, b, domain, key) -> x_hat [N, H, W, 1] in [0, 1];
     s, r, b are floats (one domain and scale per call), key a PRNG key for sampling methods.
+    A method that draws several samples may return (x_hat, std), std its per-pixel std.
     """
 
     restore: Callable[..., np.ndarray]
@@ -250,17 +264,20 @@ def run_methods(
                 method.restore(y, key=key, **args)
                 first_call = time.perf_counter() - start
             start = time.perf_counter()
-            x_hat = np.asarray(method.restore(y, key=key, **args), np.float32)
+            x_hat = method.restore(y, key=key, **args)
             elapsed = time.perf_counter() - start
+            x_hat, std = x_hat if isinstance(x_hat, tuple) else (x_hat, None)
+            x_hat = np.asarray(x_hat, np.float32)
+            std = [None] * len(chunk) if std is None else np.asarray(std, np.float32)
             if first_call:
                 overhead = max(first_call - elapsed, 0.0)
                 compile_seconds[name] = compile_seconds.get(name, 0.0) + overhead
-            for case, x in zip(chunk, x_hat, strict=True):
+            for case, x, x_std in zip(chunk, x_hat, std, strict=True):
                 rows.append(
                     {
                         "method": name, "domain": case.image.domain, "image": case.image.name,
                         "scale": case.s, "read_noise": case.r, "background": case.b,
-                        **score(case, x), "seconds": elapsed / len(chunk),
+                        **score(case, x, x_std), "seconds": elapsed / len(chunk),
                     }
                 )  # fmt: skip
             examples.setdefault((name, first.image.domain, first.s), x_hat[0])

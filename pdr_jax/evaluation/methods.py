@@ -156,14 +156,15 @@ def checkpoint_dir(options: MethodOptions) -> str:
     )
 
 
-def restore_pdr(prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings) -> np.ndarray:
-    """Restore crops y [N, H, W, C] electrons (one domain, scalar s, r, b) -> x [N, H, W, C]."""
+def restore_pdr(prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings):
+    """Restore crops y [N, H, W, C] electrons (one domain, scalar s, r, b) -> x [N, H, W, C],
+    or (x, std) where num_samples > 1 gave a posterior std."""
     result = restore(
         dataclasses.replace(prior, conditioned=settings.conditioning), y,
         physics=Physics(s, r, b, domain), guidance=settings.guidance, sampler=settings.sampler,
         tiling_settings=settings.tiling, num_samples=settings.num_samples, key=key,
     )  # fmt: skip
-    return result.image
+    return result.image if result.std is None else (result.image, result.std)
 
 
 def load_prior(options: MethodOptions) -> Prior:

@@ -156,6 +156,16 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
                         _number(cell[f"sources_{k}"], 1) for k in ("true", "false", "missed")
                     ))  # fmt: skip
                 lines.append(f"| {domain} | {scale:g} | " + " | ".join(texts) + " |")
+    sampled = [row for row in summary if row.get("coverage_1sd") is not None]
+    if sampled:
+        lines += ["", "### Posterior std: mean / pixels with error within 1 std / within 2 std "
+                  "(calibrated: 0.683 / 0.954)", "", "| method | domain | s (e-) | std | 1 std | 2 std |",
+                  "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        for row in sampled:
+            lines.append(
+                f"| {row['method']} | {row['domain']} | {row['scale']:g} | {_number(row['std_mean'], 4)} | "
+                f"{_number(row['coverage_1sd'], 3)} | {_number(row['coverage_2sd'], 3)} |"
+            )
     lines += ["", "### Seconds per image", "", "| method | s/image |", "|---|---:|"]
     for method in methods:
         seconds = finite_mean(row["seconds"] for row in summary if row["method"] == method)
