@@ -257,6 +257,38 @@ def test_evaluate_tool_end_to_end(tmp_path, capsys):
     assert (tmp_path / "worse" / "regression.md").read_text().count("- FAIL noisy/") == 2
 
 
+def test_steps_sweep_runs_where_the_sampler_refines_and_recommends_the_cheapest(tmp_path):
+    """pdr_jax.evaluation.steps on a tiny model: only refined cases (s = 2, not 500) are run,
+    one row per setting with its network calls; recommend takes the fewest calls within 0.1 dB
+    of the best; the table and figure are written."""
+    from pdr_jax.evaluation import steps
+
+    prior = methods.load_prior(
+        methods.MethodOptions(checkpoint=str(_make_tiny_model(tmp_path / "m")))
+    )
+    images = benchmark.load_clean_images(crop=16, per_domain=1)[:1]
+    cases = benchmark.make_cases(images, [2.0, 500.0], read_noise=1.0)
+    assert [c.s for c in steps.refined_cases(cases, methods.PdrSettings())] == [2.0]
+    summary, rows = steps.evaluate_steps(cases, prior, methods.PdrSettings(),
+                                         (("heun", 2), ("euler", 2)), log=lambda _: None)  # fmt: skip
+    assert [(r["solver"], r["network_calls"], r["images"]) for r in summary] == [
+        ("heun", 4, 1),
+        ("euler", 3, 1),
+    ]
+    assert [r["method"] for r in rows] == ["pdr[heun,2]", "pdr[euler,2]"]
+    assert all(np.isfinite(r["psnr"]) and r["scale"] == 2.0 for r in rows)
+    synthetic = [
+        {"solver": "heun", "steps": 6, "network_calls": 12, "psnr": 30.0},
+        {"solver": "euler", "steps": 6, "network_calls": 7, "psnr": 29.95},
+        {"solver": "euler", "steps": 4, "network_calls": 5, "psnr": 29.5},
+    ]
+    assert steps.recommend(synthetic)["network_calls"] == 7
+    assert steps.recommend(synthetic, margin_db=1.0)["network_calls"] == 5
+    steps.plot(summary, tmp_path / "sweep.png")
+    assert Image.open(tmp_path / "sweep.png").size[0] > 400
+    assert "| euler | 2 | 3 |" in steps.markdown(summary, steps.recommend(summary))
+
+
 def _tiny_corpus(root):
     """A corpus of 6 small astronomy renditions and simulated microscopy (no apt: a fake package)."""
     from pdr_jax.data import corpus

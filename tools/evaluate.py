@@ -9,6 +9,7 @@
     python tools/evaluate.py --out eval/today --compare-to eval/yesterday/summary.csv
     python tools/evaluate.py --clean corpus:val --methods pdr,gat-bm3d --out eval/val   # tuning
     python tools/evaluate.py --clean corpus:test --gaussian-denoising --out eval/test  # report once
+    python tools/evaluate.py --clean corpus:val --methods pdr --sweep steps --out eval/steps
 
 Clean images: the embedded scikit-image set's held-out columns (the right-most 25% of every
 picture, which training never sees), --clean corpus:val or corpus:test (that split of
@@ -25,8 +26,9 @@ one that cannot run (no model, or "conditional" before issue 10) is skipped with
 --ablation FIELD=V1,V2 adds "pdr[FIELD=V]" variants, one field varied at a time.
 
 Writes OUT/results.csv (per image), summary.csv (per method/domain/scale), table.md,
-psnr_vs_photons.png, examples_s{s}.png, settings.json, and with --resolutions
-resolutions.csv, resolution_rows.csv and a resolution section in table.md. With
+psnr_vs_photons.png, examples_s{s}.png, settings.json, with --resolutions
+resolutions.csv, resolution_rows.csv and a resolution section in table.md, and with --sweep
+steps steps_sweep.csv, steps_sweep_rows.csv, steps_sweep.png and a section in table.md. With
 --compare-to it writes regression.md and exits 1 when a method/domain/scale cell's mean PSNR
 dropped by more than --regression-margin (default 0.05, i.e. 5% of the earlier PSNR).
 """
@@ -91,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     res.add_argument("--max-memory-mb", type=float)
     res.add_argument("--max-seconds", type=float, help="per image")
     res.add_argument("--min-psnr", type=float)
+    res.add_argument("--sweep", choices=("steps",), action="append", default=[],
+                     help="steps: PSNR and chi-square against network calls over solvers and step "
+                          "counts (pdr_jax.evaluation.steps) where the sampler runs")  # fmt: skip
     reg = parser.add_argument_group("regression")
     reg.add_argument("--compare-to", help="an earlier results.csv or summary.csv")
     reg.add_argument("--regression-margin", type=float, default=report.DEFAULT_MARGIN)
@@ -148,6 +153,24 @@ def _run_resolutions(args, cases, options: methods.MethodOptions, out: pathlib.P
     with open(out / "table.md", "a") as f:
         f.write("\n" + resolution.markdown(summary, choice))
     print(f"recommended resolution: {choice[1]}")
+
+
+def _run_steps_sweep(args, cases, options: methods.MethodOptions, out: pathlib.Path) -> None:
+    """steps_sweep.csv, steps_sweep_rows.csv, steps_sweep.png and a section of table.md."""
+    from pdr_jax.evaluation import steps
+
+    prior = _load_prior(options, "steps sweep")
+    if prior is None:
+        return
+    summary, rows = steps.evaluate_steps(cases, prior, options.pdr, seed=args.seed, batch=args.batch)
+    choice = steps.recommend(summary)
+    report.write_csv(summary, out / "steps_sweep.csv", steps.FIELDS)
+    report.write_csv(rows, out / "steps_sweep_rows.csv", report.ROW_FIELDS)
+    steps.plot(summary, out / "steps_sweep.png")
+    with open(out / "table.md", "a") as f:
+        f.write("\n" + steps.markdown(summary, choice))
+    print(f"steps sweep: cheapest within {steps.DEFAULT_MARGIN_DB:g} dB of the best: "
+          f"{choice['solver']} {choice['steps']} ({choice['network_calls']} calls)")  # fmt: skip
 
 
 def _run_gaussian_denoising(args, images, options: methods.MethodOptions, out: pathlib.Path) -> None:
@@ -229,6 +252,8 @@ def main(argv=None) -> int:
             _run_resolutions(args, cases, options, out)
         if args.gaussian_denoising:
             _run_gaussian_denoising(args, images, options, out)
+        if "steps" in args.sweep:
+            _run_steps_sweep(args, cases, options, out)
     print((out / "table.md").read_text())
     return _check_regression(args, summary, out) if args.compare_to else 0
 

@@ -1,0 +1,109 @@
+"""The speed/quality sweep of the guided sampler: PSNR and chi-square against network calls.
+
+    python tools/evaluate.py --clean corpus:val --methods pdr --sweep steps --out eval/steps
+
+Every (solver, steps) of `SWEEP` runs "pdr" with the other settings unchanged, on the cases
+where the default refines (noise_level >= refine_min_noise: elsewhere the one-call estimate is
+the result and the sampler never runs). Network calls per tile count the one-call estimate the
+sampler starts from (pdr_jax.restore.restoration.network_calls). `recommend` picks the
+cheapest setting whose mean PSNR is within `margin_db` of the best: the rule that chose the
+default of SamplerSettings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from pdr_jax.evaluation import benchmark, methods, report
+from pdr_jax.restore.restoration import Physics, network_calls, noise_level
+
+# (solver, steps): Heun at 2 steps - 1 calls, Euler and DPM-Solver++(2M) at comparable counts.
+SWEEP = (
+    ("heun", 3), ("heun", 6), ("heun", 10), ("heun", 18),
+    ("euler", 4), ("euler", 6), ("euler", 11), ("euler", 19),
+    ("dpmpp", 4), ("dpmpp", 6), ("dpmpp", 11), ("dpmpp", 19),
+)  # fmt: skip
+FIELDS = ("solver", "steps", "network_calls", "images", "psnr", "chi_square", "seconds")
+DEFAULT_MARGIN_DB = 0.1
+
+
+def refined_cases(cases: Sequence[benchmark.Case], settings: methods.PdrSettings):
+    """The cases on which the sampler runs with these settings."""
+    threshold = settings.sampler.refine_min_noise
+    return [c for c in cases if noise_level(c.y, Physics(c.s, c.r, c.b)) >= threshold]
+
+
+def evaluate_steps(cases, prior, settings: methods.PdrSettings, sweep=SWEEP, *, seed: int = 0,
+                   batch: int = 8, log: Callable[[str], None] = print):  # fmt: skip
+    """(one summary row per (solver, steps), per-image rows with method "pdr[solver,steps]")."""
+    cases = refined_cases(cases, settings)
+    if not cases:
+        raise ValueError("no case reaches refine_min_noise: the sampler never runs")
+    summary, rows = [], []
+    for solver, steps in sweep:
+        sampler = dataclasses.replace(settings.sampler, solver=solver, num_steps=steps)
+        variant = dataclasses.replace(settings, sampler=sampler)
+
+        def restore(y, *, s, r, b, domain, key, variant=variant):
+            return methods.restore_pdr(prior, y, s=s, r=r, b=b, domain=domain, key=key,
+                                       settings=variant)  # fmt: skip
+
+        name = f"pdr[{solver},{steps}]"
+        run = benchmark.run_methods(cases, {name: benchmark.Method(restore, jitted=True)},
+                                    seed=seed, batch=batch, log=log)  # fmt: skip
+        rows += run.rows
+        summary.append({
+            "solver": solver, "steps": steps, "network_calls": network_calls(sampler),
+            "images": len(run.rows),
+            **{f: report.finite_mean(r[f] for r in run.rows) for f in ("psnr", "chi_square", "seconds")},
+        })  # fmt: skip
+    return summary, rows
+
+
+def recommend(summary: Sequence[dict], margin_db: float = DEFAULT_MARGIN_DB) -> dict:
+    """The row with the fewest network calls whose PSNR is within margin_db of the best (ties:
+    the higher PSNR)."""
+    best = max(row["psnr"] for row in summary)
+    within = [row for row in summary if row["psnr"] >= best - margin_db]
+    return min(within, key=lambda row: (row["network_calls"], -row["psnr"]))
+
+
+def plot(summary: Sequence[dict], path) -> None:
+    """PSNR and chi-square against network calls per tile, a line per solver."""
+    plt = report._pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for solver in dict.fromkeys(row["solver"] for row in summary):
+        part = sorted(
+            (r for r in summary if r["solver"] == solver), key=lambda r: r["network_calls"]
+        )
+        calls = [r["network_calls"] for r in part]
+        axes[0].plot(calls, [r["psnr"] for r in part], "o-", label=solver)
+        axes[1].plot(calls, [r["chi_square"] for r in part], "o-", label=solver)
+    axes[0].set_ylabel("mean PSNR (dB)")
+    axes[1].set_ylabel("mean chi-square")
+    axes[1].axhspan(0.9, 1.1, color="0.9", zorder=0)
+    for ax in axes:
+        ax.set_xlabel("network calls per tile")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Guided sampler from the one-call estimate: quality against calls")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(summary: Sequence[dict], choice: dict, margin_db: float = DEFAULT_MARGIN_DB) -> str:
+    """The sweep's table and the recommendation."""
+    lines = ["### Steps sweep (cases where the sampler runs)", "",
+             "| solver | steps | network calls | PSNR (dB) | chi-square | s/image |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in summary:
+        lines.append(
+            f"| {row['solver']} | {row['steps']} | {row['network_calls']} | {row['psnr']:.2f} | "
+            f"{row['chi_square']:.3f} | {row['seconds']:.3f} |"
+        )
+    lines += ["", f"Cheapest within {margin_db:g} dB of the best: {choice['solver']}, "
+              f"{choice['steps']} steps ({choice['network_calls']} calls, {choice['psnr']:.2f} dB)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
