@@ -83,3 +83,17 @@ def test_several_images_equal_one_at_a_time():
     both = denoise(x, 0.5)
     one_by_one = jnp.concatenate([denoise(x[:1], 0.5), denoise(x[1:], 0.5)])
     np.testing.assert_allclose(both, one_by_one, atol=1e-6, rtol=0)
+
+
+def test_choose_tile_takes_the_largest_tile_the_network_image_and_memory_allow():
+    per_tile = lambda t, channels=32: t * t * tiling.ACTIVATION_BYTES_PER_PIXEL_PER_CHANNEL * channels
+    kwargs = dict(resolution=128, multiple=8, model_channels=32, batch=8)
+    assert tiling.choose_tile(4096, 4096, **kwargs) == 128  # the network's resolution
+    assert tiling.choose_tile(100, 4096, **kwargs) == 96  # the shorter side, to the multiple
+    assert tiling.choose_tile(20, 20, **kwargs) == 16  # below 32: the side rounded down
+    # The memory budget: 8 tiles of 96 fit, 8 of 104 do not.
+    budget = (8 * per_tile(96) + 8 * per_tile(104)) / 2 / 2**20
+    assert tiling.choose_tile(4096, 4096, **kwargs, memory_budget_mb=budget) == 96
+    assert tiling.choose_tile(4096, 4096, **{**kwargs, "multiple": 2}, memory_budget_mb=budget) == 96
+    with pytest.raises(ValueError, match="no tile size fits"):
+        tiling.choose_tile(4096, 4096, **kwargs, memory_budget_mb=8 * per_tile(31) / 2**20)
