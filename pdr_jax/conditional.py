@@ -25,11 +25,11 @@ the way in and one back to float32 on the way out (as pdr_jax.precond).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
@@ -39,7 +39,6 @@ from pdr_jax.nn.unets import UNETS
 
 COND_CHANNELS = 2  # measurement_channels: the normalised measurement and its noise level
 MAX_NOISE_LEVEL = 4.0  # cap of channel 1 (model-space std): beyond it a pixel carries no signal
-SAMPLERS = ("ddim", "ddpm", "dpmpp")
 
 
 def measurement_channels(y, s, r, b):
@@ -48,12 +47,16 @@ def measurement_channels(y, s, r, b):
     s, r, b: [B] (or scalars) photon scale, read noise and background. See the module docstring.
     """
     chex.assert_rank(y, 4)
-    per_image = lambda v: jnp.reshape(jnp.broadcast_to(jnp.asarray(v, jnp.float32), (y.shape[0],)), (-1, 1, 1, 1))
+    per_image = lambda v: jnp.reshape(
+        jnp.broadcast_to(jnp.asarray(v, jnp.float32), (y.shape[0],)), (-1, 1, 1, 1)
+    )
     s, r, b = per_image(s), per_image(r), per_image(b)
     y = jnp.asarray(y, jnp.float32)
     y_n = (y - b) / s
     noise_level = 2 * jnp.sqrt(jnp.maximum(y - b, 0) + r**2) / s
-    return jnp.concatenate([2 * jnp.clip(y_n, -0.5, 1.5) - 1, jnp.minimum(noise_level, MAX_NOISE_LEVEL)], axis=-1)
+    return jnp.concatenate(
+        [2 * jnp.clip(y_n, -0.5, 1.5) - 1, jnp.minimum(noise_level, MAX_NOISE_LEVEL)], axis=-1
+    )
 
 
 def model_input(x_t, cond_image):
@@ -87,12 +90,23 @@ class ConditionalDenoiser(nn.Module):
         float, fractional between grid points) -> prediction [B, H, W, C] float32."""
         chex.assert_rank(x, 4)
         batch = x.shape[0]
-        c_noise = jnp.broadcast_to(jnp.reshape(jnp.asarray(t, jnp.float32), (-1,)), (batch,)) * (1000 / self.num_timesteps)
+        c_noise = jnp.broadcast_to(jnp.reshape(jnp.asarray(t, jnp.float32), (-1,)), (batch,)) * (
+            1000 / self.num_timesteps
+        )
         labels = None
         if self.model.label_dim:
-            labels = jnp.zeros((batch, self.model.label_dim), jnp.float32) if class_labels is None else class_labels
-            labels = jnp.broadcast_to(jnp.reshape(jnp.asarray(labels, jnp.float32), (-1, self.model.label_dim)), (batch, self.model.label_dim))
-        out = self.model(x.astype(self.model.dtype), c_noise, labels, augment_labels=augment_labels, train=train)
+            labels = (
+                jnp.zeros((batch, self.model.label_dim), jnp.float32)
+                if class_labels is None
+                else class_labels
+            )
+            labels = jnp.broadcast_to(
+                jnp.reshape(jnp.asarray(labels, jnp.float32), (-1, self.model.label_dim)),
+                (batch, self.model.label_dim),
+            )
+        out = self.model(
+            x.astype(self.model.dtype), c_noise, labels, augment_labels=augment_labels, train=train
+        )
         return out.astype(jnp.float32)
 
 
@@ -108,15 +122,24 @@ def build_conditional(
     if arch not in UNETS:
         raise KeyError(f"unknown arch {arch!r}; known: {sorted(UNETS)}")
     if beta_schedule not in schedules.BETA_SCHEDULES:
-        raise KeyError(f"unknown beta_schedule {beta_schedule!r}; known: {sorted(schedules.BETA_SCHEDULES)}")
+        raise KeyError(
+            f"unknown beta_schedule {beta_schedule!r}; known: {sorted(schedules.BETA_SCHEDULES)}"
+        )
     if parameterization not in schedules.PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {schedules.PARAMETERIZATIONS}, got {parameterization!r}")
-    model = UNETS[arch](in_channels=img_channels + cond_channels, out_channels=img_channels, dtype=dtype, **unet_kwargs)
+        raise ValueError(
+            f"parameterization must be one of {schedules.PARAMETERIZATIONS}, got {parameterization!r}"
+        )
+    model = UNETS[arch](
+        in_channels=img_channels + cond_channels,
+        out_channels=img_channels,
+        dtype=dtype,
+        **unet_kwargs,
+    )
     return ConditionalDenoiser(model, num_timesteps, beta_schedule, parameterization)
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampling: the measurement conditions every step of DDPM / DDIM / DPM-Solver++.
+# Restoration: the model as a pdr_jax.restore Denoiser, conditioned by the measurement's tiles.
 
 
 @functools.lru_cache(maxsize=16)
@@ -129,96 +152,30 @@ def tile_model_fn(net):
     return predict
 
 
-def conditioned_model_fn(net, variables, cond_image, labels=None):
-    """model_fn(x_t, t) -> prediction for the discrete samplers, conditioned on cond_image [B,H,W,C']."""
-    return Partial(_predict_with_cond, Partial(tile_model_fn(net), variables, labels), cond_image)
+@dataclasses.dataclass(frozen=True, eq=False)
+class ConditionalModel:
+    """A ConditionalDenoiser and its variables as a `pdr_jax.restore.Denoiser`.
 
-
-def _predict_with_cond(predict, cond_image, x_t, t):
-    return predict(x_t, t, cond_image)
-
-
-def run_sampler(net, model_fn, latents, *, sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, key=None):
-    """x0 [B, H, W, C] in model space from latents [B, H, W, C] ~ N(0, I) with a discrete model_fn.
-
-    sampler: "ddim" (eta, num_steps), "ddpm" (num_steps: respaced ancestral) or "dpmpp"
-    (DPM-Solver++(2M) in sigma space through `samplers.discrete_sampler_args`).
+    `pdr_jax.restore.restore` runs it like a prior: its denoiser is the discrete model in sigma
+    space (samplers.discrete_sampler_args: D is the predicted x0 at the grid timestep of sigma),
+    called with the tiles of `conditioning_image` at the tiles' origins. It has no likelihood
+    term: callers pass pdr_jax.restore.CONDITIONAL_SETTINGS (EDM Euler steps from noise, no
+    guidance).
     """
-    betas, p = net.betas(), net.parameterization
-    if sampler == "ddim":
-        return samplers.ddim_sampler(model_fn, latents, betas=betas, key=key, parameterization=p, num_steps=num_steps, eta=eta)
-    if sampler == "ddpm":
-        key = jax.random.key(0) if key is None else key
-        return samplers.ddpm_sampler(model_fn, latents, key=key, betas=betas, parameterization=p, num_steps=num_steps)
-    if sampler == "dpmpp":
-        return samplers.dpmpp_2m_sampler(latents=latents, num_steps=num_steps, **samplers.discrete_sampler_args(model_fn, betas, p))
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
+    net: ConditionalDenoiser
+    variables: object
 
-def restore(net, variables, y, s, r, b, labels=None, *, key, sampler: str = "ddim", num_steps: int = 50,
-            eta: float = 0.0, num_samples: int = 1):  # fmt: skip
-    """Restorations x [B, H, W, C] in [0, 1] of whole measurements y [B, H, W, C] (electrons).
+    img_resolution = property(lambda self: self.net.model.img_resolution)
+    img_channels = property(lambda self: self.net.img_channels)
+    downsampling = property(lambda self: 2 ** (len(self.net.model.channel_mult) - 1))
+    model_channels = property(lambda self: self.net.model.model_channels)
 
-    s, r, b: [B] or scalars; labels: [B, 6] conditioning vectors (None: zeros, the unconditioned
-    mode). num_samples > 1 averages independent samples: an estimate of the posterior mean
-    (meaningful with a stochastic sampler: "ddpm", or "ddim" with eta > 0).
-    """
-    cond_image = measurement_channels(y, s, r, b)
-    fn = conditioned_model_fn(net, variables, cond_image, labels)
-    total = 0.0
-    for i in range(num_samples):
-        key_latent, key_sampler = jax.random.split(jax.random.fold_in(key, i))
-        latents = jax.random.normal(key_latent, y.shape, jnp.float32)
-        total = total + run_sampler(net, fn, latents, sampler=sampler, num_steps=num_steps, eta=eta, key=key_sampler)
-    return jnp.clip((total / num_samples + 1) / 2, 0, 1)
+    def sampler_args(self, physics, rows: int) -> dict:
+        labels = physics.labels(rows) if self.net.model.label_dim else None
+        model_fn = Partial(tile_model_fn(self.net), self.variables, labels)
+        return samplers.discrete_sampler_args(model_fn, self.net.betas(), self.net.parameterization)
 
-
-def restore_tiled(net, variables, y, physics, *, tile: int | None = None, overlap: int = 16, batch: int = 8,
-                  sampler: str = "ddim", num_steps: int = 50, eta: float = 0.0, num_samples: int = 1, key=None):  # fmt: skip
-    """Restore one image y [H, W] or [H, W, C] (electrons) of any size with a conditional model:
-    the discrete sampler on the whole padded image, the network run over overlapping tiles of x_t
-    and of the conditioning image at the same origins, blended at every step.
-
-    physics: pdr_jax.restore.Physics (s, r, b, domain). tile: default the network's training
-    resolution, or the image's shorter side rounded down to the downsampling factor when smaller.
-    num_samples > 1 averages samples (a posterior-mean estimate). Returns (x like y in [0, 1]
-    float32, report with chi-square, whiteness, the plan and timings). Saturated pixels are not
-    masked: the model has no likelihood term.
-    """
-    import time
-
-    from pdr_jax import metrics
-    from pdr_jax.restore import tiling
-
-    start = time.perf_counter()
-    squeeze = np.ndim(y) == 2
-    y = np.asarray(y, np.float32)[..., None] if squeeze else np.asarray(y, np.float32)
-    if y.ndim != 3 or y.shape[-1] != net.img_channels:
-        raise ValueError(f"y must be [H, W] or [H, W, {net.img_channels}], got {y.shape}")
-    s, r, b = physics.s, physics.r, physics.b
-    multiple = 2 ** (len(net.model.channel_mult) - 1)
-    if tile is None:
-        tile = min(net.model.img_resolution, (min(y.shape[:2]) // multiple) * multiple)
-    plan = tiling.plan_tiles(*y.shape[:2], tile=tile, overlap=min(overlap, tile // 2), multiple=multiple)
-    cond_pad = tiling.pad(measurement_channels(jnp.asarray(y)[None], s, r, b), plan)
-    labels = physics.labels(batch) if net.model.label_dim else None
-    model_fn = tiling.tiled_denoiser(Partial(tile_model_fn(net), variables, labels), plan, batch=batch,
-                                     cond_image=cond_pad)  # fmt: skip
-    key = jax.random.key(0) if key is None else key
-    total = 0.0
-    for i in range(num_samples):
-        key_latent, key_sampler = jax.random.split(jax.random.fold_in(key, i))
-        latents = jax.random.normal(key_latent, (1, *plan.padded_shape, y.shape[-1]), jnp.float32)
-        total = total + run_sampler(net, model_fn, latents, sampler=sampler, num_steps=num_steps, eta=eta,
-                                    key=key_sampler)  # fmt: skip
-    x = np.asarray(jnp.clip((tiling.unpad(total[0] / num_samples, plan) + 1) / 2, 0, 1))
-    residuals = metrics.normalized_residuals(y, x, s, r, b)
-    report = dict(
-        chi_square=float(metrics.chi_square(y, x, s, r, b)), whiteness=float(metrics.whiteness(residuals)),
-        spectral_flatness=float(metrics.spectral_flatness(residuals)), mean_photons=float(np.mean(y - b)),
-        saturated_fraction=0.0, method="conditional", sampler=sampler, num_steps=num_steps, eta=eta,
-        num_samples=num_samples, tile=tile, num_tiles=plan.num_tiles, overlap=plan.overlap, plan=plan.to_json(),
-        physics=dict(s=s, r=r, b=b, domain=physics.domain), timings=dict(total_s=time.perf_counter() - start),
-        warnings=[],
-    )  # fmt: skip
-    return (x[..., 0] if squeeze else x), report
+    def conditioning_image(self, y, physics):
+        """measurement_channels of y [B, H, W, C] electrons: what every denoiser call sees."""
+        return measurement_channels(y, physics.s, physics.r, physics.b)

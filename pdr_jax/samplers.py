@@ -483,12 +483,14 @@ def _run_discrete(
 # Sampler arguments from a model: denoise_fn, sigma range and round_sigma.
 
 
-def _sigma_space_denoise(model_fn, sigmas, x, sigma, *, parameterization):
-    """A discrete-time model as an EDM denoiser: x = x_t / sqrt(abar), sigma^2 = (1 - abar)/abar."""
+def _sigma_space_denoise(model_fn, sigmas, x, sigma, *extra, parameterization):
+    """A discrete-time model as an EDM denoiser: x = x_t / sqrt(abar), sigma^2 = (1 - abar)/abar.
+    Extra arguments (e.g. the tiles of a conditioning image) pass on to model_fn."""
     alpha_bar = 1 / (1 + sigma**2)
     x_t = x * jnp.sqrt(alpha_bar)
     t = schedules.timestep_from_sigma(sigma, sigmas)
-    x0, _ = schedules.predicted_x0_and_eps(model_fn(x_t, t), x_t, alpha_bar, parameterization)
+    prediction = model_fn(x_t, t, *extra)
+    x0, _ = schedules.predicted_x0_and_eps(prediction, x_t, alpha_bar, parameterization)
     return x0
 
 
@@ -510,7 +512,8 @@ def discrete_sampler_args(
     """denoise_fn, sigma_min, sigma_max and round_sigma that run a DDPM-style model in
     `edm_sampler` / `dpmpp_2m_sampler`.
 
-    The model is called as model_fn(x_t, t) with x_t = x / sqrt(1 + sigma^2) and t: [] float32,
+    The model is called as model_fn(x_t, t, *extra) for denoise_fn(x, sigma, *extra), with
+    x_t = x / sqrt(1 + sigma^2) and t: [] float32,
     the timestep interpolated in log sigma (`schedules.timestep_from_sigma`); round_sigma snaps
     each sigma to the model's grid sigma_t, so t is a whole number. D is the predicted x0.
     The sigma range is clamped to the grid's, as for a network (EDM's generate.py): a cosine

@@ -4,6 +4,8 @@ Schedules and the parameterisation conversions themselves are in tests/test_sche
 are the hand-computed values of what the conditional training adds on top of them.
 """
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -34,15 +36,25 @@ def test_measurement_channels_hand_values():
     c = conditional.measurement_channels(y, 100.0, 2.0, 10.0)
     chex.assert_shape(c, (1, 1, 3, 2))
     np.testing.assert_allclose(c[0, 0, :, 0], [0.0, -2.0, 2.0], atol=1e-6)  # clipped to [-0.5, 1.5]
-    np.testing.assert_allclose(c[0, 0, :, 1], [2 * np.sqrt(54) / 100, 0.04, 2 * np.sqrt(994) / 100], rtol=1e-6)
+    np.testing.assert_allclose(
+        c[0, 0, :, 1], [2 * np.sqrt(54) / 100, 0.04, 2 * np.sqrt(994) / 100], rtol=1e-6
+    )
     # Very few photons: the noise level is capped.
-    low = conditional.measurement_channels(jnp.full((2, 1, 1, 1), 5.0), jnp.array([0.1, 10.0]), 3.0, 0.0)
-    np.testing.assert_allclose(low[:, 0, 0, 1], [conditional.MAX_NOISE_LEVEL, 2 * np.sqrt(14.0) / 10], rtol=1e-6)
+    low = conditional.measurement_channels(
+        jnp.full((2, 1, 1, 1), 5.0), jnp.array([0.1, 10.0]), 3.0, 0.0
+    )
+    np.testing.assert_allclose(
+        low[:, 0, 0, 1], [conditional.MAX_NOISE_LEVEL, 2 * np.sqrt(14.0) / 10], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("arch", ["ddpmpp", "adm"])
 def test_denoiser_shapes_and_channels(arch):
-    overrides = dict(arch=arch) if arch == "ddpmpp" else dict(arch=arch, model_channels=8, attn_resolutions=())
+    overrides = (
+        dict(arch=arch)
+        if arch == "ddpmpp"
+        else dict(arch=arch, model_channels=8, attn_resolutions=())
+    )
     net, _, variables = _make_tiny_model(**overrides)
     assert (net.model.in_channels, net.model.out_channels, net.cond_channels) == (3, 1, 2)
     x = conditional.model_input(jnp.zeros((2, 16, 16, 1)), jnp.ones((2, 16, 16, 2)))
@@ -56,7 +68,9 @@ def test_timestep_enters_the_noise_embedding_as_1000_t_over_T():
     net100, kwargs, variables = _make_tiny_model(num_timesteps=100)
     net1000 = conditional.build_conditional(**{**kwargs, "num_timesteps": 1000})
     x = jax.random.normal(jax.random.key(1), (1, 16, 16, 3))
-    chex.assert_trees_all_close(net100.apply(variables, x, 5), net1000.apply(variables, x, 50), atol=1e-6)
+    chex.assert_trees_all_close(
+        net100.apply(variables, x, 5), net1000.apply(variables, x, 50), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("parameterization", schedules.PARAMETERIZATIONS)
@@ -70,9 +84,13 @@ def test_ddpm_loss_is_zero_for_the_exact_target_and_converts_to_x0(parameterizat
     abar = alpha_bar[t][:, None, None, None]
 
     def oracle(x_t, t_):
-        return schedules.training_target(x0, noise, alpha_bar[t_][:, None, None, None], parameterization)
+        return schedules.training_target(
+            x0, noise, alpha_bar[t_][:, None, None, None], parameterization
+        )
 
-    err = losses.discrete_denoising_error(oracle, x0, t, noise, alpha_bar, parameterization=parameterization)
+    err = losses.discrete_denoising_error(
+        oracle, x0, t, noise, alpha_bar, parameterization=parameterization
+    )
     assert float(jnp.max(err)) == 0.0
     x_t = schedules.diffuse(x0, noise, abar)
     x0_hat, eps_hat = schedules.predicted_x0_and_eps(oracle(x_t, t), x_t, abar, parameterization)
@@ -90,7 +108,9 @@ def test_targets_hand_values():
         )
         assert (float(x0_hat), float(eps_hat)) == pytest.approx((0.5, -1.0), abs=1e-6)
     # Linear schedule, T = 2: betas 1e-4 and 0.02, abar = 0.9999 and 0.9999 * 0.98.
-    np.testing.assert_allclose(schedules.alpha_bars(schedules.linear_betas(2)), [0.9999, 0.979902], rtol=1e-12)
+    np.testing.assert_allclose(
+        schedules.alpha_bars(schedules.linear_betas(2)), [0.9999, 0.979902], rtol=1e-12
+    )
 
 
 def test_distances_hand_values():
@@ -105,7 +125,9 @@ def test_ddpm_loss_draws_and_jit():
     alpha_bar = jnp.asarray(schedules.alpha_bars(schedules.cosine_betas(50)), jnp.float32)
     x0 = jnp.zeros((3, 8, 8, 1))
     zero_model = lambda x_t, t: jnp.zeros_like(x_t)
-    loss = lambda key: losses.ddpm_loss(zero_model, key, x0, alpha_bar=alpha_bar, parameterization="eps")
+    loss = lambda key: losses.ddpm_loss(
+        zero_model, key, x0, alpha_bar=alpha_bar, parameterization="eps"
+    )
     out = loss(jax.random.key(0))
     chex.assert_shape(out, x0.shape)
     chex.assert_trees_all_close(out, jax.jit(loss)(jax.random.key(0)))
@@ -117,7 +139,9 @@ def test_tiled_denoiser_cuts_the_conditioning_image_at_the_same_origins():
     """A tile function that returns its conditioning tile rebuilds the padded conditioning image."""
     plan = tiling.plan_tiles(20, 28, tile=16, overlap=4)
     cond = tiling.pad(jax.random.normal(jax.random.key(0), (1, 20, 28, 1)), plan)
-    fn = tiling.tiled_denoiser(lambda tiles, t, cond_tiles: cond_tiles + 0 * tiles, plan, batch=3, cond_image=cond)
+    fn = tiling.tiled_denoiser(
+        lambda tiles, t, cond_tiles: cond_tiles + 0 * tiles, plan, batch=3, cond_image=cond
+    )
     out = fn(jnp.zeros_like(cond), jnp.array(7))
     chex.assert_trees_all_close(out, cond, atol=1e-5)
     # Without a conditioning image the tiled denoiser is unchanged.
@@ -125,28 +149,83 @@ def test_tiled_denoiser_cuts_the_conditioning_image_at_the_same_origins():
     chex.assert_trees_all_close(same, 2 * cond, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", conditional.SAMPLERS)
-def test_samplers_restore_whole_images(sampler):
+def test_the_conditional_model_denoises_in_sigma_space_with_the_measurement():
+    """ConditionalModel's denoiser at sigma is the x0 its discrete model predicts at the grid
+    timestep of sigma, fed x_t = x / sqrt(1 + sigma^2) and the measurement's channels."""
     net, _, variables = _make_tiny_model()
+    model, physics = (
+        conditional.ConditionalModel(net, variables),
+        Physics(100.0, 2.0, 1.0, "microscopy"),
+    )
     y = 100 * jax.random.uniform(jax.random.key(0), (2, 16, 16, 1))
-    x = conditional.restore(net, variables, y, 100.0, 2.0, 0.0, key=jax.random.key(1), sampler=sampler,
-                            num_steps=3, eta=0.5, num_samples=2)  # fmt: skip
-    chex.assert_shape(x, y.shape)
-    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    cond = model.conditioning_image(y, physics)
+    chex.assert_trees_all_close(cond, conditional.measurement_channels(y, 100.0, 2.0, 1.0))
+    args = model.sampler_args(physics, 2)
+    grid = schedules.sigmas_from_alpha_bars(schedules.alpha_bars(net.betas()))
+    t = 37
+    sigma = float(grid[t])
+    assert args["round_sigma"](jnp.float32(sigma * 1.01)) == pytest.approx(grid[t], rel=1e-5)
+    x = jax.random.normal(jax.random.key(2), y.shape)
+    x_t = x / np.sqrt(1 + sigma**2)
+    prediction = net.apply(
+        variables, conditional.model_input(x_t, cond), jnp.float32(t), physics.labels(2)
+    )
+    x0, _ = schedules.predicted_x0_and_eps(prediction, x_t, 1 / (1 + sigma**2), "v")
+    chex.assert_trees_all_close(args["denoise_fn"](x, jnp.float32(sigma), cond), x0, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp"])
+def test_restore_runs_the_conditional_model_with_every_solver(solver):
+    """pdr_jax.restore.restore with CONDITIONAL_SETTINGS: whole images, K = 2 samples and their
+    std; the one-call start is refused (the model needs no estimate to start from)."""
+    from pdr_jax.restore import CONDITIONAL_SETTINGS, SamplerSettings, restore
+
+    net, _, variables = _make_tiny_model()
+    model, physics = (
+        conditional.ConditionalModel(net, variables),
+        Physics(100.0, 2.0, 0.0, "microscopy"),
+    )
+    y = np.asarray(100 * jax.random.uniform(jax.random.key(0), (2, 16, 16, 1)))
+    sampler = SamplerSettings(start="noise", solver=solver, num_steps=3)
+    result = restore(model, y, physics=physics, guidance=CONDITIONAL_SETTINGS["guidance"], sampler=sampler,
+                     tiling_settings=None, num_samples=2, key=jax.random.key(1))  # fmt: skip
+    chex.assert_shape([result.image, result.std], y.shape)
+    assert (
+        float(result.image.min()) >= 0
+        and float(result.image.max()) <= 1
+        and float(result.std.max()) > 0
+    )
+    with pytest.raises(ValueError, match="starts from noise"):
+        restore(model, y, physics=physics, tiling_settings=None)
 
 
 def test_model_dir_round_trip_and_tiled_restoration(tmp_path):
+    from pdr_jax.restore import CONDITIONAL_SETTINGS, TilingSettings, restore
+
     net, kwargs, variables = _make_tiny_model()
     model_io.save_model(tmp_path / "m", kwargs, variables, kind="conditional")
     assert model_io.read_network_json(tmp_path / "m")["kind"] == "conditional"
     loaded, restored = model_io.load_model(tmp_path / "m")
     assert isinstance(loaded, conditional.ConditionalDenoiser) and loaded.parameterization == "v"
     chex.assert_trees_all_close(restored, jax.device_get(variables))
+    model, physics = (
+        conditional.ConditionalModel(loaded, restored),
+        Physics(100.0, 2.0, 0.0, "microscopy"),
+    )
     # An image larger than the tile (and not square): several tiles, conditioned tile by tile.
     y = np.random.default_rng(0).poisson(50.0, (20, 30)).astype(np.float32)
-    x, report = conditional.restore_tiled(loaded, restored, y, Physics(100.0, 2.0, 0.0, "microscopy"),
-                                          tile=16, overlap=4, batch=4, num_steps=3)  # fmt: skip
-    assert x.shape == y.shape and report["num_tiles"] == 2 * 3 and np.isfinite(report["chi_square"])
+    sampler = dataclasses.replace(CONDITIONAL_SETTINGS["sampler"], num_steps=3)
+    tiled = restore(model, y, physics=physics, guidance=CONDITIONAL_SETTINGS["guidance"], sampler=sampler,
+                    tiling_settings=TilingSettings(tile=16, overlap=4, batch=4))  # fmt: skip
+    assert tiled.image.shape == y.shape and tiled.report["num_tiles"] == 2 * 3
+    assert np.isfinite(tiled.report["chi_square"])
+    # A plan of one tile is the whole image: the same result as no tiling.
+    square = y[:16, :16]
+    kwargs = dict(physics=physics, guidance=CONDITIONAL_SETTINGS["guidance"], sampler=sampler)
+    one = restore(model, square, tiling_settings=TilingSettings(tile=16, overlap=4), **kwargs)
+    whole = restore(model, square, tiling_settings=None, **kwargs)
+    assert one.report["num_tiles"] == 1
+    np.testing.assert_allclose(one.image, whole.image, atol=1e-5)
 
 
 def test_a_prior_model_dir_is_still_a_prior(tmp_path):
@@ -158,7 +237,9 @@ def test_a_prior_model_dir_is_still_a_prior(tmp_path):
     model_io.save_model(tmp_path / "p", kwargs, init_variables(net, jax.random.key(0)))
     assert "kind" not in model_io.read_network_json(tmp_path / "p")
     with pytest.raises(ValueError, match="kind"):
-        model_io.save_model(tmp_path / "q", kwargs, init_variables(net, jax.random.key(0)), kind="other")
+        model_io.save_model(
+            tmp_path / "q", kwargs, init_variables(net, jax.random.key(0)), kind="other"
+        )
 
 
 def test_restore_tool_method_conditional(tmp_path):
@@ -178,7 +259,7 @@ def test_restore_tool_method_conditional(tmp_path):
     common = ["--checkpoint", str(tmp_path / "m"), "--domain", "microscopy", "--scale", "20", "--read-noise", "2",
               "--steps", "2", "--tile", "16", "--overlap", "4", "--batch", "4"]  # fmt: skip
     code = restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.tif"), "--method", "conditional",
-                              "--sampler", "dpmpp", *common])  # fmt: skip
+                              "--solver", "dpmpp", *common])  # fmt: skip
     assert code == 0
     x = tifffile.imread(tmp_path / "x.tif")
     assert x.shape == y.shape and np.all((x >= 0) & (x <= 1))
@@ -195,9 +276,15 @@ def test_evaluation_method_loads_the_shipped_conditional_model(tmp_path):
     assert callable(methods.conditional_method(methods.MethodOptions()).restore)
     kwargs = dict(precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, model_channels=8,
                   channel_mult=(1, 2), num_blocks=1, attn_resolutions=())  # fmt: skip
-    model_io.save_model(tmp_path / "p", kwargs, init_variables(build_network(**kwargs), jax.random.key(0)))
-    with pytest.raises(methods.MethodUnavailable, match="--conditional-checkpoint .* is a prior model"):
-        methods.conditional_method(methods.MethodOptions(conditional_checkpoint=str(tmp_path / "p")))
+    model_io.save_model(
+        tmp_path / "p", kwargs, init_variables(build_network(**kwargs), jax.random.key(0))
+    )
+    with pytest.raises(
+        methods.MethodUnavailable, match="--conditional-checkpoint .* is a prior model"
+    ):
+        methods.conditional_method(
+            methods.MethodOptions(conditional_checkpoint=str(tmp_path / "p"))
+        )
     both = methods.MethodOptions(checkpoint=str(tmp_path / "p"))
     assert methods.conditional_checkpoint_dir(both) == str(methods.DEFAULT_CONDITIONAL)
     assert methods.checkpoint_dir(both) == str(tmp_path / "p")

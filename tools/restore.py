@@ -7,7 +7,7 @@
     python tools/restore.py noisy.tif --output restored.tif --domain microscopy --scale 10 \
         --read-noise 2 --num-samples 8 --uncertainty restored_std.tif
     python tools/restore.py noisy.tif --output restored.tif --domain microscopy --scale 10 \
-        --read-noise 2 --method conditional --sampler ddim --steps 20
+        --read-noise 2 --method conditional --steps 20
 
 INPUT: files (.npy, .tif/.tiff, .fits/.fit, .png/.jpg, camera RAW) or folders of them. The data
 are electrons (--units electrons) or raw ADU converted with --gain/--black-level/--white-level
@@ -21,9 +21,11 @@ restored at any size through overlapping tiles fused at every sampler step. --me
 the diffusion prior with likelihood guidance through pdr_jax.restore.restore, whose tuned defaults
 the flags start from (the one-call variance-stabilised estimate, re-noised and refined by EDM Heun
 steps; --steps 0: the one-call estimate alone, the fast setting); --num-samples K averages K
-samples and --uncertainty writes their per-pixel std. --method conditional: a conditional model (pdr_jax/conditional.py, default
-models/conditional-gray-default) sampled with --sampler ddim/ddpm/dpmpp, the measurement's tiles
-conditioning each tile (saturated pixels are not masked: the model has no likelihood term).
+samples and --uncertainty writes their per-pixel std. --method conditional: a model conditioned on
+the measurement (pdr_jax/conditional.py, default models/conditional-gray-default) through the same
+call with pdr_jax.restore.CONDITIONAL_SETTINGS (20 EDM Euler steps from noise, no guidance), the
+measurement's tiles conditioning each tile (saturated pixels are not masked: the model has no
+likelihood term).
 Exit status 1 if any input failed (it is logged and skipped; the others are still written).
 """
 
@@ -58,7 +60,7 @@ def _number_or_auto(text: str):
 
 def parse_args(argv=None):
     from pdr_jax.physics.guidance import MODES as guidance_modes
-    from pdr_jax.restore import GuidanceSettings, SamplerSettings, parse_kappa
+    from pdr_jax.restore import CONDITIONAL_SETTINGS, GuidanceSettings, SamplerSettings, parse_kappa
     from pdr_jax.restore.restoration import SOLVERS
 
     sampler, guidance = SamplerSettings(), GuidanceSettings()
@@ -85,26 +87,27 @@ def parse_args(argv=None):
                         "(needs tens of photons at its bright end; the report gives the uncertainty)")  # fmt: skip
     p.add_argument("--black-level", type=float, help="ADU of an unexposed pixel (--units adu)")
     p.add_argument("--white-level", type=float, help="saturation ADU (--units adu)")
+    conditional_sampler = CONDITIONAL_SETTINGS["sampler"]
     p.add_argument("--steps", type=int, default=None,
-                   help=f"sampler steps (default: {sampler.num_steps} EDM Heun after the start; 20 conditional)")  # fmt: skip
-    p.add_argument("--start", choices=("vst", "noise"), default=sampler.start,
-                   help="vst: refine the one-call variance-stabilised estimate; noise: EDM's start at sigma_max")  # fmt: skip
-    p.add_argument("--solver", choices=SOLVERS, default=sampler.solver,
-                   help="--method prior: EDM heun (2 steps - 1 network calls), euler or dpmpp (DPM-Solver++(2M)), "
-                        "steps calls each")  # fmt: skip
-    p.add_argument("--sampler", choices=("ddim", "ddpm", "dpmpp"), default="ddim", help="--method conditional")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (--method conditional)")
+                   help=f"sampler steps (default: {sampler.num_steps} after the start; {conditional_sampler.num_steps} "
+                        "--method conditional)")  # fmt: skip
+    p.add_argument("--start", choices=("vst", "noise"), default=None,
+                   help=f"vst: refine the one-call variance-stabilised estimate; noise: EDM's start at sigma_max "
+                        f"(default {sampler.start}; --method conditional: noise)")  # fmt: skip
+    p.add_argument("--solver", choices=SOLVERS, default=None,
+                   help=f"EDM heun (2 steps - 1 network calls), euler or dpmpp (DPM-Solver++(2M)), steps calls each "
+                        f"(default {sampler.solver}; --method conditional: {conditional_sampler.solver})")  # fmt: skip
     p.add_argument("--num-samples", type=int, default=1,
-                   help="average this many samples (posterior mean; --method conditional: use eta > 0 or ddpm)")  # fmt: skip
-    p.add_argument("--uncertainty", help="--method prior with --num-samples > 1: write the per-pixel posterior std "
-                                         "here (a file for one input, else a folder)")  # fmt: skip
+                   help="average this many samples (each from its own start noise)")  # fmt: skip
+    p.add_argument("--uncertainty", help="with --num-samples > 1: write the per-pixel posterior std here (a file for "
+                                         "one input, else a folder)")  # fmt: skip
     p.add_argument("--guidance", choices=guidance_modes, default=guidance.mode,
                    help="x0: correct the denoised estimate; dps: through the denoiser; prox: the exact "
                         "proximal data step (pdr_jax.physics.guidance)")  # fmt: skip
     p.add_argument("--likelihood", choices=("wls", "gaussian", "exact"), default=guidance.likelihood)
-    p.add_argument("--kappa", type=parse_kappa, default=guidance.kappa,
-                   help=f"guidance strength (default {guidance.kappa}; 0: the prior alone; auto: from the mean "
-                        "photon count, pdr_jax.restore.auto_kappa)")  # fmt: skip
+    p.add_argument("--kappa", type=parse_kappa, default=None,
+                   help=f"guidance strength (default {guidance.kappa}, --method conditional 0; 0: the model alone; "
+                        "auto: from the mean photon count, pdr_jax.restore.auto_kappa)")  # fmt: skip
     p.add_argument("--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)")
     p.add_argument("--overlap", type=int, default=16)
     p.add_argument("--batch", type=int, default=8, help="tiles per network call")
@@ -116,10 +119,13 @@ def parse_args(argv=None):
     conditional = args.method == "conditional"
     if args.checkpoint is None:
         args.checkpoint = str(DEFAULT_CONDITIONAL_CHECKPOINT if conditional else DEFAULT_CHECKPOINT)
-    if args.steps is None:
-        args.steps = 20 if conditional else sampler.num_steps
-    if args.uncertainty and (conditional or args.num_samples < 2):
-        p.error("--uncertainty needs --method prior and --num-samples >= 2")
+    defaults = CONDITIONAL_SETTINGS if conditional else {"guidance": guidance, "sampler": sampler}
+    for name, part, field in (("steps", "sampler", "num_steps"), ("start", "sampler", "start"),
+                              ("solver", "sampler", "solver"), ("kappa", "guidance", "kappa")):  # fmt: skip
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(defaults[part], field))
+    if args.uncertainty and args.num_samples < 2:
+        p.error("--uncertainty needs --num-samples >= 2")
     return args
 
 
@@ -264,7 +270,6 @@ def restore_one(path, out_path, model, args, key, std_path=None):
 
     import jax
 
-    from pdr_jax import conditional
     from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
 
     electrons, mask, meta, noise = read_measurement(path, args)
@@ -287,17 +292,6 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     for f in range(frames):
         for c in range(channels):  # a grayscale prior restores each channel on its own
             part_key = jax.random.fold_in(key, f * channels + c)
-            if args.method == "conditional":
-                net, variables = model
-                x[f, :, :, c], rep = conditional.restore_tiled(
-                    net, variables, electrons[f, :, :, c], physics, tile=args.tile, overlap=args.overlap,
-                    batch=args.batch, sampler=args.sampler, num_steps=args.steps, eta=args.eta,
-                    num_samples=args.num_samples, key=part_key,
-                )  # fmt: skip
-                if not mask[f, :, :, c].all():
-                    rep["warnings"].append("saturated pixels are not masked by --method conditional")
-                reports.append(rep)
-                continue
             result = restore(
                 model, electrons[f, :, :, c], physics=physics, mask=mask[f, :, :, c], guidance=guidance,
                 sampler=sampler, tiling_settings=tiles, num_samples=args.num_samples, key=part_key,
@@ -307,6 +301,8 @@ def restore_one(path, out_path, model, args, key, std_path=None):
                 std[f, :, :, c] = result.std
             elif std is not None:  # the one-call estimate was the result: no spread to write
                 std = None
+            if args.method == "conditional" and not mask[f, :, :, c].all():
+                result.report["warnings"].append("saturated pixels are not masked by --method conditional")
             reports.append(result.report)
     squeeze = lambda a: (a[0] if frames == 1 else a)[..., 0] if channels == 1 else (a[0] if frames == 1 else a)  # noqa: E731
     result_image = squeeze(x)
@@ -348,6 +344,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
 
+    from pdr_jax.conditional import ConditionalModel
     from pdr_jax.model_io import load_model, read_network_json
     from pdr_jax.restore import Prior
 
@@ -360,7 +357,7 @@ def main(argv=None) -> int:
     if kind != args.method:
         raise SystemExit(f"--checkpoint {args.checkpoint} is a {kind} model; use --method {kind}")
     net, variables = load_model(args.checkpoint)
-    model = (net, variables) if args.method == "conditional" else Prior(net, variables)
+    model = ConditionalModel(net, variables) if args.method == "conditional" else Prior(net, variables)
     print(f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
           f"{len(files)} input(s)", file=sys.stderr)  # fmt: skip
     key = jax.random.key(args.seed)

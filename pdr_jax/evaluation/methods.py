@@ -1,7 +1,8 @@
 """The methods the benchmark compares, as one plain dict: METHODS[name](options) -> Method.
 
     "pdr"          pdr_jax.restore.restore with its default (tuned) settings, or PdrSettings
-    "conditional"  the concat-conditioned restoration model (pdr_jax.conditional), DDIM
+    "conditional"  the concat-conditioned restoration model (pdr_jax.conditional) through the
+                   same call with CONDITIONAL_SETTINGS (EDM Euler from noise, no guidance)
     "pdr-vst"      the same call with num_steps=0: one call of the prior (GAT, the prior's
                    denoiser at the stabilised noise level, the unbiased inverse: GAT+BM3D with
                    the prior in BM3D's place)
@@ -33,6 +34,7 @@ import numpy as np
 from pdr_jax import baselines, model_io
 from pdr_jax.evaluation.benchmark import Method
 from pdr_jax.restore import (
+    CONDITIONAL_SETTINGS,
     GuidanceSettings,
     Physics,
     Prior,
@@ -197,10 +199,6 @@ def vst_prior_method(options: MethodOptions) -> Method:
     return pdr_method(options, dataclasses.replace(options.pdr, sampler=sampler))
 
 
-# The conditional model's sampler in the benchmark (pdr_jax.conditional.run_sampler).
-CONDITIONAL_SAMPLER = dict(sampler="ddim", num_steps=20, eta=0.0)
-
-
 def conditional_checkpoint_dir(options: MethodOptions) -> str:
     """options.conditional_checkpoint if given (it must be a conditional model), else the
     shipped DEFAULT_CONDITIONAL; MethodUnavailable otherwise."""
@@ -222,23 +220,20 @@ def conditional_checkpoint_dir(options: MethodOptions) -> str:
 
 
 def conditional_method(options: MethodOptions) -> Method:
-    """The conditional model (kind "conditional"), crop by crop through conditional.restore_tiled:
-    tiles of the network's resolution, the measurement's tiles conditioning each tile."""
-    from pdr_jax import conditional
+    """The conditional model (kind "conditional") through pdr_jax.restore.restore with
+    CONDITIONAL_SETTINGS, crops in batches as "pdr" (tiling=None), the measurement conditioning
+    every call."""
+    from pdr_jax.conditional import ConditionalModel
 
     net, variables = load_checkpoint(conditional_checkpoint_dir(options))
     if net.img_channels != 1:
         raise MethodUnavailable(f"the benchmark is grayscale; the model has {net.img_channels} channels")
+    model = ConditionalModel(net, variables)
 
     def restore_fn(y, *, s, r, b, domain, key):
-        key = jax.random.key(0) if key is None else key
-        return np.stack([
-            conditional.restore_tiled(
-                net, variables, image, Physics(s, r, b, domain), key=jax.random.fold_in(key, i),
-                **CONDITIONAL_SAMPLER,
-            )[0]
-            for i, image in enumerate(np.asarray(y))
-        ])  # fmt: skip
+        tiles = None if y.shape[1] <= model.img_resolution else TilingSettings()
+        return restore(model, y, physics=Physics(s, r, b, domain), tiling_settings=tiles, key=key,
+                       **CONDITIONAL_SETTINGS).image  # fmt: skip
 
     return Method(restore_fn, jitted=True)
 

@@ -158,8 +158,9 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
                 lines.append(f"| {domain} | {scale:g} | " + " | ".join(texts) + " |")
     sampled = [row for row in summary if row.get("coverage_1sd") is not None]
     if sampled:
-        lines += ["", "### Posterior std: mean / pixels with error within 1 std / within 2 std "
-                  "(calibrated: 0.683 / 0.954)", "", "| method | domain | s (e-) | std | 1 std | 2 std |",
+        title = ("### Posterior std: mean / pixels with error within 1 std / within 2 std "
+                 "(calibrated: 0.683 / 0.954)")  # fmt: skip
+        lines += ["", title, "", "| method | domain | s (e-) | std | 1 std | 2 std |",
                   "|---|---|---:|---:|---:|---:|"]  # fmt: skip
         for row in sampled:
             lines.append(

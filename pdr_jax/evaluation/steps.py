@@ -104,6 +104,6 @@ def markdown(summary: Sequence[dict], choice: dict, margin_db: float = DEFAULT_M
             f"| {row['solver']} | {row['steps']} | {row['network_calls']} | {row['psnr']:.2f} | "
             f"{row['chi_square']:.3f} | {row['seconds']:.3f} |"
         )
-    lines += ["", f"Cheapest within {margin_db:g} dB of the best: {choice['solver']}, "
-              f"{choice['steps']} steps ({choice['network_calls']} calls, {choice['psnr']:.2f} dB)."]  # fmt: skip
+    lines += ["", (f"Cheapest within {margin_db:g} dB of the best: {choice['solver']}, "
+                   f"{choice['steps']} steps ({choice['network_calls']} calls, {choice['psnr']:.2f} dB).")]  # fmt: skip
     return "\n".join(lines) + "\n"

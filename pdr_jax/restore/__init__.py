@@ -3,6 +3,7 @@ tiling for images of any size (tiling.py)."""
 
 from pdr_jax.physics.guidance import GuidanceSettings
 from pdr_jax.restore.restoration import (
+    CONDITIONAL_SETTINGS,
     Denoiser,
     Physics,
     Prior,
@@ -15,6 +16,6 @@ from pdr_jax.restore.restoration import (
 )
 
 __all__ = [
-    "Denoiser", "GuidanceSettings", "Physics", "Prior", "Restoration", "SamplerSettings",
+    "CONDITIONAL_SETTINGS", "Denoiser", "GuidanceSettings", "Physics", "Prior", "Restoration", "SamplerSettings",
     "TilingSettings", "auto_kappa", "parse_kappa", "restore",
 ]  # fmt: skip

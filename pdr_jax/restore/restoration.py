@@ -36,6 +36,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 from pdr_jax import baselines, metrics, model_io, samplers
 from pdr_jax.physics import calibration, conditioning
@@ -116,6 +117,15 @@ class SamplerSettings:
             )
 
 
+# How a model conditioned on the measurement (pdr_jax.conditional.ConditionalModel) restores:
+# from noise in 20 EDM Euler steps (DDIM with eta = 0 is Euler on the same ODE) with no
+# likelihood guidance (the model sees the measurement itself).
+CONDITIONAL_SETTINGS = {
+    "guidance": GuidanceSettings(kappa=0.0),
+    "sampler": SamplerSettings(start="noise", solver="euler", num_steps=20),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TilingSettings:
     """Tiles for images larger than the network (pdr_jax.restore.tiling); `tiling=None` in
@@ -128,7 +138,8 @@ class TilingSettings:
 
 
 class Denoiser(Protocol):
-    """What `restore` needs of a prior (Prior below; a closed-form denoiser in the tests)."""
+    """What `restore` needs of a model: Prior below, pdr_jax.conditional.ConditionalModel (a
+    model conditioned on the measurement), a closed-form denoiser in the tests."""
 
     img_resolution: int  # the largest tile
     img_channels: int
@@ -138,6 +149,11 @@ class Denoiser(Protocol):
     def sampler_args(self, physics: Physics, rows: int) -> dict:
         """denoise_fn(x [rows, h, w, C], sigma) -> D in model space, sigma_min, sigma_max,
         round_sigma (samplers.network_sampler_args)."""
+
+    def conditioning_image(self, y, physics: Physics):
+        """None for a prior; for a model conditioned on the measurement (pdr_jax.conditional)
+        the image [B, H, W, C'] computed from y [B, H, W, C] electrons: denoise_fn is then
+        called as denoise_fn(x, sigma, conditioning tiles at the tiles' origins)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -178,6 +194,10 @@ class Prior:
         else:
             labels = conditioning.unconditional(rows)
         return samplers.network_sampler_args(self.net, self.variables, labels)
+
+    def conditioning_image(self, y, physics: Physics):
+        """None: a prior sees only x."""
+        del y, physics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +282,11 @@ def noise_level(y: np.ndarray, physics: Physics) -> float:
     """The measurement's noise std in model space, 2 sqrt(mean(max(y, 0)) + r^2) / s: what
     SamplerSettings.refine_min_noise compares (0.04-2.2 over the corpus benchmark's cells)."""
     return float(2 * np.sqrt(np.mean(np.maximum(y, 0)) + physics.r**2) / physics.s)
+
+
+def _call_with(denoise_fn, cond, x, sigma):
+    """denoise_fn(x, sigma, cond): a conditional model's call on the whole image."""
+    return denoise_fn(x, sigma, cond)
 
 
 @jax.jit
@@ -402,6 +427,20 @@ def restore(
         inside[:, plan.pad_top : plan.pad_top + height, plan.pad_left : plan.pad_left + width] = 1
     y_pad = pad(y_b)
     mask_pad = pad(valid) * inside  # the padding is not data
+    repeat = lambda v: jnp.repeat(jnp.asarray(v), num_samples, axis=0)
+    cond = prior.conditioning_image(jnp.asarray(y_pad), physics)
+    if cond is not None:  # a conditional model: every call sees the measurement (its tiles)
+        if sampler.start == "vst":
+            raise ValueError(
+                "a model conditioned on the measurement starts from noise: pass "
+                "SamplerSettings(start='noise') (pdr_jax.restore.CONDITIONAL_SETTINGS)"
+            )
+        if plan is None:
+            denoise_fn = Partial(_call_with, args["denoise_fn"], repeat(cond))
+        else:
+            denoise_fn = tiling.tiled_denoiser(
+                args["denoise_fn"], plan, batch=chunk, cond_image=repeat(cond)
+            )
 
     # The start, then the guided sampler.
     prepared = time.perf_counter()
@@ -413,7 +452,6 @@ def restore(
     if not refine:
         samples = jnp.asarray(estimate)[:, None]
     else:
-        repeat = lambda v: jnp.repeat(jnp.asarray(v), num_samples, axis=0)
         guided_fn, guidance_fn = physics_guidance.make_guidance(
             denoise_fn, repeat(y_pad), *(jnp.float32(v) for v in (physics.s, physics.r, physics.b)),
             mask=repeat(mask_pad), settings=guidance,

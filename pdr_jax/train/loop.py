@@ -611,15 +611,25 @@ def _stage_samples(net, state, config, stage, workdir) -> None:
 
 def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
     """A PNG grid of held-out crops: clean, noisy ((y - b) / s) and the EMA model's restoration
-    (config.sample: DDIM with num_steps, eta 0), written at the end of a stage."""
+    (pdr_jax.restore.restore with CONDITIONAL_SETTINGS and config.sample.num_steps, image by
+    image: each has its own s, r, b), written at the end of a stage."""
+    from pdr_jax.conditional import ConditionalModel
+    from pdr_jax.physics.conditioning import DOMAINS
+    from pdr_jax.restore import CONDITIONAL_SETTINGS, Physics, restore
+
     n = min(config.sample.per_domain * 3, val_batch["clean"].shape[0])
     batch = {k: np.asarray(v[:n]) for k, v in val_batch.items()}
-    restored = conditional.restore(
-        net, jax.device_get(state.variables(ema=True)), batch["noisy"], batch["s"], batch["r"], batch["b"], batch["cond"],
-        key=jax.random.key(config.sample.seed), sampler="ddim", num_steps=config.sample.num_steps,
-    )  # fmt: skip
+    model = ConditionalModel(net, jax.device_get(state.variables(ema=True)))
+    sampler = dataclasses.replace(CONDITIONAL_SETTINGS["sampler"], num_steps=config.sample.num_steps)
+    restored = []
+    for i in range(n):
+        domain = DOMAINS[int(np.argmax(batch["cond"][i, : len(DOMAINS)]))]
+        physics = Physics(float(batch["s"][i]), float(batch["r"][i]), float(batch["b"][i]), domain)
+        result = restore(model, batch["noisy"][i], physics=physics, guidance=CONDITIONAL_SETTINGS["guidance"],
+                         sampler=sampler, tiling_settings=None, key=jax.random.key(config.sample.seed + i))  # fmt: skip
+        restored.append(result.image)
     noisy = (batch["noisy"] - batch["b"][:, None, None, None]) / batch["s"][:, None, None, None]
-    rows = [batch["clean"], noisy, np.asarray(restored)]
+    rows = [batch["clean"], noisy, np.stack(restored)]
     save_sample_grid(rows, os.path.join(workdir, f"restorations_stage{stage.index}_{stage.resolution}px.png"),
                      row_labels=("clean", "noisy", "restored"))  # fmt: skip
 
