@@ -311,8 +311,13 @@ _FITS_SATURATION_KEYS = ("SATURATE", "SATLEVEL", "MAXLIN")
 
 
 def _first_header_value(header, keys) -> float | None:
+    """The first of keys whose card holds a number; unparsable cards (astropy's VerifyError)
+    count as absent."""
     for key in keys:
-        value = header.get(key)
+        try:
+            value = header.get(key)
+        except Exception:  # noqa: BLE001 - astropy raises VerifyError for a malformed card
+            continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return None
@@ -572,7 +577,11 @@ def is_supported(path) -> bool:
 
 
 def read_image(path, *, raw_mode: str = "packed") -> tuple[Any, ImageMeta]:
-    """Read any supported file (or ``skimage://name``): ([N, H, W, C] array-like, ImageMeta)."""
+    """Read any supported file (or ``skimage://name``): ([N, H, W, C] array-like, ImageMeta).
+
+    Every failure is an UnreadableImageError naming the file: the readers' own checks, and any
+    exception the underlying libraries (astropy, tifffile, Pillow, rawpy, numpy) raise.
+    """
     path = str(path)
     if path.startswith(SKIMAGE_SCHEME):
         return read_skimage(path[len(SKIMAGE_SCHEME) :])
@@ -581,9 +590,14 @@ def read_image(path, *, raw_mode: str = "packed") -> tuple[Any, ImageMeta]:
         raise UnreadableImageError(f"{path}: unsupported extension {suffix!r}")
     if not os.path.isfile(path):
         raise UnreadableImageError(f"{path}: no such file")
-    if suffix in RAW_EXTENSIONS:
-        return read_raw(path, raw_mode)
-    return READERS[suffix](path)
+    try:
+        if suffix in RAW_EXTENSIONS:
+            return read_raw(path, raw_mode)
+        return READERS[suffix](path)
+    except UnreadableImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a library's own exception type, named below
+        raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
 
 
 def to_gray(x: np.ndarray, channel_names: tuple[str, ...] | None) -> np.ndarray:

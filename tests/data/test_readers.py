@@ -220,6 +220,33 @@ def test_truncated_fits_is_unreadable(tmp_path):
         readers.read_image(tmp_path / "cut.fits")
 
 
+def test_an_unparsable_header_card_is_left_out_not_fatal(tmp_path):
+    """A malformed GAIN card (astropy: VerifyError on access) reads as no gain; the others stay."""
+    hdu = fits.PrimaryHDU(np.arange(64, dtype=np.uint16).reshape(8, 8))
+    hdu.header["GAIN"], hdu.header["RDNOISE"] = 1.5, 2.0
+    hdu.writeto(tmp_path / "a.fits")
+    data = bytearray((tmp_path / "a.fits").read_bytes())
+    at = data.find(b"GAIN    =")
+    data[at : at + 80] = b"GAIN    = 1.5.3.x / broken".ljust(80)
+    (tmp_path / "bad.fits").write_bytes(bytes(data))
+    array, meta = readers.read_image(tmp_path / "bad.fits")
+    assert array.shape == (1, 8, 8, 1) and meta.gain is None and meta.read_noise == 2.0
+    assert "GAIN" not in meta.header and meta.header["RDNOISE"] == 2.0
+
+
+def test_a_library_exception_becomes_the_named_error(tmp_path, monkeypatch):
+    """Whatever a reader's library raises reaches the caller as UnreadableImageError with the
+    file's name and the original type."""
+
+    def broken(path):
+        raise KeyError("BITPIX")
+
+    monkeypatch.setitem(readers.READERS, ".fits", broken)
+    fits.PrimaryHDU(np.ones((4, 4), np.float32)).writeto(tmp_path / "a.fits")
+    with pytest.raises(readers.UnreadableImageError, match=r"a\.fits: KeyError: 'BITPIX'"):
+        readers.read_image(tmp_path / "a.fits")
+
+
 # Camera RAW (DNG).
 
 
