@@ -37,6 +37,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 import time
 import traceback
 
@@ -126,6 +127,12 @@ def parse_args(argv=None):
             setattr(args, name, getattr(defaults[part], field))
     if args.uncertainty and args.num_samples < 2:
         p.error("--uncertainty needs --num-samples >= 2")
+    for flag, value, strict in (("--scale", args.scale, True), ("--read-noise", args.read_noise, False),
+                                ("--background", args.background, False), ("--gain", args.gain, True)):  # fmt: skip
+        if value not in (None, "auto") and not (value > 0 if strict else value >= 0):
+            p.error(f"{flag} must be {'>' if strict else '>='} 0{' or auto' if flag != '--background' else ''}, got {value:g}")
+    if args.num_samples < 1 or args.steps < 0:
+        p.error(f"--num-samples must be >= 1 and --steps >= 0, got {args.num_samples}, {args.steps}")
     return args
 
 
@@ -150,6 +157,44 @@ def output_paths(files, output: str) -> list[pathlib.Path]:
         raise SystemExit(f"--output {out} is a file but there are {len(files)} inputs: give a folder")
     out.mkdir(parents=True, exist_ok=True)
     return [out / (f.stem + ".tif") for f in files]
+
+
+def check_writable(path: pathlib.Path, flag: str) -> None:
+    """SystemExit naming the flag unless a file can be created in path's folder (made if
+    missing): checked before anything is computed. A probe file, not permission bits, so a
+    read-only mount or a file in the folder's place is caught for root too."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise SystemExit(f"{flag} {path}: cannot write there ({type(e).__name__}: {e}); nothing was restored") from None
+
+
+def check_output_format(path: pathlib.Path, channels: int) -> None:
+    """ValueError before restoring when the output format cannot hold the image's channels."""
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}")
+    if suffix == ".png" and channels != 1:
+        raise ValueError(f"{path}: 16-bit PNG output is grayscale only; use .tif for {channels} channels")
+
+
+def units_warnings(array_dtype, electrons: np.ndarray, args, scale: float) -> list[str]:
+    """Warnings that the data are clearly not electrons at the stated scale (--units, --scale)."""
+    found = []
+    if args.units == "electrons" and np.issubdtype(np.dtype(array_dtype), np.integer):
+        found.append(f"the file holds {array_dtype} integers, read as electrons (--units electrons): raw camera "
+                     "counts need --units adu with --gain/--black-level/--white-level")  # fmt: skip
+    mean = float(np.mean(electrons))
+    if mean > 3 * (scale + args.background):
+        found.append(f"mean {mean:.4g} e- per pixel is over 3x --scale {scale:g} + --background "
+                     f"{args.background:g}: the image would be far brighter than intensity 1; check --scale "
+                     "and --units")  # fmt: skip
+    return found
+
+
+CHI_SQUARE_RANGE = (0.3, 3.0)  # outside it the noise model does not describe the data
 
 
 def read_measurement(path: pathlib.Path, args):
@@ -320,6 +365,11 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     if args.save_electrons:
         write_image(out_path.with_name(out_path.stem + "_electrons" + out_path.suffix), scale * result_image + args.background)
     warnings = sorted({w for r in reports for w in r["warnings"]})
+    warnings += units_warnings(meta.dtype, electrons, args, scale)
+    chi_square = float(np.mean([r["chi_square"] for r in reports]))
+    if not CHI_SQUARE_RANGE[0] <= chi_square <= CHI_SQUARE_RANGE[1]:
+        warnings.append(f"chi-square {chi_square:.4g} is far from 1: the noise model (--units, --scale, "
+                        "--read-noise, --background, --gain) does not describe these data")  # fmt: skip
     s_lo, s_hi = 10 ** np.array([-1.0, 4.0])
     if not s_lo <= scale <= s_hi:
         warnings.append(f"scale {scale:g} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped")
@@ -351,21 +401,40 @@ def main(argv=None) -> int:
     files = expand_inputs(args.inputs)
     if not files:
         raise SystemExit(f"no supported input files in {args.inputs}")
+    from pdr_jax.data.readers import read_image
+
     outputs = output_paths(files, args.output)
     std_outputs = output_paths(files, args.uncertainty) if args.uncertainty else [None] * len(files)
+    # Every output is checked before anything is computed: a refusal costs nothing.
+    for flag, paths in (("--output", outputs), ("--uncertainty", std_outputs), ("--report", [args.report])):
+        for path in paths:
+            if path is not None:
+                check_writable(pathlib.Path(path), flag)
+    failed, todo = [], []
+    for path, out_path, std_path in zip(files, outputs, std_outputs, strict=True):
+        try:
+            channels = read_image(path)[0].shape[-1]
+            for output in (out_path, std_path):
+                if output is not None:
+                    check_output_format(output, channels)
+        except Exception as err:  # unreadable input or unsuitable output: logged, counted, skipped
+            failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
+            print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
+            continue
+        todo.append((path, out_path, std_path))
     kind = read_network_json(args.checkpoint).get("kind", "prior")
     if kind != args.method:
         raise SystemExit(f"--checkpoint {args.checkpoint} is a {kind} model; use --method {kind}")
     net, variables = load_model(args.checkpoint)
     model = ConditionalModel(net, variables) if args.method == "conditional" else Prior(net, variables)
     print(f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
-          f"{len(files)} input(s)", file=sys.stderr)  # fmt: skip
+          f"{len(todo)} input(s)", file=sys.stderr)  # fmt: skip
     key = jax.random.key(args.seed)
-    reports, failed = [], []
+    reports = []
     start = time.perf_counter()
-    for i, (path, out_path, std_path) in enumerate(zip(files, outputs, std_outputs, strict=True)):
-        bar = "#" * (20 * i // len(files)) + "-" * (20 - 20 * i // len(files))
-        print(f"[{bar}] {i + 1}/{len(files)} {path.name}", file=sys.stderr, flush=True)
+    for i, (path, out_path, std_path) in enumerate(todo):
+        bar = "#" * (20 * i // len(todo)) + "-" * (20 - 20 * i // len(todo))
+        print(f"[{bar}] {i + 1}/{len(todo)} {path.name}", file=sys.stderr, flush=True)
         try:
             rep = restore_one(path, out_path, model, args, jax.random.fold_in(key, i), std_path)
         except Exception as err:  # a broken input is logged, counted and skipped

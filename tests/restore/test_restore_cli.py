@@ -150,3 +150,66 @@ def test_auto_read_noise_and_scale_are_estimated_and_reported(tiny_model, tmp_pa
     with pytest.raises(SystemExit):
         restore_tool.parse_args(["y.npy", "--output", "x.npy", "--domain", "microscopy", "--scale", "bright",
                                  "--read-noise", "2"])  # fmt: skip
+
+
+def _no_restoration(monkeypatch):
+    """Make any call of the restoration fail the test: a refusal must cost nothing."""
+    import pdr_jax.restore
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the restoration ran before the refusal")
+
+    monkeypatch.setattr(pdr_jax.restore, "restore", refuse)
+
+
+def test_unwritable_outputs_are_refused_before_anything_is_computed(tiny_model, tmp_path, monkeypatch):
+    """An output, --uncertainty or --report under a path that cannot be a folder (a file stands
+    there: caught for root too) stops the run at once, naming the flag."""
+    _no_restoration(monkeypatch)
+    np.save(tmp_path / "y.npy", _measurement((37, 53))[0])
+    (tmp_path / "file").write_text("not a folder")
+    blocked = str(tmp_path / "file" / "x.tif")
+    cases = (
+        (["--output", blocked], "--output"),
+        (["--output", str(tmp_path / "x.tif"), "--report", str(tmp_path / "file" / "r.json")], "--report"),
+        (["--output", str(tmp_path / "x.tif"), "--num-samples", "2", "--uncertainty", blocked], "--uncertainty"),
+    )
+    for extra, flag in cases:
+        with pytest.raises(SystemExit, match=f"{flag} .*cannot write there.*nothing was restored"):
+            restore_tool.main([str(tmp_path / "y.npy"), *extra, *_args(tiny_model)])
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_an_rgb_input_for_a_png_output_fails_early_and_is_counted(tiny_model, tmp_path, monkeypatch):
+    from PIL import Image
+
+    _no_restoration(monkeypatch)
+    Image.fromarray(np.full((24, 24, 3), 40, np.uint8)).save(tmp_path / "rgb.png")
+    report = tmp_path / "r.json"
+    code = restore_tool.main([str(tmp_path / "rgb.png"), "--output", str(tmp_path / "x.png"), "--report",
+                              str(report), *_args(tiny_model)])  # fmt: skip
+    assert code == 1
+    (failure,) = json.loads(report.read_text())["failures"]
+    assert "grayscale only; use .tif for 3 channels" in failure["error"]
+
+
+def test_data_that_are_not_electrons_are_flagged(tiny_model, tmp_path):
+    """A 16-bit integer file read as electrons, far brighter than --scale: warnings that name
+    --units adu and --scale, and one for the chi-square far from 1."""
+    counts = np.random.default_rng(0).integers(20000, 40000, (24, 24)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "raw.tif", counts)
+    report = tmp_path / "r.json"
+    code = restore_tool.main([str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.tif"), "--report",
+                              str(report), *_args(tiny_model)])  # fmt: skip
+    assert code == 0
+    warnings = " | ".join(json.loads(report.read_text())["images"][0]["warnings"])
+    assert "uint16 integers, read as electrons" in warnings and "--units adu" in warnings
+    assert "over 3x --scale 20" in warnings and "is far from 1" in warnings
+
+
+@pytest.mark.parametrize("flag, value", [("--scale", "-10"), ("--read-noise", "-1"), ("--gain", "0")])
+def test_bad_numbers_are_named_by_their_flag(tiny_model, tmp_path, capsys, flag, value):
+    argv = [str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.tif"), *_args(tiny_model), flag, value]
+    with pytest.raises(SystemExit):
+        restore_tool.main(argv)
+    assert f"{flag} must be" in capsys.readouterr().err
