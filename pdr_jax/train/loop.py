@@ -272,19 +272,30 @@ def auto_batch_size(compile_step, candidates, *, budget_bytes: float) -> tuple[i
 # Checkpoints.
 
 
+def _val_loss(metrics):
+    return metrics["val_loss"]
+
+
 def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-    """Keep the latest N plus the best N by validation loss; saves are asynchronous."""
+    """Keep the latest N plus the best N by validation loss; saves are asynchronous.
+
+    best_fn makes Orbax write each step's metrics beside it (the `metrics` item) and read them
+    back on a restart; without it the best checkpoint's loss was forgotten after a resume and
+    the best-of policy deleted it.
+    """
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [
             ocp.checkpoint_managers.LatestN(config.checkpoint.keep),
             ocp.checkpoint_managers.BestN(
                 # reverse=True sorts descending and keeps the last n: the lowest losses.
-                get_metric_fn=lambda m: m["val_loss"], reverse=True, n=config.checkpoint.keep_best,
+                get_metric_fn=_val_loss, reverse=True, n=config.checkpoint.keep_best,
                 keep_checkpoints_without_metrics=False,
             ),
         ]
     )  # fmt: skip
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True)
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, best_fn=_val_loss, best_mode="min", enable_async_checkpointing=True
+    )
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"), options=options, item_names=("state", "data", "meta")
     )
@@ -311,6 +322,32 @@ def restore_checkpoint(manager, step, abstract_state):
         ),
     )
     return restored["state"], restored["data"], restored["meta"]
+
+
+def restore_latest_intact(manager, abstract_state, log) -> tuple | None:
+    """(step, state, data state, meta) of the newest checkpoint that loads; None without any.
+
+    A step that fails to load is reported in one line (step, cause), moved aside to
+    `checkpoints/STEP.corrupt` (kept for inspection, ignored by Orbax) and the next older one
+    is tried; when none loads, a RuntimeError names the folder to move away.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    for step in steps:
+        try:
+            return (step, *restore_checkpoint(manager, step, abstract_state))
+        except Exception as e:  # noqa: BLE001 - TensorStore, JSON, Orbax: any failure to load
+            directory = os.path.join(str(manager.directory), str(step))
+            aside = f"{directory}.corrupt"
+            if jax.process_index() == 0 and os.path.isdir(directory):
+                os.replace(directory, aside if not os.path.exists(aside) else f"{aside}.{time.time_ns()}")
+            cause = " ".join(str(e).split())[:300]
+            log(f"checkpoint step {step} does not load ({type(e).__name__}: {cause}); moved aside to {aside}")
+    if steps:
+        raise RuntimeError(
+            f"none of the checkpoints {steps} in {manager.directory} loads (each is moved aside as STEP.corrupt): "
+            f"move {manager.directory} away (or delete it) to start this run afresh"
+        )
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,9 +413,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
     meta = _stage_meta(0, step=0, nimg=0.0)
     data_state = None
-    latest = manager.latest_step()
-    if latest is not None:
-        state, data_state, meta = restore_checkpoint(manager, latest, abstract_state)
+    restored = restore_latest_intact(manager, abstract_state, logger.info)
+    if restored is not None:
+        manager.reload()  # forget steps moved aside
+        latest, state, data_state, meta = restored
         logger.info(f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})")
         if meta["stage_complete"] and not _extended(meta, stages, float(state.nimg)):
             # Saved at a stage's end: the next stage starts with fresh data.

@@ -290,3 +290,62 @@ def test_init_from_an_edm_pickle_and_a_mismatch():
     chex.assert_trees_all_equal(state.params, variables["params"])
     with pytest.raises(ValueError, match=r"init_from=.*ddpmpp_cond6_gray64.pkl \(against config.model\): variables do not fit"):
         loop.init_from(*_fresh_state(_tiny()), pickle)
+
+
+def _copy_run(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    return str(target)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_next_intact_one(one_device_run, tmp_path, capsys):
+    """The newest step with a state data file cut in half, the next with its meta cut to 5
+    bytes: both are reported, moved aside as STEP.corrupt, and the run resumes from step 2 to
+    the same result as the uninterrupted run (the run is deterministic: atol 1e-6)."""
+    workdir_ref, state_ref = one_device_run
+    workdir = _copy_run(workdir_ref, tmp_path / "run")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    data_files = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(checkpoints, "4", "state"))
+                  for f in files if "/d/" in os.path.join(root, f) + "/"]  # fmt: skip
+    victim = max(data_files, key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    with open(os.path.join(checkpoints, "3", "meta", "metadata"), "r+b") as f:
+        f.truncate(5)
+    config = _tiny(num_devices=1)
+    config.stages[0]["kimg"] = 0.032
+    state = loop.train(config, workdir)
+    log = capsys.readouterr().err
+    assert "checkpoint step 4 does not load" in log and "checkpoint step 3 does not load" in log
+    assert "resumed from step 2" in log
+    assert {"4.corrupt", "3.corrupt"} <= set(os.listdir(checkpoints))
+    assert int(state.step) == 4
+    chex.assert_trees_all_close(state.params, state_ref.params, atol=1e-6, rtol=0)
+
+
+def test_no_intact_checkpoint_is_a_clear_error(one_device_run, tmp_path):
+    workdir = _copy_run(one_device_run[0], tmp_path / "run")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    for step in os.listdir(checkpoints):
+        with open(os.path.join(checkpoints, step, "meta", "metadata"), "w") as f:
+            f.write("{")
+    config = _tiny(num_devices=1)
+    with pytest.raises(RuntimeError, match="none of the checkpoints .* loads.*to start this run afresh"):
+        loop.train(config, workdir)
+
+
+def test_the_best_checkpoint_survives_a_restart(tmp_path, monkeypatch):
+    """Validation losses scripted per step (best: step 2); keep 1 latest + 1 best. After a
+    restart at step 3 and four more steps, step 2 is still there beside the latest."""
+    losses = {1: 0.5, 2: 0.1, 3: 0.9, 4: 0.8, 5: 0.7, 6: 0.6}
+    monkeypatch.setattr(loop, "_validate", lambda eval_step, state, batches: {"val_loss": losses[int(state.step)]})
+    workdir = str(tmp_path / "run")
+    config = _tiny(num_devices=1)
+    config.checkpoint.update(keep=1, keep_best=1)
+    config.stages[0]["kimg"] = 0.024  # steps 1-3, then a restart
+    loop.train(config, workdir)
+    config.stages[0]["kimg"] = 0.048  # a lengthened stage resumes: steps 4-6
+    loop.train(config, workdir)
+    steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert steps == [2, 6]
