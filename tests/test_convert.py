@@ -574,3 +574,70 @@ def test_convert_tool_help(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert "--prefix" in text and "--config" in text and "pdr-gray128" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile sizes and structures: refused before allocating, with the converter's own errors.
+
+
+def _peak_rss_of_conversion(path) -> tuple[str, float]:
+    """(error text, peak RSS in MB) of convert_edm(path) in a fresh process."""
+    code = (
+        "import resource, sys\n"
+        "from pdr_jax.convert import ConversionError, TorchFileError, convert_edm\n"
+        "try:\n"
+        f"    convert_edm({str(path)!r}, config='pdr-gray64')\n"
+        "    print('loaded')\n"
+        "except (ConversionError, TorchFileError) as e:\n"
+        "    print(type(e).__name__, e)\n"
+        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=ROOT)  # fmt: skip
+    lines = out.stdout.strip().splitlines()
+    assert lines and lines[-1].startswith("RSS"), out.stderr[-2000:]
+    return "\n".join(lines[:-1]), float(lines[-1].split()[1])
+
+
+def test_a_stride_zero_tensor_beyond_the_budget_is_refused_without_allocating(tmp_path):
+    """Two 2^16 x 2^16 stride-0 views of one float (16 GiB each, 817-byte-class file)."""
+    def expanded(key):
+        storage = _StorageRef(key, np.zeros(1, np.float32))
+        return _Reduce(_REBUILD_TENSOR, (storage, 0, (2**16, 2**16), (0, 0), False, collections.OrderedDict()))
+
+    path = tmp_path / "expanded.pt"
+    write_torch_file(path, collections.OrderedDict(a=expanded("0"), b=expanded("1")))
+    assert path.stat().st_size < 2000
+    error, rss_mb = _peak_rss_of_conversion(path)
+    assert error.startswith("TorchFileError") and "beyond the budget" in error and "expanded.pt" in error
+    assert rss_mb < 1024, rss_mb
+    with pytest.raises(TorchFileError, match="beyond the budget of 1,000 bytes"):
+        torch_pickle.load(path, max_bytes=1000)
+
+
+def test_a_zip_bomb_is_refused_before_inflating(tmp_path):
+    """data.pkl deflated 1000:1 (a ~100 KB entry of 100 MB) in an otherwise valid torch zip."""
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({}, protocol=2) + b"\0" * (100 << 20))
+        archive.writestr("archive/version", "3\n")
+    assert path.stat().st_size < 1 << 20
+    error, rss_mb = _peak_rss_of_conversion(path)
+    assert error.startswith("TorchFileError") and "zip bomb" in error
+    assert rss_mb < 1024, rss_mb
+
+
+@pytest.mark.parametrize("change", [
+    lambda kwargs: {**kwargs, "img_resolution": "thirty-two"},
+    lambda kwargs: list(kwargs.items()),
+    lambda kwargs: {**kwargs, "model_kwargs": 7},
+])  # fmt: skip
+def test_fields_of_the_wrong_type_are_refused_by_name(monkeypatch, change):
+    """A snapshot whose constructor arguments are of the wrong type (img_resolution a string,
+    _init_kwargs a list, ...) ends in ConversionError naming the file, not a TypeError or
+    AttributeError from deep inside."""
+    snapshot = torch_pickle.load(FIXTURES / "vp_ddpmpp_rgb32.pkl")
+    snapshot["ema"].state["_init_kwargs"] = change(dict(snapshot["ema"].state["_init_kwargs"]))
+    monkeypatch.setattr(torch_pickle, "load", lambda *args, **kwargs: snapshot)
+    with pytest.raises(ConversionError, match=r"vp_ddpmpp_rgb32\.pkl: "):
+        load_edm_pickle(FIXTURES / "vp_ddpmpp_rgb32.pkl")

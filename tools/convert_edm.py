@@ -15,9 +15,10 @@ import argparse
 import json
 import sys
 import time
+import traceback
 
 from pdr_jax import model_io, precond
-from pdr_jax.convert import convert_edm
+from pdr_jax.convert import convert_edm, torch_pickle
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing model in out_dir"
     )
+    parser.add_argument(
+        "--max-bytes", type=float, default=torch_pickle.DEFAULT_MAX_BYTES,
+        help=f"most bytes the file may make the reader allocate (decompressed entries, tensors); "
+        f"default {torch_pickle.DEFAULT_MAX_BYTES / 2**30:g} GiB",
+    )  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return parser.parse_args(argv)
 
 
@@ -63,7 +70,7 @@ def main(argv=None) -> int:
     try:
         converted = convert_edm(
             args.input, args.key, config=args.config, prefix=args.prefix, cache_dir=args.cache_dir,
-            sha256=args.sha256, **overrides,
+            sha256=args.sha256, max_bytes=int(args.max_bytes), **overrides,
         )  # fmt: skip
         print(f"writing {args.out_dir} ...", flush=True)
         model_io.save_model(
@@ -71,7 +78,14 @@ def main(argv=None) -> int:
             overwrite=args.overwrite,
         )  # fmt: skip
     except (ValueError, OSError) as exc:  # conversion, file format, download and overwrite errors
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug, not a bad file: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {args.input}: {type(exc).__name__}: {exc} (--debug shows the traceback)", file=sys.stderr)
         return 1
     kwargs = converted.network_kwargs
     edm = converted.source.get("edm_class")

@@ -243,6 +243,7 @@ def convert_edm(
     prefix: str | None = None,
     cache_dir=None,
     sha256: str | None = None,
+    max_bytes: int = torch_pickle.DEFAULT_MAX_BYTES,
     **network_kwargs,
 ) -> ConvertedNetwork:
     """Read an EDM snapshot, training state or PyTorch state_dict as a pdr_jax network.
@@ -253,10 +254,25 @@ def convert_edm(
     dict wrapping a state_dict; ignored for a bare state_dict. Snapshots record their
     architecture, and `network_kwargs` override single arguments of it (e.g. dropout).
     State_dicts need `config` (a pdr_jax.precond.NETWORKS name) and/or `network_kwargs`;
-    `prefix` (e.g. "module." or "edm_model.") is stripped from their keys first.
+    `prefix` (e.g. "module." or "edm_model.") is stripped from their keys first. `max_bytes`
+    bounds what the file may allocate (torch_pickle.load). Every failure is a ValueError naming
+    the file: TorchFileError for the file itself, ConversionError for its contents.
     """
     where = str(path)
-    obj = torch_pickle.load(_local_file(path, cache_dir, sha256))
+    obj = torch_pickle.load(_local_file(path, cache_dir, sha256), max_bytes=max_bytes)
+    try:
+        return _convert(obj, key, where, config, prefix, network_kwargs)
+    except ConversionError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        # A field of the wrong type (img_resolution a string, _init_kwargs a list, ...).
+        raise ConversionError(
+            f"{where}: not an EDM network of the expected structure ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _convert(obj, key, where, config, prefix, network_kwargs) -> ConvertedNetwork:
+    """convert_edm after the file is read."""
     entry, used_key = _select(obj, key, where)
     source = {"file": where, "key": used_key}
     if isinstance(entry, PickledModule):

@@ -20,6 +20,7 @@ UnsafePickleError naming it. Tensors come back as numpy arrays; torch modules co
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import io
 import math
@@ -34,11 +35,33 @@ import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-_MAX_EXPANDED = 1 << 28  # elements a stride-0 (expanded) tensor may reach beyond its storage
+# The most bytes one load may declare: zip entries (data.pkl, storages) as decompressed, legacy
+# storages, and tensors as materialised (stride-0 views at their full size). EDM's largest
+# snapshot (ImageNet-64 ADM, EMA only) is ~1.2 GB; a training state with Adam's moments ~4.7 GB.
+DEFAULT_MAX_BYTES = 6 << 30
 
 
 class TorchFileError(ValueError):
     """A file is not a readable torch/EDM file: truncated, corrupt or of an unknown layout."""
+
+
+class _Budget:
+    """Bytes a load may still allocate; every allocation is checked against it first."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used = int(max_bytes), 0
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes < 0 or self.used + nbytes > self.max_bytes:
+            raise TorchFileError(
+                f"{what} needs {nbytes:,} bytes, beyond the budget of {self.max_bytes:,} bytes for "
+                f"one file ({self.used:,} already taken): refused before allocating (a larger "
+                "legitimate file: raise max_bytes, tools/convert_edm.py --max-bytes)"
+            )
+        self.used += nbytes
+
+
+_ACTIVE_BUDGET: contextvars.ContextVar[_Budget] = contextvars.ContextVar("torch_pickle_budget")
 
 
 class UnsafePickleError(TorchFileError, pickle.UnpicklingError):
@@ -177,8 +200,6 @@ class _Tensor(_Sealed):
             )
         if 0 in size:
             return np.zeros(size, flat.dtype)
-        if math.prod(size) > max(flat.size, _MAX_EXPANDED):  # stride-0 views may exceed storage
-            raise TorchFileError(f"storage {self.storage.key!r}: tensor of size {size} exceeds it")
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         # as_strided reads outside the buffer if a file lies about sizes: check before viewing.
         if last >= flat.size:
@@ -307,7 +328,8 @@ def _torch_size(sizes=()):
 def _load_from_bytes(data):
     if not isinstance(data, bytes):
         raise TorchFileError("torch.storage._load_from_bytes: expected bytes")
-    storage = _load_stream(io.BytesIO(data), materialize=False)
+    # The stream's storages count against the budget of the load that reads this pickle.
+    storage = _load_stream(io.BytesIO(data), _ACTIVE_BUDGET.get(), materialize=False)
     if not isinstance(storage, _Storage):
         raise TorchFileError("torch.storage._load_from_bytes: the bytes hold no storage")
     return storage
@@ -452,29 +474,34 @@ class _StorageTable:
         return storage
 
 
-def _materialize(obj, memo: dict):
-    """`obj` with every _Tensor replaced by a numpy array (containers updated in place)."""
+def _materialize(obj, memo: dict, budget: _Budget):
+    """`obj` with every _Tensor replaced by a numpy array (containers updated in place); each
+    array's bytes are taken from the budget before it is made."""
     if id(obj) in memo:
         return memo[id(obj)]
     if isinstance(obj, _Tensor):
+        itemsize = (obj.dtype or obj.storage.dtype).itemsize
+        budget.take(
+            math.prod(obj.size) * itemsize, f"tensor of size {obj.size} ({obj.storage.key!r})"
+        )
         result = obj.numpy()
     elif isinstance(obj, dict):
         memo[id(obj)] = obj
         for key, value in obj.items():
-            obj[key] = _materialize(value, memo)
+            obj[key] = _materialize(value, memo, budget)
         if isinstance(getattr(obj, "__dict__", None), dict):  # e.g. OrderedDict._metadata
             for key, value in obj.__dict__.items():
-                obj.__dict__[key] = _materialize(value, memo)
+                obj.__dict__[key] = _materialize(value, memo, budget)
         result = obj
     elif isinstance(obj, list):
         memo[id(obj)] = obj
-        obj[:] = [_materialize(v, memo) for v in obj]
+        obj[:] = [_materialize(v, memo, budget) for v in obj]
         result = obj
     elif isinstance(obj, tuple):
-        result = tuple(_materialize(v, memo) for v in obj)
+        result = tuple(_materialize(v, memo, budget) for v in obj)
     elif isinstance(obj, PickledModule):
         memo[id(obj)] = obj
-        obj.state = _materialize(obj.state, memo)
+        obj.state = _materialize(obj.state, memo, budget)
         result = obj
     else:
         result = obj
@@ -489,7 +516,7 @@ def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def _load_legacy_rest(f: BinaryIO):
+def _load_legacy_rest(f: BinaryIO, budget: _Budget):
     """The legacy stream after its magic number: protocol, sys info, object, keys, storages."""
     protocol = _Unpickler(f).load()
     if protocol != LEGACY_PROTOCOL:
@@ -511,11 +538,29 @@ def _load_legacy_rest(f: BinaryIO):
             raise TorchFileError(f"legacy torch file: data for storage {key!r} that no tensor uses")
         (count,) = struct.unpack(byteorder + "q", _read_exact(f, 8, f"storage {key!r} size"))
         nbytes = count * storage.dtype.itemsize
+        budget.take(nbytes, f"legacy storage {key!r}")
         storage.data = np.frombuffer(_read_exact(f, nbytes, f"storage {key!r}"), storage.dtype)
     return obj
 
 
-def _load_zip(f: BinaryIO):
+MAX_COMPRESSION_RATIO = 100  # torch stores its entries uncompressed; deflate tops out at ~1000
+
+
+def _take_entry(archive: zipfile.ZipFile, name: str, budget: _Budget) -> None:
+    """Refuse a zip bomb (an entry inflating beyond MAX_COMPRESSION_RATIO) and take the
+    entry's decompressed size from the budget, both before it is read."""
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_COMPRESSION_RATIO * max(
+        info.compress_size, 1
+    ):
+        raise TorchFileError(
+            f"zip entry {name!r} inflates {info.compress_size:,} bytes to {info.file_size:,} (a zip bomb? "
+            "torch stores its entries uncompressed): refused before reading"
+        )
+    budget.take(info.file_size, f"zip entry {name!r} (decompressed)")
+
+
+def _load_zip(f: BinaryIO, budget: _Budget):
     with zipfile.ZipFile(f) as archive:
         names = archive.namelist()
         pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
@@ -532,6 +577,7 @@ def _load_zip(f: BinaryIO):
             entry = f"{root}data/{key}"
             if entry not in names:
                 raise TorchFileError(f"zip file lacks storage entry {entry!r}")
+            _take_entry(archive, entry, budget)
             data = archive.read(entry)
             if len(data) < numel * dtype.itemsize:
                 raise TorchFileError(
@@ -539,19 +585,20 @@ def _load_zip(f: BinaryIO):
                 )
             return np.frombuffer(data, dtype, count=numel)
 
+        _take_entry(archive, pkl[0], budget)
         return _Unpickler(io.BytesIO(archive.read(pkl[0])), _StorageTable(read, byteorder)).load()
 
 
-def _load_stream(f: BinaryIO, materialize: bool = True):
+def _load_stream(f: BinaryIO, budget: _Budget, materialize: bool = True):
     head = f.read(4)
     f.seek(-len(head), io.SEEK_CUR)
     if head == b"PK\x03\x04":
-        obj = _load_zip(f)
+        obj = _load_zip(f, budget)
     else:
         obj = _Unpickler(f).load()
         if isinstance(obj, int) and obj == LEGACY_MAGIC:
-            obj = _load_legacy_rest(f)
-    return _materialize(obj, {}) if materialize else obj
+            obj = _load_legacy_rest(f, budget)
+    return _materialize(obj, {}, budget) if materialize else obj
 
 
 _CORRUPT = (
@@ -560,20 +607,23 @@ _CORRUPT = (
 )  # fmt: skip
 
 
-def load(file) -> Any:
+def load(file, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     """The object stored in a torch/EDM file, with tensors as numpy arrays.
 
     `file`: a path or a binary file object. Returns what the file pickled: dicts, lists,
     numbers, numpy arrays (tensors and parameters, in torch layout), `PickledModule`s.
     Raises UnsafePickleError for a global outside the allow-list, TorchFileError for a
-    truncated or corrupt file.
+    truncated or corrupt file, or one that declares more than `max_bytes` in all (decompressed
+    zip entries, storages, tensors: checked before each allocation).
     """
     name = getattr(file, "name", "<stream>") if hasattr(file, "read") else os.fspath(file)
+    budget = _Budget(max_bytes)
+    token = _ACTIVE_BUDGET.set(budget)
     try:
         if hasattr(file, "read"):
-            return _load_stream(file)
+            return _load_stream(file, budget)
         with open(file, "rb") as f:
-            return _load_stream(f)
+            return _load_stream(f, budget)
     except TorchFileError as exc:
         if isinstance(exc, UnsafePickleError):
             raise UnsafePickleError(f"{name}: {exc}") from None
@@ -582,3 +632,5 @@ def load(file) -> Any:
         raise TorchFileError(
             f"{name}: truncated or corrupt torch/pickle file ({type(exc).__name__}: {exc})"
         ) from exc
+    finally:
+        _ACTIVE_BUDGET.reset(token)
