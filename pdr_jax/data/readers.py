@@ -170,8 +170,13 @@ class PagedTiff:
         if self._cached is None or self._cached[0] != n:
             import tifffile
 
-            page = tifffile.imread(self.path, key=self.page_indices[n])
-            self._cached = (n, _nhwc_view(page, self.frame_axes)[0])
+            try:
+                page = tifffile.imread(self.path, key=self.page_indices[n])
+                self._cached = (n, _nhwc_view(page, self.frame_axes)[0])
+            except UnreadableImageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a corrupt page decodes lazily, in a crop
+                raise UnreadableImageError(f"{self.path}: page {n}: {type(e).__name__}: {e}") from e
         return self._cached[1]
 
     def __getitem__(self, index):
