@@ -47,16 +47,21 @@ def chi_square(y, x_hat, s, r, b, mask=None):
     return _masked_mean(jnp.square(normalized_residuals(y, x_hat, s, r, b)), mask)
 
 
-def _as_bhwc(image):
-    """[H, W] / [H, W, C] / [B, H, W, C] -> [B, H, W, C]."""
-    image = jnp.asarray(image, jnp.float32)
+def as_bhwc(image, name: str = "image"):
+    """([B, H, W, C] view, undo) of an [H, W], [H, W, C] or [B, H, W, C] array (numpy or jax,
+    dtype kept); undo maps a [B, H, W, C] result back to the input's layout. The one place
+    where pdr_jax normalises image layouts (metrics, restoration)."""
     if image.ndim == 2:
-        return image[None, :, :, None]
+        return image[None, :, :, None], lambda x: x[0, :, :, 0]
     if image.ndim == 3:
-        return image[None]
+        return image[None], lambda x: x[0]
     if image.ndim == 4:
-        return image
-    raise ValueError(f"expected an image [H, W], [H, W, C] or [B, H, W, C], got {image.shape}")
+        return image, lambda x: x
+    raise ValueError(f"{name}: expected [H, W], [H, W, C] or [B, H, W, C], got shape {image.shape}")
+
+
+def _as_bhwc(image):
+    return as_bhwc(jnp.asarray(image, jnp.float32))[0]
 
 
 def residual_autocorrelation(residuals, max_lag: int = 2, mask=None):
@@ -283,15 +288,9 @@ FRC_THRESHOLD = 1.0 / 7.0
 
 
 def _image_batch(image, name: str) -> tuple[np.ndarray, bool]:
-    """[H, W] / [H, W, C] / [B, H, W, C] -> ([B, H, W, C] float64, whether a batch came in)."""
+    """([B, H, W, C] float64, whether a batch came in)."""
     image = np.asarray(image, np.float64)
-    if image.ndim == 2:
-        return image[None, :, :, None], False
-    if image.ndim == 3:
-        return image[None], False
-    if image.ndim == 4:
-        return image, True
-    raise ValueError(f"{name}: expected [H, W], [H, W, C] or [B, H, W, C], got {image.shape}")
+    return as_bhwc(image, name)[0], image.ndim == 4
 
 
 def _pair(x, x_true) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -244,16 +244,9 @@ def parse_kappa(text: str) -> str | float:
 
 
 def _as_bhwc(y, channels: int):
-    """y [H, W] / [H, W, C] / [B, H, W, C] -> ([B, H, W, C] float32 numpy, undo)."""
-    y = np.asarray(y, np.float32)
-    if y.ndim == 2:
-        y, undo = y[None, :, :, None], lambda x: x[0, :, :, 0]
-    elif y.ndim == 3:
-        y, undo = y[None], lambda x: x[0]
-    elif y.ndim == 4:
-        undo = lambda x: x
-    else:
-        raise ValueError(f"y must be [H, W], [H, W, C] or [B, H, W, C], got shape {y.shape}")
+    """y [H, W] / [H, W, C] / [B, H, W, C] -> ([B, H, W, C] float32 numpy, undo), checked
+    against the prior's channels."""
+    y, undo = metrics.as_bhwc(np.asarray(y, np.float32), "y")
     if y.shape[-1] != channels:
         raise ValueError(
             f"y has {y.shape[-1]} channel(s) but the prior has {channels}: restore each channel "

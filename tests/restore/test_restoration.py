@@ -84,6 +84,9 @@ class GaussianPrior:
             "round_sigma": None,
         }
 
+    def conditioning_image(self, y, physics):
+        del y, physics  # a prior: it sees only x
+
 
 def _mse(a, b):
     return float(np.mean((np.asarray(a) - np.asarray(b)) ** 2))
@@ -256,7 +259,7 @@ def test_invalid_inputs_are_named():
         ({"y": bad}, r"y has 3 non-finite pixel\(s\)"),
         ({"mask": np.ones((8, 8))}, "mask shape"),
         ({"mask": np.zeros_like(y)}, "mask excludes every pixel"),
-        ({"y": y[0, 0, 0]}, r"y must be \[H, W\], \[H, W, C\] or \[B, H, W, C\]"),
+        ({"y": y[0, 0, 0]}, r"y: expected \[H, W\], \[H, W, C\] or \[B, H, W, C\]"),
         ({"y": np.repeat(y, 3, axis=-1)}, r"y has 3 channel\(s\) but the prior has 1"),
         ({"num_samples": 0}, "num_samples must be >= 1"),
     ]
