@@ -213,3 +213,22 @@ def test_bad_numbers_are_named_by_their_flag(tiny_model, tmp_path, capsys, flag,
     with pytest.raises(SystemExit):
         restore_tool.main(argv)
     assert f"{flag} must be" in capsys.readouterr().err
+
+
+def test_the_cli_without_options_is_restore_without_options(tiny_model, tmp_path):
+    """tools/restore.py with only the required flags gives what restore(...) gives with its
+    defaults (the CLI's key: the seed folded with the file's and the channel's index)."""
+    from pdr_jax.restore import Physics, Prior, restore
+
+    y, _ = _measurement((24, 40), s=5.0)  # noisy enough that the sampler refines
+    np.save(tmp_path / "y.npy", y)
+    required = ["--checkpoint", tiny_model, "--domain", "microscopy", "--scale", "5", "--read-noise", "2"]
+    report = tmp_path / "r.json"
+    assert restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"), "--report", str(report),
+                              *required]) == 0  # fmt: skip
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
+    result = restore(Prior.load(tiny_model), y, physics=Physics(5.0, 2.0, 0.0, "microscopy"), key=key)
+    assert result.report["refined"] and json.loads(report.read_text())["images"][0]["settings"] == json.loads(
+        json.dumps(result.report["settings"])
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), result.image, atol=1e-6)
