@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pdr_jax import backend, conditional, model_io, schedules
+from pdr_jax import precond as precond_lib
 from pdr_jax.precond import build_network
 from pdr_jax.train import loss as losses
 from pdr_jax.train.monitor import MetricsLogger, save_loss_plot, save_sample_grid
@@ -106,11 +107,34 @@ def batch_keys(objective: str) -> tuple[str, ...]:
 # Steps (jit boundary).
 
 
+def loss_for(net, config):
+    """The training loss of the network's preconditioner, as EDM's train.py pairs them:
+    EDMPrecond with EDMLoss (config.train.P_mean/P_std), VPPrecond with VPLoss, VEPrecond with
+    VELoss, each with the network's own schedule constants. iDDPM models are sampled, not
+    trained (EDM has no iDDPM loss): a ValueError says so."""
+    if isinstance(net, precond_lib.EDMPrecond):
+        return functools.partial(losses.edm_loss, P_mean=config.train.P_mean, P_std=config.train.P_std,
+                                 sigma_data=net.sigma_data)  # fmt: skip
+    if isinstance(net, precond_lib.VPPrecond):
+        return functools.partial(losses.vp_loss, beta_d=net.beta_d, beta_min=net.beta_min, epsilon_t=net.epsilon_t)
+    if isinstance(net, precond_lib.VEPrecond):
+        return functools.partial(losses.ve_loss, sigma_min=net.sigma_min, sigma_max=net.sigma_max)
+    raise ValueError(
+        f"config.model.precond: {type(net).__name__} has no training loss (EDM samples iDDPM models but "
+        "trains only edm, vp and ve); use one of those"
+    )
+
+
+def loss_weight(net, sigma):
+    """lambda(sigma) of the network's loss: EDM's (sigma^2 + sd^2) / (sigma sd)^2, else 1 / sigma^2."""
+    if isinstance(net, precond_lib.EDMPrecond):
+        return (sigma**2 + net.sigma_data**2) / (sigma * net.sigma_data) ** 2
+    return 1 / sigma**2
+
+
 def make_train_step(net, config, batch_size: int):
     """train_step(state, batch, base_key) -> (state, metrics); batch = {"clean", "cond"}."""
-    loss_fn = functools.partial(
-        losses.edm_loss, P_mean=config.train.P_mean, P_std=config.train.P_std, sigma_data=net.sigma_data
-    )
+    loss_fn = loss_for(net, config)
 
     def train_step(state: TrainState, batch, base_key):
         key_loss, key_dropout = jax.random.split(jax.random.fold_in(base_key, state.step))
@@ -133,7 +157,6 @@ def make_train_step(net, config, batch_size: int):
 def make_eval_step(net, config):
     """Validation loss of the EMA network at fixed sigmas with fixed noise: comparable across steps."""
     sigmas = jnp.asarray(config.train.val_sigmas, jnp.float32)
-    sigma_data = net.sigma_data
 
     def eval_step(state: TrainState, batch):
         """Sums over the batch's valid rows (the last val batch is padded by repeats)."""
@@ -144,8 +167,7 @@ def make_eval_step(net, config):
 
         def at_sigma(sigma):
             s = jnp.full((images.shape[0], 1, 1, 1), sigma)
-            weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
-            err = losses.weighted_denoising_error(denoise, images, batch["cond"], s, noise, weight)
+            err = losses.weighted_denoising_error(denoise, images, batch["cond"], s, noise, loss_weight(net, s))
             return jnp.sum(jnp.mean(err, axis=(1, 2, 3)) * valid)
 
         return {"loss_sum": jnp.mean(jax.lax.map(at_sigma, sigmas)), "count": jnp.sum(valid)}

@@ -60,7 +60,9 @@ def test_odd_sized_measurement_end_to_end(tiny_model, tmp_path):
 
 def test_adu_input_masks_saturated_pixels(tiny_model, tmp_path):
     y, _ = _measurement((37, 53))
-    adu = np.clip(np.round(y / 2.0 + 100), 0, 105).astype(np.uint16)  # gain 2 e-/ADU, black 100, white 105
+    adu = np.clip(np.round(y / 2.0 + 100), 0, 105).astype(
+        np.uint16
+    )  # gain 2 e-/ADU, black 100, white 105
     tifffile.imwrite(tmp_path / "raw.tif", adu)
     report = tmp_path / "r.json"
     code = restore_tool.main([str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.npy"), "--units", "adu",
@@ -69,9 +71,13 @@ def test_adu_input_masks_saturated_pixels(tiny_model, tmp_path):
     assert code == 0
     saturated = float(np.mean(adu >= 105))
     assert saturated > 0
-    assert json.loads(report.read_text())["images"][0]["saturated_fraction"] == pytest.approx(saturated)
+    assert json.loads(report.read_text())["images"][0]["saturated_fraction"] == pytest.approx(
+        saturated
+    )
     with pytest.raises(SystemExit):
-        restore_tool.main([str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.npy"), "--units", "adu"])
+        restore_tool.main(
+            [str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.npy"), "--units", "adu"]
+        )
 
 
 def test_folder_mode_skips_a_corrupt_file(tiny_model, tmp_path):
@@ -81,7 +87,9 @@ def test_folder_mode_skips_a_corrupt_file(tiny_model, tmp_path):
         np.save(inputs / f"good{i}.npy", _measurement((37, 53), seed=i)[0])
     (inputs / "broken.tif").write_bytes(b"II*\x00 this is not a tiff")
     out, report = tmp_path / "out", tmp_path / "report.json"
-    code = restore_tool.main([str(inputs), "--output", str(out), "--report", str(report), *_args(tiny_model)])
+    code = restore_tool.main(
+        [str(inputs), "--output", str(out), "--report", str(report), *_args(tiny_model)]
+    )
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["good0.tif", "good1.tif"]
     rep = json.loads(report.read_text())
@@ -110,7 +118,16 @@ def test_num_samples_write_a_posterior_std_map(tiny_model, tmp_path):
     assert image["posterior_std"] == pytest.approx(float(sigma.mean()), rel=1e-5)
     assert image["settings"]["num_samples"] == 3 and image["uncertainty"] == str(std)
     with pytest.raises(SystemExit):  # --uncertainty needs samples
-        restore_tool.main([str(tmp_path / "y.npy"), "--output", str(out), "--uncertainty", str(std), *_args(tiny_model)])
+        restore_tool.main(
+            [
+                str(tmp_path / "y.npy"),
+                "--output",
+                str(out),
+                "--uncertainty",
+                str(std),
+                *_args(tiny_model),
+            ]
+        )
 
 
 def test_fits_and_tiff_outputs_keep_the_input_metadata(tiny_model, tmp_path):
@@ -120,16 +137,36 @@ def test_fits_and_tiff_outputs_keep_the_input_metadata(tiny_model, tmp_path):
     header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.1, "CRVAL2": 2.2,
                           "CRPIX1": 12.0, "CRPIX2": 10.0, "CDELT1": -1e-4, "CDELT2": 1e-4, "EXPTIME": 30.0})  # fmt: skip
     fits.PrimaryHDU(y, header=header).writeto(tmp_path / "y.fits")
-    assert restore_tool.main([str(tmp_path / "y.fits"), "--output", str(tmp_path / "x.fits"), *_args(tiny_model)]) == 0
+    assert (
+        restore_tool.main(
+            [str(tmp_path / "y.fits"), "--output", str(tmp_path / "x.fits"), *_args(tiny_model)]
+        )
+        == 0
+    )
     with fits.open(tmp_path / "x.fits") as hdul:
         out = hdul[0].header
         assert hdul[0].data.shape == (20, 24) and hdul[0].header["BITPIX"] == -32
     for key in ("CTYPE1", "CRVAL1", "CRVAL2", "CRPIX1", "CDELT2", "EXPTIME"):
         assert out[key] == header[key], key
     history = "\n".join(str(line) for line in out["HISTORY"])
-    assert "pdr_jax restore of y.fits" in history and "--scale 20" in history and "chi-square" in history
-    tifffile.imwrite(tmp_path / "y.tif", y, imagej=True, resolution=(4.0, 4.0), metadata={"spacing": 0.5, "unit": "um"})
-    assert restore_tool.main([str(tmp_path / "y.tif"), "--output", str(tmp_path / "x.tif"), *_args(tiny_model)]) == 0
+    assert (
+        "pdr_jax restore of y.fits" in history
+        and "--scale 20" in history
+        and "chi-square" in history
+    )
+    tifffile.imwrite(
+        tmp_path / "y.tif",
+        y,
+        imagej=True,
+        resolution=(4.0, 4.0),
+        metadata={"spacing": 0.5, "unit": "um"},
+    )
+    assert (
+        restore_tool.main(
+            [str(tmp_path / "y.tif"), "--output", str(tmp_path / "x.tif"), *_args(tiny_model)]
+        )
+        == 0
+    )
     with tifffile.TiffFile(tmp_path / "x.tif") as tif:
         page = tif.pages[0]
         assert page.tags["XResolution"].value == (4, 1) and page.tags["YResolution"].value == (4, 1)
@@ -145,8 +182,13 @@ def test_auto_read_noise_and_scale_are_estimated_and_reported(tiny_model, tmp_pa
                               *_args(tiny_model), "--read-noise", "auto", "--scale", "auto"])  # fmt: skip
     assert code == 0
     noise = json.loads(report.read_text())["images"][0]["noise"]
-    assert noise["read_noise"] == pytest.approx(2.0, rel=0.25) and noise["estimate"]["read_noise_std"] > 0
-    assert noise["scale"] == pytest.approx(0.8 * 20.0, rel=0.15)  # the clean bright end, 0.8 at s = 20
+    assert (
+        noise["read_noise"] == pytest.approx(2.0, rel=0.25)
+        and noise["estimate"]["read_noise_std"] > 0
+    )
+    assert noise["scale"] == pytest.approx(
+        0.8 * 20.0, rel=0.15
+    )  # the clean bright end, 0.8 at s = 20
     with pytest.raises(SystemExit):
         restore_tool.parse_args(["y.npy", "--output", "x.npy", "--domain", "microscopy", "--scale", "bright",
                                  "--read-noise", "2"])  # fmt: skip
@@ -162,7 +204,9 @@ def _no_restoration(monkeypatch):
     monkeypatch.setattr(pdr_jax.restore, "restore", refuse)
 
 
-def test_unwritable_outputs_are_refused_before_anything_is_computed(tiny_model, tmp_path, monkeypatch):
+def test_unwritable_outputs_are_refused_before_anything_is_computed(
+    tiny_model, tmp_path, monkeypatch
+):
     """An output, --uncertainty or --report under a path that cannot be a folder (a file stands
     there: caught for root too) stops the run at once, naming the flag."""
     _no_restoration(monkeypatch)
@@ -171,8 +215,14 @@ def test_unwritable_outputs_are_refused_before_anything_is_computed(tiny_model, 
     blocked = str(tmp_path / "file" / "x.tif")
     cases = (
         (["--output", blocked], "--output"),
-        (["--output", str(tmp_path / "x.tif"), "--report", str(tmp_path / "file" / "r.json")], "--report"),
-        (["--output", str(tmp_path / "x.tif"), "--num-samples", "2", "--uncertainty", blocked], "--uncertainty"),
+        (
+            ["--output", str(tmp_path / "x.tif"), "--report", str(tmp_path / "file" / "r.json")],
+            "--report",
+        ),
+        (
+            ["--output", str(tmp_path / "x.tif"), "--num-samples", "2", "--uncertainty", blocked],
+            "--uncertainty",
+        ),
     )
     for extra, flag in cases:
         with pytest.raises(SystemExit, match=f"{flag} .*cannot write there.*nothing was restored"):
@@ -180,7 +230,9 @@ def test_unwritable_outputs_are_refused_before_anything_is_computed(tiny_model, 
     assert not (tmp_path / "x.tif").exists()
 
 
-def test_an_rgb_input_for_a_png_output_fails_early_and_is_counted(tiny_model, tmp_path, monkeypatch):
+def test_an_rgb_input_for_a_png_output_fails_early_and_is_counted(
+    tiny_model, tmp_path, monkeypatch
+):
     from PIL import Image
 
     _no_restoration(monkeypatch)
@@ -207,9 +259,18 @@ def test_data_that_are_not_electrons_are_flagged(tiny_model, tmp_path):
     assert "over 3x --scale 20" in warnings and "is far from 1" in warnings
 
 
-@pytest.mark.parametrize("flag, value", [("--scale", "-10"), ("--read-noise", "-1"), ("--gain", "0")])
+@pytest.mark.parametrize(
+    "flag, value", [("--scale", "-10"), ("--read-noise", "-1"), ("--gain", "0")]
+)
 def test_bad_numbers_are_named_by_their_flag(tiny_model, tmp_path, capsys, flag, value):
-    argv = [str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.tif"), *_args(tiny_model), flag, value]
+    argv = [
+        str(tmp_path / "y.npy"),
+        "--output",
+        str(tmp_path / "x.tif"),
+        *_args(tiny_model),
+        flag,
+        value,
+    ]
     with pytest.raises(SystemExit):
         restore_tool.main(argv)
     assert f"{flag} must be" in capsys.readouterr().err
@@ -222,13 +283,24 @@ def test_the_cli_without_options_is_restore_without_options(tiny_model, tmp_path
 
     y, _ = _measurement((24, 40), s=5.0)  # noisy enough that the sampler refines
     np.save(tmp_path / "y.npy", y)
-    required = ["--checkpoint", tiny_model, "--domain", "microscopy", "--scale", "5", "--read-noise", "2"]
+    required = [
+        "--checkpoint",
+        tiny_model,
+        "--domain",
+        "microscopy",
+        "--scale",
+        "5",
+        "--read-noise",
+        "2",
+    ]
     report = tmp_path / "r.json"
     assert restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"), "--report", str(report),
                               *required]) == 0  # fmt: skip
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
-    result = restore(Prior.load(tiny_model), y, physics=Physics(5.0, 2.0, 0.0, "microscopy"), key=key)
-    assert result.report["refined"] and json.loads(report.read_text())["images"][0]["settings"] == json.loads(
-        json.dumps(result.report["settings"])
+    result = restore(
+        Prior.load(tiny_model), y, physics=Physics(5.0, 2.0, 0.0, "microscopy"), key=key
     )
+    assert result.report["refined"] and json.loads(report.read_text())["images"][0][
+        "settings"
+    ] == json.loads(json.dumps(result.report["settings"]))
     np.testing.assert_allclose(np.load(tmp_path / "x.npy"), result.image, atol=1e-6)

@@ -238,7 +238,9 @@ def _fresh_state(config):
     from pdr_jax.train.state import create_train_state, make_optimizer
 
     net, _ = loop.build_network_from_config(config.model)
-    state = create_train_state(net, jax.random.key(5), make_optimizer(1e-3), resolution=net.model.img_resolution)
+    state = create_train_state(
+        net, jax.random.key(5), make_optimizer(1e-3), resolution=net.model.img_resolution
+    )
     return state, net
 
 
@@ -283,12 +285,17 @@ def test_init_from_an_edm_pickle_and_a_mismatch():
 
     pickle = os.path.join(ROOT, "tests", "fixtures", "edm", "ddpmpp_cond6_gray64.pkl")
     config = _tiny()
-    config.model.update(img_resolution=64, model_channels=32, channel_mult=(1, 2, 2), attn_resolutions=(16,))
+    config.model.update(
+        img_resolution=64, model_channels=32, channel_mult=(1, 2, 2), attn_resolutions=(16,)
+    )
     state, kimg = loop.init_from(*_fresh_state(config), pickle)
     _, variables = load_edm_pickle(pickle)
     assert kimg == 0.0
     chex.assert_trees_all_equal(state.params, variables["params"])
-    with pytest.raises(ValueError, match=r"init_from=.*ddpmpp_cond6_gray64.pkl \(against config.model\): variables do not fit"):
+    with pytest.raises(
+        ValueError,
+        match=r"init_from=.*ddpmpp_cond6_gray64.pkl \(against config.model\): variables do not fit",
+    ):
         loop.init_from(*_fresh_state(_tiny()), pickle)
 
 
@@ -299,7 +306,9 @@ def _copy_run(source, target):
     return str(target)
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_next_intact_one(one_device_run, tmp_path, capsys):
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_next_intact_one(
+    one_device_run, tmp_path, capsys
+):
     """The newest step with a state data file cut in half, the next with its meta cut to 5
     bytes: both are reported, moved aside as STEP.corrupt, and the run resumes from step 2 to
     the same result as the uninterrupted run (the run is deterministic: atol 1e-6)."""
@@ -331,7 +340,9 @@ def test_no_intact_checkpoint_is_a_clear_error(one_device_run, tmp_path):
         with open(os.path.join(checkpoints, step, "meta", "metadata"), "w") as f:
             f.write("{")
     config = _tiny(num_devices=1)
-    with pytest.raises(RuntimeError, match="none of the checkpoints .* loads.*to start this run afresh"):
+    with pytest.raises(
+        RuntimeError, match="none of the checkpoints .* loads.*to start this run afresh"
+    ):
         loop.train(config, workdir)
 
 
@@ -339,7 +350,9 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path, monkeypatch):
     """Validation losses scripted per step (best: step 2); keep 1 latest + 1 best. After a
     restart at step 3 and four more steps, step 2 is still there beside the latest."""
     losses = {1: 0.5, 2: 0.1, 3: 0.9, 4: 0.8, 5: 0.7, 6: 0.6}
-    monkeypatch.setattr(loop, "_validate", lambda eval_step, state, batches: {"val_loss": losses[int(state.step)]})
+    monkeypatch.setattr(
+        loop, "_validate", lambda eval_step, state, batches: {"val_loss": losses[int(state.step)]}
+    )
     workdir = str(tmp_path / "run")
     config = _tiny(num_devices=1)
     config.checkpoint.update(keep=1, keep_best=1)
@@ -349,3 +362,48 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path, monkeypatch):
     loop.train(config, workdir)
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     assert steps == [2, 6]
+
+
+@pytest.mark.parametrize("precond", ["vp", "ve"])
+def test_vp_and_ve_networks_train_with_their_own_losses(precond, tmp_path):
+    """config.model.precond picks the loss as EDM does (VPLoss, VELoss with the network's
+    constants): on a fixed batch 40 Adam steps lower it; a 2-step run writes a model directory
+    that loads as the same preconditioner and samples finite images."""
+    from pdr_jax import model_io, samplers
+    from pdr_jax.train import loss as losses
+
+    config = _tiny(num_devices=1)
+    config.model.precond = precond
+    net, _ = loop.build_network_from_config(config.model)
+    expected = {"vp": losses.vp_loss, "ve": losses.ve_loss}[precond]
+    assert loop.loss_for(net, config).func is expected
+    state = loop.create_train_state(
+        net, jax.random.key(0), loop.make_optimizer(1e-3), resolution=16
+    )
+    batch = {
+        "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
+        "cond": jnp.zeros((8, 6)),
+    }
+    step = jax.jit(loop.make_train_step(net, config, 8))
+    history = []
+    for i in range(40):
+        state, metrics = step(state, batch, jax.random.key(i % 4))  # 4 fixed draws, cycled
+        history.append(float(metrics["loss"]))
+    assert np.mean(history[-4:]) < 0.8 * np.mean(history[:4]), history
+
+    workdir = str(tmp_path / precond)
+    config.stages[0]["kimg"] = 0.016
+    assert int(loop.train(config, workdir).step) == 2
+    loaded, variables = model_io.load_model(os.path.join(workdir, "model"))
+    assert type(loaded) is type(net)
+    x = samplers.edm_sampler(latents=jax.random.normal(jax.random.key(0), (2, 16, 16, 1)), num_steps=3,
+                             **samplers.network_sampler_args(loaded, variables, jnp.zeros((2, 6))))  # fmt: skip
+    assert bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_an_iddpm_network_is_not_trained():
+    config = _tiny()
+    config.model.precond = "iddpm"
+    net, _ = loop.build_network_from_config(config.model)
+    with pytest.raises(ValueError, match="trains only edm, vp and ve"):
+        loop.loss_for(net, config)
