@@ -85,12 +85,12 @@ class Physics:
 class SamplerSettings:
     """How the sampler runs; the defaults are the tuned setting (README, "Restoration defaults")."""
 
-    num_steps: int = 6  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
-    solver: str = "heun"  # a name of SOLVERS
+    num_steps: int = 4  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
+    solver: str = "euler"  # a name of SOLVERS
     start: str = "vst"  # "vst" or "noise" (module docstring)
     start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
     latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
-    estimate_sigma_factor: float = 1.0  # "vst": the denoiser runs at this times sigma_v
+    estimate_sigma_factor: float = 1.03  # "vst": the denoiser runs at this times sigma_v
     refine_min_noise: float = 0.4  # "vst": run the sampler only where noise_level(y) >= this
     sigma_min: float = 0.002
     sigma_max: float = 80.0  # "noise" start

@@ -33,7 +33,7 @@ from pdr_jax.restore import (
 SIZE, BATCH, R, B = 8, 32, 1.0, 0.5
 # EDM's start from zero latents (the deterministic, posterior-mean-like estimate) and the
 # settings of the pdr_jax.physics.guidance table, next to restore's defaults (start "vst").
-NOISE_START = SamplerSettings(start="noise", num_steps=18, latent_scale=0.0)
+NOISE_START = SamplerSettings(start="noise", solver="heun", num_steps=18, latent_scale=0.0)
 SETTINGS = {
     # grad_clip 10 is explicit: the default has no clip (damping already bounds the step, and on
     # dark real images at high s the clip stalled the correction); on this Gaussian prior the clip
@@ -136,7 +136,7 @@ def test_every_solver_refines_and_reports_its_network_calls(solver, calls):
     solver beat the noisy estimate and the one-call estimate they start from."""
     _, x_true = _prior()
     y = np.asarray(noise.simulate(jax.random.key(1), x_true, 2.0, R, B))
-    x, report, _ = _restore(y, 2.0, mode="default", sampler=SamplerSettings(solver=solver))
+    x, report, _ = _restore(y, 2.0, mode="default", sampler=SamplerSettings(solver=solver, num_steps=6))
     one_call, _, _ = _restore(y, 2.0, sampler=SamplerSettings(num_steps=0))
     assert report["refined"] and report["network_calls"] == calls
     assert _mse(x, x_true) < min(_mse(one_call, x_true), _mse((y - B) / 2.0, x_true))
