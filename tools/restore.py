@@ -19,7 +19,7 @@ output keeps the input TIFF's resolution and ImageJ metadata and describes the r
 and 16-bit PNG outputs keep no metadata. Every image is
 restored at any size through overlapping tiles fused at every sampler step. --method prior (default):
 the diffusion prior with likelihood guidance through pdr_jax.restore.restore, whose tuned defaults
-the flags start from (the one-call variance-stabilised estimate, re-noised and refined by EDM Heun
+the flags start from (the one-call variance-stabilised estimate, re-noised and refined by EDM Euler
 steps; --steps 0: the one-call estimate alone, the fast setting); --num-samples K averages K
 samples and --uncertainty writes their per-pixel std. --method conditional: a model conditioned on
 the measurement (pdr_jax/conditional.py, default models/conditional-gray-default) through the same
