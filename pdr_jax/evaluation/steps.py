@@ -83,9 +83,12 @@ def plot(summary: Sequence[dict], path) -> None:
     axes[0].set_ylabel("mean PSNR (dB)")
     axes[1].set_ylabel("mean chi-square")
     axes[1].axhspan(0.9, 1.1, color="0.9", zorder=0)
+    ticks = sorted({row["network_calls"] for row in summary})
     for ax in axes:
         ax.set_xlabel("network calls per tile")
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(tick) for tick in ticks])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Guided sampler from the one-call estimate: quality against calls")
