@@ -459,7 +459,8 @@ def restore_scaling(
             report_path = os.path.join(tmp, "report.json")
             cmd = [sys.executable, restore_py, measurement, "--output", os.path.join(tmp, "x.npy"),
                    "--domain", "microscopy", "--scale", str(scale), "--read-noise", str(read_noise),
-                   "--steps", str(steps), "--batch", str(batch), "--report", report_path]  # fmt: skip
+                   "--batch", str(batch), "--report", report_path]  # fmt: skip
+            cmd += ["--steps", str(steps)] if steps is not None else []
             cmd += ["--checkpoint", checkpoint] if checkpoint else []
             cmd += ["--tile", str(tile)] if tile else []
             _log(f"restore {size}x{size}: {' '.join(cmd[2:])}")
@@ -496,13 +497,16 @@ def restore_scaling(
         fit["time_max_relative_residual"] = float(
             np.max(np.abs(seconds - (intercept + slope * megapixels)) / seconds)
         )
-    return {"steps": steps, "batch": batch, "checkpoint": checkpoint or "models/pdr-gray-default",
+    settings = image["settings"]["sampler"]
+    return {"steps": settings["num_steps"], "solver": settings["solver"], "network_calls": image["network_calls"],
+            "batch": batch, "checkpoint": checkpoint or "models/pdr-gray-default",
             "sizes": rows, "fit": fit, "load_average": os.getloadavg()}  # fmt: skip
 
 
 def format_scaling(report: dict) -> str:
     lines = [
-        f"tools/restore.py, {report['steps']} Heun steps, batch {report['batch']}, {report['checkpoint']}"
+        f"tools/restore.py, {report['solver']} {report['steps']} steps ({report['network_calls']} network calls "
+        f"per tile), batch {report['batch']}, {report['checkpoint']}"
     ]
     lines.append("  size    tiles  restore s  s/Mpx   peak RSS MiB  image MiB  chi2")
     for r in report["sizes"]:
@@ -641,7 +645,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="instead of a config: time tools/restore.py on SIZE x SIZE measurements (peak RSS, s/Mpx)",
     )  # fmt: skip
     parser.add_argument(
-        "--restore-steps", type=int, default=2, help="Heun steps for --restore-scaling"
+        "--restore-steps", type=int, default=None,
+        help="sampler steps for --restore-scaling (default: tools/restore.py's, the tuned default)"
     )
     parser.add_argument(
         "--restore-batch", type=int, default=8, help="tiles per network call (--restore-scaling)"

@@ -385,6 +385,7 @@ def restore_one(path, out_path, model, args, key, std_path=None):
         "uncertainty": str(std_path) if std is not None else None,
         "tile": reports[0]["tile"], "num_tiles": reports[0]["num_tiles"], "plan": reports[0]["plan"],
         "kappa": reports[0].get("kappa"), "settings": reports[0].get("settings"),
+        "network_calls": reports[0].get("network_calls"), "refined": reports[0].get("refined"),
         "noise": {"scale": scale, "read_noise": read_noise, "gain": noise["gain"], "estimate": noise["estimate"]},
         "seconds": float(sum(r["timings"]["total_s"] for r in reports)), "warnings": warnings,
     }  # fmt: skip
