@@ -645,8 +645,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="instead of a config: time tools/restore.py on SIZE x SIZE measurements (peak RSS, s/Mpx)",
     )  # fmt: skip
     parser.add_argument(
-        "--restore-steps", type=int, default=None,
-        help="sampler steps for --restore-scaling (default: tools/restore.py's, the tuned default)"
+        "--restore-steps",
+        type=int,
+        default=None,
+        help="sampler steps for --restore-scaling (default: tools/restore.py's, the tuned default)",
     )
     parser.add_argument(
         "--restore-batch", type=int, default=8, help="tiles per network call (--restore-scaling)"

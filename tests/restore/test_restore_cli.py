@@ -304,3 +304,25 @@ def test_the_cli_without_options_is_restore_without_options(tiny_model, tmp_path
         "settings"
     ] == json.loads(json.dumps(result.report["settings"]))
     np.testing.assert_allclose(np.load(tmp_path / "x.npy"), result.image, atol=1e-6)
+
+
+def test_adu_data_with_every_noise_parameter_auto(tiny_model, tmp_path):
+    """--units adu --gain auto --read-noise auto --scale auto end to end: the estimates, their
+    uncertainties and warnings in the report (true gain 2 e-/ADU, read noise 3 e-, 26-193 e-)."""
+    y, _ = _measurement((96, 96), s=200.0, r=3.0, seed=4)
+    adu = np.clip(np.round(y / 2.0 + 100), 0, 4095).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "raw.tif", adu)
+    report = tmp_path / "r.json"
+    code = restore_tool.main([str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.tif"), "--report", str(report),
+                              "--checkpoint", tiny_model, "--domain", "microscopy", "--units", "adu", "--gain", "auto",
+                              "--black-level", "100", "--white-level", "4095", "--read-noise", "auto", "--scale", "auto",
+                              "--steps", "0", "--tile", "16", "--overlap", "4"])  # fmt: skip
+    assert code == 0
+    image = json.loads(report.read_text())["images"][0]
+    noise = image["noise"]
+    assert noise["gain"] == pytest.approx(2.0, rel=0.3) and noise["estimate"]["gain_std"] > 0
+    assert noise["scale"] == pytest.approx(0.8 * 200.0, rel=0.3)
+    # 3 e- of read noise under ~100 e- of shot noise is below what one image resolves: the
+    # estimate says so (0 with its uncertainty and a warning) instead of inventing a value.
+    assert noise["read_noise"] >= 0 and noise["estimate"]["read_noise_std"] > 0
+    assert noise["read_noise"] > 0 or any("read noise unresolved" in w for w in image["warnings"])
