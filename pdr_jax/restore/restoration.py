@@ -122,10 +122,12 @@ class SamplerSettings:
 
 # How a model conditioned on the measurement (pdr_jax.conditional.ConditionalModel) restores:
 # from noise in 20 EDM Euler steps (DDIM with eta = 0 is Euler on the same ODE) with no
-# likelihood guidance (the model sees the measurement itself).
+# likelihood guidance (the model sees the measurement itself). rho = 3 spaces the steps more
+# evenly than EDM's 7: on corpus:val (2 crops per domain, s = 10 and 250) +0.35 dB on average
+# over rho 7 for the shipped conditional model (rho 1: -0.59; DPM-Solver++ at rho 7: -0.58).
 CONDITIONAL_SETTINGS = {
     "guidance": GuidanceSettings(kappa=0.0),
-    "sampler": SamplerSettings(start="noise", solver="euler", num_steps=20),
+    "sampler": SamplerSettings(start="noise", solver="euler", num_steps=20, rho=3.0),
 }
 
 
