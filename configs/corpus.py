@@ -22,6 +22,11 @@ import ml_collections
 from configs import base, progressive
 
 
+def _stage(resolution: int, kimg: float, batch_size: int, lr: float) -> dict:
+    """A fixed-length stage (no plateau detection)."""
+    return dict(resolution=resolution, kimg=kimg, batch_size=batch_size, lr=lr, adaptive=False)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = progressive.get_config("tiny" if arg == "tiny" else None)
     if arg not in (None, "", "tiny", "cpu", "cpu-continue", "cpu-finish", "sweep"):
@@ -38,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         base.apply_preset(config, "cpu")
         config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
         config.train.update(log_every_kimg=1.0)
+    if arg in ("cpu", "cpu-continue", "cpu-finish"):  # the CPU sessions of the shipped model
+        config.train.update(ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2)
+        config.checkpoint.update(every_kimg=2.0)
     if arg == "sweep":
         # Size sweep (issue 20): one long 32 px stage, stopped by time (SIGTERM saves), val
         # loss every kimg, for --config.model.model_channels / num_blocks variants:
@@ -45,30 +53,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         #     --config.model.model_channels=64 --workdir ~/runs/sweep-64x1
         config.train.update(ema_halflife_kimg=2.0, val_every_kimg=1.0, val_batches=4)
         config.checkpoint.update(every_kimg=5.0)
-        config.stages = [dict(resolution=32, kimg=1000.0, batch_size=32, lr=1e-3, adaptive=False)]
+        config.stages = [_stage(32, 1000.0, 32, 1e-3)]
     elif arg == "cpu":
         # The CPU recipe of the shipped model (README, "The shipped model"): 40 kimg at 32 px,
         # 8 at 64 px and a short 128 px finish; ~40 min on 2 idle cores with PDR_CPU_CONV=bf16.
         # Longer stages in a later run extend a finished workdir (the loop resumes a
         # lengthened stage).
-        config.train.update(ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2)
-        config.checkpoint.update(every_kimg=2.0)
         config.stages = [
-            dict(resolution=32, kimg=40.0, batch_size=32, lr=1e-3, adaptive=False),
-            dict(resolution=64, kimg=8.0, batch_size=16, lr=5e-4, adaptive=False),
-            dict(resolution=128, kimg=0.6, batch_size=8, lr=2e-4, adaptive=False),
+            _stage(32, 40.0, 32, 1e-3),
+            _stage(64, 8.0, 16, 5e-4),
+            _stage(128, 0.6, 8, 2e-4),
         ]
     elif arg == "cpu-continue":
         # A second CPU session from a trained model (init_from): lower learning rates, most of
         # the images at 64 px, and a 128 px finish at the size restoration runs at; ~70 min on 2
         # idle cores with PDR_CPU_CONV=bf16.
         config.optim.update(lr=5e-4, lr_rampup_kimg=0.5)
-        config.train.update(ema_halflife_kimg=4.0, val_every_kimg=4.0, val_batches=2)
-        config.checkpoint.update(every_kimg=2.0)
         config.stages = [
-            dict(resolution=32, kimg=20.0, batch_size=32, lr=5e-4, adaptive=False),
-            dict(resolution=64, kimg=24.0, batch_size=16, lr=3e-4, adaptive=False),
-            dict(resolution=128, kimg=6.0, batch_size=8, lr=1.5e-4, adaptive=False),
+            _stage(32, 20.0, 32, 5e-4),
+            _stage(64, 24.0, 16, 3e-4),
+            _stage(128, 6.0, 8, 1.5e-4),
         ]
     elif arg == "cpu-finish":
         # A third CPU session from a trained model (init_from), aimed at the prior's weakest
@@ -79,10 +83,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.domain_weights.update(photography=2.0)
         config.train.update(P_mean=-1.8, P_std=1.5)
         config.optim.update(lr=2e-4, lr_rampup_kimg=0.5)
-        config.train.update(ema_halflife_kimg=2.0, val_every_kimg=4.0, val_batches=2)
-        config.checkpoint.update(every_kimg=2.0)
-        config.stages = [
-            dict(resolution=64, kimg=20.0, batch_size=16, lr=2e-4, adaptive=False),
-            dict(resolution=128, kimg=5.0, batch_size=8, lr=1e-4, adaptive=False),
-        ]
+        config.train.update(ema_halflife_kimg=2.0)
+        config.stages = [_stage(64, 20.0, 16, 2e-4), _stage(128, 5.0, 8, 1e-4)]
     return config
