@@ -24,7 +24,13 @@ from configs import base, progressive
 
 def _stage(resolution: int, kimg: float, batch_size: int, lr: float) -> dict:
     """A fixed-length stage (no plateau detection)."""
-    return dict(resolution=resolution, kimg=kimg, batch_size=batch_size, lr=lr, adaptive=False)
+    return {
+        "resolution": resolution,
+        "kimg": kimg,
+        "batch_size": batch_size,
+        "lr": lr,
+        "adaptive": False,
+    }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
