@@ -42,6 +42,7 @@ import time
 import traceback
 
 import numpy as np
+import tqdm
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "models" / "pdr-gray-default"
@@ -105,16 +106,24 @@ def parse_args(argv=None):
     p.add_argument("--guidance", choices=guidance_modes, default=guidance.mode,
                    help="x0: correct the denoised estimate; dps: through the denoiser; prox: the exact "
                         "proximal data step (pdr_jax.physics.guidance)")  # fmt: skip
-    p.add_argument("--likelihood", choices=("wls", "gaussian", "exact"), default=guidance.likelihood)
+    p.add_argument(
+        "--likelihood", choices=("wls", "gaussian", "exact"), default=guidance.likelihood
+    )
     p.add_argument("--kappa", type=parse_kappa, default=None,
                    help=f"guidance strength (default {guidance.kappa}, --method conditional 0; 0: the model alone; "
                         "auto: from the mean photon count, pdr_jax.restore.auto_kappa)")  # fmt: skip
-    p.add_argument("--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)")
+    p.add_argument(
+        "--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)"
+    )
     p.add_argument("--overlap", type=int, default=16)
     p.add_argument("--batch", type=int, default=8, help="tiles per network call")
-    p.add_argument("--memory-budget-mb", type=float, default=2048.0, help="for the automatic tile size")
+    p.add_argument(
+        "--memory-budget-mb", type=float, default=2048.0, help="for the automatic tile size"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-electrons", action="store_true", help="also write s*x+b (suffix _electrons)")
+    p.add_argument(
+        "--save-electrons", action="store_true", help="also write s*x+b (suffix _electrons)"
+    )
     p.add_argument("--report", help="JSON report of every image and a summary")
     args = p.parse_args(argv)
     conditional = args.method == "conditional"
@@ -130,9 +139,13 @@ def parse_args(argv=None):
     for flag, value, strict in (("--scale", args.scale, True), ("--read-noise", args.read_noise, False),
                                 ("--background", args.background, False), ("--gain", args.gain, True)):  # fmt: skip
         if value not in (None, "auto") and not (value > 0 if strict else value >= 0):
-            p.error(f"{flag} must be {'>' if strict else '>='} 0{' or auto' if flag != '--background' else ''}, got {value:g}")
+            p.error(
+                f"{flag} must be {'>' if strict else '>='} 0{' or auto' if flag != '--background' else ''}, got {value:g}"
+            )
     if args.num_samples < 1 or args.steps < 0:
-        p.error(f"--num-samples must be >= 1 and --steps >= 0, got {args.num_samples}, {args.steps}")
+        p.error(
+            f"--num-samples must be >= 1 and --steps >= 0, got {args.num_samples}, {args.steps}"
+        )
     return args
 
 
@@ -154,7 +167,9 @@ def output_paths(files, output: str) -> list[pathlib.Path]:
     if len(files) == 1 and out.suffix.lower() in OUTPUT_FORMATS:
         return [out]
     if out.suffix.lower() in OUTPUT_FORMATS:
-        raise SystemExit(f"--output {out} is a file but there are {len(files)} inputs: give a folder")
+        raise SystemExit(
+            f"--output {out} is a file but there are {len(files)} inputs: give a folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return [out / (f.stem + ".tif") for f in files]
 
@@ -168,16 +183,22 @@ def check_writable(path: pathlib.Path, flag: str) -> None:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as e:
-        raise SystemExit(f"{flag} {path}: cannot write there ({type(e).__name__}: {e}); nothing was restored") from None
+        raise SystemExit(
+            f"{flag} {path}: cannot write there ({type(e).__name__}: {e}); nothing was restored"
+        ) from None
 
 
 def check_output_format(path: pathlib.Path, channels: int) -> None:
     """ValueError before restoring when the output format cannot hold the image's channels."""
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
-        raise ValueError(f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}")
+        raise ValueError(
+            f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}"
+        )
     if suffix == ".png" and channels != 1:
-        raise ValueError(f"{path}: 16-bit PNG output is grayscale only; use .tif for {channels} channels")
+        raise ValueError(
+            f"{path}: 16-bit PNG output is grayscale only; use .tif for {channels} channels"
+        )
 
 
 def units_warnings(array_dtype, electrons: np.ndarray, args, scale: float) -> list[str]:
@@ -209,7 +230,12 @@ def read_measurement(path: pathlib.Path, args):
 
     array, meta = read_image(path)
     data = np.asarray(array, np.float32) * meta.scale + meta.offset
-    noise = {"scale": args.scale, "read_noise": args.read_noise, "gain": args.gain, "estimate": None}
+    noise = {
+        "scale": args.scale,
+        "read_noise": args.read_noise,
+        "gain": args.gain,
+        "estimate": None,
+    }
     if args.units == "electrons":
         calibration.check_finite(data, f"{path}")
         electrons, mask = data, np.ones_like(data)
@@ -222,7 +248,9 @@ def read_measurement(path: pathlib.Path, args):
         white = args.white_level if args.white_level is not None else meta.white_level
         missing = [name for name, v in (("--gain", gain), ("--white-level", white)) if v is None]
         if missing:
-            raise ValueError(f"{path}: --units adu needs {', '.join(missing)} (the file does not record it)")
+            raise ValueError(
+                f"{path}: --units adu needs {', '.join(missing)} (the file does not record it)"
+            )
         if "auto" in (gain, args.read_noise):
             estimate = noise_estimation.estimate_noise(
                 data[0, :, :, 0], black_level=float(np.mean(black)), white_level=float(white),
@@ -233,7 +261,9 @@ def read_measurement(path: pathlib.Path, args):
             if args.read_noise == "auto":
                 noise["read_noise"] = estimate.read_noise
         noise["gain"] = float(gain)
-        cal = calibration.Calibration(gain=float(gain), black_level=float(np.mean(black)), white_level=float(white))
+        cal = calibration.Calibration(
+            gain=float(gain), black_level=float(np.mean(black)), white_level=float(white)
+        )
         electrons, mask = (np.asarray(v) for v in calibration.calibrate(data, cal))
     if args.scale == "auto":
         noise["scale"] = noise_estimation.auto_scale(electrons[0, :, :, 0], args.background)
@@ -275,7 +305,9 @@ def _tiff_metadata(meta) -> dict:
             kwargs["resolutionunit"] = header["ResolutionUnit"]
     if header.get("imagej"):  # its own layout keys are written afresh by tifffile
         layout = {"ImageJ", "images", "channels", "slices", "frames", "hyperstack", "mode", "loop"}
-        kwargs.update(imagej=True, metadata={k: v for k, v in header["imagej"].items() if k not in layout})
+        kwargs.update(
+            imagej=True, metadata={k: v for k, v in header["imagej"].items() if k not in layout}
+        )
     return kwargs
 
 
@@ -299,15 +331,23 @@ def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> Non
     elif suffix in (".fits", ".fit"):
         from astropy.io import fits
 
-        fits.PrimaryHDU(x.astype(np.float32), header=_fits_header(meta, list(history))).writeto(path, overwrite=True)
+        fits.PrimaryHDU(x.astype(np.float32), header=_fits_header(meta, list(history))).writeto(
+            path, overwrite=True
+        )
     elif suffix == ".png":
         from PIL import Image
 
         if x.ndim == 3 and x.shape[-1] != 1:
-            raise ValueError(f"{path}: 16-bit PNG output is grayscale only; use .tif for {x.shape[-1]} channels")
-        Image.fromarray(np.round(np.clip(x.reshape(x.shape[:2]), 0, 1) * 65535).astype(np.uint16)).save(path)
+            raise ValueError(
+                f"{path}: 16-bit PNG output is grayscale only; use .tif for {x.shape[-1]} channels"
+            )
+        Image.fromarray(
+            np.round(np.clip(x.reshape(x.shape[:2]), 0, 1) * 65535).astype(np.uint16)
+        ).save(path)
     else:
-        raise ValueError(f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}")
+        raise ValueError(
+            f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}"
+        )
 
 
 def restore_one(path, out_path, model, args, key, std_path=None):
@@ -329,7 +369,12 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     sampler = dataclasses.replace(
         SamplerSettings(), num_steps=args.steps, start=args.start, solver=args.solver
     )
-    tiles = TilingSettings(tile=args.tile, overlap=args.overlap, batch=args.batch, memory_budget_mb=args.memory_budget_mb)
+    tiles = TilingSettings(
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        memory_budget_mb=args.memory_budget_mb,
+    )
     frames, height, width, channels = electrons.shape
     x = np.zeros_like(electrons)
     std = np.zeros_like(electrons) if std_path else None
@@ -347,9 +392,13 @@ def restore_one(path, out_path, model, args, key, std_path=None):
             elif std is not None:  # the one-call estimate was the result: no spread to write
                 std = None
             if args.method == "conditional" and not mask[f, :, :, c].all():
-                result.report["warnings"].append("saturated pixels are not masked by --method conditional")
+                result.report["warnings"].append(
+                    "saturated pixels are not masked by --method conditional"
+                )
             reports.append(result.report)
-    squeeze = lambda a: (a[0] if frames == 1 else a)[..., 0] if channels == 1 else (a[0] if frames == 1 else a)  # noqa: E731
+    squeeze = lambda a: (
+        (a[0] if frames == 1 else a)[..., 0] if channels == 1 else (a[0] if frames == 1 else a)
+    )  # noqa: E731
     result_image = squeeze(x)
     history = [
         f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {args.checkpoint}",
@@ -361,9 +410,14 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     if std is not None:
         write_image(std_path, squeeze(std), meta, [*history, "values: per-pixel posterior std"])
     elif std_path:
-        reports[-1]["warnings"].append(f"no posterior std written to {std_path}: no samples were drawn")
+        reports[-1]["warnings"].append(
+            f"no posterior std written to {std_path}: no samples were drawn"
+        )
     if args.save_electrons:
-        write_image(out_path.with_name(out_path.stem + "_electrons" + out_path.suffix), scale * result_image + args.background)
+        write_image(
+            out_path.with_name(out_path.stem + "_electrons" + out_path.suffix),
+            scale * result_image + args.background,
+        )
     warnings = sorted({w for r in reports for w in r["warnings"]})
     warnings += units_warnings(meta.dtype, electrons, args, scale)
     chi_square = float(np.mean([r["chi_square"] for r in reports]))
@@ -372,7 +426,9 @@ def restore_one(path, out_path, model, args, key, std_path=None):
                         "--read-noise, --background, --gain) does not describe these data")  # fmt: skip
     s_lo, s_hi = 10 ** np.array([-1.0, 4.0])
     if not s_lo <= scale <= s_hi:
-        warnings.append(f"scale {scale:g} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped")
+        warnings.append(
+            f"scale {scale:g} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped"
+        )
     if noise["estimate"] is not None:
         warnings += [f"noise estimate: {w}" for w in noise["estimate"]["warnings"]]
     mean = lambda key: float(np.mean([r[key] for r in reports]))  # noqa: E731
@@ -407,7 +463,11 @@ def main(argv=None) -> int:
     outputs = output_paths(files, args.output)
     std_outputs = output_paths(files, args.uncertainty) if args.uncertainty else [None] * len(files)
     # Every output is checked before anything is computed: a refusal costs nothing.
-    for flag, paths in (("--output", outputs), ("--uncertainty", std_outputs), ("--report", [args.report])):
+    for flag, paths in (
+        ("--output", outputs),
+        ("--uncertainty", std_outputs),
+        ("--report", [args.report]),
+    ):
         for path in paths:
             if path is not None:
                 check_writable(pathlib.Path(path), flag)
@@ -427,32 +487,45 @@ def main(argv=None) -> int:
     if kind != args.method:
         raise SystemExit(f"--checkpoint {args.checkpoint} is a {kind} model; use --method {kind}")
     net, variables = load_model(args.checkpoint)
-    model = ConditionalModel(net, variables) if args.method == "conditional" else Prior(net, variables)
+    model = (
+        ConditionalModel(net, variables) if args.method == "conditional" else Prior(net, variables)
+    )
     print(f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
           f"{len(todo)} input(s)", file=sys.stderr)  # fmt: skip
     key = jax.random.key(args.seed)
     reports = []
     start = time.perf_counter()
-    for i, (path, out_path, std_path) in enumerate(todo):
-        bar = "#" * (20 * i // len(todo)) + "-" * (20 - 20 * i // len(todo))
-        print(f"[{bar}] {i + 1}/{len(todo)} {path.name}", file=sys.stderr, flush=True)
+    progress = tqdm.tqdm(todo, desc="restore", unit="file", file=sys.stderr, disable=len(todo) < 2)
+    for i, (path, out_path, std_path) in enumerate(progress):
+        progress.set_postfix_str(path.name)
         try:
             rep = restore_one(path, out_path, model, args, jax.random.fold_in(key, i), std_path)
         except Exception as err:  # a broken input is logged, counted and skipped
             failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
-            print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
+            tqdm.tqdm.write(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
             if os.environ.get("PDR_JAX_DEBUG"):
                 traceback.print_exc()
             continue
         reports.append(rep)
-        print(f"  -> {out_path}  chi2 {rep['chi_square']:.3f}, {rep['num_tiles']} tile(s) of {rep['tile']}px, "
-              f"{rep['seconds']:.1f} s" + "".join(f"\n  warning: {w}" for w in rep["warnings"]), file=sys.stderr)  # fmt: skip
-    summary = {"restored": len(reports), "failed": len(failed), "seconds": time.perf_counter() - start}
-    print(f"[{'#' * 20}] restored {len(reports)}, failed {len(failed)} in {summary['seconds']:.1f} s", file=sys.stderr)
+        tqdm.tqdm.write(f"  -> {out_path}  chi2 {rep['chi_square']:.3f}, {rep['num_tiles']} tile(s) of {rep['tile']}px, "
+                        f"{rep['seconds']:.1f} s" + "".join(f"\n  warning: {w}" for w in rep["warnings"]), file=sys.stderr)  # fmt: skip
+    summary = {
+        "restored": len(reports),
+        "failed": len(failed),
+        "seconds": time.perf_counter() - start,
+    }
+    print(
+        f"restored {len(reports)}, failed {len(failed)} in {summary['seconds']:.1f} s",
+        file=sys.stderr,
+    )
     if args.report:
         settings = {k: v for k, v in vars(args).items() if k not in ("inputs", "report")}
         with open(args.report, "w") as f:
-            json.dump({"summary": summary, "settings": settings, "images": reports, "failures": failed}, f, indent=2)
+            json.dump(
+                {"summary": summary, "settings": settings, "images": reports, "failures": failed},
+                f,
+                indent=2,
+            )
     return 1 if failed else 0
 
 
