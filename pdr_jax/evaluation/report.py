@@ -202,7 +202,7 @@ def compare_to(summary: Sequence[Mapping], previous: Sequence[Mapping],
 # Figures.
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -213,7 +213,7 @@ def _pyplot():
 
 def plot_psnr_vs_photons(summary: Sequence[Mapping], path) -> None:
     """One panel per domain: mean PSNR against the photon scale s (log axis), a line per method."""
-    plt = _pyplot()
+    plt = pyplot()
     domains = _ordered(row["domain"] for row in summary)
     methods = _ordered(row["method"] for row in summary)
     fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.4), squeeze=False)
@@ -240,7 +240,7 @@ def plot_psnr_vs_photons(summary: Sequence[Mapping], path) -> None:
 def plot_examples(panels: Mapping[str, Mapping[str, np.ndarray]], path, *, title: str) -> None:
     """A grid of images in [0, 1]: a row per key of panels (a domain), a column per inner key
     (clean, noisy, each method)."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = _ordered(name for row in panels.values() for name in row)
     fig, axes = plt.subplots(
         len(panels), len(columns), figsize=(2 * len(columns), 2 * len(panels) + 0.4),

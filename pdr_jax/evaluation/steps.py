@@ -71,7 +71,7 @@ def recommend(summary: Sequence[dict], margin_db: float = DEFAULT_MARGIN_DB) -> 
 
 def plot(summary: Sequence[dict], path) -> None:
     """PSNR and chi-square against network calls per tile, a line per solver."""
-    plt = report._pyplot()
+    plt = report.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for solver in dict.fromkeys(row["solver"] for row in summary):
         part = sorted(

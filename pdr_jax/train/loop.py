@@ -125,13 +125,6 @@ def loss_for(net, config):
     )
 
 
-def loss_weight(net, sigma):
-    """lambda(sigma) of the network's loss: EDM's (sigma^2 + sd^2) / (sigma sd)^2, else 1 / sigma^2."""
-    if isinstance(net, precond_lib.EDMPrecond):
-        return (sigma**2 + net.sigma_data**2) / (sigma * net.sigma_data) ** 2
-    return 1 / sigma**2
-
-
 def make_train_step(net, config, batch_size: int):
     """train_step(state, batch, base_key) -> (state, metrics); batch = {"clean", "cond"}."""
     loss_fn = loss_for(net, config)
@@ -167,7 +160,7 @@ def make_eval_step(net, config):
 
         def at_sigma(sigma):
             s = jnp.full((images.shape[0], 1, 1, 1), sigma)
-            err = losses.weighted_denoising_error(denoise, images, batch["cond"], s, noise, loss_weight(net, s))
+            err = losses.weighted_denoising_error(denoise, images, batch["cond"], s, noise, losses.loss_weight(net, s))
             return jnp.sum(jnp.mean(err, axis=(1, 2, 3)) * valid)
 
         return {"loss_sum": jnp.mean(jax.lax.map(at_sigma, sigmas)), "count": jnp.sum(valid)}
@@ -349,25 +342,31 @@ def restore_checkpoint(manager, step, abstract_state):
 def restore_latest_intact(manager, abstract_state, log) -> tuple | None:
     """(step, state, data state, meta) of the newest checkpoint that loads; None without any.
 
-    A step that fails to load is reported in one line (step, cause), moved aside to
-    `checkpoints/STEP.corrupt` (kept for inspection, ignored by Orbax) and the next older one
-    is tried; when none loads, a RuntimeError names the folder to move away.
+    A step that fails to load is reported in one line (step, cause) and the next older one is
+    tried; once one loads, the broken newer ones are moved aside to `checkpoints/STEP.corrupt`
+    (kept for inspection, ignored by Orbax). When none loads nothing is moved (a config that no
+    longer matches its checkpoints fails every step alike) and a RuntimeError names the folder.
     """
-    steps = sorted(manager.all_steps(), reverse=True)
+    steps, broken = sorted(manager.all_steps(), reverse=True), []
     for step in steps:
         try:
-            return (step, *restore_checkpoint(manager, step, abstract_state))
+            restored = restore_checkpoint(manager, step, abstract_state)
         except Exception as e:  # noqa: BLE001 - TensorStore, JSON, Orbax: any failure to load
-            directory = os.path.join(str(manager.directory), str(step))
-            aside = f"{directory}.corrupt"
-            if jax.process_index() == 0 and os.path.isdir(directory):
-                os.replace(directory, aside if not os.path.exists(aside) else f"{aside}.{time.time_ns()}")
+            broken.append(step)
             cause = " ".join(str(e).split())[:300]
-            log(f"checkpoint step {step} does not load ({type(e).__name__}: {cause}); moved aside to {aside}")
+            log(f"checkpoint step {step} does not load ({type(e).__name__}: {cause})")
+            continue
+        for bad in broken if jax.process_index() == 0 else ():
+            directory = os.path.join(str(manager.directory), str(bad))
+            aside = f"{directory}.corrupt"
+            os.replace(directory, aside if not os.path.exists(aside) else f"{aside}.{time.time_ns()}")
+            log(f"checkpoint step {bad} moved aside to {aside}; resuming from step {step}")
+        return (step, *restored)
     if steps:
         raise RuntimeError(
-            f"none of the checkpoints {steps} in {manager.directory} loads (each is moved aside as STEP.corrupt): "
-            f"move {manager.directory} away (or delete it) to start this run afresh"
+            f"none of the checkpoints {steps} in {manager.directory} loads (causes above; a changed "
+            f"network config fails them all alike): fix the config, or move {manager.directory} away "
+            "to start this run afresh"
         )
     return None
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pdr_jax import schedules
+from pdr_jax import precond, schedules
 from pdr_jax.precond import vp_sigma
 
 
@@ -29,14 +29,26 @@ def weighted_denoising_error(denoise_fn, images, labels, sigma, noise, weight):
     return weight * jnp.square(D_yn - images)
 
 
+def edm_weight(sigma, sigma_data=0.5):
+    """EDM's loss weighting lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (Table 1)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def loss_weight(net, sigma):
+    """lambda(sigma) of the loss that trains `net`: EDM's for EDMPrecond, 1 / sigma^2 for the VP
+    and VE losses."""
+    if isinstance(net, precond.EDMPrecond):
+        return edm_weight(sigma, net.sigma_data)
+    return 1 / sigma**2
+
+
 def edm_loss(denoise_fn, key, images, labels=None, *, P_mean=-1.2, P_std=1.2, sigma_data=0.5):
     """EDM loss: ln(sigma) ~ N(P_mean, P_std^2), lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2."""
     key_sigma, key_noise = jax.random.split(key)
     # Sample log-sigma (Table 1, p_train).
     rnd_normal = jax.random.normal(key_sigma, (images.shape[0], 1, 1, 1))
     sigma = jnp.exp(rnd_normal * P_std + P_mean)
-    # Loss weighting (Table 1, lambda).
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    weight = edm_weight(sigma, sigma_data)
     noise = jax.random.normal(key_noise, images.shape)
     return weighted_denoising_error(denoise_fn, images, labels, sigma, noise, weight)
 
@@ -74,7 +86,9 @@ DISTANCES = {
 }
 
 
-def discrete_denoising_error(model_fn, x0, t, noise, alpha_bar, *, parameterization="eps", distance="l2"):
+def discrete_denoising_error(
+    model_fn, x0, t, noise, alpha_bar, *, parameterization="eps", distance="l2"
+):
     """distance(model_fn(x_t, t) - target) for given draws: x0, noise [B, H, W, C]; t [B] int32;
     alpha_bar [T] float32 (the schedule's, indexed by t)."""
     chex.assert_rank(x0, 4)
@@ -96,4 +110,6 @@ def ddpm_loss(model_fn, key, x0, *, alpha_bar, parameterization="eps", distance=
     # Sample t uniformly (Algorithm 1, line 3) and eps (line 4).
     t = jax.random.randint(key_t, (x0.shape[0],), 0, alpha_bar.shape[0])
     noise = jax.random.normal(key_noise, x0.shape)
-    return discrete_denoising_error(model_fn, x0, t, noise, alpha_bar, parameterization=parameterization, distance=distance)
+    return discrete_denoising_error(
+        model_fn, x0, t, noise, alpha_bar, parameterization=parameterization, distance=distance
+    )

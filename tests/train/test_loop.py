@@ -199,6 +199,19 @@ def test_auto_batch_size_with_compiled_memory_analysis(tmp_path):
     assert batch == 4
 
 
+def _fixed_batch_step(config):
+    """(net, fresh train state, a fixed 8 x 16 x 16 batch, the jitted train step) of config."""
+    net, _ = loop.build_network_from_config(config.model)
+    state = loop.create_train_state(
+        net, jax.random.key(0), loop.make_optimizer(1e-3), resolution=16
+    )
+    batch = {
+        "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
+        "cond": jnp.zeros((8, 6)),
+    }
+    return net, state, batch, jax.jit(loop.make_train_step(net, config, 8))
+
+
 @pytest.mark.parametrize("overrides", [dict(dtype="bfloat16"), dict(remat=True)])
 def test_bf16_and_remat_train_steps(overrides):
     """bf16 body / rematerialised blocks: the step runs, the loss is finite and close to float32's."""
@@ -207,15 +220,7 @@ def test_bf16_and_remat_train_steps(overrides):
     for model in (dict(), overrides):
         config.model.update(dtype="float32", remat=False)
         config.model.update(**model)
-        net, _ = loop.build_network_from_config(config.model)
-        state = loop.create_train_state(
-            net, jax.random.key(0), loop.make_optimizer(1e-3), resolution=16
-        )
-        batch = {
-            "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
-            "cond": jnp.zeros((8, 6)),
-        }
-        step = jax.jit(loop.make_train_step(net, config, 8))
+        _, state, batch, step = _fixed_batch_step(config)
         _, metrics = step(state, batch, jax.random.key(1))
         losses.append(float(metrics["loss"]))
     assert np.isfinite(losses[1])
@@ -327,7 +332,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_next_intact_one(
     state = loop.train(config, workdir)
     log = capsys.readouterr().err
     assert "checkpoint step 4 does not load" in log and "checkpoint step 3 does not load" in log
-    assert "resumed from step 2" in log
+    assert "checkpoint step 4 moved aside" in log and "resumed from step 2" in log
     assert {"4.corrupt", "3.corrupt"} <= set(os.listdir(checkpoints))
     assert int(state.step) == 4
     chex.assert_trees_all_close(state.params, state_ref.params, atol=1e-6, rtol=0)
@@ -344,6 +349,8 @@ def test_no_intact_checkpoint_is_a_clear_error(one_device_run, tmp_path):
         RuntimeError, match="none of the checkpoints .* loads.*to start this run afresh"
     ):
         loop.train(config, workdir)
+    # Nothing is moved when nothing loads (a changed config fails every step alike).
+    assert not [name for name in os.listdir(checkpoints) if name.endswith(".corrupt")]
 
 
 def test_the_best_checkpoint_survives_a_restart(tmp_path, monkeypatch):
@@ -374,17 +381,9 @@ def test_vp_and_ve_networks_train_with_their_own_losses(precond, tmp_path):
 
     config = _tiny(num_devices=1)
     config.model.precond = precond
-    net, _ = loop.build_network_from_config(config.model)
+    net, state, batch, step = _fixed_batch_step(config)
     expected = {"vp": losses.vp_loss, "ve": losses.ve_loss}[precond]
     assert loop.loss_for(net, config).func is expected
-    state = loop.create_train_state(
-        net, jax.random.key(0), loop.make_optimizer(1e-3), resolution=16
-    )
-    batch = {
-        "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
-        "cond": jnp.zeros((8, 6)),
-    }
-    step = jax.jit(loop.make_train_step(net, config, 8))
     history = []
     for i in range(40):
         state, metrics = step(state, batch, jax.random.key(i % 4))  # 4 fixed draws, cycled
