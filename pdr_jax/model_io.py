@@ -108,6 +108,8 @@ def save_model(
     img_channels, ...). `variables`: the Flax variables of that network (float32 is stored).
     `source`: free-form JSON metadata (e.g. the file converted from). Checks that the variables
     fit the network first. An existing model there is replaced only with `overwrite=True`.
+    In a multi-process job every process calls it (the variables are written collectively by
+    Orbax; network.json by process 0).
     `kind`: "prior" (build_network arguments) or "conditional" (build_conditional arguments).
     """
     if kind not in KINDS:
@@ -135,7 +137,8 @@ def save_model(
         "source": _json_value(dict(source or {})),
     }
     # allow_nan: EDMPrecond's sigma_max defaults to inf (written as Infinity, read back by json).
-    json_path.write_text(json.dumps(description, indent=2, allow_nan=True) + "\n")
+    if jax.process_index() == 0:  # in a multi-process job every process saves (Orbax is collective)
+            json_path.write_text(json.dumps(description, indent=2, allow_nan=True) + "\n")
 
 
 def _network_kwargs(network, json_path, kind: str = "prior") -> dict:

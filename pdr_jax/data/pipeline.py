@@ -5,13 +5,14 @@ Training chain (a Grain MapDataset until the prefetch):
     per domain: ImageFrameSource -> repeat(k) -> shuffle(seed) -> repeat()   (frames, reshuffled)
     MapDataset.mix(domains, domain_weights) -> WindowShuffle(seed)   (exact proportions per window)
     random_map: RandomCrop -> RandomDihedral -> SampleConditioning [-> SimulatePoissonGaussian]
-    map: SelectKeys -> slice(process_index::process_count)
-    to_iter_dataset(read threads) [-> mp_prefetch(workers)] -> batch(global_batch // process_count)
+    map: SelectKeys -> batch(global_batch // P) -> slice(process_index::P)   (P processes)
+    to_iter_dataset(read threads) [-> mp_prefetch(workers)]
 
 Every random draw comes from Grain's per-example generator, keyed by the seed and the example's
-index in the mixed stream *before* the per-process slice. So the examples do not depend on the
-worker count, and with P processes the union of their k-th batches is exactly the k-th batch of
-one process with the same global batch; the processes' examples are disjoint.
+index in the mixed stream *before* batching. So the examples do not depend on the worker count,
+and with P processes the k-th batches of processes 0..P-1, concatenated in that order (as
+jax.make_array_from_process_local_data lays them out), are exactly the k-th batch of one process
+with the same global batch; the processes' examples are disjoint.
 
 Validation (split="val") is a fixed, finite list: a grid of crops inside the held-out columns of
 every frame (the right-most ``val_fraction`` of each image, which training crops never touch),
@@ -328,7 +329,14 @@ def make_dataset(
     if paired:
         ds = ds.random_map(transforms.SimulatePoissonGaussian(), seed=noise_seed)
     ds = ds.map(transforms.SelectKeys(keys))
-    # Slice after every random_map: the per-example generators are keyed by the global index.
+    # Batch after every random_map (the per-example generators are keyed by the global index),
+    # in blocks of global_batch / process_count; block k * P + p is process p's share of global
+    # batch k. Each global batch is then the same rows in the same order for any process count
+    # (a run resumed on fewer processes continues it exactly), and the iterator's position, a
+    # batch index, means the same batch to every process count.
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if num_batches is not None:
+        ds = ds[: num_batches * process_count]
     ds = ds[process_index::process_count]
     read_options = grain.ReadOptions(
         num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_buffer_size
@@ -344,8 +352,6 @@ def make_dataset(
                 num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
             )
         )
-    # Batch after the workers, in this process: batches are then the same for any worker count.
-    iter_ds = iter_ds.batch(batch_size, drop_remainder=True)
     iter_ds = iter_ds.map(
         functools.partial(_check_batch, batch_size=batch_size, resolution=resolution, dim=spec.dim)
     )

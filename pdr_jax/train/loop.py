@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pdr_jax import backend, conditional, model_io, schedules
 from pdr_jax import precond as precond_lib
 from pdr_jax.precond import build_network
+from pdr_jax.train import distributed
 from pdr_jax.train import loss as losses
 from pdr_jax.train.monitor import MetricsLogger, save_loss_plot, save_sample_grid
 from pdr_jax.train.state import (
@@ -238,15 +239,6 @@ STEP_FACTORIES = {"edm": (make_train_step, make_eval_step), "ddpm": (make_ddpm_t
 # Devices.
 
 
-def maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize() when the environment describes a multi-process job."""
-    if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")) or (
-        int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    ):
-        if not jax.distributed.is_initialized():
-            jax.distributed.initialize()
-
-
 def make_mesh(num_devices: int | None = None) -> Mesh:
     devices = np.asarray(jax.devices()[: num_devices or jax.device_count()])
     return Mesh(devices, ("data",))
@@ -376,10 +368,18 @@ def restore_latest_intact(manager, abstract_state, log) -> tuple | None:
 
 
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves and exits at the next step boundary."""
+    """SIGTERM stops the run at a step boundary, which saves a checkpoint and exits.
+
+    One process: a Python handler sets a flag. Several processes: each may receive the signal at
+    another step, and the checkpoint save is collective, so they agree on the step through JAX's
+    preemption sync point (the coordination service's SIGTERM notifier; no Python handler).
+    """
 
     def __init__(self):
-        self.requested = False
+        self.multi_process = jax.process_count() > 1
+        self.flag = False
+        if self.multi_process:
+            return
         try:
             signal.signal(signal.SIGTERM, self._handler)
         except ValueError:  # not the main thread (e.g. a notebook worker): no handler
@@ -387,7 +387,15 @@ class _Preemption:
 
     def _handler(self, signum, frame):
         log.warning("SIGTERM received: saving a checkpoint and exiting")
-        self.requested = True
+        self.flag = True
+
+    def reached(self, step: int) -> bool:
+        """Stop after `step`? The same answer on every process."""
+        if self.multi_process:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.flag
 
 
 class Plateau:
@@ -410,7 +418,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Train `config` into `workdir`, resuming from its latest checkpoint if there is one."""
     from pdr_jax.data import pipeline  # local: the data stack (grain, readers) is heavy
 
-    maybe_initialize_distributed()
+    distributed.initialize()  # a multi-process job described by the environment (launch/train.py: flags)
     os.makedirs(workdir, exist_ok=True)
     stages = stages_from_config(config)
     objective = objective_of(config)
@@ -466,13 +474,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         manager.wait_until_finished()
     if jax.process_index() == 0:
         save_loss_plot(logger.path, os.path.join(workdir, "loss.png"))
-        if not stopped:  # the EMA network as a model directory for sample/restore/evaluate tools
-            kimg = float(state.nimg) / 1000
-            source = {"workdir": os.path.abspath(workdir), "step": int(state.step), "kimg": kimg,
-                      "init_from": config.train.init_from or None,
-                      "kimg_total": meta.get("init_kimg", 0.0) + kimg}  # fmt: skip
-            model_io.save_model(os.path.join(workdir, "model"), network_kwargs, jax.device_get(state.variables(ema=True)),
-                                source=source, overwrite=True, kind=kind)  # fmt: skip
+    if not stopped:  # the EMA network as a model directory (every process: Orbax saves collectively)
+        kimg = float(state.nimg) / 1000
+        source = {"workdir": os.path.abspath(workdir), "step": int(state.step), "kimg": kimg,
+                  "init_from": config.train.init_from or None,
+                  "kimg_total": meta.get("init_kimg", 0.0) + kimg}  # fmt: skip
+        model_io.save_model(os.path.join(workdir, "model"), network_kwargs, jax.device_get(state.variables(ema=True)),
+                            source=source, overwrite=True, kind=kind)  # fmt: skip
     logger.close()
     return state
 
@@ -572,12 +580,13 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
                 logger.info(f"stage {stage.index}: validation loss plateaued at {val_metrics['val_loss']:.4f} "
                             f"(kimg {float(state.nimg) / 1000:.1f}); moving on")  # fmt: skip
                 last = plateaued = True
-        if step % ckpt_every == 0 or last or preemption.requested:
+        stop = preemption.reached(step)
+        if step % ckpt_every == 0 or last or stop:
             _check_finite(float(pending["loss"]), step, stage, last_good_step)
             meta_now = {**meta, "stage_complete": bool(last), "plateaued": bool(plateaued)}
             save_checkpoint(manager, step, state, data_iter, meta_now, val_metrics or _validate(eval_step, state, val_batches))
             last_good_step = step
-        if preemption.requested:
+        if stop:
             manager.wait_until_finished()
             return state, meta, True
         if last:

@@ -144,8 +144,8 @@ def test_iterator_state_in_an_orbax_checkpoint(tmp_path):
 
 
 def test_processes_split_each_global_batch():
-    """Process p's k-th batch is the examples p, p + P, ... of the single-process k-th batch:
-    disjoint shares that together make the same global batch."""
+    """Process p's k-th batch is the p-th block of global_batch / P rows of the single-process
+    k-th batch: disjoint shares that, concatenated in process order, are the same global batch."""
     cfg = _cfg()
     make = lambda index, count: iter(
         pipeline.make_dataset(
@@ -164,7 +164,7 @@ def test_processes_split_each_global_batch():
         for p in range(3):
             assert shares[p][k]["clean"].shape[0] == 2
             for key in whole[k]:
-                np.testing.assert_array_equal(shares[p][k][key], whole[k][key][p::3], err_msg=key)
+                np.testing.assert_array_equal(shares[p][k][key], whole[k][key][2 * p : 2 * p + 2], err_msg=key)
     with pytest.raises(ValueError, match="divisible"):
         pipeline.make_dataset(cfg, seed=0, resolution=16, global_batch=5, process_count=2)
 

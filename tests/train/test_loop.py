@@ -7,6 +7,7 @@ through module-scoped fixtures to keep the suite fast on 2 cores.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,24 +66,55 @@ def test_run_writes_everything_and_steps(one_device_run):
     assert steps[-3:] == [2, 3, 4] and len(steps) <= 4
 
 
-def test_eight_devices_equal_one_device_and_resume_across_device_counts(one_device_run, tmp_path):
-    """Same global batch and seed: 8 simulated devices reproduce the 1-device run; a checkpoint
-    written with 8 devices at step 2 resumes on 1 device to step 4 with the same result."""
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(workdir, *flags, env=None):
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config",
+           os.path.join(ROOT, "configs", "base.py:tiny"), "--workdir", workdir, *flags]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def test_two_processes_then_one_resumes_equal_to_one_device(one_device_run, tmp_path):
+    """The README's one-machine distributed command: 2 processes x 2 CPU devices (gloo
+    collectives) train steps 1-2, checkpoint and write model/ collectively and exit; 1 process
+    on 1 device resumes the lengthened stage to step 4. Same global batches and seed, so the
+    result equals the uninterrupted 1-device run (float tolerance: the 4-way sharded reductions
+    sum in another order)."""
     workdir_1, state_1 = one_device_run
-    workdir_8 = str(tmp_path / "eight")
-    config = _tiny(num_devices=8)
-    config.stages[0]["kimg"] = 0.016
-    loop.train(config, workdir_8)  # steps 1-2 on 8 devices
+    workdir = str(tmp_path / "two")
+    env = {"JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}", "JAX_NUM_PROCESSES": "2",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    procs = [
+        _launch(workdir, "--config.stages[0].kimg=0.016", env={**env, "JAX_PROCESS_ID": str(i)})
+        for i in range(2)
+    ]
+    errs = [proc.communicate(timeout=400)[1].decode() for proc in procs]
+    for proc, err in zip(procs, errs):
+        assert proc.returncode == 0, err[-3000:]
+    assert "batch 8 on 4 device(s)" in errs[0]  # one global mesh over both processes
+    assert os.path.exists(os.path.join(workdir, "model", "network.json"))
     config = _tiny(num_devices=1)
     config.stages[0]["kimg"] = 0.032
-    state_mixed = loop.train(config, workdir_8)  # resumes at 2, steps 3-4 on 1 device
-    assert int(state_mixed.step) == 4
+    state = loop.train(config, workdir)  # resumes at 2, steps 3-4 on 1 device
+    assert int(state.step) == 4
     losses_1 = [r["loss"] for r in _records(workdir_1, "loss")]
-    losses_8 = [r["loss"] for r in _records(workdir_8, "loss")]
-    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
-    # Float tolerance: 8-way sharded reductions sum in another order than the 1-device program.
-    chex.assert_trees_all_close(state_mixed.params, state_1.params, atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(state_mixed.ema_params, state_1.ema_params, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose([r["loss"] for r in _records(workdir, "loss")], losses_1, rtol=1e-5)
+    chex.assert_trees_all_close(state.params, state_1.params, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(state.ema_params, state_1.ema_params, atol=1e-5, rtol=1e-5)
+
+
+def test_a_peer_that_never_comes_is_a_clear_error_within_the_timeout(tmp_path):
+    proc = _launch(str(tmp_path / "alone"), f"--coordinator_address=localhost:{_free_port()}",
+                   "--num_processes=2", "--process_id=0", "--distributed_timeout=3")  # fmt: skip
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "did not start within 3 s" in err.decode() and "2 processes, this is process 0" in err.decode()
+    assert not os.path.exists(tmp_path / "alone")
 
 
 def test_sigkill_and_resume_matches_uninterrupted(one_device_run, tmp_path):
