@@ -52,7 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             adaptive_min_rel_improvement=0.01,  # improve the best val loss by < 1% (relative)
             auto_batch_max=1024,  # batch_size="auto": largest power-of-2 batch up to this
             memory_budget_gb=60.0,  # ... whose compiled step fits this budget (per device)
-            num_devices=placeholder(int),  # data-parallel over the first N local devices (unset: all)
+            num_devices=placeholder(
+                int
+            ),  # data-parallel over the first N local devices (unset: all)
             # Start a new run from these weights instead of random ones: a model directory
             # (e.g. models/pdr-gray-default, or a workdir's model/) or an EDM .pkl/.pt. "" = off.
             init_from="",
@@ -60,7 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     config.optim = ml_collections.ConfigDict(
-        dict(lr=2e-4, lr_rampup_kimg=1000.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0)  # grad_clip 0: off
+        dict(
+            lr=2e-4, lr_rampup_kimg=1000.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0
+        )  # grad_clip 0: off
     )
 
     config.checkpoint = ml_collections.ConfigDict(dict(every_kimg=50.0, keep=3, keep_best=1))
@@ -91,20 +95,31 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str) -> None:
     if arg == "cpu":
         config.model.update(model_channels=32, num_blocks=1, dropout=0.0)
         config.optim.update(lr=1e-3, lr_rampup_kimg=2.0)
-        config.train.update(ema_halflife_kimg=2.0, log_every_kimg=0.25, val_every_kimg=1.0, val_batches=1)
+        config.train.update(
+            ema_halflife_kimg=2.0, log_every_kimg=0.25, val_every_kimg=1.0, val_batches=1
+        )
         config.checkpoint.update(every_kimg=2.0)
         config.sample.update(per_domain=4, num_steps=18)
         config.stages = [dict(resolution=128, kimg=4.0, batch_size=8, lr=None, adaptive=False)]
     elif arg == "tiny":
         config.model.update(
-            img_resolution=16, model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,),
+            img_resolution=16,
+            model_channels=8,
+            channel_mult=(1, 2),
+            num_blocks=1,
+            attn_resolutions=(8,),
             dropout=0.0,
-        )  # fmt: skip
+        )
         config.optim.update(lr=1e-3, lr_rampup_kimg=0.01)
         config.train.update(
-            ema_halflife_kimg=0.01, log_every_kimg=0.008, val_every_kimg=0.008, val_sigmas=(0.1, 1.0), val_batches=1,
-            auto_batch_max=8, memory_budget_gb=1.0,
-        )  # fmt: skip
+            ema_halflife_kimg=0.01,
+            log_every_kimg=0.008,
+            val_every_kimg=0.008,
+            val_sigmas=(0.1, 1.0),
+            val_batches=1,
+            auto_batch_max=8,
+            memory_budget_gb=1.0,
+        )
         config.checkpoint.update(every_kimg=0.008)
         config.sample.update(per_domain=2, num_steps=2)
         config.stages = [dict(resolution=16, kimg=0.016, batch_size=8, lr=None, adaptive=False)]

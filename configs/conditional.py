@@ -57,7 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # Small network; the learning happens at 32 px, 64 px adapts (~25 min on 2 loaded cores).
             config.model.update(img_resolution=64, channel_mult=(1, 2, 2))
             config.optim.update(lr=2e-3, lr_rampup_kimg=0.5)
-            config.train.update(ema_halflife_kimg=0.5, val_every_kimg=1.0, val_batches=2, log_every_kimg=0.25)
+            config.train.update(
+                ema_halflife_kimg=0.5, val_every_kimg=1.0, val_batches=2, log_every_kimg=0.25
+            )
             config.stages = [
                 dict(resolution=32, kimg=4.0, batch_size=32, lr=2e-3, adaptive=False),
                 dict(resolution=64, kimg=0.5, batch_size=16, lr=1e-3, adaptive=False),

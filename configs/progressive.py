@@ -38,7 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # 2-core CPU shared with other work. Most learning happens at 32 px; the higher
             # resolutions adapt the same weights briefly.
             config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)
-            config.train.update(ema_halflife_kimg=2.0, val_every_kimg=2.0, val_batches=2, log_every_kimg=1.0)
+            config.train.update(
+                ema_halflife_kimg=2.0, val_every_kimg=2.0, val_batches=2, log_every_kimg=1.0
+            )
             config.checkpoint.update(every_kimg=2.0)
             config.stages = [
                 dict(resolution=32, kimg=9.92, batch_size=32, lr=2e-3, adaptive=True),

@@ -18,19 +18,30 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from pdr_jax.train import distributed, loop  # noqa: E402
+from pdr_jax.train import distributed, loop
 
 config_flags.DEFINE_config_file(
-    "config", None, "Training config file, optionally with a preset: configs/progressive.py:cpu", lock_config=True
+    "config",
+    None,
+    "Training config file, optionally with a preset: configs/progressive.py:cpu",
+    lock_config=True,
 )
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, TensorBoard events and sample grids.")
-flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 (all processes alike).")
+flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics, TensorBoard events and sample grids."
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: host:port of process 0 (all processes alike)."
+)
 flags.DEFINE_integer("num_processes", None, "Multi-process: the number of processes in the job.")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0 .. num_processes - 1.")
-flags.DEFINE_float("distributed_timeout", 300.0, "Multi-process: seconds to wait for every process to connect.")
+flags.DEFINE_integer(
+    "process_id", None, "Multi-process: this process's id, 0 .. num_processes - 1."
+)
+flags.DEFINE_float(
+    "distributed_timeout", 300.0, "Multi-process: seconds to wait for every process to connect."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

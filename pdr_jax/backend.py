@@ -30,7 +30,9 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_
 @functools.cache
 def _cpu_options_supported() -> bool:
     try:
-        jax.jit(lambda x: x + 1).lower(jnp.float32(0)).compile(compiler_options=CPU_COMPILER_OPTIONS)
+        jax.jit(lambda x: x + 1).lower(jnp.float32(0)).compile(
+            compiler_options=CPU_COMPILER_OPTIONS
+        )
     except (RuntimeError, ValueError, TypeError):  # this jaxlib does not know the option
         return False
     return True
@@ -65,7 +67,9 @@ def jit(fun=None, **jit_kwargs):
 
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs))):
+        if any(
+            isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs))
+        ):
             return nested(*args, **kwargs)  # inside another jit: options are the outer program's
         return get()(*args, **kwargs)
 

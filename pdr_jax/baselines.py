@@ -136,8 +136,16 @@ def gat_bm3d(y, s: float, r: float, b: float = 0.0):
     return stabilised(lambda image, sigma: bm3d.bm3d(image, sigma_psd=sigma), y, s, r, b)
 
 
-def gat_nlm(y, s: float, r: float, b: float = 0.0, *, patch_size: int = 5,
-            patch_distance: int = 6, h: float = 0.8):  # fmt: skip
+def gat_nlm(
+    y,
+    s: float,
+    r: float,
+    b: float = 0.0,
+    *,
+    patch_size: int = 5,
+    patch_distance: int = 6,
+    h: float = 0.8,
+):
     """GAT + non-local means (skimage, fast mode) + closed-form unbiased inverse.
 
     y: [H, W] or [H, W, C] electrons. h is the filtering strength in units of the noise std
@@ -148,8 +156,13 @@ def gat_nlm(y, s: float, r: float, b: float = 0.0, *, patch_size: int = 5,
 
     def nlm(image, sigma):
         return denoise_nl_means(
-            image, patch_size=patch_size, patch_distance=patch_distance, h=h * sigma,
-            sigma=sigma, fast_mode=True, preserve_range=True,
-        )  # fmt: skip
+            image,
+            patch_size=patch_size,
+            patch_distance=patch_distance,
+            h=h * sigma,
+            sigma=sigma,
+            fast_mode=True,
+            preserve_range=True,
+        )
 
     return stabilised(nlm, y, s, r, b)

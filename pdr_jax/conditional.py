@@ -111,10 +111,16 @@ class ConditionalDenoiser(nn.Module):
 
 
 def build_conditional(
-    *, arch: str = "ddpmpp", img_channels: int = 1, cond_channels: int = COND_CHANNELS,
-    num_timesteps: int = 1000, beta_schedule: str = "linear", parameterization: str = "eps",
-    dtype=jnp.float32, **unet_kwargs,
-) -> ConditionalDenoiser:  # fmt: skip
+    *,
+    arch: str = "ddpmpp",
+    img_channels: int = 1,
+    cond_channels: int = COND_CHANNELS,
+    num_timesteps: int = 1000,
+    beta_schedule: str = "linear",
+    parameterization: str = "eps",
+    dtype=jnp.float32,
+    **unet_kwargs,
+) -> ConditionalDenoiser:
     """A ConditionalDenoiser from plain arguments (network.json's "network" of a conditional model).
 
     unet_kwargs: the U-Net's fields (img_resolution, label_dim, model_channels, ...).

@@ -159,9 +159,14 @@ def _capture_program(net, flax_paths: frozenset):
 
     def run(variables, x, sigma, class_labels, augment_labels):
         D, state = net.apply(
-            variables, x, sigma, class_labels, augment_labels=augment_labels,
-            capture_intermediates=wanted, mutable=["intermediates"],
-        )  # fmt: skip
+            variables,
+            x,
+            sigma,
+            class_labels,
+            augment_labels=augment_labels,
+            capture_intermediates=wanted,
+            mutable=["intermediates"],
+        )
         return D, state.get("intermediates", {})  # absent when no module matched
 
     return jax.jit(run)

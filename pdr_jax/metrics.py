@@ -380,8 +380,9 @@ def ms_ssim_num_scales(height: int, width: int, max_scales: int = len(MS_SSIM_WE
     return num_scales
 
 
-def ms_ssim(x, x_true, data_range: float = 1.0, *, num_scales: int | None = None,
-            weights=MS_SSIM_WEIGHTS):  # fmt: skip
+def ms_ssim(
+    x, x_true, data_range: float = 1.0, *, num_scales: int | None = None, weights=MS_SSIM_WEIGHTS
+):
     """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003, Eq. 7):
 
         MS-SSIM = [l_M cs_M]^w_M prod_{j < M} cs_j^w_j,

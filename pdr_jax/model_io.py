@@ -138,7 +138,7 @@ def save_model(
     }
     # allow_nan: EDMPrecond's sigma_max defaults to inf (written as Infinity, read back by json).
     if jax.process_index() == 0:  # in a multi-process job every process saves (Orbax is collective)
-            json_path.write_text(json.dumps(description, indent=2, allow_nan=True) + "\n")
+        json_path.write_text(json.dumps(description, indent=2, allow_nan=True) + "\n")
 
 
 def _network_kwargs(network, json_path, kind: str = "prior") -> dict:
@@ -174,7 +174,9 @@ def read_network_json(directory) -> dict:
         )
     kind = description.get("kind", "prior")
     if kind not in KINDS:
-        raise ModelFormatError(f"{json_path}: field 'kind' is {kind!r}, expected one of {sorted(KINDS)}")
+        raise ModelFormatError(
+            f"{json_path}: field 'kind' is {kind!r}, expected one of {sorted(KINDS)}"
+        )
     _network_kwargs(description.get("network"), json_path, kind)
     return description
 

@@ -147,7 +147,10 @@ def iddpm_u(M: int = 1000, C_1: float = 0.001, C_2: float = 0.008) -> np.ndarray
     """iDDPM's discrete noise levels u_0 > ... > u_M = 0, [M + 1] float32 as EDM computes them."""
 
     def alpha_bar(j):
-        return np.sin(np.float32(0.5 * np.pi) * np.float32(j) / np.float32(M) / np.float32(C_2 + 1)) ** 2
+        return (
+            np.sin(np.float32(0.5 * np.pi) * np.float32(j) / np.float32(M) / np.float32(C_2 + 1))
+            ** 2
+        )
 
     u = np.zeros(M + 1, np.float32)
     for j in range(M, 0, -1):
@@ -172,7 +175,9 @@ class iDDPMPrecond(nn.Module):
     M: int = 1000
 
     def setup(self):
-        self.u = self.variable("buffers", "u", lambda: jnp.asarray(iddpm_u(self.M, self.C_1, self.C_2)))
+        self.u = self.variable(
+            "buffers", "u", lambda: jnp.asarray(iddpm_u(self.M, self.C_1, self.C_2))
+        )
 
     @property
     def sigma_min(self) -> float:
@@ -209,38 +214,77 @@ PRECONDS = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond, "iddpm": iDDPMP
 NETWORKS: dict[str, dict[str, Any]] = {
     # EDM CIFAR-10 32x32 (Table 2, config F): DDPM++ ("vp") and NCSN++ ("ve") architectures.
     "edm-cifar10-ddpmpp": dict(
-        precond="edm", arch="ddpmpp", img_resolution=32, img_channels=3, label_dim=10,
-        augment_dim=9, dropout=0.13,
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=32,
+        img_channels=3,
+        label_dim=10,
+        augment_dim=9,
+        dropout=0.13,
     ),
     "edm-cifar10-ncsnpp": dict(
-        precond="edm", arch="ncsnpp", img_resolution=32, img_channels=3, label_dim=10,
-        augment_dim=9, dropout=0.13,
+        precond="edm",
+        arch="ncsnpp",
+        img_resolution=32,
+        img_channels=3,
+        label_dim=10,
+        augment_dim=9,
+        dropout=0.13,
     ),
     # EDM FFHQ / AFHQv2 64x64, unconditional DDPM++ with cres 1,2,2,2.
     "edm-ffhq64-ddpmpp": dict(
-        precond="edm", arch="ddpmpp", img_resolution=64, img_channels=3, channel_mult=(1, 2, 2, 2),
-        augment_dim=9, dropout=0.05,
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=64,
+        img_channels=3,
+        channel_mult=(1, 2, 2, 2),
+        augment_dim=9,
+        dropout=0.05,
     ),
     "edm-afhqv2-64-ddpmpp": dict(
-        precond="edm", arch="ddpmpp", img_resolution=64, img_channels=3, channel_mult=(1, 2, 2, 2),
-        augment_dim=9, dropout=0.25,
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=64,
+        img_channels=3,
+        channel_mult=(1, 2, 2, 2),
+        augment_dim=9,
+        dropout=0.25,
     ),
     # EDM ImageNet 64x64, class-conditional ADM.
     "edm-imagenet64-adm": dict(
-        precond="edm", arch="adm", img_resolution=64, img_channels=3, label_dim=1000, dropout=0.10,
+        precond="edm",
+        arch="adm",
+        img_resolution=64,
+        img_channels=3,
+        label_dim=1000,
+        dropout=0.10,
     ),
     # This project: grayscale priors conditioned on the 6-D physics vector.
     "pdr-gray128": dict(
-        precond="edm", arch="ddpmpp", img_resolution=128, img_channels=1, label_dim=6,
-        model_channels=64, channel_mult=(1, 2, 2, 2), num_blocks=2, attn_resolutions=(16,),
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=128,
+        img_channels=1,
+        label_dim=6,
+        model_channels=64,
+        channel_mult=(1, 2, 2, 2),
+        num_blocks=2,
+        attn_resolutions=(16,),
         dropout=0.10,
     ),
     "pdr-gray128-small": dict(
-        precond="edm", arch="ddpmpp", img_resolution=128, img_channels=1, label_dim=6,
-        model_channels=32, channel_mult=(1, 2, 2, 2), num_blocks=1, attn_resolutions=(16,),
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=128,
+        img_channels=1,
+        label_dim=6,
+        model_channels=32,
+        channel_mult=(1, 2, 2, 2),
+        num_blocks=1,
+        attn_resolutions=(16,),
         dropout=0.0,
     ),
-}  # fmt: skip
+}
 
 _PRECOND_FIELDS = {
     "edm": ("sigma_min", "sigma_max", "sigma_data"),
@@ -250,9 +294,7 @@ _PRECOND_FIELDS = {
 }
 
 
-def build_network(
-    name: str | None = None, *, dtype=jnp.float32, **kwargs
-) -> nn.Module:
+def build_network(name: str | None = None, *, dtype=jnp.float32, **kwargs) -> nn.Module:
     """A preconditioned denoiser from a NETWORKS name and/or explicit arguments.
 
     Arguments: precond ("edm", "vp", "ve", "iddpm"), arch (a key of UNETS), img_resolution,
@@ -273,9 +315,7 @@ def build_network(
     img_channels = kwargs.pop("img_channels")
     precond_kwargs = {k: kwargs.pop(k) for k in _PRECOND_FIELDS[precond] if k in kwargs}
     out_channels = img_channels * (2 if precond == "iddpm" else 1)
-    model = UNETS[arch](
-        in_channels=img_channels, out_channels=out_channels, dtype=dtype, **kwargs
-    )
+    model = UNETS[arch](in_channels=img_channels, out_channels=out_channels, dtype=dtype, **kwargs)
     return PRECONDS[precond](model=model, **precond_kwargs)
 
 

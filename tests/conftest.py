@@ -22,4 +22,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import jax  # noqa: E402
 
-assert jax.config.read("jax_disable_most_optimizations"), "JAX_DISABLE_MOST_OPTIMIZATIONS was not picked up"
+assert jax.config.read("jax_disable_most_optimizations"), (
+    "JAX_DISABLE_MOST_OPTIMIZATIONS was not picked up"
+)

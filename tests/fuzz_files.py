@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import io
 import json
 import pathlib
 import sys
@@ -116,8 +115,17 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - start
             slowest = max(slowest, (seconds, path.name))
             counts[outcome] += 1
-    print(json.dumps({"files": sum(counts.values()), "counts": counts, "others": others[:20],
-                      "slowest_s": slowest[0], "slowest": slowest[1]}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "files": sum(counts.values()),
+                "counts": counts,
+                "others": others[:20],
+                "slowest_s": slowest[0],
+                "slowest": slowest[1],
+            }
+        )
+    )
     return 0
 
 

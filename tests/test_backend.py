@@ -10,7 +10,9 @@ from pdr_jax import backend
 
 
 def _conv_loss(w, x):
-    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jnp.sum(jnp.sin(y) * jnp.mean(y, axis=(0, 1, 2)))
 
 
@@ -27,7 +29,10 @@ def _library_convolutions(text: str) -> int:
         head = re.match(r"%?([\w.\-]+) ", block.strip().split("\n", 1)[0])
         if head:
             bodies[head.group(1)] = block
-    return sum("convolution(" in bodies.get(n, "") for n in re.findall(r"kind=kCustom, calls=%([\w.\-]+)", text))
+    return sum(
+        "convolution(" in bodies.get(n, "")
+        for n in re.findall(r"kind=kCustom, calls=%([\w.\-]+)", text)
+    )
 
 
 def test_cpu_options_are_used_when_this_jaxlib_knows_them():

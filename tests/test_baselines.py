@@ -73,7 +73,7 @@ def test_stabilised_denoisers_beat_the_noisy_estimate(method):
     noisy = baselines.noisy_estimate(y, s, r, b)
     x_hat = method(y, s, r, b)
     assert x_hat.shape == x.shape and x_hat.dtype == np.float32
-    assert 0 <= x_hat.min() and x_hat.max() <= 1
+    assert x_hat.min() >= 0 and x_hat.max() <= 1
     mse_noisy, mse = np.mean((noisy - x) ** 2), np.mean((x_hat - x) ** 2)
     assert mse < 0.5 * mse_noisy
     # Little bias: the means agree within a few standard errors of the noisy mean.

@@ -71,9 +71,18 @@ def test_configs_are_the_issue_reference_points():
 )
 def test_torch_side_by_side(capsys):
     bench_tool.main(
-        [*_FAST, "--json", "--skip", "data", "restore", "--torch-python",
-         os.environ["PDR_TORCH_PYTHON"], "--edm-path", os.environ["PDR_EDM_PATH"]]
-    )  # fmt: skip
+        [
+            *_FAST,
+            "--json",
+            "--skip",
+            "data",
+            "restore",
+            "--torch-python",
+            os.environ["PDR_TORCH_PYTHON"],
+            "--edm-path",
+            os.environ["PDR_EDM_PATH"],
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     for part in ("forward", "heun", "train"):
         assert report["results"][part]["speedup_vs_torch"] > 0

@@ -14,17 +14,25 @@ import pytest
 
 from pdr_jax import conditional, model_io, schedules
 from pdr_jax.precond import init_variables
-from pdr_jax.restore import tiling
-from pdr_jax.restore import Physics
+from pdr_jax.restore import Physics, tiling
 from pdr_jax.train import loss as losses
 
 
 def _make_tiny_model(**overrides):
     kwargs = dict(
-        arch="ddpmpp", img_resolution=16, img_channels=1, label_dim=6, model_channels=8,
-        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), dropout=0.0, num_timesteps=100,
-        beta_schedule="linear", parameterization="v",
-    )  # fmt: skip
+        arch="ddpmpp",
+        img_resolution=16,
+        img_channels=1,
+        label_dim=6,
+        model_channels=8,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+        num_timesteps=100,
+        beta_schedule="linear",
+        parameterization="v",
+    )
     kwargs.update(overrides)
     net = conditional.build_conditional(**kwargs)
     return net, kwargs, init_variables(net, jax.random.key(0))
@@ -187,8 +195,16 @@ def test_restore_runs_the_conditional_model_with_every_solver(solver):
     )
     y = np.asarray(100 * jax.random.uniform(jax.random.key(0), (2, 16, 16, 1)))
     sampler = SamplerSettings(start="noise", solver=solver, num_steps=3)
-    result = restore(model, y, physics=physics, guidance=CONDITIONAL_SETTINGS["guidance"], sampler=sampler,
-                     tiling_settings=None, num_samples=2, key=jax.random.key(1))  # fmt: skip
+    result = restore(
+        model,
+        y,
+        physics=physics,
+        guidance=CONDITIONAL_SETTINGS["guidance"],
+        sampler=sampler,
+        tiling_settings=None,
+        num_samples=2,
+        key=jax.random.key(1),
+    )
     chex.assert_shape([result.image, result.std], y.shape)
     assert (
         float(result.image.min()) >= 0
@@ -202,7 +218,7 @@ def test_restore_runs_the_conditional_model_with_every_solver(solver):
 def test_model_dir_round_trip_and_tiled_restoration(tmp_path):
     from pdr_jax.restore import CONDITIONAL_SETTINGS, TilingSettings, restore
 
-    net, kwargs, variables = _make_tiny_model()
+    _, kwargs, variables = _make_tiny_model()
     model_io.save_model(tmp_path / "m", kwargs, variables, kind="conditional")
     assert model_io.read_network_json(tmp_path / "m")["kind"] == "conditional"
     loaded, restored = model_io.load_model(tmp_path / "m")
@@ -215,8 +231,14 @@ def test_model_dir_round_trip_and_tiled_restoration(tmp_path):
     # An image larger than the tile (and not square): several tiles, conditioned tile by tile.
     y = np.random.default_rng(0).poisson(50.0, (20, 30)).astype(np.float32)
     sampler = dataclasses.replace(CONDITIONAL_SETTINGS["sampler"], num_steps=3)
-    tiled = restore(model, y, physics=physics, guidance=CONDITIONAL_SETTINGS["guidance"], sampler=sampler,
-                    tiling_settings=TilingSettings(tile=16, overlap=4, batch=4))  # fmt: skip
+    tiled = restore(
+        model,
+        y,
+        physics=physics,
+        guidance=CONDITIONAL_SETTINGS["guidance"],
+        sampler=sampler,
+        tiling_settings=TilingSettings(tile=16, overlap=4, batch=4),
+    )
     assert tiled.image.shape == y.shape and tiled.report["num_tiles"] == 2 * 3
     assert np.isfinite(tiled.report["chi_square"])
     # A plan of one tile is the whole image: the same result as no tiling.
@@ -231,8 +253,16 @@ def test_model_dir_round_trip_and_tiled_restoration(tmp_path):
 def test_a_prior_model_dir_is_still_a_prior(tmp_path):
     from pdr_jax.precond import build_network
 
-    kwargs = dict(precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, model_channels=8,
-                  channel_mult=(1, 2), num_blocks=1, attn_resolutions=())  # fmt: skip
+    kwargs = dict(
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=16,
+        img_channels=1,
+        model_channels=8,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(),
+    )
     net = build_network(**kwargs)
     model_io.save_model(tmp_path / "p", kwargs, init_variables(net, jax.random.key(0)))
     assert "kind" not in model_io.read_network_json(tmp_path / "p")
@@ -256,10 +286,36 @@ def test_restore_tool_method_conditional(tmp_path):
     model_io.save_model(tmp_path / "m", kwargs, variables, kind="conditional")
     y = np.random.default_rng(0).poisson(20.0, (19, 27)).astype(np.float32)
     np.save(tmp_path / "y.npy", y)
-    common = ["--checkpoint", str(tmp_path / "m"), "--domain", "microscopy", "--scale", "20", "--read-noise", "2",
-              "--steps", "2", "--tile", "16", "--overlap", "4", "--batch", "4"]  # fmt: skip
-    code = restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.tif"), "--method", "conditional",
-                              "--solver", "dpmpp", *common])  # fmt: skip
+    common = [
+        "--checkpoint",
+        str(tmp_path / "m"),
+        "--domain",
+        "microscopy",
+        "--scale",
+        "20",
+        "--read-noise",
+        "2",
+        "--steps",
+        "2",
+        "--tile",
+        "16",
+        "--overlap",
+        "4",
+        "--batch",
+        "4",
+    ]
+    code = restore_tool.main(
+        [
+            str(tmp_path / "y.npy"),
+            "--output",
+            str(tmp_path / "x.tif"),
+            "--method",
+            "conditional",
+            "--solver",
+            "dpmpp",
+            *common,
+        ]
+    )
     assert code == 0
     x = tifffile.imread(tmp_path / "x.tif")
     assert x.shape == y.shape and np.all((x >= 0) & (x <= 1))
@@ -274,8 +330,16 @@ def test_evaluation_method_loads_the_shipped_conditional_model(tmp_path):
     from pdr_jax.precond import build_network
 
     assert callable(methods.conditional_method(methods.MethodOptions()).restore)
-    kwargs = dict(precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, model_channels=8,
-                  channel_mult=(1, 2), num_blocks=1, attn_resolutions=())  # fmt: skip
+    kwargs = dict(
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=16,
+        img_channels=1,
+        model_channels=8,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(),
+    )
     model_io.save_model(
         tmp_path / "p", kwargs, init_variables(build_network(**kwargs), jax.random.key(0))
     )

@@ -595,8 +595,14 @@ def _peak_rss_of_conversion(path) -> tuple[str, float]:
         "hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0]\n"
         "print('RSS', int(hwm.split()[1]) / 1024)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        cwd=ROOT,
+    )
     lines = out.stdout.strip().splitlines()
     assert lines and lines[-1].startswith("RSS"), out.stderr[-2000:]
     return "\n".join(lines[:-1]), float(lines[-1].split()[1])
@@ -637,11 +643,14 @@ def test_a_zip_bomb_is_refused_before_inflating(tmp_path):
     assert rss_mb < 1024, rss_mb
 
 
-@pytest.mark.parametrize("change", [
-    lambda kwargs: {**kwargs, "img_resolution": "thirty-two"},
-    lambda kwargs: list(kwargs.items()),
-    lambda kwargs: {**kwargs, "model_kwargs": 7},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda kwargs: {**kwargs, "img_resolution": "thirty-two"},
+        lambda kwargs: list(kwargs.items()),
+        lambda kwargs: {**kwargs, "model_kwargs": 7},
+    ],
+)
 def test_fields_of_the_wrong_type_are_refused_by_name(monkeypatch, change):
     """A snapshot whose constructor arguments are of the wrong type (img_resolution a string,
     _init_kwargs a list, ...) ends in ConversionError naming the file, not a TypeError or

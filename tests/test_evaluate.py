@@ -20,9 +20,16 @@ evaluate_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(evaluate_tool)
 
 TINY = {
-    "precond": "edm", "arch": "ddpmpp", "img_resolution": 16, "img_channels": 1, "label_dim": 6,
-    "model_channels": 8, "channel_mult": (1, 2), "num_blocks": 1, "attn_resolutions": (),
-}  # fmt: skip
+    "precond": "edm",
+    "arch": "ddpmpp",
+    "img_resolution": 16,
+    "img_channels": 1,
+    "label_dim": 6,
+    "model_channels": 8,
+    "channel_mult": (1, 2),
+    "num_blocks": 1,
+    "attn_resolutions": (),
+}
 
 
 def _make_tiny_model(directory):
@@ -83,9 +90,17 @@ def _rows():
             for scale in (1.0, 10.0):
                 for i in range(2):
                     row = {m: 0.5 for m in benchmark.METRICS}
-                    row.update(method=method, domain=domain, image=f"{domain}/im@0,{i}",
-                               scale=scale, read_noise=2.0, background=0.0, seconds=0.1 + offset,
-                               psnr=10 + offset + 10 * np.log10(scale) + i, frc_px=float(i + 2))  # fmt: skip
+                    row.update(
+                        method=method,
+                        domain=domain,
+                        image=f"{domain}/im@0,{i}",
+                        scale=scale,
+                        read_noise=2.0,
+                        background=0.0,
+                        seconds=0.1 + offset,
+                        psnr=10 + offset + 10 * np.log10(scale) + i,
+                        frc_px=float(i + 2),
+                    )
                     rows.append(row)
     rows[-1]["frc_px"] = float("inf")  # a curve that starts below 1/7
     return rows
@@ -93,9 +108,14 @@ def _rows():
 
 def test_tables_figures_and_regression(tmp_path):
     rows = _rows()
-    summary = report.write_outputs(tmp_path, rows, title="Synthetic", examples={
-        1.0: {"photography": {"clean": np.zeros((16, 16, 1)), "noisy": np.ones((16, 16, 1))}},
-    })  # fmt: skip
+    summary = report.write_outputs(
+        tmp_path,
+        rows,
+        title="Synthetic",
+        examples={
+            1.0: {"photography": {"clean": np.zeros((16, 16, 1)), "noisy": np.ones((16, 16, 1))}},
+        },
+    )
     assert len(summary) == 8
     cell = next(
         c for c in summary if (c["method"], c["domain"], c["scale"]) == ("pdr", "astronomy", 10.0)
@@ -126,8 +146,9 @@ def test_tables_figures_and_regression(tmp_path):
 def test_a_sampling_method_scores_its_posterior_std():
     """A method returning (x_hat, std) gets its std's mean and coverage scored per image; one
     returning x_hat alone gets None there."""
-    cases = benchmark.make_cases(benchmark.load_clean_images(crop=16, per_domain=1), [10.0],
-                                 read_noise=2.0)  # fmt: skip
+    cases = benchmark.make_cases(
+        benchmark.load_clean_images(crop=16, per_domain=1), [10.0], read_noise=2.0
+    )
 
     def sampling(y, *, s, r, b, domain, key, spread):
         x = np.clip((y - b) / s, 0, 1)
@@ -165,8 +186,9 @@ def test_recommend_resolution():
 
 def test_ablations_and_method_registry(tmp_path, monkeypatch):
     assert methods.parse_ablation("likelihood=wls,exact") == [
-        ("likelihood", "wls"), ("likelihood", "exact")
-    ]  # fmt: skip
+        ("likelihood", "wls"),
+        ("likelihood", "exact"),
+    ]
     assert methods.parse_ablation("conditioning=off") == [("conditioning", False)]
     assert methods.parse_ablation("kappa=0.5,2") == [("kappa", 0.5), ("kappa", 2.0)]
     assert methods.parse_ablation("kappa=auto,1") == [("kappa", "auto"), ("kappa", 1.0)]
@@ -196,8 +218,10 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
     )
     assert list(built) == ["noisy"]
     assert any("pdr: no model" in m for m in messages)
-    assert any("conditional: the concat-conditioned" in m and "--conditional-checkpoint" in m
-               for m in messages)  # fmt: skip
+    assert any(
+        "conditional: the concat-conditioned" in m and "--conditional-checkpoint" in m
+        for m in messages
+    )
     assert sum(m.startswith("SKIPPED method pdr[") for m in messages) == 2
     with pytest.raises(KeyError, match="unknown methods"):
         methods.build_methods(["bm4d"], methods.MethodOptions())
@@ -220,11 +244,31 @@ def test_evaluate_tool_end_to_end(tmp_path, capsys):
         Image.fromarray(np.clip(pattern, 0, 255).astype(np.uint8)).save(clean / f"im{i}.png")
     out = tmp_path / "out"
     argv = [
-        "--clean", str(clean), "--domain", "microscopy", "--crop", "16", "--num-images", "2",
-        "--scales", "2,50", "--read-noise", "1.5", "--checkpoint", str(model), "--steps", "2",
-        "--ablation", "conditioning=off", "--resolutions", "8", "--out", str(out),
-        "--conditional-checkpoint", str(model),
-    ]  # fmt: skip
+        "--clean",
+        str(clean),
+        "--domain",
+        "microscopy",
+        "--crop",
+        "16",
+        "--num-images",
+        "2",
+        "--scales",
+        "2,50",
+        "--read-noise",
+        "1.5",
+        "--checkpoint",
+        str(model),
+        "--steps",
+        "2",
+        "--ablation",
+        "conditioning=off",
+        "--resolutions",
+        "8",
+        "--out",
+        str(out),
+        "--conditional-checkpoint",
+        str(model),
+    ]
     assert evaluate_tool.main(argv) == 0
     log = capsys.readouterr().out
     assert "SKIPPED method conditional" in log and "is a prior model" in log
@@ -248,8 +292,22 @@ def test_evaluate_tool_end_to_end(tmp_path, capsys):
     # Regression mode: the noisy estimate against an earlier run where it was 10% better.
     earlier = [dict(r, psnr=r["psnr"] * 1.1) for r in rows if r["method"] == "noisy"]
     report.write_csv(earlier, tmp_path / "earlier.csv", report.ROW_FIELDS)
-    common = ["--clean", str(clean), "--domain", "microscopy", "--crop", "16", "--num-images", "2",
-              "--scales", "2,50", "--read-noise", "1.5", "--methods", "noisy"]  # fmt: skip
+    common = [
+        "--clean",
+        str(clean),
+        "--domain",
+        "microscopy",
+        "--crop",
+        "16",
+        "--num-images",
+        "2",
+        "--scales",
+        "2,50",
+        "--read-noise",
+        "1.5",
+        "--methods",
+        "noisy",
+    ]
     again = ["--out", str(tmp_path / "again"), "--compare-to", str(out / "summary.csv")]
     assert evaluate_tool.main(common + again) == 0  # same benchmark, same numbers
     worse = ["--out", str(tmp_path / "worse"), "--compare-to", str(tmp_path / "earlier.csv")]
@@ -269,8 +327,9 @@ def test_steps_sweep_runs_where_the_sampler_refines_and_recommends_the_cheapest(
     images = benchmark.load_clean_images(crop=16, per_domain=1)[:1]
     cases = benchmark.make_cases(images, [2.0, 500.0], read_noise=1.0)
     assert [c.s for c in steps.refined_cases(cases, methods.PdrSettings())] == [2.0]
-    summary, rows = steps.evaluate_steps(cases, prior, methods.PdrSettings(),
-                                         (("heun", 2), ("euler", 2)), log=lambda _: None)  # fmt: skip
+    summary, rows = steps.evaluate_steps(
+        cases, prior, methods.PdrSettings(), (("heun", 2), ("euler", 2)), log=lambda _: None
+    )
     assert [(r["solver"], r["network_calls"], r["images"]) for r in summary] == [
         ("heun", 4, 1),
         ("euler", 3, 1),
@@ -301,8 +360,9 @@ def _tiny_corpus(root):
         Image.fromarray(image).save(tree / f"field{i}.png")
     packages = {"pkg": (corpus.Selection("astronomy", "usr/share/sky/*.png", kind="render"),)}
     simulated = (("fluorescence", "microscopy", {"train": 2, "val": 2, "test": 2}),)
-    return corpus.build(root / "corpus", packages=packages, fetch=lambda name, _: root / name,
-                        simulated=simulated)  # fmt: skip
+    return corpus.build(
+        root / "corpus", packages=packages, fetch=lambda name, _: root / name, simulated=simulated
+    )
 
 
 def test_corpus_benchmark_protocol_and_gaussian_diagnostic(tmp_path, capsys):
@@ -325,8 +385,12 @@ def test_corpus_benchmark_protocol_and_gaussian_diagnostic(tmp_path, capsys):
     with pytest.raises(ValueError, match="corpus:val or corpus:test"):
         benchmark.load_clean_images(f"corpus:train@{tmp_path / 'corpus'}", crop=32)
 
-    cases = benchmark.make_cases(images[:2] + images[-2:], benchmark.CORPUS_SCALES, read_noise=benchmark.CORPUS_READ_NOISES,
-                                 sky_fraction=benchmark.CORPUS_SKY_FRACTION)  # fmt: skip
+    cases = benchmark.make_cases(
+        images[:2] + images[-2:],
+        benchmark.CORPUS_SCALES,
+        read_noise=benchmark.CORPUS_READ_NOISES,
+        sky_fraction=benchmark.CORPUS_SKY_FRACTION,
+    )
     assert len(cases) == 4 * 4 * 2
     for case in cases:
         assert case.b == (0.05 * case.s if case.image.domain == "astronomy" else 0.0)
@@ -334,8 +398,21 @@ def test_corpus_benchmark_protocol_and_gaussian_diagnostic(tmp_path, capsys):
 
     model = _make_tiny_model(tmp_path / "model")
     out = tmp_path / "out"
-    argv = ["--clean", f"corpus:val@{tmp_path / 'corpus'}", "--crop", "16", "--num-images", "1",
-            "--methods", "noisy", "--gaussian-denoising", "--checkpoint", str(model), "--out", str(out)]  # fmt: skip
+    argv = [
+        "--clean",
+        f"corpus:val@{tmp_path / 'corpus'}",
+        "--crop",
+        "16",
+        "--num-images",
+        "1",
+        "--methods",
+        "noisy",
+        "--gaussian-denoising",
+        "--checkpoint",
+        str(model),
+        "--out",
+        str(out),
+    ]
     assert evaluate_tool.main(argv) == 0
     rows = report.read_csv(out / "results.csv")
     assert sorted({r["scale"] for r in rows}) == [2.0, 10.0, 50.0, 250.0]

@@ -20,8 +20,14 @@ def test_mutated_files_fail_only_with_the_named_errors(tmp_path):
         f"sys.argv = ['fuzz_files.py', {str(tmp_path)!r}, '--per-seed', '{PER_SEED}']; "
         f"runpy.run_path({str(ROOT / 'tests' / 'fuzz_files.py')!r}, run_name='__main__')"
     )
-    out = subprocess.run([sys.executable, "-c", cap], capture_output=True, text=True, timeout=600, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", cap],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(result)  # the counts, for the record (pytest -s)

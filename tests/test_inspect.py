@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from edm_fixtures import FIXTURES, load_case, nchw_to_nhwc
 from PIL import Image
 
-from edm_fixtures import FIXTURES, load_case, nchw_to_nhwc
 from pdr_jax import inspect, model_io, precond, sampler_presets, samplers
 from pdr_jax.convert import load_edm_pickle
 
@@ -23,9 +23,16 @@ inspect_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(inspect_tool)
 
 TINY = dict(
-    precond="edm", arch="ddpmpp", img_resolution=8, img_channels=1, label_dim=6,
-    model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
-)  # fmt: skip
+    precond="edm",
+    arch="ddpmpp",
+    img_resolution=8,
+    img_channels=1,
+    label_dim=6,
+    model_channels=8,
+    channel_mult=(1, 2),
+    num_blocks=1,
+    attn_resolutions=(4,),
+)
 
 # Stable names whose EDM module the fixtures hooked (act/model.<path>), per case.
 FIXTURE_NAMES = {
@@ -189,9 +196,13 @@ def test_converted_fixture_activations_match_edm(case):
     assert {info.name: info.path for info in inspect.list_layers(net)}.items() >= stable.items()
     raw = [key[len("act/") :] for key in arrays if key.startswith("act/")]  # "model.enc..."
     acts = inspect.capture_activations(
-        net, variables, nchw_to_nhwc(arrays["x"]), arrays["sigma"], arrays.get("class_labels"),
+        net,
+        variables,
+        nchw_to_nhwc(arrays["x"]),
+        arrays["sigma"],
+        arrays.get("class_labels"),
         [*stable, *raw],
-    )  # fmt: skip
+    )
     errors = {}
     for name in [*stable, *raw]:
         ref = arrays["act/model." + stable.get(name, name.removeprefix("model."))]
@@ -217,9 +228,13 @@ def test_imagenet64_adm_with_1000_class_labels():
     x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((2, 1000), jnp.float32)
     captured = jax.eval_shape(
-        lambda v, x, c: inspect.capture_activations(net, v, x, jnp.ones(2), c, ["midblock", "map_label"]),
-        shapes, x, labels,
-    )  # fmt: skip
+        lambda v, x, c: inspect.capture_activations(
+            net, v, x, jnp.ones(2), c, ["midblock", "map_label"]
+        ),
+        shapes,
+        x,
+        labels,
+    )
     assert captured["midblock"].shape == (2, 8, 8, 768) and captured["map_label"].shape == (2, 768)
 
     small = precond.build_network("edm-imagenet64-adm", model_channels=16, num_blocks=1)
@@ -233,10 +248,12 @@ def test_imagenet64_adm_with_1000_class_labels():
     )
     shapes = {name: a.shape for name, a in acts.items()}
     assert shapes == {
-        "encoder_block_0": (2, 64, 64, 16), "midblock": (2, 8, 8, 64),
-        "decoder_block_10": (2, 64, 64, 16), "dec.8x8_in0.qkv": (2, 8, 8, 192),
+        "encoder_block_0": (2, 64, 64, 16),
+        "midblock": (2, 8, 8, 64),
+        "decoder_block_10": (2, 64, 64, 16),
+        "dec.8x8_in0.qkv": (2, 8, 8, 192),
         "map_label": (2, 64),
-    }  # fmt: skip
+    }
     # The label embedding is the one-hot's row of the weight (ADM's map_label has no bias).
     weight = variables["params"]["model"]["map_label"]["weight"]
     np.testing.assert_allclose(acts["map_label"], weight[jnp.array([7, 999])], atol=1e-6)
@@ -291,9 +308,15 @@ def test_sampler_presets(tiny):
         net, variables, latents, labels, key=key, preset="edm-imagenet64-stochastic", num_steps=3
     )
     expected = samplers.edm_sampler(
-        latents=latents, key=key, num_steps=3, S_churn=40, S_min=0.05, S_max=50, S_noise=1.003,
+        latents=latents,
+        key=key,
+        num_steps=3,
+        S_churn=40,
+        S_min=0.05,
+        S_max=50,
+        S_noise=1.003,
         **samplers.network_sampler_args(net, variables, labels),
-    )  # fmt: skip
+    )
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     with pytest.raises(KeyError, match="edm-imagenet64-stochastic"):
         sampler_presets.sample_with_preset(net, variables, latents, preset="imagenet")

@@ -98,8 +98,9 @@ def test_ms_ssim_against_a_reference_and_monotonic_in_noise(camera):
     assert metrics.ms_ssim(noisy, camera, weights=(1.0,)) == pytest.approx(
         metrics.ssim(noisy, camera), abs=1e-12
     )
-    assert values[1] > metrics.ssim(np.clip(camera + 0.03 * rng.standard_normal(camera.shape),
-                                            0, 1), camera)  # fmt: skip
+    assert values[1] > metrics.ssim(
+        np.clip(camera + 0.03 * rng.standard_normal(camera.shape), 0, 1), camera
+    )
 
 
 def test_ms_ssim_scales_for_small_images(camera):

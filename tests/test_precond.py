@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from edm_fixtures import NETWORK_CASES, load_case, nchw_to_nhwc, network_from_case
 
-from edm_fixtures import NETWORK_CASES, load_case, network_from_case, nchw_to_nhwc
 from pdr_jax import precond
 
 
@@ -32,7 +32,15 @@ def test_network_matches_edm(case, cpu_conv, monkeypatch):
         return method_name == "__call__"
 
     D, state = jax.jit(
-        lambda v: net.apply(v, x, sigma, labels, augment_labels=aug, capture_intermediates=capture, mutable=["intermediates"])
+        lambda v: net.apply(
+            v,
+            x,
+            sigma,
+            labels,
+            augment_labels=aug,
+            capture_intermediates=capture,
+            mutable=["intermediates"],
+        )
     )(variables)
     D_ref = nchw_to_nhwc(arrays["D"])
     err = np.max(np.abs(np.asarray(D) - D_ref))
@@ -123,7 +131,9 @@ def test_scalar_sigma_and_missing_labels_broadcast():
     np.testing.assert_allclose(D_scalar, D_vector, atol=1e-6)
     # No labels means zero labels, as in EDM.
     np.testing.assert_allclose(
-        net.apply(variables, x, sigma), net.apply(variables, x, sigma, jnp.zeros_like(labels)), atol=1e-6
+        net.apply(variables, x, sigma),
+        net.apply(variables, x, sigma, jnp.zeros_like(labels)),
+        atol=1e-6,
     )
     chex.assert_shape(D_scalar, x.shape)
     assert D_scalar.dtype == jnp.float32

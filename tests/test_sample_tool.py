@@ -19,9 +19,16 @@ sample_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sample_tool)
 
 TINY = dict(
-    precond="edm", arch="ddpmpp", img_resolution=8, img_channels=1, label_dim=6,
-    model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(),
-)  # fmt: skip
+    precond="edm",
+    arch="ddpmpp",
+    img_resolution=8,
+    img_channels=1,
+    label_dim=6,
+    model_channels=8,
+    channel_mult=(1,),
+    num_blocks=1,
+    attn_resolutions=(),
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +85,13 @@ def test_samples_from_a_training_checkpoint(tiny_model, tmp_path):
     net, variables, _ = tiny_model
     ema = jax.tree_util.tree_map(lambda p: 0.5 * p, variables["params"])
     state = TrainState.create(
-        apply_fn=net.apply, params=variables["params"], tx=optax.adam(1e-3), ema_params=ema,
-        buffers={}, nimg=np.float32(0),
-    )  # fmt: skip
+        apply_fn=net.apply,
+        params=variables["params"],
+        tx=optax.adam(1e-3),
+        ema_params=ema,
+        buffers={},
+        nimg=np.float32(0),
+    )
     workdir = tmp_path / "run"
     workdir.mkdir()
     network = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}

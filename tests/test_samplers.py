@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from edm_fixtures import FIXTURES, nchw_to_nhwc, network_from_case
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
-from edm_fixtures import FIXTURES, network_from_case, nchw_to_nhwc
 from pdr_jax import samplers, schedules
 
 # ----------------------------------------------------------------------------------------------

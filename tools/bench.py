@@ -176,8 +176,12 @@ class JaxBench:
         res, batch, model = self.resolution, self.batch, self.net.model
         self.compile_s, self.memory = {}, {}
 
-        tx = make_optimizer(config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
-                            grad_clip=config.optim.grad_clip)  # fmt: skip
+        tx = make_optimizer(
+            config.optim.lr,
+            betas=tuple(config.optim.betas),
+            eps=config.optim.eps,
+            grad_clip=config.optim.grad_clip,
+        )
         # jit the init as the training loop does: params and ema_params are distinct buffers,
         # so the whole state can be donated.
         init = lambda: create_train_state(self.net, jax.random.key(0), tx, resolution=res)
@@ -270,10 +274,15 @@ class JaxBench:
             call = lambda compiled=compiled, image=image: jax.block_until_ready(compiled(image))
             times = _time_calls(call, repeats)
             median = statistics.median(times)
-            out.append({
-                "size": size, "tiles": plan.num_tiles, "compile_s": compile_s, "median_s": median,
-                "megapixels_per_s": size * size / 1e6 / median,
-            })  # fmt: skip
+            out.append(
+                {
+                    "size": size,
+                    "tiles": plan.num_tiles,
+                    "compile_s": compile_s,
+                    "median_s": median,
+                    "megapixels_per_s": size * size / 1e6 / median,
+                }
+            )
         return out
 
 
@@ -457,9 +466,23 @@ def restore_scaling(
             np.save(measurement, y)
             del y
             report_path = os.path.join(tmp, "report.json")
-            cmd = [sys.executable, restore_py, measurement, "--output", os.path.join(tmp, "x.npy"),
-                   "--domain", "microscopy", "--scale", str(scale), "--read-noise", str(read_noise),
-                   "--batch", str(batch), "--report", report_path]  # fmt: skip
+            cmd = [
+                sys.executable,
+                restore_py,
+                measurement,
+                "--output",
+                os.path.join(tmp, "x.npy"),
+                "--domain",
+                "microscopy",
+                "--scale",
+                str(scale),
+                "--read-noise",
+                str(read_noise),
+                "--batch",
+                str(batch),
+                "--report",
+                report_path,
+            ]
             cmd += ["--steps", str(steps)] if steps is not None else []
             cmd += ["--checkpoint", checkpoint] if checkpoint else []
             cmd += ["--tile", str(tile)] if tile else []
@@ -475,13 +498,20 @@ def restore_scaling(
                 raise RuntimeError(f"tools/restore.py failed on {size}x{size}:\n{stderr[-2000:]}")
             with open(report_path) as f:
                 image = json.load(f)["images"][0]
-        rows.append({
-            "size": size, "megapixels": size * size / 1e6, "tiles": image["num_tiles"], "tile": image["tile"],
-            "process_s": wall, "restore_s": image["seconds"],
-            "restore_s_per_megapixel": image["seconds"] / (size * size / 1e6),
-            "peak_rss_mib": usage.ru_maxrss / 1024, "image_mib": size * size * 4 / 2**20,
-            "chi_square": image["chi_square"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "size": size,
+                "megapixels": size * size / 1e6,
+                "tiles": image["num_tiles"],
+                "tile": image["tile"],
+                "process_s": wall,
+                "restore_s": image["seconds"],
+                "restore_s_per_megapixel": image["seconds"] / (size * size / 1e6),
+                "peak_rss_mib": usage.ru_maxrss / 1024,
+                "image_mib": size * size * 4 / 2**20,
+                "chi_square": image["chi_square"],
+            }
+        )
         _log(f"  {rows[-1]['restore_s']:.1f} s, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")
     image_mib = np.array([r["image_mib"] for r in rows])
     rss = np.array([r["peak_rss_mib"] for r in rows])
@@ -498,9 +528,16 @@ def restore_scaling(
             np.max(np.abs(seconds - (intercept + slope * megapixels)) / seconds)
         )
     settings = image["settings"]["sampler"]
-    return {"steps": settings["num_steps"], "solver": settings["solver"], "network_calls": image["network_calls"],
-            "batch": batch, "checkpoint": checkpoint or "models/pdr-gray-default",
-            "sizes": rows, "fit": fit, "load_average": os.getloadavg()}  # fmt: skip
+    return {
+        "steps": settings["num_steps"],
+        "solver": settings["solver"],
+        "network_calls": image["network_calls"],
+        "batch": batch,
+        "checkpoint": checkpoint or "models/pdr-gray-default",
+        "sizes": rows,
+        "fit": fit,
+        "load_average": os.getloadavg(),
+    }
 
 
 def format_scaling(report: dict) -> str:
@@ -510,8 +547,10 @@ def format_scaling(report: dict) -> str:
     ]
     lines.append("  size    tiles  restore s  s/Mpx   peak RSS MiB  image MiB  chi2")
     for r in report["sizes"]:
-        lines.append(f"  {r['size']:5d}  {r['tiles']:6d}  {r['restore_s']:9.1f}  {r['restore_s_per_megapixel']:5.1f}  "
-                     f"{r['peak_rss_mib']:12.0f}  {r['image_mib']:9.0f}  {r['chi_square']:.2f}")  # fmt: skip
+        lines.append(
+            f"  {r['size']:5d}  {r['tiles']:6d}  {r['restore_s']:9.1f}  {r['restore_s_per_megapixel']:5.1f}  "
+            f"{r['peak_rss_mib']:12.0f}  {r['image_mib']:9.0f}  {r['chi_square']:.2f}"
+        )
     fit = report["fit"]
     if fit:
         lines.append(
@@ -623,8 +662,10 @@ def format_report(report: dict) -> str:
         )
     for name, mem in report["program_memory"].items():
         if mem:
-            lines.append(f"memory   {name}: args {mem['argument_bytes'] / 2**20:.0f} MiB, temp {mem['temp_bytes'] / 2**20:.0f} MiB, "
-                         f"out {mem['output_bytes'] / 2**20:.0f} MiB (aliased {mem['alias_bytes'] / 2**20:.0f} MiB)")  # fmt: skip
+            lines.append(
+                f"memory   {name}: args {mem['argument_bytes'] / 2**20:.0f} MiB, temp {mem['temp_bytes'] / 2**20:.0f} MiB, "
+                f"out {mem['output_bytes'] / 2**20:.0f} MiB (aliased {mem['alias_bytes'] / 2**20:.0f} MiB)"
+            )
     lines.append(f"peak host memory {report['peak_host_memory_mib']:.0f} MiB")
     return "\n".join(lines)
 
@@ -641,9 +682,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--torch-python", help="a Python with torch: also time PyTorch EDM")
     parser.add_argument("--edm-path", help="a checkout of NVlabs/edm (with --torch-python)")
     parser.add_argument(
-        "--restore-scaling", type=int, nargs="+", metavar="SIZE",
+        "--restore-scaling",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
         help="instead of a config: time tools/restore.py on SIZE x SIZE measurements (peak RSS, s/Mpx)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--restore-steps",
         type=int,
@@ -689,8 +733,13 @@ def main(argv=None) -> None:
         fast_conv.on_cpu = lambda: False
         backend.compiler_options = lambda: None
     if args.restore_scaling:
-        report = restore_scaling(args.restore_scaling, steps=args.restore_steps, checkpoint=args.restore_checkpoint,
-                                 batch=args.restore_batch, tile=args.restore_tile)  # fmt: skip
+        report = restore_scaling(
+            args.restore_scaling,
+            steps=args.restore_steps,
+            checkpoint=args.restore_checkpoint,
+            batch=args.restore_batch,
+            tile=args.restore_tile,
+        )
         print(json.dumps(report, indent=2) if args.json else format_scaling(report))
         return
     report = run(args)

@@ -51,10 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--overwrite", action="store_true", help="replace an existing model in out_dir"
     )
     parser.add_argument(
-        "--max-bytes", type=float, default=torch_pickle.DEFAULT_MAX_BYTES,
+        "--max-bytes",
+        type=float,
+        default=torch_pickle.DEFAULT_MAX_BYTES,
         help=f"most bytes the file may make the reader allocate (decompressed entries, tensors); "
         f"default {torch_pickle.DEFAULT_MAX_BYTES / 2**30:g} GiB",
-    )  # fmt: skip
+    )
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     return parser.parse_args(argv)
 
@@ -64,19 +66,28 @@ def main(argv=None) -> int:
     try:
         overrides = json.loads(args.kwargs)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"--kwargs: invalid JSON ({exc})")
+        raise SystemExit(f"--kwargs: invalid JSON ({exc})") from None
     start = time.time()
     print(f"reading {args.input} ...", flush=True)
     try:
         converted = convert_edm(
-            args.input, args.key, config=args.config, prefix=args.prefix, cache_dir=args.cache_dir,
-            sha256=args.sha256, max_bytes=int(args.max_bytes), **overrides,
-        )  # fmt: skip
+            args.input,
+            args.key,
+            config=args.config,
+            prefix=args.prefix,
+            cache_dir=args.cache_dir,
+            sha256=args.sha256,
+            max_bytes=int(args.max_bytes),
+            **overrides,
+        )
         print(f"writing {args.out_dir} ...", flush=True)
         model_io.save_model(
-            args.out_dir, converted.network_kwargs, converted.variables, source=converted.source,
+            args.out_dir,
+            converted.network_kwargs,
+            converted.variables,
+            source=converted.source,
             overwrite=args.overwrite,
-        )  # fmt: skip
+        )
     except (ValueError, OSError) as exc:  # conversion, file format, download and overwrite errors
         if args.debug:
             traceback.print_exc()
@@ -85,7 +96,10 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug, not a bad file: still one line unless --debug
         if args.debug:
             raise
-        print(f"error: {args.input}: {type(exc).__name__}: {exc} (--debug shows the traceback)", file=sys.stderr)
+        print(
+            f"error: {args.input}: {type(exc).__name__}: {exc} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
     kwargs = converted.network_kwargs
     edm = converted.source.get("edm_class")

@@ -58,33 +58,66 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--domain", default="photography", help="domain of --clean PATH images")
     data.add_argument("--crop", type=int, default=128, help="crop size (default 128)")
     data.add_argument("--num-images", type=int, default=6, help="crops per domain (default 6)")
-    data.add_argument("--scales", type=_floats, help="photon levels (default 1,10,100; corpus: 2,10,50,250)")
-    data.add_argument("--read-noise", type=_floats,
-                      help="read noise(s), electrons (default 2; corpus: 0.5,3)")  # fmt: skip
+    data.add_argument(
+        "--scales", type=_floats, help="photon levels (default 1,10,100; corpus: 2,10,50,250)"
+    )
+    data.add_argument(
+        "--read-noise", type=_floats, help="read noise(s), electrons (default 2; corpus: 0.5,3)"
+    )
     data.add_argument("--background", type=float, default=0.0, help="electrons (default 0)")
-    data.add_argument("--sky-fraction", type=float,
-                      help="astronomy sky b += f * s (default 0; corpus: 0.05)")  # fmt: skip
-    data.add_argument("--gaussian-denoising", action="store_true",
-                      help="also the prior's one-call denoiser vs BM3D at Gaussian sigma 0.02-0.2")  # fmt: skip
+    data.add_argument(
+        "--sky-fraction", type=float, help="astronomy sky b += f * s (default 0; corpus: 0.05)"
+    )
+    data.add_argument(
+        "--gaussian-denoising",
+        action="store_true",
+        help="also the prior's one-call denoiser vs BM3D at Gaussian sigma 0.02-0.2",
+    )
     data.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("methods")
-    run.add_argument("--methods", default="pdr,conditional,gat-bm3d,nlm,noisy",
-                     help=f"comma-separated, from {sorted(methods.METHODS)}")  # fmt: skip
-    run.add_argument("--checkpoint", help=f"the prior for pdr (default {methods.DEFAULT_CHECKPOINT})")
-    run.add_argument("--conditional-checkpoint",
-                     help=f"the model for conditional (default {methods.DEFAULT_CONDITIONAL})")  # fmt: skip
+    run.add_argument(
+        "--methods",
+        default="pdr,conditional,gat-bm3d,nlm,noisy",
+        help=f"comma-separated, from {sorted(methods.METHODS)}",
+    )
+    run.add_argument(
+        "--checkpoint", help=f"the prior for pdr (default {methods.DEFAULT_CHECKPOINT})"
+    )
+    run.add_argument(
+        "--conditional-checkpoint",
+        help=f"the model for conditional (default {methods.DEFAULT_CONDITIONAL})",
+    )
     sampler, guidance = SamplerSettings(), GuidanceSettings()
-    run.add_argument("--steps", type=int, default=sampler.num_steps,
-                     help=f"pdr sampler steps after the start (default {sampler.num_steps}; 0: the one-call estimate)")  # fmt: skip
-    run.add_argument("--start", choices=("vst", "noise"), default=sampler.start,
-                     help=f"pdr start (default {sampler.start}; pdr_jax.restore.SamplerSettings)")  # fmt: skip
-    run.add_argument("--guidance", default=guidance.mode, help="x0, dps or prox (pdr_jax.physics.guidance)")
+    run.add_argument(
+        "--steps",
+        type=int,
+        default=sampler.num_steps,
+        help=f"pdr sampler steps after the start (default {sampler.num_steps}; 0: the one-call estimate)",
+    )
+    run.add_argument(
+        "--start",
+        choices=("vst", "noise"),
+        default=sampler.start,
+        help=f"pdr start (default {sampler.start}; pdr_jax.restore.SamplerSettings)",
+    )
+    run.add_argument(
+        "--guidance", default=guidance.mode, help="x0, dps or prox (pdr_jax.physics.guidance)"
+    )
     run.add_argument("--likelihood", default=guidance.likelihood, help="wls, gaussian or exact")
-    run.add_argument("--kappa", type=parse_kappa, default=guidance.kappa,
-                     help=f"guidance strength, or auto (from the mean photon count); default {guidance.kappa}")  # fmt: skip
+    run.add_argument(
+        "--kappa",
+        type=parse_kappa,
+        default=guidance.kappa,
+        help=f"guidance strength, or auto (from the mean photon count); default {guidance.kappa}",
+    )
     run.add_argument("--no-conditioning", action="store_true", help="zero conditioning vector")
-    run.add_argument("--ablation", action="append", default=[], metavar="FIELD=V1,V2",
-                     help=f"pdr variants; FIELD in {sorted(methods.ABLATION_FIELDS)}")  # fmt: skip
+    run.add_argument(
+        "--ablation",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help=f"pdr variants; FIELD in {sorted(methods.ABLATION_FIELDS)}",
+    )
     run.add_argument("--batch", type=int, default=8, help="crops per pdr call (default 8)")
     res = parser.add_argument_group("processing resolution")
     res.add_argument("--resolutions", type=_floats, default=[], help="e.g. 32,64,96,128")
@@ -93,9 +126,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     res.add_argument("--max-memory-mb", type=float)
     res.add_argument("--max-seconds", type=float, help="per image")
     res.add_argument("--min-psnr", type=float)
-    res.add_argument("--sweep", choices=("steps",), action="append", default=[],
-                     help="steps: PSNR and chi-square against network calls over solvers and step "
-                          "counts (pdr_jax.evaluation.steps) where the sampler runs")  # fmt: skip
+    res.add_argument(
+        "--sweep",
+        choices=("steps",),
+        action="append",
+        default=[],
+        help="steps: PSNR and chi-square against network calls over solvers and step "
+        "counts (pdr_jax.evaluation.steps) where the sampler runs",
+    )
     reg = parser.add_argument_group("regression")
     reg.add_argument("--compare-to", help="an earlier results.csv or summary.csv")
     reg.add_argument("--regression-margin", type=float, default=report.DEFAULT_MARGIN)
@@ -141,13 +179,19 @@ def _run_resolutions(args, cases, options: methods.MethodOptions, out: pathlib.P
     if prior is None:
         return
     summary, rows = resolution.evaluate_resolutions(
-        cases, prior, options.pdr, [int(t) for t in args.resolutions], seed=args.seed,
+        cases,
+        prior,
+        options.pdr,
+        [int(t) for t in args.resolutions],
+        seed=args.seed,
         batch=args.batch,
-    )  # fmt: skip
+    )
     choice = resolution.recommend_resolution(
-        summary, max_memory_mb=args.max_memory_mb, max_seconds=args.max_seconds,
+        summary,
+        max_memory_mb=args.max_memory_mb,
+        max_seconds=args.max_seconds,
         min_psnr=args.min_psnr,
-    )  # fmt: skip
+    )
     report.write_csv(summary, out / "resolutions.csv", resolution.RESOLUTION_FIELDS)
     report.write_csv(rows, out / "resolution_rows.csv", report.ROW_FIELDS)
     with open(out / "table.md", "a") as f:
@@ -162,18 +206,24 @@ def _run_steps_sweep(args, cases, options: methods.MethodOptions, out: pathlib.P
     prior = _load_prior(options, "steps sweep")
     if prior is None:
         return
-    summary, rows = steps.evaluate_steps(cases, prior, options.pdr, seed=args.seed, batch=args.batch)
+    summary, rows = steps.evaluate_steps(
+        cases, prior, options.pdr, seed=args.seed, batch=args.batch
+    )
     choice = steps.recommend(summary)
     report.write_csv(summary, out / "steps_sweep.csv", steps.FIELDS)
     report.write_csv(rows, out / "steps_sweep_rows.csv", report.ROW_FIELDS)
     steps.plot(summary, out / "steps_sweep.png")
     with open(out / "table.md", "a") as f:
         f.write("\n" + steps.markdown(summary, choice))
-    print(f"steps sweep: cheapest within {steps.DEFAULT_MARGIN_DB:g} dB of the best: "
-          f"{choice['solver']} {choice['steps']} ({choice['network_calls']} calls)")  # fmt: skip
+    print(
+        f"steps sweep: cheapest within {steps.DEFAULT_MARGIN_DB:g} dB of the best: "
+        f"{choice['solver']} {choice['steps']} ({choice['network_calls']} calls)"
+    )
 
 
-def _run_gaussian_denoising(args, images, options: methods.MethodOptions, out: pathlib.Path) -> None:
+def _run_gaussian_denoising(
+    args, images, options: methods.MethodOptions, out: pathlib.Path
+) -> None:
     """gaussian_denoising.csv and a section of table.md: the prior's D vs BM3D at sigma."""
     from pdr_jax.evaluation import diagnostic
 
@@ -197,8 +247,10 @@ def _check_regression(args, summary, out: pathlib.Path) -> int:
     (out / "regression.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if failures:
-        print(f"REGRESSION: {len(failures)} cell(s) dropped by more than "
-              f"{args.regression_margin:.0%} of their PSNR")  # fmt: skip
+        print(
+            f"REGRESSION: {len(failures)} cell(s) dropped by more than "
+            f"{args.regression_margin:.0%} of their PSNR"
+        )
         return 1
     return 0
 
@@ -215,7 +267,7 @@ def main(argv=None) -> int:
         sampler=dataclasses.replace(defaults.sampler, num_steps=args.steps, start=args.start),
         conditioning=not args.no_conditioning,
         tiling=methods.TilingSettings(overlap=args.tile_overlap, batch=args.tile_batch),
-    )  # fmt: skip
+    )
     ablations = [pair for text in args.ablation for pair in methods.parse_ablation(text)]
     options = methods.MethodOptions(
         checkpoint=args.checkpoint, conditional_checkpoint=args.conditional_checkpoint, pdr=settings
@@ -226,15 +278,28 @@ def main(argv=None) -> int:
         args.clean, crop=args.crop, per_domain=args.num_images, domain=args.domain
     )
     cases = benchmark.make_cases(
-        images, args.scales, read_noise=args.read_noise, background=args.background,
-        sky_fraction={"astronomy": args.sky_fraction}, seed=args.seed,
-    )  # fmt: skip
-    print(f"benchmark: {len(images)} crops of {args.crop} px x {len(args.scales)} scales "
-          f"x {len(args.read_noise)} read noises")  # fmt: skip
-    (out / "settings.json").write_text(json.dumps(
-        {"argv": sys.argv[1:] if argv is None else list(argv), **vars(args),
-         "pdr": dataclasses.asdict(settings), "images": [i.name for i in images]}, indent=1,
-    ))  # fmt: skip
+        images,
+        args.scales,
+        read_noise=args.read_noise,
+        background=args.background,
+        sky_fraction={"astronomy": args.sky_fraction},
+        seed=args.seed,
+    )
+    print(
+        f"benchmark: {len(images)} crops of {args.crop} px x {len(args.scales)} scales "
+        f"x {len(args.read_noise)} read noises"
+    )
+    (out / "settings.json").write_text(
+        json.dumps(
+            {
+                "argv": sys.argv[1:] if argv is None else list(argv),
+                **vars(args),
+                "pdr": dataclasses.asdict(settings),
+                "images": [i.name for i in images],
+            },
+            indent=1,
+        )
+    )
 
     with warnings.catch_warnings():
         # Expected at the lowest scales; the tables list s, so the warning adds nothing here.
@@ -245,8 +310,10 @@ def main(argv=None) -> int:
             print(f"{name}: {seconds:.1f} s of first-call overhead (compilation) not counted")
         source = "embedded held-out" if args.clean == benchmark.EMBEDDED else args.clean
         sky = f" + {args.sky_fraction:g} s (astronomy)" if args.sky_fraction else ""
-        title = (f"{source} crops of {args.crop} px, r = {', '.join(f'{r:g}' for r in args.read_noise)} e-"
-                 f"{' (averaged)' if len(args.read_noise) > 1 else ''}, b = {args.background:g} e-{sky}")  # fmt: skip
+        title = (
+            f"{source} crops of {args.crop} px, r = {', '.join(f'{r:g}' for r in args.read_noise)} e-"
+            f"{' (averaged)' if len(args.read_noise) > 1 else ''}, b = {args.background:g} e-{sky}"
+        )
         summary = report.write_outputs(out, run.rows, title=title, examples=_examples(cases, run))
         if args.resolutions:
             _run_resolutions(args, cases, options, out)

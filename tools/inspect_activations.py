@@ -156,9 +156,14 @@ def make_inputs(args, net, variables):
         latents = jax.random.normal(key_latents, clean.shape)
         sample_labels = None if labels is None else jnp.asarray(labels)
         samples = sampler_presets.sample_with_preset(
-            net, variables, latents, sample_labels, key=key_churn, preset=args.sample_preset,
+            net,
+            variables,
+            latents,
+            sample_labels,
+            key=key_churn,
+            preset=args.sample_preset,
             **overrides,
-        )  # fmt: skip
+        )
         clean = np.asarray(samples)
         _log(f"sampled in {time.perf_counter() - tick:.1f}s")
     if args.input_is_noisy:
@@ -353,9 +358,18 @@ def main(argv=None) -> int:
         name: inspect.layer_statistics(summaries[name], args.dead_threshold) for name in layers
     }
     write_outputs(
-        pathlib.Path(args.out), layers, statistics, pooled, maps, shapes, x, sigma, labels, clean,
+        pathlib.Path(args.out),
+        layers,
+        statistics,
+        pooled,
+        maps,
+        shapes,
+        x,
+        sigma,
+        labels,
+        clean,
         args,
-    )  # fmt: skip
+    )
     dead = sum(len(s["dead_channels"]) for s in statistics.values())
     _log(f"done in {time.perf_counter() - start:.1f}s; {dead} dead channels in total")
     return 0

@@ -24,8 +24,12 @@ from pdr_jax.data import corpus
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--root", type=pathlib.Path, default=corpus.DEFAULT_ROOT,
-                        help=f"corpus folder (default {corpus.DEFAULT_ROOT}; $PDR_JAX_CACHE/corpus)")  # fmt: skip
+    parser.add_argument(
+        "--root",
+        type=pathlib.Path,
+        default=corpus.DEFAULT_ROOT,
+        help=f"corpus folder (default {corpus.DEFAULT_ROOT}; $PDR_JAX_CACHE/corpus)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     parser.add_argument(
         "--summary", action="store_true", help="print the summary of a built corpus"
@@ -36,13 +40,16 @@ def main(argv=None) -> int:
         print(corpus.summary_markdown(corpus.load(args.root)))
         return 0
     start = time.perf_counter()
-    manifest = corpus.build(args.root, seed=args.seed,
-                            progress=lambda items: tqdm(items, desc="images", unit="file"))  # fmt: skip
+    manifest = corpus.build(
+        args.root, seed=args.seed, progress=lambda items: tqdm(items, desc="images", unit="file")
+    )
     print(corpus.summary_markdown(manifest))
     for item in manifest["skipped"]:
         print(f"  skipped {item['package']} {item['path']}: {item['reason']}")
-    print(f"corpus at {args.root}: {len(manifest['images'])} images, "
-          f"built in {time.perf_counter() - start:.0f} s")  # fmt: skip
+    print(
+        f"corpus at {args.root}: {len(manifest['images'])} images, "
+        f"built in {time.perf_counter() - start:.0f} s"
+    )
     return 0
 
 

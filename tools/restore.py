@@ -67,51 +67,99 @@ def parse_args(argv=None):
 
     sampler, guidance = SamplerSettings(), GuidanceSettings()
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="measurement files or folders")
     p.add_argument("--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--method", choices=("prior", "conditional"), default="prior",
-                   help="prior: guided diffusion prior; conditional: a conditional restoration model")  # fmt: skip
-    p.add_argument("--checkpoint", default=None,
-                   help="model directory (tools/convert_edm.py, a training workdir's model/); default: the shipped "
-                        "model of --method")  # fmt: skip
+    p.add_argument(
+        "--method",
+        choices=("prior", "conditional"),
+        default="prior",
+        help="prior: guided diffusion prior; conditional: a conditional restoration model",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="model directory (tools/convert_edm.py, a training workdir's model/); default: the shipped "
+        "model of --method",
+    )
     p.add_argument("--domain", required=True, choices=("photography", "microscopy", "astronomy"))
-    p.add_argument("--scale", type=_number_or_auto, required=True,
-                   help="photon scale s: electrons per unit clean intensity, or auto: the 99.5th percentile of the "
-                        "smoothed photon level (s is a choice of units; pdr_jax.physics.noise_estimation.auto_scale)")  # fmt: skip
-    p.add_argument("--read-noise", type=_number_or_auto, required=True,
-                   help="read noise r (electrons rms), or auto: estimated from the image's local mean-variance relation")  # fmt: skip
+    p.add_argument(
+        "--scale",
+        type=_number_or_auto,
+        required=True,
+        help="photon scale s: electrons per unit clean intensity, or auto: the 99.5th percentile of the "
+        "smoothed photon level (s is a choice of units; pdr_jax.physics.noise_estimation.auto_scale)",
+    )
+    p.add_argument(
+        "--read-noise",
+        type=_number_or_auto,
+        required=True,
+        help="read noise r (electrons rms), or auto: estimated from the image's local mean-variance relation",
+    )
     p.add_argument("--background", type=float, default=0.0, help="background b (electrons)")
     p.add_argument("--units", choices=("electrons", "adu"), default="electrons")
-    p.add_argument("--gain", type=_number_or_auto,
-                   help="electrons per ADU (--units adu), or auto: estimated with the read noise from the image "
-                        "(needs tens of photons at its bright end; the report gives the uncertainty)")  # fmt: skip
+    p.add_argument(
+        "--gain",
+        type=_number_or_auto,
+        help="electrons per ADU (--units adu), or auto: estimated with the read noise from the image "
+        "(needs tens of photons at its bright end; the report gives the uncertainty)",
+    )
     p.add_argument("--black-level", type=float, help="ADU of an unexposed pixel (--units adu)")
     p.add_argument("--white-level", type=float, help="saturation ADU (--units adu)")
     conditional_sampler = CONDITIONAL_SETTINGS["sampler"]
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"sampler steps (default: {sampler.num_steps} after the start; {conditional_sampler.num_steps} "
-                        "--method conditional)")  # fmt: skip
-    p.add_argument("--start", choices=("vst", "noise"), default=None,
-                   help=f"vst: refine the one-call variance-stabilised estimate; noise: EDM's start at sigma_max "
-                        f"(default {sampler.start}; --method conditional: noise)")  # fmt: skip
-    p.add_argument("--solver", choices=SOLVERS, default=None,
-                   help=f"EDM heun (2 steps - 1 network calls), euler or dpmpp (DPM-Solver++(2M)), steps calls each "
-                        f"(default {sampler.solver}; --method conditional: {conditional_sampler.solver})")  # fmt: skip
-    p.add_argument("--num-samples", type=int, default=1,
-                   help="average this many samples (each from its own start noise)")  # fmt: skip
-    p.add_argument("--uncertainty", help="with --num-samples > 1: write the per-pixel posterior std here (a file for "
-                                         "one input, else a folder)")  # fmt: skip
-    p.add_argument("--guidance", choices=guidance_modes, default=guidance.mode,
-                   help="x0: correct the denoised estimate; dps: through the denoiser; prox: the exact "
-                        "proximal data step (pdr_jax.physics.guidance)")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"sampler steps (default: {sampler.num_steps} after the start; {conditional_sampler.num_steps} "
+        "--method conditional)",
+    )
+    p.add_argument(
+        "--start",
+        choices=("vst", "noise"),
+        default=None,
+        help=f"vst: refine the one-call variance-stabilised estimate; noise: EDM's start at sigma_max "
+        f"(default {sampler.start}; --method conditional: noise)",
+    )
+    p.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default=None,
+        help=f"EDM heun (2 steps - 1 network calls), euler or dpmpp (DPM-Solver++(2M)), steps calls each "
+        f"(default {sampler.solver}; --method conditional: {conditional_sampler.solver})",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="average this many samples (each from its own start noise)",
+    )
+    p.add_argument(
+        "--uncertainty",
+        help="with --num-samples > 1: write the per-pixel posterior std here (a file for "
+        "one input, else a folder)",
+    )
+    p.add_argument(
+        "--guidance",
+        choices=guidance_modes,
+        default=guidance.mode,
+        help="x0: correct the denoised estimate; dps: through the denoiser; prox: the exact "
+        "proximal data step (pdr_jax.physics.guidance)",
+    )
     p.add_argument(
         "--likelihood", choices=("wls", "gaussian", "exact"), default=guidance.likelihood
     )
-    p.add_argument("--kappa", type=parse_kappa, default=None,
-                   help=f"guidance strength (default {guidance.kappa}, --method conditional 0; 0: the model alone; "
-                        "auto: from the mean photon count, pdr_jax.restore.auto_kappa)")  # fmt: skip
+    p.add_argument(
+        "--kappa",
+        type=parse_kappa,
+        default=None,
+        help=f"guidance strength (default {guidance.kappa}, --method conditional 0; 0: the model alone; "
+        "auto: from the mean photon count, pdr_jax.restore.auto_kappa)",
+    )
     p.add_argument(
         "--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)"
     )
@@ -130,14 +178,22 @@ def parse_args(argv=None):
     if args.checkpoint is None:
         args.checkpoint = str(DEFAULT_CONDITIONAL_CHECKPOINT if conditional else DEFAULT_CHECKPOINT)
     defaults = CONDITIONAL_SETTINGS if conditional else {"guidance": guidance, "sampler": sampler}
-    for name, part, field in (("steps", "sampler", "num_steps"), ("start", "sampler", "start"),
-                              ("solver", "sampler", "solver"), ("kappa", "guidance", "kappa")):  # fmt: skip
+    for name, part, field in (
+        ("steps", "sampler", "num_steps"),
+        ("start", "sampler", "start"),
+        ("solver", "sampler", "solver"),
+        ("kappa", "guidance", "kappa"),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, getattr(defaults[part], field))
     if args.uncertainty and args.num_samples < 2:
         p.error("--uncertainty needs --num-samples >= 2")
-    for flag, value, strict in (("--scale", args.scale, True), ("--read-noise", args.read_noise, False),
-                                ("--background", args.background, False), ("--gain", args.gain, True)):  # fmt: skip
+    for flag, value, strict in (
+        ("--scale", args.scale, True),
+        ("--read-noise", args.read_noise, False),
+        ("--background", args.background, False),
+        ("--gain", args.gain, True),
+    ):
         if value not in (None, "auto") and not (value > 0 if strict else value >= 0):
             p.error(
                 f"{flag} must be {'>' if strict else '>='} 0{' or auto' if flag != '--background' else ''}, got {value:g}"
@@ -205,13 +261,17 @@ def units_warnings(array_dtype, electrons: np.ndarray, args, scale: float) -> li
     """Warnings that the data are clearly not electrons at the stated scale (--units, --scale)."""
     found = []
     if args.units == "electrons" and np.issubdtype(np.dtype(array_dtype), np.integer):
-        found.append(f"the file holds {array_dtype} integers, read as electrons (--units electrons): raw camera "
-                     "counts need --units adu with --gain/--black-level/--white-level")  # fmt: skip
+        found.append(
+            f"the file holds {array_dtype} integers, read as electrons (--units electrons): raw camera "
+            "counts need --units adu with --gain/--black-level/--white-level"
+        )
     mean = float(np.mean(electrons))
     if mean > 3 * (scale + args.background):
-        found.append(f"mean {mean:.4g} e- per pixel is over 3x --scale {scale:g} + --background "
-                     f"{args.background:g}: the image would be far brighter than intensity 1; check --scale "
-                     "and --units")  # fmt: skip
+        found.append(
+            f"mean {mean:.4g} e- per pixel is over 3x --scale {scale:g} + --background "
+            f"{args.background:g}: the image would be far brighter than intensity 1; check --scale "
+            "and --units"
+        )
     return found
 
 
@@ -253,9 +313,11 @@ def read_measurement(path: pathlib.Path, args):
             )
         if "auto" in (gain, args.read_noise):
             estimate = noise_estimation.estimate_noise(
-                data[0, :, :, 0], black_level=float(np.mean(black)), white_level=float(white),
+                data[0, :, :, 0],
+                black_level=float(np.mean(black)),
+                white_level=float(white),
                 gain=None if gain == "auto" else float(gain),
-            )  # fmt: skip
+            )
             gain = estimate.gain
             noise["estimate"] = dataclasses.asdict(estimate)
             if args.read_noise == "auto":
@@ -271,8 +333,22 @@ def read_measurement(path: pathlib.Path, args):
 
 
 # FITS cards that describe the stored array, not the image: written afresh for the output.
-_FITS_STRUCTURAL = {"SIMPLE", "BITPIX", "EXTEND", "BSCALE", "BZERO", "BLANK", "XTENSION", "PCOUNT",
-                    "GCOUNT", "CHECKSUM", "DATASUM", "BUNIT", "DATAMIN", "DATAMAX"}  # fmt: skip
+_FITS_STRUCTURAL = {
+    "SIMPLE",
+    "BITPIX",
+    "EXTEND",
+    "BSCALE",
+    "BZERO",
+    "BLANK",
+    "XTENSION",
+    "PCOUNT",
+    "GCOUNT",
+    "CHECKSUM",
+    "DATASUM",
+    "BUNIT",
+    "DATAMIN",
+    "DATAMAX",
+}
 
 
 def _fits_header(meta, history: list[str]):
@@ -361,9 +437,12 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     scale, read_noise = noise["scale"], noise["read_noise"]
     if noise["estimate"] is not None or args.scale == "auto":
         estimate = noise["estimate"] or {}
-        print(f"  {path.name}: scale {scale:.4g} e-, read noise {read_noise:.3g} "
-              f"+- {estimate.get('read_noise_std', 0.0):.2g} e-, gain {noise['gain']} "
-              f"+- {estimate.get('gain_std', 0.0):.2g} (estimated where 'auto')", file=sys.stderr)  # fmt: skip
+        print(
+            f"  {path.name}: scale {scale:.4g} e-, read noise {read_noise:.3g} "
+            f"+- {estimate.get('read_noise_std', 0.0):.2g} e-, gain {noise['gain']} "
+            f"+- {estimate.get('gain_std', 0.0):.2g} (estimated where 'auto')",
+            file=sys.stderr,
+        )
     physics = Physics(scale, read_noise, args.background, args.domain)
     guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
     sampler = dataclasses.replace(
@@ -375,7 +454,7 @@ def restore_one(path, out_path, model, args, key, std_path=None):
         batch=args.batch,
         memory_budget_mb=args.memory_budget_mb,
     )
-    frames, height, width, channels = electrons.shape
+    frames, _, _, channels = electrons.shape
     x = np.zeros_like(electrons)
     std = np.zeros_like(electrons) if std_path else None
     reports = []
@@ -383,9 +462,16 @@ def restore_one(path, out_path, model, args, key, std_path=None):
         for c in range(channels):  # a grayscale prior restores each channel on its own
             part_key = jax.random.fold_in(key, f * channels + c)
             result = restore(
-                model, electrons[f, :, :, c], physics=physics, mask=mask[f, :, :, c], guidance=guidance,
-                sampler=sampler, tiling_settings=tiles, num_samples=args.num_samples, key=part_key,
-            )  # fmt: skip
+                model,
+                electrons[f, :, :, c],
+                physics=physics,
+                mask=mask[f, :, :, c],
+                guidance=guidance,
+                sampler=sampler,
+                tiling_settings=tiles,
+                num_samples=args.num_samples,
+                key=part_key,
+            )
             x[f, :, :, c] = result.image
             if std is not None and result.std is not None:
                 std[f, :, :, c] = result.std
@@ -398,7 +484,7 @@ def restore_one(path, out_path, model, args, key, std_path=None):
             reports.append(result.report)
     squeeze = lambda a: (
         (a[0] if frames == 1 else a)[..., 0] if channels == 1 else (a[0] if frames == 1 else a)
-    )  # noqa: E731
+    )
     result_image = squeeze(x)
     history = [
         f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {args.checkpoint}",
@@ -422,8 +508,10 @@ def restore_one(path, out_path, model, args, key, std_path=None):
     warnings += units_warnings(meta.dtype, electrons, args, scale)
     chi_square = float(np.mean([r["chi_square"] for r in reports]))
     if not CHI_SQUARE_RANGE[0] <= chi_square <= CHI_SQUARE_RANGE[1]:
-        warnings.append(f"chi-square {chi_square:.4g} is far from 1: the noise model (--units, --scale, "
-                        "--read-noise, --background, --gain) does not describe these data")  # fmt: skip
+        warnings.append(
+            f"chi-square {chi_square:.4g} is far from 1: the noise model (--units, --scale, "
+            "--read-noise, --background, --gain) does not describe these data"
+        )
     s_lo, s_hi = 10 ** np.array([-1.0, 4.0])
     if not s_lo <= scale <= s_hi:
         warnings.append(
@@ -431,20 +519,34 @@ def restore_one(path, out_path, model, args, key, std_path=None):
         )
     if noise["estimate"] is not None:
         warnings += [f"noise estimate: {w}" for w in noise["estimate"]["warnings"]]
-    mean = lambda key: float(np.mean([r[key] for r in reports]))  # noqa: E731
+    mean = lambda key: float(np.mean([r[key] for r in reports]))
     return {
-        "input": str(path), "output": str(out_path), "shape": [int(v) for v in electrons.shape],
-        "chi_square": mean("chi_square"), "whiteness": mean("whiteness"),
-        "spectral_flatness": mean("spectral_flatness"), "mean_photons": mean("mean_photons"),
+        "input": str(path),
+        "output": str(out_path),
+        "shape": [int(v) for v in electrons.shape],
+        "chi_square": mean("chi_square"),
+        "whiteness": mean("whiteness"),
+        "spectral_flatness": mean("spectral_flatness"),
+        "mean_photons": mean("mean_photons"),
         "saturated_fraction": mean("saturated_fraction"),
         "posterior_std": mean("posterior_std") if std is not None else None,
         "uncertainty": str(std_path) if std is not None else None,
-        "tile": reports[0]["tile"], "num_tiles": reports[0]["num_tiles"], "plan": reports[0]["plan"],
-        "kappa": reports[0].get("kappa"), "settings": reports[0].get("settings"),
-        "network_calls": reports[0].get("network_calls"), "refined": reports[0].get("refined"),
-        "noise": {"scale": scale, "read_noise": read_noise, "gain": noise["gain"], "estimate": noise["estimate"]},
-        "seconds": float(sum(r["timings"]["total_s"] for r in reports)), "warnings": warnings,
-    }  # fmt: skip
+        "tile": reports[0]["tile"],
+        "num_tiles": reports[0]["num_tiles"],
+        "plan": reports[0]["plan"],
+        "kappa": reports[0].get("kappa"),
+        "settings": reports[0].get("settings"),
+        "network_calls": reports[0].get("network_calls"),
+        "refined": reports[0].get("refined"),
+        "noise": {
+            "scale": scale,
+            "read_noise": read_noise,
+            "gain": noise["gain"],
+            "estimate": noise["estimate"],
+        },
+        "seconds": float(sum(r["timings"]["total_s"] for r in reports)),
+        "warnings": warnings,
+    }
 
 
 def main(argv=None) -> int:
@@ -478,7 +580,7 @@ def main(argv=None) -> int:
             for output in (out_path, std_path):
                 if output is not None:
                     check_output_format(output, channels)
-        except Exception as err:  # unreadable input or unsuitable output: logged, counted, skipped
+        except Exception as err:  # noqa: BLE001 - unreadable input or unsuitable output: logged, counted, skipped
             failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
             print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
             continue
@@ -490,8 +592,11 @@ def main(argv=None) -> int:
     model = (
         ConditionalModel(net, variables) if args.method == "conditional" else Prior(net, variables)
     )
-    print(f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
-          f"{len(todo)} input(s)", file=sys.stderr)  # fmt: skip
+    print(
+        f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
+        f"{len(todo)} input(s)",
+        file=sys.stderr,
+    )
     key = jax.random.key(args.seed)
     reports = []
     start = time.perf_counter()
@@ -500,15 +605,18 @@ def main(argv=None) -> int:
         progress.set_postfix_str(path.name)
         try:
             rep = restore_one(path, out_path, model, args, jax.random.fold_in(key, i), std_path)
-        except Exception as err:  # a broken input is logged, counted and skipped
+        except Exception as err:  # noqa: BLE001 - a broken input is logged, counted and skipped
             failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
             tqdm.tqdm.write(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
             if os.environ.get("PDR_JAX_DEBUG"):
                 traceback.print_exc()
             continue
         reports.append(rep)
-        tqdm.tqdm.write(f"  -> {out_path}  chi2 {rep['chi_square']:.3f}, {rep['num_tiles']} tile(s) of {rep['tile']}px, "
-                        f"{rep['seconds']:.1f} s" + "".join(f"\n  warning: {w}" for w in rep["warnings"]), file=sys.stderr)  # fmt: skip
+        tqdm.tqdm.write(
+            f"  -> {out_path}  chi2 {rep['chi_square']:.3f}, {rep['num_tiles']} tile(s) of {rep['tile']}px, "
+            f"{rep['seconds']:.1f} s" + "".join(f"\n  warning: {w}" for w in rep["warnings"]),
+            file=sys.stderr,
+        )
     summary = {
         "restored": len(reports),
         "failed": len(failed),

@@ -140,10 +140,17 @@ def sample_batch(net, variables, latents, labels, args, key):
             latents=latents, num_steps=args.steps, rho=args.rho, **sampler_args
         )
     return samplers.edm_sampler(
-        latents=latents, key=key, num_steps=args.steps, rho=args.rho, S_churn=args.S_churn,
-        S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise, solver=args.sampler,
+        latents=latents,
+        key=key,
+        num_steps=args.steps,
+        rho=args.rho,
+        S_churn=args.S_churn,
+        S_min=args.S_min,
+        S_max=args.S_max,
+        S_noise=args.S_noise,
+        solver=args.sampler,
         **sampler_args,
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def state_dict_to_variables(
 
     missing = sorted(set(wanted) - set(state))
     unexpected, problems = [], []
-    for name, value in state.items():
+    for name in state:
         if name in wanted:
             continue
         if not name.endswith("resample_filter"):  # checked below

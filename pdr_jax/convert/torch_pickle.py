@@ -357,12 +357,25 @@ _STORAGE_DTYPES = {
     "UntypedStorage": "uint8",
 }
 _TORCH_DTYPES = {
-    "float32": "float32", "float": "float32", "float64": "float64", "double": "float64",
-    "float16": "float16", "half": "float16", "bfloat16": "bfloat16", "int64": "int64",
-    "long": "int64", "int32": "int32", "int": "int32", "int16": "int16", "short": "int16",
-    "int8": "int8", "uint8": "uint8", "bool": "bool", "complex64": "complex64",
+    "float32": "float32",
+    "float": "float32",
+    "float64": "float64",
+    "double": "float64",
+    "float16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "int64": "int64",
+    "long": "int64",
+    "int32": "int32",
+    "int": "int32",
+    "int16": "int16",
+    "short": "int16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "bool": "bool",
+    "complex64": "complex64",
     "complex128": "complex128",
-}  # fmt: skip
+}
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -602,9 +615,20 @@ def _load_stream(f: BinaryIO, budget: _Budget, materialize: bool = True):
 
 
 _CORRUPT = (
-    pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-    struct.error, zipfile.BadZipFile, UnicodeDecodeError, OverflowError, MemoryError, RecursionError,
-)  # fmt: skip
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    struct.error,
+    zipfile.BadZipFile,
+    UnicodeDecodeError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+)
 
 
 def load(file, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:

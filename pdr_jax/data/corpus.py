@@ -342,8 +342,11 @@ def process(path: pathlib.Path, kind: str) -> tuple[np.ndarray, dict[str, Any]]:
             raise readers.UnreadableImageError(f"posterised: {levels} gray levels (< 64)")
         factor = int(np.clip(min(x.shape) // 384, 2, 4)) if kind == "photo" else 1
         x = _downsample(x, factor)
-        info.update(downsample=factor, steps="gray (Rec. 709) / 255" + (
-            f", {factor}x anti-aliased downsampling" if factor > 1 else ""))  # fmt: skip
+        info.update(
+            downsample=factor,
+            steps="gray (Rec. 709) / 255"
+            + (f", {factor}x anti-aliased downsampling" if factor > 1 else ""),
+        )
     else:
         x = np.nan_to_num(x, nan=float(np.nanmedian(x)))
         black, white = np.percentile(x, [0.5, 99.9])
@@ -361,9 +364,14 @@ def process(path: pathlib.Path, kind: str) -> tuple[np.ndarray, dict[str, Any]]:
                 f"noise {sigma:.2g} after 8x binning is above {MAX_FRAME_NOISE:g}: the prior would learn it"
             )
         x = binned
-        info.update(downsample=factor, noise=sigma, steps=(
-            f"(v - p0.5) / (p99.9 - p0.5) clipped, {factor}x anti-aliased binning; "
-            f"residual noise {sigma:.1e}"))  # fmt: skip
+        info.update(
+            downsample=factor,
+            noise=sigma,
+            steps=(
+                f"(v - p0.5) / (p99.9 - p0.5) clipped, {factor}x anti-aliased binning; "
+                f"residual noise {sigma:.1e}"
+            ),
+        )
     return np.clip(x, 0, 1).astype(np.float32), info
 
 
@@ -513,29 +521,50 @@ def build(
         image_id = _image_id(package, rel)
         out = root / "images" / selection.domain / f"{image_id.replace('/', '__')}.npy"
         old = previous.get(image_id)
-        if old and old["sha256"] == sha and old.get("processing_version") == PROCESSING_VERSION and out.exists():
+        if (
+            old
+            and old["sha256"] == sha
+            and old.get("processing_version") == PROCESSING_VERSION
+            and out.exists()
+        ):
             x = np.load(out, mmap_mode="r").astype(np.float32) / 65535
             record = dict(old, sky_centre=None if centre is None else list(centre))
         else:
             try:
                 x, info = process(file, selection.kind)
             except Exception as e:  # noqa: BLE001 (corrupt files raise many types; each is named and skipped)
-                skip(package, rel, str(e).removeprefix(f"{file}: ") if isinstance(
-                    e, readers.UnreadableImageError) else f"{type(e).__name__}: {e}")  # fmt: skip
+                skip(
+                    package,
+                    rel,
+                    str(e).removeprefix(f"{file}: ")
+                    if isinstance(e, readers.UnreadableImageError)
+                    else f"{type(e).__name__}: {e}",
+                )
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
             np.save(out, np.round(x * 65535).astype(np.uint16))
             record = {
-                "id": image_id, "domain": selection.domain, "package": package,
-                "package_version": package_version(tree), "path": rel, "sha256": sha,
+                "id": image_id,
+                "domain": selection.domain,
+                "package": package,
+                "package_version": package_version(tree),
+                "path": rel,
+                "sha256": sha,
                 "processing_version": PROCESSING_VERSION,
-                "licence": licence_of(tree, package, rel), "height": int(x.shape[0]),
-                "width": int(x.shape[1]), "pixels": int(x.size), "processing": info,
-                "file": str(out.relative_to(root)), "sky_centre": None if centre is None else list(centre),
-            }  # fmt: skip
+                "licence": licence_of(tree, package, rel),
+                "height": int(x.shape[0]),
+                "width": int(x.shape[1]),
+                "pixels": int(x.size),
+                "processing": info,
+                "file": str(out.relative_to(root)),
+                "sky_centre": None if centre is None else list(centre),
+            }
         thumb = thumbnail(x)
         aspect = x.shape[1] / x.shape[0]
-        twin = next((r for r, t, a in thumbs if abs(a / aspect - 1) < 0.1 and near_duplicate(t, thumb)), None)  # fmt: skip
+        twin = next(
+            (r for r, t, a in thumbs if abs(a / aspect - 1) < 0.1 and near_duplicate(t, thumb)),
+            None,
+        )
         if twin is not None:
             skip(
                 package,
@@ -550,9 +579,13 @@ def build(
     if leaked:  # cannot happen (checked per file above); a guard for edits to the tables
         raise RuntimeError(f"reserved images in the corpus: {leaked}")
     manifest = {
-        "version": MANIFEST_VERSION, "seed": seed, "fractions": FRACTIONS, "images": records,
-        "skipped": skipped, "simulators": _simulator_entries(simulated, seed),
-    }  # fmt: skip
+        "version": MANIFEST_VERSION,
+        "seed": seed,
+        "fractions": FRACTIONS,
+        "images": records,
+        "skipped": skipped,
+        "simulators": _simulator_entries(simulated, seed),
+    }
     manifest["summary"] = summarize(manifest)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / "manifest.json.tmp"
@@ -564,18 +597,25 @@ def build(
 def reserved_images(manifest: dict[str, Any]) -> list[str]:
     """Ids of manifest images that are reserved for evaluation (by name or sky position)."""
     return [
-        r["id"] for r in manifest["images"]
+        r["id"]
+        for r in manifest["images"]
         if reserved_reason(r["path"], tuple(r["sky_centre"]) if r.get("sky_centre") else None)
-    ]  # fmt: skip
+    ]
 
 
 def _simulator_entries(simulated, seed: int) -> list[dict[str, Any]]:
     return [
-        {"simulator": name, "domain": domain, "split": split, "size": SIMULATED_SIZE, "seed": seed,
-         "indices": [_SPLIT_OFFSET[split], _SPLIT_OFFSET[split] + count]}
+        {
+            "simulator": name,
+            "domain": domain,
+            "split": split,
+            "size": SIMULATED_SIZE,
+            "seed": seed,
+            "indices": [_SPLIT_OFFSET[split], _SPLIT_OFFSET[split] + count],
+        }
         for name, domain, counts in simulated
         for split, count in counts.items()
-    ]  # fmt: skip
+    ]
 
 
 def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -635,15 +675,27 @@ def source_entries(
             if record["split"] == split and (domains is None or record["domain"] in domains):
                 by_domain.setdefault(record["domain"], []).append(str(root / record["file"]))
         for domain, paths in sorted(by_domain.items()):
-            entries.append({"name": f"corpus-{domain}-{split}", "domain": domain, "paths": paths,
-                            "split": pipeline_split})  # fmt: skip
+            entries.append(
+                {
+                    "name": f"corpus-{domain}-{split}",
+                    "domain": domain,
+                    "paths": paths,
+                    "split": pipeline_split,
+                }
+            )
         for sim in manifest["simulators"]:
             if sim["split"] == split and (domains is None or sim["domain"] in domains):
-                entries.append({
-                    "name": f"corpus-{sim['simulator']}-{split}", "domain": sim["domain"],
-                    "simulator": sim["simulator"], "indices": tuple(sim["indices"]),
-                    "size": sim["size"], "seed": sim["seed"], "split": pipeline_split,
-                })  # fmt: skip
+                entries.append(
+                    {
+                        "name": f"corpus-{sim['simulator']}-{split}",
+                        "domain": sim["domain"],
+                        "simulator": sim["simulator"],
+                        "indices": tuple(sim["indices"]),
+                        "size": sim["size"],
+                        "seed": sim["seed"],
+                        "split": pipeline_split,
+                    }
+                )
     return entries
 
 
@@ -671,7 +723,20 @@ def summary_markdown(manifest: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "DEFAULT_ROOT", "PACKAGES", "RESERVED_NAMES", "RESERVED_REGIONS", "Selection", "build",
-    "fetch_package", "licence_of", "load", "noise_level", "process", "reserved_images", "reserved_reason",
-    "source_entries", "summarize", "summary_markdown",
-]  # fmt: skip
+    "DEFAULT_ROOT",
+    "PACKAGES",
+    "RESERVED_NAMES",
+    "RESERVED_REGIONS",
+    "Selection",
+    "build",
+    "fetch_package",
+    "licence_of",
+    "load",
+    "noise_level",
+    "process",
+    "reserved_images",
+    "reserved_reason",
+    "source_entries",
+    "summarize",
+    "summary_markdown",
+]

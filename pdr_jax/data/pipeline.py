@@ -46,9 +46,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from pdr_jax.data import corpus
+from pdr_jax.data import corpus, transforms
 from pdr_jax.data import sources as sources_lib
-from pdr_jax.data import transforms
 from pdr_jax.physics.conditioning import DEFAULT_SPEC, ConditioningSpec
 
 log = logging.getLogger(__name__)
@@ -193,7 +192,9 @@ def expand_sources(entries) -> list[dict]:
         if isinstance(entry, str):  # "corpus" or "corpus:ROOT", the short form
             name, _, root = entry.partition(":")
             if name != "corpus":
-                raise ValueError(f"data source {entry!r}: a string source must be 'corpus' or 'corpus:ROOT'")
+                raise ValueError(
+                    f"data source {entry!r}: a string source must be 'corpus' or 'corpus:ROOT'"
+                )
             entry = {"corpus": root}
         entry = dict(entry)
         if "corpus" not in entry:
@@ -207,7 +208,11 @@ def expand_sources(entries) -> list[dict]:
             entry["corpus"] or corpus.DEFAULT_ROOT, entry.get("splits", ("train", "val")), domains
         )
         if entry.get("embedded", True):
-            expanded += [dict(e) for e in sources_lib.EMBEDDED_SOURCES if domains is None or e["domain"] in domains]
+            expanded += [
+                dict(e)
+                for e in sources_lib.EMBEDDED_SOURCES
+                if domains is None or e["domain"] in domains
+            ]
     return expanded
 
 

@@ -175,7 +175,7 @@ class PagedTiff:
                 self._cached = (n, _nhwc_view(page, self.frame_axes)[0])
             except UnreadableImageError:
                 raise
-            except Exception as e:  # noqa: BLE001 - a corrupt page decodes lazily, in a crop
+            except Exception as e:
                 raise UnreadableImageError(f"{self.path}: page {n}: {type(e).__name__}: {e}") from e
         return self._cached[1]
 
@@ -228,8 +228,14 @@ def _tiff_header(page, tif) -> dict[str, Any]:
     header = {}
     for tag in page.tags:
         value = tag.value
-        if tag.name in ("XResolution", "YResolution") and isinstance(value, tuple) and len(value) == 2:
-            header[tag.name] = value[0] / value[1] if value[1] else 0.0  # a rational: pixels per unit
+        if (
+            tag.name in ("XResolution", "YResolution")
+            and isinstance(value, tuple)
+            and len(value) == 2
+        ):
+            header[tag.name] = (
+                value[0] / value[1] if value[1] else 0.0
+            )  # a rational: pixels per unit
             continue
         if isinstance(value, (int, float, str)) and not (
             isinstance(value, str) and len(value) > 2000
@@ -368,7 +374,7 @@ def read_fits(path) -> tuple[np.ndarray, ImageMeta]:
         if card.keyword and card.keyword not in ("COMMENT", "HISTORY"):
             try:
                 cards[card.keyword] = card.value
-            except Exception:  # an unparsable card (astropy's VerifyError): leave it out
+            except Exception:  # noqa: BLE001 - an unparsable card (astropy's VerifyError): leave it out
                 continue
     meta = ImageMeta(
         format="fits",
@@ -601,7 +607,7 @@ def read_image(path, *, raw_mode: str = "packed") -> tuple[Any, ImageMeta]:
         return READERS[suffix](path)
     except UnreadableImageError:
         raise
-    except Exception as e:  # noqa: BLE001 - a library's own exception type, named below
+    except Exception as e:
         raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
 
 

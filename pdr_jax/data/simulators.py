@@ -147,9 +147,14 @@ def astronomy(rng: np.random.Generator, size: int) -> np.ndarray:
         image += rng.uniform(0.05, 0.5) * np.exp(1.2 * field) / np.exp(1.2 * field).max()
     for _ in range(int(rng.integers(0, 7))):
         image += rng.uniform(0.05, 0.8) * _sersic(
-            yy, xx, *rng.uniform(0, size, 2), rng.uniform(3, 40), rng.uniform(0.5, 4),
-            rng.uniform(0.3, 1), rng.uniform(0, np.pi),
-        )  # fmt: skip
+            yy,
+            xx,
+            *rng.uniform(0, size, 2),
+            rng.uniform(3, 40),
+            rng.uniform(0.5, 4),
+            rng.uniform(0.3, 1),
+            rng.uniform(0, np.pi),
+        )
     fwhm, beta = rng.uniform(1.5, 5), rng.uniform(2.5, 4.5)
     radius = int(np.ceil(3 * fwhm)) + 2
     count = int(rng.integers(20, 601))

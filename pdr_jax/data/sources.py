@@ -87,7 +87,16 @@ _SOURCE_KEYS = {
 }
 # A simulated source: {"domain", "simulator", "indices": [start, stop], "size", "seed", "split"}
 # (pdr_jax.data.simulators), with "name" and "conditioning" as for files.
-_SIMULATOR_KEYS = {"name", "domain", "simulator", "indices", "size", "seed", "split", "conditioning"}
+_SIMULATOR_KEYS = {
+    "name",
+    "domain",
+    "simulator",
+    "indices",
+    "size",
+    "seed",
+    "split",
+    "conditioning",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,7 +426,9 @@ def build_source(
     """
     entry = dict(entry)
     if "simulator" in entry:
-        return _build_simulated_source(entry, domain_ranges=domain_ranges, summary=summary, spec=spec)
+        return _build_simulated_source(
+            entry, domain_ranges=domain_ranges, summary=summary, spec=spec
+        )
     unknown = set(entry) - _SOURCE_KEYS
     if unknown:
         raise ValueError(f"unknown source fields {sorted(unknown)} in {entry}")
@@ -478,9 +489,13 @@ def _build_simulated_source(entry, *, domain_ranges, summary, spec) -> ImageFram
     name = entry.get("name") or f"{domain_name}:{entry['simulator']}"
     ranges = _ranges(entry.get("conditioning"), domain_ranges[domain_name], {})
     frames = simulators.simulated_frames(
-        entry["simulator"], tuple(entry.get("indices", (0, 1000))), size=int(entry.get("size", 256)),
-        seed=int(entry.get("seed", 0)), domain=spec.domain_index(domain_name), ranges=ranges,
+        entry["simulator"],
+        tuple(entry.get("indices", (0, 1000))),
+        size=int(entry.get("size", 256)),
+        seed=int(entry.get("seed", 0)),
+        domain=spec.domain_index(domain_name),
+        ranges=ranges,
         split=entry.get("split", "train"),
-    )  # fmt: skip
+    )
     summary.sources.append({"name": name, "domain": domain_name, "files": 0, "frames": len(frames)})
     return ImageFrameSource(frames, name)

@@ -38,10 +38,21 @@ CORPUS_READ_NOISES = (0.5, 3.0)
 CORPUS_SKY_FRACTION = {"astronomy": 0.05}  # b = 0.05 s electrons per pixel
 # Columns of the per-image CSV rows that `score` fills in (besides the case's own fields).
 METRICS = (
-    "psnr", "ssim", "ms_ssim", "chi_square", "poisson_deviance", "whiteness", "relative_bias",
-    "frc_px", "sources_true", "sources_false", "sources_missed", "std_mean", "coverage_1sd",
+    "psnr",
+    "ssim",
+    "ms_ssim",
+    "chi_square",
+    "poisson_deviance",
+    "whiteness",
+    "relative_bias",
+    "frc_px",
+    "sources_true",
+    "sources_false",
+    "sources_missed",
+    "std_mean",
+    "coverage_1sd",
     "coverage_2sd",
-)  # fmt: skip
+)
 POINT_SOURCE_DOMAINS = ("astronomy",)  # score counts invented and missed stars there (sources)
 
 
@@ -275,11 +286,16 @@ def run_methods(
             for case, x, x_std in zip(chunk, x_hat, std, strict=True):
                 rows.append(
                     {
-                        "method": name, "domain": case.image.domain, "image": case.image.name,
-                        "scale": case.s, "read_noise": case.r, "background": case.b,
-                        **score(case, x, x_std), "seconds": elapsed / len(chunk),
+                        "method": name,
+                        "domain": case.image.domain,
+                        "image": case.image.name,
+                        "scale": case.s,
+                        "read_noise": case.r,
+                        "background": case.b,
+                        **score(case, x, x_std),
+                        "seconds": elapsed / len(chunk),
                     }
-                )  # fmt: skip
+                )
             examples.setdefault((name, first.image.domain, first.s), x_hat[0])
         log(f"{name}: {sum(row['method'] == name for row in rows)} images")
     return Run(rows, examples, compile_seconds)

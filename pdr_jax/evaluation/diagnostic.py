@@ -35,9 +35,14 @@ def noisy_crop(image: CleanImage, sigma: float, seed: int) -> np.ndarray:
 
 
 def gaussian_denoising(
-    images: Sequence[CleanImage], net, variables, *, sigmas: Sequence[float] = SIGMAS,
-    seed: int = 0, with_bm3d: bool = True,
-) -> list[dict]:  # fmt: skip
+    images: Sequence[CleanImage],
+    net,
+    variables,
+    *,
+    sigmas: Sequence[float] = SIGMAS,
+    seed: int = 0,
+    with_bm3d: bool = True,
+) -> list[dict]:
     """Mean PSNR per (domain, sigma) of the prior's D, BM3D and the noisy input: rows of FIELDS."""
     import bm3d
 
@@ -57,8 +62,14 @@ def gaussian_denoising(
                     domain, jnp.full((n,), 1 / sigma**2), 0.0, 0.0
                 )
             denoised = np.asarray(apply(jnp.asarray(noisy), jnp.full((n,), sigma), labels))
-            row = {"domain": domain, "sigma": sigma, "images": n, "prior": _mean_psnr(denoised, crops),
-                   "noisy": _mean_psnr(noisy, crops), "bm3d": None}  # fmt: skip
+            row = {
+                "domain": domain,
+                "sigma": sigma,
+                "images": n,
+                "prior": _mean_psnr(denoised, crops),
+                "noisy": _mean_psnr(noisy, crops),
+                "bm3d": None,
+            }
             if with_bm3d:
                 estimates = [bm3d.bm3d(x[..., 0], sigma_psd=sigma)[..., None] for x in noisy]
                 row["bm3d"] = _mean_psnr(estimates, crops)
@@ -77,8 +88,12 @@ def _mean_psnr(estimates, crops: Sequence[CleanImage]) -> float:
 
 def markdown(rows: Sequence[dict], *, title: str) -> str:
     """One line per (domain, sigma): PSNR of the prior's D, BM3D, the noisy input, and D - BM3D."""
-    lines = [f"### {title}", "", "| domain | sigma | prior D(x + sigma n; sigma) | BM3D | noisy | prior - BM3D |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"### {title}",
+        "",
+        "| domain | sigma | prior D(x + sigma n; sigma) | BM3D | noisy | prior - BM3D |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         gap = "" if row["bm3d"] is None else f"{row['prior'] - row['bm3d']:+.2f}"
         bm3d = "" if row["bm3d"] is None else f"{row['bm3d']:.2f}"

@@ -43,7 +43,7 @@ from pdr_jax.restore import (
     parse_kappa,
     restore,
     tiling,
-)  # fmt: skip
+)
 
 # The shipped default model, relative to the repository root (once it exists).
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[2] / "models" / "pdr-gray-default"
@@ -162,10 +162,15 @@ def restore_pdr(prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings)
     """Restore crops y [N, H, W, C] electrons (one domain, scalar s, r, b) -> x [N, H, W, C],
     or (x, std) where num_samples > 1 gave a posterior std."""
     result = restore(
-        dataclasses.replace(prior, conditioned=settings.conditioning), y,
-        physics=Physics(s, r, b, domain), guidance=settings.guidance, sampler=settings.sampler,
-        tiling_settings=settings.tiling, num_samples=settings.num_samples, key=key,
-    )  # fmt: skip
+        dataclasses.replace(prior, conditioned=settings.conditioning),
+        y,
+        physics=Physics(s, r, b, domain),
+        guidance=settings.guidance,
+        sampler=settings.sampler,
+        tiling_settings=settings.tiling,
+        num_samples=settings.num_samples,
+        key=key,
+    )
     return result.image if result.std is None else (result.image, result.std)
 
 
@@ -174,8 +179,9 @@ def load_prior(options: MethodOptions) -> Prior:
     6-D physics conditioning or none; MethodUnavailable otherwise."""
     net, variables = load_checkpoint(checkpoint_dir(options))
     if net.model.in_channels != 1:
-        raise MethodUnavailable(f"the benchmark is grayscale; the model has "
-                                f"{net.model.in_channels} channels")  # fmt: skip
+        raise MethodUnavailable(
+            f"the benchmark is grayscale; the model has {net.model.in_channels} channels"
+        )
     try:
         return Prior(net, variables)
     except ValueError as e:
@@ -194,7 +200,7 @@ def pdr_method(options: MethodOptions, settings: PdrSettings | None = None) -> M
 
 
 def vst_prior_method(options: MethodOptions) -> Method:
-    """"pdr-vst": options.pdr with num_steps=0 and start "vst", the one-call estimate."""
+    """ "pdr-vst": options.pdr with num_steps=0 and start "vst", the one-call estimate."""
     sampler = dataclasses.replace(options.pdr.sampler, start="vst", num_steps=0)
     return pdr_method(options, dataclasses.replace(options.pdr, sampler=sampler))
 
@@ -227,13 +233,21 @@ def conditional_method(options: MethodOptions) -> Method:
 
     net, variables = load_checkpoint(conditional_checkpoint_dir(options))
     if net.img_channels != 1:
-        raise MethodUnavailable(f"the benchmark is grayscale; the model has {net.img_channels} channels")
+        raise MethodUnavailable(
+            f"the benchmark is grayscale; the model has {net.img_channels} channels"
+        )
     model = ConditionalModel(net, variables)
 
     def restore_fn(y, *, s, r, b, domain, key):
         tiles = None if y.shape[1] <= model.img_resolution else TilingSettings()
-        return restore(model, y, physics=Physics(s, r, b, domain), tiling_settings=tiles, key=key,
-                       **CONDITIONAL_SETTINGS).image  # fmt: skip
+        return restore(
+            model,
+            y,
+            physics=Physics(s, r, b, domain),
+            tiling_settings=tiles,
+            key=key,
+            **CONDITIONAL_SETTINGS,
+        ).image
 
     return Method(restore_fn, jitted=True)
 
@@ -268,8 +282,10 @@ def build_methods(names, options: MethodOptions, ablations=(), log=print) -> dic
     if unknown:
         raise KeyError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
     methods = {}
-    variants = {name: dataclasses.replace(options, pdr=settings)
-                for name, settings in pdr_variants(options.pdr, ablations).items()}  # fmt: skip
+    variants = {
+        name: dataclasses.replace(options, pdr=settings)
+        for name, settings in pdr_variants(options.pdr, ablations).items()
+    }
     for name, method_options in [(n, options) for n in names] + list(variants.items()):
         factory = METHODS["pdr" if name in variants else name]
         try:
@@ -303,5 +319,10 @@ def network_memory_bytes(prior: Prior, shape, settings: PdrSettings) -> int:
 
 def tile_plan(prior: Prior, height: int, width: int, tiled: TilingSettings) -> tiling.TilePlan:
     """The TilePlan restore uses for an H x W crop at tiled.tile (overlap capped at a quarter)."""
-    return tiling.plan_tiles(height, width, tile=tiled.tile, overlap=min(tiled.overlap, tiled.tile // 4),
-                             multiple=prior.downsampling)  # fmt: skip
+    return tiling.plan_tiles(
+        height,
+        width,
+        tile=tiled.tile,
+        overlap=min(tiled.overlap, tiled.tile // 4),
+        multiple=prior.downsampling,
+    )

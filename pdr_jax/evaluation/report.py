@@ -17,8 +17,7 @@ import numpy as np
 from pdr_jax.evaluation.benchmark import METRICS
 
 CELL = ("method", "domain", "scale")
-ROW_FIELDS = ("method", "domain", "image", "scale", "read_noise", "background", *METRICS,
-              "seconds")  # fmt: skip
+ROW_FIELDS = ("method", "domain", "image", "scale", "read_noise", "background", *METRICS, "seconds")
 SUMMARY_FIELDS = (*CELL, "images", "read_noise", "background", *METRICS, "seconds")
 DEFAULT_MARGIN = 0.05  # regression: a cell's mean PSNR may drop by 5% of its earlier value
 
@@ -126,8 +125,10 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
     lines += ["", note, ""]
 
     lines += ["### Other metrics, mean over domains", ""]
-    lines.append("| method | s (e-) | MS-SSIM | Poisson deviance | whiteness | relative bias | "
-                 "FRC res. (px) |")  # fmt: skip
+    lines.append(
+        "| method | s (e-) | MS-SSIM | Poisson deviance | whiteness | relative bias | "
+        "FRC res. (px) |"
+    )
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for method in methods:
         for scale in scales:
@@ -144,24 +145,39 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
             )
     counted = [row for row in summary if row.get("sources_true") is not None]
     if counted:
-        lines += ["", "### Point sources per crop (pdr_jax.evaluation.sources): true / false / missed",
-                  "", "| domain | s (e-) | " + " | ".join(methods) + " |",
-                  "|---|---:|" + "---:|" * len(methods)]  # fmt: skip
+        lines += [
+            "",
+            "### Point sources per crop (pdr_jax.evaluation.sources): true / false / missed",
+            "",
+            "| domain | s (e-) | " + " | ".join(methods) + " |",
+            "|---|---:|" + "---:|" * len(methods),
+        ]
         for domain in _ordered(row["domain"] for row in counted):
             for scale in scales:
                 texts = []
                 for method in methods:
                     cell = by_cell.get((method, domain, scale))
-                    texts.append("n/a" if cell is None else " / ".join(
-                        _number(cell[f"sources_{k}"], 1) for k in ("true", "false", "missed")
-                    ))  # fmt: skip
+                    texts.append(
+                        "n/a"
+                        if cell is None
+                        else " / ".join(
+                            _number(cell[f"sources_{k}"], 1) for k in ("true", "false", "missed")
+                        )
+                    )
                 lines.append(f"| {domain} | {scale:g} | " + " | ".join(texts) + " |")
     sampled = [row for row in summary if row.get("coverage_1sd") is not None]
     if sampled:
-        title = ("### Posterior std: mean / pixels with error within 1 std / within 2 std "
-                 "(calibrated: 0.683 / 0.954)")  # fmt: skip
-        lines += ["", title, "", "| method | domain | s (e-) | std | 1 std | 2 std |",
-                  "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        title = (
+            "### Posterior std: mean / pixels with error within 1 std / within 2 std "
+            "(calibrated: 0.683 / 0.954)"
+        )
+        lines += [
+            "",
+            title,
+            "",
+            "| method | domain | s (e-) | std | 1 std | 2 std |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for row in sampled:
             lines.append(
                 f"| {row['method']} | {row['domain']} | {row['scale']:g} | {_number(row['std_mean'], 4)} | "
@@ -174,8 +190,9 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
     return "\n".join(lines) + "\n"
 
 
-def compare_to(summary: Sequence[Mapping], previous: Sequence[Mapping],
-               margin: float = DEFAULT_MARGIN) -> tuple[list[str], list[str]]:  # fmt: skip
+def compare_to(
+    summary: Sequence[Mapping], previous: Sequence[Mapping], margin: float = DEFAULT_MARGIN
+) -> tuple[list[str], list[str]]:
     """Cells whose mean PSNR dropped by more than margin * |previous PSNR|.
 
     summary: this run's summarise() rows; previous: rows of an earlier results.csv or
@@ -243,9 +260,11 @@ def plot_examples(panels: Mapping[str, Mapping[str, np.ndarray]], path, *, title
     plt = pyplot()
     columns = _ordered(name for row in panels.values() for name in row)
     fig, axes = plt.subplots(
-        len(panels), len(columns), figsize=(2 * len(columns), 2 * len(panels) + 0.4),
+        len(panels),
+        len(columns),
+        figsize=(2 * len(columns), 2 * len(panels) + 0.4),
         squeeze=False,
-    )  # fmt: skip
+    )
     for i, (row_name, row) in enumerate(panels.items()):
         ax_row = axes[i]
         for ax, column in zip(ax_row, columns, strict=True):
@@ -254,8 +273,16 @@ def plot_examples(panels: Mapping[str, Mapping[str, np.ndarray]], path, *, title
                 ax.imshow(np.squeeze(row[column]), cmap="gray", vmin=0.0, vmax=1.0)
             if i == 0:
                 ax.set_title(column, fontsize=9)
-        ax_row[0].text(-0.08, 0.5, row_name, transform=ax_row[0].transAxes, rotation=90,
-                       ha="right", va="center", fontsize=9)  # fmt: skip
+        ax_row[0].text(
+            -0.08,
+            0.5,
+            row_name,
+            transform=ax_row[0].transAxes,
+            rotation=90,
+            ha="right",
+            va="center",
+            fontsize=9,
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -275,6 +302,9 @@ def write_outputs(out_dir, rows, *, title: str, examples=None) -> list[dict]:
     (out / "table.md").write_text(markdown_table(summary, title=title))
     plot_psnr_vs_photons(summary, out / "psnr_vs_photons.png")
     for scale, panels in (examples or {}).items():
-        plot_examples(panels, out / f"examples_s{scale:g}.png",
-                      title=f"{title}: s = {scale:g} photons at full scale")  # fmt: skip
+        plot_examples(
+            panels,
+            out / f"examples_s{scale:g}.png",
+            title=f"{title}: s = {scale:g} photons at full scale",
+        )
     return summary

@@ -152,5 +152,14 @@ def markdown(summary: Sequence[dict], recommendation: tuple[int | None, str]) ->
     return "\n".join(lines) + "\n"
 
 
-RESOLUTION_FIELDS = ("resolution", "tiles", "psnr", "min_cell_psnr", "ssim", "seconds",
-                     "compile_seconds", "memory_mb", "error")  # fmt: skip
+RESOLUTION_FIELDS = (
+    "resolution",
+    "tiles",
+    "psnr",
+    "min_cell_psnr",
+    "ssim",
+    "seconds",
+    "compile_seconds",
+    "memory_mb",
+    "error",
+)

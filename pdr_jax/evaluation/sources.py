@@ -32,17 +32,24 @@ def noise_variance(clean: np.ndarray, s: float, r: float, b: float) -> np.ndarra
     return (s * np.maximum(clean, 0.0) + b + r**2) / s**2
 
 
-def detect(image: np.ndarray, variance: np.ndarray, *, psf_sigma: float = PSF_SIGMA,
-           background_size: int = BACKGROUND_SIZE, threshold: float = THRESHOLD,
-           window: int = WINDOW) -> np.ndarray:  # fmt: skip
+def detect(
+    image: np.ndarray,
+    variance: np.ndarray,
+    *,
+    psf_sigma: float = PSF_SIGMA,
+    background_size: int = BACKGROUND_SIZE,
+    threshold: float = THRESHOLD,
+    window: int = WINDOW,
+) -> np.ndarray:
     """[N, 2] (row, column) of the point sources of a [H, W] image (module docstring).
 
     variance: [H, W] noise variance of the image's measurement (noise_variance).
     """
     image = np.asarray(image, np.float64)
     if image.ndim != 2 or np.shape(variance) != image.shape:
-        raise ValueError(f"expected [H, W] image and variance, got {image.shape}, "
-                         f"{np.shape(variance)}")  # fmt: skip
+        raise ValueError(
+            f"expected [H, W] image and variance, got {image.shape}, {np.shape(variance)}"
+        )
     filtered = ndimage.gaussian_filter(image, psf_sigma, mode="reflect")
     background = ndimage.median_filter(filtered, size=background_size, mode="reflect")
     # The normalised Gaussian squared is a Gaussian of sigma / sqrt(2) over 4 pi sigma^2.
@@ -54,8 +61,16 @@ def detect(image: np.ndarray, variance: np.ndarray, *, psf_sigma: float = PSF_SI
     return np.argwhere(peaks & (significance > threshold))
 
 
-def count(clean: np.ndarray, restored: np.ndarray, s: float, r: float, b: float,
-          *, match_radius: float = MATCH_RADIUS, **detector) -> dict[str, int]:  # fmt: skip
+def count(
+    clean: np.ndarray,
+    restored: np.ndarray,
+    s: float,
+    r: float,
+    b: float,
+    *,
+    match_radius: float = MATCH_RADIUS,
+    **detector,
+) -> dict[str, int]:
     """{"true", "detected", "false", "missed"} point sources of a restoration of a [H, W] or
     [H, W, 1] crop measured with s, r, b; `detector` passes on to detect."""
     clean, restored = (

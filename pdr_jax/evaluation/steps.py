@@ -20,10 +20,17 @@ from pdr_jax.restore.restoration import Physics, network_calls, noise_level
 
 # (solver, steps): Heun at 2 steps - 1 calls, Euler and DPM-Solver++(2M) at comparable counts.
 SWEEP = (
-    ("heun", 3), ("heun", 6), ("heun", 10), ("heun", 18),
-    ("euler", 4), ("euler", 6), ("euler", 11),
-    ("dpmpp", 4), ("dpmpp", 6), ("dpmpp", 11),
-)  # fmt: skip
+    ("heun", 3),
+    ("heun", 6),
+    ("heun", 10),
+    ("heun", 18),
+    ("euler", 4),
+    ("euler", 6),
+    ("euler", 11),
+    ("dpmpp", 4),
+    ("dpmpp", 6),
+    ("dpmpp", 11),
+)
 FIELDS = ("solver", "steps", "network_calls", "images", "psnr", "chi_square", "seconds")
 DEFAULT_MARGIN_DB = 0.1
 
@@ -34,8 +41,16 @@ def refined_cases(cases: Sequence[benchmark.Case], settings: methods.PdrSettings
     return [c for c in cases if noise_level(c.y, Physics(c.s, c.r, c.b)) >= threshold]
 
 
-def evaluate_steps(cases, prior, settings: methods.PdrSettings, sweep=SWEEP, *, seed: int = 0,
-                   batch: int = 8, log: Callable[[str], None] = print):  # fmt: skip
+def evaluate_steps(
+    cases,
+    prior,
+    settings: methods.PdrSettings,
+    sweep=SWEEP,
+    *,
+    seed: int = 0,
+    batch: int = 8,
+    log: Callable[[str], None] = print,
+):
     """(one summary row per (solver, steps), per-image rows with method "pdr[solver,steps]")."""
     cases = refined_cases(cases, settings)
     if not cases:
@@ -46,18 +61,27 @@ def evaluate_steps(cases, prior, settings: methods.PdrSettings, sweep=SWEEP, *, 
         variant = dataclasses.replace(settings, sampler=sampler)
 
         def restore(y, *, s, r, b, domain, key, variant=variant):
-            return methods.restore_pdr(prior, y, s=s, r=r, b=b, domain=domain, key=key,
-                                       settings=variant)  # fmt: skip
+            return methods.restore_pdr(
+                prior, y, s=s, r=r, b=b, domain=domain, key=key, settings=variant
+            )
 
         name = f"pdr[{solver},{steps}]"
-        run = benchmark.run_methods(cases, {name: benchmark.Method(restore, jitted=True)},
-                                    seed=seed, batch=batch, log=log)  # fmt: skip
+        run = benchmark.run_methods(
+            cases, {name: benchmark.Method(restore, jitted=True)}, seed=seed, batch=batch, log=log
+        )
         rows += run.rows
-        summary.append({
-            "solver": solver, "steps": steps, "network_calls": network_calls(sampler),
-            "images": len(run.rows),
-            **{f: report.finite_mean(r[f] for r in run.rows) for f in ("psnr", "chi_square", "seconds")},
-        })  # fmt: skip
+        summary.append(
+            {
+                "solver": solver,
+                "steps": steps,
+                "network_calls": network_calls(sampler),
+                "images": len(run.rows),
+                **{
+                    f: report.finite_mean(r[f] for r in run.rows)
+                    for f in ("psnr", "chi_square", "seconds")
+                },
+            }
+        )
     return summary, rows
 
 
@@ -99,14 +123,22 @@ def plot(summary: Sequence[dict], path) -> None:
 
 def markdown(summary: Sequence[dict], choice: dict, margin_db: float = DEFAULT_MARGIN_DB) -> str:
     """The sweep's table and the recommendation."""
-    lines = ["### Steps sweep (cases where the sampler runs)", "",
-             "| solver | steps | network calls | PSNR (dB) | chi-square | s/image |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "### Steps sweep (cases where the sampler runs)",
+        "",
+        "| solver | steps | network calls | PSNR (dB) | chi-square | s/image |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for row in summary:
         lines.append(
             f"| {row['solver']} | {row['steps']} | {row['network_calls']} | {row['psnr']:.2f} | "
             f"{row['chi_square']:.3f} | {row['seconds']:.3f} |"
         )
-    lines += ["", (f"Cheapest within {margin_db:g} dB of the best: {choice['solver']}, "
-                   f"{choice['steps']} steps ({choice['network_calls']} calls, {choice['psnr']:.2f} dB).")]  # fmt: skip
+    lines += [
+        "",
+        (
+            f"Cheapest within {margin_db:g} dB of the best: {choice['solver']}, "
+            f"{choice['steps']} steps ({choice['network_calls']} calls, {choice['psnr']:.2f} dB)."
+        ),
+    ]
     return "\n".join(lines) + "\n"

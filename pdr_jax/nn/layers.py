@@ -8,7 +8,8 @@ Kernels are stored in JAX layout: Linear ``[in, out]``, Conv ``[kh, kw, in, out]
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import einops
 import flax.linen as nn
@@ -66,7 +67,9 @@ def _depthwise(x, kernel2d, *, stride: int, padding: int, lhs_dilation: int = 1)
             x, taps, stride=stride, padding=padding, lhs_dilation=lhs_dilation
         )
     channels = x.shape[-1]
-    kernel = jnp.broadcast_to(jnp.asarray(kernel2d, x.dtype)[:, :, None, None], (*kernel2d.shape, 1, channels))
+    kernel = jnp.broadcast_to(
+        jnp.asarray(kernel2d, x.dtype)[:, :, None, None], (*kernel2d.shape, 1, channels)
+    )
     return jax.lax.conv_general_dilated(
         x,
         kernel,
@@ -109,7 +112,9 @@ class Linear(nn.Module):
         w = self.param("weight", _weight_init(self.init_mode, self.init_weight), shape)
         x = x.astype(self.dtype) @ w.astype(self.dtype)
         if self.bias:
-            b = self.param("bias", _bias_init(self.init_mode, self.init_bias, shape), (self.out_features,))
+            b = self.param(
+                "bias", _bias_init(self.init_mode, self.init_bias, shape), (self.out_features,)
+            )
             x = x + b.astype(self.dtype)
         return x
 
@@ -138,7 +143,9 @@ class Conv2d(nn.Module):
             w = self.param("weight", _weight_init(self.init_mode, self.init_weight), shape)
             w = w.astype(self.dtype)
             if self.bias:
-                b = self.param("bias", _bias_init(self.init_mode, self.init_bias, shape), (self.out_channels,))
+                b = self.param(
+                    "bias", _bias_init(self.init_mode, self.init_bias, shape), (self.out_channels,)
+                )
                 b = b.astype(self.dtype)
         f = resample_kernel(self.resample_filter) if (self.up or self.down) else None
         w_pad = self.kernel // 2
@@ -316,7 +323,9 @@ class UNetBlock(nn.Module):
         if self.heads:
             qkv = Conv2d(out * 3, 1, name="qkv", dtype=self.dtype, **init_attn)(norm("norm2")(x))
             a = attention(qkv, self.heads).astype(x.dtype)
-            x = (Conv2d(out, 1, name="proj", dtype=self.dtype, **init_zero)(a) + x) * self.skip_scale
+            x = (
+                Conv2d(out, 1, name="proj", dtype=self.dtype, **init_zero)(a) + x
+            ) * self.skip_scale
         return x
 
 
@@ -346,7 +355,9 @@ class FourierEmbedding(nn.Module):
         freqs = self.variable(
             "buffers",
             "freqs",
-            lambda: jax.random.normal(self.make_rng("params"), (self.num_channels // 2,)) * self.scale,
+            lambda: (
+                jax.random.normal(self.make_rng("params"), (self.num_channels // 2,)) * self.scale
+            ),
         ).value
         x = jnp.outer(x.astype(jnp.float32), (2 * np.pi * freqs).astype(jnp.float32))
         return jnp.concatenate([jnp.cos(x), jnp.sin(x)], axis=1)

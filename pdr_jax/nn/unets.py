@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -80,7 +81,9 @@ def songunet_layout(
         for idx in range(num_blocks):
             cin, cout = cout, model_channels * mult
             attn = res in attn_resolutions
-            enc.append(LayerSpec(f"{res}x{res}_block{idx}", "block", cin, cout, dict(attention=attn)))
+            enc.append(
+                LayerSpec(f"{res}x{res}_block{idx}", "block", cin, cout, dict(attention=attn))
+            )
     skips = [spec.out_channels for spec in enc if "aux" not in spec.name]
     for level, mult in reversed(list(enumerate(channel_mult))):
         res = img_resolution >> level
@@ -92,10 +95,14 @@ def songunet_layout(
         for idx in range(num_blocks + 1):
             cin, cout = cout + skips.pop(), model_channels * mult
             attn = idx == num_blocks and res in attn_resolutions
-            dec.append(LayerSpec(f"{res}x{res}_block{idx}", "block", cin, cout, dict(attention=attn)))
+            dec.append(
+                LayerSpec(f"{res}x{res}_block{idx}", "block", cin, cout, dict(attention=attn))
+            )
         if decoder_type == "skip" or level == 0:
             if decoder_type == "skip" and level < len(channel_mult) - 1:
-                dec.append(LayerSpec(f"{res}x{res}_aux_up", "aux_up", out_channels, out_channels, {}))
+                dec.append(
+                    LayerSpec(f"{res}x{res}_aux_up", "aux_up", out_channels, out_channels, {})
+                )
             dec.append(LayerSpec(f"{res}x{res}_aux_norm", "aux_norm", cout, cout, {}))
             dec.append(LayerSpec(f"{res}x{res}_aux_conv", "aux_conv", cout, out_channels, {}))
     return enc, dec
@@ -122,7 +129,9 @@ def dhariwal_layout(
         for idx in range(num_blocks):
             cin, cout = cout, model_channels * mult
             attn = res in attn_resolutions
-            enc.append(LayerSpec(f"{res}x{res}_block{idx}", "block", cin, cout, dict(attention=attn)))
+            enc.append(
+                LayerSpec(f"{res}x{res}_block{idx}", "block", cin, cout, dict(attention=attn))
+            )
     skips = [spec.out_channels for spec in enc]
     for level, mult in reversed(list(enumerate(channel_mult))):
         res = img_resolution >> level
@@ -134,7 +143,9 @@ def dhariwal_layout(
         for idx in range(num_blocks + 1):
             cin, cout = cout + skips.pop(), model_channels * mult
             attn = res in attn_resolutions
-            dec.append(LayerSpec(f"{res}x{res}_block{idx}", "block", cin, cout, dict(attention=attn)))
+            dec.append(
+                LayerSpec(f"{res}x{res}_block{idx}", "block", cin, cout, dict(attention=attn))
+            )
     return enc, dec
 
 
@@ -170,22 +181,34 @@ class SongUNet(nn.Module):
 
     def setup(self):
         if self.embedding_type not in ("positional", "fourier"):
-            raise ValueError(f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}")
+            raise ValueError(
+                f"embedding_type must be 'positional' or 'fourier', got {self.embedding_type!r}"
+            )
         if self.encoder_type not in ("standard", "skip", "residual"):
-            raise ValueError(f"encoder_type must be standard/skip/residual, got {self.encoder_type!r}")
+            raise ValueError(
+                f"encoder_type must be standard/skip/residual, got {self.encoder_type!r}"
+            )
         if self.decoder_type not in ("standard", "skip"):
             raise ValueError(f"decoder_type must be standard/skip, got {self.decoder_type!r}")
 
     @property
     def layout(self):
         return songunet_layout(
-            self.img_resolution, self.in_channels, self.out_channels, self.model_channels,
-            self.channel_mult, self.num_blocks, self.attn_resolutions, self.encoder_type,
+            self.img_resolution,
+            self.in_channels,
+            self.out_channels,
+            self.model_channels,
+            self.channel_mult,
+            self.num_blocks,
+            self.attn_resolutions,
+            self.encoder_type,
             self.decoder_type,
-        )  # fmt: skip
+        )
 
     @nn.compact
-    def __call__(self, x, noise_labels, class_labels=None, augment_labels=None, train: bool = False):
+    def __call__(
+        self, x, noise_labels, class_labels=None, augment_labels=None, train: bool = False
+    ):
         """x: [B, H, W, in_channels]; noise_labels: [B]; class_labels: [B, label_dim] -> [B, H, W, out]."""
         emb_channels = self.model_channels * self.channel_mult_emb
         noise_channels = self.model_channels * self.channel_mult_noise
@@ -194,27 +217,44 @@ class SongUNet(nn.Module):
         init_attn = FrozenDict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
         block_cls = nn.remat(UNetBlock, static_argnums=(3,)) if self.remat else UNetBlock
         block = functools.partial(
-            block_cls, num_heads=1, dropout=self.dropout, skip_scale=math.sqrt(0.5), eps=1e-6,
-            resample_filter=tuple(self.resample_filter), resample_proj=True, adaptive_scale=False,
-            layer_init=init, zero_init=init_zero, attn_init=init_attn, dtype=self.dtype,
-        )  # fmt: skip
+            block_cls,
+            num_heads=1,
+            dropout=self.dropout,
+            skip_scale=math.sqrt(0.5),
+            eps=1e-6,
+            resample_filter=tuple(self.resample_filter),
+            resample_proj=True,
+            adaptive_scale=False,
+            layer_init=init,
+            zero_init=init_zero,
+            attn_init=init_attn,
+            dtype=self.dtype,
+        )
 
         # Mapping (float32).
         if self.embedding_type == "positional":
             emb = PositionalEmbedding(noise_channels, endpoint=True, name="map_noise")(noise_labels)
         else:
             emb = FourierEmbedding(noise_channels, name="map_noise")(noise_labels)
-        emb = jnp.concatenate([emb[:, noise_channels // 2 :], emb[:, : noise_channels // 2]], axis=1)
+        emb = jnp.concatenate(
+            [emb[:, noise_channels // 2 :], emb[:, : noise_channels // 2]], axis=1
+        )
         if self.label_dim:
             labels = _label_dropout(self, class_labels, self.label_dropout, train)
-            emb = emb + Linear(noise_channels, name="map_label", **init)(labels * math.sqrt(self.label_dim))
+            emb = emb + Linear(noise_channels, name="map_label", **init)(
+                labels * math.sqrt(self.label_dim)
+            )
         if self.augment_dim and augment_labels is not None:
-            emb = emb + Linear(noise_channels, bias=False, name="map_augment", **init)(augment_labels)
+            emb = emb + Linear(noise_channels, bias=False, name="map_augment", **init)(
+                augment_labels
+            )
         emb = nn.silu(Linear(emb_channels, name="map_layer0", **init)(emb))
         emb = nn.silu(Linear(emb_channels, name="map_layer1", **init)(emb))
 
         enc_specs, dec_specs = self.layout
-        conv = functools.partial(Conv2d, dtype=self.dtype, resample_filter=tuple(self.resample_filter))
+        conv = functools.partial(
+            Conv2d, dtype=self.dtype, resample_filter=tuple(self.resample_filter)
+        )
 
         # Encoder.
         x = x.astype(self.dtype)
@@ -273,34 +313,51 @@ class DhariwalUNet(nn.Module):
     @property
     def layout(self):
         return dhariwal_layout(
-            self.img_resolution, self.in_channels, self.model_channels, self.channel_mult,
-            self.num_blocks, self.attn_resolutions,
-        )  # fmt: skip
+            self.img_resolution,
+            self.in_channels,
+            self.model_channels,
+            self.channel_mult,
+            self.num_blocks,
+            self.attn_resolutions,
+        )
 
     @nn.compact
-    def __call__(self, x, noise_labels, class_labels=None, augment_labels=None, train: bool = False):
+    def __call__(
+        self, x, noise_labels, class_labels=None, augment_labels=None, train: bool = False
+    ):
         """x: [B, H, W, in_channels]; noise_labels: [B]; class_labels: [B, label_dim] -> [B, H, W, out]."""
         emb_channels = self.model_channels * self.channel_mult_emb
-        init = FrozenDict(init_mode="kaiming_uniform", init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
+        init = FrozenDict(
+            init_mode="kaiming_uniform", init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3)
+        )
         init_zero = FrozenDict(init_mode="kaiming_uniform", init_weight=0.0, init_bias=0.0)
         block_cls = nn.remat(UNetBlock, static_argnums=(3,)) if self.remat else UNetBlock
         block = functools.partial(
-            block_cls, channels_per_head=64, dropout=self.dropout, layer_init=init, zero_init=init_zero,
+            block_cls,
+            channels_per_head=64,
+            dropout=self.dropout,
+            layer_init=init,
+            zero_init=init_zero,
             dtype=self.dtype,
-        )  # fmt: skip
+        )
 
         # Mapping (float32); ADM adds the label after map_layer1 and applies SiLU last.
         emb = PositionalEmbedding(self.model_channels, name="map_noise")(noise_labels)
         if self.augment_dim and augment_labels is not None:
-            emb = emb + Linear(self.model_channels, bias=False, name="map_augment", **init_zero)(augment_labels)
+            emb = emb + Linear(self.model_channels, bias=False, name="map_augment", **init_zero)(
+                augment_labels
+            )
         emb = nn.silu(Linear(emb_channels, name="map_layer0", **init)(emb))
         emb = Linear(emb_channels, name="map_layer1", **init)(emb)
         if self.label_dim:
             labels = _label_dropout(self, class_labels, self.label_dropout, train)
             emb = emb + Linear(
-                emb_channels, bias=False, init_mode="kaiming_normal",
-                init_weight=math.sqrt(self.label_dim), name="map_label",
-            )(labels)  # fmt: skip
+                emb_channels,
+                bias=False,
+                init_mode="kaiming_normal",
+                init_weight=math.sqrt(self.label_dim),
+                name="map_label",
+            )(labels)
         emb = nn.silu(emb)
 
         enc_specs, dec_specs = self.layout
@@ -322,13 +379,31 @@ class DhariwalUNet(nn.Module):
 
 # Named variants (EDM's train.py --arch). The data-specific sizes come from NETWORKS below.
 DDPMpp = functools.partial(
-    SongUNet, embedding_type="positional", encoder_type="standard", decoder_type="standard",
-    channel_mult_noise=1, resample_filter=(1, 1), model_channels=128, channel_mult=(2, 2, 2),
-)  # fmt: skip
+    SongUNet,
+    embedding_type="positional",
+    encoder_type="standard",
+    decoder_type="standard",
+    channel_mult_noise=1,
+    resample_filter=(1, 1),
+    model_channels=128,
+    channel_mult=(2, 2, 2),
+)
 NCSNpp = functools.partial(
-    SongUNet, embedding_type="fourier", encoder_type="residual", decoder_type="standard",
-    channel_mult_noise=2, resample_filter=(1, 3, 3, 1), model_channels=128, channel_mult=(2, 2, 2),
-)  # fmt: skip
+    SongUNet,
+    embedding_type="fourier",
+    encoder_type="residual",
+    decoder_type="standard",
+    channel_mult_noise=2,
+    resample_filter=(1, 3, 3, 1),
+    model_channels=128,
+    channel_mult=(2, 2, 2),
+)
 ADM = functools.partial(DhariwalUNet, model_channels=192, channel_mult=(1, 2, 3, 4))
 
-UNETS = {"ddpmpp": DDPMpp, "ncsnpp": NCSNpp, "adm": ADM, "songunet": SongUNet, "dhariwalunet": DhariwalUNet}
+UNETS = {
+    "ddpmpp": DDPMpp,
+    "ncsnpp": NCSNpp,
+    "adm": ADM,
+    "songunet": SongUNet,
+    "dhariwalunet": DhariwalUNet,
+}

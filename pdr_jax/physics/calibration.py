@@ -78,20 +78,32 @@ def validate(cal: Calibration) -> None:
 DOMAIN_DEFAULTS = {
     # 14-bit consumer CMOS at base ISO.
     "photography": Calibration(
-        gain=1.0, black_level=512.0, white_level=16383.0, read_noise=3.0,
-        dark_current=0.01, quantum_efficiency=0.5,
+        gain=1.0,
+        black_level=512.0,
+        white_level=16383.0,
+        read_noise=3.0,
+        dark_current=0.01,
+        quantum_efficiency=0.5,
     ),
     # 16-bit scientific CMOS.
     "microscopy": Calibration(
-        gain=0.46, black_level=100.0, white_level=65535.0, read_noise=1.6,
-        dark_current=0.06, quantum_efficiency=0.8,
+        gain=0.46,
+        black_level=100.0,
+        white_level=65535.0,
+        read_noise=1.6,
+        dark_current=0.06,
+        quantum_efficiency=0.8,
     ),
     # 16-bit cooled CCD with a bias offset.
     "astronomy": Calibration(
-        gain=1.5, black_level=1000.0, white_level=65535.0, read_noise=5.0,
-        dark_current=0.005, quantum_efficiency=0.9,
+        gain=1.5,
+        black_level=1000.0,
+        white_level=65535.0,
+        read_noise=5.0,
+        dark_current=0.005,
+        quantum_efficiency=0.9,
     ),
-}  # fmt: skip
+}
 
 
 def resolve_calibration(domain: str, calibration: Calibration | None = None) -> Calibration:

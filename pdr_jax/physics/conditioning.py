@@ -12,7 +12,7 @@ background in units of the signal. New domains are added by configuration: pass 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import chex
 import jax
@@ -60,7 +60,7 @@ def conditioning_vector(domain, s, r, b, spec: ConditioningSpec = DEFAULT_SPEC):
     Example: ``conditioning_vector("microscopy", 10.0, 2.0, 0.5)`` -> [6];
     ``conditioning_vector(jnp.array([0, 2]), s, r, b)`` with s, r, b of shape [2] -> [2, 6].
     """
-    if isinstance(domain, str) or isinstance(domain, (int, np.integer)):
+    if isinstance(domain, (str, int, np.integer)):
         domain = spec.domain_index(domain)
     s = jnp.asarray(s, jnp.float32)
     r = jnp.asarray(r, jnp.float32)
@@ -92,9 +92,19 @@ def describe(c: Sequence[float], spec: ConditioningSpec = DEFAULT_SPEC) -> dict:
     return {"domain": domain, "s": float(s), "r": float(c[-2] * s), "b": float(c[-1] * s)}
 
 
-def label_batch(label_dim: int, num: int, *, labels: str | None = None, classes: str | None = None,
-                domains: str | None = None, scale: float = 100.0, read_noise: float = 2.0,
-                background: float = 0.0, seed: int = 0, spec: ConditioningSpec = DEFAULT_SPEC):  # fmt: skip
+def label_batch(
+    label_dim: int,
+    num: int,
+    *,
+    labels: str | None = None,
+    classes: str | None = None,
+    domains: str | None = None,
+    scale: float = 100.0,
+    read_noise: float = 2.0,
+    background: float = 0.0,
+    seed: int = 0,
+    spec: ConditioningSpec = DEFAULT_SPEC,
+):
     """[num, label_dim] float32 labels from command-line style options, or None (label_dim 0).
 
     labels: "v1,v2,..." one explicit vector for all; classes: "3,7" one-hot classes cycled
@@ -118,7 +128,9 @@ def label_batch(label_dim: int, num: int, *, labels: str | None = None, classes:
             raise ValueError(f"--domain needs a {spec.dim}-D label, the network has {label_dim}")
         names = domains.split(",") if domains else list(spec.domains)
         index = np.array([spec.domain_index(d) for d in cycle(names)])
-        return np.asarray(conditioning_vector(index, scale, read_noise, background, spec), np.float32)
+        return np.asarray(
+            conditioning_vector(index, scale, read_noise, background, spec), np.float32
+        )
     if classes:
         chosen = np.array(cycle([int(c) for c in classes.split(",")]))
     else:
@@ -144,6 +156,13 @@ def add_label_arguments(parser) -> None:
 def label_batch_from_args(args, label_dim: int, num: int) -> np.ndarray:
     """`label_batch` from the options of `add_label_arguments` (and args.seed)."""
     return label_batch(
-        label_dim, num, labels=args.labels, classes=args.classes, domains=args.domain, scale=args.scale,
-        read_noise=args.read_noise, background=args.background, seed=args.seed,
-    )  # fmt: skip
+        label_dim,
+        num,
+        labels=args.labels,
+        classes=args.classes,
+        domains=args.domain,
+        scale=args.scale,
+        read_noise=args.read_noise,
+        background=args.background,
+        seed=args.seed,
+    )

@@ -171,8 +171,9 @@ def guidance_step(grad, denoised, sigma, s, r, b, settings: GuidanceSettings):
     return jnp.where(sigma > settings.sigma_threshold, gamma * grad, 0.0)
 
 
-def x0_correction(denoised, sigma, *, y, s, r, b, mask=None,
-                  settings: GuidanceSettings = GuidanceSettings()):  # fmt: skip
+def x0_correction(
+    denoised, sigma, *, y, s, r, b, mask=None, settings: GuidanceSettings = GuidanceSettings()
+):
     """The seed design: gamma(sigma) * clip(model_space_grad(denoised)) (guidance_step).
 
     denoised: [B, H, W, C]; sigma: scalar or [B]; y, mask: [B, H, W, C]; s, r, b: scalars or
@@ -182,8 +183,17 @@ def x0_correction(denoised, sigma, *, y, s, r, b, mask=None,
     return guidance_step(grad, denoised, sigma, s, r, b, settings)
 
 
-def proximal_correction(denoised, sigma, *, y, s, r, b, mask=None,
-                        settings: GuidanceSettings = GuidanceSettings(mode="prox")):  # fmt: skip
+def proximal_correction(
+    denoised,
+    sigma,
+    *,
+    y,
+    s,
+    r,
+    b,
+    mask=None,
+    settings: GuidanceSettings = GuidanceSettings(mode="prox"),
+):
     """2 (x* - x0): the step from the denoised estimate to its exact proximal point.
 
     x* = argmin_x lambda' - y' log lambda' + (x - x0)^2 / (2 gamma_x), lambda' = s x + b + r^2,
@@ -214,8 +224,9 @@ def proximal_correction(denoised, sigma, *, y, s, r, b, mask=None,
     return jnp.where(on, correction, 0.0).astype(jnp.float32)
 
 
-def dps_correction(denoise_fn, x, sigma, *, y, s, r, b, mask=None,
-                   settings: GuidanceSettings = GuidanceSettings()):  # fmt: skip
+def dps_correction(
+    denoise_fn, x, sigma, *, y, s, r, b, mask=None, settings: GuidanceSettings = GuidanceSettings()
+):
     """(D(x), J^T step): the denoised estimate and its DPS correction (Chung et al. 2022).
 
     step = guidance_step(model_space_grad(D(x))) and J^T step its vector-Jacobian product
@@ -265,8 +276,9 @@ def x0_guidance(y, s, r, b, *, mask=None, settings: GuidanceSettings = GuidanceS
     return Partial(_bound(hook, settings), y, s, r, b, mask)
 
 
-def dps_denoiser(denoise_fn, y, s, r, b, *, mask=None,
-                 settings: GuidanceSettings = GuidanceSettings(mode="dps")):  # fmt: skip
+def dps_denoiser(
+    denoise_fn, y, s, r, b, *, mask=None, settings: GuidanceSettings = GuidanceSettings(mode="dps")
+):
     """Wrap `denoise_fn(x, sigma) -> D` into `denoise_fn(x, sigma) -> D + dps_correction`.
 
     A `jax.tree_util.Partial` with the arrays as leaves, as x0_guidance; pass a Partial
@@ -277,8 +289,9 @@ def dps_denoiser(denoise_fn, y, s, r, b, *, mask=None,
     return Partial(_bound(_dps_denoise, settings), denoise_fn, y, s, r, b, mask)
 
 
-def make_guidance(denoise_fn, y, s, r, b, *, mask=None,
-                  settings: GuidanceSettings = GuidanceSettings()):  # fmt: skip
+def make_guidance(
+    denoise_fn, y, s, r, b, *, mask=None, settings: GuidanceSettings = GuidanceSettings()
+):
     """(denoise_fn, guidance_fn) for a sampler: settings.mode "x0" and "prox" add a hook and
     keep the denoiser, "dps" wraps the denoiser and adds no hook.
 

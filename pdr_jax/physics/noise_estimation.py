@@ -83,9 +83,17 @@ def _fit(means, variances, gain):
     return gain, float(np.sum(weights * (variances - means / gain)) / np.sum(weights))
 
 
-def estimate_noise(y, *, black_level: float = 0.0, white_level: float | None = None,
-                   gain: float | None = None, num_bins: int = 32, min_pixels: int = 50,
-                   num_bootstrap: int = 64, seed: int = 0) -> NoiseEstimate:  # fmt: skip
+def estimate_noise(
+    y,
+    *,
+    black_level: float = 0.0,
+    white_level: float | None = None,
+    gain: float | None = None,
+    num_bins: int = 32,
+    min_pixels: int = 50,
+    num_bootstrap: int = 64,
+    seed: int = 0,
+) -> NoiseEstimate:
     """Gain (unless given) and read noise from one image y [H, W] (ADU, or electrons with gain=1).
 
     Raises ValueError when the image is too small or has no shot-noise signal (the slope of

@@ -16,6 +16,15 @@ from pdr_jax.restore.restoration import (
 )
 
 __all__ = [
-    "CONDITIONAL_SETTINGS", "Denoiser", "GuidanceSettings", "Physics", "Prior", "Restoration", "SamplerSettings",
-    "TilingSettings", "auto_kappa", "parse_kappa", "restore",
-]  # fmt: skip
+    "CONDITIONAL_SETTINGS",
+    "Denoiser",
+    "GuidanceSettings",
+    "Physics",
+    "Prior",
+    "Restoration",
+    "SamplerSettings",
+    "TilingSettings",
+    "auto_kappa",
+    "parse_kappa",
+    "restore",
+]

@@ -65,9 +65,10 @@ class Physics:
 
     def __post_init__(self):
         for name, flag, value, strict in (
-            ("s", "--scale", self.s, True), ("r", "--read-noise", self.r, False),
+            ("s", "--scale", self.s, True),
+            ("r", "--read-noise", self.r, False),
             ("b", "--background", self.b, False),
-        ):  # fmt: skip
+        ):
             value = float(value)
             if not np.isfinite(value) or (value <= 0 if strict else value < 0):
                 raise ValueError(
@@ -109,9 +110,13 @@ class SamplerSettings:
             raise ValueError(
                 f"num_steps must be >= 1 (0 only with start='vst'), got {self.num_steps}"
             )
-        if not (self.start_factor > 0 and self.latent_scale >= 0 and self.refine_min_noise >= 0
-                and self.estimate_sigma_factor > 0
-                and 0 < self.sigma_min < self.sigma_max):  # fmt: skip
+        if not (
+            self.start_factor > 0
+            and self.latent_scale >= 0
+            and self.refine_min_noise >= 0
+            and self.estimate_sigma_factor > 0
+            and 0 < self.sigma_min < self.sigma_max
+        ):
             raise ValueError(
                 "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
                 "estimate_sigma_factor > 0 and 0 < sigma_min < sigma_max, got "
@@ -409,12 +414,21 @@ def restore(
         inside = np.ones((1, height, width, 1), np.float32)
     else:
         tile = tiling_settings.tile or tiling.choose_tile(
-            height, width, resolution=prior.img_resolution, multiple=prior.downsampling,
-            model_channels=prior.model_channels, batch=tiling_settings.batch,
+            height,
+            width,
+            resolution=prior.img_resolution,
+            multiple=prior.downsampling,
+            model_channels=prior.model_channels,
+            batch=tiling_settings.batch,
             memory_budget_mb=tiling_settings.memory_budget_mb,
-        )  # fmt: skip
-        plan = tiling.plan_tiles(height, width, tile=tile, overlap=min(tiling_settings.overlap, tile // 4),
-                                 multiple=prior.downsampling)  # fmt: skip
+        )
+        plan = tiling.plan_tiles(
+            height,
+            width,
+            tile=tile,
+            overlap=min(tiling_settings.overlap, tile // 4),
+            multiple=prior.downsampling,
+        )
         pad = lambda v: np.asarray(tiling.pad(jnp.asarray(v), plan))
         unpad = lambda v: np.asarray(tiling.unpad(v, plan))
         # No more tiles per network call than the plan has: a chunk is padded to its size.
@@ -443,19 +457,33 @@ def restore(
     # The start, then the guided sampler.
     prepared = time.perf_counter()
     latents, sigma_max, estimate, refine = _start(
-        start_fn, y_pad, physics, sampler, num_samples, key, (args["sigma_min"], args["sigma_max"]),
+        start_fn,
+        y_pad,
+        physics,
+        sampler,
+        num_samples,
+        key,
+        (args["sigma_min"], args["sigma_max"]),
         noise_level(y_b, physics),
-    )  # fmt: skip
+    )
     started = time.perf_counter()
     if not refine:
         samples = jnp.asarray(estimate)[:, None]
     else:
         guided_fn, guidance_fn = physics_guidance.make_guidance(
-            denoise_fn, repeat(y_pad), *(jnp.float32(v) for v in (physics.s, physics.r, physics.b)),
-            mask=repeat(mask_pad), settings=guidance,
-        )  # fmt: skip
-        schedule = dict(num_steps=sampler.num_steps, sigma_min=args["sigma_min"],
-                        sigma_max=sigma_max, rho=sampler.rho, round_sigma=args["round_sigma"])  # fmt: skip
+            denoise_fn,
+            repeat(y_pad),
+            *(jnp.float32(v) for v in (physics.s, physics.r, physics.b)),
+            mask=repeat(mask_pad),
+            settings=guidance,
+        )
+        schedule = dict(
+            num_steps=sampler.num_steps,
+            sigma_min=args["sigma_min"],
+            sigma_max=sigma_max,
+            rho=sampler.rho,
+            round_sigma=args["round_sigma"],
+        )
         if sampler.solver == "dpmpp":
             x_model = samplers.dpmpp_2m_sampler(
                 guided_fn, latents, guidance_fn=guidance_fn, **schedule

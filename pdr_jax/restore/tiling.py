@@ -167,9 +167,13 @@ class _TiledApply:
         plan, batch, t = self.plan, self.batch, self.plan.tile
         origins = plan.origins
         num_chunks = math.ceil(len(origins) / batch)
-        padded = np.concatenate([origins, np.repeat(origins[-1:], num_chunks * batch - len(origins), 0)])
+        padded = np.concatenate(
+            [origins, np.repeat(origins[-1:], num_chunks * batch - len(origins), 0)]
+        )
         chunks = jnp.asarray(padded.reshape(num_chunks, batch, 2))
-        valid = jnp.asarray((np.arange(num_chunks * batch) < len(origins)).reshape(num_chunks, batch), jnp.float32)
+        valid = jnp.asarray(
+            (np.arange(num_chunks * batch) < len(origins)).reshape(num_chunks, batch), jnp.float32
+        )
         win = jnp.asarray(window(plan))[None, :, :, None]
         inv_weight = jnp.asarray(1.0 / weight_map(plan))[:, :, None]
 
@@ -177,12 +181,20 @@ class _TiledApply:
             def chunk(acc, inputs):
                 org, ok = inputs
                 tiles = extract_tiles(image, org, t)
-                out = denoise_fn(tiles, sigma) if cond is None else denoise_fn(tiles, sigma, extract_tiles(cond, org, t))
+                out = (
+                    denoise_fn(tiles, sigma)
+                    if cond is None
+                    else denoise_fn(tiles, sigma, extract_tiles(cond, org, t))
+                )
                 out = out * win * ok[:, None, None, None]
 
                 def add(i, acc):
-                    cur = jax.lax.dynamic_slice(acc, (org[i, 0], org[i, 1], 0), (t, t, acc.shape[-1]))
-                    return jax.lax.dynamic_update_slice(acc, cur + out[i], (org[i, 0], org[i, 1], 0))
+                    cur = jax.lax.dynamic_slice(
+                        acc, (org[i, 0], org[i, 1], 0), (t, t, acc.shape[-1])
+                    )
+                    return jax.lax.dynamic_update_slice(
+                        acc, cur + out[i], (org[i, 0], org[i, 1], 0)
+                    )
 
                 return jax.lax.fori_loop(0, batch, add, acc), None
 
@@ -216,8 +228,16 @@ def tiled_denoiser(denoise_fn, plan: TilePlan, *, batch: int = 8, cond_image=Non
 # The processing resolution.
 
 
-def choose_tile(height: int, width: int, *, resolution: int, multiple: int, model_channels: int,
-                batch: int, memory_budget_mb: float = 2048.0) -> int:  # fmt: skip
+def choose_tile(
+    height: int,
+    width: int,
+    *,
+    resolution: int,
+    multiple: int,
+    model_channels: int,
+    batch: int,
+    memory_budget_mb: float = 2048.0,
+) -> int:
     """The processing resolution (tile size): the largest that the network and memory allow.
 
     Candidates are multiples of the network's downsampling factor `multiple` (at least 8), from
@@ -231,7 +251,9 @@ def choose_tile(height: int, width: int, *, resolution: int, multiple: int, mode
     """
     multiple = max(multiple, 8)
     largest = min(resolution, min(height, width))
-    candidates = list(range(32, largest + 1, multiple)) or [max(multiple, (largest // multiple) * multiple)]
+    candidates = list(range(32, largest + 1, multiple)) or [
+        max(multiple, (largest // multiple) * multiple)
+    ]
     per_pixel = ACTIVATION_BYTES_PER_PIXEL_PER_CHANNEL * model_channels
     fitting = [t for t in candidates if batch * t * t * per_pixel <= memory_budget_mb * 2**20]
     if not fitting:

@@ -68,7 +68,9 @@ def initialize(
             return False
         kwargs = {}  # JAX reads the cluster's own variables
     else:
-        missing = [n for n, v in ((ENV_ADDRESS, address), (ENV_COUNT, count), (ENV_ID, index)) if v is None]
+        missing = [
+            n for n, v in ((ENV_ADDRESS, address), (ENV_COUNT, count), (ENV_ID, index)) if v is None
+        ]
         if missing:
             raise ValueError(
                 f"a multi-process job needs the coordinator address, the process count and this "
@@ -78,14 +80,22 @@ def initialize(
         if not 0 <= index < count:
             raise ValueError(f"process id {index} outside 0..{count - 1} ({count} processes)")
         kwargs = {"coordinator_address": address, "num_processes": count, "process_id": index}
-    where = f"coordinator {address}, {count} processes, this is process {index}" if kwargs else "cluster-detected job"
+    where = (
+        f"coordinator {address}, {count} processes, this is process {index}"
+        if kwargs
+        else "cluster-detected job"
+    )
     advice = (
         "Check that every process was launched with the same address and count, that the port is "
         "free on the coordinator's host and reachable from the others."
     )
 
     def give_up():
-        print(f"jax.distributed did not start within {timeout_s:g} s ({where}). {advice}", file=sys.stderr, flush=True)
+        print(
+            f"jax.distributed did not start within {timeout_s:g} s ({where}). {advice}",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(TIMEOUT_EXIT_CODE)  # the connecting thread holds no lock we could release
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used only by CPU devices
@@ -94,7 +104,7 @@ def initialize(
     watchdog.start()
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=int(timeout_s) + 30)
-    except Exception as e:  # noqa: BLE001 - XlaRuntimeError (bind) and friends
+    except Exception as e:
         cause = " ".join(str(e).split())[:400]
         raise RuntimeError(f"jax.distributed did not start ({where}): {cause}. {advice}") from e
     finally:

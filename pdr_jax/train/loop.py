@@ -16,6 +16,7 @@ keys (pairs for "ddpm") and the end-of-stage figure; everything else is shared.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -33,7 +34,8 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from pdr_jax import backend, conditional, model_io, schedules
 from pdr_jax import precond as precond_lib
@@ -68,7 +70,16 @@ def stages_from_config(config) -> list[Stage]:
     out = []
     for i, s in enumerate(config.stages):
         lr = s.get("lr", None) or config.optim.lr
-        out.append(Stage(i, int(s["resolution"]), float(s["kimg"]), s["batch_size"], float(lr), bool(s.get("adaptive", False))))
+        out.append(
+            Stage(
+                i,
+                int(s["resolution"]),
+                float(s["kimg"]),
+                s["batch_size"],
+                float(lr),
+                bool(s.get("adaptive", False)),
+            )
+        )
     if not out:
         raise ValueError("config.stages is empty: at least one stage is needed")
     return out
@@ -114,10 +125,16 @@ def loss_for(net, config):
     VELoss, each with the network's own schedule constants. iDDPM models are sampled, not
     trained (EDM has no iDDPM loss): a ValueError says so."""
     if isinstance(net, precond_lib.EDMPrecond):
-        return functools.partial(losses.edm_loss, P_mean=config.train.P_mean, P_std=config.train.P_std,
-                                 sigma_data=net.sigma_data)  # fmt: skip
+        return functools.partial(
+            losses.edm_loss,
+            P_mean=config.train.P_mean,
+            P_std=config.train.P_std,
+            sigma_data=net.sigma_data,
+        )
     if isinstance(net, precond_lib.VPPrecond):
-        return functools.partial(losses.vp_loss, beta_d=net.beta_d, beta_min=net.beta_min, epsilon_t=net.epsilon_t)
+        return functools.partial(
+            losses.vp_loss, beta_d=net.beta_d, beta_min=net.beta_min, epsilon_t=net.epsilon_t
+        )
     if isinstance(net, precond_lib.VEPrecond):
         return functools.partial(losses.ve_loss, sigma_min=net.sigma_min, sigma_max=net.sigma_max)
     raise ValueError(
@@ -161,7 +178,9 @@ def make_eval_step(net, config):
 
         def at_sigma(sigma):
             s = jnp.full((images.shape[0], 1, 1, 1), sigma)
-            err = losses.weighted_denoising_error(denoise, images, batch["cond"], s, noise, losses.loss_weight(net, s))
+            err = losses.weighted_denoising_error(
+                denoise, images, batch["cond"], s, noise, losses.loss_weight(net, s)
+            )
             return jnp.sum(jnp.mean(err, axis=(1, 2, 3)) * valid)
 
         return {"loss_sum": jnp.mean(jax.lax.map(at_sigma, sigmas)), "count": jnp.sum(valid)}
@@ -174,20 +193,29 @@ def make_ddpm_train_step(net, config, batch_size: int):
     batch = {"clean", "cond", "noisy", "s", "r", "b"} (see conditional.measurement_channels)."""
     alpha_bar = jnp.asarray(schedules.alpha_bars(net.betas()), jnp.float32)
     loss_fn = functools.partial(
-        losses.ddpm_loss, alpha_bar=alpha_bar, parameterization=net.parameterization, distance=config.train.loss
+        losses.ddpm_loss,
+        alpha_bar=alpha_bar,
+        parameterization=net.parameterization,
+        distance=config.train.loss,
     )
 
     def train_step(state: TrainState, batch, base_key):
         key_loss, key_dropout = jax.random.split(jax.random.fold_in(base_key, state.step))
         images = 2 * batch["clean"] - 1  # the model sees 2x - 1
-        cond_image = conditional.measurement_channels(batch["noisy"], batch["s"], batch["r"], batch["b"])
+        cond_image = conditional.measurement_channels(
+            batch["noisy"], batch["s"], batch["r"], batch["b"]
+        )
 
         def objective(params):
             variables = {"params": params, **state.buffers}
             model_fn = lambda x_t, t: net.apply(
-                variables, conditional.model_input(x_t, cond_image), t, batch["cond"], train=True,
+                variables,
+                conditional.model_input(x_t, cond_image),
+                t,
+                batch["cond"],
+                train=True,
                 rngs={"dropout": key_dropout},
-            )  # fmt: skip
+            )
             return jnp.mean(loss_fn(model_fn, key_loss, images))
 
         loss, grads = jax.value_and_grad(objective)(state.params)
@@ -206,7 +234,9 @@ def make_ddpm_eval_step(net, config):
         images = 2 * batch["clean"] - 1
         valid = batch["valid"].astype(jnp.float32)
         noise = jax.random.normal(jax.random.key(1234), images.shape)
-        cond_image = conditional.measurement_channels(batch["noisy"], batch["s"], batch["r"], batch["b"])
+        cond_image = conditional.measurement_channels(
+            batch["noisy"], batch["s"], batch["r"], batch["b"]
+        )
         model_fn = lambda x_t, t: net.apply(
             state.variables(ema=True), conditional.model_input(x_t, cond_image), t, batch["cond"]
         )
@@ -214,8 +244,14 @@ def make_ddpm_eval_step(net, config):
         def at_timestep(t):
             t = jnp.full((images.shape[0],), t)
             err = losses.discrete_denoising_error(
-                model_fn, images, t, noise, alpha_bar, parameterization=net.parameterization, distance=config.train.loss
-            )  # fmt: skip
+                model_fn,
+                images,
+                t,
+                noise,
+                alpha_bar,
+                parameterization=net.parameterization,
+                distance=config.train.loss,
+            )
             return jnp.sum(jnp.mean(err, axis=(1, 2, 3)) * valid)
 
         return {"loss_sum": jnp.mean(jax.lax.map(at_timestep, timesteps)), "count": jnp.sum(valid)}
@@ -226,13 +262,18 @@ def make_ddpm_eval_step(net, config):
 def _apply_update(state: TrainState, grads, loss, batch_size: int, config):
     """Optimizer step, then the EMA (EDM's half-life in images)."""
     new_state = state.apply_gradients(grads=grads)
-    step_size = ema_step_size(state.nimg, batch_size, config.train.ema_halflife_kimg, config.train.ema_rampup_ratio)
+    step_size = ema_step_size(
+        state.nimg, batch_size, config.train.ema_halflife_kimg, config.train.ema_rampup_ratio
+    )
     ema = optax.incremental_update(new_state.params, state.ema_params, step_size)
     new_state = new_state.replace(ema_params=ema, nimg=state.nimg + batch_size)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-STEP_FACTORIES = {"edm": (make_train_step, make_eval_step), "ddpm": (make_ddpm_train_step, make_ddpm_eval_step)}
+STEP_FACTORIES = {
+    "edm": (make_train_step, make_eval_step),
+    "ddpm": (make_ddpm_train_step, make_ddpm_eval_step),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +287,10 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 
 def global_batch(local_batch: dict, sharding: NamedSharding, keys=("clean", "cond")) -> dict:
     """Each process's numpy batch -> one global array sharded over the mesh's data axis."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[k])) for k in keys}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[k]))
+        for k in keys
+    }
 
 
 def auto_batch_size(compile_step, candidates, *, budget_bytes: float) -> tuple[int, dict]:
@@ -260,8 +304,15 @@ def auto_batch_size(compile_step, candidates, *, budget_bytes: float) -> tuple[i
     for batch in sorted(candidates):
         mem = compile_step(batch).memory_analysis()
         if mem is None:
-            raise RuntimeError("batch_size='auto' needs the backend's memory analysis, which is unavailable")
-        need = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+            raise RuntimeError(
+                "batch_size='auto' needs the backend's memory analysis, which is unavailable"
+            )
+        need = (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes
+        )
         report[batch] = int(need)
         if need > budget_bytes:
             break
@@ -295,16 +346,23 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
             ocp.checkpoint_managers.LatestN(config.checkpoint.keep),
             ocp.checkpoint_managers.BestN(
                 # reverse=True sorts descending and keeps the last n: the lowest losses.
-                get_metric_fn=_val_loss, reverse=True, n=config.checkpoint.keep_best,
+                get_metric_fn=_val_loss,
+                reverse=True,
+                n=config.checkpoint.keep_best,
                 keep_checkpoints_without_metrics=False,
             ),
         ]
-    )  # fmt: skip
+    )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, best_fn=_val_loss, best_mode="min", enable_async_checkpointing=True
+        preservation_policy=policy,
+        best_fn=_val_loss,
+        best_mode="min",
+        enable_async_checkpointing=True,
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options, item_names=("state", "data", "meta")
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=options,
+        item_names=("state", "data", "meta"),
     )
 
 
@@ -325,7 +383,9 @@ def restore_checkpoint(manager, step, abstract_state):
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
         ),
     )
     return restored["state"], restored["data"], restored["meta"]
@@ -351,7 +411,9 @@ def restore_latest_intact(manager, abstract_state, log) -> tuple | None:
         for bad in broken if jax.process_index() == 0 else ():
             directory = os.path.join(str(manager.directory), str(bad))
             aside = f"{directory}.corrupt"
-            os.replace(directory, aside if not os.path.exists(aside) else f"{aside}.{time.time_ns()}")
+            os.replace(
+                directory, aside if not os.path.exists(aside) else f"{aside}.{time.time_ns()}"
+            )
             log(f"checkpoint step {bad} moved aside to {aside}; resuming from step {step}")
         return (step, *restored)
     if steps:
@@ -380,10 +442,9 @@ class _Preemption:
         self.flag = False
         if self.multi_process:
             return
-        try:
+        # Not in the main thread (e.g. a notebook worker) there is no handler.
+        with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-            pass
 
     def _handler(self, signum, frame):
         log.warning("SIGTERM received: saving a checkpoint and exiting")
@@ -430,11 +491,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     manager = make_checkpoint_manager(workdir, config)
     logger = MetricsLogger(workdir, enabled=jax.process_index() == 0)
     preemption = _Preemption()
-    _write_json(os.path.join(workdir, "network.json"), {"format": "pdr_jax-model", "version": 1, "kind": kind, "network": network_kwargs})
+    _write_json(
+        os.path.join(workdir, "network.json"),
+        {"format": "pdr_jax-model", "version": 1, "kind": kind, "network": network_kwargs},
+    )
     _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
 
-    tx0 = make_optimizer(config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps, grad_clip=config.optim.grad_clip)
-    init_fn = lambda: create_train_state(net, jax.random.fold_in(base_key, 10**6), tx0, resolution=net.model.img_resolution)
+    tx0 = make_optimizer(
+        config.optim.lr,
+        betas=tuple(config.optim.betas),
+        eps=config.optim.eps,
+        grad_clip=config.optim.grad_clip,
+    )
+    init_fn = lambda: create_train_state(
+        net, jax.random.fold_in(base_key, 10**6), tx0, resolution=net.model.img_resolution
+    )
     abstract_state = jax.eval_shape(init_fn)
     abstract_state = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
@@ -446,27 +517,51 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if restored is not None:
         manager.reload()  # forget steps moved aside
         latest, state, data_state, meta = restored
-        logger.info(f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})")
+        logger.info(
+            f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})"
+        )
         if meta["stage_complete"] and not _extended(meta, stages, float(state.nimg)):
             # Saved at a stage's end: the next stage starts with fresh data.
-            meta, data_state = _stage_meta(meta["stage"] + 1, step=int(state.step), nimg=float(state.nimg),
-                                           init_kimg=meta.get("init_kimg", 0.0)), None  # fmt: skip
+            meta, data_state = (
+                _stage_meta(
+                    meta["stage"] + 1,
+                    step=int(state.step),
+                    nimg=float(state.nimg),
+                    init_kimg=meta.get("init_kimg", 0.0),
+                ),
+                None,
+            )
     else:
         state = jax.jit(init_fn, out_shardings=replicated)()
         logger.info(f"new run: {network_kwargs}")
         if config.train.init_from:
             state, meta["init_kimg"] = init_from(state, net, config.train.init_from)
             state = jax.device_put(state, replicated)
-            logger.info(f"weights from {config.train.init_from} ({meta['init_kimg']:.1f} kimg before this run)")
+            logger.info(
+                f"weights from {config.train.init_from} ({meta['init_kimg']:.1f} kimg before this run)"
+            )
 
     stopped = False
     try:
         for stage in stages[meta["stage"] :]:
             state, meta, stopped = _run_stage(
-                stage, stages, state, meta, data_state, config=config, net=net, workdir=workdir, mesh=mesh,
-                batch_sharding=batch_sharding, replicated=replicated, base_key=base_key, manager=manager,
-                logger=logger, preemption=preemption, pipeline=pipeline,
-            )  # fmt: skip
+                stage,
+                stages,
+                state,
+                meta,
+                data_state,
+                config=config,
+                net=net,
+                workdir=workdir,
+                mesh=mesh,
+                batch_sharding=batch_sharding,
+                replicated=replicated,
+                base_key=base_key,
+                manager=manager,
+                logger=logger,
+                preemption=preemption,
+                pipeline=pipeline,
+            )
             data_state = None
             if stopped:
                 break
@@ -474,13 +569,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         manager.wait_until_finished()
     if jax.process_index() == 0:
         save_loss_plot(logger.path, os.path.join(workdir, "loss.png"))
-    if not stopped:  # the EMA network as a model directory (every process: Orbax saves collectively)
+    if (
+        not stopped
+    ):  # the EMA network as a model directory (every process: Orbax saves collectively)
         kimg = float(state.nimg) / 1000
-        source = {"workdir": os.path.abspath(workdir), "step": int(state.step), "kimg": kimg,
-                  "init_from": config.train.init_from or None,
-                  "kimg_total": meta.get("init_kimg", 0.0) + kimg}  # fmt: skip
-        model_io.save_model(os.path.join(workdir, "model"), network_kwargs, jax.device_get(state.variables(ema=True)),
-                            source=source, overwrite=True, kind=kind)  # fmt: skip
+        source = {
+            "workdir": os.path.abspath(workdir),
+            "step": int(state.step),
+            "kimg": kimg,
+            "init_from": config.train.init_from or None,
+            "kimg_total": meta.get("init_kimg", 0.0) + kimg,
+        }
+        model_io.save_model(
+            os.path.join(workdir, "model"),
+            network_kwargs,
+            jax.device_get(state.variables(ema=True)),
+            source=source,
+            overwrite=True,
+            kind=kind,
+        )
     logger.close()
     return state
 
@@ -506,23 +613,54 @@ def init_from(state: TrainState, net, source: str) -> tuple[TrainState, float]:
         kimg = 0.0
     model_io.check_variables(net, variables, f"train.init_from={source} (against config.model)")
     variables = flax.core.unfreeze(variables)
-    cast = lambda tree, like: jax.tree_util.tree_map(lambda v, l: jnp.asarray(v, l.dtype), tree, like)
+    cast = lambda tree, like: jax.tree_util.tree_map(
+        lambda v, ref: jnp.asarray(v, ref.dtype), tree, like
+    )
     params = cast(variables.pop("params"), state.params)
     # Separate buffers for params and EMA: the train step donates both.
     ema_params = jax.tree_util.tree_map(jnp.copy, params)
-    return state.replace(params=params, ema_params=ema_params, buffers=cast(variables, state.buffers)), kimg
+    return state.replace(
+        params=params, ema_params=ema_params, buffers=cast(variables, state.buffers)
+    ), kimg
 
 
-def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, mesh, batch_sharding,
-               replicated, base_key, manager, logger, preemption, pipeline):  # fmt: skip
+def _run_stage(
+    stage,
+    stages,
+    state,
+    meta,
+    data_state,
+    *,
+    config,
+    net,
+    workdir,
+    mesh,
+    batch_sharding,
+    replicated,
+    base_key,
+    manager,
+    logger,
+    preemption,
+    pipeline,
+):
     """Train one stage; returns (state, meta, stopped_early_for_preemption)."""
     num_devices = mesh.devices.size
-    batch_size = _stage_batch_size(stage, state, net, config, num_devices, replicated, batch_sharding, logger)
+    batch_size = _stage_batch_size(
+        stage, state, net, config, num_devices, replicated, batch_sharding, logger
+    )
     schedule = warmup_schedule(
-        stage.lr, config.optim.lr_rampup_kimg, start_step=meta["stage_start_step"],
-        start_nimg=meta["stage_start_nimg"], batch=batch_size,
-    )  # fmt: skip
-    tx = make_optimizer(schedule, betas=tuple(config.optim.betas), eps=config.optim.eps, grad_clip=config.optim.grad_clip)
+        stage.lr,
+        config.optim.lr_rampup_kimg,
+        start_step=meta["stage_start_step"],
+        start_nimg=meta["stage_start_nimg"],
+        batch=batch_size,
+    )
+    tx = make_optimizer(
+        schedule,
+        betas=tuple(config.optim.betas),
+        eps=config.optim.eps,
+        grad_clip=config.optim.grad_clip,
+    )
     state = state.replace(tx=tx)
     objective = objective_of(config)
     make_step, make_eval = STEP_FACTORIES[objective]
@@ -534,26 +672,43 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-    eval_step = backend.jit(make_eval(net, config), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+    eval_step = backend.jit(
+        make_eval(net, config), in_shardings=(replicated, batch_sharding), out_shardings=replicated
+    )
 
     pidx, pcount = jax.process_index(), jax.process_count()
-    ds = pipeline.make_dataset(config.data, seed=config.seed + stage.index, resolution=stage.resolution,
-                               global_batch=batch_size, split="train", process_index=pidx, process_count=pcount,
-                               paired=paired)  # fmt: skip
+    ds = pipeline.make_dataset(
+        config.data,
+        seed=config.seed + stage.index,
+        resolution=stage.resolution,
+        global_batch=batch_size,
+        split="train",
+        process_index=pidx,
+        process_count=pcount,
+        paired=paired,
+    )
     data_iter = iter(ds)
     if data_state is not None:
         data_iter.set_state(data_state)
-    val_batches = [global_batch(b, batch_sharding, keys=keys + ("valid",))
-                   for b in _val_batches(pipeline, config, stage, batch_size, pidx, pcount, paired)]  # fmt: skip
+    val_batches = [
+        global_batch(b, batch_sharding, keys=keys + ("valid",))
+        for b in _val_batches(pipeline, config, stage, batch_size, pidx, pcount, paired)
+    ]
 
     end_nimg = meta["stage_start_nimg"] + stage.kimg * 1000
-    total_steps = int(math.ceil((end_nimg - meta["stage_start_nimg"]) / batch_size))
+    total_steps = math.ceil((end_nimg - meta["stage_start_nimg"]) / batch_size)
     plateau = Plateau(config.train.adaptive_patience, config.train.adaptive_min_rel_improvement)
-    every = lambda kimg: max(int(round(kimg * 1000 / batch_size)), 1)
-    log_every, val_every, ckpt_every = every(config.train.log_every_kimg), every(config.train.val_every_kimg), every(config.checkpoint.every_kimg)
+    every = lambda kimg: max(round(kimg * 1000 / batch_size), 1)
+    log_every, val_every, ckpt_every = (
+        every(config.train.log_every_kimg),
+        every(config.train.val_every_kimg),
+        every(config.checkpoint.every_kimg),
+    )
     step = int(state.step)
-    logger.info(f"stage {stage.index}: {stage.resolution}x{stage.resolution}, batch {batch_size} on {num_devices} device(s), "
-                f"{stage.kimg} kimg, lr {stage.lr:g}{', adaptive' if stage.adaptive else ''}")  # fmt: skip
+    logger.info(
+        f"stage {stage.index}: {stage.resolution}x{stage.resolution}, batch {batch_size} on {num_devices} device(s), "
+        f"{stage.kimg} kimg, lr {stage.lr:g}{', adaptive' if stage.adaptive else ''}"
+    )
     last_good_step, t0, n0, plateaued = None, None, step, False
     pending = None
     while float(state.nimg) < end_nimg - 0.5:
@@ -569,22 +724,49 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
             _check_finite(loss, step, stage, last_good_step)
             rate = (step - n0) * batch_size / max(time.time() - t0, 1e-9) if step > n0 else 0.0
             done = step - meta["stage_start_step"]
-            logger.progress(step=step, stage=stage.index, kimg=float(state.nimg) / 1000, loss=loss,
-                            grad_norm=float(metrics["grad_norm"]), lr=float(schedule(step - 1)),
-                            img_per_s=rate, eta_s=(total_steps - done) * batch_size / max(rate, 1e-9))  # fmt: skip
+            logger.progress(
+                step=step,
+                stage=stage.index,
+                kimg=float(state.nimg) / 1000,
+                loss=loss,
+                grad_norm=float(metrics["grad_norm"]),
+                lr=float(schedule(step - 1)),
+                img_per_s=rate,
+                eta_s=(total_steps - done) * batch_size / max(rate, 1e-9),
+            )
         val_metrics = None
         if step % val_every == 0 or last:
             val_metrics = _validate(eval_step, state, val_batches)
-            logger.scalars(step, {"val_loss": val_metrics["val_loss"], "stage": stage.index, "kimg": float(state.nimg) / 1000})
-            if stage.adaptive and stage.index < len(stages) - 1 and plateau.update(val_metrics["val_loss"]):
-                logger.info(f"stage {stage.index}: validation loss plateaued at {val_metrics['val_loss']:.4f} "
-                            f"(kimg {float(state.nimg) / 1000:.1f}); moving on")  # fmt: skip
+            logger.scalars(
+                step,
+                {
+                    "val_loss": val_metrics["val_loss"],
+                    "stage": stage.index,
+                    "kimg": float(state.nimg) / 1000,
+                },
+            )
+            if (
+                stage.adaptive
+                and stage.index < len(stages) - 1
+                and plateau.update(val_metrics["val_loss"])
+            ):
+                logger.info(
+                    f"stage {stage.index}: validation loss plateaued at {val_metrics['val_loss']:.4f} "
+                    f"(kimg {float(state.nimg) / 1000:.1f}); moving on"
+                )
                 last = plateaued = True
         stop = preemption.reached(step)
         if step % ckpt_every == 0 or last or stop:
             _check_finite(float(pending["loss"]), step, stage, last_good_step)
             meta_now = {**meta, "stage_complete": bool(last), "plateaued": bool(plateaued)}
-            save_checkpoint(manager, step, state, data_iter, meta_now, val_metrics or _validate(eval_step, state, val_batches))
+            save_checkpoint(
+                manager,
+                step,
+                state,
+                data_iter,
+                meta_now,
+                val_metrics or _validate(eval_step, state, val_batches),
+            )
             last_good_step = step
         if stop:
             manager.wait_until_finished()
@@ -596,7 +778,12 @@ def _run_stage(stage, stages, state, meta, data_state, *, config, net, workdir, 
             _stage_restorations(net, state, config, stage, workdir, jax.device_get(val_batches[0]))
         else:
             _stage_samples(net, state, config, stage, workdir)
-    next_meta = _stage_meta(stage.index + 1, step=int(state.step), nimg=float(state.nimg), init_kimg=meta.get("init_kimg", 0.0))
+    next_meta = _stage_meta(
+        stage.index + 1,
+        step=int(state.step),
+        nimg=float(state.nimg),
+        init_kimg=meta.get("init_kimg", 0.0),
+    )
     return state, next_meta, False
 
 
@@ -610,36 +797,72 @@ def _extended(meta: dict, stages: list[Stage], nimg: float) -> bool:
 def _stage_meta(stage: int, *, step: int, nimg: float, init_kimg: float = 0.0) -> dict:
     """Checkpointed bookkeeping: where the current stage started, and whether it has ended;
     init_kimg: the kimg of train.init_from's weights (the run's total counts on from it)."""
-    return {"stage": stage, "stage_start_step": step, "stage_start_nimg": nimg, "stage_complete": False,
-            "plateaued": False, "init_kimg": init_kimg}  # fmt: skip
+    return {
+        "stage": stage,
+        "stage_start_step": step,
+        "stage_start_nimg": nimg,
+        "stage_complete": False,
+        "plateaued": False,
+        "init_kimg": init_kimg,
+    }
 
 
-def _stage_batch_size(stage, state, net, config, num_devices, replicated, batch_sharding, logger) -> int:
+def _stage_batch_size(
+    stage, state, net, config, num_devices, replicated, batch_sharding, logger
+) -> int:
     if stage.batch_size != "auto":
         batch = int(stage.batch_size)
         if batch % num_devices:
-            raise ValueError(f"stage {stage.index}: batch_size {batch} is not divisible by the {num_devices} devices")
+            raise ValueError(
+                f"stage {stage.index}: batch_size {batch} is not divisible by the {num_devices} devices"
+            )
         return batch
-    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+    shapes = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state
+    )
     objective = objective_of(config)
     res, label_dim = stage.resolution, net.model.label_dim
     channels = net.img_channels if objective == "ddpm" else net.model.in_channels
-    shapes_of = {"clean": (res, res, channels), "noisy": (res, res, channels), "cond": (label_dim,), "s": (), "r": (), "b": ()}
+    shapes_of = {
+        "clean": (res, res, channels),
+        "noisy": (res, res, channels),
+        "cond": (label_dim,),
+        "s": (),
+        "r": (),
+        "b": (),
+    }
 
     def compile_step(b):
-        batch = {k: jax.ShapeDtypeStruct((b, *shapes_of[k]), jnp.float32, sharding=batch_sharding) for k in batch_keys(objective)}
-        step = backend.jit(STEP_FACTORIES[objective][0](net, config, b), in_shardings=(replicated, batch_sharding, replicated), donate_argnums=0)
+        batch = {
+            k: jax.ShapeDtypeStruct((b, *shapes_of[k]), jnp.float32, sharding=batch_sharding)
+            for k in batch_keys(objective)
+        }
+        step = backend.jit(
+            STEP_FACTORIES[objective][0](net, config, b),
+            in_shardings=(replicated, batch_sharding, replicated),
+            donate_argnums=0,
+        )
         return step.lower(shapes, batch, jax.random.key(0)).compile()
 
-    candidates = [num_devices * 2**k for k in range(12) if num_devices * 2**k <= config.train.auto_batch_max]
-    best, report = auto_batch_size(compile_step, candidates, budget_bytes=config.train.memory_budget_gb * 2**30)
-    logger.info(f"stage {stage.index}: auto batch size {best} (bytes needed per candidate: {report})")
+    candidates = [
+        num_devices * 2**k for k in range(12) if num_devices * 2**k <= config.train.auto_batch_max
+    ]
+    best, report = auto_batch_size(
+        compile_step, candidates, budget_bytes=config.train.memory_budget_gb * 2**30
+    )
+    logger.info(
+        f"stage {stage.index}: auto batch size {best} (bytes needed per candidate: {report})"
+    )
     return best
 
 
 def _check_finite(loss: float, step: int, stage: Stage, last_good_step) -> None:
     if not math.isfinite(loss):
-        where = f"the checkpoint of step {last_good_step}" if last_good_step is not None else "the previous stage's checkpoints"
+        where = (
+            f"the checkpoint of step {last_good_step}"
+            if last_good_step is not None
+            else "the previous stage's checkpoints"
+        )
         raise FloatingPointError(
             f"training loss is {loss} at step {step} (stage {stage.index}, {stage.resolution}x{stage.resolution}); "
             f"stopping without saving. The last good state is {where} in the workdir: lower optim.lr or "
@@ -648,15 +871,25 @@ def _check_finite(loss: float, step: int, stage: Stage, last_good_step) -> None:
 
 
 def _val_batches(pipeline, config, stage, batch_size, pidx, pcount, paired=False):
-    ds = pipeline.make_dataset(config.data, seed=config.seed, resolution=stage.resolution, global_batch=batch_size,
-                               split="val", process_index=pidx, process_count=pcount, paired=paired)  # fmt: skip
+    ds = pipeline.make_dataset(
+        config.data,
+        seed=config.seed,
+        resolution=stage.resolution,
+        global_batch=batch_size,
+        split="val",
+        process_index=pidx,
+        process_count=pcount,
+        paired=paired,
+    )
     return [b for _, b in zip(range(config.train.val_batches), ds)]
 
 
 def _validate(eval_step, state, val_batches) -> dict:
     """Mean EMA denoising loss over the held-out crops and the fixed sigmas."""
     out = jax.device_get([eval_step(state, b) for b in val_batches])
-    return {"val_loss": float(sum(o["loss_sum"] for o in out) / max(sum(o["count"] for o in out), 1))}
+    return {
+        "val_loss": float(sum(o["loss_sum"] for o in out) / max(sum(o["count"] for o in out), 1))
+    }
 
 
 def _stage_samples(net, state, config, stage, workdir) -> None:
@@ -669,12 +902,22 @@ def _stage_samples(net, state, config, stage, workdir) -> None:
     rows = []
     for d, domain in enumerate(DOMAINS):
         s = config.sample.scales[domain]
-        labels = jnp.broadcast_to(conditioning_vector(domain, s, config.sample.read_noise, 0.0), (n, net.model.label_dim))
+        labels = jnp.broadcast_to(
+            conditioning_vector(domain, s, config.sample.read_noise, 0.0), (n, net.model.label_dim)
+        )
         shape = (n, stage.resolution, stage.resolution, net.model.in_channels)
         latents = jax.random.normal(jax.random.key(config.sample.seed + d), shape)
-        x = edm_sampler(latents=latents, num_steps=config.sample.num_steps, **network_sampler_args(net, variables, labels))
+        x = edm_sampler(
+            latents=latents,
+            num_steps=config.sample.num_steps,
+            **network_sampler_args(net, variables, labels),
+        )
         rows.append(np.asarray((x + 1) / 2))
-    save_sample_grid(rows, os.path.join(workdir, f"samples_stage{stage.index}_{stage.resolution}px.png"), row_labels=DOMAINS)
+    save_sample_grid(
+        rows,
+        os.path.join(workdir, f"samples_stage{stage.index}_{stage.resolution}px.png"),
+        row_labels=DOMAINS,
+    )
 
 
 def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
@@ -688,18 +931,30 @@ def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
     n = min(config.sample.per_domain * 3, val_batch["clean"].shape[0])
     batch = {k: np.asarray(v[:n]) for k, v in val_batch.items()}
     model = ConditionalModel(net, jax.device_get(state.variables(ema=True)))
-    sampler = dataclasses.replace(CONDITIONAL_SETTINGS["sampler"], num_steps=config.sample.num_steps)
+    sampler = dataclasses.replace(
+        CONDITIONAL_SETTINGS["sampler"], num_steps=config.sample.num_steps
+    )
     restored = []
     for i in range(n):
         domain = DOMAINS[int(np.argmax(batch["cond"][i, : len(DOMAINS)]))]
         physics = Physics(float(batch["s"][i]), float(batch["r"][i]), float(batch["b"][i]), domain)
-        result = restore(model, batch["noisy"][i], physics=physics, guidance=CONDITIONAL_SETTINGS["guidance"],
-                         sampler=sampler, tiling_settings=None, key=jax.random.key(config.sample.seed + i))  # fmt: skip
+        result = restore(
+            model,
+            batch["noisy"][i],
+            physics=physics,
+            guidance=CONDITIONAL_SETTINGS["guidance"],
+            sampler=sampler,
+            tiling_settings=None,
+            key=jax.random.key(config.sample.seed + i),
+        )
         restored.append(result.image)
     noisy = (batch["noisy"] - batch["b"][:, None, None, None]) / batch["s"][:, None, None, None]
     rows = [batch["clean"], noisy, np.stack(restored)]
-    save_sample_grid(rows, os.path.join(workdir, f"restorations_stage{stage.index}_{stage.resolution}px.png"),
-                     row_labels=("clean", "noisy", "restored"))  # fmt: skip
+    save_sample_grid(
+        rows,
+        os.path.join(workdir, f"restorations_stage{stage.index}_{stage.resolution}px.png"),
+        row_labels=("clean", "noisy", "restored"),
+    )
 
 
 def _write_json(path: str, obj) -> None:

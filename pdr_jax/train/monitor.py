@@ -26,7 +26,7 @@ class MetricsLogger:
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._file = open(self.path, "a") if enabled else None
+        self._file = open(self.path, "a") if enabled else None  # noqa: SIM115 - closed by close()
         self._tb = None
         if enabled:
             from tensorboardX import SummaryWriter  # tensorboard event files without TensorFlow
@@ -41,17 +41,35 @@ class MetricsLogger:
     def scalars(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in values.items()}}
+        record = {
+            "step": int(step),
+            "time": time.time(),
+            **{k: float(v) for k, v in values.items()},
+        }
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         for key, value in values.items():
             self._tb.add_scalar(key, float(value), int(step))
 
-    def progress(self, *, step: int, stage: int, kimg: float, loss: float, img_per_s: float, eta_s: float, **extra) -> None:
-        self.scalars(step, {"loss": loss, "kimg": kimg, "stage": stage, "img_per_s": img_per_s, **extra})
+    def progress(
+        self,
+        *,
+        step: int,
+        stage: int,
+        kimg: float,
+        loss: float,
+        img_per_s: float,
+        eta_s: float,
+        **extra,
+    ) -> None:
+        self.scalars(
+            step, {"loss": loss, "kimg": kimg, "stage": stage, "img_per_s": img_per_s, **extra}
+        )
         if self.enabled:
-            line = (f"stage {stage} | step {step:6d} | kimg {kimg:8.2f} | loss {loss:.4f} | "
-                    f"{img_per_s:6.1f} img/s | stage ETA {_format_eta(eta_s)}")  # fmt: skip
+            line = (
+                f"stage {stage} | step {step:6d} | kimg {kimg:8.2f} | loss {loss:.4f} | "
+                f"{img_per_s:6.1f} img/s | stage ETA {_format_eta(eta_s)}"
+            )
             sys.stderr.write(("\r" + line) if self._tty else (line + "\n"))
             sys.stderr.flush()
 
@@ -78,7 +96,8 @@ def save_loss_plot(metrics_path: str, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    with open(metrics_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
     train = [(r["kimg"], r["loss"]) for r in records if "loss" in r]
     val = [(r["kimg"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(6, 4))

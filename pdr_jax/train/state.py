@@ -38,7 +38,9 @@ def make_optimizer(learning_rate, *, betas=(0.9, 0.999), eps=1e-8, grad_clip=Non
     return optax.chain(optax.clip_by_global_norm(grad_clip), adam)
 
 
-def warmup_schedule(lr: float, rampup_kimg: float, *, start_step: int, start_nimg: float, batch: int):
+def warmup_schedule(
+    lr: float, rampup_kimg: float, *, start_step: int, start_nimg: float, batch: int
+):
     """EDM's lr * min(nimg / (rampup_kimg * 1000), 1), as an optax schedule of the update count.
 
     A stage has a constant batch, so nimg = start_nimg + (count - start_step) * batch there.

@@ -104,16 +104,29 @@ def test_build_selects_processes_and_skips_with_reasons(built):
     root, _, manifest = built
     ids = sorted(r["id"].split("/")[-1] for r in manifest["images"])
     assert ids == [
-        "backgrounds_photo0.jpg", "backgrounds_photo1.jpg", "backgrounds_photo2.jpg",
-        "backgrounds_photo3.jpg", "backgrounds_photo4.jpg", "backgrounds_photo5.jpg",
-        "stellarium_nebulae_default_n0001.png", "stellarium_nebulae_default_n0002.png",
+        "backgrounds_photo0.jpg",
+        "backgrounds_photo1.jpg",
+        "backgrounds_photo2.jpg",
+        "backgrounds_photo3.jpg",
+        "backgrounds_photo4.jpg",
+        "backgrounds_photo5.jpg",
+        "stellarium_nebulae_default_n0001.png",
+        "stellarium_nebulae_default_n0002.png",
         "stellarium_nebulae_default_n0003.png",
-    ]  # fmt: skip
+    ]
     reasons = {
         pathlib.Path(s["path"]).name or s["package"]: s["reason"] for s in manifest["skipped"]
     }
-    assert set(reasons) == {"zcopy_of_photo0.jpg", "zsmaller_photo0.jpg", "broken.jpg", "moon_texture.jpg",
-                            "m13.png", "n9999.png", "posterised.png", "missing-package"}  # fmt: skip
+    assert set(reasons) == {
+        "zcopy_of_photo0.jpg",
+        "zsmaller_photo0.jpg",
+        "broken.jpg",
+        "moon_texture.jpg",
+        "m13.png",
+        "n9999.png",
+        "posterised.png",
+        "missing-package",
+    }
     assert "exact duplicate" in reasons["zcopy_of_photo0.jpg"]
     assert "near duplicate" in reasons["zsmaller_photo0.jpg"]
     assert "reserved" in reasons["moon_texture.jpg"] and "reserved" in reasons["m13.png"]
@@ -154,7 +167,9 @@ def test_splits_are_by_whole_image_and_reproducible(built, tmp_path):
     # Dropping an image (a new refusal rule, say) moves no other image across splits.
     records = [dict(r) for r in manifest["images"] if not r["id"].endswith("photo3.jpg")]
     corpus.assign_splits(records, seed=0)
-    assert all(r["split"] == {m["id"]: m["split"] for m in manifest["images"]}[r["id"]] for r in records)
+    assert all(
+        r["split"] == {m["id"]: m["split"] for m in manifest["images"]}[r["id"]] for r in records
+    )
     sims = {(s["simulator"], s["split"]): tuple(s["indices"]) for s in manifest["simulators"]}
     ranges = [range(*v) for v in sims.values()]
     assert all(not set(a) & set(b) for i, a in enumerate(ranges) for b in ranges[i + 1 :])
@@ -180,9 +195,13 @@ def test_pipeline_sources_from_the_corpus(built):
     frames, summary = pipeline.build_frames(cfg)
     names = {s["name"]: s["frames"] for s in summary.sources}
     assert names == {
-        "corpus-photography-train": 4, "corpus-astronomy-train": 1, "corpus-fluorescence-train": 4,
-        "corpus-photography-val": 1, "corpus-astronomy-val": 1, "corpus-fluorescence-val": 2,
-    }  # fmt: skip
+        "corpus-photography-train": 4,
+        "corpus-astronomy-train": 1,
+        "corpus-fluorescence-train": 4,
+        "corpus-photography-val": 1,
+        "corpus-astronomy-val": 1,
+        "corpus-fluorescence-val": 2,
+    }
     test_files = {str(root / r["file"]) for r in manifest["images"] if r["split"] == "test"}
     assert not test_files & {f.path for fs in frames.values() for f in fs}  # test never trains
     batch = next(iter(pipeline.make_dataset(cfg, seed=0, resolution=32, global_batch=6)))
@@ -193,7 +212,9 @@ def test_pipeline_sources_from_the_corpus(built):
     assert set(batch["domain"].tolist()) <= {0, 1, 2}
     short = pipeline.default_config()
     short.sources = [f"corpus:{root}"]
-    assert len(pipeline.expand_sources(short.sources)) == len(pipeline.expand_sources([{"corpus": str(root)}]))
+    assert len(pipeline.expand_sources(short.sources)) == len(
+        pipeline.expand_sources([{"corpus": str(root)}])
+    )
     with pytest.raises(ValueError, match="must be 'corpus' or 'corpus:ROOT'"):
         pipeline.expand_sources(["photos"])
     with pytest.raises(ValueError, match="unknown corpus splits"):
@@ -235,7 +256,7 @@ def test_noise_level_and_frame_processing(tmp_path):
     fits.PrimaryHDU(noisy.astype(np.float32)).writeto(tmp_path / "frame.fits")
     image, info = corpus.process(tmp_path / "frame.fits", "frame")
     assert info["downsample"] == 1 and info["noise"] < corpus.MAX_FRAME_NOISE
-    assert image.shape == (512, 512) and 0 <= image.min() and image.max() <= 1
+    assert image.shape == (512, 512) and image.min() >= 0 and image.max() <= 1
     fits.PrimaryHDU((clean + rng.standard_normal(clean.shape) * 2000).astype(np.float32)).writeto(
         tmp_path / "noisy.fits"
     )
@@ -245,9 +266,14 @@ def test_noise_level_and_frame_processing(tmp_path):
 
 def test_table_names_the_issue_packages_and_refuses_nothing_it_selects():
     assert set(corpus.PACKAGES) == {
-        "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "plasma-workspace-wallpapers",
-        "mate-backgrounds", "stellarium-data", "python-drizzle-testdata", "eso-midas-testdata",
-    }  # fmt: skip
+        "lomiri-wallpapers-16.04",
+        "lomiri-wallpapers-20.04",
+        "plasma-workspace-wallpapers",
+        "mate-backgrounds",
+        "stellarium-data",
+        "python-drizzle-testdata",
+        "eso-midas-testdata",
+    }
     for selections in corpus.PACKAGES.values():
         for selection in selections:
             for name in selection.names or ():

@@ -66,7 +66,7 @@ def test_train_batch_layout_and_values():
         assert batch["clean"].shape == (6, 32, 32, 1) and batch["clean"].dtype == np.float32
         assert batch["cond"].shape == (6, 6) and batch["cond"].dtype == np.float32
         assert batch["domain"].shape == (6,) and batch["domain"].dtype == np.int32
-        assert 0 <= batch["clean"].min() and batch["clean"].max() <= 1
+        assert batch["clean"].min() >= 0 and batch["clean"].max() <= 1
         kept = batch["cond"].any(axis=1)  # label dropout zeroes whole vectors
         np.testing.assert_array_equal(batch["cond"][kept, :3].argmax(1), batch["domain"][kept])
 
@@ -164,7 +164,9 @@ def test_processes_split_each_global_batch():
         for p in range(3):
             assert shares[p][k]["clean"].shape[0] == 2
             for key in whole[k]:
-                np.testing.assert_array_equal(shares[p][k][key], whole[k][key][2 * p : 2 * p + 2], err_msg=key)
+                np.testing.assert_array_equal(
+                    shares[p][k][key], whole[k][key][2 * p : 2 * p + 2], err_msg=key
+                )
     with pytest.raises(ValueError, match="divisible"):
         pipeline.make_dataset(cfg, seed=0, resolution=16, global_batch=5, process_count=2)
 

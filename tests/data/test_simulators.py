@@ -14,7 +14,7 @@ def test_deterministic_per_index_and_in_range(name):
     np.testing.assert_array_equal(again[1], first[1])
     for image in first:
         assert image.shape == (96, 96) and image.dtype == np.float32
-        assert 0 <= image.min() and image.max() <= 1 and np.isfinite(image).all()
+        assert image.min() >= 0 and image.max() <= 1 and np.isfinite(image).all()
     assert min(np.abs(a - b).mean() for i, a in enumerate(first) for b in first[i + 1 :]) > 1e-3
     # The per-process cache hands out the same image (float16-rounded) as a fresh render.
     np.testing.assert_allclose(simulators.render(name, 0, 3, 96), first[3], atol=5e-4)

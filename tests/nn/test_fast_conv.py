@@ -88,9 +88,7 @@ def test_conv2d_matches_plain_lax(name, monkeypatch):
 
 
 def test_bfloat16_conv_matches_plain_lax(monkeypatch):
-    module = layers.Conv2d(
-        out_channels=69, kernel=3, down=True, dtype=jnp.bfloat16
-    )
+    module = layers.Conv2d(out_channels=69, kernel=3, down=True, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
     variables = module.init(jax.random.key(1), x)
     fast = _grads(module, variables, x)
@@ -107,16 +105,27 @@ def _depthwise_reference(x, kernel2d, *, stride, padding, lhs_dilation=1):
         jnp.asarray(kernel2d, x.dtype)[:, :, None, None], (*kernel2d.shape, 1, channels)
     )
     return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), ((padding, padding),) * 2, lhs_dilation=(lhs_dilation,) * 2,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
-    )  # fmt: skip
+        x,
+        kernel,
+        (stride, stride),
+        ((padding, padding),) * 2,
+        lhs_dilation=(lhs_dilation,) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=channels,
+    )
 
 
 @pytest.mark.parametrize("resample_filter", [(1, 1), (1, 3, 3, 1), (1, 2, 1)])
 @pytest.mark.parametrize(
-    "conv", [{"stride": 2, "padding": 0}, {"stride": 2, "padding": 1}, {"stride": 1, "padding": 1, "lhs_dilation": 2},
-             {"stride": 1, "padding": 2, "lhs_dilation": 2}, {"stride": 1, "padding": 0, "lhs_dilation": 2}],
-)  # fmt: skip
+    "conv",
+    [
+        {"stride": 2, "padding": 0},
+        {"stride": 2, "padding": 1},
+        {"stride": 1, "padding": 1, "lhs_dilation": 2},
+        {"stride": 1, "padding": 2, "lhs_dilation": 2},
+        {"stride": 1, "padding": 0, "lhs_dilation": 2},
+    ],
+)
 def test_separable_depthwise_matches_grouped_conv(resample_filter, conv):
     kernel2d = layers.resample_kernel(resample_filter)
     taps = fast_conv.separable_taps(kernel2d)
@@ -159,9 +168,17 @@ def test_unet_gradients_match_plain_path(monkeypatch):
     from pdr_jax.precond import build_network, init_variables
 
     net = build_network(
-        precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, label_dim=6, model_channels=16,
-        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0,
-    )  # fmt: skip
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=16,
+        img_channels=1,
+        label_dim=6,
+        model_channels=16,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(8,),
+        dropout=0.0,
+    )
     variables = init_variables(net, jax.random.key(0), resolution=16)
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
     labels = jax.random.uniform(jax.random.key(2), (2, 6))
@@ -184,8 +201,12 @@ def test_group_norm_matches_plain_path(shape, dtype, monkeypatch):
     x = (3 * jax.random.normal(jax.random.key(0), shape) + 1).astype(dtype)
     variables = norm.init(jax.random.key(1), x)
     keys = jax.random.split(jax.random.key(2), 2)
-    variables = {"params": {"weight": jax.random.normal(keys[0], shape[-1:]),
-                            "bias": jax.random.normal(keys[1], shape[-1:])}}  # fmt: skip
+    variables = {
+        "params": {
+            "weight": jax.random.normal(keys[0], shape[-1:]),
+            "bias": jax.random.normal(keys[1], shape[-1:]),
+        }
+    }
 
     def run(variables, x):
         loss = lambda v, x: jnp.sum(jax.nn.silu(norm.apply(v, x).astype(jnp.float32)) * jnp.cos(x))

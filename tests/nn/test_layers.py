@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from edm_fixtures import FIXTURES, nchw_to_nhwc
 from flax.core import FrozenDict
 
-from edm_fixtures import FIXTURES, nchw_to_nhwc
 from pdr_jax.convert.names import state_dict_to_variables
 from pdr_jax.nn import layers
 
@@ -19,7 +19,11 @@ def _block_from_fixture(name):
     arrays = np.load(FIXTURES / "blocks.npz")
     ctor = dict(meta["ctor"])
     ctor.pop("in_channels"), ctor.pop("emb_channels")
-    for key, field in (("init", "layer_init"), ("init_zero", "zero_init"), ("init_attn", "attn_init")):
+    for key, field in (
+        ("init", "layer_init"),
+        ("init_zero", "zero_init"),
+        ("init_attn", "attn_init"),
+    ):
         if key in ctor:
             ctor[field] = FrozenDict(ctor.pop(key))
     if "resample_filter" in ctor:
@@ -27,7 +31,9 @@ def _block_from_fixture(name):
     block = layers.UNetBlock(**ctor)
     x = jnp.asarray(nchw_to_nhwc(arrays[f"{name}/x"]))
     emb = jnp.asarray(arrays[f"{name}/emb"])
-    state = {k.split("/state/")[1]: arrays[k] for k in arrays.files if k.startswith(f"{name}/state/")}
+    state = {
+        k.split("/state/")[1]: arrays[k] for k in arrays.files if k.startswith(f"{name}/state/")
+    }
     template = jax.eval_shape(lambda: block.init(jax.random.key(0), x, emb))
     variables = state_dict_to_variables(block, state, template)
     return block, variables, x, emb, nchw_to_nhwc(arrays[f"{name}/y"]), meta
@@ -40,7 +46,9 @@ def test_unet_block_matches_edm(name):
     assert block.heads == meta["num_heads"]
     y = block.apply(variables, x, emb)
     np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-4)
-    assert ("skip" in variables["params"]) == (meta["skip"]["kernel"] > 0 or "skip.resample_filter" in str(meta))
+    assert ("skip" in variables["params"]) == (
+        meta["skip"]["kernel"] > 0 or "skip.resample_filter" in str(meta)
+    )
 
 
 def test_resampling_closed_forms():
@@ -72,7 +80,9 @@ def test_conv2d_shapes(mode, fused):
 def test_group_norm_groups_and_statistics():
     """EDM: min(32, C // 4) contiguous groups, biased variance."""
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 16)) * 3 + 1
-    y = layers.GroupNorm(eps=1e-6).apply({"params": {"weight": jnp.ones(16), "bias": jnp.zeros(16)}}, x)
+    y = layers.GroupNorm(eps=1e-6).apply(
+        {"params": {"weight": jnp.ones(16), "bias": jnp.zeros(16)}}, x
+    )
     # 16 channels -> 4 contiguous groups of 4 channels: [B, (H W), G, c] -> [B, G, (H W c)].
     groups = np.asarray(y).reshape(2, 4 * 4, 4, 4).transpose(0, 2, 1, 3).reshape(2, 4, -1)
     np.testing.assert_allclose(groups.mean(-1), 0, atol=1e-5)
@@ -83,17 +93,26 @@ def test_embeddings():
     x = jnp.array([0.0, 1.5])
     pos = layers.PositionalEmbedding(8, endpoint=True).apply({}, x)
     freqs = (1 / 10000) ** (np.arange(4) / 3)
-    np.testing.assert_allclose(pos, np.concatenate([np.cos(np.outer(x, freqs)), np.sin(np.outer(x, freqs))], 1), atol=1e-6)
+    np.testing.assert_allclose(
+        pos, np.concatenate([np.cos(np.outer(x, freqs)), np.sin(np.outer(x, freqs))], 1), atol=1e-6
+    )
     fourier = layers.FourierEmbedding(8)
     variables = fourier.init(jax.random.key(0), x)
     freqs = variables["buffers"]["freqs"]
     chex.assert_shape(freqs, (4,))
-    np.testing.assert_allclose(fourier.apply(variables, x)[:, 4:], np.sin(2 * np.pi * np.outer(x, freqs)), atol=1e-5)
+    np.testing.assert_allclose(
+        fourier.apply(variables, x)[:, 4:], np.sin(2 * np.pi * np.outer(x, freqs)), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
     "mode, fan, uniform",
-    [("xavier_uniform", "avg", True), ("kaiming_uniform", "in", True), ("kaiming_normal", "in", False), ("xavier_normal", "avg", False)],
+    [
+        ("xavier_uniform", "avg", True),
+        ("kaiming_uniform", "in", True),
+        ("kaiming_normal", "in", False),
+        ("xavier_normal", "avg", False),
+    ],
 )
 def test_init_statistics_match_edm(mode, fan, uniform):
     """EDM's weight_init: std sqrt(1/fan_in) (kaiming) or sqrt(2/(fan_in+fan_out)) (xavier), times init_weight."""

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from edm_fixtures import nchw_to_nhwc, network_from_case
 
-from edm_fixtures import network_from_case, nchw_to_nhwc
 from pdr_jax import precond
 from pdr_jax.nn import unets
 
@@ -35,16 +35,26 @@ def test_iddpm_adm_param_count_equals_edm():
 
 def _make_tiny_model(**overrides):
     kwargs = dict(
-        precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, label_dim=6,
-        model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.1,
-    )  # fmt: skip
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=16,
+        img_channels=1,
+        label_dim=6,
+        model_channels=8,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(8,),
+        dropout=0.1,
+    )
     return precond.build_network(**{**kwargs, **overrides})
 
 
 TINY_VARIANTS = {
     "ddpmpp": {},
     "ncsnpp": dict(arch="ncsnpp", model_channels=8, channel_mult=(1, 2)),
-    "skip": dict(arch="songunet", encoder_type="skip", decoder_type="skip", resample_filter=(1, 3, 3, 1)),
+    "skip": dict(
+        arch="songunet", encoder_type="skip", decoder_type="skip", resample_filter=(1, 3, 3, 1)
+    ),
     "adm": dict(arch="adm", model_channels=8, channel_mult=(1, 2), attn_resolutions=(8,)),
     "vp": dict(precond="vp"),
     "ve": dict(precond="ve", label_dim=0),
@@ -57,7 +67,9 @@ def test_shapes_dtypes_and_jit(variant):
     net = _make_tiny_model(**TINY_VARIANTS[variant])
     variables = precond.init_variables(net, jax.random.key(0), batch=2)
     x = jax.random.normal(jax.random.key(1), (3, 16, 16, 1))
-    labels = jax.nn.one_hot(jnp.array([0, 1, 2]), net.model.label_dim) if net.model.label_dim else None
+    labels = (
+        jax.nn.one_hot(jnp.array([0, 1, 2]), net.model.label_dim) if net.model.label_dim else None
+    )
     fn = lambda v, x: net.apply(v, x, jnp.array([0.1, 1.0, 10.0]), labels)
     D = fn(variables, x)
     chex.assert_shape(D, x.shape)
@@ -107,7 +119,9 @@ def test_dropout_and_label_dropout_only_in_training():
     eval_a = apply(variables, x, 1.0, labels)
     eval_b = apply(variables, x, 1.0, labels)
     chex.assert_trees_all_equal(eval_a, eval_b)
-    train = lambda k: apply(variables, x, 1.0, labels, train=True, rngs={"dropout": jax.random.key(k)})
+    train = lambda k: apply(
+        variables, x, 1.0, labels, train=True, rngs={"dropout": jax.random.key(k)}
+    )
     assert float(jnp.max(jnp.abs(train(0) - train(1)))) > 1e-4
     assert float(jnp.max(jnp.abs(train(0) - eval_a))) > 1e-4
 
@@ -117,7 +131,9 @@ def test_label_dropout_zeroes_whole_rows():
     net = _make_tiny_model(label_dropout=1.0, dropout=0.0)
     variables = _perturbed_variables(net)
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
-    train = net.apply(variables, x, 1.0, jnp.ones((2, 6)), train=True, rngs={"dropout": jax.random.key(0)})
+    train = net.apply(
+        variables, x, 1.0, jnp.ones((2, 6)), train=True, rngs={"dropout": jax.random.key(0)}
+    )
     np.testing.assert_allclose(train, net.apply(variables, x, 1.0, jnp.zeros((2, 6))), atol=1e-6)
 
 

@@ -10,8 +10,15 @@ import pytest
 from pdr_jax.physics import calibration as cal_lib
 from pdr_jax.physics.calibration import Calibration
 
-CAL = Calibration(gain=2.0, black_level=100.0, white_level=4095.0, read_noise=3.0,
-                  dark_current=0.5, exposure_time=4.0, quantum_efficiency=0.8)  # fmt: skip
+CAL = Calibration(
+    gain=2.0,
+    black_level=100.0,
+    white_level=4095.0,
+    read_noise=3.0,
+    dark_current=0.5,
+    exposure_time=4.0,
+    quantum_efficiency=0.8,
+)
 
 
 def test_adu_electrons_round_trip_by_hand():

@@ -100,8 +100,9 @@ def test_proximal_step_is_the_exact_minimiser(s, r, b):
         return lam - jnp.maximum(y + r**2, 0) * jnp.log(lam) + (x_ - x0) ** 2 / (2 * gamma_x)
 
     for sigma in (0.05, 0.5, 5.0):
-        x_star = x0 + 0.5 * guidance.proximal_correction(denoised, sigma, y=y, s=s, r=r, b=b,
-                                                         settings=prox)  # fmt: skip
+        x_star = x0 + 0.5 * guidance.proximal_correction(
+            denoised, sigma, y=y, s=s, r=r, b=b, settings=prox
+        )
         lam = s * x_star + b + r**2
         derivative = s - jnp.maximum(y + r**2, 0) * s / lam + (x_star - x0) / (sigma**2 / 4)
         scale = s + jnp.abs(y) * s / lam + jnp.abs(x_star - x0) / (sigma**2 / 4)
@@ -110,8 +111,9 @@ def test_proximal_step_is_the_exact_minimiser(s, r, b):
             assert bool(jnp.all(objective(x_star, sigma) <= objective(x_star + delta, sigma)))
     far = x0 + 0.5 * guidance.proximal_correction(denoised, 1e4, y=y, s=s, r=r, b=b, settings=prox)
     chex.assert_trees_all_close(far, jnp.maximum(y + r**2, 0) / s - (b + r**2) / s, atol=1e-3)
-    near = guidance.proximal_correction(denoised, 1e-3, y=y, s=s, r=r, b=b,
-                                        settings=dataclasses.replace(prox, sigma_threshold=0.0))  # fmt: skip
+    near = guidance.proximal_correction(
+        denoised, 1e-3, y=y, s=s, r=r, b=b, settings=dataclasses.replace(prox, sigma_threshold=0.0)
+    )
     inside = s * x0 + b + r**2 > 0  # elsewhere x0 is no point of the likelihood's domain
     np.testing.assert_allclose(jnp.where(inside, near, 0.0), 0.0, atol=1e-3)
     assert bool(jnp.all(s * (x0 + 0.5 * near) + b + r**2 > 0))
@@ -119,8 +121,9 @@ def test_proximal_step_is_the_exact_minimiser(s, r, b):
         guidance.proximal_correction(denoised, 0.005, y=y, s=s, r=r, b=b, settings=prox), 0.0
     )
     mask = jnp.ones_like(y).at[:, :2].set(0.0)
-    masked = guidance.proximal_correction(denoised, 1.0, y=y, s=s, r=r, b=b, mask=mask,
-                                          settings=prox)  # fmt: skip
+    masked = guidance.proximal_correction(
+        denoised, 1.0, y=y, s=s, r=r, b=b, mask=mask, settings=prox
+    )
     np.testing.assert_array_equal(masked[:, :2], 0.0)
 
 

@@ -28,7 +28,7 @@ from pdr_jax.restore import (
     auto_kappa,
     parse_kappa,
     restore,
-)  # fmt: skip
+)
 
 SIZE, BATCH, R, B = 8, 32, 1.0, 0.5
 # EDM's start from zero latents (the deterministic, posterior-mean-like estimate) and the
@@ -136,7 +136,9 @@ def test_every_solver_refines_and_reports_its_network_calls(solver, calls):
     solver beat the noisy estimate and the one-call estimate they start from."""
     _, x_true = _prior()
     y = np.asarray(noise.simulate(jax.random.key(1), x_true, 2.0, R, B))
-    x, report, _ = _restore(y, 2.0, mode="default", sampler=SamplerSettings(solver=solver, num_steps=6))
+    x, report, _ = _restore(
+        y, 2.0, mode="default", sampler=SamplerSettings(solver=solver, num_steps=6)
+    )
     one_call, _, _ = _restore(y, 2.0, sampler=SamplerSettings(num_steps=0))
     assert report["refined"] and report["network_calls"] == calls
     assert _mse(x, x_true) < min(_mse(one_call, x_true), _mse((y - B) / 2.0, x_true))
@@ -312,9 +314,17 @@ def test_auto_kappa_follows_the_photon_count():
 
 def test_a_conditioned_network_restores_every_layout_through_tiles():
     net = precond.build_network(
-        precond="edm", arch="ddpmpp", img_resolution=8, img_channels=1, label_dim=6,
-        model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(), dropout=0.0,
-    )  # fmt: skip
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=8,
+        img_channels=1,
+        label_dim=6,
+        model_channels=8,
+        channel_mult=(1,),
+        num_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+    )
     # jit: initialising op by op takes several times longer.
     variables = jax.jit(lambda key: precond.init_variables(net, key))(jax.random.key(0))
     prior = Prior(net, variables)
@@ -338,13 +348,35 @@ def test_a_conditioned_network_restores_every_layout_through_tiles():
     )  # microscopy, r / s
     np.testing.assert_array_equal(labels(dataclasses.replace(prior, conditioned=False)), 0.0)
     with pytest.raises(ValueError, match="multiples of the network's downsampling"):
-        restore(Prior(precond.build_network(
-            precond="edm", arch="ddpmpp", img_resolution=8, img_channels=1, label_dim=6,
-            model_channels=8, channel_mult=(1, 1), num_blocks=1, attn_resolutions=(),
-        ), variables), np.ones((9, 9)), physics=physics, tiling_settings=None)  # fmt: skip
+        restore(
+            Prior(
+                precond.build_network(
+                    precond="edm",
+                    arch="ddpmpp",
+                    img_resolution=8,
+                    img_channels=1,
+                    label_dim=6,
+                    model_channels=8,
+                    channel_mult=(1, 1),
+                    num_blocks=1,
+                    attn_resolutions=(),
+                ),
+                variables,
+            ),
+            np.ones((9, 9)),
+            physics=physics,
+            tiling_settings=None,
+        )
     unconditional = precond.build_network(
-        precond="edm", arch="ddpmpp", img_resolution=8, img_channels=1, label_dim=3,
-        model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(),
-    )  # fmt: skip
+        precond="edm",
+        arch="ddpmpp",
+        img_resolution=8,
+        img_channels=1,
+        label_dim=3,
+        model_channels=8,
+        channel_mult=(1,),
+        num_blocks=1,
+        attn_resolutions=(),
+    )
     with pytest.raises(ValueError, match="label_dim 3 is not the 6-D physics conditioning"):
         Prior(unconditional, variables)

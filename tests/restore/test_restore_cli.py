@@ -11,10 +11,20 @@ import tifffile
 from pdr_jax import model_io, precond
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "tools"))
-import restore as restore_tool  # noqa: E402
+import restore as restore_tool
 
-TINY = dict(precond="edm", arch="ddpmpp", img_resolution=16, img_channels=1, label_dim=6, model_channels=8,
-            channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)  # fmt: skip
+TINY = dict(
+    precond="edm",
+    arch="ddpmpp",
+    img_resolution=16,
+    img_channels=1,
+    label_dim=6,
+    model_channels=8,
+    channel_mult=(1, 2),
+    num_blocks=1,
+    attn_resolutions=(8,),
+    dropout=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +44,42 @@ def _measurement(shape, s=20.0, r=2.0, seed=0):
 
 
 def _args(model, *extra):
-    return ["--checkpoint", model, "--domain", "microscopy", "--scale", "20", "--read-noise", "2", "--steps", "2",
-            "--tile", "16", "--overlap", "4", "--batch", "4", *extra]  # fmt: skip
+    return [
+        "--checkpoint",
+        model,
+        "--domain",
+        "microscopy",
+        "--scale",
+        "20",
+        "--read-noise",
+        "2",
+        "--steps",
+        "2",
+        "--tile",
+        "16",
+        "--overlap",
+        "4",
+        "--batch",
+        "4",
+        *extra,
+    ]
 
 
 def test_odd_sized_measurement_end_to_end(tiny_model, tmp_path):
     y, _ = _measurement((37, 53))
     np.save(tmp_path / "y.npy", y)
     out, report = tmp_path / "x.tif", tmp_path / "report.json"
-    code = restore_tool.main([str(tmp_path / "y.npy"), "--output", str(out), "--report", str(report),
-                              "--save-electrons", *_args(tiny_model)])  # fmt: skip
+    code = restore_tool.main(
+        [
+            str(tmp_path / "y.npy"),
+            "--output",
+            str(out),
+            "--report",
+            str(report),
+            "--save-electrons",
+            *_args(tiny_model),
+        ]
+    )
     assert code == 0
     x = tifffile.imread(out)
     assert x.shape == (37, 53) and x.dtype == np.float32
@@ -51,8 +87,18 @@ def test_odd_sized_measurement_end_to_end(tiny_model, tmp_path):
     np.testing.assert_allclose(tifffile.imread(tmp_path / "x_electrons.tif"), 20 * x, rtol=1e-6)
     rep = json.loads(report.read_text())
     image = rep["images"][0]
-    for field in ("chi_square", "whiteness", "spectral_flatness", "mean_photons", "saturated_fraction", "tile",
-                  "num_tiles", "plan", "seconds", "warnings"):  # fmt: skip
+    for field in (
+        "chi_square",
+        "whiteness",
+        "spectral_flatness",
+        "mean_photons",
+        "saturated_fraction",
+        "tile",
+        "num_tiles",
+        "plan",
+        "seconds",
+        "warnings",
+    ):
         assert field in image, field
     assert image["tile"] == 16 and image["num_tiles"] > 4 and np.isfinite(image["chi_square"])
     assert rep["summary"] == {**rep["summary"], "restored": 1, "failed": 0}
@@ -65,9 +111,24 @@ def test_adu_input_masks_saturated_pixels(tiny_model, tmp_path):
     )  # gain 2 e-/ADU, black 100, white 105
     tifffile.imwrite(tmp_path / "raw.tif", adu)
     report = tmp_path / "r.json"
-    code = restore_tool.main([str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.npy"), "--units", "adu",
-                              "--gain", "2", "--black-level", "100", "--white-level", "105", "--report", str(report),
-                              *_args(tiny_model)])  # fmt: skip
+    code = restore_tool.main(
+        [
+            str(tmp_path / "raw.tif"),
+            "--output",
+            str(tmp_path / "x.npy"),
+            "--units",
+            "adu",
+            "--gain",
+            "2",
+            "--black-level",
+            "100",
+            "--white-level",
+            "105",
+            "--report",
+            str(report),
+            *_args(tiny_model),
+        ]
+    )
     assert code == 0
     saturated = float(np.mean(adu >= 105))
     assert saturated > 0
@@ -99,8 +160,16 @@ def test_folder_mode_skips_a_corrupt_file(tiny_model, tmp_path):
 
 def test_too_small_input_is_rejected_clearly(tiny_model, tmp_path):
     np.save(tmp_path / "tiny.npy", np.ones((1, 1), np.float32))
-    code = restore_tool.main([str(tmp_path / "tiny.npy"), "--output", str(tmp_path / "x.npy"), "--report",
-                              str(tmp_path / "r.json"), *_args(tiny_model)])  # fmt: skip
+    code = restore_tool.main(
+        [
+            str(tmp_path / "tiny.npy"),
+            "--output",
+            str(tmp_path / "x.npy"),
+            "--report",
+            str(tmp_path / "r.json"),
+            *_args(tiny_model),
+        ]
+    )
     assert code == 1
     assert "minimum is 8x8" in json.loads((tmp_path / "r.json").read_text())["failures"][0]["error"]
 
@@ -109,8 +178,22 @@ def test_num_samples_write_a_posterior_std_map(tiny_model, tmp_path):
     y, _ = _measurement((24, 20), s=5.0)  # few photons: the sampler refines the one-call estimate
     np.save(tmp_path / "y.npy", y)
     out, std, report = tmp_path / "x.tif", tmp_path / "std.tif", tmp_path / "report.json"
-    code = restore_tool.main([str(tmp_path / "y.npy"), "--output", str(out), "--num-samples", "3",
-                              "--uncertainty", str(std), "--report", str(report), *_args(tiny_model), "--scale", "5"])  # fmt: skip
+    code = restore_tool.main(
+        [
+            str(tmp_path / "y.npy"),
+            "--output",
+            str(out),
+            "--num-samples",
+            "3",
+            "--uncertainty",
+            str(std),
+            "--report",
+            str(report),
+            *_args(tiny_model),
+            "--scale",
+            "5",
+        ]
+    )
     assert code == 0
     sigma = tifffile.imread(std)
     assert sigma.shape == (24, 20) and np.all(sigma >= 0) and sigma.mean() > 0
@@ -134,8 +217,19 @@ def test_fits_and_tiff_outputs_keep_the_input_metadata(tiny_model, tmp_path):
     from astropy.io import fits
 
     y, _ = _measurement((20, 24))
-    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.1, "CRVAL2": 2.2,
-                          "CRPIX1": 12.0, "CRPIX2": 10.0, "CDELT1": -1e-4, "CDELT2": 1e-4, "EXPTIME": 30.0})  # fmt: skip
+    header = fits.Header(
+        {
+            "CTYPE1": "RA---TAN",
+            "CTYPE2": "DEC--TAN",
+            "CRVAL1": 150.1,
+            "CRVAL2": 2.2,
+            "CRPIX1": 12.0,
+            "CRPIX2": 10.0,
+            "CDELT1": -1e-4,
+            "CDELT2": 1e-4,
+            "EXPTIME": 30.0,
+        }
+    )
     fits.PrimaryHDU(y, header=header).writeto(tmp_path / "y.fits")
     assert (
         restore_tool.main(
@@ -178,8 +272,20 @@ def test_auto_read_noise_and_scale_are_estimated_and_reported(tiny_model, tmp_pa
     y, _ = _measurement((64, 64), s=20.0, r=2.0)
     np.save(tmp_path / "y.npy", y)
     report = tmp_path / "report.json"
-    code = restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"), "--report", str(report),
-                              *_args(tiny_model), "--read-noise", "auto", "--scale", "auto"])  # fmt: skip
+    code = restore_tool.main(
+        [
+            str(tmp_path / "y.npy"),
+            "--output",
+            str(tmp_path / "x.npy"),
+            "--report",
+            str(report),
+            *_args(tiny_model),
+            "--read-noise",
+            "auto",
+            "--scale",
+            "auto",
+        ]
+    )
     assert code == 0
     noise = json.loads(report.read_text())["images"][0]["noise"]
     assert (
@@ -190,8 +296,19 @@ def test_auto_read_noise_and_scale_are_estimated_and_reported(tiny_model, tmp_pa
         0.8 * 20.0, rel=0.15
     )  # the clean bright end, 0.8 at s = 20
     with pytest.raises(SystemExit):
-        restore_tool.parse_args(["y.npy", "--output", "x.npy", "--domain", "microscopy", "--scale", "bright",
-                                 "--read-noise", "2"])  # fmt: skip
+        restore_tool.parse_args(
+            [
+                "y.npy",
+                "--output",
+                "x.npy",
+                "--domain",
+                "microscopy",
+                "--scale",
+                "bright",
+                "--read-noise",
+                "2",
+            ]
+        )
 
 
 def _no_restoration(monkeypatch):
@@ -238,8 +355,16 @@ def test_an_rgb_input_for_a_png_output_fails_early_and_is_counted(
     _no_restoration(monkeypatch)
     Image.fromarray(np.full((24, 24, 3), 40, np.uint8)).save(tmp_path / "rgb.png")
     report = tmp_path / "r.json"
-    code = restore_tool.main([str(tmp_path / "rgb.png"), "--output", str(tmp_path / "x.png"), "--report",
-                              str(report), *_args(tiny_model)])  # fmt: skip
+    code = restore_tool.main(
+        [
+            str(tmp_path / "rgb.png"),
+            "--output",
+            str(tmp_path / "x.png"),
+            "--report",
+            str(report),
+            *_args(tiny_model),
+        ]
+    )
     assert code == 1
     (failure,) = json.loads(report.read_text())["failures"]
     assert "grayscale only; use .tif for 3 channels" in failure["error"]
@@ -251,8 +376,16 @@ def test_data_that_are_not_electrons_are_flagged(tiny_model, tmp_path):
     counts = np.random.default_rng(0).integers(20000, 40000, (24, 24)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "raw.tif", counts)
     report = tmp_path / "r.json"
-    code = restore_tool.main([str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.tif"), "--report",
-                              str(report), *_args(tiny_model)])  # fmt: skip
+    code = restore_tool.main(
+        [
+            str(tmp_path / "raw.tif"),
+            "--output",
+            str(tmp_path / "x.tif"),
+            "--report",
+            str(report),
+            *_args(tiny_model),
+        ]
+    )
     assert code == 0
     warnings = " | ".join(json.loads(report.read_text())["images"][0]["warnings"])
     assert "uint16 integers, read as electrons" in warnings and "--units adu" in warnings
@@ -294,8 +427,19 @@ def test_the_cli_without_options_is_restore_without_options(tiny_model, tmp_path
         "2",
     ]
     report = tmp_path / "r.json"
-    assert restore_tool.main([str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"), "--report", str(report),
-                              *required]) == 0  # fmt: skip
+    assert (
+        restore_tool.main(
+            [
+                str(tmp_path / "y.npy"),
+                "--output",
+                str(tmp_path / "x.npy"),
+                "--report",
+                str(report),
+                *required,
+            ]
+        )
+        == 0
+    )
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
     result = restore(
         Prior.load(tiny_model), y, physics=Physics(5.0, 2.0, 0.0, "microscopy"), key=key
@@ -313,10 +457,37 @@ def test_adu_data_with_every_noise_parameter_auto(tiny_model, tmp_path):
     adu = np.clip(np.round(y / 2.0 + 100), 0, 4095).astype(np.uint16)
     tifffile.imwrite(tmp_path / "raw.tif", adu)
     report = tmp_path / "r.json"
-    code = restore_tool.main([str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.tif"), "--report", str(report),
-                              "--checkpoint", tiny_model, "--domain", "microscopy", "--units", "adu", "--gain", "auto",
-                              "--black-level", "100", "--white-level", "4095", "--read-noise", "auto", "--scale", "auto",
-                              "--steps", "0", "--tile", "16", "--overlap", "4"])  # fmt: skip
+    code = restore_tool.main(
+        [
+            str(tmp_path / "raw.tif"),
+            "--output",
+            str(tmp_path / "x.tif"),
+            "--report",
+            str(report),
+            "--checkpoint",
+            tiny_model,
+            "--domain",
+            "microscopy",
+            "--units",
+            "adu",
+            "--gain",
+            "auto",
+            "--black-level",
+            "100",
+            "--white-level",
+            "4095",
+            "--read-noise",
+            "auto",
+            "--scale",
+            "auto",
+            "--steps",
+            "0",
+            "--tile",
+            "16",
+            "--overlap",
+            "4",
+        ]
+    )
     assert code == 0
     image = json.loads(report.read_text())["images"][0]
     noise = image["noise"]

@@ -10,7 +10,10 @@ import pytest
 from pdr_jax.restore import tiling
 
 
-@pytest.mark.parametrize("shape, tile, overlap", [((301, 517), 64, 16), ((64, 64), 64, 8), ((9, 200), 8, 2), ((130, 70), 32, 0)])
+@pytest.mark.parametrize(
+    "shape, tile, overlap",
+    [((301, 517), 64, 16), ((64, 64), 64, 8), ((9, 200), 8, 2), ((130, 70), 32, 0)],
+)
 def test_identity_denoiser_round_trip_is_exact(shape, tile, overlap):
     x = jax.random.uniform(jax.random.key(0), (*shape, 1))
     plan = tiling.plan_tiles(*shape, tile=tile, overlap=overlap)
@@ -30,12 +33,15 @@ def test_tiles_cover_the_padded_image():
     assert plan.rows[-1] + 64 == plan.padded_shape[0] and plan.cols[-1] + 64 == plan.padded_shape[1]
 
 
-@pytest.mark.parametrize("shape, kwargs, message", [
-    ((1, 1), dict(tile=64), "minimum is 8x8"),
-    ((100, 100), dict(tile=60), "multiple of 8"),
-    ((100, 100), dict(tile=64, overlap=40), "overlap 40"),
-    ((20, 300), dict(tile=64), "too small for tile 64"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "shape, kwargs, message",
+    [
+        ((1, 1), dict(tile=64), "minimum is 8x8"),
+        ((100, 100), dict(tile=60), "multiple of 8"),
+        ((100, 100), dict(tile=64, overlap=40), "overlap 40"),
+        ((20, 300), dict(tile=64), "too small for tile 64"),
+    ],
+)
 def test_bad_sizes_are_rejected_with_the_reason(shape, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiling.plan_tiles(*shape, **kwargs)
@@ -50,11 +56,17 @@ def test_no_seam_with_a_tile_local_denoiser():
     box = jnp.ones((5, 5, 1, 1), jnp.float32) / 25
 
     def blur(images, sigma):
-        return jax.lax.conv_general_dilated(images, box, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            images, box, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     plan = tiling.plan_tiles(size, size, tile=tile, overlap=overlap)
-    tiled = tiling.unpad(jax.jit(tiling.tiled_denoiser(blur, plan, batch=8))(tiling.pad(x, plan)[None], 1.0)[0], plan)
-    reference = tiling.unpad(blur(tiling.pad(x, plan)[None], 1.0)[0], plan)  # the whole image at once
+    tiled = tiling.unpad(
+        jax.jit(tiling.tiled_denoiser(blur, plan, batch=8))(tiling.pad(x, plan)[None], 1.0)[0], plan
+    )
+    reference = tiling.unpad(
+        blur(tiling.pad(x, plan)[None], 1.0)[0], plan
+    )  # the whole image at once
     err = np.abs(np.asarray(tiled - reference))[..., 0]
     # Pixels within 2 of an interior tile border (in image coordinates) vs all others.
     border = np.zeros((size, size), bool)
@@ -63,14 +75,21 @@ def test_no_seam_with_a_tile_local_denoiser():
     for c in plan.cols[1:]:
         border[:, max(c - plan.pad_left - 2, 0) : c - plan.pad_left + 3] = True
     inner = np.zeros((size, size), bool)
-    inner[8:-8, 8:-8] = True  # leave out the image frame, where reflection differs from zero padding
+    inner[8:-8, 8:-8] = (
+        True  # leave out the image frame, where reflection differs from zero padding
+    )
     assert err[border & inner].max() <= max(err[~border & inner].max(), 1e-6) * 1.01 + 1e-6
     # Plain stitching without blending shows the seam: the same check fails for it.
     stitched = np.zeros(plan.padded_shape)
-    blurred = np.asarray(blur(tiling.extract_tiles(tiling.pad(x, plan), jnp.asarray(plan.origins), tile), 1.0))[..., 0]
+    blurred = np.asarray(
+        blur(tiling.extract_tiles(tiling.pad(x, plan), jnp.asarray(plan.origins), tile), 1.0)
+    )[..., 0]
     for (r, c), t in zip(plan.origins, blurred):
         stitched[r : r + tile, c : c + tile] = t
-    stitched_err = np.abs(np.asarray(tiling.unpad(jnp.asarray(stitched)[..., None], plan))[..., 0] - np.asarray(reference)[..., 0])
+    stitched_err = np.abs(
+        np.asarray(tiling.unpad(jnp.asarray(stitched)[..., None], plan))[..., 0]
+        - np.asarray(reference)[..., 0]
+    )
     assert stitched_err[border & inner].max() > 10 * max(err[border & inner].max(), 1e-6)
 
 
@@ -79,14 +98,18 @@ def test_several_images_equal_one_at_a_time():
     plan = tiling.plan_tiles(40, 56, tile=16, overlap=4)
     fn = lambda tiles, sigma: jnp.tanh(tiles * sigma) + tiles.mean(axis=(1, 2), keepdims=True)
     denoise = jax.jit(tiling.tiled_denoiser(fn, plan, batch=4))
-    x = jnp.stack([tiling.pad(jax.random.uniform(jax.random.key(i), (40, 56, 2)), plan) for i in (1, 2)])
+    x = jnp.stack(
+        [tiling.pad(jax.random.uniform(jax.random.key(i), (40, 56, 2)), plan) for i in (1, 2)]
+    )
     both = denoise(x, 0.5)
     one_by_one = jnp.concatenate([denoise(x[:1], 0.5), denoise(x[1:], 0.5)])
     np.testing.assert_allclose(both, one_by_one, atol=1e-6, rtol=0)
 
 
 def test_choose_tile_takes_the_largest_tile_the_network_image_and_memory_allow():
-    per_tile = lambda t, channels=32: t * t * tiling.ACTIVATION_BYTES_PER_PIXEL_PER_CHANNEL * channels
+    per_tile = lambda t, channels=32: (
+        t * t * tiling.ACTIVATION_BYTES_PER_PIXEL_PER_CHANNEL * channels
+    )
     kwargs = dict(resolution=128, multiple=8, model_channels=32, batch=8)
     assert tiling.choose_tile(4096, 4096, **kwargs) == 128  # the network's resolution
     assert tiling.choose_tile(100, 4096, **kwargs) == 96  # the shorter side, to the multiple
@@ -94,6 +117,8 @@ def test_choose_tile_takes_the_largest_tile_the_network_image_and_memory_allow()
     # The memory budget: 8 tiles of 96 fit, 8 of 104 do not.
     budget = (8 * per_tile(96) + 8 * per_tile(104)) / 2 / 2**20
     assert tiling.choose_tile(4096, 4096, **kwargs, memory_budget_mb=budget) == 96
-    assert tiling.choose_tile(4096, 4096, **{**kwargs, "multiple": 2}, memory_budget_mb=budget) == 96
+    assert (
+        tiling.choose_tile(4096, 4096, **{**kwargs, "multiple": 2}, memory_budget_mb=budget) == 96
+    )
     with pytest.raises(ValueError, match="no tile size fits"):
         tiling.choose_tile(4096, 4096, **kwargs, memory_budget_mb=8 * per_tile(31) / 2**20)

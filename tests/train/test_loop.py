@@ -20,7 +20,6 @@ import pytest
 
 from configs import base, progressive
 from pdr_jax.train import loop
-from pdr_jax.train.state import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -73,8 +72,15 @@ def _free_port() -> int:
 
 
 def _launch(workdir, *flags, env=None):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config",
-           os.path.join(ROOT, "configs", "base.py:tiny"), "--workdir", workdir, *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "base.py:tiny"),
+        "--workdir",
+        workdir,
+        *flags,
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
@@ -87,8 +93,11 @@ def test_two_processes_then_one_resumes_equal_to_one_device(one_device_run, tmp_
     sum in another order)."""
     workdir_1, state_1 = one_device_run
     workdir = str(tmp_path / "two")
-    env = {"JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}", "JAX_NUM_PROCESSES": "2",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    env = {
+        "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}",
+        "JAX_NUM_PROCESSES": "2",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
     procs = [
         _launch(workdir, "--config.stages[0].kimg=0.016", env={**env, "JAX_PROCESS_ID": str(i)})
         for i in range(2)
@@ -109,11 +118,19 @@ def test_two_processes_then_one_resumes_equal_to_one_device(one_device_run, tmp_
 
 
 def test_a_peer_that_never_comes_is_a_clear_error_within_the_timeout(tmp_path):
-    proc = _launch(str(tmp_path / "alone"), f"--coordinator_address=localhost:{_free_port()}",
-                   "--num_processes=2", "--process_id=0", "--distributed_timeout=3")  # fmt: skip
+    proc = _launch(
+        str(tmp_path / "alone"),
+        f"--coordinator_address=localhost:{_free_port()}",
+        "--num_processes=2",
+        "--process_id=0",
+        "--distributed_timeout=3",
+    )
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert "did not start within 3 s" in err.decode() and "2 processes, this is process 0" in err.decode()
+    assert (
+        "did not start within 3 s" in err.decode()
+        and "2 processes, this is process 0" in err.decode()
+    )
     assert not os.path.exists(tmp_path / "alone")
 
 
@@ -121,8 +138,16 @@ def test_sigkill_and_resume_matches_uninterrupted(one_device_run, tmp_path):
     """A run SIGKILLed after its step-2 checkpoint, restarted, ends equal to the uninterrupted run."""
     _, state_ref = one_device_run
     workdir = str(tmp_path / "killed")
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config", os.path.join(ROOT, "configs", "base.py:tiny"),
-           "--workdir", workdir, "--config.train.num_devices=1", "--config.stages[0].kimg=0.032"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "base.py:tiny"),
+        "--workdir",
+        workdir,
+        "--config.train.num_devices=1",
+        "--config.stages[0].kimg=0.032",
+    ]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -203,8 +228,22 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
 
 
 def test_auto_batch_size_picks_the_largest_that_fits():
-    fake = lambda need: type("C", (), {"memory_analysis": lambda self: type("M", (), dict(
-        argument_size_in_bytes=need, output_size_in_bytes=0, alias_size_in_bytes=0, temp_size_in_bytes=0))()})()  # fmt: skip
+    fake = lambda need: type(
+        "C",
+        (),
+        {
+            "memory_analysis": lambda self: type(
+                "M",
+                (),
+                dict(
+                    argument_size_in_bytes=need,
+                    output_size_in_bytes=0,
+                    alias_size_in_bytes=0,
+                    temp_size_in_bytes=0,
+                ),
+            )()
+        },
+    )()
     best, report = loop.auto_batch_size(lambda b: fake(100 * b), [1, 2, 4, 8, 16], budget_bytes=450)
     assert best == 4 and report == {1: 100, 2: 200, 4: 400, 8: 800}
     with pytest.raises(ValueError, match="batch 1 needs 100 bytes"):
@@ -260,8 +299,15 @@ def test_bf16_and_remat_train_steps(overrides):
 
 
 def test_mistyped_config_key_is_an_error(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config", os.path.join(ROOT, "configs", "base.py:tiny"),
-           "--workdir", str(tmp_path), "--config.optim.lrr=0.1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "base.py:tiny"),
+        "--workdir",
+        str(tmp_path),
+        "--config.optim.lrr=0.1",
+    ]
     out = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120
     )
@@ -352,8 +398,12 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_next_intact_one(
     workdir_ref, state_ref = one_device_run
     workdir = _copy_run(workdir_ref, tmp_path / "run")
     checkpoints = os.path.join(workdir, "checkpoints")
-    data_files = [os.path.join(root, f) for root, _, files in os.walk(os.path.join(checkpoints, "4", "state"))
-                  for f in files if "/d/" in os.path.join(root, f) + "/"]  # fmt: skip
+    data_files = [
+        os.path.join(root, f)
+        for root, _, files in os.walk(os.path.join(checkpoints, "4", "state"))
+        for f in files
+        if "/d/" in os.path.join(root, f) + "/"
+    ]
     victim = max(data_files, key=os.path.getsize)
     with open(victim, "r+b") as f:
         f.truncate(os.path.getsize(victim) // 2)
@@ -427,8 +477,11 @@ def test_vp_and_ve_networks_train_with_their_own_losses(precond, tmp_path):
     assert int(loop.train(config, workdir).step) == 2
     loaded, variables = model_io.load_model(os.path.join(workdir, "model"))
     assert type(loaded) is type(net)
-    x = samplers.edm_sampler(latents=jax.random.normal(jax.random.key(0), (2, 16, 16, 1)), num_steps=3,
-                             **samplers.network_sampler_args(loaded, variables, jnp.zeros((2, 6))))  # fmt: skip
+    x = samplers.edm_sampler(
+        latents=jax.random.normal(jax.random.key(0), (2, 16, 16, 1)),
+        num_steps=3,
+        **samplers.network_sampler_args(loaded, variables, jnp.zeros((2, 6))),
+    )
     assert bool(jnp.all(jnp.isfinite(x)))
 
 

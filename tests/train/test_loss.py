@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from edm_fixtures import FIXTURES, nchw_to_nhwc, network_from_case
 
-from edm_fixtures import FIXTURES, network_from_case, nchw_to_nhwc
 from pdr_jax.train import loss as losses
 
 CASES = [
@@ -37,8 +37,13 @@ def test_edm_weighting_by_hand():
     images = jnp.ones((1, 2, 2, 1))
     sigma = jnp.full((1, 1, 1, 1), 0.5)
     err = losses.weighted_denoising_error(
-        lambda x, s, l: x * 0 + 3.0, images, None, sigma, jnp.zeros_like(images), (0.5**2 + 0.25) / (0.25) ** 2
+        lambda x, s, labels: x * 0 + 3.0,
+        images,
+        None,
+        sigma,
+        jnp.zeros_like(images),
+        (0.5**2 + 0.25) / (0.25) ** 2,
     )
     np.testing.assert_allclose(err, 8 * 4.0)
-    exact = losses.edm_loss(lambda x, s, l: images, jax.random.key(0), images)
+    exact = losses.edm_loss(lambda x, s, labels: images, jax.random.key(0), images)
     np.testing.assert_array_equal(exact, 0)
