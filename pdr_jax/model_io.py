@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 import jax
@@ -156,9 +157,31 @@ def _network_kwargs(network, json_path, kind: str = "prior") -> dict:
     return kwargs
 
 
+def shipped_models() -> list[str]:
+    """Names of the models that come with the package (pdr_jax/models/*)."""
+    root = resources.files("pdr_jax.models")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / NETWORK_FILE).is_file())
+
+
+def resolve_model(path_or_name) -> pathlib.Path:
+    """The model directory meant by `path_or_name`: an existing path as given, else the name of
+    a shipped model ("pdr-gray-default"; see shipped_models()). A path that does not exist and
+    is no shipped name is returned unchanged, for the caller's "missing" error to name it."""
+    path = pathlib.Path(os.fspath(path_or_name)).expanduser()
+    if path.exists() or os.sep in str(path_or_name) or str(path_or_name) not in shipped_models():
+        return path
+    shipped = resources.files("pdr_jax.models") / str(path_or_name)
+    if not isinstance(shipped, pathlib.Path):  # a zipped install: Orbax reads real files only
+        raise ModelFormatError(
+            f"shipped model {path_or_name!r} is inside an archive ({shipped}); install unzipped"
+        )
+    return shipped
+
+
 def read_network_json(directory) -> dict:
-    """The parsed and checked ``network.json`` of a model directory."""
-    json_path = pathlib.Path(os.fspath(directory)).expanduser() / NETWORK_FILE
+    """The parsed and checked ``network.json`` of a model directory (or a shipped model's name)."""
+    directory = resolve_model(directory)
+    json_path = directory / NETWORK_FILE
     if not json_path.is_file():
         raise ModelFormatError(f"{json_path}: missing (is {directory} a pdr_jax model directory?)")
     try:
@@ -182,7 +205,8 @@ def read_network_json(directory) -> dict:
 
 
 def load_model(directory):
-    """(net, variables) from a directory written by `save_model` (or tools/convert_edm.py).
+    """(net, variables) from a directory written by `save_model` (or tools/convert_edm.py), or
+    from a shipped model by name: ``load_model("pdr-gray-default")`` (see shipped_models()).
 
     Rebuilds the network with pdr_jax.precond.build_network (kind "prior") or
     pdr_jax.conditional.build_conditional (kind "conditional"; `net.betas()` and
@@ -191,7 +215,7 @@ def load_model(directory):
     ModelFormatError naming network.json and the field when the description is missing or bad.
     Only model directories are read; training workdirs (Orbax CheckpointManager) are not yet.
     """
-    directory = pathlib.Path(os.fspath(directory)).expanduser().absolute()
+    directory = resolve_model(directory).absolute()
     json_path = directory / NETWORK_FILE
     description = read_network_json(directory)
     kind = description.get("kind", "prior")

@@ -274,13 +274,10 @@ def test_a_prior_model_dir_is_still_a_prior(tmp_path):
 
 def test_restore_tool_method_conditional(tmp_path):
     """tools/restore.py --method conditional on an odd-sized image; a prior flag on it is refused."""
-    import pathlib
-    import sys
 
     import tifffile
 
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-    import restore as restore_tool
+    from pdr_jax.cli import restore as restore_tool
 
     _, kwargs, variables = _make_tiny_model()
     model_io.save_model(tmp_path / "m", kwargs, variables, kind="conditional")

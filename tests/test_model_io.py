@@ -1,6 +1,7 @@
 """Model directories: network.json + Orbax variables, and the errors for broken ones."""
 
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -116,3 +117,25 @@ def test_missing_variables_are_reported(tmp_path):
     (tmp_path / "variables").rename(tmp_path / "moved")
     with pytest.raises(model_io.ModelFormatError, match=r"variables: missing"):
         model_io.load_model(tmp_path)
+
+
+def test_shipped_models_load_by_name_from_the_package():
+    """Package data (pdr_jax/models), found by importlib.resources, not by the checkout's layout."""
+    assert {"pdr-gray-default", "conditional-gray-default"} <= set(model_io.shipped_models())
+    path = model_io.resolve_model("pdr-gray-default")
+    assert path.parent == pathlib.Path(model_io.__file__).parent / "models"
+    net, variables = model_io.load_model("pdr-gray-default")
+    assert net.model.label_dim == 6 and "params" in variables
+    assert model_io.resolve_model("no-such-model") == pathlib.Path("no-such-model")
+    with pytest.raises(model_io.ModelFormatError, match="no-such-model"):
+        model_io.load_model("no-such-model")
+
+
+def test_no_code_refers_to_the_checkout_layout():
+    """The package works installed (grep of issue 23): no parent.parent in pdr_jax, and the
+    checkout's entry points do not edit sys.path."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for path in (root / "pdr_jax").rglob("*.py"):
+        assert "parent.parent" not in path.read_text(), path
+    for path in [*(root / "tools").glob("*.py"), *(root / "launch").glob("*.py")]:
+        assert "sys.path" not in path.read_text(), path

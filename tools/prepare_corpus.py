@@ -1,57 +1,8 @@
-"""Build the offline training corpus from Debian packages and simulators (pdr_jax.data.corpus).
+"""`pdr-corpus` from the checkout: the program is pdr_jax.cli.prepare_corpus (`--help` there)."""
 
-    python tools/prepare_corpus.py                         # -> ~/.cache/pdr_jax/corpus
-    python tools/prepare_corpus.py --root /data/corpus --summary
-
-Fetches the packages with apt-get download + dpkg -x into ROOT/packages (nothing installed),
-writes ROOT/images/<domain>/*.npy and ROOT/manifest.json (package, path, sha256, licence,
-pixels, processing and split of every image). Rerunning skips finished work. A missing package
-or an unreadable, reserved or duplicate file is named, skipped and counted.
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
-import pathlib
 import sys
-import time
 
-from tqdm import tqdm
-
-from pdr_jax.data import corpus
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument(
-        "--root",
-        type=pathlib.Path,
-        default=corpus.DEFAULT_ROOT,
-        help=f"corpus folder (default {corpus.DEFAULT_ROOT}; $PDR_JAX_CACHE/corpus)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    parser.add_argument(
-        "--summary", action="store_true", help="print the summary of a built corpus"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if args.summary:
-        print(corpus.summary_markdown(corpus.load(args.root)))
-        return 0
-    start = time.perf_counter()
-    manifest = corpus.build(
-        args.root, seed=args.seed, progress=lambda items: tqdm(items, desc="images", unit="file")
-    )
-    print(corpus.summary_markdown(manifest))
-    for item in manifest["skipped"]:
-        print(f"  skipped {item['package']} {item['path']}: {item['reason']}")
-    print(
-        f"corpus at {args.root}: {len(manifest['images'])} images, "
-        f"built in {time.perf_counter() - start:.0f} s"
-    )
-    return 0
-
+from pdr_jax.cli.prepare_corpus import main
 
 if __name__ == "__main__":
     sys.exit(main())

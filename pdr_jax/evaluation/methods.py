@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -45,9 +44,9 @@ from pdr_jax.restore import (
     tiling,
 )
 
-# The shipped default model, relative to the repository root (once it exists).
-DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[2] / "models" / "pdr-gray-default"
-DEFAULT_CONDITIONAL = DEFAULT_CHECKPOINT.parent / "conditional-gray-default"
+# The shipped default models (package data, pdr_jax/models; model_io.resolve_model).
+DEFAULT_CHECKPOINT = "pdr-gray-default"
+DEFAULT_CONDITIONAL = "conditional-gray-default"
 
 
 class MethodUnavailable(RuntimeError):
@@ -150,7 +149,7 @@ def checkpoint_dir(options: MethodOptions) -> str:
     when neither is there."""
     if options.checkpoint is not None:
         return options.checkpoint
-    if (DEFAULT_CHECKPOINT / model_io.NETWORK_FILE).exists():
+    if (model_io.resolve_model(DEFAULT_CHECKPOINT) / model_io.NETWORK_FILE).exists():
         return str(DEFAULT_CHECKPOINT)
     raise MethodUnavailable(
         f"no model: pass --checkpoint DIR (the shipped default {DEFAULT_CHECKPOINT} has no "
@@ -217,7 +216,7 @@ def conditional_checkpoint_dir(options: MethodOptions) -> str:
                 "expected a conditional one (launch/train.py --config configs/conditional.py)"
             )
         return directory
-    if (DEFAULT_CONDITIONAL / model_io.NETWORK_FILE).exists():
+    if (model_io.resolve_model(DEFAULT_CONDITIONAL) / model_io.NETWORK_FILE).exists():
         return str(DEFAULT_CONDITIONAL)
     raise MethodUnavailable(
         f"the concat-conditioned restoration model has no model directory: pass "

@@ -308,3 +308,46 @@ def write_outputs(out_dir, rows, *, title: str, examples=None) -> list[dict]:
             title=f"{title}: s = {scale:g} photons at full scale",
         )
     return summary
+
+
+def plot_restoration_preview(
+    path,
+    *,
+    noisy: np.ndarray,
+    restored: np.ndarray,
+    residual: np.ndarray,
+    std: np.ndarray | None,
+    title: str,
+) -> None:
+    """One restoration at a glance, four labelled panels with colour bars: the noisy measurement
+    in clean units ((y - b) / s), the restoration, the residual normalised by the noise model
+    ((y - s x - b) / sqrt(s x + b + r^2), about N(0, 1) where the restoration explains the data;
+    NaN = masked) and the posterior std (a note when no samples were drawn). 2-D arrays [H, W]."""
+    plt = pyplot()
+    lo, hi = np.nanpercentile(restored, [0.5, 99.5])
+    hi = hi if hi > lo else lo + 1.0
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.6), constrained_layout=True)
+    panels = [
+        ("noisy, (y - b) / s", noisy, "gray", (lo, hi)),
+        ("restored x", restored, "gray", (lo, hi)),
+        ("residual (y - s x - b) / sigma", residual, "RdBu_r", (-3.0, 3.0)),
+        ("posterior std", std, "magma", (0.0, float(np.nanmax(std)) if std is not None else 1.0)),
+    ]
+    for ax, (label, image, cmap, (vmin, vmax)) in zip(axes, panels):
+        ax.set_axis_off()
+        ax.set_title(label)
+        if image is None:
+            ax.text(
+                0.5,
+                0.5,
+                "not sampled\n(--num-samples K > 1)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
+            continue
+        shown = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        fig.colorbar(shown, ax=ax, shrink=0.85)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

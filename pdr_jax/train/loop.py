@@ -595,14 +595,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 def init_from(state: TrainState, net, source: str) -> tuple[TrainState, float]:
     """`state` with parameters (and EMA, buffers) from a model directory or an EDM pickle.
 
-    source: a pdr_jax model directory (model_io.load_model; its recorded kimg_total or kimg is
+    source: a pdr_jax model directory or a shipped model's name such as "pdr-gray-default"
+    (model_io.load_model; its recorded kimg_total or kimg is
     returned so that the run's total counts on) or an EDM .pkl/.pt/.pth (convert/edm_pickle,
     its EMA network; 0 kimg returned). The optimiser starts fresh. Raises
     model_io.ModelFormatError (a ValueError) naming the source and the missing, unexpected and
     mis-shaped parameters when its network differs from `net`, the config's.
     """
-    path = os.path.expanduser(source)
-    if os.path.isdir(path):
+    path = model_io.resolve_model(source)
+    if path.is_dir():
         _, variables = model_io.load_model(path)
         recorded = model_io.read_network_json(path).get("source", {})
         kimg = float(recorded.get("kimg_total") or recorded.get("kimg") or 0.0)

@@ -297,7 +297,7 @@ def test_prepare_corpus_tool_summary_and_missing_corpus(built, capsys):
 def test_corpus_config_presets(built):
     """configs/corpus.py names the corpus as its data; its presets build; the data it names
     expands against a built corpus."""
-    from configs import corpus as corpus_config
+    from pdr_jax.configs import corpus as corpus_config
 
     for preset in (None, "cpu", "sweep", "tiny"):
         config = corpus_config.get_config(preset)

@@ -1,17 +1,15 @@
 """tools/restore.py end to end with a tiny model: odd sizes, formats, ADU input, folder mode."""
 
 import json
-import sys
 
 import jax
 import numpy as np
+import PIL.Image
 import pytest
 import tifffile
 
 from pdr_jax import model_io, precond
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "tools"))
-import restore as restore_tool
+from pdr_jax.cli import restore as restore_tool
 
 TINY = dict(
     precond="edm",
@@ -174,10 +172,19 @@ def test_too_small_input_is_rejected_clearly(tiny_model, tmp_path):
     assert "minimum is 8x8" in json.loads((tmp_path / "r.json").read_text())["failures"][0]["error"]
 
 
-def test_num_samples_write_a_posterior_std_map(tiny_model, tmp_path):
+def test_num_samples_write_a_posterior_std_map_and_a_preview(tiny_model, tmp_path, monkeypatch):
+    from pdr_jax.evaluation import report as report_lib
+
     y, _ = _measurement((24, 20), s=5.0)  # few photons: the sampler refines the one-call estimate
     np.save(tmp_path / "y.npy", y)
     out, std, report = tmp_path / "x.tif", tmp_path / "std.tif", tmp_path / "report.json"
+    preview, drawn = tmp_path / "preview.png", {}
+    plot = report_lib.plot_restoration_preview
+    monkeypatch.setattr(
+        report_lib,
+        "plot_restoration_preview",
+        lambda path, **kw: (drawn.update(kw), plot(path, **kw)),
+    )
     code = restore_tool.main(
         [
             str(tmp_path / "y.npy"),
@@ -189,6 +196,8 @@ def test_num_samples_write_a_posterior_std_map(tiny_model, tmp_path):
             str(std),
             "--report",
             str(report),
+            "--preview",
+            str(preview),
             *_args(tiny_model),
             "--scale",
             "5",
@@ -196,6 +205,19 @@ def test_num_samples_write_a_posterior_std_map(tiny_model, tmp_path):
     )
     assert code == 0
     sigma = tifffile.imread(std)
+    # The preview: noisy, restored, residual (y - s x - b) / sigma, std; 1530 x 414 px at 90 dpi.
+    x = tifffile.imread(out)
+    np.testing.assert_allclose(drawn["noisy"], y / 5.0, rtol=1e-6)
+    np.testing.assert_allclose(drawn["restored"], x, rtol=1e-6)
+    np.testing.assert_allclose(
+        drawn["residual"],
+        (y - 5.0 * x) / np.sqrt(np.maximum(5.0 * x, 0) + 4.0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(drawn["std"], sigma, rtol=1e-6)
+    assert "chi-square" in drawn["title"]
+    assert PIL.Image.open(preview).size == (1530, 414)
     assert sigma.shape == (24, 20) and np.all(sigma >= 0) and sigma.mean() > 0
     image = json.loads(report.read_text())["images"][0]
     assert image["posterior_std"] == pytest.approx(float(sigma.mean()), rel=1e-5)

@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 
-from configs import conditional as conditional_config
 from pdr_jax import conditional, model_io
+from pdr_jax.configs import conditional as conditional_config
 from pdr_jax.train import loop
 
 

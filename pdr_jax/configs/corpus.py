@@ -3,13 +3,13 @@
     python tools/prepare_corpus.py                                        # once: ~1 min
     python launch/train.py --config configs/corpus.py --workdir runs/corpus            # accelerator
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu --workdir ~/runs/corpus-cpu \\
-        --config.train.init_from=models/pdr-gray-default                  # the shipped model's run
+        --config.train.init_from=pdr-gray-default                  # the shipped model's run
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu-continue \\
-        --workdir ~/runs/corpus-cpu2 --config.train.init_from=models/pdr-gray-default   # more of it
+        --workdir ~/runs/corpus-cpu2 --config.train.init_from=pdr-gray-default   # more of it
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu-finish \\
-        --workdir ~/runs/corpus-cpu3 --config.train.init_from=models/pdr-gray-default   # low sigma
+        --workdir ~/runs/corpus-cpu3 --config.train.init_from=pdr-gray-default   # low sigma
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu-finish2 \\
-        --workdir ~/runs/corpus-cpu4 --config.train.init_from=models/pdr-gray-default   # photographs
+        --workdir ~/runs/corpus-cpu4 --config.train.init_from=pdr-gray-default   # photographs
     python launch/train.py --config configs/corpus.py:tiny --workdir /tmp/run    # tests (needs a corpus)
 
 Data: the corpus's train images and simulators (validation on its val split) plus the embedded
@@ -21,7 +21,7 @@ the high-sigma start. Only what differs from configs/progressive.py is set here.
 
 import ml_collections
 
-from configs import base, progressive
+from pdr_jax.configs import base, progressive
 
 
 def _stage(resolution: int, kimg: float, batch_size: int, lr: float) -> dict:

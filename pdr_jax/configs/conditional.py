@@ -15,7 +15,7 @@ EMA model to workdir/model (network.json "kind": "conditional"), which tools/res
 
 import ml_collections
 
-from configs import base
+from pdr_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ Cheap low-resolution stages are `adaptive`: they end early once the validation l
 
 import ml_collections
 
-from configs import base
+from pdr_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 dict(resolution=128, kimg=0.25, batch_size=8, lr=5e-4, adaptive=False),
             ]
         elif arg == "shipped":
-            # The model in models/pdr-gray-default (README, "The shipped model"): ~70 min on a
+            # The model in pdr-gray-default (README, "The shipped model"): ~70 min on a
             # 2-core CPU shared with other work. Most learning happens at 32 px; the higher
             # resolutions adapt the same weights briefly.
             config.optim.update(lr=1e-3, lr_rampup_kimg=1.0)

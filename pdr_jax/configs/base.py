@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 int
             ),  # data-parallel over the first N local devices (unset: all)
             # Start a new run from these weights instead of random ones: a model directory
-            # (e.g. models/pdr-gray-default, or a workdir's model/) or an EDM .pkl/.pt. "" = off.
+            # (e.g. pdr-gray-default, or a workdir's model/) or an EDM .pkl/.pt. "" = off.
             init_from="",
         )
     )

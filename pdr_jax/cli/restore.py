@@ -1,0 +1,692 @@
+"""Restore low-light measurements (Poisson-Gaussian noise) with a pdr_jax diffusion prior.
+
+    pdr-restore noisy.tif --output restored.tif --domain microscopy \
+        --scale 10 --read-noise 2 --background 0 --report report.json
+    pdr-restore raw_dir/ --output out_dir/ --units adu --gain 1.5 --black-level 100 \
+        --white-level 4095 --domain astronomy --scale 50 --read-noise 3
+    pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 \
+        --read-noise 2 --num-samples 8 --uncertainty restored_std.tif
+    pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 \
+        --read-noise 2 --method conditional --steps 20
+
+INPUT: files (.npy, .tif/.tiff, .fits/.fit, .png/.jpg, camera RAW) or folders of them. The data
+are electrons (--units electrons) or raw ADU converted with --gain/--black-level/--white-level
+(saturated pixels are masked out of the likelihood). OUT: a file for one input, a folder for
+several; the format follows its extension (.npy, .tif, .fits, .png as 16 bit): the restored
+clean intensity x in [0, 1] float32; --save-electrons also writes s*x+b. A FITS output keeps the
+input FITS header (WCS, exposure...) and adds HISTORY cards saying how it was restored; a TIFF
+output keeps the input TIFF's resolution and ImageJ metadata and describes the restoration; .npy
+and 16-bit PNG outputs keep no metadata. Every image is
+restored at any size through overlapping tiles fused at every sampler step. --method prior (default):
+the diffusion prior with likelihood guidance through pdr_jax.restore.restore, whose tuned defaults
+the flags start from (the one-call variance-stabilised estimate, re-noised and refined by EDM Euler
+steps; --steps 0: the one-call estimate alone, the fast setting); --num-samples K averages K
+samples and --uncertainty writes their per-pixel std. --method conditional: a model conditioned on
+the measurement (pdr_jax/conditional.py, default conditional-gray-default) through the same
+call with pdr_jax.restore.CONDITIONAL_SETTINGS (20 EDM Euler steps from noise, no guidance), the
+measurement's tiles conditioning each tile (saturated pixels are not masked: the model has no
+likelihood term).
+Exit status 1 if any input failed (it is logged and skipped; the others are still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+import tqdm
+
+from pdr_jax.cli import finish_parser
+
+# The shipped models, by name (package data; pdr_jax.model_io.resolve_model).
+DEFAULT_CHECKPOINT = "pdr-gray-default"
+DEFAULT_CONDITIONAL_CHECKPOINT = "conditional-gray-default"
+OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
+
+
+def _number_or_auto(text: str):
+    """A flag value: 'auto' or a float."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def parse_args(argv=None):
+    from pdr_jax.physics.guidance import MODES as guidance_modes
+    from pdr_jax.restore import CONDITIONAL_SETTINGS, GuidanceSettings, SamplerSettings, parse_kappa
+    from pdr_jax.restore.restoration import SOLVERS
+
+    sampler, guidance = SamplerSettings(), GuidanceSettings()
+
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="measurement files or folders")
+    p.add_argument("--output", required=True, help="output file (one input) or folder")
+    p.add_argument(
+        "--method",
+        choices=("prior", "conditional"),
+        default="prior",
+        help="prior: guided diffusion prior; conditional: a conditional restoration model",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="model directory (tools/convert_edm.py, a training workdir's model/); default: the shipped "
+        "model of --method",
+    )
+    p.add_argument("--domain", required=True, choices=("photography", "microscopy", "astronomy"))
+    p.add_argument(
+        "--scale",
+        type=_number_or_auto,
+        required=True,
+        help="photon scale s: electrons per unit clean intensity, or auto: the 99.5th percentile of the "
+        "smoothed photon level (s is a choice of units; pdr_jax.physics.noise_estimation.auto_scale)",
+    )
+    p.add_argument(
+        "--read-noise",
+        type=_number_or_auto,
+        required=True,
+        help="read noise r (electrons rms), or auto: estimated from the image's local mean-variance relation",
+    )
+    p.add_argument("--background", type=float, default=0.0, help="background b (electrons)")
+    p.add_argument("--units", choices=("electrons", "adu"), default="electrons")
+    p.add_argument(
+        "--gain",
+        type=_number_or_auto,
+        help="electrons per ADU (--units adu), or auto: estimated with the read noise from the image "
+        "(needs tens of photons at its bright end; the report gives the uncertainty)",
+    )
+    p.add_argument("--black-level", type=float, help="ADU of an unexposed pixel (--units adu)")
+    p.add_argument("--white-level", type=float, help="saturation ADU (--units adu)")
+    conditional_sampler = CONDITIONAL_SETTINGS["sampler"]
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"sampler steps (default: {sampler.num_steps} after the start; {conditional_sampler.num_steps} "
+        "--method conditional)",
+    )
+    p.add_argument(
+        "--start",
+        choices=("vst", "noise"),
+        default=None,
+        help=f"vst: refine the one-call variance-stabilised estimate; noise: EDM's start at sigma_max "
+        f"(default {sampler.start}; --method conditional: noise)",
+    )
+    p.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default=None,
+        help=f"EDM heun (2 steps - 1 network calls), euler or dpmpp (DPM-Solver++(2M)), steps calls each "
+        f"(default {sampler.solver}; --method conditional: {conditional_sampler.solver})",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="average this many samples (each from its own start noise)",
+    )
+    p.add_argument(
+        "--preview",
+        help="write a PNG of noisy | restored | residual (normalised by the noise model) | "
+        "posterior std, with colour bars and the chi-square (first frame and channel; a file "
+        "for one input, else a folder)",
+    )
+    p.add_argument(
+        "--uncertainty",
+        help="with --num-samples > 1: write the per-pixel posterior std here (a file for "
+        "one input, else a folder)",
+    )
+    p.add_argument(
+        "--guidance",
+        choices=guidance_modes,
+        default=guidance.mode,
+        help="x0: correct the denoised estimate; dps: through the denoiser; prox: the exact "
+        "proximal data step (pdr_jax.physics.guidance)",
+    )
+    p.add_argument(
+        "--likelihood", choices=("wls", "gaussian", "exact"), default=guidance.likelihood
+    )
+    p.add_argument(
+        "--kappa",
+        type=parse_kappa,
+        default=None,
+        help=f"guidance strength (default {guidance.kappa}, --method conditional 0; 0: the model alone; "
+        "auto: from the mean photon count, pdr_jax.restore.auto_kappa)",
+    )
+    p.add_argument(
+        "--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)"
+    )
+    p.add_argument("--overlap", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8, help="tiles per network call")
+    p.add_argument(
+        "--memory-budget-mb", type=float, default=2048.0, help="for the automatic tile size"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--save-electrons", action="store_true", help="also write s*x+b (suffix _electrons)"
+    )
+    p.add_argument("--report", help="JSON report of every image and a summary")
+    finish_parser(
+        p,
+        "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 --preview preview.png",
+    )
+    args = p.parse_args(argv)
+    conditional = args.method == "conditional"
+    if args.checkpoint is None:
+        args.checkpoint = str(DEFAULT_CONDITIONAL_CHECKPOINT if conditional else DEFAULT_CHECKPOINT)
+    defaults = CONDITIONAL_SETTINGS if conditional else {"guidance": guidance, "sampler": sampler}
+    for name, part, field in (
+        ("steps", "sampler", "num_steps"),
+        ("start", "sampler", "start"),
+        ("solver", "sampler", "solver"),
+        ("kappa", "guidance", "kappa"),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(defaults[part], field))
+    if args.uncertainty and args.num_samples < 2:
+        p.error("--uncertainty needs --num-samples >= 2")
+    for flag, value, strict in (
+        ("--scale", args.scale, True),
+        ("--read-noise", args.read_noise, False),
+        ("--background", args.background, False),
+        ("--gain", args.gain, True),
+    ):
+        if value not in (None, "auto") and not (value > 0 if strict else value >= 0):
+            p.error(
+                f"{flag} must be {'>' if strict else '>='} 0{' or auto' if flag != '--background' else ''}, got {value:g}"
+            )
+    if args.num_samples < 1 or args.steps < 0:
+        p.error(
+            f"--num-samples must be >= 1 and --steps >= 0, got {args.num_samples}, {args.steps}"
+        )
+    return args
+
+
+def expand_inputs(inputs) -> list[pathlib.Path]:
+    from pdr_jax.data.readers import is_supported
+
+    files = []
+    for item in inputs:
+        path = pathlib.Path(item)
+        if path.is_dir():
+            files += sorted(f for f in path.iterdir() if f.is_file() and is_supported(f))
+        else:
+            files.append(path)
+    return files
+
+
+def output_paths(files, output: str) -> list[pathlib.Path]:
+    out = pathlib.Path(output)
+    if len(files) == 1 and out.suffix.lower() in OUTPUT_FORMATS:
+        return [out]
+    if out.suffix.lower() in OUTPUT_FORMATS:
+        raise SystemExit(
+            f"--output {out} is a file but there are {len(files)} inputs: give a folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return [out / (f.stem + ".tif") for f in files]
+
+
+def write_preview(preview_path, path, y, x, std, mask, physics, chi_square: float) -> None:
+    """The --preview figure of one restored frame (pdr_jax.evaluation.report)."""
+    from pdr_jax.evaluation.report import plot_restoration_preview
+
+    s, r, b = physics.s, physics.r, physics.b
+    mean = s * x + b
+    residual = np.where(mask, (y - mean) / np.sqrt(np.maximum(mean, 0.0) + r**2), np.nan)
+    title = (
+        f"{path.name}: chi-square {chi_square:.3f}  ({physics.domain}, s = {s:g} e-, "
+        f"r = {r:g} e-, b = {b:g} e-)"
+    )
+    plot_restoration_preview(
+        preview_path, noisy=(y - b) / s, restored=x, residual=residual, std=std, title=title
+    )
+
+
+def check_writable(path: pathlib.Path, flag: str) -> None:
+    """SystemExit naming the flag unless a file can be created in path's folder (made if
+    missing): checked before anything is computed. A probe file, not permission bits, so a
+    read-only mount or a file in the folder's place is caught for root too."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise SystemExit(
+            f"{flag} {path}: cannot write there ({type(e).__name__}: {e}); nothing was restored"
+        ) from None
+
+
+def check_output_format(path: pathlib.Path, channels: int) -> None:
+    """ValueError before restoring when the output format cannot hold the image's channels."""
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(
+            f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}"
+        )
+    if suffix == ".png" and channels != 1:
+        raise ValueError(
+            f"{path}: 16-bit PNG output is grayscale only; use .tif for {channels} channels"
+        )
+
+
+def units_warnings(array_dtype, electrons: np.ndarray, args, scale: float) -> list[str]:
+    """Warnings that the data are clearly not electrons at the stated scale (--units, --scale)."""
+    found = []
+    if args.units == "electrons" and np.issubdtype(np.dtype(array_dtype), np.integer):
+        found.append(
+            f"the file holds {array_dtype} integers, read as electrons (--units electrons): raw camera "
+            "counts need --units adu with --gain/--black-level/--white-level"
+        )
+    mean = float(np.mean(electrons))
+    if mean > 3 * (scale + args.background):
+        found.append(
+            f"mean {mean:.4g} e- per pixel is over 3x --scale {scale:g} + --background "
+            f"{args.background:g}: the image would be far brighter than intensity 1; check --scale "
+            "and --units"
+        )
+    return found
+
+
+CHI_SQUARE_RANGE = (0.3, 3.0)  # outside it the noise model does not describe the data
+
+
+def read_measurement(path: pathlib.Path, args):
+    """(electrons [F, H, W, C] float32, valid mask like it, the reader's ImageMeta, noise).
+
+    noise: {"scale", "read_noise", "gain"} with "auto" values replaced by the estimates of the
+    first frame and channel (pdr_jax.physics.noise_estimation), and "estimate" (their standard
+    errors and warnings) when anything was estimated.
+    """
+    from pdr_jax.data.readers import read_image
+    from pdr_jax.physics import calibration, noise_estimation
+
+    array, meta = read_image(path)
+    data = np.asarray(array, np.float32) * meta.scale + meta.offset
+    noise = {
+        "scale": args.scale,
+        "read_noise": args.read_noise,
+        "gain": args.gain,
+        "estimate": None,
+    }
+    if args.units == "electrons":
+        calibration.check_finite(data, f"{path}")
+        electrons, mask = data, np.ones_like(data)
+        if args.read_noise == "auto":
+            estimate = noise_estimation.estimate_noise(data[0, :, :, 0], gain=1.0)
+            noise.update(read_noise=estimate.read_noise, estimate=dataclasses.asdict(estimate))
+    else:
+        gain = args.gain if args.gain is not None else meta.gain
+        black = args.black_level if args.black_level is not None else (meta.black_level or 0.0)
+        white = args.white_level if args.white_level is not None else meta.white_level
+        missing = [name for name, v in (("--gain", gain), ("--white-level", white)) if v is None]
+        if missing:
+            raise ValueError(
+                f"{path}: --units adu needs {', '.join(missing)} (the file does not record it)"
+            )
+        if "auto" in (gain, args.read_noise):
+            estimate = noise_estimation.estimate_noise(
+                data[0, :, :, 0],
+                black_level=float(np.mean(black)),
+                white_level=float(white),
+                gain=None if gain == "auto" else float(gain),
+            )
+            gain = estimate.gain
+            noise["estimate"] = dataclasses.asdict(estimate)
+            if args.read_noise == "auto":
+                noise["read_noise"] = estimate.read_noise
+        noise["gain"] = float(gain)
+        cal = calibration.Calibration(
+            gain=float(gain), black_level=float(np.mean(black)), white_level=float(white)
+        )
+        electrons, mask = (np.asarray(v) for v in calibration.calibrate(data, cal))
+    if args.scale == "auto":
+        noise["scale"] = noise_estimation.auto_scale(electrons[0, :, :, 0], args.background)
+    return electrons, mask, meta, noise
+
+
+# FITS cards that describe the stored array, not the image: written afresh for the output.
+_FITS_STRUCTURAL = {
+    "SIMPLE",
+    "BITPIX",
+    "EXTEND",
+    "BSCALE",
+    "BZERO",
+    "BLANK",
+    "XTENSION",
+    "PCOUNT",
+    "GCOUNT",
+    "CHECKSUM",
+    "DATASUM",
+    "BUNIT",
+    "DATAMIN",
+    "DATAMAX",
+}
+
+
+def _fits_header(meta, history: list[str]):
+    """The input's FITS cards (WCS, exposure, ...) minus the structural ones, plus HISTORY."""
+    from astropy.io import fits
+
+    header = fits.Header()
+    if meta is not None and meta.format == "fits":
+        for key, value in meta.header.items():
+            if key not in _FITS_STRUCTURAL and not key.startswith("NAXIS"):
+                try:
+                    header[key] = value
+                except (ValueError, TypeError):  # a value astropy cannot write back: leave it out
+                    continue
+    header["BUNIT"] = ("", "clean intensity x in [0, 1] (pdr_jax)")
+    for line in history:
+        header.add_history(line)
+    return header
+
+
+def _tiff_metadata(meta) -> dict:
+    """tifffile.imwrite arguments that keep the input TIFF's resolution and ImageJ metadata."""
+    if meta is None or meta.format != "tiff":
+        return {}
+    kwargs = {}
+    header = meta.header
+    if "XResolution" in header and "YResolution" in header:
+        kwargs["resolution"] = (header["XResolution"], header["YResolution"])
+        if "ResolutionUnit" in header:
+            kwargs["resolutionunit"] = header["ResolutionUnit"]
+    if header.get("imagej"):  # its own layout keys are written afresh by tifffile
+        layout = {"ImageJ", "images", "channels", "slices", "frames", "hyperstack", "mode", "loop"}
+        kwargs.update(
+            imagej=True, metadata={k: v for k, v in header["imagej"].items() if k not in layout}
+        )
+    return kwargs
+
+
+def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> None:
+    """x [H, W] / [H, W, C] / [F, H, W, C] float32 to path by its extension. A FITS output keeps
+    the input FITS header (WCS included) with `history` as HISTORY cards; a TIFF output keeps the
+    input TIFF's resolution and ImageJ metadata; .npy and 16-bit PNG keep nothing."""
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(path, x.astype(np.float32))
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        kwargs = _tiff_metadata(meta)
+        if kwargs.get("imagej"):
+            kwargs["metadata"] = {**kwargs["metadata"], "Info": "\n".join(history)}
+        else:
+            kwargs["description"] = "\n".join(history) or None
+        tifffile.imwrite(path, x.astype(np.float32), **kwargs)
+    elif suffix in (".fits", ".fit"):
+        from astropy.io import fits
+
+        fits.PrimaryHDU(x.astype(np.float32), header=_fits_header(meta, list(history))).writeto(
+            path, overwrite=True
+        )
+    elif suffix == ".png":
+        from PIL import Image
+
+        if x.ndim == 3 and x.shape[-1] != 1:
+            raise ValueError(
+                f"{path}: 16-bit PNG output is grayscale only; use .tif for {x.shape[-1]} channels"
+            )
+        Image.fromarray(
+            np.round(np.clip(x.reshape(x.shape[:2]), 0, 1) * 65535).astype(np.uint16)
+        ).save(path)
+    else:
+        raise ValueError(
+            f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}"
+        )
+
+
+def restore_one(path, out_path, model, args, key, std_path=None, preview_path=None):
+    """Restore every frame and channel of one file; returns its report."""
+
+    import jax
+
+    from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
+
+    electrons, mask, meta, noise = read_measurement(path, args)
+    scale, read_noise = noise["scale"], noise["read_noise"]
+    if noise["estimate"] is not None or args.scale == "auto":
+        estimate = noise["estimate"] or {}
+        print(
+            f"  {path.name}: scale {scale:.4g} e-, read noise {read_noise:.3g} "
+            f"+- {estimate.get('read_noise_std', 0.0):.2g} e-, gain {noise['gain']} "
+            f"+- {estimate.get('gain_std', 0.0):.2g} (estimated where 'auto')",
+            file=sys.stderr,
+        )
+    physics = Physics(scale, read_noise, args.background, args.domain)
+    guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
+    sampler = dataclasses.replace(
+        SamplerSettings(), num_steps=args.steps, start=args.start, solver=args.solver
+    )
+    tiles = TilingSettings(
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        memory_budget_mb=args.memory_budget_mb,
+    )
+    frames, _, _, channels = electrons.shape
+    x = np.zeros_like(electrons)
+    std = np.zeros_like(electrons) if std_path else None
+    reports = []
+    for f in range(frames):
+        for c in range(channels):  # a grayscale prior restores each channel on its own
+            part_key = jax.random.fold_in(key, f * channels + c)
+            result = restore(
+                model,
+                electrons[f, :, :, c],
+                physics=physics,
+                mask=mask[f, :, :, c],
+                guidance=guidance,
+                sampler=sampler,
+                tiling_settings=tiles,
+                num_samples=args.num_samples,
+                key=part_key,
+            )
+            x[f, :, :, c] = result.image
+            if f == c == 0:
+                first_std = result.std
+            if std is not None and result.std is not None:
+                std[f, :, :, c] = result.std
+            elif std is not None:  # the one-call estimate was the result: no spread to write
+                std = None
+            if args.method == "conditional" and not mask[f, :, :, c].all():
+                result.report["warnings"].append(
+                    "saturated pixels are not masked by --method conditional"
+                )
+            reports.append(result.report)
+    squeeze = lambda a: (
+        (a[0] if frames == 1 else a)[..., 0] if channels == 1 else (a[0] if frames == 1 else a)
+    )
+    result_image = squeeze(x)
+    history = [
+        f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {args.checkpoint}",
+        f"--domain {args.domain} --scale {scale:g} --read-noise {read_noise:g} "
+        f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
+        f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
+    ]
+    write_image(out_path, result_image, meta, history)
+    if std is not None:
+        write_image(std_path, squeeze(std), meta, [*history, "values: per-pixel posterior std"])
+    elif std_path:
+        reports[-1]["warnings"].append(
+            f"no posterior std written to {std_path}: no samples were drawn"
+        )
+    if args.save_electrons:
+        write_image(
+            out_path.with_name(out_path.stem + "_electrons" + out_path.suffix),
+            scale * result_image + args.background,
+        )
+    if preview_path is not None:
+        write_preview(
+            preview_path,
+            path,
+            electrons[0, :, :, 0],
+            x[0, :, :, 0],
+            first_std,
+            mask[0, :, :, 0],
+            physics,
+            reports[0]["chi_square"],
+        )
+    warnings = sorted({w for r in reports for w in r["warnings"]})
+    warnings += units_warnings(meta.dtype, electrons, args, scale)
+    chi_square = float(np.mean([r["chi_square"] for r in reports]))
+    if not CHI_SQUARE_RANGE[0] <= chi_square <= CHI_SQUARE_RANGE[1]:
+        warnings.append(
+            f"chi-square {chi_square:.4g} is far from 1: the noise model (--units, --scale, "
+            "--read-noise, --background, --gain) does not describe these data"
+        )
+    s_lo, s_hi = 10 ** np.array([-1.0, 4.0])
+    if not s_lo <= scale <= s_hi:
+        warnings.append(
+            f"scale {scale:g} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped"
+        )
+    if noise["estimate"] is not None:
+        warnings += [f"noise estimate: {w}" for w in noise["estimate"]["warnings"]]
+    mean = lambda key: float(np.mean([r[key] for r in reports]))
+    return {
+        "input": str(path),
+        "output": str(out_path),
+        "shape": [int(v) for v in electrons.shape],
+        "chi_square": mean("chi_square"),
+        "whiteness": mean("whiteness"),
+        "spectral_flatness": mean("spectral_flatness"),
+        "mean_photons": mean("mean_photons"),
+        "saturated_fraction": mean("saturated_fraction"),
+        "posterior_std": mean("posterior_std") if std is not None else None,
+        "uncertainty": str(std_path) if std is not None else None,
+        "tile": reports[0]["tile"],
+        "num_tiles": reports[0]["num_tiles"],
+        "plan": reports[0]["plan"],
+        "kappa": reports[0].get("kappa"),
+        "settings": reports[0].get("settings"),
+        "network_calls": reports[0].get("network_calls"),
+        "refined": reports[0].get("refined"),
+        "noise": {
+            "scale": scale,
+            "read_noise": read_noise,
+            "gain": noise["gain"],
+            "estimate": noise["estimate"],
+        },
+        "seconds": float(sum(r["timings"]["total_s"] for r in reports)),
+        "warnings": warnings,
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import jax
+
+    from pdr_jax.conditional import ConditionalModel
+    from pdr_jax.model_io import load_model, read_network_json
+    from pdr_jax.restore import Prior
+
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise SystemExit(f"no supported input files in {args.inputs}")
+    from pdr_jax.data.readers import read_image
+
+    outputs = output_paths(files, args.output)
+    std_outputs = output_paths(files, args.uncertainty) if args.uncertainty else [None] * len(files)
+    previews = (
+        [p.with_suffix(".png") for p in output_paths(files, args.preview)]
+        if args.preview
+        else [None] * len(files)
+    )
+    # Every output is checked before anything is computed: a refusal costs nothing.
+    for flag, paths in (
+        ("--output", outputs),
+        ("--uncertainty", std_outputs),
+        ("--preview", previews),
+        ("--report", [args.report]),
+    ):
+        for path in paths:
+            if path is not None:
+                check_writable(pathlib.Path(path), flag)
+    failed, todo = [], []
+    for path, out_path, std_path, preview in zip(
+        files, outputs, std_outputs, previews, strict=True
+    ):
+        try:
+            channels = read_image(path)[0].shape[-1]
+            for output in (out_path, std_path):
+                if output is not None:
+                    check_output_format(output, channels)
+        except Exception as err:  # noqa: BLE001 - unreadable input or unsuitable output: logged, counted, skipped
+            failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
+            print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
+            continue
+        todo.append((path, out_path, std_path, preview))
+    kind = read_network_json(args.checkpoint).get("kind", "prior")
+    if kind != args.method:
+        raise SystemExit(f"--checkpoint {args.checkpoint} is a {kind} model; use --method {kind}")
+    net, variables = load_model(args.checkpoint)
+    model = (
+        ConditionalModel(net, variables) if args.method == "conditional" else Prior(net, variables)
+    )
+    print(
+        f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
+        f"{len(todo)} input(s)",
+        file=sys.stderr,
+    )
+    key = jax.random.key(args.seed)
+    reports = []
+    start = time.perf_counter()
+    progress = tqdm.tqdm(todo, desc="restore", unit="file", file=sys.stderr, disable=len(todo) < 2)
+    for i, (path, out_path, std_path, preview) in enumerate(progress):
+        progress.set_postfix_str(path.name)
+        try:
+            rep = restore_one(
+                path, out_path, model, args, jax.random.fold_in(key, i), std_path, preview
+            )
+        except Exception as err:  # noqa: BLE001 - a broken input is logged, counted and skipped
+            failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
+            tqdm.tqdm.write(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
+            if os.environ.get("PDR_JAX_DEBUG"):
+                traceback.print_exc()
+            continue
+        reports.append(rep)
+        tqdm.tqdm.write(
+            f"  -> {out_path}  chi2 {rep['chi_square']:.3f}, {rep['num_tiles']} tile(s) of {rep['tile']}px, "
+            f"{rep['seconds']:.1f} s" + "".join(f"\n  warning: {w}" for w in rep["warnings"]),
+            file=sys.stderr,
+        )
+    summary = {
+        "restored": len(reports),
+        "failed": len(failed),
+        "seconds": time.perf_counter() - start,
+    }
+    print(
+        f"restored {len(reports)}, failed {len(failed)} in {summary['seconds']:.1f} s",
+        file=sys.stderr,
+    )
+    if args.report:
+        settings = {k: v for k, v in vars(args).items() if k not in ("inputs", "report")}
+        with open(args.report, "w") as f:
+            json.dump(
+                {"summary": summary, "settings": settings, "images": reports, "failures": failed},
+                f,
+                indent=2,
+            )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
