@@ -7,14 +7,10 @@ PDR_EDM_PATH (a checkout of NVlabs/edm) are set; the project itself never needs 
 import importlib.util
 import json
 import os
-import pathlib
 
 import pytest
 
-_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "bench.py"
-_spec = importlib.util.spec_from_file_location("bench_tool", _TOOL)
-bench_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_tool)
+bench_tool = importlib.import_module("pdr_jax.cli.bench")
 
 _FAST = ["--config", "tiny", "--repeats", "1", "--rounds", "1", "--data-batches", "2"]
 

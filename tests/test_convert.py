@@ -538,12 +538,7 @@ def test_download_integrity_checks(tmp_path, http_server):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_edm_tool", ROOT / "tools" / "convert_edm.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("pdr_jax.cli.convert")
 
 
 def test_convert_tool_writes_a_loadable_model(tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +13,7 @@ from pdr_jax import model_io, precond
 from pdr_jax.data import readers, transforms
 from pdr_jax.evaluation import benchmark, methods, report, resolution
 
-_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "evaluate.py"
-_spec = importlib.util.spec_from_file_location("evaluate_tool", _TOOL)
-evaluate_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_tool)
+evaluate_tool = importlib.import_module("pdr_jax.cli.evaluate")
 
 TINY = {
     "precond": "edm",

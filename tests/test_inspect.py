@@ -4,7 +4,6 @@ import csv
 import functools
 import importlib.util
 import json
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -17,10 +16,7 @@ from PIL import Image
 from pdr_jax import inspect, model_io, precond, sampler_presets, samplers
 from pdr_jax.convert import load_edm_pickle
 
-_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "inspect_activations.py"
-_spec = importlib.util.spec_from_file_location("inspect_activations_tool", _TOOL)
-inspect_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(inspect_tool)
+inspect_tool = importlib.import_module("pdr_jax.cli.inspect")
 
 TINY = dict(
     precond="edm",

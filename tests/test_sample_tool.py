@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import pathlib
 
 import jax
 import numpy as np
@@ -13,10 +12,7 @@ from PIL import Image
 
 from pdr_jax import model_io, precond
 
-_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "sample.py"
-_spec = importlib.util.spec_from_file_location("sample_tool", _TOOL)
-sample_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sample_tool)
+sample_tool = importlib.import_module("pdr_jax.cli.sample")
 
 TINY = dict(
     precond="edm",
@@ -54,8 +50,8 @@ def test_samples_from_a_model_directory(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     common = ["--steps", "2", "--batch", "2", "--domain", "microscopy,astronomy", "--seed", "3"]
     assert sample_tool.main([str(directory), str(out), "--num", "5", *common]) == 0
-    log = capsys.readouterr().out
-    assert "batch 3/3" in log and "label_dim 6" in log
+    captured = capsys.readouterr()
+    assert "3/3" in captured.err and "label_dim 6" in captured.out  # tqdm's bar on stderr
     with np.load(out / "samples.npz") as arrays:
         images, labels, seeds = arrays["images"], arrays["labels"], arrays["seeds"]
         settings = json.loads(str(arrays["settings"]))

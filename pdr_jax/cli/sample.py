@@ -24,6 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
     num_batches = math.ceil(args.num / batch)
     outputs = []
     start = time.perf_counter()
-    for b in range(num_batches):
+    for b in tqdm.tqdm(range(num_batches), desc="sample", unit="batch", file=sys.stderr):
         # Every batch is full (the last one is padded) so one compiled program serves them all.
         indices = np.arange(b * batch, (b + 1) * batch)
         latents = make_latents(args.seed, indices, (res, res, channels))
@@ -210,11 +211,7 @@ def main(argv=None) -> int:
             latents = jax.device_put(latents, sharding)
             batch_labels = None if batch_labels is None else jax.device_put(batch_labels, sharding)
         key = jax.random.fold_in(jax.random.key(args.seed), b)  # churn noise, per batch
-        tick = time.perf_counter()
-        x = np.asarray(sample_batch(net, variables, latents, batch_labels, args, key))
-        outputs.append(x)
-        note = " (includes compilation)" if b == 0 else ""
-        print(f"batch {b + 1}/{num_batches}: {time.perf_counter() - tick:.1f}s{note}", flush=True)
+        outputs.append(np.asarray(sample_batch(net, variables, latents, batch_labels, args, key)))
     images = np.concatenate(outputs)[: args.num]
 
     out_dir = pathlib.Path(args.out_dir)

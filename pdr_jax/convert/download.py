@@ -15,9 +15,10 @@ import pathlib
 import posixpath
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
+
+import tqdm
 
 CACHE_ENV = "PDR_JAX_CACHE"
 _CHUNK = 1 << 20
@@ -50,27 +51,6 @@ def _sha256(path: pathlib.Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class _Progress:
-    """A one-line progress bar on stderr, redrawn at most every 0.2 s."""
-
-    def __init__(self, name: str, total: int | None, enabled: bool):
-        self.name, self.total, self.enabled, self.last = name, total, enabled, 0.0
-
-    def update(self, done: int, final: bool = False):
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self.last < 0.2):
-            return
-        self.last = now
-        if self.total:
-            filled = int(30 * done / self.total)
-            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {100 * done / self.total:5.1f}%"
-            text = f"{bar} {done / 1e6:.1f}/{self.total / 1e6:.1f} MB"
-        else:
-            text = f"{done / 1e6:.1f} MB"
-        sys.stderr.write(f"\rdownloading {self.name} {text}" + ("\n" if final else ""))
-        sys.stderr.flush()
 
 
 def download(
@@ -111,18 +91,25 @@ def download(
             with response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
-                bar = _Progress(target.name.split("-", 1)[1], total, progress)
+                bar = tqdm.tqdm(
+                    total=total,
+                    desc=f"downloading {target.name.split('-', 1)[1]}",
+                    unit="B",
+                    unit_scale=True,
+                    file=sys.stderr,
+                    disable=not progress,
+                )
                 try:
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        done += len(chunk)
-                        bar.update(done)
+                    with bar:
+                        for chunk in iter(lambda: response.read(_CHUNK), b""):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            done += len(chunk)
+                            bar.update(len(chunk))
                 except (OSError, http.client.HTTPException) as exc:
                     raise DownloadError(
                         f"{url}: download broke off after {done} bytes ({exc!r})"
                     ) from exc
-                bar.update(done, final=True)
         if total is not None and done != total:
             raise DownloadError(f"{url}: received {done} bytes, Content-Length says {total}")
         if sha256 and digest.hexdigest() != sha256.lower():

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+import tqdm
 
 from pdr_jax import metrics
 from pdr_jax.data import pipeline, transforms
@@ -261,9 +263,10 @@ def run_methods(
     compile_seconds). The first case of each (domain, s) is kept as the example.
     """
     rows, examples, compile_seconds = [], {}, {}
+    groups = list(_groups(cases, batch))
     for name, method in methods.items():
         seen_shapes = set()
-        for chunk in _groups(cases, batch):
+        for chunk in tqdm.tqdm(groups, desc=name, unit="batch", file=sys.stderr, leave=False):
             first = chunk[0]
             y = np.stack([case.y for case in chunk])
             args = {"s": first.s, "r": first.r, "b": first.b, "domain": first.image.domain}

@@ -281,12 +281,8 @@ def test_table_names_the_issue_packages_and_refuses_nothing_it_selects():
 
 
 def test_prepare_corpus_tool_summary_and_missing_corpus(built, capsys):
-    import importlib.util
+    from pdr_jax.cli import prepare_corpus as tool
 
-    path = pathlib.Path(__file__).parents[2] / "tools" / "prepare_corpus.py"
-    spec = importlib.util.spec_from_file_location("prepare_corpus_tool", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     root, _, _ = built
     assert tool.main(["--root", str(root), "--summary"]) == 0
     assert "| photography | train | 4 | 0 |" in capsys.readouterr().out
