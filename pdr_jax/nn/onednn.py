@@ -141,7 +141,18 @@ class _Buffer(ctypes.Structure):
         ("extension_start", _P),
         ("dtype", ctypes.c_int),
         ("data", _P),
+        ("rank", ctypes.c_int64),
+        ("dims", ctypes.POINTER(ctypes.c_int64)),
     ]
+
+
+# XLA_FFI_DataType (xla/ffi/api/c_api.h: XLA's PrimitiveType numbers) of the buffers used here.
+_FFI_U8, _FFI_F32, _FFI_BF16 = 6, 11, 16
+_FFI_NAMES = {_FFI_U8: "uint8", _FFI_F32: "float32", _FFI_BF16: "bfloat16"}
+
+
+class BufferMismatchError(RuntimeError):
+    """XLA handed the handler buffers other than its plan's (dtype, shape): refused, not run."""
 
 
 class _CallFrame(ctypes.Structure):
@@ -485,8 +496,43 @@ class _Plan:
             )
             return frame.api.contents.error_create(ctypes.byref(args))
 
+    def buffer_specs(self) -> tuple[list, list]:
+        """(operands, results) as [(XLA FFI dtype, shape)] in call order: what `__call__` passes."""
+        k = self.key
+        op = _FFI_BF16 if k.bf16 else _FFI_F32
+        out = _FFI_BF16 if k.bf16_out else _FFI_F32
+        x, w = (
+            (k.batch, k.height, k.width, k.in_channels),
+            (*k.kernel, k.in_channels, k.out_channels),
+        )
+        dy = (k.batch, *k.out_hw, k.out_channels)
+        operands, result = {
+            "fwd": ([(op, x), (op, w)], (out, dy)),
+            "bwd_data": ([(op, dy), (op, w)], (out, x)),
+            "bwd_weights": ([(op, x), (op, dy)], (_FFI_F32, w)),
+        }[k.kind]
+        temporaries = [(_FFI_U8, (self.scratch_bytes,)), (_FFI_U8, (self.reorder_bytes,))]
+        return operands, [result, *temporaries]
+
+    @staticmethod
+    def _check_buffers(buffers, specs, what: str) -> None:
+        if buffers.size != len(specs):
+            raise BufferMismatchError(f"{buffers.size} {what}s, the plan has {len(specs)}")
+        for i, (dtype, shape) in enumerate(specs):
+            buffer = ctypes.cast(buffers.buffers[i], ctypes.POINTER(_Buffer)).contents
+            got = tuple(buffer.dims[j] for j in range(buffer.rank))
+            if buffer.dtype != dtype or got != shape:
+                name = _FFI_NAMES.get(buffer.dtype, f"dtype #{buffer.dtype}")
+                raise BufferMismatchError(
+                    f"{what} {i} is {name}{list(got)}, the plan expects "
+                    f"{_FFI_NAMES[dtype]}{list(shape)}"
+                )
+
     def _execute(self, frame):
         lib, check = self.dnnl.lib, self.dnnl.check
+        operands, results = self.buffer_specs()
+        self._check_buffers(frame.args, operands, "operand")
+        self._check_buffers(frame.rets, results, "result")
         data = lambda buffers, i: (
             ctypes.cast(buffers.buffers[i], ctypes.POINTER(_Buffer)).contents.data
         )

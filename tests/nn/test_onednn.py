@@ -141,6 +141,26 @@ def test_errors_in_the_handler_reach_python(monkeypatch):
         jax.block_until_ready(jax.jit(lambda x, w: onednn.conv2d(x, w, p))(x, w))
 
 
+def test_buffers_other_than_the_plan_are_refused_by_name():
+    """The handler checks every buffer's dtype and shape against its plan before oneDNN runs:
+    a call built by hand with a wrong operand is a named error, not a read out of bounds."""
+    x, w, _, p = _operands(SHAPES[0])
+    plan = onednn._plan(onednn._key("fwd", x, w, p, jnp.float32))
+    operands, results = plan.buffer_specs()
+    assert [s for _, s in operands] == [x.shape, w.shape]
+    shapes = [jax.ShapeDtypeStruct(s, {6: jnp.uint8, 11: jnp.float32}[d]) for d, s in results]
+    call = jax.ffi.ffi_call(plan.target, shapes)
+    with pytest.raises(
+        Exception,
+        match=r"BufferMismatchError: operand 0 is float32\[2, 8, 8, 2\], the plan expects float32\[2, 8, 8, 3\]",
+    ):
+        jax.block_until_ready(jax.jit(call)(x[..., :2], w))
+    with pytest.raises(Exception, match=r"BufferMismatchError: operand 1 is bfloat16"):
+        jax.block_until_ready(jax.jit(call)(x, w.astype(jnp.bfloat16)))
+    y = jax.jit(call)(x, w)[0]  # the planned buffers: runs
+    np.testing.assert_allclose(y, _lax_conv(x, w, p), atol=2e-5, rtol=0)
+
+
 def test_vmap_runs_the_batch_one_call_after_another():
     """The tiled restore vmaps the network over images; each image is its own oneDNN call."""
     x, w, _, p = _operands(SHAPES[0], seed=3)
