@@ -12,8 +12,6 @@ kimg (EDM), learning rate per stage with a linear warm-up over `optim.lr_rampup_
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from pdr_jax.data import pipeline
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -35,11 +33,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             label_dropout=0.0,  # the data pipeline zeroes 10% of the vectors (data.label_dropout): once is enough
             dtype="float32",  # "bfloat16": bf16 U-Net body, float32 preconditioning and loss
             remat=False,  # rematerialise U-Net blocks (less memory, ~30% more compute)
+            # The conditional model only (train.objective "ddpm", pdr_jax/conditional.py
+            # build_conditional; the prior ignores these, the conditional model ignores precond):
+            cond_channels=2,  # conditional.measurement_channels: normalised y and its noise level
+            num_timesteps=1000,
+            beta_schedule="cosine",  # schedules.BETA_SCHEDULES: linear, scaled_linear, cosine, sqrt
+            parameterization="v",  # eps, x0 or v
         )
     )
 
     config.train = ml_collections.ConfigDict(
         dict(
+            # "edm": the prior, a preconditioned denoiser with EDM's loss; "ddpm": the
+            # conditional restoration model on simulated pairs (configs/conditional.py).
+            objective="edm",
             P_mean=-1.2,  # EDM loss: ln(sigma) ~ N(P_mean, P_std^2)
             P_std=1.2,
             ema_halflife_kimg=500.0,
@@ -47,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             log_every_kimg=1.0,
             val_every_kimg=10.0,
             val_sigmas=(0.02, 0.1, 0.5, 1.0, 5.0),  # validation loss at fixed sigmas, fixed noise
+            loss="l2",  # "ddpm" only: l2, l1 or huber (train.loss.DISTANCES)
+            val_timesteps=(50, 250, 500, 750, 950),  # "ddpm" only: validation at fixed t
             val_batches=2,
             adaptive_patience=3,  # adaptive stages end after 3 validations in a row that
             adaptive_min_rel_improvement=0.01,  # improve the best val loss by < 1% (relative)
@@ -80,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
 
-    config.data = pipeline.default_config()
+    config.data = data_config()
 
     # Stages: resolution, duration, batch (an int or "auto"), lr (None: optim.lr), adaptive end.
     config.stages = [dict(resolution=128, kimg=20000.0, batch_size=256, lr=None, adaptive=False)]
@@ -88,6 +97,65 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg:
         apply_preset(config, arg)
     return config
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """Every data field (config.data) with its default; pdr_jax.data.pipeline.default_config()."""
+    cfg = ml_collections.ConfigDict()
+    # Image sources, a list of dicts: {domain, paths (files, folders, globs), calibration (dict or
+    # .json/.yaml path; None = file metadata), conditioning (None = domain ranges, "calibration",
+    # or {s, r, b} values/ranges), split ("columns"|"train"|"val"), channels, raw_mode, name}.
+    # Empty: the embedded scikit-image set (sources.EMBEDDED_SOURCES). {"corpus": ""} is the
+    # corpus of tools/prepare_corpus.py (train + val splits and the embedded set; expand_sources).
+    # {"domain", "simulator", "indices", "size", "seed", "split"} is a simulator (data/simulators.py).
+    cfg.sources = []
+    # Relative sampling weight of each domain in training batches; 0 leaves a domain out.
+    # Domains with no source are dropped (with a log line). Within a domain, frames are uniform.
+    cfg.domain_weights = ml_collections.ConfigDict(
+        {"photography": 1.0, "microscopy": 1.0, "astronomy": 1.0}
+    )
+    # Per-domain (s, r, b) ranges in electrons for conditioning clean images: s (photon scale,
+    # electrons at intensity 1) and r (read noise) log-uniform, b (background) uniform.
+    # r: phone/consumer CMOS 1-10 e-; sCMOS/EMCCD microscopy cameras 0.5-3 e-; science CCDs
+    # 2-10 e-. b: dark current and offset residuals (photography), autofluorescence and
+    # out-of-focus light (microscopy), sky background (astronomy).
+    cfg.ranges = ml_collections.ConfigDict(
+        {
+            "photography": {"s": (10.0, 1e4), "r": (1.0, 10.0), "b": (0.0, 5.0)},
+            "microscopy": {"s": (1.0, 1e3), "r": (0.5, 3.0), "b": (0.0, 10.0)},
+            "astronomy": {"s": (0.1, 1e2), "r": (2.0, 10.0), "b": (0.0, 20.0)},
+        }
+    )
+    # Probability that an example's conditioning vector is all zeros (unconditional training).
+    cfg.label_dropout = 0.1
+    # Random flips and rot90 (the 8 symmetries of the square) of training crops.
+    cfg.augment = True
+    # Held-out rule: the right-most val_fraction of every image's columns is validation data
+    # (for sources with split="columns"); training crops never reach into it.
+    cfg.val_fraction = 0.25
+    # Validation crops per frame (an even grid over the held-out columns) and their seed.
+    cfg.val_crops_per_frame = 8
+    cfg.val_seed = 0
+    # Default colour handling: "gray" (RGB -> Rec. 709 luminance, RAW planes averaged) or
+    # "split" (each channel its own grayscale image). A source may override it.
+    cfg.channels = "gray"
+    # Camera RAW: "packed" (2x2 Bayer planes, black/white level applied) or "demosaic".
+    cfg.raw_mode = "packed"
+    # Frames smaller than this (in either dimension) are skipped as wrong-shape.
+    cfg.min_size = 16
+    # Window (examples) of the shuffle after mixing: exact domain proportions per window.
+    # Large on purpose: Grain's index_shuffle gets slow for small windows (~40 us at 1024).
+    cfg.shuffle_window = 65536
+    # Grain workers (0: in-process), their per-worker buffer, read threads and prefetch buffer.
+    cfg.worker_count = 0
+    cfg.worker_buffer_size = 16
+    cfg.read_threads = 2
+    cfg.prefetch_buffer_size = 64
+    # Decoded-image cache per process (memory-mapped files are not counted).
+    cfg.cache_mb = 1024
+    # Emit (noisy, clean) pairs simulated with the Poisson-Gaussian model (also a make_dataset arg).
+    cfg.paired = False
+    return cfg
 
 
 def apply_preset(config: ml_collections.ConfigDict, arg: str) -> None:

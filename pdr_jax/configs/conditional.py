@@ -20,36 +20,10 @@ from pdr_jax.configs import base
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = base.get_config()
-    # build_conditional's arguments (pdr_jax/conditional.py): a U-Net, the schedule, the target.
-    config.model = ml_collections.ConfigDict(
-        dict(
-            arch="ddpmpp",
-            img_resolution=128,
-            img_channels=1,
-            cond_channels=2,  # conditional.measurement_channels: normalised y and its noise level
-            label_dim=6,  # the 6-D physics conditioning vector
-            model_channels=64,
-            channel_mult=(1, 2, 2, 2),
-            num_blocks=2,
-            attn_resolutions=(16,),
-            dropout=0.10,
-            label_dropout=0.0,  # the data pipeline already zeroes 10% of the vectors
-            num_timesteps=1000,
-            beta_schedule="cosine",  # schedules.BETA_SCHEDULES: linear, scaled_linear, cosine, sqrt
-            parameterization="v",  # eps, x0 or v
-            dtype="float32",
-            remat=False,
-        )
-    )
-    config.train.update(
-        dict(
-            objective="ddpm",
-            loss="l2",  # l2, l1 or huber (train.loss.DISTANCES)
-            val_timesteps=(50, 250, 500, 750, 950),  # validation loss at fixed t, fixed noise
-        )
-    )
+    # The U-Net, schedule (cosine, 1000 steps) and v target of configs/base.py's config.model.
+    config.train.objective = "ddpm"
     # End-of-stage restorations of held-out noisy crops (DDIM, eta 0).
-    config.sample.update(dict(per_domain=4, num_steps=20))
+    config.sample.num_steps = 20
     if arg:
         base.apply_preset(config, arg)
         config.model.attn_resolutions = ()

@@ -54,62 +54,10 @@ log = logging.getLogger(__name__)
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every data field with its default. configs/base.py sets ``config.data`` to this."""
-    cfg = ml_collections.ConfigDict()
-    # Image sources, a list of dicts: {domain, paths (files, folders, globs), calibration (dict or
-    # .json/.yaml path; None = file metadata), conditioning (None = domain ranges, "calibration",
-    # or {s, r, b} values/ranges), split ("columns"|"train"|"val"), channels, raw_mode, name}.
-    # Empty: the embedded scikit-image set (sources.EMBEDDED_SOURCES). {"corpus": ""} is the
-    # corpus of tools/prepare_corpus.py (train + val splits and the embedded set; expand_sources).
-    # {"domain", "simulator", "indices", "size", "seed", "split"} is a simulator (data/simulators.py).
-    cfg.sources = []
-    # Relative sampling weight of each domain in training batches; 0 leaves a domain out.
-    # Domains with no source are dropped (with a log line). Within a domain, frames are uniform.
-    cfg.domain_weights = ml_collections.ConfigDict(
-        {"photography": 1.0, "microscopy": 1.0, "astronomy": 1.0}
-    )
-    # Per-domain (s, r, b) ranges in electrons for conditioning clean images: s (photon scale,
-    # electrons at intensity 1) and r (read noise) log-uniform, b (background) uniform.
-    # r: phone/consumer CMOS 1-10 e-; sCMOS/EMCCD microscopy cameras 0.5-3 e-; science CCDs
-    # 2-10 e-. b: dark current and offset residuals (photography), autofluorescence and
-    # out-of-focus light (microscopy), sky background (astronomy).
-    cfg.ranges = ml_collections.ConfigDict(
-        {
-            "photography": {"s": (10.0, 1e4), "r": (1.0, 10.0), "b": (0.0, 5.0)},
-            "microscopy": {"s": (1.0, 1e3), "r": (0.5, 3.0), "b": (0.0, 10.0)},
-            "astronomy": {"s": (0.1, 1e2), "r": (2.0, 10.0), "b": (0.0, 20.0)},
-        }
-    )
-    # Probability that an example's conditioning vector is all zeros (unconditional training).
-    cfg.label_dropout = 0.1
-    # Random flips and rot90 (the 8 symmetries of the square) of training crops.
-    cfg.augment = True
-    # Held-out rule: the right-most val_fraction of every image's columns is validation data
-    # (for sources with split="columns"); training crops never reach into it.
-    cfg.val_fraction = 0.25
-    # Validation crops per frame (an even grid over the held-out columns) and their seed.
-    cfg.val_crops_per_frame = 8
-    cfg.val_seed = 0
-    # Default colour handling: "gray" (RGB -> Rec. 709 luminance, RAW planes averaged) or
-    # "split" (each channel its own grayscale image). A source may override it.
-    cfg.channels = "gray"
-    # Camera RAW: "packed" (2x2 Bayer planes, black/white level applied) or "demosaic".
-    cfg.raw_mode = "packed"
-    # Frames smaller than this (in either dimension) are skipped as wrong-shape.
-    cfg.min_size = 16
-    # Window (examples) of the shuffle after mixing: exact domain proportions per window.
-    # Large on purpose: Grain's index_shuffle gets slow for small windows (~40 us at 1024).
-    cfg.shuffle_window = 65536
-    # Grain workers (0: in-process), their per-worker buffer, read threads and prefetch buffer.
-    cfg.worker_count = 0
-    cfg.worker_buffer_size = 16
-    cfg.read_threads = 2
-    cfg.prefetch_buffer_size = 64
-    # Decoded-image cache per process (memory-mapped files are not counted).
-    cfg.cache_mb = 1024
-    # Emit (noisy, clean) pairs simulated with the Poisson-Gaussian model (also a make_dataset arg).
-    cfg.paired = False
-    return cfg
+    """Every data field with its default: configs/base.py's `config.data` (declared there)."""
+    from pdr_jax.configs import base  # the configs import this module's users, not it
+
+    return base.data_config()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,15 +85,24 @@ def stages_from_config(config) -> list[Stage]:
     return out
 
 
-def network_kwargs_from_config(model_cfg) -> dict:
-    """build_network keyword arguments from config.model (everything but dtype/remat)."""
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("dtype", "remat")}
+# config.model keys that only one objective's network builder takes (configs/base.py declares all).
+_MODEL_KEYS_OF_OTHER_OBJECTIVE = {
+    "edm": ("cond_channels", "num_timesteps", "beta_schedule", "parameterization"),
+    "ddpm": ("precond",),
+}
+
+
+def network_kwargs_from_config(model_cfg, objective: str = "edm") -> dict:
+    """The network builder's keyword arguments from config.model: everything but dtype, remat
+    and the keys of the other objective's builder."""
+    drop = ("dtype", "remat", *_MODEL_KEYS_OF_OTHER_OBJECTIVE[objective])
+    kwargs = {k: v for k, v in model_cfg.items() if k not in drop}
     return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
 
 
 def objective_of(config) -> str:
     """config.train.objective: "edm" (the prior; the default) or "ddpm" (conditional model)."""
-    objective = config.train.get("objective", "edm")
+    objective = config.train.objective
     if objective not in ("edm", "ddpm"):
         raise ValueError(f"config.train.objective must be 'edm' or 'ddpm', got {objective!r}")
     return objective
@@ -105,7 +114,7 @@ def build_network_from_config(model_cfg, objective: str = "edm"):
     objective "edm": a pdr_jax.precond network; "ddpm": a pdr_jax.conditional.ConditionalDenoiser.
     """
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.dtype]
-    kwargs = network_kwargs_from_config(model_cfg)
+    kwargs = network_kwargs_from_config(model_cfg, objective)
     build = conditional.build_conditional if objective == "ddpm" else build_network
     return build(**kwargs, dtype=dtype, remat=model_cfg.remat), kwargs
 
