@@ -7,11 +7,12 @@ step recompiles once per stage (new shapes). Data parallelism: the global batch 
 key is fold_in(base_key, step), so a resumed run sees the same draws; the data iterator's state
 is checkpointed with the train state, so it sees the same batches too.
 
-Objectives (`config.train.objective`, default "edm"): "edm" trains the prior, a preconditioned
-denoiser D(x; sigma, labels), with EDM's loss; "ddpm" trains a conditional restoration model
-(pdr_jax/conditional.py, configs/conditional.py) on simulated (clean, noisy) pairs with a
-discrete-time loss. The objective picks the network builder, the train and eval steps, the batch
-keys (pairs for "ddpm") and the end-of-stage figure; everything else is shared.
+Objectives (`config.train.objective`, default "edm"; an `Objective` record each, OBJECTIVES):
+"edm" trains the prior, a preconditioned denoiser D(x; sigma, labels), with the loss of its
+preconditioner; "ddpm" trains a conditional restoration model (pdr_jax/conditional.py,
+configs/conditional.py) on simulated (clean, noisy) pairs with a discrete-time loss. The record
+holds the network builder, the train and eval steps, the batch keys (pairs for "ddpm") and the
+end-of-stage figure; everything else is shared.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -85,43 +87,20 @@ def stages_from_config(config) -> list[Stage]:
     return out
 
 
-# config.model keys that only one objective's network builder takes (configs/base.py declares all).
-_MODEL_KEYS_OF_OTHER_OBJECTIVE = {
-    "edm": ("cond_channels", "num_timesteps", "beta_schedule", "parameterization"),
-    "ddpm": ("precond",),
-}
-
-
 def network_kwargs_from_config(model_cfg, objective: str = "edm") -> dict:
     """The network builder's keyword arguments from config.model: everything but dtype, remat
-    and the keys of the other objective's builder."""
-    drop = ("dtype", "remat", *_MODEL_KEYS_OF_OTHER_OBJECTIVE[objective])
+    and the keys only the other objective's builder takes (configs/base.py declares all)."""
+    drop = ("dtype", "remat", *objective_of(objective).foreign_model_keys)
     kwargs = {k: v for k, v in model_cfg.items() if k not in drop}
-    return {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
-
-
-def objective_of(config) -> str:
-    """config.train.objective: "edm" (the prior; the default) or "ddpm" (conditional model)."""
-    objective = config.train.objective
-    if objective not in ("edm", "ddpm"):
-        raise ValueError(f"config.train.objective must be 'edm' or 'ddpm', got {objective!r}")
-    return objective
+    return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in kwargs.items()}
 
 
 def build_network_from_config(model_cfg, objective: str = "edm"):
-    """(net, network_kwargs) with the configured compute dtype and rematerialisation.
-
-    objective "edm": a pdr_jax.precond network; "ddpm": a pdr_jax.conditional.ConditionalDenoiser.
-    """
+    """(net, network_kwargs) of the objective's builder, with the configured compute dtype and
+    rematerialisation."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.dtype]
     kwargs = network_kwargs_from_config(model_cfg, objective)
-    build = conditional.build_conditional if objective == "ddpm" else build_network
-    return build(**kwargs, dtype=dtype, remat=model_cfg.remat), kwargs
-
-
-def batch_keys(objective: str) -> tuple[str, ...]:
-    """The batch entries a train step reads: pairs (noisy electrons and s, r, b) for "ddpm"."""
-    return ("clean", "cond", "noisy", "s", "r", "b") if objective == "ddpm" else ("clean", "cond")
+    return objective_of(objective).build(**kwargs, dtype=dtype, remat=model_cfg.remat), kwargs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,10 +258,39 @@ def _apply_update(state: TrainState, grads, loss, batch_size: int, config):
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-STEP_FACTORIES = {
-    "edm": (make_train_step, make_eval_step),
-    "ddpm": (make_ddpm_train_step, make_ddpm_eval_step),
-}
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a training objective decides; everything else in the loop is shared.
+
+    build: the network builder (network.json "network" arguments, dtype, remat). kind: the
+    model_io kind of the exported model. make_train_step(net, config, batch_size) and
+    make_eval_step(net, config): the jitted steps. batch_keys: the batch entries a step reads.
+    paired: the data pipeline simulates (clean, noisy) pairs. image_channels(net): channels of
+    "clean". stage_figure(net, state, config, stage, workdir, val_batch): the end-of-stage PNG.
+    foreign_model_keys: config.model keys only the other objective's builder takes.
+    """
+
+    name: str
+    build: Callable
+    kind: str
+    make_train_step: Callable
+    make_eval_step: Callable
+    batch_keys: tuple[str, ...]
+    paired: bool
+    image_channels: Callable
+    stage_figure: Callable
+    foreign_model_keys: tuple[str, ...]
+
+
+def objective_of(config_or_name) -> Objective:
+    """The Objective of config.train.objective (or of its name): "edm", the prior, a
+    preconditioned denoiser with EDM's loss; "ddpm", the conditional restoration model."""
+    name = config_or_name if isinstance(config_or_name, str) else config_or_name.train.objective
+    if name not in OBJECTIVES:
+        raise ValueError(
+            f"config.train.objective must be one of {sorted(OBJECTIVES)}, got {name!r}"
+        )
+    return OBJECTIVES[name]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,8 +500,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     os.makedirs(workdir, exist_ok=True)
     stages = stages_from_config(config)
     objective = objective_of(config)
-    kind = "conditional" if objective == "ddpm" else "prior"
-    net, network_kwargs = build_network_from_config(config.model, objective)
+    kind = objective.kind
+    net, network_kwargs = build_network_from_config(config.model, objective.name)
     mesh = make_mesh(config.train.num_devices)
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     base_key = jax.random.key(config.seed)
@@ -673,8 +681,8 @@ def _run_stage(
     )
     state = state.replace(tx=tx)
     objective = objective_of(config)
-    make_step, make_eval = STEP_FACTORIES[objective]
-    keys, paired = batch_keys(objective), objective == "ddpm"
+    make_step, make_eval = objective.make_train_step, objective.make_eval_step
+    keys, paired = objective.batch_keys, objective.paired
     # On CPU, the compiler options of pdr_jax.backend (multi-threaded convolutions).
     train_step = backend.jit(
         make_step(net, config, batch_size),
@@ -783,11 +791,12 @@ def _run_stage(
             return state, meta, True
         if last:
             break
-    if jax.process_index() == 0:
-        if paired:
-            _stage_restorations(net, state, config, stage, workdir, jax.device_get(val_batches[0]))
-        else:
-            _stage_samples(net, state, config, stage, workdir)
+    if jax.process_index() == 0:  # its own rows of a validation batch: a sharded global array
+        local = {
+            k: np.concatenate([np.asarray(s.data) for s in v.addressable_shards])
+            for k, v in val_batches[0].items()
+        }
+        objective.stage_figure(net, state, config, stage, workdir, local)
     next_meta = _stage_meta(
         stage.index + 1,
         step=int(state.step),
@@ -832,7 +841,7 @@ def _stage_batch_size(
     )
     objective = objective_of(config)
     res, label_dim = stage.resolution, net.model.label_dim
-    channels = net.img_channels if objective == "ddpm" else net.model.in_channels
+    channels = objective.image_channels(net)
     shapes_of = {
         "clean": (res, res, channels),
         "noisy": (res, res, channels),
@@ -845,10 +854,10 @@ def _stage_batch_size(
     def compile_step(b):
         batch = {
             k: jax.ShapeDtypeStruct((b, *shapes_of[k]), jnp.float32, sharding=batch_sharding)
-            for k in batch_keys(objective)
+            for k in objective.batch_keys
         }
         step = backend.jit(
-            STEP_FACTORIES[objective][0](net, config, b),
+            objective.make_train_step(net, config, b),
             in_shardings=(replicated, batch_sharding, replicated),
             donate_argnums=0,
         )
@@ -902,7 +911,7 @@ def _validate(eval_step, state, val_batches) -> dict:
     }
 
 
-def _stage_samples(net, state, config, stage, workdir) -> None:
+def _stage_samples(net, state, config, stage, workdir, val_batch=None) -> None:
     """A PNG grid of EMA samples per domain (fixed seeds, Heun), written at the end of a stage."""
     from pdr_jax.physics.conditioning import DOMAINS, conditioning_vector
     from pdr_jax.samplers import edm_sampler, network_sampler_args
@@ -965,6 +974,34 @@ def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
         os.path.join(workdir, f"restorations_stage{stage.index}_{stage.resolution}px.png"),
         row_labels=("clean", "noisy", "restored"),
     )
+
+
+OBJECTIVES = {
+    "edm": Objective(
+        name="edm",
+        build=build_network,
+        kind="prior",
+        make_train_step=make_train_step,
+        make_eval_step=make_eval_step,
+        batch_keys=("clean", "cond"),
+        paired=False,
+        image_channels=lambda net: net.model.in_channels,
+        stage_figure=_stage_samples,
+        foreign_model_keys=("cond_channels", "num_timesteps", "beta_schedule", "parameterization"),
+    ),
+    "ddpm": Objective(
+        name="ddpm",
+        build=conditional.build_conditional,
+        kind="conditional",
+        make_train_step=make_ddpm_train_step,
+        make_eval_step=make_ddpm_eval_step,
+        batch_keys=("clean", "cond", "noisy", "s", "r", "b"),
+        paired=True,
+        image_channels=lambda net: net.img_channels,
+        stage_figure=_stage_restorations,
+        foreign_model_keys=("precond",),
+    ),
+}
 
 
 def _write_json(path: str, obj) -> None:
