@@ -492,121 +492,146 @@ class Plateau:
         return self.bad >= self.patience
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What stays fixed for a whole run: the loop's context."""
+
+    config: Any
+    workdir: str
+    stages: list[Stage]
+    objective: Objective
+    net: Any
+    network_kwargs: dict
+    mesh: Mesh
+    replicated: NamedSharding
+    batch_sharding: NamedSharding
+    base_key: Any
+    manager: ocp.CheckpointManager
+    logger: MetricsLogger
+    preemption: _Preemption
+    pipeline: Any  # pdr_jax.data.pipeline, imported when a run starts
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Train `config` into `workdir`, resuming from its latest checkpoint if there is one."""
-    from pdr_jax.data import pipeline  # local: the data stack (grain, readers) is heavy
-
-    distributed.initialize()  # a multi-process job described by the environment (launch/train.py: flags)
-    os.makedirs(workdir, exist_ok=True)
-    stages = stages_from_config(config)
-    objective = objective_of(config)
-    kind = objective.kind
-    net, network_kwargs = build_network_from_config(config.model, objective.name)
-    mesh = make_mesh(config.train.num_devices)
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    base_key = jax.random.key(config.seed)
-    manager = make_checkpoint_manager(workdir, config)
-    logger = MetricsLogger(workdir, enabled=jax.process_index() == 0)
-    preemption = _Preemption()
-    _write_json(
-        os.path.join(workdir, "network.json"),
-        {"format": "pdr_jax-model", "version": 1, "kind": kind, "network": network_kwargs},
-    )
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-
-    tx0 = make_optimizer(
-        config.optim.lr,
-        betas=tuple(config.optim.betas),
-        eps=config.optim.eps,
-        grad_clip=config.optim.grad_clip,
-    )
-    init_fn = lambda: create_train_state(
-        net, jax.random.fold_in(base_key, 10**6), tx0, resolution=net.model.img_resolution
-    )
-    abstract_state = jax.eval_shape(init_fn)
-    abstract_state = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
-    )
-
-    meta = _stage_meta(0, step=0, nimg=0.0)
-    data_state = None
-    restored = restore_latest_intact(manager, abstract_state, logger.info)
-    if restored is not None:
-        manager.reload()  # forget steps moved aside
-        latest, state, data_state, meta = restored
-        logger.info(
-            f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})"
-        )
-        if meta["stage_complete"] and not _extended(meta, stages, float(state.nimg)):
-            # Saved at a stage's end: the next stage starts with fresh data.
-            meta, data_state = (
-                _stage_meta(
-                    meta["stage"] + 1,
-                    step=int(state.step),
-                    nimg=float(state.nimg),
-                    init_kimg=meta.get("init_kimg", 0.0),
-                ),
-                None,
-            )
-    else:
-        state = jax.jit(init_fn, out_shardings=replicated)()
-        logger.info(f"new run: {network_kwargs}")
-        if config.train.init_from:
-            state, meta["init_kimg"] = init_from(state, net, config.train.init_from)
-            state = jax.device_put(state, replicated)
-            logger.info(
-                f"weights from {config.train.init_from} ({meta['init_kimg']:.1f} kimg before this run)"
-            )
-
+    run = _setup(config, workdir)
+    state, meta, data_state = _start_or_resume(run)
     stopped = False
     try:
-        for stage in stages[meta["stage"] :]:
-            state, meta, stopped = _run_stage(
-                stage,
-                stages,
-                state,
-                meta,
-                data_state,
-                config=config,
-                net=net,
-                workdir=workdir,
-                mesh=mesh,
-                batch_sharding=batch_sharding,
-                replicated=replicated,
-                base_key=base_key,
-                manager=manager,
-                logger=logger,
-                preemption=preemption,
-                pipeline=pipeline,
-            )
+        for stage in run.stages[meta["stage"] :]:
+            state, meta, stopped = _run_stage(run, stage, state, meta, data_state)
             data_state = None
             if stopped:
                 break
     finally:  # on errors too: a save in flight is the last good checkpoint, let it land
-        manager.wait_until_finished()
+        run.manager.wait_until_finished()
+    _finish(run, state, meta, stopped)
+    return state
+
+
+def _setup(config, workdir: str) -> _Run:
+    """The run's context; network.json and config.json written into the workdir."""
+    from pdr_jax.data import pipeline  # local: the data stack (grain, readers) is heavy
+
+    distributed.initialize()  # a job described by the environment (launch/train.py: also flags)
+    os.makedirs(workdir, exist_ok=True)
+    objective = objective_of(config)
+    net, network_kwargs = build_network_from_config(config.model, objective.name)
+    mesh = make_mesh(config.train.num_devices)
+    run = _Run(
+        config=config,
+        workdir=workdir,
+        stages=stages_from_config(config),
+        objective=objective,
+        net=net,
+        network_kwargs=network_kwargs,
+        mesh=mesh,
+        replicated=NamedSharding(mesh, P()),
+        batch_sharding=NamedSharding(mesh, P("data")),
+        base_key=jax.random.key(config.seed),
+        manager=make_checkpoint_manager(workdir, config),
+        logger=MetricsLogger(workdir, enabled=jax.process_index() == 0),
+        preemption=_Preemption(),
+        pipeline=pipeline,
+    )
+    description = {"format": "pdr_jax-model", "version": 1, "kind": objective.kind}
+    _write_json(os.path.join(workdir, "network.json"), {**description, "network": network_kwargs})
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    return run
+
+
+def _start_or_resume(run: _Run) -> tuple[TrainState, dict, Any]:
+    """(state, meta, data iterator state or None): the newest intact checkpoint, else a new
+    state (random, or train.init_from's weights)."""
+    config, logger = run.config, run.logger
+    optim = config.optim
+    tx0 = make_optimizer(
+        optim.lr, betas=tuple(optim.betas), eps=optim.eps, grad_clip=optim.grad_clip
+    )
+    init_fn = lambda: create_train_state(
+        run.net,
+        jax.random.fold_in(run.base_key, 10**6),
+        tx0,
+        resolution=run.net.model.img_resolution,
+    )
+    abstract_state = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.replicated),
+        jax.eval_shape(init_fn),
+    )
+    restored = restore_latest_intact(run.manager, abstract_state, logger.info)
+    if restored is None:
+        state, meta = (
+            jax.jit(init_fn, out_shardings=run.replicated)(),
+            _stage_meta(0, step=0, nimg=0.0),
+        )
+        logger.info(f"new run: {run.network_kwargs}")
+        if config.train.init_from:
+            state, meta["init_kimg"] = init_from(state, run.net, config.train.init_from)
+            state = jax.device_put(state, run.replicated)
+            logger.info(
+                f"weights from {config.train.init_from} ({meta['init_kimg']:.1f} kimg before this run)"
+            )
+        return state, meta, None
+    run.manager.reload()  # forget steps moved aside
+    latest, state, data_state, meta = restored
+    logger.info(
+        f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})"
+    )
+    if meta["stage_complete"] and not _extended(meta, run.stages, float(state.nimg)):
+        # Saved at a stage's end: the next stage starts with fresh data.
+        meta = _stage_meta(
+            meta["stage"] + 1,
+            step=int(state.step),
+            nimg=float(state.nimg),
+            init_kimg=meta.get("init_kimg", 0.0),
+        )
+        data_state = None
+    return state, meta, data_state
+
+
+def _finish(run: _Run, state: TrainState, meta: dict, stopped: bool) -> None:
+    """The loss plot and, unless stopped early, the EMA network as a model directory."""
     if jax.process_index() == 0:
-        save_loss_plot(logger.path, os.path.join(workdir, "loss.png"))
-    if (
-        not stopped
-    ):  # the EMA network as a model directory (every process: Orbax saves collectively)
+        save_loss_plot(run.logger.path, os.path.join(run.workdir, "loss.png"))
+    if not stopped:  # every process saves: Orbax writes collectively
         kimg = float(state.nimg) / 1000
         source = {
-            "workdir": os.path.abspath(workdir),
+            "workdir": os.path.abspath(run.workdir),
             "step": int(state.step),
             "kimg": kimg,
-            "init_from": config.train.init_from or None,
+            "init_from": run.config.train.init_from or None,
             "kimg_total": meta.get("init_kimg", 0.0) + kimg,
         }
+        variables = jax.device_get(state.variables(ema=True))
         model_io.save_model(
-            os.path.join(workdir, "model"),
-            network_kwargs,
-            jax.device_get(state.variables(ema=True)),
+            os.path.join(run.workdir, "model"),
+            run.network_kwargs,
+            variables,
             source=source,
             overwrite=True,
-            kind=kind,
+            kind=run.objective.kind,
         )
-    logger.close()
-    return state
+    run.logger.close()
 
 
 def init_from(state: TrainState, net, source: str) -> tuple[TrainState, float]:
@@ -642,161 +667,35 @@ def init_from(state: TrainState, net, source: str) -> tuple[TrainState, float]:
     ), kimg
 
 
-def _run_stage(
-    stage,
-    stages,
-    state,
-    meta,
-    data_state,
-    *,
-    config,
-    net,
-    workdir,
-    mesh,
-    batch_sharding,
-    replicated,
-    base_key,
-    manager,
-    logger,
-    preemption,
-    pipeline,
-):
+def _run_stage(run: _Run, stage: Stage, state, meta: dict, data_state):
     """Train one stage; returns (state, meta, stopped_early_for_preemption)."""
-    num_devices = mesh.devices.size
+    num_devices = run.mesh.devices.size
     batch_size = _stage_batch_size(
-        stage, state, net, config, num_devices, replicated, batch_sharding, logger
+        stage,
+        state,
+        run.net,
+        run.config,
+        num_devices,
+        run.replicated,
+        run.batch_sharding,
+        run.logger,
     )
-    schedule = warmup_schedule(
-        stage.lr,
-        config.optim.lr_rampup_kimg,
-        start_step=meta["stage_start_step"],
-        start_nimg=meta["stage_start_nimg"],
-        batch=batch_size,
+    state, schedule, train_step, eval_step = _stage_programs(run, stage, state, meta, batch_size)
+    data_iter, val_batches = _stage_data(run, stage, batch_size, data_state)
+    run.logger.info(
+        f"stage {stage.index}: {stage.resolution}x{stage.resolution}, batch {batch_size} on "
+        f"{num_devices} device(s), {stage.kimg} kimg, lr {stage.lr:g}{', adaptive' if stage.adaptive else ''}"
     )
-    tx = make_optimizer(
-        schedule,
-        betas=tuple(config.optim.betas),
-        eps=config.optim.eps,
-        grad_clip=config.optim.grad_clip,
-    )
-    state = state.replace(tx=tx)
-    objective = objective_of(config)
-    make_step, make_eval = objective.make_train_step, objective.make_eval_step
-    keys, paired = objective.batch_keys, objective.paired
-    # On CPU, the compiler options of pdr_jax.backend (multi-threaded convolutions).
-    train_step = backend.jit(
-        make_step(net, config, batch_size),
-        in_shardings=(replicated, batch_sharding, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
-    eval_step = backend.jit(
-        make_eval(net, config), in_shardings=(replicated, batch_sharding), out_shardings=replicated
-    )
-
-    pidx, pcount = jax.process_index(), jax.process_count()
-    ds = pipeline.make_dataset(
-        config.data,
-        seed=config.seed + stage.index,
-        resolution=stage.resolution,
-        global_batch=batch_size,
-        split="train",
-        process_index=pidx,
-        process_count=pcount,
-        paired=paired,
-    )
-    data_iter = iter(ds)
-    if data_state is not None:
-        data_iter.set_state(data_state)
-    val_batches = [
-        global_batch(b, batch_sharding, keys=keys + ("valid",))
-        for b in _val_batches(pipeline, config, stage, batch_size, pidx, pcount, paired)
-    ]
-
-    end_nimg = meta["stage_start_nimg"] + stage.kimg * 1000
-    total_steps = math.ceil((end_nimg - meta["stage_start_nimg"]) / batch_size)
-    plateau = Plateau(config.train.adaptive_patience, config.train.adaptive_min_rel_improvement)
-    every = lambda kimg: max(round(kimg * 1000 / batch_size), 1)
-    log_every, val_every, ckpt_every = (
-        every(config.train.log_every_kimg),
-        every(config.train.val_every_kimg),
-        every(config.checkpoint.every_kimg),
-    )
-    step = int(state.step)
-    logger.info(
-        f"stage {stage.index}: {stage.resolution}x{stage.resolution}, batch {batch_size} on {num_devices} device(s), "
-        f"{stage.kimg} kimg, lr {stage.lr:g}{', adaptive' if stage.adaptive else ''}"
-    )
-    last_good_step, t0, n0, plateaued = None, None, step, False
-    pending = None
-    while float(state.nimg) < end_nimg - 0.5:
-        batch = global_batch(next(data_iter), batch_sharding, keys=keys)
-        state, metrics = train_step(state, batch, base_key)
-        step += 1
-        pending = metrics
-        if t0 is None:  # throughput and ETA exclude the first step, which includes the compile
-            t0, n0 = time.time(), step
-        last = float(state.nimg) >= end_nimg - 0.5
-        if step % log_every == 0 or last:
-            loss = float(metrics["loss"])  # host sync only at log steps
-            _check_finite(loss, step, stage, last_good_step)
-            rate = (step - n0) * batch_size / max(time.time() - t0, 1e-9) if step > n0 else 0.0
-            done = step - meta["stage_start_step"]
-            logger.progress(
-                step=step,
-                stage=stage.index,
-                kimg=float(state.nimg) / 1000,
-                loss=loss,
-                grad_norm=float(metrics["grad_norm"]),
-                lr=float(schedule(step - 1)),
-                img_per_s=rate,
-                eta_s=(total_steps - done) * batch_size / max(rate, 1e-9),
-            )
-        val_metrics = None
-        if step % val_every == 0 or last:
-            val_metrics = _validate(eval_step, state, val_batches)
-            logger.scalars(
-                step,
-                {
-                    "val_loss": val_metrics["val_loss"],
-                    "stage": stage.index,
-                    "kimg": float(state.nimg) / 1000,
-                },
-            )
-            if (
-                stage.adaptive
-                and stage.index < len(stages) - 1
-                and plateau.update(val_metrics["val_loss"])
-            ):
-                logger.info(
-                    f"stage {stage.index}: validation loss plateaued at {val_metrics['val_loss']:.4f} "
-                    f"(kimg {float(state.nimg) / 1000:.1f}); moving on"
-                )
-                last = plateaued = True
-        stop = preemption.reached(step)
-        if step % ckpt_every == 0 or last or stop:
-            _check_finite(float(pending["loss"]), step, stage, last_good_step)
-            meta_now = {**meta, "stage_complete": bool(last), "plateaued": bool(plateaued)}
-            save_checkpoint(
-                manager,
-                step,
-                state,
-                data_iter,
-                meta_now,
-                val_metrics or _validate(eval_step, state, val_batches),
-            )
-            last_good_step = step
-        if stop:
-            manager.wait_until_finished()
-            return state, meta, True
-        if last:
-            break
+    steps = _StageSteps(run, stage, meta, batch_size, schedule, eval_step, val_batches)
+    state, stopped = steps.loop(state, train_step, data_iter)
+    if stopped:
+        return state, meta, True
     if jax.process_index() == 0:  # its own rows of a validation batch: a sharded global array
         local = {
             k: np.concatenate([np.asarray(s.data) for s in v.addressable_shards])
             for k, v in val_batches[0].items()
         }
-        objective.stage_figure(net, state, config, stage, workdir, local)
+        run.objective.stage_figure(run.net, state, run.config, stage, run.workdir, local)
     next_meta = _stage_meta(
         stage.index + 1,
         step=int(state.step),
@@ -804,6 +703,137 @@ def _run_stage(
         init_kimg=meta.get("init_kimg", 0.0),
     )
     return state, next_meta, False
+
+
+def _stage_programs(run: _Run, stage: Stage, state, meta: dict, batch_size: int):
+    """(state with the stage's optimizer, lr schedule, jitted train step, jitted eval step)."""
+    optim = run.config.optim
+    schedule = warmup_schedule(
+        stage.lr,
+        optim.lr_rampup_kimg,
+        start_step=meta["stage_start_step"],
+        start_nimg=meta["stage_start_nimg"],
+        batch=batch_size,
+    )
+    tx = make_optimizer(
+        schedule, betas=tuple(optim.betas), eps=optim.eps, grad_clip=optim.grad_clip
+    )
+    rep, shard = run.replicated, run.batch_sharding
+    # On CPU, the compiler options of pdr_jax.backend (multi-threaded convolutions).
+    train_step = backend.jit(
+        run.objective.make_train_step(run.net, run.config, batch_size),
+        in_shardings=(rep, shard, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+    eval_step = backend.jit(
+        run.objective.make_eval_step(run.net, run.config),
+        in_shardings=(rep, shard),
+        out_shardings=rep,
+    )
+    return state.replace(tx=tx), schedule, train_step, eval_step
+
+
+def _stage_data(run: _Run, stage: Stage, batch_size: int, data_state):
+    """(this process's training iterator, at data_state if given; the global val batches)."""
+    config, objective = run.config, run.objective
+    pidx, pcount = jax.process_index(), jax.process_count()
+    ds = run.pipeline.make_dataset(
+        config.data,
+        seed=config.seed + stage.index,
+        resolution=stage.resolution,
+        global_batch=batch_size,
+        split="train",
+        process_index=pidx,
+        process_count=pcount,
+        paired=objective.paired,
+    )
+    data_iter = iter(ds)
+    if data_state is not None:
+        data_iter.set_state(data_state)
+    local = _val_batches(run.pipeline, config, stage, batch_size, pidx, pcount, objective.paired)
+    keys = (*objective.batch_keys, "valid")
+    return data_iter, [global_batch(b, run.batch_sharding, keys=keys) for b in local]
+
+
+class _StageSteps:
+    """The step loop of one stage: train, log, validate (and end a plateaued adaptive stage),
+    checkpoint, and stop at a preemption."""
+
+    def __init__(
+        self, run: _Run, stage: Stage, meta: dict, batch_size, schedule, eval_step, val_batches
+    ):
+        self.run, self.stage, self.meta, self.batch_size = run, stage, meta, batch_size
+        self.schedule, self.eval_step, self.val_batches = schedule, eval_step, val_batches
+        self.end_nimg = meta["stage_start_nimg"] + stage.kimg * 1000
+        self.total_steps = math.ceil((self.end_nimg - meta["stage_start_nimg"]) / batch_size)
+        every = lambda kimg: max(round(kimg * 1000 / batch_size), 1)
+        train, checkpoint = run.config.train, run.config.checkpoint
+        self.log_every, self.val_every = every(train.log_every_kimg), every(train.val_every_kimg)
+        self.ckpt_every = every(checkpoint.every_kimg)
+        self.plateau = Plateau(train.adaptive_patience, train.adaptive_min_rel_improvement)
+        self.last_good_step, self.plateaued, self.t0, self.n0 = None, False, None, None
+
+    def loop(self, state, train_step, data_iter) -> tuple[Any, bool]:
+        """(state, stopped for a preemption)."""
+        run, step = self.run, int(state.step)
+        while float(state.nimg) < self.end_nimg - 0.5:
+            batch = global_batch(next(data_iter), run.batch_sharding, keys=run.objective.batch_keys)
+            state, metrics = train_step(state, batch, run.base_key)
+            step += 1
+            if self.t0 is None:  # throughput and ETA exclude the first step (the compile)
+                self.t0, self.n0 = time.time(), step
+            last = float(state.nimg) >= self.end_nimg - 0.5
+            if step % self.log_every == 0 or last:
+                self._log(state, metrics, step)
+            val_metrics = None
+            if step % self.val_every == 0 or last:
+                val_metrics = _validate(self.eval_step, state, self.val_batches)
+                last = self._after_validation(state, step, val_metrics["val_loss"]) or last
+            stop = run.preemption.reached(step)
+            if step % self.ckpt_every == 0 or last or stop:
+                _check_finite(float(metrics["loss"]), step, self.stage, self.last_good_step)
+                meta_now = {**self.meta, "stage_complete": bool(last), "plateaued": self.plateaued}
+                val_metrics = val_metrics or _validate(self.eval_step, state, self.val_batches)
+                save_checkpoint(run.manager, step, state, data_iter, meta_now, val_metrics)
+                self.last_good_step = step
+            if stop:
+                run.manager.wait_until_finished()
+                return state, True
+            if last:
+                break
+        return state, False
+
+    def _log(self, state, metrics, step: int) -> None:
+        loss = float(metrics["loss"])  # host sync only at log steps
+        _check_finite(loss, step, self.stage, self.last_good_step)
+        elapsed = max(time.time() - self.t0, 1e-9)
+        rate = (step - self.n0) * self.batch_size / elapsed if step > self.n0 else 0.0
+        remaining = self.total_steps - (step - self.meta["stage_start_step"])
+        self.run.logger.progress(
+            step=step,
+            stage=self.stage.index,
+            kimg=float(state.nimg) / 1000,
+            loss=loss,
+            grad_norm=float(metrics["grad_norm"]),
+            lr=float(self.schedule(step - 1)),
+            img_per_s=rate,
+            eta_s=remaining * self.batch_size / max(rate, 1e-9),
+        )
+
+    def _after_validation(self, state, step: int, val_loss: float) -> bool:
+        """Log the validation loss; True when an adaptive stage (not the last) has plateaued."""
+        stage, kimg = self.stage, float(state.nimg) / 1000
+        self.run.logger.scalars(step, {"val_loss": val_loss, "stage": stage.index, "kimg": kimg})
+        not_last = stage.index < len(self.run.stages) - 1
+        if stage.adaptive and not_last and self.plateau.update(val_loss):
+            self.run.logger.info(
+                f"stage {stage.index}: validation loss plateaued at {val_loss:.4f} "
+                f"(kimg {kimg:.1f}); moving on"
+            )
+            self.plateaued = True
+            return True
+        return False
 
 
 def _extended(meta: dict, stages: list[Stage], nimg: float) -> bool:
