@@ -7,8 +7,9 @@ in this order of precedence:
    `--process_id`);
 2. the environment: `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES`,
    `JAX_PROCESS_ID`;
-3. a cluster environment that JAX detects itself (SLURM with more than one task, Open MPI,
-   Kubernetes/TPU pods): `jax.distributed.initialize()` with no arguments.
+3. a cluster environment that JAX detects itself, recognised here by SLURM with more than one
+   task or an Open MPI world of more than one (`SLURM_NTASKS`, `OMPI_COMM_WORLD_SIZE`):
+   `jax.distributed.initialize()` with no arguments. Elsewhere (Kubernetes, TPU pods) use 1 or 2.
 
 With none of them the run is a single process and nothing is initialised. On CPU the processes
 exchange collectives over gloo (set before the backend starts). A coordinator whose peers never

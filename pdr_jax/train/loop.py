@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -450,11 +451,13 @@ class _Preemption:
     """SIGTERM stops the run at a step boundary, which saves a checkpoint and exits.
 
     One process: a Python handler sets a flag. Several processes: each may receive the signal at
-    another step, and the checkpoint save is collective, so they agree on the step through JAX's
-    preemption sync point (the coordination service's SIGTERM notifier; no Python handler).
+    another step, and the checkpoint save is collective, so they agree on the step through
+    Orbax's `CheckpointManager.reached_preemption` (JAX's preemption sync point, fed by the
+    coordination service's SIGTERM notifier; no Python handler).
     """
 
-    def __init__(self):
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager = manager
         self.multi_process = jax.process_count() > 1
         self.flag = False
         if self.multi_process:
@@ -469,11 +472,7 @@ class _Preemption:
 
     def reached(self, step: int) -> bool:
         """Stop after `step`? The same answer on every process."""
-        if self.multi_process:
-            from jax.experimental import multihost_utils
-
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.flag
+        return self.manager.reached_preemption(step) if self.multi_process else self.flag
 
 
 class Plateau:
@@ -538,6 +537,7 @@ def _setup(config, workdir: str) -> _Run:
     objective = objective_of(config)
     net, network_kwargs = build_network_from_config(config.model, objective.name)
     mesh = make_mesh(config.train.num_devices)
+    manager = make_checkpoint_manager(workdir, config)
     run = _Run(
         config=config,
         workdir=workdir,
@@ -549,9 +549,9 @@ def _setup(config, workdir: str) -> _Run:
         replicated=NamedSharding(mesh, P()),
         batch_sharding=NamedSharding(mesh, P("data")),
         base_key=jax.random.key(config.seed),
-        manager=make_checkpoint_manager(workdir, config),
+        manager=manager,
         logger=MetricsLogger(workdir, enabled=jax.process_index() == 0),
-        preemption=_Preemption(),
+        preemption=_Preemption(manager),
         pipeline=pipeline,
     )
     description = {"format": "pdr_jax-model", "version": 1, "kind": objective.kind}
@@ -690,11 +690,10 @@ def _run_stage(run: _Run, stage: Stage, state, meta: dict, data_state):
     state, stopped = steps.loop(state, train_step, data_iter)
     if stopped:
         return state, meta, True
-    if jax.process_index() == 0:  # its own rows of a validation batch: a sharded global array
-        local = {
-            k: np.concatenate([np.asarray(s.data) for s in v.addressable_shards])
-            for k, v in val_batches[0].items()
-        }
+    # Every process takes its own rows of the (sharded, global) validation batch; process 0 draws.
+    local = multihost_utils.global_array_to_host_local_array(val_batches[0], run.mesh, P("data"))
+    if jax.process_index() == 0:
+        local = jax.tree_util.tree_map(np.asarray, local)
         run.objective.stage_figure(run.net, state, run.config, stage, run.workdir, local)
     next_meta = _stage_meta(
         stage.index + 1,
