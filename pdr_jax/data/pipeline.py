@@ -21,10 +21,12 @@ with (s, r, b) drawn once from ``val_seed`` and no label dropout, padded with re
 resolution only, so losses are comparable across steps, runs and training seeds.
 
 Iterator state: ``it = iter(pipeline)`` is a ``grain.DatasetIterator``; ``it.get_state()`` is a
-small JSON-serialisable dict. Save it in the Orbax checkpoint with Grain's handler,
-``ocp.args.Composite(..., data=grain.checkpoint.CheckpointSave(it))`` and restore with
-``grain.checkpoint.CheckpointRestore(it)`` (one JSON file per process), or store
-``iterator_state(it)`` bytes yourself and call ``restore_iterator_state(it, state)``.
+small JSON-serialisable dict and ``it.set_state(state)`` moves a fresh iterator of the same
+pipeline there. The position counts global batches, so it means the same batch to any process
+count: the training loop stores one copy with Orbax's ``JsonSave`` (written by process 0) and
+resumes it with any number of processes. (Grain's Orbax handler,
+``grain.checkpoint.CheckpointSave(it)``, writes one file per process named by process index and
+count and refuses a resume with another count; it suits pipelines whose state is per process.)
 
 Throughput: ``python -m pdr_jax.data.pipeline --bench`` prints batches/s of the embedded pipeline.
 """
@@ -35,7 +37,6 @@ import argparse
 import collections
 import dataclasses
 import functools
-import json
 import logging
 import math
 import time
@@ -311,17 +312,6 @@ def make_dataset(
     return DataPipeline(iter_ds, summary, batch_size, num_batches)
 
 
-def iterator_state(iterator: grain.DatasetIterator) -> bytes:
-    """The iterator's position as JSON bytes (for checkpoints that store bytes/strings)."""
-    return json.dumps(iterator.get_state()).encode()
-
-
-def restore_iterator_state(iterator: grain.DatasetIterator, state: bytes) -> grain.DatasetIterator:
-    """Move `iterator` (a fresh iter() of the same pipeline) to a state from iterator_state."""
-    iterator.set_state(json.loads(state))
-    return iterator
-
-
 def measure_throughput(
     cfg: ml_collections.ConfigDict | None = None,
     *,
@@ -386,8 +376,6 @@ __all__ = [
     "DataPipeline",
     "build_frames",
     "default_config",
-    "iterator_state",
     "make_dataset",
     "measure_throughput",
-    "restore_iterator_state",
 ]

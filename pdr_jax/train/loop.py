@@ -385,6 +385,12 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
 
 
 def save_checkpoint(manager, step, state, data_iter, meta, metrics=None) -> None:
+    """state (Orbax StandardSave), the data position and meta (JSON items, written by process 0).
+
+    The data position is a global batch index (pdr_jax.data.pipeline), one copy for all
+    processes, so a run resumes with another process count; Grain's own Orbax handler writes a
+    file per process index and count and would refuse that resume.
+    """
     manager.save(
         step,
         args=ocp.args.Composite(

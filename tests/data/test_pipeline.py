@@ -1,6 +1,8 @@
 """make_dataset: batch layout, mixing fractions, determinism and resume, multi-process slicing,
 held-out validation, paired simulation, bad files, throughput. Tiny crops keep it fast."""
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -114,18 +116,19 @@ def test_same_seed_same_batches_and_resume_from_state():
     make = lambda seed: pipeline.make_dataset(cfg, seed=seed, resolution=16, global_batch=4)
     first = iter(make(7))
     head = _take(first, 3)
-    state = pipeline.iterator_state(first)
+    state = json.loads(json.dumps(first.get_state()))  # as a checkpoint stores it
     tail = _take(first, 3)
 
     _assert_batches_equal(_take(iter(make(7)), 6), head + tail)
-    resumed = pipeline.restore_iterator_state(iter(make(7)), state)
+    resumed = iter(make(7))
+    resumed.set_state(state)
     _assert_batches_equal(_take(resumed, 3), tail)
     other = _take(iter(make(8)), 1)[0]
     assert not np.array_equal(other["clean"], head[0]["clean"])
 
 
 def test_iterator_state_in_an_orbax_checkpoint(tmp_path):
-    import grain
+    """As the training loop stores it: one JSON item (JsonSave), restored into a fresh iterator."""
     import orbax.checkpoint as ocp
 
     cfg = _cfg()
@@ -133,12 +136,12 @@ def test_iterator_state_in_an_orbax_checkpoint(tmp_path):
     iterator = make()
     _take(iterator, 2)
     with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as manager:
-        manager.save(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+        manager.save(1, args=ocp.args.Composite(data=ocp.args.JsonSave(iterator.get_state())))
         manager.wait_until_finished()
         expected = _take(iterator, 2)
         restored = make()
-        manager.restore(
-            1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored))
+        restored.set_state(
+            manager.restore(1, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
         )
     _assert_batches_equal(_take(restored, 2), expected)
 
