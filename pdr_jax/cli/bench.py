@@ -60,7 +60,7 @@ from pdr_jax import backend, samplers
 from pdr_jax.cli import finish_parser
 from pdr_jax.configs import base
 from pdr_jax.nn import fast_conv, onednn
-from pdr_jax.train.loop import build_network_from_config, make_train_step
+from pdr_jax.train.loop import build_network_from_config, ema_of, loss_for, make_train_step
 from pdr_jax.train.state import create_train_state, make_optimizer
 
 # Named configurations: the network (config.model overrides), image size and batch.
@@ -195,7 +195,13 @@ class JaxBench:
         # A copy: the training step donates (deletes) the state's buffers.
         self.variables = jax.tree_util.tree_map(jnp.copy, self.state.variables(ema=True))
 
-        step = backend.jit(make_train_step(self.net, config, batch), donate_argnums=0)
+        train_step = make_train_step(
+            self.net,
+            loss_for(self.net, P_mean=config.train.P_mean, P_std=config.train.P_std),
+            batch_size=batch,
+            ema=ema_of(config),
+        )
+        step = backend.jit(train_step, donate_argnums=0)
         self.train_step, self.compile_s["train"] = _compile(
             step, self.state, self.batch_data, keys[3]
         )

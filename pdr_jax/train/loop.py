@@ -108,16 +108,16 @@ def build_network_from_config(model_cfg, objective: str = "edm"):
 # Steps (jit boundary).
 
 
-def loss_for(net, config):
+def loss_for(net, *, P_mean: float = -1.2, P_std: float = 1.2):
     """The training loss of the network's preconditioner, as EDM's train.py pairs them:
-    EDMPrecond with EDMLoss (config.train.P_mean/P_std), VPPrecond with VPLoss, VEPrecond with
+    EDMPrecond with EDMLoss (ln sigma ~ N(P_mean, P_std^2)), VPPrecond with VPLoss, VEPrecond with
     VELoss, each with the network's own schedule constants. iDDPM models are sampled, not
     trained (EDM has no iDDPM loss): a ValueError says so."""
     if isinstance(net, precond_lib.EDMPrecond):
         return functools.partial(
             losses.edm_loss,
-            P_mean=config.train.P_mean,
-            P_std=config.train.P_std,
+            P_mean=P_mean,
+            P_std=P_std,
             sigma_data=net.sigma_data,
         )
     if isinstance(net, precond_lib.VPPrecond):
@@ -132,9 +132,18 @@ def loss_for(net, config):
     )
 
 
-def make_train_step(net, config, batch_size: int):
-    """train_step(state, batch, base_key) -> (state, metrics); batch = {"clean", "cond"}."""
-    loss_fn = loss_for(net, config)
+@dataclasses.dataclass(frozen=True)
+class Ema:
+    """EDM's EMA of the weights: half-life in thousands of images, ramped up as
+    min(halflife, rampup_ratio * images seen) (rampup_ratio None or 0: none)."""
+
+    halflife_kimg: float = 500.0
+    rampup_ratio: float | None = 0.05
+
+
+def make_train_step(net, loss_fn, *, batch_size: int, ema: Ema = Ema()):
+    """train_step(state, batch, base_key) -> (state, metrics); batch = {"clean", "cond"};
+    loss_fn(denoise, key, images, labels) per image, e.g. loss_for(net, ...)."""
 
     def train_step(state: TrainState, batch, base_key):
         key_loss, key_dropout = jax.random.split(jax.random.fold_in(base_key, state.step))
@@ -149,14 +158,14 @@ def make_train_step(net, config, batch_size: int):
             return jnp.mean(loss_fn(denoise, key_loss, images, batch["cond"]))
 
         loss, grads = jax.value_and_grad(objective)(state.params)
-        return _apply_update(state, grads, loss, batch_size, config)
+        return _apply_update(state, grads, loss, batch_size, ema)
 
     return train_step
 
 
-def make_eval_step(net, config):
+def make_eval_step(net, val_sigmas):
     """Validation loss of the EMA network at fixed sigmas with fixed noise: comparable across steps."""
-    sigmas = jnp.asarray(config.train.val_sigmas, jnp.float32)
+    sigmas = jnp.asarray(val_sigmas, jnp.float32)
 
     def eval_step(state: TrainState, batch):
         """Sums over the batch's valid rows (the last val batch is padded by repeats)."""
@@ -177,15 +186,16 @@ def make_eval_step(net, config):
     return eval_step
 
 
-def make_ddpm_train_step(net, config, batch_size: int):
+def make_ddpm_train_step(net, *, distance: str, batch_size: int, ema: Ema = Ema()):
     """train_step(state, batch, base_key) -> (state, metrics) of a conditional DDPM-style model;
-    batch = {"clean", "cond", "noisy", "s", "r", "b"} (see conditional.measurement_channels)."""
+    batch = {"clean", "cond", "noisy", "s", "r", "b"} (see conditional.measurement_channels);
+    distance: "l2" or "l1" (losses.ddpm_loss)."""
     alpha_bar = jnp.asarray(schedules.alpha_bars(net.betas()), jnp.float32)
     loss_fn = functools.partial(
         losses.ddpm_loss,
         alpha_bar=alpha_bar,
         parameterization=net.parameterization,
-        distance=config.train.loss,
+        distance=distance,
     )
 
     def train_step(state: TrainState, batch, base_key):
@@ -208,15 +218,15 @@ def make_ddpm_train_step(net, config, batch_size: int):
             return jnp.mean(loss_fn(model_fn, key_loss, images))
 
         loss, grads = jax.value_and_grad(objective)(state.params)
-        return _apply_update(state, grads, loss, batch_size, config)
+        return _apply_update(state, grads, loss, batch_size, ema)
 
     return train_step
 
 
-def make_ddpm_eval_step(net, config):
+def make_ddpm_eval_step(net, *, val_timesteps, distance: str):
     """Validation loss of the EMA conditional model at fixed timesteps with fixed noise."""
     alpha_bar = jnp.asarray(schedules.alpha_bars(net.betas()), jnp.float32)
-    timesteps = jnp.asarray(config.train.val_timesteps, jnp.int32)
+    timesteps = jnp.asarray(val_timesteps, jnp.int32)
 
     def eval_step(state: TrainState, batch):
         """Sums over the batch's valid rows (the last val batch is padded by repeats)."""
@@ -239,7 +249,7 @@ def make_ddpm_eval_step(net, config):
                 noise,
                 alpha_bar,
                 parameterization=net.parameterization,
-                distance=config.train.loss,
+                distance=distance,
             )
             return jnp.sum(jnp.mean(err, axis=(1, 2, 3)) * valid)
 
@@ -248,12 +258,10 @@ def make_ddpm_eval_step(net, config):
     return eval_step
 
 
-def _apply_update(state: TrainState, grads, loss, batch_size: int, config):
+def _apply_update(state: TrainState, grads, loss, batch_size: int, ema: Ema):
     """Optimizer step, then the EMA (EDM's half-life in images)."""
     new_state = state.apply_gradients(grads=grads)
-    step_size = ema_step_size(
-        state.nimg, batch_size, config.train.ema_halflife_kimg, config.train.ema_rampup_ratio
-    )
+    step_size = ema_step_size(state.nimg, batch_size, ema.halflife_kimg, ema.rampup_ratio)
     ema = optax.incremental_update(new_state.params, state.ema_params, step_size)
     new_state = new_state.replace(ema_params=ema, nimg=state.nimg + batch_size)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -264,8 +272,9 @@ class Objective:
     """What a training objective decides; everything else in the loop is shared.
 
     build: the network builder (network.json "network" arguments, dtype, remat). kind: the
-    model_io kind of the exported model. make_train_step(net, config, batch_size) and
-    make_eval_step(net, config): the jitted steps. batch_keys: the batch entries a step reads.
+    model_io kind of the exported model. steps(net, config, batch_size): (train_step,
+    eval_step), the step factories called with the config's values (the one place that reads
+    them). batch_keys: the batch entries a step reads.
     paired: the data pipeline simulates (clean, noisy) pairs. image_channels(net): channels of
     "clean". stage_figure(net, state, config, stage, workdir, val_batch): the end-of-stage PNG.
     foreign_model_keys: config.model keys only the other objective's builder takes.
@@ -274,8 +283,7 @@ class Objective:
     name: str
     build: Callable
     kind: str
-    make_train_step: Callable
-    make_eval_step: Callable
+    steps: Callable
     batch_keys: tuple[str, ...]
     paired: bool
     image_channels: Callable
@@ -724,15 +732,16 @@ def _stage_programs(run: _Run, stage: Stage, state, meta: dict, batch_size: int)
         schedule, betas=tuple(optim.betas), eps=optim.eps, grad_clip=optim.grad_clip
     )
     rep, shard = run.replicated, run.batch_sharding
+    train_step, eval_step = run.objective.steps(run.net, run.config, batch_size)
     # On CPU, the compiler options of pdr_jax.backend (multi-threaded convolutions).
     train_step = backend.jit(
-        run.objective.make_train_step(run.net, run.config, batch_size),
+        train_step,
         in_shardings=(rep, shard, rep),
         out_shardings=(rep, rep),
         donate_argnums=0,
     )
     eval_step = backend.jit(
-        run.objective.make_eval_step(run.net, run.config),
+        eval_step,
         in_shardings=(rep, shard),
         out_shardings=rep,
     )
@@ -892,7 +901,7 @@ def _stage_batch_size(
             for k in objective.batch_keys
         }
         step = backend.jit(
-            objective.make_train_step(net, config, b),
+            objective.steps(net, config, b)[0],
             in_shardings=(replicated, batch_sharding, replicated),
             donate_argnums=0,
         )
@@ -1011,13 +1020,33 @@ def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
     )
 
 
+def ema_of(config) -> Ema:
+    return Ema(config.train.ema_halflife_kimg, config.train.ema_rampup_ratio)
+
+
+def _edm_steps(net, config, batch_size: int):
+    loss_fn = loss_for(net, P_mean=config.train.P_mean, P_std=config.train.P_std)
+    train_step = make_train_step(net, loss_fn, batch_size=batch_size, ema=ema_of(config))
+    return train_step, make_eval_step(net, config.train.val_sigmas)
+
+
+def _ddpm_steps(net, config, batch_size: int):
+    distance = config.train.loss
+    train_step = make_ddpm_train_step(
+        net, distance=distance, batch_size=batch_size, ema=ema_of(config)
+    )
+    eval_step = make_ddpm_eval_step(
+        net, val_timesteps=config.train.val_timesteps, distance=distance
+    )
+    return train_step, eval_step
+
+
 OBJECTIVES = {
     "edm": Objective(
         name="edm",
         build=build_network,
         kind="prior",
-        make_train_step=make_train_step,
-        make_eval_step=make_eval_step,
+        steps=_edm_steps,
         batch_keys=("clean", "cond"),
         paired=False,
         image_channels=lambda net: net.model.in_channels,
@@ -1028,8 +1057,7 @@ OBJECTIVES = {
         name="ddpm",
         build=conditional.build_conditional,
         kind="conditional",
-        make_train_step=make_ddpm_train_step,
-        make_eval_step=make_ddpm_eval_step,
+        steps=_ddpm_steps,
         batch_keys=("clean", "cond", "noisy", "s", "r", "b"),
         paired=True,
         image_channels=lambda net: net.img_channels,

@@ -280,7 +280,7 @@ def _fixed_batch_step(config):
         "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
         "cond": jnp.zeros((8, 6)),
     }
-    return net, state, batch, jax.jit(loop.make_train_step(net, config, 8))
+    return net, state, batch, jax.jit(loop.objective_of(config).steps(net, config, 8)[0])
 
 
 @pytest.mark.parametrize("overrides", [dict(dtype="bfloat16"), dict(remat=True)])
@@ -465,7 +465,7 @@ def test_vp_and_ve_networks_train_with_their_own_losses(precond, tmp_path):
     config.model.precond = precond
     net, state, batch, step = _fixed_batch_step(config)
     expected = {"vp": losses.vp_loss, "ve": losses.ve_loss}[precond]
-    assert loop.loss_for(net, config).func is expected
+    assert loop.loss_for(net).func is expected
     history = []
     for i in range(40):
         state, metrics = step(state, batch, jax.random.key(i % 4))  # 4 fixed draws, cycled
@@ -490,4 +490,4 @@ def test_an_iddpm_network_is_not_trained():
     config.model.precond = "iddpm"
     net, _ = loop.build_network_from_config(config.model)
     with pytest.raises(ValueError, match="trains only edm, vp and ve"):
-        loop.loss_for(net, config)
+        loop.loss_for(net)
