@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdr_jax import cpu
 from pdr_jax.nn.unets import DhariwalUNet
 
 Array = jax.Array
@@ -169,7 +170,7 @@ def _capture_program(net, flax_paths: frozenset):
         )
         return D, state.get("intermediates", {})  # absent when no module matched
 
-    return jax.jit(run)
+    return cpu.jit(run)
 
 
 def _lookup(tree: Mapping, flax_path: tuple[str, ...], name: str):

@@ -46,7 +46,7 @@ import numpy as np
 from jax import lax
 from jax.tree_util import Partial
 
-from pdr_jax import backend, schedules
+from pdr_jax import cpu, schedules
 
 Array = jax.Array
 
@@ -109,7 +109,7 @@ def _heun_correction(x_hat, t_hat, t_next, d_cur, d_prime):
     return x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
 
 
-@backend.jit(static_argnames=("solver", "return_trajectory"))
+@cpu.jit(static_argnames=("solver", "return_trajectory"))
 def _edm_sample(
     denoise_fn, guidance_fn, latents, key, schedule, noise, *, solver, return_trajectory
 ):
@@ -227,7 +227,7 @@ def _dpmpp_2m_schedule(sigmas: np.ndarray) -> dict[str, np.ndarray]:
     return dict(t_cur=t_cur, t_next=t_next, h=h, half_inv_r=half_inv_r)
 
 
-@backend.jit(static_argnames=("return_trajectory",))
+@cpu.jit(static_argnames=("return_trajectory",))
 def _dpmpp_2m_sample(denoise_fn, guidance_fn, latents, schedule, *, return_trajectory):
     def step(carry, s):
         x_cur, denoised_prev = carry
@@ -307,7 +307,7 @@ def _ddim_update(x_t, x0, eps, z, s):
     return s["sqrt_alpha_bar_prev"] * x0 + s["direction"] * eps + s["sigma"] * z
 
 
-@backend.jit(static_argnames=("update", "parameterization", "stochastic", "return_trajectory"))
+@cpu.jit(static_argnames=("update", "parameterization", "stochastic", "return_trajectory"))
 def _discrete_sample(
     model_fn,
     guidance_fn,

@@ -13,7 +13,7 @@ import pytest
 from edm_fixtures import FIXTURES, load_case, nchw_to_nhwc
 from PIL import Image
 
-from pdr_jax import inspect, model_io, precond, sampler_presets, samplers
+from pdr_jax import cpu, inspect, model_io, precond, sampler_presets, samplers
 from pdr_jax.convert import load_edm_pickle
 
 inspect_tool = importlib.import_module("pdr_jax.cli.inspect")
@@ -146,10 +146,11 @@ def test_raw_paths_and_unknown_names(tiny):
 
 
 def test_capture_leaves_the_output_bit_identical(tiny, tiny_capture):
-    """D of the jitted capture (every stable layer and some sub-modules) equals jitted D."""
+    """D of the jitted capture (every stable layer and some sub-modules) equals jitted D
+    (both compiled as pdr_jax compiles: pdr_jax.cpu.jit, the same record)."""
     net, variables = tiny
     (x, sigma, labels), acts, D = tiny_capture
-    D_plain = jax.jit(net.apply)(variables, x, sigma, labels)
+    D_plain = cpu.jit(net.apply)(variables, x, sigma, labels)
     np.testing.assert_array_equal(np.asarray(D), np.asarray(D_plain))
     assert D.dtype == jnp.float32 and list(acts) == _tiny_names(net)
     assert acts["midblock"].shape == (2, 4, 4, 16) and acts["map_layer1"].shape == (2, 32)

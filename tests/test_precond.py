@@ -22,7 +22,7 @@ def _inputs(net, arrays):
 def test_network_matches_edm(case, cpu_conv, monkeypatch):
     """D, the inner U-Net output F_x and the hooked activations equal EDM's.
 
-    With XLA's convolutions and with oneDNN's (pdr_jax.nn.onednn, the single-device CPU default).
+    With XLA's convolutions and with oneDNN's (pdr_jax.cpu.onednn, the single-device CPU default).
     """
     monkeypatch.setenv("PDR_CPU_CONV", cpu_conv)
     net, variables, arrays = network_from_case(case)

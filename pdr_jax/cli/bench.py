@@ -29,12 +29,11 @@ rounds alternate between the two (JAX, torch, JAX, torch, ...) so that both see 
 the report gives pdr_jax / torch ratios. pdr_jax never imports torch; EDM's code is only
 imported by that subprocess, from --edm-path.
 
-Programs are compiled as the project compiles them: on CPU the convolutions go to oneDNN
-(pdr_jax.nn.onednn; --cpu-conv picks auto, f32, bf16 or xla, as PDR_CPU_CONV does), with
-pdr_jax.backend's compiler options (XLA's convolutions on multi-threaded Eigen kernels,
-reductions on YNNPACK) and the CPU fast paths of pdr_jax.nn.fast_conv and GroupNorm; --plain
-turns all of them off (XLA's defaults, the plain lax formulation) for before/after figures.
-XLA_FLAGS from the environment and the convolution path are recorded.
+Programs are compiled as the project compiles them, under one pdr_jax.cpu record: on CPU the
+convolutions go to oneDNN, the resampling and GroupNorm run as their CPU formulations, and XLA
+gets the project's compiler options. --cpu-conv picks the record's mode as PDR_CPU_CONV does
+(auto, f32, bf16, xla, or plain: XLA's defaults everywhere, the "before" figures); it reaches
+--restore-scaling's processes too. XLA_FLAGS from the environment and the record are recorded.
 
 --restore-scaling SIZE... instead runs tools/restore.py on synthetic SIZE x SIZE measurements,
 one process per size, and reports its time and peak RSS against the image size.
@@ -43,6 +42,7 @@ one process per size, and reports its time and peak RSS against the image size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -56,10 +56,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdr_jax import backend, samplers
+from pdr_jax import cpu, samplers
 from pdr_jax.cli import finish_parser
 from pdr_jax.configs import base
-from pdr_jax.nn import fast_conv, onednn
 from pdr_jax.train.loop import build_network_from_config, ema_of, loss_for, make_train_step
 from pdr_jax.train.state import create_train_state, make_optimizer
 
@@ -184,7 +183,7 @@ class JaxBench:
         # jit the init as the training loop does: params and ema_params are distinct buffers,
         # so the whole state can be donated.
         init = lambda: create_train_state(self.net, jax.random.key(0), tx, resolution=res)
-        self.state = jax.jit(init)()
+        self.state = cpu.jit(init)()
         keys = jax.random.split(jax.random.key(1), 4)
         self.batch_data = {
             "clean": jax.random.uniform(keys[0], (batch, res, res, model.in_channels)),
@@ -201,14 +200,14 @@ class JaxBench:
             batch_size=batch,
             ema=ema_of(config),
         )
-        step = backend.jit(train_step, donate_argnums=0)
+        step = cpu.jit(train_step, donate_argnums=0)
         self.train_step, self.compile_s["train"] = _compile(
             step, self.state, self.batch_data, keys[3]
         )
         self.memory["train"] = _memory(self.train_step)
         self.step_key = keys[3]
 
-        denoise = backend.jit(
+        denoise = cpu.jit(
             lambda variables, x, sigma, labels: self.net.apply(variables, x, sigma, labels)
         )
         sigma = jnp.full((batch,), 1.0)
@@ -228,7 +227,7 @@ class JaxBench:
             denoise_fn, latents, num_steps=self.num_steps, **args
         )
         self.sampler, self.compile_s["heun"] = _compile(
-            backend.jit(sample), self.denoise_fn, self.latents
+            cpu.jit(sample), self.denoise_fn, self.latents
         )
         self.memory["heun"] = _memory(self.sampler)
 
@@ -268,7 +267,7 @@ class JaxBench:
             image = jax.random.normal(
                 jax.random.key(size), (1, size, size, self.net.model.in_channels)
             )
-            run = backend.jit(
+            run = cpu.jit(
                 lambda x, tiled=tiled, plan=plan: tiling.unpad(
                     tiled(tiling.pad(x, plan), 1.0), plan
                 )
@@ -595,9 +594,7 @@ def run(args) -> dict:
             "machine": platform.machine(),
             "load_average_before": load_before,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "cpu_fast_paths": fast_conv.on_cpu(),
-            "cpu_conv": onednn.mode(),
-            "compiler_options": backend.compiler_options(),
+            "cpu_options": dataclasses.asdict(cpu.current()),
         },
         "compile_s": bench.compile_s,
         "program_memory": bench.memory,
@@ -643,7 +640,7 @@ def format_report(report: dict) -> str:
     env, res = report["environment"], report["results"]
     title = (
         f"pdr_jax bench {report['config']}: {report['resolution']}x{report['resolution']}, batch {report['batch']} "
-        f"(jax {env['jax']}, {env['backend']}, {env['cpu_count']} CPUs, convolutions {env.get('cpu_conv', '?')}, load {env['load_average_before'][0]:.1f} -> "
+        f"(jax {env['jax']}, {env['backend']}, {env['cpu_count']} CPUs, convolutions {env['cpu_options']['conv']}, load {env['load_average_before'][0]:.1f} -> "
         f"{env['load_average_after'][0]:.1f})"
     )
     lines = [
@@ -712,18 +709,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--restore-checkpoint", default=None, help="model for --restore-scaling (default: shipped)"
     )
     parser.add_argument(
-        "--plain",
-        action="store_true",
-        help="XLA's defaults and no CPU fast paths (pdr_jax.backend, pdr_jax.nn.fast_conv, "
-        "--cpu-conv xla): the 'before' figures; only --cpu-conv reaches --restore-scaling's processes",
-    )
-    parser.add_argument(
         "--cpu-conv",
-        choices=onednn.MODES,
+        choices=cpu.MODES,
         default=None,
-        help="convolutions on CPU (sets PDR_CPU_CONV, see pdr_jax.nn.onednn): auto (the default: "
-        "f32 in a single-device process), f32 oneDNN, bf16 oneDNN (bfloat16 operands, float32 "
-        "accumulation) or xla",
+        help="the CPU record's mode (sets PDR_CPU_CONV, see pdr_jax.cpu): auto (the default: "
+        "oneDNN float32 convolutions in a single-device process), f32, bf16 (oneDNN with "
+        "bfloat16 operands, float32 accumulation), xla (XLA's convolutions, CPU layers and "
+        "compiler options), or plain (XLA's defaults everywhere: the 'before' figures)",
     )
     finish_parser(
         parser, "pdr-bench --config bench-64", "pdr-bench --config bench-64 --json > bench64.json"
@@ -733,13 +725,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.plain:
-        args.cpu_conv = "xla"
     if args.cpu_conv:
-        os.environ["PDR_CPU_CONV"] = args.cpu_conv  # read at trace time; inherited by subprocesses
-    if args.plain:
-        fast_conv.on_cpu = lambda: False
-        backend.compiler_options = lambda: None
+        # Every program compiled from here on (and --restore-scaling's processes) uses it.
+        os.environ[cpu.ENV] = args.cpu_conv
     if args.restore_scaling:
         report = restore_scaling(
             args.restore_scaling,

@@ -16,11 +16,10 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdr_jax import metrics
+from pdr_jax import cpu, metrics
 from pdr_jax.evaluation.benchmark import CleanImage
 from pdr_jax.physics import conditioning
 
@@ -47,7 +46,7 @@ def gaussian_denoising(
     import bm3d
 
     # Model space is 2 x - 1: the noise std there is 2 sigma.
-    apply = jax.jit(
+    apply = cpu.jit(
         lambda x, sigma, labels: (net.apply(variables, 2 * x - 1, 2 * sigma, labels) + 1) / 2
     )
     rows = []

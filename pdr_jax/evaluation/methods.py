@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdr_jax import baselines, model_io
+from pdr_jax import baselines, cpu, model_io
 from pdr_jax.evaluation.benchmark import Method
 from pdr_jax.restore import (
     CONDITIONAL_SETTINGS,
@@ -309,7 +309,7 @@ def network_memory_bytes(prior: Prior, shape, settings: PdrSettings) -> int:
         plan = tile_plan(prior, shape[1], shape[2], tiled)
         denoise_fn = tiling.tiled_denoiser(denoise_fn, plan, batch=tiled.batch)
         x = jax.ShapeDtypeStruct((shape[0], *plan.padded_shape, shape[3]), jnp.float32)
-    lowered = jax.jit(lambda fn, x, sigma: fn(x, sigma)).lower(denoise_fn, x, jnp.float32(1.0))
+    lowered = cpu.jit(lambda fn, x, sigma: fn(x, sigma)).lower(denoise_fn, x, jnp.float32(1.0))
     stats = lowered.compile().memory_analysis()
     if stats is None:
         return -1

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdr_jax.nn import fast_conv, onednn
+from pdr_jax import cpu
+from pdr_jax.cpu import fast_layers, onednn
 
 Dtype = Any
 
@@ -61,9 +62,9 @@ def resample_kernel(resample_filter: Sequence[float]) -> np.ndarray:
 
 def _depthwise(x, kernel2d, *, stride: int, padding: int, lhs_dilation: int = 1):
     """Per-channel correlation of x [B, H, W, C] with one [K, K] filter."""
-    taps = fast_conv.separable_taps(kernel2d) if fast_conv.on_cpu() else None
+    taps = fast_layers.separable_taps(kernel2d) if cpu.current().fast_layers else None
     if taps is not None:  # XLA:CPU runs grouped convs slowly: two 1-D passes instead
-        return fast_conv.separable_depthwise(
+        return fast_layers.separable_depthwise(
             x, taps, stride=stride, padding=padding, lhs_dilation=lhs_dilation
         )
     channels = x.shape[-1]
@@ -170,11 +171,11 @@ class Conv2d(nn.Module):
 
 
 def _conv(x, w, padding: int):
-    cpu_mode = onednn.mode()
-    # XLA:CPU's convolutions are slower than oneDNN's (onednn.py), but for one output channel
-    # (64 -> 1 at [8, 64, 64]: 1.7 ms in XLA, 3.1 in oneDNN).
-    if cpu_mode != "xla" and w.shape[-1] > 1:
-        return onednn.conv2d(x, w, padding, bf16=cpu_mode == "bf16")
+    conv = cpu.current().conv
+    # XLA:CPU's convolutions are slower than oneDNN's (pdr_jax.cpu.onednn), but for one output
+    # channel (64 -> 1 at [8, 64, 64]: 1.7 ms in XLA, 3.1 in oneDNN).
+    if conv != "xla" and w.shape[-1] > 1:
+        return onednn.conv2d(x, w, padding, bf16=conv == "bf16")
     return jax.lax.conv_general_dilated(
         x,
         w,
@@ -202,44 +203,14 @@ class GroupNorm(nn.Module):
         groups = min(self.num_groups, channels // self.min_channels_per_group)
         weight = self.param("weight", jax.nn.initializers.ones, (channels,))
         bias = self.param("bias", jax.nn.initializers.zeros, (channels,))
-        if fast_conv.on_cpu():
-            return _group_norm_nhwc(x, weight, bias, groups, self.eps).astype(self.dtype)
+        if cpu.current().fast_layers:
+            return fast_layers.group_norm_nhwc(x, weight, bias, groups, self.eps).astype(self.dtype)
         xg = einops.rearrange(x.astype(jnp.float32), "b h w (g c) -> b g (h w c)", g=groups)
         mean = xg.mean(axis=-1, keepdims=True)
         var = jnp.square(xg - mean).mean(axis=-1, keepdims=True)
         xg = (xg - mean) * jax.lax.rsqrt(var + self.eps)
         x = einops.rearrange(xg, "b g (h w c) -> b h w (g c)", h=x.shape[1], w=x.shape[2])
         return (x * weight + bias).astype(self.dtype)
-
-
-def _group_norm_nhwc(x, weight, bias, groups: int, eps: float):
-    """GroupNorm as one per-(sample, channel) scale and shift of x [B, H, W, C], in float32.
-
-    The same statistics as GroupNorm's, without a transpose to [B, G, H*W*C/G] (on CPU the
-    transposes, forward and backward, cost more than the arithmetic). The per-channel sums of
-    d = x - k and d^2 over H*W are products with a row of ones, which XLA:CPU runs
-    multi-threaded in one pass, where a reduction over the middle axis runs on one core:
-    GroupNorm+SiLU at [8, 64, 64, 128] takes 8 ms instead of 14 forward, 16 ms instead of 45
-    forward+backward. k, one pixel's group mean, is a shift that keeps E[d^2] - E[d]^2 from
-    cancelling when |mean| >> std (mean 30, std 1: max error 1e-5 against float64, 3e-4
-    unshifted); the statistics don't depend on k, so it carries no gradient. y = x * a + c
-    fuses with what follows (SiLU, the adaptive scale).
-    """
-    b, h, w, c = x.shape
-    x = x.astype(jnp.float32)
-    size = c // groups
-    per_channel = lambda v: jnp.repeat(v, size, axis=1)  # [B, G] -> [B, C]
-    group_sum = lambda v: v.reshape(b, groups, size).sum(axis=-1)  # [B, C] -> [B, G]
-    shift_k = jax.lax.stop_gradient(x[:, 0, 0, :].reshape(b, groups, size).mean(axis=-1))
-    d = x.reshape(b, h * w, c) - per_channel(shift_k)[:, None, :]
-    # ones [B, 1, P] @ d [B, P, C]: a batched GEMM in XLA's canonical layout, no transpose of d.
-    column_sum = lambda v: jnp.matmul(jnp.ones((b, 1, h * w), jnp.float32), v)[:, 0]
-    count = h * w * size
-    mean_d = group_sum(column_sum(d)) / count
-    var = group_sum(column_sum(d * d)) / count - jnp.square(mean_d)
-    scale = per_channel(jax.lax.rsqrt(jnp.maximum(var, 0.0) + eps)) * weight
-    shift = bias - per_channel(shift_k + mean_d) * scale
-    return x * scale[:, None, None, :] + shift[:, None, None, :]
 
 
 def attention(qkv, num_heads: int):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from pdr_jax import baselines, metrics, model_io, samplers
+from pdr_jax import baselines, cpu, metrics, model_io, samplers
 from pdr_jax.physics import calibration, conditioning
 from pdr_jax.physics import guidance as physics_guidance
 from pdr_jax.physics.guidance import GuidanceSettings
@@ -292,7 +292,7 @@ def _call_with(denoise_fn, cond, x, sigma):
     return denoise_fn(x, sigma, cond)
 
 
-@jax.jit
+@cpu.jit
 def _apply(denoise_fn, x, sigma):
     """denoise_fn(x, sigma), compiled once per denoiser (a Partial: its arrays are traced)."""
     return denoise_fn(x, sigma)

@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pdr_jax import backend, conditional, model_io, schedules
+from pdr_jax import conditional, cpu, model_io, schedules
 from pdr_jax import precond as precond_lib
 from pdr_jax.precond import build_network
 from pdr_jax.train import distributed
@@ -595,7 +595,7 @@ def _start_or_resume(run: _Run) -> tuple[TrainState, dict, Any]:
     restored = restore_latest_intact(run.manager, abstract_state, logger.info)
     if restored is None:
         state, meta = (
-            jax.jit(init_fn, out_shardings=run.replicated)(),
+            cpu.jit(init_fn, out_shardings=run.replicated)(),
             _stage_meta(0, step=0, nimg=0.0),
         )
         logger.info(f"new run: {run.network_kwargs}")
@@ -733,14 +733,14 @@ def _stage_programs(run: _Run, stage: Stage, state, meta: dict, batch_size: int)
     )
     rep, shard = run.replicated, run.batch_sharding
     train_step, eval_step = run.objective.steps(run.net, run.config, batch_size)
-    # On CPU, the compiler options of pdr_jax.backend (multi-threaded convolutions).
-    train_step = backend.jit(
+    # On CPU, one program per pdr_jax.cpu record (convolutions, layers, compiler options).
+    train_step = cpu.jit(
         train_step,
         in_shardings=(rep, shard, rep),
         out_shardings=(rep, rep),
         donate_argnums=0,
     )
-    eval_step = backend.jit(
+    eval_step = cpu.jit(
         eval_step,
         in_shardings=(rep, shard),
         out_shardings=rep,
@@ -900,7 +900,7 @@ def _stage_batch_size(
             k: jax.ShapeDtypeStruct((b, *shapes_of[k]), jnp.float32, sharding=batch_sharding)
             for k in objective.batch_keys
         }
-        step = backend.jit(
+        step = cpu.jit(
             objective.steps(net, config, b)[0],
             in_shardings=(replicated, batch_sharding, replicated),
             donate_argnums=0,

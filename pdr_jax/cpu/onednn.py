@@ -12,19 +12,15 @@ The handler is a ctypes callback (the GIL is held only to read the call frame; o
 without it); oneDNN comes from the `onednn-cpu-gomp` wheel (Linux x86-64) and is loaded with
 ctypes, so nothing is compiled at install time.
 
-Modes (`PDR_CPU_CONV`, read at trace time like every CPU path of pdr_jax):
-- ``auto`` (default): ``f32`` in programs of a single-device CPU process, else ``xla``. A
-  custom call has no SPMD partitioning rule, so data-parallel programs over several CPU devices
-  keep XLA's convolutions.
-- ``f32``: oneDNN in float32 whenever the backend is CPU; equal to `lax.conv_general_dilated`
-  up to float rounding (tests/nn/test_onednn.py, and the EDM fixtures in tests/test_precond.py).
-- ``bf16``: operands rounded to bfloat16, float32 accumulation and results (relative error
-  ~3e-3 per convolution, as mixed-precision training on a GPU); the activations saved for the
-  gradient are bfloat16 too. Twice as fast on CPUs with AVX512-BF16 (or AMX); on others the
-  same numbers at float32 speed (`native_bf16`). Opt in for sampling and training where that
-  precision is acceptable. A bfloat16 network (config.model.dtype) gets bfloat16 convolutions
-  in every oneDNN mode.
-- ``xla``: XLA's own convolutions.
+Which convolutions use it is decided by `pdr_jax.cpu.CpuOptions.conv` (``f32``, ``bf16`` or
+``xla``; pdr_jax.cpu says how it is chosen). ``f32`` equals `lax.conv_general_dilated` up to
+float rounding (tests/test_onednn.py, and the EDM fixtures in tests/test_precond.py). ``bf16``
+rounds the operands to bfloat16 with float32 accumulation and results (relative error ~3e-3 per
+convolution, as mixed-precision training on a GPU); the activations saved for the gradient are
+bfloat16 too; twice as fast on CPUs with AVX512-BF16 (or AMX), on others the same numbers at
+float32 speed (`native_bf16`). A bfloat16 network (config.model.dtype) gets bfloat16
+convolutions whenever oneDNN runs.
+
 Without oneDNN (not installed, not Linux x86-64) every mode is ``xla``. On GPU/TPU nothing here
 runs.
 """
@@ -44,8 +40,6 @@ import jax.numpy as jnp
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "f32", "bf16", "xla")
-_ENV = "PDR_CPU_CONV"
 _LIBRARY_ENV = "PDR_ONEDNN_LIBRARY"
 
 # oneDNN 3.x C API constants (include/oneapi/dnnl/dnnl_types.h, dnnl_common_types.h).
@@ -278,18 +272,6 @@ def _dnnl() -> _Dnnl | None:
         return None
 
 
-def mode() -> str:
-    """The convolution path for CPU programs traced now: 'f32', 'bf16' or 'xla' ($PDR_CPU_CONV)."""
-    value = os.environ.get(_ENV, "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise ValueError(f"{_ENV}={value!r}: expected one of {', '.join(MODES)}")
-    if value == "xla" or jax.default_backend() != "cpu" or _dnnl() is None:
-        return "xla"
-    if value == "auto":
-        return "f32" if jax.device_count() == 1 else "xla"
-    return value
-
-
 def available() -> bool:
     """Whether oneDNN loaded (installed with the onednn-cpu-gomp wheel, or $PDR_ONEDNN_LIBRARY)."""
     return _dnnl() is not None
@@ -482,7 +464,7 @@ class _Plan:
                 if version.major != 0:  # the structs above are API 0.x's
                     raise RuntimeError(
                         f"XLA FFI API {version.major}.{version.minor} is not the 0.x this module "
-                        f"reads; set {_ENV}=xla"
+                        "reads; set PDR_CPU_CONV=xla"
                     )
                 metadata.api_version.major, metadata.api_version.minor = 0, version.minor
                 metadata.traits = 0
@@ -657,7 +639,7 @@ def conv2d(x, w, padding: int, *, bf16: bool = False):
     ("NHWC", "HWIO", "NHWC"))` in float32 arithmetic. The operands are rounded to bfloat16 if
     bf16=True or x is bfloat16 (a bfloat16 network), with float32 accumulation; the result has
     x's dtype. Differentiable (oneDNN's backward primitives; dx in x's dtype, dw in float32 then
-    w's dtype). CPU backend only: check `mode()` first.
+    w's dtype). CPU backend only (pdr_jax.cpu.current().conv says when).
     """
     return _conv2d(x, w, padding, bf16 or x.dtype == jnp.bfloat16)
 

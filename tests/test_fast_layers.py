@@ -1,12 +1,11 @@
-"""CPU fast paths (pdr_jax.nn.fast_conv, GroupNorm) against the plain lax path: values and gradients.
+"""CPU layers (pdr_jax.cpu.fast_layers: resampling, GroupNorm) against the plain lax path.
 
-The reference is the same module traced with `fast_conv.on_cpu` patched to False, which is
+Values and gradients. The fast path is the one `PDR_CPU_CONV=xla` gives on CPU (XLA's
+convolutions, fast layers); the reference is the same module traced under `pdr_jax.cpu.NONE`,
 the path GPUs/TPUs take. Every Conv2d variant the U-Nets use is covered: kernel 1/3, up/down
 resampling with [1,1] and [1,3,3,1], fused resampling, resample-only (kernel 0), wide layers,
 and a bfloat16 layer.
 """
-
-import contextlib
 
 import chex
 import jax
@@ -14,15 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pdr_jax.nn import fast_conv, layers
+from pdr_jax import cpu
+from pdr_jax.cpu import fast_layers
+from pdr_jax.nn import layers
 
 
-@contextlib.contextmanager
-def _plain_path(monkeypatch):
-    """Trace as a GPU/TPU would: the plain lax convolutions."""
-    with monkeypatch.context() as m:
-        m.setattr(fast_conv, "on_cpu", lambda: False)
-        yield
+@pytest.fixture(autouse=True)
+def _fast_layers_with_xla_convolutions(monkeypatch):
+    monkeypatch.setenv("PDR_CPU_CONV", "xla")
 
 
 def _grads(module, variables, x):
@@ -75,24 +73,24 @@ CONV_VARIANTS = {
 
 
 @pytest.mark.parametrize("name", sorted(CONV_VARIANTS))
-def test_conv2d_matches_plain_lax(name, monkeypatch):
-    assert fast_conv.on_cpu(), "these tests compare the CPU fast path; run them on CPU"
+def test_conv2d_matches_plain_lax(name):
+    assert cpu.current().fast_layers, "these tests compare the CPU layers; run them on CPU"
     module = layers.Conv2d(**CONV_VARIANTS[name], init_bias=0.5, init_mode="kaiming_uniform")
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6))
     variables = module.init(jax.random.key(1), x)
     fast = jax.jit(lambda v, x: _grads(module, v, x))(variables, x)
-    with _plain_path(monkeypatch):
+    with cpu.using(cpu.NONE):
         plain = jax.jit(lambda v, x: _grads(module, v, x))(variables, x)
     chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
     chex.assert_trees_all_close(fast, plain, atol=1e-5, rtol=1e-5)
 
 
-def test_bfloat16_conv_matches_plain_lax(monkeypatch):
+def test_bfloat16_conv_matches_plain_lax():
     module = layers.Conv2d(out_channels=69, kernel=3, down=True, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
     variables = module.init(jax.random.key(1), x)
     fast = _grads(module, variables, x)
-    with _plain_path(monkeypatch):
+    with cpu.using(cpu.NONE):
         plain = _grads(module, variables, x)
     chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
     assert fast[0].dtype == jnp.bfloat16
@@ -128,9 +126,9 @@ def _depthwise_reference(x, kernel2d, *, stride, padding, lhs_dilation=1):
 )
 def test_separable_depthwise_matches_grouped_conv(resample_filter, conv):
     kernel2d = layers.resample_kernel(resample_filter)
-    taps = fast_conv.separable_taps(kernel2d)
+    taps = fast_layers.separable_taps(kernel2d)
     x = jax.random.normal(jax.random.key(0), (2, 8, 10, 3))
-    fast = lambda x: fast_conv.separable_depthwise(x, taps, **conv)
+    fast = lambda x: fast_layers.separable_depthwise(x, taps, **conv)
     plain = lambda x: _depthwise_reference(x, kernel2d, **conv)
     np.testing.assert_allclose(fast(x), plain(x), atol=1e-6)
     loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))
@@ -139,9 +137,10 @@ def test_separable_depthwise_matches_grouped_conv(resample_filter, conv):
 
 def test_separable_taps():
     np.testing.assert_allclose(
-        fast_conv.separable_taps(layers.resample_kernel((1, 3, 3, 1))), [1 / 8, 3 / 8, 3 / 8, 1 / 8]
+        fast_layers.separable_taps(layers.resample_kernel((1, 3, 3, 1))),
+        [1 / 8, 3 / 8, 3 / 8, 1 / 8],
     )
-    assert fast_conv.separable_taps(np.array([[1.0, 0.0], [0.0, 1.0]])) is None
+    assert fast_layers.separable_taps(np.array([[1.0, 0.0], [0.0, 1.0]])) is None
 
 
 def _jaxpr_text(module, x):
@@ -152,18 +151,18 @@ def _jaxpr_text(module, x):
     return f"{forward}\n{grad}"
 
 
-def test_paths_are_chosen_by_backend(monkeypatch):
+def test_paths_are_chosen_by_the_record():
     """CPU: no grouped conv (separable resampling); the plain path (GPU/TPU) is the grouped lax conv."""
     module = layers.Conv2d(out_channels=8, kernel=3, up=True)
     x = jnp.ones((1, 4, 4, 3))
-    cpu = _jaxpr_text(module, x)
-    assert "conv_general_dilated" in cpu and "feature_group_count=3" not in cpu
-    with _plain_path(monkeypatch):
+    fast = _jaxpr_text(module, x)
+    assert "conv_general_dilated" in fast and "feature_group_count=3" not in fast
+    with cpu.using(cpu.NONE):
         plain = _jaxpr_text(module, x)
     assert "feature_group_count=3" in plain
 
 
-def test_unet_gradients_match_plain_path(monkeypatch):
+def test_unet_gradients_match_plain_path():
     """A whole (tiny) DDPM++ U-Net: loss and parameter gradients agree with the plain path."""
     from pdr_jax.precond import build_network, init_variables
 
@@ -188,14 +187,14 @@ def test_unet_gradients_match_plain_path(monkeypatch):
         return jnp.mean(jnp.square(D - x))
 
     fast = jax.jit(jax.value_and_grad(loss))(variables["params"])
-    with _plain_path(monkeypatch):
+    with cpu.using(cpu.NONE):
         plain = jax.jit(jax.value_and_grad(loss))(variables["params"])
     chex.assert_trees_all_close(fast, plain, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 64), (1, 4, 6, 12), (2, 5, 5, 256)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_group_norm_matches_plain_path(shape, dtype, monkeypatch):
+def test_group_norm_matches_plain_path(shape, dtype):
     """GroupNorm's CPU form (per-channel scale and shift, no transposes): values and gradients."""
     norm = layers.GroupNorm(eps=1e-6, dtype=dtype)
     x = (3 * jax.random.normal(jax.random.key(0), shape) + 1).astype(dtype)
@@ -213,7 +212,7 @@ def test_group_norm_matches_plain_path(shape, dtype, monkeypatch):
         return norm.apply(variables, x), jax.grad(loss, argnums=(0, 1))(variables, x)
 
     fast = run(variables, x)
-    with _plain_path(monkeypatch):
+    with cpu.using(cpu.NONE):
         plain = run(variables, x)
     chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
     tol = 1e-4 if dtype == jnp.float32 else 5e-2
@@ -227,7 +226,7 @@ def test_group_norm_cpu_form_is_stable_for_large_means():
     """
     shape, groups, eps = (2, 16, 16, 64), 16, 1e-5
     x = 30.0 + jax.random.normal(jax.random.key(0), shape)
-    y = layers._group_norm_nhwc(x, jnp.ones(shape[-1]), jnp.zeros(shape[-1]), groups, eps)
+    y = fast_layers.group_norm_nhwc(x, jnp.ones(shape[-1]), jnp.zeros(shape[-1]), groups, eps)
     xg = np.asarray(x, np.float64).reshape(2, -1, groups, shape[-1] // groups)
     mean, var = xg.mean(axis=(1, 3), keepdims=True), xg.var(axis=(1, 3), keepdims=True)
     expected = ((xg - mean) / np.sqrt(var + eps)).reshape(shape)

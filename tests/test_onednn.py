@@ -1,20 +1,17 @@
-"""oneDNN convolutions (pdr_jax.nn.onednn) against lax.conv_general_dilated: values, gradients.
+"""oneDNN convolutions (pdr_jax.cpu.onednn) against lax.conv_general_dilated: values, gradients.
 
 The whole-network check against PyTorch EDM with oneDNN convolutions is in tests/test_precond.py
 (`cpu_conv` parametrisation).
 """
 
-import os
 import platform
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pdr_jax.nn import onednn
+from pdr_jax.cpu import onednn
 
 pytestmark = pytest.mark.skipif(
     not onednn.available()
@@ -51,30 +48,6 @@ def _operands(shape, seed=0):
 def _value_and_grads(conv, x, w, dy):
     y, vjp = jax.jit(lambda x, w: jax.vjp(conv, x, w))(x, w)
     return (y, *vjp(dy))
-
-
-def test_library_is_found_and_mode_follows_the_environment(monkeypatch):
-    assert onednn.available(), "onednn-cpu-gomp is installed with pdr_jax on Linux x86-64"
-    monkeypatch.setenv("PDR_CPU_CONV", "auto")
-    assert jax.device_count() == 8  # tests/conftest.py: auto keeps XLA's convolutions here
-    assert onednn.mode() == "xla"
-    for value in ("f32", "bf16", "xla"):
-        monkeypatch.setenv("PDR_CPU_CONV", value.upper())
-        assert onednn.mode() == value
-    monkeypatch.setenv("PDR_CPU_CONV", "fp16")
-    with pytest.raises(
-        ValueError, match=r"PDR_CPU_CONV='fp16': expected one of auto, f32, bf16, xla"
-    ):
-        onednn.mode()
-
-
-def test_auto_is_onednn_float32_in_a_single_device_process():
-    env = {**os.environ, "XLA_FLAGS": "", "PDR_CPU_CONV": "auto"}  # no forced host devices
-    code = "import jax; from pdr_jax.nn import onednn; print(jax.device_count(), onednn.mode())"
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.split() == ["1", "f32"], out.stderr
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}s{}c{}-{}k{}p{}".format(*s))
