@@ -272,14 +272,15 @@ def check_writable(path: pathlib.Path, flag: str) -> None:
         ) from None
 
 
-def check_output_format(path: pathlib.Path, channels: int) -> None:
-    """ValueError before restoring when the output format cannot hold the image's channels."""
+def check_output_format(path: pathlib.Path, channels: int | None) -> None:
+    """ValueError before restoring when the output format is unknown or cannot hold the image's
+    channels (None: not known yet, only the format is checked)."""
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise ValueError(
             f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}"
         )
-    if suffix == ".png" and channels != 1:
+    if suffix == ".png" and channels not in (1, None):
         raise ValueError(
             f"{path}: 16-bit PNG output is grayscale only; use .tif for {channels} channels"
         )
@@ -624,11 +625,14 @@ def main(argv=None) -> int:
     for path, out_path, std_path, preview in zip(
         files, outputs, std_outputs, previews, strict=True
     ):
+        outputs_of_file = [o for o in (out_path, std_path) if o is not None]
         try:
-            channels = read_image(path)[0].shape[-1]
-            for output in (out_path, std_path):
-                if output is not None:
-                    check_output_format(output, channels)
+            # Only a PNG output needs the channel count before restoring: decode then (a
+            # PNG/JPEG/RAW decode is what restoring the file costs first; TIFF/FITS/npy are lazy).
+            png = any(o.suffix.lower() == ".png" for o in outputs_of_file)
+            channels = read_image(path)[0].shape[-1] if png else None
+            for output in outputs_of_file:
+                check_output_format(output, channels)
         except Exception as err:  # noqa: BLE001 - unreadable input or unsuitable output: logged, counted, skipped
             failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
             print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
