@@ -3,40 +3,24 @@
 import importlib.util
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import save_tiny_prior
 
-from pdr_jax import model_io, precond
 from pdr_jax.data import readers, transforms
 from pdr_jax.evaluation import benchmark, methods, report, resolution
 
 evaluate_tool = importlib.import_module("pdr_jax.cli.evaluate")
 
-TINY = {
-    "precond": "edm",
-    "arch": "ddpmpp",
-    "img_resolution": 16,
-    "img_channels": 1,
-    "label_dim": 6,
-    "model_channels": 8,
-    "channel_mult": (1, 2),
-    "num_blocks": 1,
-    "attn_resolutions": (),
-}
+TINY = dict(attn_resolutions=())  # tiny_models.TINY_PRIOR without attention
 
 
 def _make_tiny_model(directory):
     """A tiny conditional network, its parameters jittered so that the labels matter (at EDM's
     init the label path starts at zero), saved as a model directory."""
-    net = precond.build_network(**TINY)
-    variables = jax.jit(lambda key: precond.init_variables(net, key))(jax.random.key(0))
-    leaves, tree = jax.tree_util.tree_flatten(variables)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [leaf + 0.05 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
-    model_io.save_model(directory, TINY, jax.tree_util.tree_unflatten(tree, leaves))
+    save_tiny_prior(directory, jitter=0.05, **TINY)
     return directory
 
 

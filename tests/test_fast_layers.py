@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_models import tiny_prior
 
 from pdr_jax import cpu
 from pdr_jax.cpu import fast_layers
@@ -164,21 +165,7 @@ def test_paths_are_chosen_by_the_record():
 
 def test_unet_gradients_match_plain_path():
     """A whole (tiny) DDPM++ U-Net: loss and parameter gradients agree with the plain path."""
-    from pdr_jax.precond import build_network, init_variables
-
-    net = build_network(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=16,
-        img_channels=1,
-        label_dim=6,
-        model_channels=16,
-        channel_mult=(1, 2),
-        num_blocks=1,
-        attn_resolutions=(8,),
-        dropout=0.0,
-    )
-    variables = init_variables(net, jax.random.key(0), resolution=16)
+    net, variables = tiny_prior(model_channels=16)
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
     labels = jax.random.uniform(jax.random.key(2), (2, 6))
 

@@ -12,23 +12,14 @@ import numpy as np
 import pytest
 from edm_fixtures import FIXTURES, load_case, nchw_to_nhwc
 from PIL import Image
+from tiny_models import tiny_prior_kwargs
 
 from pdr_jax import cpu, inspect, model_io, precond, sampler_presets, samplers
 from pdr_jax.convert import load_edm_pickle
 
 inspect_tool = importlib.import_module("pdr_jax.cli.inspect")
 
-TINY = dict(
-    precond="edm",
-    arch="ddpmpp",
-    img_resolution=8,
-    img_channels=1,
-    label_dim=6,
-    model_channels=8,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(4,),
-)
+TINY = tiny_prior_kwargs(img_resolution=8, attn_resolutions=(4,))
 
 # Stable names whose EDM module the fixtures hooked (act/model.<path>), per case.
 FIXTURE_NAMES = {

@@ -9,30 +9,17 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
-
-from pdr_jax import model_io, precond
+from tiny_models import save_tiny_prior, tiny_prior_kwargs
 
 sample_tool = importlib.import_module("pdr_jax.cli.sample")
 
-TINY = dict(
-    precond="edm",
-    arch="ddpmpp",
-    img_resolution=8,
-    img_channels=1,
-    label_dim=6,
-    model_channels=8,
-    channel_mult=(1,),
-    num_blocks=1,
-    attn_resolutions=(),
-)
+TINY = tiny_prior_kwargs(img_resolution=8, channel_mult=(1,), attn_resolutions=())
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    net = precond.build_network(**TINY)
-    variables = jax.jit(lambda key: precond.init_variables(net, key))(jax.random.key(0))
     directory = tmp_path_factory.mktemp("model")
-    model_io.save_model(directory, TINY, variables, overwrite=True)
+    net, variables = save_tiny_prior(directory, **TINY)
     return net, variables, directory
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.tree_util import Partial
+from tiny_models import tiny_prior, tiny_prior_kwargs
 
 from pdr_jax import baselines, precond, samplers
 from pdr_jax.physics import noise
@@ -313,20 +314,8 @@ def test_auto_kappa_follows_the_photon_count():
 
 
 def test_a_conditioned_network_restores_every_layout_through_tiles():
-    net = precond.build_network(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=8,
-        img_channels=1,
-        label_dim=6,
-        model_channels=8,
-        channel_mult=(1,),
-        num_blocks=1,
-        attn_resolutions=(),
-        dropout=0.0,
-    )
-    # jit: initialising op by op takes several times longer.
-    variables = jax.jit(lambda key: precond.init_variables(net, key))(jax.random.key(0))
+    small = dict(img_resolution=8, channel_mult=(1,), attn_resolutions=())
+    net, variables = tiny_prior(**small)
     prior = Prior(net, variables)
     x_true = jax.random.uniform(jax.random.key(1), (2, 12, 12, 1))
     y = np.asarray(noise.simulate(jax.random.key(2), x_true, 3.0, 1.0, 0.5))
@@ -350,33 +339,13 @@ def test_a_conditioned_network_restores_every_layout_through_tiles():
     with pytest.raises(ValueError, match="multiples of the network's downsampling"):
         restore(
             Prior(
-                precond.build_network(
-                    precond="edm",
-                    arch="ddpmpp",
-                    img_resolution=8,
-                    img_channels=1,
-                    label_dim=6,
-                    model_channels=8,
-                    channel_mult=(1, 1),
-                    num_blocks=1,
-                    attn_resolutions=(),
-                ),
+                precond.build_network(**tiny_prior_kwargs(**{**small, "channel_mult": (1, 1)})),
                 variables,
             ),
             np.ones((9, 9)),
             physics=physics,
             tiling_settings=None,
         )
-    unconditional = precond.build_network(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=8,
-        img_channels=1,
-        label_dim=3,
-        model_channels=8,
-        channel_mult=(1,),
-        num_blocks=1,
-        attn_resolutions=(),
-    )
+    unconditional = precond.build_network(**tiny_prior_kwargs(**small, label_dim=3))
     with pytest.raises(ValueError, match="label_dim 3 is not the 6-D physics conditioning"):
         Prior(unconditional, variables)

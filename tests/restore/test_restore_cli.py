@@ -7,30 +7,17 @@ import numpy as np
 import PIL.Image
 import pytest
 import tifffile
+from tiny_models import save_tiny_prior, tiny_prior_kwargs
 
-from pdr_jax import model_io, precond
 from pdr_jax.cli import restore as restore_tool
 
-TINY = dict(
-    precond="edm",
-    arch="ddpmpp",
-    img_resolution=16,
-    img_channels=1,
-    label_dim=6,
-    model_channels=8,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(8,),
-    dropout=0.0,
-)
+TINY = tiny_prior_kwargs()
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     directory = tmp_path_factory.mktemp("model")
-    net = precond.build_network(**TINY)
-    variables = jax.jit(lambda: precond.init_variables(net, jax.random.key(0)))()
-    model_io.save_model(directory, TINY, variables)
+    save_tiny_prior(directory)
     return str(directory)
 
 
