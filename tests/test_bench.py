@@ -44,6 +44,21 @@ def test_text_report_and_skip(capsys, monkeypatch):
     assert {"forward", "train"} <= parts and not parts & {"heun", "data", "restore"}
 
 
+def test_plain_is_a_mode_of_the_cpu_record(capsys, monkeypatch):
+    """--cpu-conv plain: XLA's defaults everywhere (the 'before' figures), recorded in the report."""
+    monkeypatch.setenv("PDR_CPU_CONV", "auto")  # restored after the test; main() overwrites it
+    bench_tool.main(
+        [*_FAST, "--skip", "data", "restore", "heun", "train", "--cpu-conv", "plain", "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["environment"]["cpu_options"] == {
+        "conv": "xla",
+        "fast_layers": False,
+        "compiler_options": [],
+    }
+    assert report["results"]["forward"]["images_per_s"] > 0
+
+
 def test_configs_are_the_issue_reference_points():
     config, resolution, batch, _, num_steps = bench_tool.bench_config("bench-64")
     assert (resolution, batch, num_steps) == (64, 8, 18)
