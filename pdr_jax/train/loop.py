@@ -611,6 +611,15 @@ def _start_or_resume(run: _Run) -> tuple[TrainState, dict, Any]:
     logger.info(
         f"resumed from step {latest} (stage {meta['stage']}, kimg {float(state.nimg) / 1000:.2f})"
     )
+    if meta.get("data_position") != DATA_POSITION:
+        # Written before the data position counted global batches (an element index): read as
+        # a batch index it would silently skip data. The weights and counts are kept.
+        if data_state is not None:
+            logger.info(
+                f"checkpoint {latest} stores an older kind of data position; this stage's data "
+                "restarts from its beginning (weights, step and kimg are kept)"
+            )
+        meta, data_state = {**meta, "data_position": DATA_POSITION}, None
     if meta["stage_complete"] and not _extended(meta, run.stages, float(state.nimg)):
         # Saved at a stage's end: the next stage starts with fresh data.
         meta = _stage_meta(
@@ -857,10 +866,17 @@ def _extended(meta: dict, stages: list[Stage], nimg: float) -> bool:
     return nimg < meta["stage_start_nimg"] + stages[meta["stage"]].kimg * 1000 - 0.5
 
 
+# What the checkpointed data position counts (pdr_jax.data.pipeline): global batches of the
+# stage's stream, the same batch for any process count.
+DATA_POSITION = "global-batches"
+
+
 def _stage_meta(stage: int, *, step: int, nimg: float, init_kimg: float = 0.0) -> dict:
     """Checkpointed bookkeeping: where the current stage started, and whether it has ended;
-    init_kimg: the kimg of train.init_from's weights (the run's total counts on from it)."""
+    init_kimg: the kimg of train.init_from's weights (the run's total counts on from it);
+    data_position: what the stored data position counts (DATA_POSITION)."""
     return {
+        "data_position": DATA_POSITION,
         "stage": stage,
         "stage_start_step": step,
         "stage_start_nimg": nimg,

@@ -6,6 +6,7 @@ through module-scoped fixtures to keep the suite fast on 2 cores.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -383,8 +384,6 @@ def test_init_from_an_edm_pickle_and_a_mismatch():
 
 
 def _copy_run(source, target):
-    import shutil
-
     shutil.copytree(source, target)
     return str(target)
 
@@ -418,6 +417,29 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_next_intact_one(
     assert {"4.corrupt", "3.corrupt"} <= set(os.listdir(checkpoints))
     assert int(state.step) == 4
     chex.assert_trees_all_close(state.params, state_ref.params, atol=1e-6, rtol=0)
+
+
+def test_a_data_position_of_an_older_kind_restarts_the_stage_data(one_device_run, tmp_path, capsys):
+    """A checkpoint whose meta has no data_position (written when the position was an element
+    index) resumes its weights and counts, says so, and restarts the stage's data instead of
+    reading the old position as a batch index; later checkpoints record the kind."""
+    workdir = _copy_run(one_device_run[0], tmp_path / "run")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    for step in ("3", "4"):
+        shutil.rmtree(os.path.join(checkpoints, step))
+    meta_file = os.path.join(checkpoints, "2", "meta", "metadata")
+    with open(meta_file) as f:
+        meta = json.load(f)
+    assert meta.pop("data_position") == loop.DATA_POSITION
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    config = _tiny(num_devices=1)
+    config.stages[0]["kimg"] = 0.032
+    state = loop.train(config, workdir)
+    assert "older kind of data position; this stage's data restarts" in capsys.readouterr().err
+    assert int(state.step) == 4 and float(state.nimg) == 32
+    with open(os.path.join(checkpoints, "4", "meta", "metadata")) as f:
+        assert json.load(f)["data_position"] == loop.DATA_POSITION
 
 
 def test_no_intact_checkpoint_is_a_clear_error(one_device_run, tmp_path):
