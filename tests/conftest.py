@@ -18,7 +18,10 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "float32")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# Every program, however quick to compile: the suite's subprocesses (multi-process, SIGKILL,
+# single-device runs) compile the same small programs again (tests/train/test_loop.py on a cold
+# cache: 394 s with a 1 s threshold, 368 s with none).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 
