@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_models import tiny_prior_kwargs
 
 from pdr_jax import conditional, model_io, schedules
 from pdr_jax.precond import init_variables
@@ -19,20 +20,10 @@ from pdr_jax.train import loss as losses
 
 
 def _make_tiny_model(**overrides):
-    kwargs = dict(
-        arch="ddpmpp",
-        img_resolution=16,
-        img_channels=1,
-        label_dim=6,
-        model_channels=8,
-        channel_mult=(1, 2),
-        num_blocks=1,
-        attn_resolutions=(),
-        dropout=0.0,
-        num_timesteps=100,
-        beta_schedule="linear",
-        parameterization="v",
-    )
+    # The tiny prior's U-Net (no attention) with a conditional model's schedule.
+    kwargs = tiny_prior_kwargs(attn_resolutions=())
+    del kwargs["precond"]
+    kwargs.update(num_timesteps=100, beta_schedule="linear", parameterization="v")
     kwargs.update(overrides)
     net = conditional.build_conditional(**kwargs)
     return net, kwargs, init_variables(net, jax.random.key(0))

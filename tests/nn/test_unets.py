@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from edm_fixtures import nchw_to_nhwc, network_from_case
+from tiny_models import tiny_prior_kwargs
 
 from pdr_jax import precond
 from pdr_jax.nn import unets
@@ -34,19 +35,7 @@ def test_iddpm_adm_param_count_equals_edm():
 
 
 def _make_tiny_model(**overrides):
-    kwargs = dict(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=16,
-        img_channels=1,
-        label_dim=6,
-        model_channels=8,
-        channel_mult=(1, 2),
-        num_blocks=1,
-        attn_resolutions=(8,),
-        dropout=0.1,
-    )
-    return precond.build_network(**{**kwargs, **overrides})
+    return precond.build_network(**tiny_prior_kwargs(**{"dropout": 0.1, **overrides}))
 
 
 TINY_VARIANTS = {
