@@ -1,4 +1,4 @@
-"""The tiny networks the tests build: one set of arguments, varied by overrides.
+"""The tiny networks the tests build: configs/base.py:tiny's network, varied by overrides.
 
 A 16 px DDPM++ prior with the project's 6-D conditioning (8 channels, one block per
 resolution, attention at 8 px, no dropout) compiles in seconds and runs every code path of the
@@ -8,19 +8,10 @@ full-size priors; tests change only what they exercise (resolution, attention, l
 import jax
 
 from pdr_jax import model_io, precond
+from pdr_jax.configs import base
+from pdr_jax.train.loop import network_kwargs_from_config
 
-TINY_PRIOR = dict(
-    precond="edm",
-    arch="ddpmpp",
-    img_resolution=16,
-    img_channels=1,
-    label_dim=6,
-    model_channels=8,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(8,),
-    dropout=0.0,
-)
+TINY_PRIOR = network_kwargs_from_config(base.get_config("tiny").model)
 
 
 def tiny_prior_kwargs(**overrides) -> dict:

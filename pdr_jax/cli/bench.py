@@ -59,7 +59,7 @@ import numpy as np
 from pdr_jax import cpu, samplers
 from pdr_jax.cli import finish_parser
 from pdr_jax.configs import base
-from pdr_jax.train.loop import build_network_from_config, ema_of, loss_for, make_train_step
+from pdr_jax.train.loop import build_network_from_config, objective_of
 from pdr_jax.train.state import create_train_state, make_optimizer
 
 # Named configurations: the network (config.model overrides), image size and batch.
@@ -194,12 +194,7 @@ class JaxBench:
         # A copy: the training step donates (deletes) the state's buffers.
         self.variables = jax.tree_util.tree_map(jnp.copy, self.state.variables(ema=True))
 
-        train_step = make_train_step(
-            self.net,
-            loss_for(self.net, P_mean=config.train.P_mean, P_std=config.train.P_std),
-            batch_size=batch,
-            ema=ema_of(config),
-        )
+        train_step = objective_of(config).steps(self.net, config, batch)[0]  # the loop's step
         step = cpu.jit(train_step, donate_argnums=0)
         self.train_step, self.compile_s["train"] = _compile(
             step, self.state, self.batch_data, keys[3]

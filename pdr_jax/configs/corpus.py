@@ -37,6 +37,16 @@ def _stage(resolution: int, kimg: float, batch_size: int, lr: float) -> dict:
     }
 
 
+def _photography_finish(config, *, weight: float, P_mean: float, P_std: float, stages) -> None:
+    """A fine-tuning session of a trained model (init_from) aimed at photography at low sigma:
+    photographs weighted `weight` against 1 per other domain, ln(sigma) ~ N(P_mean, P_std^2),
+    Adam at the first stage's rate after a short ramp-up, a 2 kimg EMA half-life."""
+    config.data.domain_weights.update(photography=weight)
+    config.train.update(P_mean=P_mean, P_std=P_std, ema_halflife_kimg=2.0)
+    config.optim.update(lr=stages[0]["lr"], lr_rampup_kimg=0.5)
+    config.stages = stages
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = progressive.get_config("tiny" if arg == "tiny" else None)
     cpu_sessions = ("cpu", "cpu-continue", "cpu-finish", "cpu-finish2", "cpu-finish3")
@@ -90,30 +100,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # half of every batch, ln(sigma) ~ N(-1.8, 1.5^2) (1.5x the density at model-space
         # sigma 0.04 of N(-1.4, 1.4^2), as much above sigma 2), low learning rates; 64 px, then
         # 128 px. ~70 min on 2 idle cores with PDR_CPU_CONV=bf16.
-        config.data.domain_weights.update(photography=2.0)
-        config.train.update(P_mean=-1.8, P_std=1.5)
-        config.optim.update(lr=2e-4, lr_rampup_kimg=0.5)
-        config.train.update(ema_halflife_kimg=2.0)
-        config.stages = [_stage(64, 20.0, 16, 2e-4), _stage(128, 5.0, 8, 1e-4)]
+        stages = [_stage(64, 20.0, 16, 2e-4), _stage(128, 5.0, 8, 1e-4)]
+        _photography_finish(config, weight=2.0, P_mean=-1.8, P_std=1.5, stages=stages)
     elif arg == "cpu-finish2":
         # A fourth CPU session (init_from), for the one diagnostic cell still below BM3D
         # (photography at sigma 0.02 on corpus:test): photographs in 60% of every batch,
         # ln(sigma) ~ N(-2.0, 1.5^2), lower learning rates, most of it at 128 px (the crop size of
         # the evaluation). ~90 min on 2 idle cores with PDR_CPU_CONV=bf16.
-        config.data.domain_weights.update(photography=3.0)
-        config.train.update(P_mean=-2.0, P_std=1.5)
-        config.optim.update(lr=1.5e-4, lr_rampup_kimg=0.5)
-        config.train.update(ema_halflife_kimg=2.0)
-        config.stages = [_stage(64, 12.0, 16, 1.5e-4), _stage(128, 8.0, 8, 8e-5)]
+        stages = [_stage(64, 12.0, 16, 1.5e-4), _stage(128, 8.0, 8, 8e-5)]
+        _photography_finish(config, weight=3.0, P_mean=-2.0, P_std=1.5, stages=stages)
     elif arg == "cpu-finish3":
         # A fifth CPU session (init_from), again for photography at sigma 0.02 (-0.13 dB against
         # BM3D on corpus:test after cpu-finish2): photographs in two thirds of every batch,
         # ln(sigma) ~ N(-2.2, 1.4^2), many more images at 64 px (low-sigma denoising is local;
         # 64 px runs ~4x the images per second of 128 px), a short 128 px finish. ~95 min on 2
         # idle cores with PDR_CPU_CONV=bf16.
-        config.data.domain_weights.update(photography=4.0)
-        config.train.update(P_mean=-2.2, P_std=1.4)
-        config.optim.update(lr=1e-4, lr_rampup_kimg=0.5)
-        config.train.update(ema_halflife_kimg=2.0)
-        config.stages = [_stage(64, 40.0, 16, 1e-4), _stage(128, 6.0, 8, 5e-5)]
+        stages = [_stage(64, 40.0, 16, 1e-4), _stage(128, 6.0, 8, 5e-5)]
+        _photography_finish(config, weight=4.0, P_mean=-2.2, P_std=1.4, stages=stages)
     return config

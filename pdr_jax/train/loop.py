@@ -137,11 +137,11 @@ class Ema:
     """EDM's EMA of the weights: half-life in thousands of images, ramped up as
     min(halflife, rampup_ratio * images seen) (rampup_ratio None or 0: none)."""
 
-    halflife_kimg: float = 500.0
-    rampup_ratio: float | None = 0.05
+    halflife_kimg: float
+    rampup_ratio: float | None
 
 
-def make_train_step(net, loss_fn, *, batch_size: int, ema: Ema = Ema()):
+def make_train_step(net, loss_fn, *, batch_size: int, ema: Ema):
     """train_step(state, batch, base_key) -> (state, metrics); batch = {"clean", "cond"};
     loss_fn(denoise, key, images, labels) per image, e.g. loss_for(net, ...)."""
 
@@ -186,7 +186,7 @@ def make_eval_step(net, val_sigmas):
     return eval_step
 
 
-def make_ddpm_train_step(net, *, distance: str, batch_size: int, ema: Ema = Ema()):
+def make_ddpm_train_step(net, *, distance: str, batch_size: int, ema: Ema):
     """train_step(state, batch, base_key) -> (state, metrics) of a conditional DDPM-style model;
     batch = {"clean", "cond", "noisy", "s", "r", "b"} (see conditional.measurement_channels);
     distance: "l2" or "l1" (losses.ddpm_loss)."""
@@ -1036,20 +1036,20 @@ def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
     )
 
 
-def ema_of(config) -> Ema:
+def _ema_of(config) -> Ema:
     return Ema(config.train.ema_halflife_kimg, config.train.ema_rampup_ratio)
 
 
 def _edm_steps(net, config, batch_size: int):
     loss_fn = loss_for(net, P_mean=config.train.P_mean, P_std=config.train.P_std)
-    train_step = make_train_step(net, loss_fn, batch_size=batch_size, ema=ema_of(config))
+    train_step = make_train_step(net, loss_fn, batch_size=batch_size, ema=_ema_of(config))
     return train_step, make_eval_step(net, config.train.val_sigmas)
 
 
 def _ddpm_steps(net, config, batch_size: int):
     distance = config.train.loss
     train_step = make_ddpm_train_step(
-        net, distance=distance, batch_size=batch_size, ema=ema_of(config)
+        net, distance=distance, batch_size=batch_size, ema=_ema_of(config)
     )
     eval_step = make_ddpm_eval_step(
         net, val_timesteps=config.train.val_timesteps, distance=distance
