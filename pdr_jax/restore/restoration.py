@@ -89,7 +89,7 @@ class Physics:
 class SamplerSettings:
     """How the sampler runs; the defaults are the tuned setting (README, "Restoration defaults")."""
 
-    num_steps: int = 4  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
+    num_steps: int = 6  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
     solver: str = "euler"  # a name of SOLVERS
     start: str = "vst"  # "vst" or "noise" (module docstring)
     start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
