@@ -326,6 +326,46 @@ def test_steps_sweep_runs_where_the_sampler_refines_and_recommends_the_cheapest(
     steps.plot(summary, tmp_path / "sweep.png")
     assert Image.open(tmp_path / "sweep.png").size[0] > 400
     assert "| euler | 2 | 3 |" in steps.markdown(summary, steps.recommend(summary))
+    best = max(summary, key=lambda r: r["psnr"])
+    assert best["psnr_vs_best"] == 0.0 and all(np.isnan(r["psnr_vs_best_se"]) for r in summary)
+
+
+def test_the_steps_sweep_compares_settings_image_by_image():
+    """paired_to_best: per-case differences to the best setting (closed form: diffs -0.1, -0.2,
+    -0.3 -> mean -0.2, se 0.1 / sqrt(3)); resolved when the gap lies > 2 se from the margin."""
+    from pdr_jax.evaluation import steps
+
+    def rows(method, psnrs):
+        return [
+            dict(
+                method=method,
+                domain="d",
+                image=f"i{k}",
+                scale=2.0,
+                read_noise=0.5,
+                background=0.0,
+                psnr=p,
+            )
+            for k, p in enumerate(psnrs)
+        ]
+
+    summary = [
+        {"solver": "euler", "steps": 6, "network_calls": 7, "psnr": 30.0},
+        {"solver": "euler", "steps": 4, "network_calls": 5, "psnr": 29.8},
+    ]
+    summary = [{**row, "chi_square": 1.0, "seconds": 0.1} for row in summary]
+    paired = steps.paired_to_best(
+        summary, rows("pdr[euler,6]", [30.1, 30.0, 29.9]) + rows("pdr[euler,4]", [30.0, 29.8, 29.6])
+    )
+    assert paired[0]["psnr_vs_best"] == 0.0 and paired[0]["psnr_vs_best_se"] == 0.0
+    np.testing.assert_allclose(paired[1]["psnr_vs_best"], -0.2, atol=1e-12)
+    np.testing.assert_allclose(paired[1]["psnr_vs_best_se"], 0.1 / np.sqrt(3), atol=1e-12)
+    choice = steps.recommend(paired, margin_db=0.25)
+    assert choice["steps"] == 4 and not steps.resolved(choice, 0.25)  # |0.2 - 0.25| < 2 se
+    assert steps.resolved(paired[1], 0.5) and "Not resolved" not in steps.markdown(
+        paired, paired[1], 0.5
+    )
+    assert "Not resolved" in steps.markdown(paired, choice, 0.25)
 
 
 def _tiny_corpus(root):

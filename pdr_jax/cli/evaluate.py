@@ -223,7 +223,9 @@ def _run_steps_sweep(args, cases, options: methods.MethodOptions, out: pathlib.P
         f.write("\n" + steps.markdown(summary, choice))
     print(
         f"steps sweep: cheapest within {steps.DEFAULT_MARGIN_DB:g} dB of the best: "
-        f"{choice['solver']} {choice['steps']} ({choice['network_calls']} calls)"
+        f"{choice['solver']} {choice['steps']} ({choice['network_calls']} calls; paired gap "
+        f"{choice['psnr_vs_best']:+.2f} +- {choice['psnr_vs_best_se']:.2f} dB"
+        f"{'' if steps.resolved(choice) else ', not resolved by these images'})"
     )
 
 
