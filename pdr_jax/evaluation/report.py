@@ -17,7 +17,8 @@ import numpy as np
 from pdr_jax.evaluation.benchmark import METRICS
 
 CELL = ("method", "domain", "scale")
-ROW_FIELDS = ("method", "domain", "image", "scale", "read_noise", "background", *METRICS, "seconds")
+CASE = ("domain", "image", "scale", "read_noise", "background")  # what one simulated case is
+ROW_FIELDS = ("method", *CASE, *METRICS, "seconds")
 SUMMARY_FIELDS = (*CELL, "images", "read_noise", "background", *METRICS, "seconds")
 DEFAULT_MARGIN = 0.05  # regression: a cell's mean PSNR may drop by 5% of its earlier value
 

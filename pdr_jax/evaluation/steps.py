@@ -81,7 +81,7 @@ def evaluate_steps(
                 prior, y, s=s, r=r, b=b, domain=domain, key=key, settings=variant
             )
 
-        name = f"pdr[{solver},{steps}]"
+        name = method_name(solver, steps)
         run = benchmark.run_methods(
             cases, {name: benchmark.Method(restore, jitted=True)}, seed=seed, batch=batch, log=log
         )
@@ -101,8 +101,9 @@ def evaluate_steps(
     return paired_to_best(summary, rows), rows
 
 
-def _case(row: dict) -> tuple:
-    return tuple(row[f] for f in ("domain", "image", "scale", "read_noise", "background"))
+def method_name(solver: str, steps: int) -> str:
+    """The method name of one sweep setting in the per-image rows."""
+    return f"pdr[{solver},{steps}]"
 
 
 def paired_to_best(summary: Sequence[dict], rows: Sequence[dict]) -> list[dict]:
@@ -111,11 +112,11 @@ def paired_to_best(summary: Sequence[dict], rows: Sequence[dict]) -> list[dict]:
     best = max(summary, key=lambda row: row["psnr"])
     by_method = {}
     for row in rows:
-        by_method.setdefault(row["method"], {})[_case(row)] = row["psnr"]
-    reference = by_method[_method(best)]
+        by_method.setdefault(row["method"], {})[tuple(row[f] for f in report.CASE)] = row["psnr"]
+    reference = by_method[method_name(best["solver"], best["steps"])]
     out = []
     for row in summary:
-        mine = by_method[_method(row)]
+        mine = by_method[method_name(row["solver"], row["steps"])]
         diffs = np.array([mine[c] - reference[c] for c in mine if c in reference], np.float64)
         diffs = diffs[np.isfinite(diffs)]
         se = diffs.std(ddof=1) / np.sqrt(diffs.size) if diffs.size > 1 else float("nan")
@@ -124,14 +125,10 @@ def paired_to_best(summary: Sequence[dict], rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def _method(row: dict) -> str:
-    return f"pdr[{row['solver']},{row['steps']}]"
-
-
 def resolved(choice: dict, margin_db: float = DEFAULT_MARGIN_DB) -> bool:
     """Whether the choice's paired gap to the best lies more than two standard errors from the
-    margin (False when the sweep has no paired figures)."""
-    gap, se = -choice.get("psnr_vs_best", np.nan), choice.get("psnr_vs_best_se", np.nan)
+    margin (False when they are nan: fewer than 2 images)."""
+    gap, se = -choice["psnr_vs_best"], choice["psnr_vs_best_se"]
     return bool(np.isfinite(gap) and np.isfinite(se) and abs(gap - margin_db) > 2 * se)
 
 
@@ -181,9 +178,7 @@ def markdown(summary: Sequence[dict], choice: dict, margin_db: float = DEFAULT_M
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary:
-        paired = (
-            f"{row.get('psnr_vs_best', np.nan):+.2f} ± {row.get('psnr_vs_best_se', np.nan):.2f}"
-        )
+        paired = f"{row['psnr_vs_best']:+.2f} ± {row['psnr_vs_best_se']:.2f}"
         lines.append(
             f"| {row['solver']} | {row['steps']} | {row['network_calls']} | {row['psnr']:.2f} | "
             f"{paired} | {row['chi_square']:.3f} | {row['seconds']:.3f} |"
