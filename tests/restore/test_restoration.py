@@ -3,8 +3,14 @@
 Prior (model space, 8x8 grey images): z ~ N(mu, Sigma) with a smooth squared-exponential
 covariance (std 0.3, length 2.5 px); the exact denoiser is
 D(x, sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu). The truth x = (z + 1) / 2 is
-measured as y ~ Poisson(s x + b) + N(0, r^2). A good restoration must beat both the noisy
-estimate (y - b) / s and the prior mean in MSE, with a chi-square near 1.
+measured as y ~ Poisson(s x + b) + N(0, r^2). A good restoration must beat the noisy estimate
+(y - b) / s and, where the data carry information, the prior mean in MSE, and come near the
+linearised posterior mean (the Wiener estimate with the true per-pixel noise variance, an oracle
+no restoration has), with a chi-square near 1.
+
+Statistical bounds leave room for another CPU's rounding and for other draws: each was checked
+on 3 draws of STAT_BATCH images (seeds 0-2 of the truth and the noise) and on 4 draws of 32, and
+sits at least 15% (ratios) or 2x (gaps) beyond the worst of them.
 """
 
 import argparse
@@ -32,6 +38,7 @@ from pdr_jax.restore import (
 )
 
 SIZE, BATCH, R, B = 8, 32, 1.0, 0.5
+STAT_BATCH = 128  # images for the statistical checks: their MSE ratios vary 4% from draw to draw
 # EDM's start from zero latents (the deterministic, posterior-mean-like estimate) and the
 # settings of the pdr_jax.physics.guidance table, next to restore's defaults (start "vst").
 NOISE_START = SamplerSettings(start="noise", solver="heun", num_steps=18, latent_scale=0.0)
@@ -46,15 +53,15 @@ SETTINGS = {
 
 
 @functools.cache
-def _prior():
+def _prior(batch=BATCH):
     yy, xx = np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")
     pixels = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.float64)
     dist2 = ((pixels[:, None] - pixels[None]) ** 2).sum(-1)
     cov = 0.3**2 * np.exp(-dist2 / (2 * 2.5**2)) + 1e-4 * np.eye(SIZE * SIZE)
     mu = 0.25 * np.sin(pixels[:, 0] / 3.0) * np.cos(pixels[:, 1] / 4.0) - 0.1
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    z = np.random.default_rng(0).multivariate_normal(mu, cov, size=BATCH)
-    x_true = np.clip((z.reshape(BATCH, SIZE, SIZE, 1) + 1) / 2, 0, 1).astype(np.float32)
+    z = np.random.default_rng(0).multivariate_normal(mu, cov, size=batch)
+    x_true = np.clip((z.reshape(batch, SIZE, SIZE, 1) + 1) / 2, 0, 1).astype(np.float32)
     arrays = (mu, eigenvectors, eigenvalues)
     return tuple(jnp.asarray(a, jnp.float32) for a in arrays), x_true
 
@@ -93,6 +100,22 @@ def _mse(a, b):
     return float(np.mean((np.asarray(a) - np.asarray(b)) ** 2))
 
 
+def _oracle_mse(y, x_true, s):
+    """MSE of the linearised posterior mean m + C (C + N)^-1 ((y - b) / s - m) in [0, 1] units
+    (prior mean m = (mu + 1) / 2, covariance C = Sigma / 4), N the true per-pixel noise variance
+    (s x + b + r^2) / s^2 of each image: the best linear estimate, given the truth's variance."""
+    (mu, eigenvectors, eigenvalues), _ = _prior()
+    mean = (np.asarray(mu, np.float64) + 1) / 2
+    vectors = np.asarray(eigenvectors, np.float64)
+    cov = (vectors * np.asarray(eigenvalues, np.float64)) @ vectors.T / 4
+    rows = zip(np.asarray(y, np.float64).reshape(len(y), -1), x_true.reshape(len(y), -1))
+    estimate = [
+        mean + cov @ np.linalg.solve(cov + np.diag((s * x + B + R**2) / s**2), (y_ - B) / s - mean)
+        for y_, x in rows
+    ]
+    return _mse(np.reshape(estimate, x_true.shape), x_true)
+
+
 def _restore(y, s, b=B, mode="x0", **kwargs):
     guidance, sampler = SETTINGS[mode]
     kwargs = {"guidance": guidance, "sampler": sampler, "tiling_settings": None, **kwargs}
@@ -106,12 +129,11 @@ def _restore(y, s, b=B, mode="x0", **kwargs):
 
 @pytest.mark.parametrize("mode", sorted(SETTINGS))
 def test_restoration_beats_noisy_and_prior_mean_with_chi_square_near_one(mode):
-    arrays, x_true = _prior()
+    """Measured (3 draws of 128 images): MSE / noisy <= 0.40; at s = 1 MSE / oracle <= 1.13 (x0)
+    and 1.05 (dps), at s >= 10 MSE / prior mean <= 0.42; chi-square 0.85-1.05. Guidance off,
+    the sampler ends near the prior mean: MSE / prior mean about 1 at s = 10."""
+    arrays, x_true = _prior(STAT_BATCH)
     prior_mean = np.broadcast_to(((arrays[0] + 1) / 2).reshape(1, SIZE, SIZE, 1), x_true.shape)
-    # The default's VST start normalises the GAT image to [0, 1], which suits scale-free natural
-    # images (on corpus:val it gains 0.6-5 dB at 2 photons) but not this prior's fixed-mean
-    # images below one photon per pixel: there it ends at MSE 0.074, worse than the prior mean
-    # (0.019); the other checks still hold.
     for s in (1.0, 10.0, 100.0):
         y = noise.simulate(jax.random.key(1), x_true, s, R, B)
         x, report, caught = _restore(y, s, mode=mode)
@@ -120,12 +142,17 @@ def test_restoration_beats_noisy_and_prior_mean_with_chi_square_near_one(mode):
             _mse((y - B) / s, x_true),
             _mse(prior_mean, x_true),
         )
-        assert mse < mse_noisy, (s, mse, mse_noisy)
-        if mode == "default" and s == 1.0:
-            assert mse < 0.08, mse
-        else:
-            assert mse < mse_prior, (s, mse, mse_prior)
-        assert 0.8 <= report["chi_square"] <= 1.2, (s, report["chi_square"])
+        assert mse < 0.6 * mse_noisy, (s, mse, mse_noisy)
+        if s > 1.0:
+            assert mse < 0.6 * mse_prior, (s, mse, mse_prior)
+        elif mode == "default":
+            # The VST start normalises the GAT image to [0, 1], which suits scale-free natural
+            # images (on corpus:val it gains 0.6-5 dB at 2 photons) but not this prior's
+            # fixed-mean images below one photon per pixel: MSE 0.074-0.077, 4x the oracle's.
+            assert mse < 0.12, mse
+        else:  # one photon: the data hardly inform, the prior mean is within 15% of the oracle
+            assert mse < 1.35 * _oracle_mse(y, x_true, s), (s, mse)
+        assert 0.7 <= report["chi_square"] <= 1.3, (s, report["chi_square"])
         assert report["mean_photons"] == pytest.approx(float(jnp.mean(y)) - B, rel=1e-5)
         # Below one photon per pixel the user is told the prior dominates.
         assert bool(caught) == (s == 1.0) == bool(report["warnings"])
@@ -146,19 +173,23 @@ def test_every_solver_refines_and_reports_its_network_calls(solver, calls):
 
 
 def test_the_proximal_data_step_restores_end_to_end():
-    """Guidance "prox" (kappa 0.25, 18 steps from zero latents) beats the noisy estimate and
-    the prior mean; its chi-square falls with s (0.99 / 0.90 / 0.80 at s = 1 / 10 / 100: the
-    exact step at every sampler step fits the noise, pdr_jax.physics.guidance)."""
-    arrays, x_true = _prior()
-    prior_mean = np.broadcast_to(((arrays[0] + 1) / 2).reshape(1, SIZE, SIZE, 1), x_true.shape)
+    """Guidance "prox" (kappa 0.25, 18 steps from zero latents) comes within 1.4x the oracle's MSE
+    at every s (measured on 3 draws of 128 images: 1.14-1.22 / 1.09-1.12 / 1.05-1.08 at s = 1 /
+    10 / 100; guidance off: 3.4x at s = 10), and its chi-square falls with s (0.95-1.01 /
+    0.87-0.91 / 0.74-0.78: the exact step at every sampler step fits the noise,
+    pdr_jax.physics.guidance). At s = 1 it is no better than the prior mean (0.97-1.06 of its
+    MSE): one photon per pixel hardly informs an 8x8 image."""
+    _, x_true = _prior(STAT_BATCH)
     chi_squares = []
     for s in (1.0, 10.0, 100.0):
         y = noise.simulate(jax.random.key(1), x_true, s, R, B)
         guidance = GuidanceSettings(mode="prox", kappa=0.25)
         x, report, _ = _restore(y, s, guidance=guidance, sampler=NOISE_START)
-        assert _mse(x, x_true) < min(_mse((y - B) / s, x_true), _mse(prior_mean, x_true)), s
+        assert _mse(x, x_true) < min(1.4 * _oracle_mse(y, x_true, s), _mse((y - B) / s, x_true))
         chi_squares.append(report["chi_square"])
-    assert 0.95 < chi_squares[0] < 1.05 and chi_squares[0] > chi_squares[1] > chi_squares[2] > 0.75
+    chi_1, chi_10, chi_100 = chi_squares
+    assert 0.85 < chi_1 < 1.15 and chi_1 - chi_10 > 0.03 and chi_10 - chi_100 > 0.06, chi_squares
+    assert chi_100 > 0.6, chi_squares
 
 
 @pytest.mark.parametrize("mode", ["x0", "dps"])
@@ -227,6 +258,33 @@ def test_samples_spread_and_a_one_tile_plan_equals_the_whole_image():
     assert 0 < whole.report["posterior_std"] < 0.2
     single = restore(GaussianPrior(), y, physics=Physics(10.0, R, B), tiling_settings=None)
     assert single.std is None and single.report["posterior_std"] is None
+
+
+def test_samples_give_a_std_where_the_one_call_estimate_is_the_result():
+    """Below refine_min_noise the image is the one-call estimate whatever num_samples is; with
+    num_samples > 1 the sampler still draws them from the estimate's start for the std, and the
+    report says so. num_steps 0 draws none: no std, and a warning."""
+    _, x_true = _prior()
+    y = np.asarray(noise.simulate(jax.random.key(1), x_true[:4], 200.0, R, B))
+    physics = Physics(200.0, R, B)
+    one = restore(GaussianPrior(), y, physics=physics, tiling_settings=None)
+    three = restore(GaussianPrior(), y, physics=physics, tiling_settings=None, num_samples=3)
+    assert not one.report["refined"] and not three.report["refined"]
+    np.testing.assert_array_equal(three.image, one.image)
+    assert three.std.shape == y.shape and 0 < float(three.std.mean()) < 0.05
+    assert three.report["std_from"] == "samples drawn beside the one-call estimate"
+    assert three.report["network_calls"] == 7 and one.report["network_calls"] == 1
+    assert one.std is None and one.report["std_from"] is None
+    with pytest.warns(RuntimeWarning, match="no samples were drawn"):
+        none = restore(
+            GaussianPrior(),
+            y,
+            physics=physics,
+            tiling_settings=None,
+            num_samples=3,
+            sampler=SamplerSettings(num_steps=0),
+        )
+    assert none.std is None
 
 
 def test_below_one_photon_warns_and_stays_with_the_prior():
