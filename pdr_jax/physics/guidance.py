@@ -56,7 +56,6 @@ plain denoiser, so results are bit-identical to unguided sampling.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -64,47 +63,9 @@ import jax.numpy as jnp
 from jax.tree_util import Partial
 
 from pdr_jax.physics import noise
+from pdr_jax.settings import GAMMA_SCHEDULES, GuidanceSettings
 
-GAMMA_SCHEDULES = ("sigma2", "sigma", "constant", "isotropic")
 SIGMA_DATA = 0.5  # EDM's sigma_data: the prior std of a model-space pixel
-MODES = ("x0", "dps", "prox")
-
-
-@dataclasses.dataclass(frozen=True)
-class GuidanceSettings:
-    """How strongly and through what the likelihood steers the sampler. Validated on creation.
-
-    The defaults are the tuned setting of pdr_jax.restore.restore (damped sigma^2 steps, no
-    clip); the seed design of the table above is GuidanceSettings(kappa=0.5, grad_clip=10.0,
-    damping=False). kappa "auto" is resolved by pdr_jax.restore (auto_kappa of the mean
-    photon count) before the settings reach the functions here.
-    """
-
-    mode: str = "x0"  # "x0": correct the denoised estimate; "dps": through the denoiser;
-    # "prox": the exact proximal data step (half-quadratic splitting)
-    likelihood: str = "wls"  # a key of pdr_jax.physics.noise.LOG_LIKELIHOODS
-    kappa: float | str = 1.0  # step-size scale, >= 0 (0 turns guidance off exactly), or "auto"
-    schedule: str = "sigma2"  # a key of GAMMA_SCHEDULES (step_size)
-    sigma_threshold: float = 0.01  # no correction at sigma <= this
-    grad_clip: float | None = None  # clip the model-space gradient to +-grad_clip (None: off)
-    damping: bool = True  # gamma -> gamma / (1 + gamma F), see damped_step
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown guidance mode {self.mode!r}; expected one of {MODES}")
-        if self.likelihood not in noise.LOG_LIKELIHOODS:
-            raise ValueError(
-                f"unknown likelihood {self.likelihood!r}; expected one of "
-                f"{tuple(noise.LOG_LIKELIHOODS)}"
-            )
-        if self.schedule not in GAMMA_SCHEDULES:
-            raise ValueError(
-                f"unknown gamma schedule {self.schedule!r}; expected one of {GAMMA_SCHEDULES}"
-            )
-        if self.kappa != "auto" and (isinstance(self.kappa, str) or not self.kappa >= 0):
-            raise ValueError(f"kappa must be >= 0 or 'auto', got {self.kappa!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
 
 
 def step_size(sigma, *, kappa: float, schedule: str = "sigma2"):

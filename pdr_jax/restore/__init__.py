@@ -1,18 +1,14 @@
 """pdr_jax.restore: one restoration path (restoration.py: `restore(prior, y, physics=...)`) and
-tiling for images of any size (tiling.py)."""
+tiling for images of any size (tiling.py); the settings records are pdr_jax.settings'."""
 
-from pdr_jax.physics.guidance import GuidanceSettings
-from pdr_jax.restore.restoration import (
+from pdr_jax.restore.restoration import Denoiser, Physics, Prior, Restoration, restore
+from pdr_jax.settings import (
     CONDITIONAL_SETTINGS,
-    Denoiser,
-    Physics,
-    Prior,
-    Restoration,
+    GuidanceSettings,
     SamplerSettings,
     TilingSettings,
     auto_kappa,
     parse_kappa,
-    restore,
 )
 
 __all__ = [

@@ -29,7 +29,6 @@ The start (`SamplerSettings.start`):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 import warnings
@@ -44,11 +43,13 @@ from jax.tree_util import Partial
 from pdr_jax import baselines, cpu, metrics, model_io, samplers
 from pdr_jax.physics import calibration, conditioning
 from pdr_jax.physics import guidance as physics_guidance
-from pdr_jax.physics.guidance import GuidanceSettings
 from pdr_jax.restore import tiling
-
-SOLVERS = ("heun", "euler", "dpmpp")  # EDM Heun (2N - 1 calls), Euler (N), DPM-Solver++(2M) (N)
-STARTS = ("vst", "noise")
+from pdr_jax.settings import (
+    GuidanceSettings,
+    SamplerSettings,
+    TilingSettings,
+    auto_kappa,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,68 +84,6 @@ class Physics:
         """[rows, 6] conditioning vectors (pdr_jax.physics.conditioning)."""
         vector = conditioning.conditioning_vector(self.domain, self.s, self.r, self.b)
         return jnp.broadcast_to(vector, (rows, vector.shape[-1]))
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSettings:
-    """How the sampler runs; the defaults are the tuned setting (README, "Restoration defaults")."""
-
-    num_steps: int = 6  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
-    solver: str = "euler"  # a name of SOLVERS
-    start: str = "vst"  # "vst" or "noise" (module docstring)
-    start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
-    latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
-    estimate_sigma_factor: float = 1.03  # "vst": the denoiser runs at this times sigma_v
-    refine_min_noise: float = 0.4  # "vst": run the sampler only where noise_level(y) >= this
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0  # "noise" start
-    rho: float = 7.0
-
-    def __post_init__(self):
-        if self.solver not in SOLVERS or self.start not in STARTS:
-            raise ValueError(
-                f"solver must be one of {SOLVERS} and start one of {STARTS}, got "
-                f"{self.solver!r}, {self.start!r}"
-            )
-        if self.num_steps < 0 or (self.num_steps == 0 and self.start != "vst"):
-            raise ValueError(
-                f"num_steps must be >= 1 (0 only with start='vst'), got {self.num_steps}"
-            )
-        if not (
-            self.start_factor > 0
-            and self.latent_scale >= 0
-            and self.refine_min_noise >= 0
-            and self.estimate_sigma_factor > 0
-            and 0 < self.sigma_min < self.sigma_max
-        ):
-            raise ValueError(
-                "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
-                "estimate_sigma_factor > 0 and 0 < sigma_min < sigma_max, got "
-                f"{self.start_factor}, {self.latent_scale}, {self.refine_min_noise}, "
-                f"{self.estimate_sigma_factor}, {self.sigma_min}, {self.sigma_max}"
-            )
-
-
-# How a model conditioned on the measurement (pdr_jax.conditional.ConditionalModel) restores:
-# from noise in 20 EDM Euler steps (DDIM with eta = 0 is Euler on the same ODE) with no
-# likelihood guidance (the model sees the measurement itself). rho = 3 spaces the steps more
-# evenly than EDM's 7: on corpus:val (2 crops per domain, s = 10 and 250) +0.35 dB on average
-# over rho 7 for the shipped conditional model (rho 1: -0.59; DPM-Solver++ at rho 7: -0.58).
-CONDITIONAL_SETTINGS = {
-    "guidance": GuidanceSettings(kappa=0.0),
-    "sampler": SamplerSettings(start="noise", solver="euler", num_steps=20, rho=3.0),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class TilingSettings:
-    """Tiles for images larger than the network (pdr_jax.restore.tiling); `tiling=None` in
-    `restore` runs the whole image (or batch of crops) through the network at once."""
-
-    tile: int | None = None  # tile size; None: tiling.choose_tile's documented rule
-    overlap: int = 16  # capped at a quarter tile
-    batch: int = 8  # tiles per network call
-    memory_budget_mb: float = 2048.0  # for the automatic tile size
 
 
 class Denoiser(Protocol):
@@ -217,37 +156,6 @@ class Restoration:
     image: np.ndarray  # like y, float32 in [0, 1]: the mean of the samples
     report: dict  # chi_square, whiteness, mean_photons, kappa, warnings, timings, settings, ...
     std: np.ndarray | None = None  # like y: per-pixel std over num_samples > 1 samples
-
-
-# The guidance strength rule.
-
-AUTO_KAPPA_SLOPE = 0.35
-AUTO_KAPPA_RANGE = (0.4, 1.0)
-
-
-def auto_kappa(mean_photons: float) -> float:
-    """kappa = 1 - AUTO_KAPPA_SLOPE log10(mean photons per pixel), clipped to AUTO_KAPPA_RANGE.
-
-    Each sampler step re-applies the (damped) likelihood correction to a new denoised
-    estimate, so with many photons the corrections add up to more than one Kalman update and
-    the result follows the noise; with few the full strength is needed. Provenance of the
-    constants: README, "Restoration defaults".
-    """
-    kappa = 1.0 - AUTO_KAPPA_SLOPE * np.log10(max(float(mean_photons), 1e-3))
-    return float(np.clip(kappa, *AUTO_KAPPA_RANGE))
-
-
-def parse_kappa(text: str) -> str | float:
-    """A --kappa value: 'auto' (auto_kappa) or a number >= 0."""
-    if text.strip() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}")
-    return value
 
 
 # The measurement.
@@ -378,7 +286,9 @@ def restore(
       tiling_settings: tiles for images of any size (a plan of one tile for a small image);
         None: the whole image in one network call, e.g. a batch of crops.
       num_samples: K samples per image (differing by their start noise); the image is their
-        mean, `std` their per-pixel standard deviation.
+        mean, `std` their per-pixel standard deviation. Where the one-call estimate is the
+        result (noise below refine_min_noise) and K > 1, the K samples are still drawn for
+        `std` and the image is the estimate (report "std_from"); num_steps 0 draws none.
       key: PRNG key of the start noise (None: key 0).
 
     Returns a Restoration. Raises ValueError naming the field for NaN/Inf data, bad physics,
@@ -467,9 +377,10 @@ def restore(
         noise_level(y_b, physics),
     )
     started = time.perf_counter()
-    if not refine:
-        samples = jnp.asarray(estimate)[:, None]
-    else:
+    # Samples are drawn where they are the result, and for the std of num_samples > 1 where the
+    # one-call estimate is the result (the image stays the estimate; std_from says so).
+    draw = refine or (num_samples > 1 and sampler.num_steps > 0)
+    if draw:
         guided_fn, guidance_fn = physics_guidance.make_guidance(
             denoise_fn,
             repeat(y_pad),
@@ -495,16 +406,19 @@ def restore(
         samples = jnp.clip(0.5 * (x_model + 1.0), 0.0, 1.0).reshape(
             batch, num_samples, *y_pad.shape[1:]
         )
-    samples = unpad(samples)
+        samples = unpad(samples)
     sampled = time.perf_counter()
 
-    x = samples.mean(axis=1)
+    x = samples.mean(axis=1) if refine else unpad(jnp.asarray(estimate))
     chex.assert_shape(x, y_b.shape)
-    std = samples.std(axis=1) if num_samples > 1 and refine else None
-    if num_samples > 1 and not refine:
+    std = samples.std(axis=1) if draw and num_samples > 1 else None
+    std_from = None
+    if std is not None:
+        std_from = "samples" if refine else "samples drawn beside the one-call estimate"
+    if num_samples > 1 and std is None:
         report_warnings.append(
-            "the one-call estimate was the result (num_steps 0, or the noise level below "
-            "refine_min_noise): there are no samples to take a posterior std from"
+            "num_steps 0: the one-call estimate is the result and no samples were drawn, so "
+            "there is no posterior std"
         )
     num_nonfinite = int(np.sum(~np.isfinite(x)))
     if num_nonfinite:
@@ -524,8 +438,9 @@ def restore(
         "start_sigma": None if estimate is None else float(sigma_max),
         "noise_level": noise_level(y_b, physics),
         "refined": refine,
-        "network_calls": network_calls(sampler, refine),
+        "network_calls": network_calls(sampler, draw),
         "posterior_std": None if std is None else float(std.mean()),
+        "std_from": std_from,
         "tile": None if plan is None else plan.tile,
         "num_tiles": 1 if plan is None else plan.num_tiles,
         "plan": None if plan is None else plan.to_json(),

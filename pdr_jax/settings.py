@@ -1,0 +1,145 @@
+"""The settings records of a restoration: plain frozen dataclasses whose defaults are the tuned
+setting (README, "Restoration defaults"), validated on creation.
+
+No jax here: the programs' --help shows these defaults without importing jax (pdr_jax.cli), and
+pdr_jax.physics.guidance and pdr_jax.restore read them. pdr_jax.restore re-exports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+SOLVERS = ("heun", "euler", "dpmpp")  # EDM Heun (2N - 1 calls), Euler (N), DPM-Solver++(2M) (N)
+STARTS = ("vst", "noise")
+LIKELIHOODS = ("wls", "gaussian", "exact")  # the keys of pdr_jax.physics.noise.LOG_LIKELIHOODS
+GAMMA_SCHEDULES = ("sigma2", "sigma", "constant", "isotropic")
+MODES = ("x0", "dps", "prox")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceSettings:
+    """How strongly and through what the likelihood steers the sampler. Validated on creation.
+
+    The defaults are the tuned setting of pdr_jax.restore.restore (damped sigma^2 steps, no
+    clip); the seed design of the table in pdr_jax.physics.guidance is GuidanceSettings(kappa=0.5, grad_clip=10.0,
+    damping=False). kappa "auto" is resolved by pdr_jax.restore (auto_kappa of the mean
+    photon count) before the settings reach pdr_jax.physics.guidance.
+    """
+
+    mode: str = "x0"  # "x0": correct the denoised estimate; "dps": through the denoiser;
+    # "prox": the exact proximal data step (half-quadratic splitting)
+    likelihood: str = "wls"  # a key of pdr_jax.physics.noise.LOG_LIKELIHOODS
+    kappa: float | str = 1.0  # step-size scale, >= 0 (0 turns guidance off exactly), or "auto"
+    schedule: str = "sigma2"  # a key of GAMMA_SCHEDULES (step_size)
+    sigma_threshold: float = 0.01  # no correction at sigma <= this
+    grad_clip: float | None = None  # clip the model-space gradient to +-grad_clip (None: off)
+    damping: bool = True  # gamma -> gamma / (1 + gamma F), see damped_step
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown guidance mode {self.mode!r}; expected one of {MODES}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"unknown likelihood {self.likelihood!r}; expected one of {LIKELIHOODS}"
+            )
+        if self.schedule not in GAMMA_SCHEDULES:
+            raise ValueError(
+                f"unknown gamma schedule {self.schedule!r}; expected one of {GAMMA_SCHEDULES}"
+            )
+        if self.kappa != "auto" and (isinstance(self.kappa, str) or not self.kappa >= 0):
+            raise ValueError(f"kappa must be >= 0 or 'auto', got {self.kappa!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """How the sampler runs; the defaults are the tuned setting (README, "Restoration defaults")."""
+
+    num_steps: int = 6  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
+    solver: str = "euler"  # a name of SOLVERS
+    start: str = "vst"  # "vst" or "noise" (module docstring)
+    start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
+    latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
+    estimate_sigma_factor: float = 1.03  # "vst": the denoiser runs at this times sigma_v
+    refine_min_noise: float = 0.4  # "vst": run the sampler only where noise_level(y) >= this
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0  # "noise" start
+    rho: float = 7.0
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS or self.start not in STARTS:
+            raise ValueError(
+                f"solver must be one of {SOLVERS} and start one of {STARTS}, got "
+                f"{self.solver!r}, {self.start!r}"
+            )
+        if self.num_steps < 0 or (self.num_steps == 0 and self.start != "vst"):
+            raise ValueError(
+                f"num_steps must be >= 1 (0 only with start='vst'), got {self.num_steps}"
+            )
+        if not (
+            self.start_factor > 0
+            and self.latent_scale >= 0
+            and self.refine_min_noise >= 0
+            and self.estimate_sigma_factor > 0
+            and 0 < self.sigma_min < self.sigma_max
+        ):
+            raise ValueError(
+                "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
+                "estimate_sigma_factor > 0 and 0 < sigma_min < sigma_max, got "
+                f"{self.start_factor}, {self.latent_scale}, {self.refine_min_noise}, "
+                f"{self.estimate_sigma_factor}, {self.sigma_min}, {self.sigma_max}"
+            )
+
+
+# How a model conditioned on the measurement (pdr_jax.conditional.ConditionalModel) restores:
+# from noise in 20 EDM Euler steps (DDIM with eta = 0 is Euler on the same ODE) with no
+# likelihood guidance (the model sees the measurement itself). rho = 3 spaces the steps more
+# evenly than EDM's 7: on corpus:val (2 crops per domain, s = 10 and 250) +0.35 dB on average
+# over rho 7 for the shipped conditional model (rho 1: -0.59; DPM-Solver++ at rho 7: -0.58).
+CONDITIONAL_SETTINGS = {
+    "guidance": GuidanceSettings(kappa=0.0),
+    "sampler": SamplerSettings(start="noise", solver="euler", num_steps=20, rho=3.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingSettings:
+    """Tiles for images larger than the network (pdr_jax.restore.tiling); `tiling=None` in
+    `restore` runs the whole image (or batch of crops) through the network at once."""
+
+    tile: int | None = None  # tile size; None: tiling.choose_tile's documented rule
+    overlap: int = 16  # capped at a quarter tile
+    batch: int = 8  # tiles per network call
+    memory_budget_mb: float = 2048.0  # for the automatic tile size
+
+
+AUTO_KAPPA_SLOPE = 0.35
+AUTO_KAPPA_RANGE = (0.4, 1.0)
+
+
+def auto_kappa(mean_photons: float) -> float:
+    """kappa = 1 - AUTO_KAPPA_SLOPE log10(mean photons per pixel), clipped to AUTO_KAPPA_RANGE.
+
+    Each sampler step re-applies the (damped) likelihood correction to a new denoised
+    estimate, so with many photons the corrections add up to more than one Kalman update and
+    the result follows the noise; with few the full strength is needed. Provenance of the
+    constants: README, "Restoration defaults".
+    """
+    kappa = 1.0 - AUTO_KAPPA_SLOPE * math.log10(max(float(mean_photons), 1e-3))
+    return float(min(max(kappa, AUTO_KAPPA_RANGE[0]), AUTO_KAPPA_RANGE[1]))
+
+
+def parse_kappa(text: str) -> str | float:
+    """A --kappa value: 'auto' (auto_kappa) or a number >= 0."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}")
+    return value
