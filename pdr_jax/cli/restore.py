@@ -1,31 +1,30 @@
 """Restore low-light measurements (Poisson-Gaussian noise) with a pdr_jax diffusion prior.
 
-    pdr-restore noisy.tif --output restored.tif --domain microscopy \
-        --scale 10 --read-noise 2 --background 0 --report report.json
-    pdr-restore raw_dir/ --output out_dir/ --units adu --gain 1.5 --black-level 100 \
-        --white-level 4095 --domain astronomy --scale 50 --read-noise 3
-    pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 \
-        --read-noise 2 --num-samples 8 --uncertainty restored_std.tif
-    pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 \
-        --read-noise 2 --method conditional --steps 20
-
 INPUT: files (.npy, .tif/.tiff, .fits/.fit, .png/.jpg, camera RAW) or folders of them. The data
 are electrons (--units electrons) or raw ADU converted with --gain/--black-level/--white-level
-(saturated pixels are masked out of the likelihood). OUT: a file for one input, a folder for
-several; the format follows its extension (.npy, .tif, .fits, .png as 16 bit): the restored
-clean intensity x in [0, 1] float32; --save-electrons also writes s*x+b. A FITS output keeps the
-input FITS header (WCS, exposure...) and adds HISTORY cards saying how it was restored; a TIFF
-output keeps the input TIFF's resolution and ImageJ metadata and describes the restoration; .npy
-and 16-bit PNG outputs keep no metadata. Every image is
-restored at any size through overlapping tiles fused at every sampler step. --method prior (default):
-the diffusion prior with likelihood guidance through pdr_jax.restore.restore, whose tuned defaults
-the flags start from (the one-call variance-stabilised estimate, re-noised and refined by EDM Euler
-steps; --steps 0: the one-call estimate alone, the fast setting); --num-samples K averages K
-samples and --uncertainty writes their per-pixel std. --method conditional: a model conditioned on
-the measurement (pdr_jax/conditional.py, default conditional-gray-default) through the same
-call with pdr_jax.restore.CONDITIONAL_SETTINGS (20 EDM Euler steps from noise, no guidance), the
-measurement's tiles conditioning each tile (saturated pixels are not masked: the model has no
-likelihood term).
+(saturated pixels are masked out of the likelihood). Before anything is restored each file is
+checked against the stated physics (pdr_jax.physics.noise_estimation.check_physics: a mean far
+above --scale, less noise than shot noise and --read-noise allow); a file that contradicts it is
+refused with the fix named, and --force restores it anyway.
+
+OUT: a file for one input, a folder for several; the format follows its extension (.npy, .tif,
+.fits, .png as 16 bit): the restored clean intensity x in [0, 1] float32; --save-electrons also
+writes s*x+b. A FITS output keeps the input FITS header (WCS, exposure...) and adds HISTORY
+cards saying how it was restored; a TIFF output keeps the input TIFF's resolution and ImageJ
+metadata and describes the restoration; .npy and 16-bit PNG outputs keep no metadata.
+
+Every image is restored at any size through overlapping tiles fused at every sampler step.
+--method prior (default): the diffusion prior with likelihood guidance through
+pdr_jax.restore.restore, whose tuned defaults the flags start from (the one-call
+variance-stabilised estimate, re-noised and refined by EDM Euler steps where the noise is high
+enough; --steps 0: the one-call estimate alone, the fast setting); --num-samples K averages K
+samples and --uncertainty writes their per-pixel std. --method conditional: a model conditioned
+on the measurement (pdr_jax/conditional.py, default conditional-gray-default) through the same
+call with pdr_jax.restore.CONDITIONAL_SETTINGS (20 EDM Euler steps from noise, no guidance),
+the measurement's tiles conditioning each tile (saturated pixels are not masked: the model has
+no likelihood term). --checkpoint takes a model directory (pdr-convert of an EDM pickle, a
+training workdir's model/) or a shipped model's name.
+
 Exit status 1 if any input failed (it is logged and skipped; the others are still written).
 """
 
@@ -46,6 +45,19 @@ import tqdm
 
 from pdr_jax.cli import finish_parser
 
+EXAMPLES = (
+    "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 "
+    "--preview preview.png",
+    "pdr-restore raw_dir/ --output out_dir/ --units adu --gain 1.5 --black-level 100 "
+    "--white-level 4095 --domain astronomy --scale 50 --read-noise 3 --report report.json",
+    "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 "
+    "--num-samples 8 --uncertainty restored_std.tif",
+    "pdr-restore frame.fits --output restored.fits --domain astronomy --scale auto "
+    "--read-noise auto",
+    "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 "
+    "--method conditional",
+)
+
 # The shipped models, by name (package data; pdr_jax.model_io.resolve_model).
 DEFAULT_CHECKPOINT = "pdr-gray-default"
 DEFAULT_CONDITIONAL_CHECKPOINT = "conditional-gray-default"
@@ -63,16 +75,21 @@ def _number_or_auto(text: str):
 
 
 def parse_args(argv=None):
-    from pdr_jax.physics.guidance import MODES as guidance_modes
-    from pdr_jax.restore import CONDITIONAL_SETTINGS, GuidanceSettings, SamplerSettings, parse_kappa
-    from pdr_jax.restore.restoration import SOLVERS
+    # pdr_jax.settings, not pdr_jax.restore: --help without importing jax.
+    from pdr_jax.settings import (
+        CONDITIONAL_SETTINGS,
+        LIKELIHOODS,
+        MODES,
+        SOLVERS,
+        GuidanceSettings,
+        SamplerSettings,
+        parse_kappa,
+    )
 
     sampler, guidance = SamplerSettings(), GuidanceSettings()
 
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1].rstrip()
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="measurement files or folders")
     p.add_argument("--output", required=True, help="output file (one input) or folder")
@@ -85,8 +102,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="model directory (tools/convert_edm.py, a training workdir's model/); default: the shipped "
-        "model of --method",
+        help="model directory (pdr-convert, a training workdir's model/) or a shipped model's "
+        "name; default: the shipped model of --method",
     )
     p.add_argument("--domain", required=True, choices=("photography", "microscopy", "astronomy"))
     p.add_argument(
@@ -148,19 +165,25 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--uncertainty",
-        help="with --num-samples > 1: write the per-pixel posterior std here (a file for "
-        "one input, else a folder)",
+        help="with --num-samples > 1: write the per-pixel posterior std of the samples here (a "
+        "file for one input, else a folder); where the one-call estimate is the result the "
+        "sampler still draws the samples for it (the report's std_from says which)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="restore even when the data contradict the stated physics (a mean far above "
+        "--scale, less noise than --read-noise and shot noise allow); the problems become "
+        "warnings in the report",
     )
     p.add_argument(
         "--guidance",
-        choices=guidance_modes,
+        choices=MODES,
         default=guidance.mode,
         help="x0: correct the denoised estimate; dps: through the denoiser; prox: the exact "
         "proximal data step (pdr_jax.physics.guidance)",
     )
-    p.add_argument(
-        "--likelihood", choices=("wls", "gaussian", "exact"), default=guidance.likelihood
-    )
+    p.add_argument("--likelihood", choices=LIKELIHOODS, default=guidance.likelihood)
     p.add_argument(
         "--kappa",
         type=parse_kappa,
@@ -181,10 +204,7 @@ def parse_args(argv=None):
         "--save-electrons", action="store_true", help="also write s*x+b (suffix _electrons)"
     )
     p.add_argument("--report", help="JSON report of every image and a summary")
-    finish_parser(
-        p,
-        "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 --preview preview.png",
-    )
+    finish_parser(p, *EXAMPLES)
     args = p.parse_args(argv)
     conditional = args.method == "conditional"
     if args.checkpoint is None:
@@ -198,8 +218,10 @@ def parse_args(argv=None):
     ):
         if getattr(args, name) is None:
             setattr(args, name, getattr(defaults[part], field))
-    if args.uncertainty and args.num_samples < 2:
-        p.error("--uncertainty needs --num-samples >= 2")
+    if args.uncertainty and (args.num_samples < 2 or args.steps == 0):
+        p.error(
+            "--uncertainty needs --num-samples >= 2 and --steps >= 1 (samples to take a std of)"
+        )
     for flag, value, strict in (
         ("--scale", args.scale, True),
         ("--read-noise", args.read_noise, False),
@@ -286,22 +308,37 @@ def check_output_format(path: pathlib.Path, channels: int | None) -> None:
         )
 
 
-def units_warnings(array_dtype, electrons: np.ndarray, args, scale: float) -> list[str]:
-    """Warnings that the data are clearly not electrons at the stated scale (--units, --scale)."""
-    found = []
-    if args.units == "electrons" and np.issubdtype(np.dtype(array_dtype), np.integer):
-        found.append(
-            f"the file holds {array_dtype} integers, read as electrons (--units electrons): raw camera "
-            "counts need --units adu with --gain/--black-level/--white-level"
+def integer_warning(array_dtype, units: str) -> list[str]:
+    """A note that an integer file is read as electrons (right for photon-counting detectors and
+    simulations, wrong for camera counts)."""
+    if units == "electrons" and np.issubdtype(np.dtype(array_dtype), np.integer):
+        return [
+            f"the file holds {array_dtype} integers, read as electrons (--units electrons): raw "
+            "camera counts need --units adu with --gain/--black-level/--white-level"
+        ]
+    return []
+
+
+class PhysicsMismatch(ValueError):
+    """The measurement contradicts the stated physics (--units, --scale, --read-noise)."""
+
+
+def check_physics(path, electrons, mask, physics, force: bool) -> list[str]:
+    """Before restoring: the first frame against the stated physics
+    (pdr_jax.physics.noise_estimation.check_physics). Raises PhysicsMismatch naming the fix, or
+    with --force returns the problems as warnings."""
+    from pdr_jax.physics import noise_estimation
+
+    check = noise_estimation.check_physics(
+        electrons[0, :, :, 0], physics.s, physics.r, physics.b, mask[0, :, :, 0]
+    )
+    if check.problems and not force:
+        raise PhysicsMismatch(
+            f"{path}: not restored, the data contradict the stated physics: "
+            + "; ".join(check.problems)
+            + " (--force restores anyway)"
         )
-    mean = float(np.mean(electrons))
-    if mean > 3 * (scale + args.background):
-        found.append(
-            f"mean {mean:.4g} e- per pixel is over 3x --scale {scale:g} + --background "
-            f"{args.background:g}: the image would be far brighter than intensity 1; check --scale "
-            "and --units"
-        )
-    return found
+    return list(check.problems)
 
 
 CHI_SQUARE_RANGE = (0.3, 3.0)  # outside it the noise model does not describe the data
@@ -473,6 +510,7 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
             file=sys.stderr,
         )
     physics = Physics(scale, read_noise, args.background, args.domain)
+    physics_warnings = check_physics(path, electrons, mask, physics, args.force)
     guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
     sampler = dataclasses.replace(
         SamplerSettings(), num_steps=args.steps, start=args.start, solver=args.solver
@@ -504,10 +542,8 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
             x[f, :, :, c] = result.image
             if f == c == 0:
                 first_std = result.std
-            if std is not None and result.std is not None:
+            if std is not None:  # num_samples > 1: restore() always returns their std
                 std[f, :, :, c] = result.std
-            elif std is not None:  # the one-call estimate was the result: no spread to write
-                std = None
             if args.method == "conditional" and not mask[f, :, :, c].all():
                 result.report["warnings"].append(
                     "saturated pixels are not masked by --method conditional"
@@ -526,10 +562,6 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
     write_image(out_path, result_image, meta, history)
     if std is not None:
         write_image(std_path, squeeze(std), meta, [*history, "values: per-pixel posterior std"])
-    elif std_path:
-        reports[-1]["warnings"].append(
-            f"no posterior std written to {std_path}: no samples were drawn"
-        )
     if args.save_electrons:
         write_image(
             out_path.with_name(out_path.stem + "_electrons" + out_path.suffix),
@@ -547,7 +579,7 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
             reports[0]["chi_square"],
         )
     warnings = sorted({w for r in reports for w in r["warnings"]})
-    warnings += units_warnings(meta.dtype, electrons, args, scale)
+    warnings += physics_warnings + integer_warning(meta.dtype, args.units)
     chi_square = float(np.mean([r["chi_square"] for r in reports]))
     if not CHI_SQUARE_RANGE[0] <= chi_square <= CHI_SQUARE_RANGE[1]:
         warnings.append(
@@ -580,6 +612,7 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
         "settings": reports[0].get("settings"),
         "network_calls": reports[0].get("network_calls"),
         "refined": reports[0].get("refined"),
+        "std_from": reports[0].get("std_from"),
         "noise": {
             "scale": scale,
             "read_noise": read_noise,
@@ -602,6 +635,7 @@ def main(argv=None) -> int:
     files = expand_inputs(args.inputs)
     if not files:
         raise SystemExit(f"no supported input files in {args.inputs}")
+    print(f"pdr-restore: {len(files)} input(s) -> {args.output}", file=sys.stderr)
     from pdr_jax.data.readers import read_image
 
     outputs = output_paths(files, args.output)
@@ -647,7 +681,7 @@ def main(argv=None) -> int:
     )
     print(
         f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
-        f"{len(todo)} input(s)",
+        f"restoring {len(todo)} input(s)",
         file=sys.stderr,
     )
     key = jax.random.key(args.seed)
@@ -667,9 +701,15 @@ def main(argv=None) -> int:
                 traceback.print_exc()
             continue
         reports.append(rep)
+        written = "".join(
+            f"\n  {what} -> {where}"
+            for what, where in (("std", rep["uncertainty"]), ("preview", preview))
+            if where is not None
+        )
         tqdm.tqdm.write(
-            f"  -> {out_path}  chi2 {rep['chi_square']:.3f}, {rep['num_tiles']} tile(s) of {rep['tile']}px, "
-            f"{rep['seconds']:.1f} s" + "".join(f"\n  warning: {w}" for w in rep["warnings"]),
+            f"  {path.name} -> {out_path}  chi2 {rep['chi_square']:.3f}, {rep['num_tiles']} tile(s) "
+            f"of {rep['tile']}px, {rep['seconds']:.1f} s{written}"
+            + "".join(f"\n  warning: {w}" for w in rep["warnings"]),
             file=sys.stderr,
         )
     summary = {

@@ -1,6 +1,8 @@
 """tools/restore.py end to end with a tiny model: odd sizes, formats, ADU input, folder mode."""
 
 import json
+import pathlib
+import time
 
 import jax
 import numpy as np
@@ -379,26 +381,88 @@ def test_an_rgb_input_for_a_png_output_fails_early_and_is_counted(
     assert "grayscale only; use .tif for 3 channels" in failure["error"]
 
 
-def test_data_that_are_not_electrons_are_flagged(tiny_model, tmp_path):
-    """A 16-bit integer file read as electrons, far brighter than --scale: warnings that name
-    --units adu and --scale, and one for the chi-square far from 1."""
+def test_data_that_are_not_electrons_are_refused_before_restoring(
+    tiny_model, tmp_path, monkeypatch
+):
+    """A 16-bit file of camera counts read as electrons (mean 30000 e- at --scale 20) and one of
+    ADU at 8 e-/ADU (an eighth of the shot noise's variance) are refused before the restoration
+    runs, counted as failed, each naming its fix and --force (a predicted variance ratio of
+    (40 + 4) / 64 / (5 + 4) = 0.077; noisy data give 0.87-1.0, noise_estimation.check_physics)."""
+    _no_restoration(monkeypatch)
     counts = np.random.default_rng(0).integers(20000, 40000, (24, 24)).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "raw.tif", counts)
+    tifffile.imwrite(tmp_path / "bright.tif", counts)
+    yy, xx = np.mgrid[:48, :48]
+    clean = 0.5 + 0.3 * np.sin(xx / 6.0) * np.cos(yy / 5.0)
+    electrons = np.random.default_rng(1).poisson(80 * clean) + np.random.default_rng(2).normal(
+        0, 2, clean.shape
+    )
+    np.save(tmp_path / "smooth.npy", (electrons / 8).astype(np.float32))
     report = tmp_path / "r.json"
+    start = time.perf_counter()
     code = restore_tool.main(
         [
-            str(tmp_path / "raw.tif"),
+            str(tmp_path / "bright.tif"),
+            str(tmp_path / "smooth.npy"),
             "--output",
-            str(tmp_path / "x.tif"),
+            str(tmp_path / "out"),
             "--report",
             str(report),
             *_args(tiny_model),
         ]
     )
-    assert code == 0
+    seconds = time.perf_counter() - start
+    assert code == 1
+    failures = {
+        pathlib.Path(f["input"]).name: f["error"]
+        for f in json.loads(report.read_text())["failures"]
+    }
+    assert (
+        "PhysicsMismatch" in failures["bright.tif"]
+        and "1.52e+03x --scale 20" in failures["bright.tif"]
+    )
+    assert (
+        "--units adu --gain auto" in failures["bright.tif"] and "--force" in failures["bright.tif"]
+    )
+    assert (
+        "noise variance is 0.07" in failures["smooth.npy"]
+        and "--read-noise auto" in failures["smooth.npy"]
+    )
+    assert not (tmp_path / "out" / "bright.tif").exists()
+    print(f"two refusals in {seconds:.1f} s")  # the model loads; nothing is restored
+
+
+def test_force_restores_data_that_contradict_the_physics_with_warnings(tiny_model, tmp_path):
+    counts = np.random.default_rng(0).integers(20000, 40000, (24, 24)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "raw.tif", counts)
+    report = tmp_path / "r.json"
+    argv = [str(tmp_path / "raw.tif"), "--output", str(tmp_path / "x.tif"), "--report", str(report)]
+    assert restore_tool.main([*argv, *_args(tiny_model), "--force"]) == 0
     warnings = " | ".join(json.loads(report.read_text())["images"][0]["warnings"])
     assert "uint16 integers, read as electrons" in warnings and "--units adu" in warnings
-    assert "over 3x --scale 20" in warnings and "is far from 1" in warnings
+    assert "x --scale 20" in warnings and "is far from 1" in warnings
+
+
+def test_uncertainty_is_written_where_the_one_call_estimate_is_the_result(tiny_model, tmp_path):
+    """An astronomy-like frame at 44 e- and s = 100 (noise level 0.14 < 0.4: the one-call
+    estimate is the result): --num-samples 2 --uncertainty still writes the std of 2 samples,
+    the image is the one written without samples, and the report says where the std came from."""
+    rng = np.random.default_rng(3)
+    y = (rng.poisson(44.0, (32, 32)) + rng.normal(0, 2, (32, 32))).astype(np.float32)
+    np.save(tmp_path / "frame.npy", y)
+    common = [str(tmp_path / "frame.npy"), *_args(tiny_model), "--scale", "100", "--steps", "6"]
+    report, std = tmp_path / "r.json", tmp_path / "std.tif"
+    extra = ["--num-samples", "2", "--uncertainty", str(std), "--report", str(report)]
+    assert restore_tool.main([*common, "--output", str(tmp_path / "x2.tif"), *extra]) == 0
+    assert restore_tool.main([*common, "--output", str(tmp_path / "x1.tif")]) == 0
+    image = json.loads(report.read_text())["images"][0]
+    assert (
+        not image["refined"] and image["std_from"] == "samples drawn beside the one-call estimate"
+    )
+    sigma = tifffile.imread(std)
+    assert sigma.shape == y.shape and sigma.mean() > 0 and image["uncertainty"] == str(std)
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "x2.tif"), tifffile.imread(tmp_path / "x1.tif")
+    )
 
 
 @pytest.mark.parametrize(
