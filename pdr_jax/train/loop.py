@@ -633,11 +633,19 @@ def _start_or_resume(run: _Run) -> tuple[TrainState, dict, Any]:
 
 
 def _finish(run: _Run, state: TrainState, meta: dict, stopped: bool) -> None:
-    """The loss plot and, unless stopped early, the EMA network as a model directory."""
+    """The loss plot and, unless stopped early, the EMA network as a model directory; a last
+    line saying where they are and what to run next."""
+    log = run.logger.info
     if jax.process_index() == 0:
         save_loss_plot(run.logger.path, os.path.join(run.workdir, "loss.png"))
-    if not stopped:  # every process saves: Orbax writes collectively
+    if stopped:
+        log(
+            f"stopped at step {int(state.step)} for a preemption, checkpoint saved; run the same "
+            "command again to resume"
+        )
+    else:  # every process saves: Orbax writes collectively
         kimg = float(state.nimg) / 1000
+        model_dir = os.path.abspath(os.path.join(run.workdir, "model"))
         source = {
             "workdir": os.path.abspath(run.workdir),
             "step": int(state.step),
@@ -645,14 +653,28 @@ def _finish(run: _Run, state: TrainState, meta: dict, stopped: bool) -> None:
             "init_from": run.config.train.init_from or None,
             "kimg_total": meta.get("init_kimg", 0.0) + kimg,
         }
+        log(f"exporting the EMA network to {model_dir}")
         variables = jax.device_get(state.variables(ema=True))
         model_io.save_model(
-            os.path.join(run.workdir, "model"),
+            model_dir,
             run.network_kwargs,
             variables,
             source=source,
             overwrite=True,
             kind=run.objective.kind,
+        )
+        conditional = run.objective.kind == "conditional"
+        method = " --method conditional" if conditional else ""
+        sample = (
+            ""
+            if conditional
+            else f"\n  pdr-sample {model_dir} samples/ --num 12 --domain microscopy"
+        )
+        log(
+            f"done: {kimg:.2f} kimg in this run ({source['kimg_total']:.2f} in all); the model is "
+            f"{model_dir}, the loss curve {os.path.join(run.workdir, 'loss.png')}. Next:\n"
+            f"  pdr-restore noisy.tif --output restored.tif --checkpoint {model_dir}{method} "
+            f"--domain microscopy --scale 10 --read-noise 2{sample}"
         )
     run.logger.close()
 
@@ -709,6 +731,10 @@ def _run_stage(run: _Run, stage: Stage, state, meta: dict, data_state):
         f"stage {stage.index}: {stage.resolution}x{stage.resolution}, batch {batch_size} on "
         f"{num_devices} device(s), {stage.kimg} kimg, lr {stage.lr:g}{', adaptive' if stage.adaptive else ''}"
     )
+    run.logger.info(
+        f"stage {stage.index}: compiling the training step for {stage.resolution} px "
+        f"(batch {batch_size}); the first step waits for it"
+    )
     steps = _StageSteps(run, stage, meta, batch_size, schedule, eval_step, val_batches)
     state, stopped = steps.loop(state, train_step, data_iter)
     if stopped:
@@ -717,7 +743,12 @@ def _run_stage(run: _Run, stage: Stage, state, meta: dict, data_state):
     local = multihost_utils.global_array_to_host_local_array(val_batches[0], run.mesh, P("data"))
     if jax.process_index() == 0:
         local = jax.tree_util.tree_map(np.asarray, local)
-        run.objective.stage_figure(run.net, state, run.config, stage, run.workdir, local)
+        run.logger.info(
+            f"stage {stage.index}: drawing the end-of-stage figure "
+            f"({run.config.sample.num_steps} sampler steps, compiled first)"
+        )
+        path = run.objective.stage_figure(run.net, state, run.config, stage, run.workdir, local)
+        run.logger.info(f"stage {stage.index}: wrote {path}")
     next_meta = _stage_meta(
         stage.index + 1,
         step=int(state.step),
@@ -796,6 +827,7 @@ class _StageSteps:
         self.ckpt_every = every(checkpoint.every_kimg)
         self.plateau = Plateau(train.adaptive_patience, train.adaptive_min_rel_improvement)
         self.last_good_step, self.plateaued, self.t0, self.n0 = None, False, None, None
+        self.compile_t0 = time.time()
 
     def loop(self, state, train_step, data_iter) -> tuple[Any, bool]:
         """(state, stopped for a preemption)."""
@@ -806,6 +838,10 @@ class _StageSteps:
             step += 1
             if self.t0 is None:  # throughput and ETA exclude the first step (the compile)
                 self.t0, self.n0 = time.time(), step
+                run.logger.info(
+                    f"stage {self.stage.index}: compiled, first step done in "
+                    f"{self.t0 - self.compile_t0:.0f} s"
+                )
             last = float(state.nimg) >= self.end_nimg - 0.5
             if step % self.log_every == 0 or last:
                 self._log(state, metrics, step)
@@ -833,6 +869,12 @@ class _StageSteps:
         elapsed = max(time.time() - self.t0, 1e-9)
         rate = (step - self.n0) * self.batch_size / elapsed if step > self.n0 else 0.0
         remaining = self.total_steps - (step - self.meta["stage_start_step"])
+        eta_s = remaining * self.batch_size / max(rate, 1e-9)
+        # The later stages at this rate, scaled by their pixels per image.
+        later_s = sum(
+            later.kimg * 1000 / max(rate, 1e-9) * (later.resolution / self.stage.resolution) ** 2
+            for later in self.run.stages[self.stage.index + 1 :]
+        )
         self.run.logger.progress(
             step=step,
             stage=self.stage.index,
@@ -841,13 +883,23 @@ class _StageSteps:
             grad_norm=float(metrics["grad_norm"]),
             lr=float(self.schedule(step - 1)),
             img_per_s=rate,
-            eta_s=remaining * self.batch_size / max(rate, 1e-9),
+            eta_s=eta_s,
+            run_eta_s=eta_s + later_s,
+            resolution=self.stage.resolution,
         )
 
     def _after_validation(self, state, step: int, val_loss: float) -> bool:
         """Log the validation loss; True when an adaptive stage (not the last) has plateaued."""
         stage, kimg = self.stage, float(state.nimg) / 1000
-        self.run.logger.scalars(step, {"val_loss": val_loss, "stage": stage.index, "kimg": kimg})
+        self.run.logger.scalars(
+            step,
+            {
+                "val_loss": val_loss,
+                "stage": stage.index,
+                "resolution": stage.resolution,
+                "kimg": kimg,
+            },
+        )
         not_last = stage.index < len(self.run.stages) - 1
         if stage.adaptive and not_last and self.plateau.update(val_loss):
             self.run.logger.info(
@@ -971,8 +1023,9 @@ def _validate(eval_step, state, val_batches) -> dict:
     }
 
 
-def _stage_samples(net, state, config, stage, workdir, val_batch=None) -> None:
-    """A PNG grid of EMA samples per domain (fixed seeds, Heun), written at the end of a stage."""
+def _stage_samples(net, state, config, stage, workdir, val_batch=None) -> str:
+    """A PNG grid of EMA samples, a row per domain (fixed seeds, Heun), written at the end of a
+    stage; returns its path."""
     from pdr_jax.physics.conditioning import DOMAINS, conditioning_vector
     from pdr_jax.samplers import edm_sampler, network_sampler_args
 
@@ -992,17 +1045,15 @@ def _stage_samples(net, state, config, stage, workdir, val_batch=None) -> None:
             **network_sampler_args(net, variables, labels),
         )
         rows.append(np.asarray((x + 1) / 2))
-    save_sample_grid(
-        rows,
-        os.path.join(workdir, f"samples_stage{stage.index}_{stage.resolution}px.png"),
-        row_labels=DOMAINS,
-    )
+    path = os.path.join(workdir, f"samples_stage{stage.index}_{stage.resolution}px.png")
+    save_sample_grid(rows, path, row_labels=DOMAINS)
+    return path
 
 
-def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
+def _stage_restorations(net, state, config, stage, workdir, val_batch) -> str:
     """A PNG grid of held-out crops: clean, noisy ((y - b) / s) and the EMA model's restoration
     (pdr_jax.restore.restore with CONDITIONAL_SETTINGS and config.sample.num_steps, image by
-    image: each has its own s, r, b), written at the end of a stage."""
+    image: each has its own s, r, b), written at the end of a stage; returns its path."""
     from pdr_jax.conditional import ConditionalModel
     from pdr_jax.physics.conditioning import DOMAINS
     from pdr_jax.restore import CONDITIONAL_SETTINGS, Physics, restore
@@ -1029,11 +1080,9 @@ def _stage_restorations(net, state, config, stage, workdir, val_batch) -> None:
         restored.append(result.image)
     noisy = (batch["noisy"] - batch["b"][:, None, None, None]) / batch["s"][:, None, None, None]
     rows = [batch["clean"], noisy, np.stack(restored)]
-    save_sample_grid(
-        rows,
-        os.path.join(workdir, f"restorations_stage{stage.index}_{stage.resolution}px.png"),
-        row_labels=("clean", "noisy", "restored"),
-    )
+    path = os.path.join(workdir, f"restorations_stage{stage.index}_{stage.resolution}px.png")
+    save_sample_grid(rows, path, row_labels=("clean", "noisy", "restored"))
+    return path
 
 
 def _ema_of(config) -> Ema:

@@ -60,15 +60,20 @@ class MetricsLogger:
         loss: float,
         img_per_s: float,
         eta_s: float,
+        run_eta_s: float,
         **extra,
     ) -> None:
+        """One progress record and line. eta_s: to the end of this stage at the current rate;
+        run_eta_s: to the end of the run (pdr_jax.train.loop: the later stages at this rate
+        scaled by their pixels per image; adaptive stages may end sooner)."""
         self.scalars(
             step, {"loss": loss, "kimg": kimg, "stage": stage, "img_per_s": img_per_s, **extra}
         )
         if self.enabled:
             line = (
                 f"stage {stage} | step {step:6d} | kimg {kimg:8.2f} | loss {loss:.4f} | "
-                f"{img_per_s:6.1f} img/s | stage ETA {_format_eta(eta_s)}"
+                f"{img_per_s:6.1f} img/s | stage ETA {_format_eta(eta_s)} | "
+                f"run ETA {_format_eta(run_eta_s)}"
             )
             sys.stderr.write(("\r" + line) if self._tty else (line + "\n"))
             sys.stderr.flush()
@@ -80,17 +85,43 @@ class MetricsLogger:
 
 
 def save_sample_grid(rows, path: str, row_labels=None) -> None:
-    """rows: list of [N, H, W, C] arrays in [0, 1] -> one PNG, a row per entry."""
-    from PIL import Image
+    """rows: list of [N, H, W, C] arrays in [0, 1] -> one PNG, a row per entry, each row's
+    label (row_labels) written in a margin on its left."""
+    from PIL import Image, ImageDraw, ImageFont
 
     tiles = [np.concatenate(list(np.clip(r, 0, 1)), axis=1) for r in rows]
     grid = np.concatenate(tiles, axis=0)
-    grid = (grid[..., 0] if grid.shape[-1] == 1 else grid) * 255
-    Image.fromarray(np.round(grid).astype(np.uint8)).save(path)
+    grid = np.round((grid[..., 0] if grid.shape[-1] == 1 else grid) * 255).astype(np.uint8)
+    image = Image.fromarray(grid)
+    if row_labels:
+        font = ImageFont.load_default()
+        margin = 8 + max(int(ImageDraw.Draw(image).textlength(t, font=font)) for t in row_labels)
+        labelled = Image.new(image.mode, (image.width + margin, image.height), color=255)
+        labelled.paste(image, (margin, 0))
+        draw, row_height = ImageDraw.Draw(labelled), image.height // len(rows)
+        for i, text in enumerate(row_labels):
+            draw.text((4, i * row_height + row_height // 2), text, fill=0, font=font, anchor="lm")
+        image = labelled
+    image.save(path)
+
+
+def stage_starts(records) -> list[tuple[float, int, int | None]]:
+    """(kimg, stage, resolution or None) where each stage's records begin in metrics.jsonl."""
+    starts, current = [], None
+    for record in records:
+        if "stage" in record and record["stage"] != current:
+            current = record["stage"]
+            resolution = record.get("resolution")
+            starts.append(
+                (record["kimg"], int(current), None if resolution is None else int(resolution))
+            )
+    return starts
 
 
 def save_loss_plot(metrics_path: str, path: str) -> None:
-    """Training and validation loss against kimg from metrics.jsonl."""
+    """Training and validation loss against kimg from metrics.jsonl, a dashed line and the
+    resolution where each stage begins (the validation loss jumps with the crop size: not
+    overfitting)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,8 +136,18 @@ def save_loss_plot(metrics_path: str, path: str) -> None:
         ax.plot(*zip(*train), label="train loss (batch)", alpha=0.6)
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss (EMA, fixed sigmas)")
-    for stage_start in sorted({r["kimg"] for r in records if r.get("event") == "stage_start"}):
-        ax.axvline(stage_start, color="gray", lw=0.5)
+    for kimg, stage, resolution in stage_starts(records):
+        ax.axvline(kimg, color="gray", lw=0.8, ls="--")
+        label = f"stage {stage}" + (f": {resolution} px" if resolution else "")
+        ax.annotate(
+            label,
+            (kimg, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -10),
+            textcoords="offset points",
+            fontsize=7,
+            color="gray",
+        )
     ax.set_xlabel("kimg")
     ax.set_ylabel("EDM loss")
     ax.set_yscale("log")

@@ -171,16 +171,46 @@ def test_sigkill_and_resume_matches_uninterrupted(one_device_run, tmp_path):
     chex.assert_trees_all_close(state.ema_params, state_ref.ema_params, atol=1e-6, rtol=0)
 
 
-def test_progressive_stages_carry_parameters(tmp_path):
+def test_progressive_stages_carry_parameters(tmp_path, capsys):
+    """Two stages; the log says what happens before each silent stretch (compilation, figures,
+    export) and ends with the model's path and the next command; the figures are labelled."""
+    from PIL import Image
+
+    from pdr_jax.train.monitor import stage_starts
+
     config = progressive.get_config("tiny")
     config.train.num_devices = 1
     workdir = str(tmp_path)
     state = loop.train(config, workdir)
     assert int(state.step) == 4  # 2 steps per stage
-    assert os.path.exists(os.path.join(workdir, "samples_stage0_16px.png"))
-    assert os.path.exists(os.path.join(workdir, "samples_stage1_32px.png"))
     stages = [r["stage"] for r in _records(workdir, "loss")]
     assert stages == [0, 0, 1, 1]
+    log = capsys.readouterr().err
+    model_dir = os.path.join(os.path.abspath(workdir), "model")
+    for line in (
+        "stage 0: compiling the training step for 16 px",
+        "stage 1: compiling the training step for 32 px",
+        "stage 0: compiled, first step done in",
+        "run ETA",
+        f"stage 1: wrote {os.path.join(workdir, 'samples_stage1_32px.png')}",
+        f"exporting the EMA network to {model_dir}",
+        f"the model is {model_dir}",
+        f"pdr-restore noisy.tif --output restored.tif --checkpoint {model_dir} --domain",
+    ):
+        assert line in log, line
+    assert log.index("compiling the training step for 32 px") < log.index("exporting")
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        starts = stage_starts(json.loads(line) for line in f)
+    assert [(stage, res) for _, stage, res in starts] == [(0, 16), (1, 32)]
+    assert starts[1][0] > starts[0][0]
+    # Sample grids: a row per domain, its name in a white margin on the left.
+    grid = np.asarray(Image.open(os.path.join(workdir, "samples_stage0_16px.png")))
+    per_domain = config.sample.per_domain
+    margin = grid.shape[1] - per_domain * 16
+    assert grid.shape[0] == 3 * 16 and margin > 30
+    for row in range(3):
+        label = grid[row * 16 : (row + 1) * 16, :margin]
+        assert (label < 128).sum() > 10 and (label == 255).mean() > 0.5, row
     # Rerunning a finished run does nothing more.
     assert int(loop.train(config, workdir).step) == 4
 
