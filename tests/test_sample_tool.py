@@ -38,7 +38,8 @@ def test_samples_from_a_model_directory(tiny_model, tmp_path, capsys):
     common = ["--steps", "2", "--batch", "2", "--domain", "microscopy,astronomy", "--seed", "3"]
     assert sample_tool.main([str(directory), str(out), "--num", "5", *common]) == 0
     captured = capsys.readouterr()
-    assert "3/3" in captured.err and "label_dim 6" in captured.out  # tqdm's bar on stderr
+    # tqdm's bar on stderr, a tick per denoiser call: 3 batches x (2 * 2 - 1) Heun calls.
+    assert "9/9" in captured.err and "label_dim 6" in captured.out
     with np.load(out / "samples.npz") as arrays:
         images, labels, seeds = arrays["images"], arrays["labels"], arrays["seeds"]
         settings = json.loads(str(arrays["settings"]))
