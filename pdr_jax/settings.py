@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import math
 
+DOMAINS = ("photography", "microscopy", "astronomy")  # pdr_jax.physics.conditioning
 SOLVERS = ("heun", "euler", "dpmpp")  # EDM Heun (2N - 1 calls), Euler (N), DPM-Solver++(2M) (N)
 STARTS = ("vst", "noise")
 LIKELIHOODS = ("wls", "gaussian", "exact")  # the keys of pdr_jax.physics.noise.LOG_LIKELIHOODS

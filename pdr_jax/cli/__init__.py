@@ -10,14 +10,18 @@
     pdr-corpus    pdr_jax.cli.prepare_corpus  build the offline training corpus
 
 `tools/*.py` and `launch/train.py` in the checkout are the same programs (thin entry points).
-Every program has `--help` with an example and `--version`.
+Every program has `--help` with an example and `--version`. Nothing here imports jax: a
+program that imports it only once its arguments are parsed answers --help at once.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 import pdr_jax
+from pdr_jax.settings import DOMAINS
 
 
 def finish_parser(parser: argparse.ArgumentParser, *examples: str) -> argparse.ArgumentParser:
@@ -31,3 +35,34 @@ def finish_parser(parser: argparse.ArgumentParser, *examples: str) -> argparse.A
         "--version", action="version", version=f"{parser.prog} (pdr_jax) {pdr_jax.__version__}"
     )
     return parser
+
+
+def add_label_arguments(parser) -> None:
+    """The command-line label options shared by pdr-sample and pdr-inspect: --labels | --class |
+    --domain (exclusive), with --scale/--read-noise/--background for --domain.
+    `label_batch_from_args` turns them into labels."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--labels", help="comma-separated label vector for every image")
+    group.add_argument("--class", dest="classes", help="class index or comma-separated indices")
+    group.add_argument("--domain", help=f"domain name(s), comma-separated, of {', '.join(DOMAINS)}")
+    parser.add_argument("--scale", type=float, default=100.0, help="--domain: photon scale s (e-)")
+    parser.add_argument("--read-noise", type=float, default=2.0, help="--domain: read noise r (e-)")
+    parser.add_argument("--background", type=float, default=0.0, help="--domain: background b (e-)")
+
+
+def label_batch_from_args(args, label_dim: int, num: int) -> np.ndarray | None:
+    """pdr_jax.physics.conditioning.label_batch from the options of `add_label_arguments` (and
+    args.seed)."""
+    from pdr_jax.physics.conditioning import label_batch
+
+    return label_batch(
+        label_dim,
+        num,
+        labels=args.labels,
+        classes=args.classes,
+        domains=args.domain,
+        scale=args.scale,
+        read_noise=args.read_noise,
+        background=args.background,
+        seed=args.seed,
+    )

@@ -45,9 +45,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pdr_jax import inspect, model_io, precond, sampler_presets
-from pdr_jax.cli import finish_parser
+from pdr_jax.cli import add_label_arguments, finish_parser, label_batch_from_args
 from pdr_jax.convert import load_edm_pickle
-from pdr_jax.physics import conditioning
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -85,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="noise, classes and --config weights")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
-    conditioning.add_label_arguments(parser)
+    add_label_arguments(parser)
     parser.add_argument("--dead-threshold", type=float, default=1e-6, help="default 1e-6")
     parser.add_argument(
         "--max-channels", type=int, default=64, help="channels per montage (default 64)"
@@ -149,7 +148,7 @@ def make_inputs(args, net, variables):
     num = clean.shape[0]
     sigmas = [float(s) for s in args.sigma.split(",")]
     sigma = np.asarray([sigmas[i % len(sigmas)] for i in range(num)], np.float32)
-    labels = conditioning.label_batch_from_args(args, model.label_dim, num)
+    labels = label_batch_from_args(args, model.label_dim, num)
     key_latents, key_churn, key_noise = jax.random.split(jax.random.key(args.seed), 3)
     if args.sample_preset:
         overrides = {} if args.sample_steps is None else {"num_steps": args.sample_steps}

@@ -21,16 +21,11 @@ import pathlib
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import tqdm
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from PIL import Image
 
-from pdr_jax import model_io, precond, samplers
-from pdr_jax.cli import finish_parser
-from pdr_jax.physics import conditioning
+from pdr_jax.cli import add_label_arguments, finish_parser, label_batch_from_args
+
+# jax and the model code are imported where they are used, so that --help answers at once.
 
 SAMPLERS = ("heun", "euler", "dpmpp2m")
 
@@ -65,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--S-min", type=float, default=0.0)
     parser.add_argument("--S-max", type=float, default=float("inf"))
     parser.add_argument("--S-noise", type=float, default=1.0)
-    conditioning.add_label_arguments(parser)
+    add_label_arguments(parser)
     parser.add_argument(
         "--step", type=int, help="training workdir: checkpoint step (default latest)"
     )
@@ -90,7 +85,11 @@ def _latest_step(checkpoints: pathlib.Path) -> int:
 
 def load_training_run(workdir, step: int | None = None, ema: bool = True):
     """(net, variables) from a training workdir: network.json and an Orbax checkpoint's state."""
-    import orbax.checkpoint as ocp  # local: only training runs need it here
+    import jax
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    from pdr_jax import model_io, precond
 
     workdir = pathlib.Path(workdir)
     network = model_io.read_network_json(workdir)["network"]
@@ -111,6 +110,8 @@ def load_training_run(workdir, step: int | None = None, ema: bool = True):
 
 def load(model, step=None, ema=True):
     """(net, variables, description) of a model directory or a training workdir."""
+    from pdr_jax import model_io
+
     path = model_io.resolve_model(model)  # a path, or a shipped model's name
     if (path / "checkpoints").is_dir() and not (path / model_io.VARIABLES_DIR).is_dir():
         net, variables, step = load_training_run(path, step, ema)
@@ -125,12 +126,18 @@ def load(model, step=None, ema=True):
 
 def make_latents(seed: int, indices, shape):
     """Standard-normal latents [len(indices), *shape]; image i's come from key(seed + i)."""
+    import jax
+    import jax.numpy as jnp
+
     seeds = jnp.asarray(seed + np.asarray(indices), jnp.uint32)
     return jax.vmap(lambda s: jax.random.normal(jax.random.key(s), shape))(seeds)
 
 
 def _batch_sharding(batch: int):
     """Shard the batch over all devices when it divides evenly, else run on one device."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
     devices = jax.devices()
     if len(devices) == 1 or batch % len(devices):
         return None
@@ -142,10 +149,12 @@ def network_calls(args) -> int:
     return 2 * args.steps - 1 if args.sampler == "heun" else args.steps
 
 
-def progress_hook(bar: tqdm.tqdm):
+def progress_hook(bar):
     """A samplers guidance_fn that changes nothing (a zero correction) and advances `bar` by one
     at every denoiser call, from the host as the compiled loop runs (jax.debug.callback: no
     device sync in the loop)."""
+    import jax
+    import jax.numpy as jnp
 
     def hook(x, denoised, sigma):
         jax.debug.callback(lambda: bar.update(1))
@@ -155,6 +164,8 @@ def progress_hook(bar: tqdm.tqdm):
 
 
 def sample_batch(net, variables, latents, labels, args, key, guidance_fn=None):
+    from pdr_jax import samplers
+
     sampler_args = samplers.network_sampler_args(
         net, variables, labels, sigma_min=args.sigma_min, sigma_max=args.sigma_max
     )
@@ -185,8 +196,10 @@ def sample_batch(net, variables, latents, labels, args, key, guidance_fn=None):
 # Output.
 
 
-def image_grid(images) -> Image.Image:
+def image_grid(images):
     """[N, H, W, C] in [-1, 1] -> one PIL image, ceil(sqrt(N)) columns (C = 1: gray; else RGB)."""
+    from PIL import Image
+
     images = np.asarray(images, np.float32)
     num, height, width, channels = images.shape
     columns = math.ceil(math.sqrt(num))
@@ -202,11 +215,15 @@ def image_grid(images) -> Image.Image:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+    import tqdm
+
     if args.num < 1 or args.batch < 1 or args.steps < 1:
         raise SystemExit("--num, --batch and --steps must be positive")
     try:
         net, variables, description = load(args.model, args.step, not args.no_ema)
-        labels = conditioning.label_batch_from_args(args, net.model.label_dim, args.num)
+        labels = label_batch_from_args(args, net.model.label_dim, args.num)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DOMAINS = ("photography", "microscopy", "astronomy")
+from pdr_jax.settings import DOMAINS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,31 +138,3 @@ def label_batch(
     if np.any((chosen < 0) | (chosen >= label_dim)):
         raise ValueError(f"--class must be in 0..{label_dim - 1}")
     return np.eye(label_dim, dtype=np.float32)[chosen]
-
-
-def add_label_arguments(parser) -> None:
-    """The command-line label options shared by tools/sample.py and tools/inspect_activations.py:
-    --labels | --class | --domain (exclusive), with --scale/--read-noise/--background for
-    --domain. `label_batch_from_args` turns them into labels."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--labels", help="comma-separated label vector for every image")
-    group.add_argument("--class", dest="classes", help="class index or comma-separated indices")
-    group.add_argument("--domain", help=f"domain name(s), comma-separated, of {', '.join(DOMAINS)}")
-    parser.add_argument("--scale", type=float, default=100.0, help="--domain: photon scale s (e-)")
-    parser.add_argument("--read-noise", type=float, default=2.0, help="--domain: read noise r (e-)")
-    parser.add_argument("--background", type=float, default=0.0, help="--domain: background b (e-)")
-
-
-def label_batch_from_args(args, label_dim: int, num: int) -> np.ndarray:
-    """`label_batch` from the options of `add_label_arguments` (and args.seed)."""
-    return label_batch(
-        label_dim,
-        num,
-        labels=args.labels,
-        classes=args.classes,
-        domains=args.domain,
-        scale=args.scale,
-        read_noise=args.read_noise,
-        background=args.background,
-        seed=args.seed,
-    )
