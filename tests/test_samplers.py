@@ -306,10 +306,15 @@ def _all_samplers(latents, key):
 
 
 def test_jit_equals_eager():
+    """Up to float32 rounding, which the fused program and the op-by-op run do differently.
+    Measured max |jit - eager| / (1 + |x|): Heun with churn up to 1.1e-5 over latent seeds 1-40
+    (median 7e-6; 1e-5 failed seed 40), the others below 1e-6 (seeds 1-6)."""
     latents, key = _latents(batch=16), jax.random.key(3)
     jitted = _all_samplers(latents, key)
     with jax.disable_jit():
         eager = _all_samplers(latents, key)
+    churn = jitted.pop("heun_churn"), eager.pop("heun_churn")
+    chex.assert_trees_all_close(*churn, atol=2.5e-5, rtol=2.5e-5)
     chex.assert_trees_all_close(jitted, eager, atol=1e-5, rtol=1e-5)
 
 
@@ -358,16 +363,16 @@ def _guide_to(target, x, denoised, sigma):
 def test_guidance_corrects_every_denoised_estimate(name):
     """A guidance_fn whose correction replaces D by a fixed image makes every sampler land on it
     (each step is exact when D is constant). For DDIM/DDPM the hook sees EDM's scaling:
-    sigma_t = sqrt((1 - abar_t) / abar_t) and x = x_t / sqrt(abar_t), so x - D ~ sigma."""
+    sigma_t = sqrt((1 - abar_t) / abar_t) and x = x_t / sqrt(abar_t), checked exactly at the
+    first step, where x_t is the latents (not by std(x - D) ~ sigma: at sigma_T = 0.81, x - D is
+    not the noise alone, and on 16 values its std / sigma was 0.84-2.0 over latent seeds 1-40)."""
     latents = _latents(batch=2)
     target = jnp.full((2, *SHAPE), 0.25, jnp.float32)
     betas = schedules.linear_betas(50)
     seen = []
 
     def guidance(target, x, denoised, sigma):
-        jax.debug.callback(
-            lambda s, r: seen.append((float(s), float(r))), sigma, jnp.std(x - denoised)
-        )
+        jax.debug.callback(lambda s, x_: seen.append((float(s), np.asarray(x_))), sigma, x)
         return _guide_to(target, x, denoised, sigma)
 
     kw = dict(guidance_fn=Partial(guidance, target))
@@ -382,14 +387,15 @@ def test_guidance_corrects_every_denoised_estimate(name):
         out = samplers.ddpm_sampler(gaussian_model(betas), latents, key=key, betas=betas, **kw)
     jax.effects_barrier()
     np.testing.assert_allclose(out, target, atol=1e-5)
-    sigma, spread = np.array(seen).T
+    sigma = np.array([s for s, _ in seen])
     assert len(seen) == {"heun": 9, "dpmpp_2m": 5, "ddim": 5, "ddpm": 50}[name]
     if name in ("ddim", "ddpm"):
-        grid = schedules.sigmas_from_alpha_bars(schedules.alpha_bars(betas))
+        alpha_bar = schedules.alpha_bars(betas)
         steps = schedules.spaced_timesteps(50, len(seen))
+        grid = schedules.sigmas_from_alpha_bars(alpha_bar)
         np.testing.assert_allclose(sigma, grid[steps], rtol=1e-5)
-        # At the first step x - D is the initial noise, i.e. N(0, sigma^2) up to the data.
-        assert 0.7 < spread[0] / sigma[0] < 1.3
+        x_first = latents / np.sqrt(alpha_bar[steps[0]])  # x_t is the latents at the first step
+        np.testing.assert_allclose(seen[0][1], x_first, rtol=1e-5)
 
 
 def test_ddpm_equals_ddim_with_eta_one():

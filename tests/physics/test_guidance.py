@@ -86,18 +86,21 @@ def test_damped_step_never_passes_the_maximum_likelihood_value():
 @pytest.mark.parametrize("s, r, b", [(S, R, B), (2.0, 3.0, 0.0), (250.0, 0.5, 12.5)])
 def test_proximal_step_is_the_exact_minimiser(s, r, b):
     """x* of proximal_correction zeroes the derivative of lambda' - y' log lambda' +
-    (x - x0)^2 / (2 gamma_x) (float32: 1e-3 of the terms' scale), beats its neighbours,
-    tends to the ML value (y - b) / s as gamma grows and to x0 as it shrinks; masked and
-    sub-threshold pixels get no step."""
+    (x - x0)^2 / (2 gamma_x) (float32: 1e-3 of the terms' scale), beats its neighbours at
+    +-0.01 (compared in float64: the smallest gap, 2.3e-5 over data seeds 0-5, is only 3.5-5x
+    float32's rounding of the objective), tends to the ML value (y - b) / s as gamma grows and
+    to x0 as it shrinks; masked and sub-threshold pixels get no step."""
     x, _, denoised = _data()
     y = noise.simulate(jax.random.key(3), x, s, r, b)
     x0 = 0.5 * (denoised + 1)
     prox = GuidanceSettings(mode="prox", kappa=1.0)
 
+    y64, x0_64 = np.asarray(y, np.float64), np.asarray(x0, np.float64)
+
     def objective(x_, sigma):
         gamma_x = sigma**2 / 4
         lam = s * x_ + b + r**2
-        return lam - jnp.maximum(y + r**2, 0) * jnp.log(lam) + (x_ - x0) ** 2 / (2 * gamma_x)
+        return lam - np.maximum(y64 + r**2, 0) * np.log(lam) + (x_ - x0_64) ** 2 / (2 * gamma_x)
 
     for sigma in (0.05, 0.5, 5.0):
         x_star = x0 + 0.5 * guidance.proximal_correction(
@@ -107,8 +110,9 @@ def test_proximal_step_is_the_exact_minimiser(s, r, b):
         derivative = s - jnp.maximum(y + r**2, 0) * s / lam + (x_star - x0) / (sigma**2 / 4)
         scale = s + jnp.abs(y) * s / lam + jnp.abs(x_star - x0) / (sigma**2 / 4)
         np.testing.assert_array_less(np.abs(derivative) / scale, 1e-3)
+        x_star64 = np.asarray(x_star, np.float64)
         for delta in (-1e-2, 1e-2):
-            assert bool(jnp.all(objective(x_star, sigma) <= objective(x_star + delta, sigma)))
+            assert np.all(objective(x_star64, sigma) < objective(x_star64 + delta, sigma))
     far = x0 + 0.5 * guidance.proximal_correction(denoised, 1e4, y=y, s=s, r=r, b=b, settings=prox)
     chex.assert_trees_all_close(far, jnp.maximum(y + r**2, 0) / s - (b + r**2) / s, atol=1e-3)
     near = guidance.proximal_correction(

@@ -1,10 +1,11 @@
 """Gain and read noise from one simulated image (pdr_jax.physics.noise_estimation).
 
 Measured relative errors on 256 px simulated images (fluorescence and astronomy simulators,
-seed 0), the stated tolerances a little above them: read noise with the gain known (electrons)
-within 4% at r = 3 e- for s = 2-250 and within 10% at r = 0.5 e- for s <= 10; the gain within
-5-13% and the read noise from ADU within 16-27% at s = 250 e- (the bright end). Below ~50 e- at the bright end the gain is poorly
-constrained: the estimate says so.
+noise seeds 0-19 unless stated): read noise with the gain known (electrons) within 2.6% at
+r = 3 e- for s = 2-50 and 4.0% at s = 250, within 5.5% at r = 0.5 e- for s <= 10. From ADU at
+s = 250 e- (the bright end) one image's gain is 1-16% low and its read noise 2-39% low (seeds
+0-39); the mean over 8 noise draws is 5-12% and 15-25% low.
+Below ~50 e- at the bright end the gain is poorly constrained: the estimate says so.
 """
 
 import numpy as np
@@ -28,9 +29,11 @@ def test_read_noise_with_a_known_gain(name):
     for s in (2, 10, 50, 250):
         y, _ = _measure(name, s, 3.0)
         estimate = noise_estimation.estimate_noise(y, gain=1.0)
-        assert estimate.read_noise == pytest.approx(3.0, rel=0.04), (s, estimate)
+        # Measured |error| (seeds 0-19) <= 2.6% for s <= 50, <= 4.0% at s = 250: 2x room there.
+        rel = 0.04 if s <= 50 else 0.08
+        assert estimate.read_noise == pytest.approx(3.0, rel=rel), (s, estimate)
         assert estimate.gain == 1.0 and estimate.gain_std == 0.0
-        assert 0 < estimate.read_noise_std < 0.1
+        assert 0 < estimate.read_noise_std < 0.16  # measured 0.03-0.13 e- (0.13: s = 250)
     for s in (2, 10):
         y, _ = _measure(name, s, 0.5)
         assert noise_estimation.estimate_noise(y, gain=1.0).read_noise == pytest.approx(
@@ -40,18 +43,27 @@ def test_read_noise_with_a_known_gain(name):
 
 @pytest.mark.parametrize("gain", [0.5, 4.0])
 def test_gain_and_read_noise_from_adu_at_the_bright_end(gain):
+    # One image's error scatters (gain sd 2-3%, read noise sd 7-8%), so the bias is checked on
+    # the mean of 8 noise draws. Means over seed blocks 0-7 .. 32-39 (fluorescence / astronomy):
+    # gain -5..-6% / -10..-12%, read noise -15..-22% / -19..-25%; the bounds are 15% / 30%.
     for name in ("fluorescence", "astronomy"):
-        y, _ = _measure(name, 250, 3.0, gain=gain, black=100.0)
-        estimate = noise_estimation.estimate_noise(y, black_level=100.0)
-        # Measured: gain -4.5% / -13%, read noise -16% / -27% (fluorescence / astronomy); the
-        # bootstrap std covers the astronomy error (13%).
-        assert estimate.gain == pytest.approx(gain, rel=0.15), (name, estimate)
-        assert abs(estimate.gain - gain) < 1.5 * estimate.gain_std + 0.05 * gain
-        assert estimate.read_noise == pytest.approx(3.0, rel=0.3), (name, estimate)
-        assert estimate.gain_std < 0.2 * estimate.gain and not estimate.warnings
+        estimates = []
+        for seed in range(8):
+            y, _ = _measure(name, 250, 3.0, gain=gain, black=100.0, seed=seed)
+            estimate = noise_estimation.estimate_noise(y, black_level=100.0)
+            # Each well constrained: gain_std / gain 0.02-0.17 over seeds 0-39 (warns at 0.2).
+            assert estimate.gain_std < 0.2 * estimate.gain and not estimate.warnings, estimate
+            estimates.append((estimate.gain, estimate.gain_std, estimate.read_noise))
+        mean_gain, mean_gain_std, mean_read_noise = np.mean(estimates, axis=0)
+        assert mean_gain == pytest.approx(gain, rel=0.15), (name, estimates)
+        # The bootstrap std covers the bias: |error| / (1.5 std + 5%) measured 0.39-0.60.
+        assert abs(mean_gain - gain) < 1.5 * mean_gain_std + 0.05 * gain
+        assert mean_read_noise == pytest.approx(3.0, rel=0.3), (name, estimates)
 
 
 def test_too_few_photons_for_the_gain_is_flagged_and_saturation_left_out():
+    # Seed-dependent (seed 0: gain_std / gain 1.4): of noise seeds 0-199, 164 warn, 20 raise
+    # (no shot-noise slope) and 16 return a gain 19-2700x too high with no warning.
     y, _ = _measure("fluorescence", 2, 3.0, gain=0.5, black=100.0)
     estimate = noise_estimation.estimate_noise(y, black_level=100.0)
     assert any("poorly constrained" in w for w in estimate.warnings)
@@ -59,7 +71,7 @@ def test_too_few_photons_for_the_gain_is_flagged_and_saturation_left_out():
     white = np.percentile(y, 97)
     clipped = np.minimum(y, white)  # a saturated top: flat, no noise
     estimate = noise_estimation.estimate_noise(clipped, gain=1.0, white_level=white)
-    assert estimate.read_noise == pytest.approx(3.0, rel=0.04)
+    assert estimate.read_noise == pytest.approx(3.0, rel=0.08)  # measured <= 4.1%, seeds 0-19
     with pytest.raises(ValueError, match="at least 8x8"):
         noise_estimation.estimate_noise(np.ones((4, 4)))
 
