@@ -94,6 +94,51 @@ def check_variables(net, variables, where: str) -> None:
         )
 
 
+def adapt_image_channels(net, variables, channels: int, where: str):
+    """`variables` of a network like `net` but for another number of image channels, made to fit
+    `net`: the variables' network has `channels` image channels, `net` net.model.in_channels. The
+    convolutions that read the image (a kernel's input axis) and write it (a kernel's
+    output axis and its bias) adapted, everything else copied.
+
+    From C to k C channels (gray -> RGB: k = 3) an input kernel is repeated k times over its
+    input axis and divided by k, an output kernel and bias repeated over their output axis, so
+    that the new network maps the image repeated k times to its own output repeated k times:
+    a gray prior starts as a prior of gray colour images. From k C to C the input kernels are
+    summed and the outputs averaged over the k copies. Raises ModelFormatError (as
+    check_variables) for any other difference.
+    """
+    expected = _leaf_shapes(_variable_shapes(net))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    adapted = []
+    for path, value in flat:
+        value = np.asarray(value)
+        want = expected.get("/".join(str(getattr(k, "key", k)) for k in path))
+        if want is not None and len(want) == value.ndim:
+            value = _adapt_axis(value, want, channels, net.model.in_channels)
+        adapted.append(value)
+    variables = jax.tree_util.tree_unflatten(treedef, adapted)
+    check_variables(net, variables, where)
+    return variables
+
+
+def _adapt_axis(value: np.ndarray, want: tuple, have: int, need: int) -> np.ndarray:
+    """value reshaped to `want` along the one axis where it has `have` image channels and want
+    `need`: an input kernel axis (-2 of a 4-D kernel) repeated and divided, or summed; an output
+    axis repeated, or averaged. Unchanged otherwise (check_variables names any other mismatch)."""
+    differing = [a for a in range(value.ndim) if value.shape[a] != want[a]]
+    if len(differing) != 1 or (value.shape[differing[0]], want[differing[0]]) != (have, need):
+        return value
+    axis = differing[0]
+    input_axis = value.ndim == 4 and axis == value.ndim - 2
+    if need % have == 0:
+        repeated = np.concatenate([value] * (need // have), axis=axis)
+        return repeated * (have / need) if input_axis else repeated
+    if have % need == 0:
+        copies = np.stack(np.split(value, have // need, axis=axis))
+        return copies.sum(0) if input_axis else copies.mean(0)
+    return value
+
+
 def save_model(
     directory,
     network_kwargs: dict,

@@ -685,21 +685,28 @@ def init_from(state: TrainState, net, source: str) -> tuple[TrainState, float]:
     source: a pdr_jax model directory or a shipped model's name such as "pdr-gray-default"
     (model_io.load_model; its recorded kimg_total or kimg is
     returned so that the run's total counts on) or an EDM .pkl/.pt/.pth (convert/edm_pickle,
-    its EMA network; 0 kimg returned). The optimiser starts fresh. Raises
+    its EMA network; 0 kimg returned). The optimiser starts fresh. A source with another number
+    of image channels (a gray prior for an RGB config) has its first and last convolutions
+    adapted (model_io.adapt_image_channels: gray images in, the same gray out). Raises
     model_io.ModelFormatError (a ValueError) naming the source and the missing, unexpected and
-    mis-shaped parameters when its network differs from `net`, the config's.
+    mis-shaped parameters when its network differs from `net`, the config's, otherwise.
     """
     path = model_io.resolve_model(source)
     if path.is_dir():
-        _, variables = model_io.load_model(path)
+        source_net, variables = model_io.load_model(path)
         recorded = model_io.read_network_json(path).get("source", {})
         kimg = float(recorded.get("kimg_total") or recorded.get("kimg") or 0.0)
     else:
         from pdr_jax.convert.edm_pickle import load_edm_pickle
 
-        _, variables = load_edm_pickle(path)
+        source_net, variables = load_edm_pickle(path)
         kimg = 0.0
-    model_io.check_variables(net, variables, f"train.init_from={source} (against config.model)")
+    variables = model_io.adapt_image_channels(
+        net,
+        variables,
+        source_net.model.in_channels,
+        f"train.init_from={source} (against config.model)",
+    )
     variables = flax.core.unfreeze(variables)
     cast = lambda tree, like: jax.tree_util.tree_map(
         lambda v, ref: jnp.asarray(v, ref.dtype), tree, like
