@@ -168,6 +168,27 @@ def electrons_to_photons(electrons, cal: Calibration):
     return jnp.asarray(electrons, jnp.float32) / cal.quantum_efficiency
 
 
+# IEC 61966-2-1 sRGB transfer function: linear below the knee, a 2.4 power above it.
+SRGB_KNEE, SRGB_SLOPE, SRGB_OFFSET, SRGB_GAMMA = 0.04045, 12.92, 0.055, 2.4
+
+
+def srgb_to_linear(v):
+    """Linear intensity of sRGB-encoded values v in [0, 1] (8-bit images / 255): what a sensor
+    counted, up to a scale. numpy or jax arrays alike."""
+    xp = jnp if isinstance(v, jnp.ndarray) else np
+    v = xp.clip(v, 0.0, 1.0)
+    power = ((v + SRGB_OFFSET) / (1 + SRGB_OFFSET)) ** SRGB_GAMMA
+    return xp.where(v <= SRGB_KNEE, v / SRGB_SLOPE, power)
+
+
+def linear_to_srgb(x):
+    """sRGB encoding of linear intensities x in [0, 1] (srgb_to_linear's inverse), for display."""
+    xp = jnp if isinstance(x, jnp.ndarray) else np
+    x = xp.clip(x, 0.0, 1.0)
+    power = (1 + SRGB_OFFSET) * xp.maximum(x, 1e-12) ** (1 / SRGB_GAMMA) - SRGB_OFFSET
+    return xp.where(x <= SRGB_KNEE / SRGB_SLOPE, x * SRGB_SLOPE, power)
+
+
 def saturation_mask(adu, cal: Calibration):
     """1.0 where adu < white_level, 0.0 at saturated pixels; same shape as `adu`, float32."""
     check_finite(adu, "adu")
