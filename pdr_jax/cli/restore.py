@@ -469,6 +469,8 @@ def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> Non
             kwargs["metadata"] = {**kwargs["metadata"], "Info": "\n".join(history)}
         else:
             kwargs["description"] = "\n".join(history) or None
+            # Colour as RGB samples, anything else as gray pages (tifffile asks to say which).
+            kwargs["photometric"] = "rgb" if x.ndim >= 3 and x.shape[-1] == 3 else "minisblack"
         tifffile.imwrite(path, x.astype(np.float32), **kwargs)
     elif suffix in (".fits", ".fit"):
         from astropy.io import fits
@@ -525,26 +527,33 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
     x = np.zeros_like(electrons)
     std = np.zeros_like(electrons) if std_path else None
     reports = []
+    # A colour prior restores the channels together, a grayscale one each channel on its own.
+    width = model.img_channels
+    if channels % width:
+        raise ValueError(
+            f"{path}: {channels} channel(s), but the model restores {width} at a time "
+            "(--checkpoint: a grayscale model restores any channels one by one)"
+        )
     for f in range(frames):
-        for c in range(channels):  # a grayscale prior restores each channel on its own
-            part_key = jax.random.fold_in(key, f * channels + c)
+        for group, c in enumerate(range(0, channels, width)):
+            part = slice(c, c + width)
             result = restore(
                 model,
-                electrons[f, :, :, c],
+                electrons[f, :, :, part],
                 physics=physics,
-                mask=mask[f, :, :, c],
+                mask=mask[f, :, :, part],
                 guidance=guidance,
                 sampler=sampler,
                 tiling_settings=tiles,
                 num_samples=args.num_samples,
-                key=part_key,
+                key=jax.random.fold_in(key, f * channels + group),
             )
-            x[f, :, :, c] = result.image
+            x[f, :, :, part] = result.image
             if f == c == 0:
-                first_std = result.std
+                first_std = None if result.std is None else result.std[..., 0]
             if std is not None:  # num_samples > 1: restore() always returns their std
-                std[f, :, :, c] = result.std
-            if args.method == "conditional" and not mask[f, :, :, c].all():
+                std[f, :, :, part] = result.std
+            if args.method == "conditional" and not mask[f, :, :, part].all():
                 result.report["warnings"].append(
                     "saturated pixels are not masked by --method conditional"
                 )

@@ -570,3 +570,30 @@ def test_adu_data_with_every_noise_parameter_auto(tiny_model, tmp_path):
     # estimate says so (0 with its uncertainty and a warning) instead of inventing a value.
     assert noise["read_noise"] >= 0 and noise["estimate"]["read_noise_std"] > 0
     assert noise["read_noise"] > 0 or any("read noise unresolved" in w for w in image["warnings"])
+
+
+def test_a_colour_model_restores_the_channels_together(tmp_path, monkeypatch):
+    """An [H, W, 3] input and a 3-channel prior: one restoration of all three channels per frame
+    (a grayscale prior makes three, one per channel), written as [H, W, 3]; a 2-channel input is
+    refused by name before restoring."""
+    import pdr_jax.restore
+
+    directory = tmp_path / "rgb-model"
+    save_tiny_prior(directory, img_channels=3)
+    rng = np.random.default_rng(4)
+    y = rng.poisson(20 * rng.uniform(0.2, 0.8, (20, 24, 3))) + rng.normal(0, 2, (20, 24, 3))
+    np.save(tmp_path / "rgb.npy", y.astype(np.float32))
+    np.save(tmp_path / "two.npy", y[..., :2].astype(np.float32))
+    calls = []
+    real = pdr_jax.restore.restore
+    monkeypatch.setattr(
+        pdr_jax.restore, "restore", lambda m, y, **kw: calls.append(y.shape) or real(m, y, **kw)
+    )
+    report = tmp_path / "r.json"
+    argv = ["--output", str(tmp_path / "out"), "--report", str(report), *_args(str(directory))]
+    code = restore_tool.main([str(tmp_path / "rgb.npy"), str(tmp_path / "two.npy"), *argv])
+    assert code == 1 and calls == [(20, 24, 3)]
+    restored = tifffile.imread(tmp_path / "out" / "rgb.tif")
+    assert restored.shape == (20, 24, 3) and np.all((restored >= 0) & (restored <= 1))
+    (failure,) = json.loads(report.read_text())["failures"]
+    assert "2 channel(s), but the model restores 3 at a time" in failure["error"]
