@@ -102,3 +102,20 @@ def test_noisy_estimate_and_constant_images():
     np.testing.assert_allclose(baselines.noisy_estimate(y, 40.0, 2.0, 5.0), [[0, 0], [0.5, 1]])
     flat = baselines.gat_bm3d(np.full((16, 16), 30.0), 50.0, 1.0, 0.0)
     assert np.ptp(flat) == 0 and flat[0, 0] == pytest.approx(0.6, abs=0.01)
+
+
+def test_colour_bm3d_beats_bm3d_per_channel_on_a_colour_photograph():
+    """GAT + bm3d_rgb (opponent colour space) against GAT + BM3D per channel on a 64 px crop of
+    scikit-image's chelsea at s = 10, r = 2: +0.89 to +1.25 dB over noise seeds 0-3 (the issue
+    measured 1.5-2.0 dB on larger photographs); asserted > 0.45 dB. A gray image is refused."""
+    import skimage.data
+
+    x = skimage.data.chelsea()[40:104, 120:184] / 255.0
+    rng = np.random.default_rng(0)
+    y = rng.poisson(10 * x) + rng.normal(0, 2, x.shape)
+    psnr = lambda estimate: 10 * np.log10(1 / np.mean((estimate - x) ** 2))
+    colour, per_channel = baselines.gat_cbm3d(y, 10, 2.0), baselines.gat_bm3d(y, 10, 2.0)
+    assert colour.shape == x.shape and colour.dtype == np.float32
+    assert psnr(colour) > psnr(per_channel) + 0.45, (psnr(colour), psnr(per_channel))
+    with pytest.raises(ValueError, match=r"needs an \[H, W, 3\] image"):
+        baselines.gat_cbm3d(y[..., 0], 10, 2.0)

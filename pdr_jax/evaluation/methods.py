@@ -266,6 +266,7 @@ METHODS = {
     "conditional": conditional_method,
     "pdr-vst": vst_prior_method,
     "gat-bm3d": _per_image(baselines.gat_bm3d),
+    "gat-cbm3d": _per_image(baselines.gat_cbm3d),  # colour images [H, W, 3] only
     "nlm": _per_image(baselines.gat_nlm),
     "noisy": _per_image(baselines.noisy_estimate),
 }
