@@ -441,11 +441,12 @@ def test_corpus_benchmark_protocol_and_gaussian_diagnostic(tmp_path, capsys):
     assert {r["read_noise"] for r in summary} == {1.75}  # both read noises in each cell
     diagnostic_rows = report.read_csv(out / "gaussian_denoising.csv")
     assert len(diagnostic_rows) == 3 * 4
+    # The noisy input's PSNR is -20 log10(sigma) (one 16 px crop: sd 4.34 sqrt(2 / 256) = 0.38
+    # dB), raised by clipping to [0, 1] (by <= 3 dB: a pixel at 0 or 1 keeps half its errors).
+    # Over --seed 0-99: rows -1.0 to +3.1 dB from -20 log10(sigma), their mean +0.33 to +0.83.
+    gap = np.array([row["noisy"] + 20 * np.log10(row["sigma"]) for row in diagnostic_rows])
+    assert (gap > -2).all() and (gap < 5.5).all() and -0.5 < gap.mean() < 2, gap
     for row in diagnostic_rows:
-        # The noisy input's PSNR is -20 log10(sigma), a little more where clipping to [0, 1]
-        # shortens the errors of dark or bright pixels.
-        closed_form = -20 * np.log10(row["sigma"])
-        assert closed_form - 0.3 < row["noisy"] < closed_form + 3, row
         assert np.isfinite(row["prior"]) and np.isfinite(row["bm3d"])
     assert "prior - BM3D" in (out / "table.md").read_text()
     assert "0.5, 3 e- (averaged)" in capsys.readouterr().out

@@ -36,6 +36,25 @@ def _grads(module, variables, x):
     return y, g_params, g_x
 
 
+def _assert_close(fast, plain, tol):
+    """Leaf by leaf: |fast - plain| <= tol (|plain| + max |plain|).
+
+    The leaf's largest entry sets the absolute part: a weight gradient sums up to 512 products, so
+    its entries near 0 carry the rounding error of the large ones (elementwise tolerances put
+    k3_up_fir's weight gradient at 0.70 of 1e-5 on AVX-512, 0.20 with XLA limited to AVX2, and
+    up to 1.37 with oneDNN's convolutions).
+    """
+    chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(fast), jax.tree_util.tree_leaves(plain), strict=True
+    ):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        scale = float(np.max(np.abs(b)))
+        np.testing.assert_allclose(
+            a, b, rtol=tol, atol=tol * scale, err_msg=jax.tree_util.keystr(path)
+        )
+
+
 CONV_VARIANTS = {
     "k3": {"out_channels": 8, "kernel": 3},
     "k1": {"out_channels": 8, "kernel": 1},
@@ -82,8 +101,9 @@ def test_conv2d_matches_plain_lax(name):
     fast = jax.jit(lambda v, x: _grads(module, v, x))(variables, x)
     with cpu.using(cpu.NONE):
         plain = jax.jit(lambda v, x: _grads(module, v, x))(variables, x)
-    chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
-    chex.assert_trees_all_close(fast, plain, atol=1e-5, rtol=1e-5)
+    # Measured (6 keys, every variant): <= 0.03 of this (XLA, AVX-512 or AVX2), <= 0.09 with
+    # oneDNN's float32 convolutions.
+    _assert_close(fast, plain, 1e-5)
 
 
 def test_bfloat16_conv_matches_plain_lax():
@@ -93,9 +113,10 @@ def test_bfloat16_conv_matches_plain_lax():
     fast = _grads(module, variables, x)
     with cpu.using(cpu.NONE):
         plain = _grads(module, variables, x)
-    chex.assert_trees_all_equal_shapes_and_dtypes(fast, plain)
     assert fast[0].dtype == jnp.bfloat16
-    chex.assert_trees_all_close(fast, plain, atol=2e-2, rtol=2e-2)
+    # bfloat16 sums differ by an ulp or two of the leaf's scale: <= 0.24 of this over 6 keys
+    # (elementwise 2e-2 put the weight gradient at 0.71-0.86).
+    _assert_close(fast, plain, 2e-2)
 
 
 def _depthwise_reference(x, kernel2d, *, stride, padding, lhs_dilation=1):

@@ -28,21 +28,34 @@ def _stats(name, n=12, size=128):
 
 
 def test_documented_statistics():
+    """Per-frame checks only where the simulator guarantees them, the rest on the median over
+    the frames: 0.3-1.7 % of single frames broke the former per-frame bounds (fluorescence 99.9th
+    pct, astronomy median, peak falloff), failing 2.5-3.3 % of seeds."""
     # fluorescence: dark background (median <= 0.3) with bright objects (peak 0.5-1 + background).
-    # (At the corpus's 256 px; crowded frames reach a median of ~0.3.)
-    median, top, _ = _stats("fluorescence", n=8, size=256)
-    assert np.median(median) < 0.25 and (median < 0.4).all() and (top > 0.35).all()
+    # (At the corpus's 256 px; crowded frames reach a median of ~0.3.) Over seeds 0-39: median
+    # over the frames of their medians <= 0.14, of their 99.9th pct >= 0.59; frames' medians
+    # <= 0.26.
+    median, top, images = _stats("fluorescence", n=8, size=256)
+    assert np.median(median) < 0.25 and (median < 0.4).all() and np.median(top) > 0.35
+    assert (images.max(axis=(1, 2)) > 0.45).all()  # the peak is scaled to 0.5-1
     # brightfield: bright transmitted light (median > 0.35) with dark stained nuclei (low 1 %).
+    # Over seeds 0-39: medians >= 0.50, low 1 % >= 0.19 below the median.
     median, _, images = _stats("brightfield")
     assert (median > 0.35).all() and (np.quantile(images, 0.01, axis=(1, 2)) < median - 0.1).all()
-    # astronomy: mostly sky (median < 0.15) with bright point sources: 99.9th pct 0.4-1 + sky.
+    # astronomy: mostly sky with bright point sources: 99.9th pct scaled to 0.4-1 (+ sky).
+    # Over 3600 frames (seeds 0-299): median over the frames of their medians <= 0.063, frames'
+    # medians <= 0.27; 99.9th pct >= 0.41.
     median, top, images = _stats("astronomy")
-    assert (median < 0.15).all() and (top > 0.35).all()
+    assert np.median(median) < 0.15 and (median < 0.4).all() and (top > 0.35).all()
     # Stars are compact: the brightest pixel's neighbourhood falls off within a few pixels.
-    image = images[0]
-    y, x = np.unravel_index(np.argmax(image), image.shape)
-    ring = image[max(y - 8, 0) : y + 9, max(x - 8, 0) : x + 9]
-    assert np.median(ring) < 0.5 * image[y, x]
+    # The median over the frames of median(17 x 17 around the peak) / peak: <= 0.091 over
+    # seeds 0-299 (single frames up to 0.64 where a galaxy or nebula holds the peak).
+    falloff = []
+    for image in images:
+        y, x = np.unravel_index(np.argmax(image), image.shape)
+        ring = image[max(y - 8, 0) : y + 9, max(x - 8, 0) : x + 9]
+        falloff.append(np.median(ring) / image[y, x])
+    assert np.median(falloff) < 0.25, falloff
 
 
 def test_simulated_source_in_the_pipeline():
