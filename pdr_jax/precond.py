@@ -14,7 +14,6 @@ rngs={"dropout": key})`` with x [B, H, W, C] float32, sigma [B] or a scalar, cla
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import chex
 import flax.linen as nn
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdr_jax.nn.unets import UNETS
+from pdr_jax.presets import NETWORKS
 
 Array = jax.Array
 
@@ -208,83 +208,6 @@ class iDDPMPrecond(nn.Module):
 
 
 PRECONDS = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond, "iddpm": iDDPMPrecond}
-
-# Named networks: preconditioner, U-Net variant and its arguments (EDM's train.py presets and
-# this project's grayscale 6-D-conditioned priors). `build_network(name, **overrides)` builds them.
-NETWORKS: dict[str, dict[str, Any]] = {
-    # EDM CIFAR-10 32x32 (Table 2, config F): DDPM++ ("vp") and NCSN++ ("ve") architectures.
-    "edm-cifar10-ddpmpp": dict(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=32,
-        img_channels=3,
-        label_dim=10,
-        augment_dim=9,
-        dropout=0.13,
-    ),
-    "edm-cifar10-ncsnpp": dict(
-        precond="edm",
-        arch="ncsnpp",
-        img_resolution=32,
-        img_channels=3,
-        label_dim=10,
-        augment_dim=9,
-        dropout=0.13,
-    ),
-    # EDM FFHQ / AFHQv2 64x64, unconditional DDPM++ with cres 1,2,2,2.
-    "edm-ffhq64-ddpmpp": dict(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=64,
-        img_channels=3,
-        channel_mult=(1, 2, 2, 2),
-        augment_dim=9,
-        dropout=0.05,
-    ),
-    "edm-afhqv2-64-ddpmpp": dict(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=64,
-        img_channels=3,
-        channel_mult=(1, 2, 2, 2),
-        augment_dim=9,
-        dropout=0.25,
-    ),
-    # EDM ImageNet 64x64, class-conditional ADM.
-    "edm-imagenet64-adm": dict(
-        precond="edm",
-        arch="adm",
-        img_resolution=64,
-        img_channels=3,
-        label_dim=1000,
-        dropout=0.10,
-    ),
-    # This project: grayscale priors conditioned on the 6-D physics vector.
-    "pdr-gray128": dict(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=128,
-        img_channels=1,
-        label_dim=6,
-        model_channels=64,
-        channel_mult=(1, 2, 2, 2),
-        num_blocks=2,
-        attn_resolutions=(16,),
-        dropout=0.10,
-    ),
-    "pdr-gray128-small": dict(
-        precond="edm",
-        arch="ddpmpp",
-        img_resolution=128,
-        img_channels=1,
-        label_dim=6,
-        model_channels=32,
-        channel_mult=(1, 2, 2, 2),
-        num_blocks=1,
-        attn_resolutions=(16,),
-        dropout=0.0,
-    ),
-}
 
 _PRECOND_FIELDS = {
     "edm": ("sigma_min", "sigma_max", "sigma_data"),

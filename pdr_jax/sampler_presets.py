@@ -14,17 +14,7 @@ from __future__ import annotations
 import jax
 
 from pdr_jax import samplers
-
-SAMPLER_PRESETS: dict[str, dict] = {
-    # Deterministic 18 steps (35 evaluations): EDM's generate.py default, CIFAR-10 32x32.
-    "edm-default": dict(num_steps=18),
-    # Deterministic 40 steps (79 evaluations): FFHQ and AFHQv2 64x64.
-    "edm-ffhq64": dict(num_steps=40),
-    # Stochastic, 256 steps (511 evaluations): ImageNet-64 ADM, FID 1.36.
-    "edm-imagenet64-stochastic": dict(
-        num_steps=256, S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.003
-    ),
-}
+from pdr_jax.presets import SAMPLER_PRESETS
 
 
 def sample_with_preset(

@@ -11,22 +11,22 @@ from pdr_jax import configs
 
 HELP_WITHOUT_JAX = """
 import contextlib, io, sys
-from pdr_jax.cli import prepare_corpus, restore, sample, train
+from pdr_jax.cli import convert, inspect, prepare_corpus, restore, sample, train
 out = io.StringIO()
-for program in (restore, sample, prepare_corpus):
+for program in (restore, sample, prepare_corpus, convert, inspect):
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         program.main(["--help"])
 sys.argv = ["pdr-train", "--help"]
 with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
     train.run()
-assert out.getvalue().count("examples:") == 4, out.getvalue()[-2000:]
+assert out.getvalue().count("examples:") == 6, out.getvalue()[-2000:]
 print("jax imported:", "jax" in sys.modules)
 """
 
 
 def test_help_does_not_import_jax():
-    """pdr-restore, pdr-sample, pdr-corpus and pdr-train: importing jax is what made --help take
-    2.7 s (6-11 s on a busy machine)."""
+    """pdr-restore, pdr-sample, pdr-corpus, pdr-convert, pdr-inspect and pdr-train: importing jax
+    is what made --help take 2.7 s (6-11 s on a busy machine)."""
     out = subprocess.run(
         [sys.executable, "-c", HELP_WITHOUT_JAX], capture_output=True, text=True, check=True
     )

@@ -17,16 +17,16 @@ import sys
 import time
 import traceback
 
-from pdr_jax import model_io, precond
 from pdr_jax.cli import finish_parser
-from pdr_jax.convert import convert_edm, torch_pickle
+from pdr_jax.convert import torch_pickle
+from pdr_jax.presets import NETWORKS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n", 1)[0],
         epilog="Snapshots record their architecture; state_dicts need --config and/or --kwargs. "
-        f"Known configs: {', '.join(sorted(precond.NETWORKS))}.",
+        f"Known configs: {', '.join(sorted(NETWORKS))}.",
     )
     parser.add_argument(
         "input", help="EDM .pkl, training-state .pt or state_dict .pt/.pth; or an http(s) URL"
@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--key", default="ema", help="entry of the snapshot dict to convert (default: ema)"
     )
     parser.add_argument(
-        "--config", help="pdr_jax.precond.NETWORKS name giving a state_dict's architecture"
+        "--config", help="pdr_jax.presets.NETWORKS name giving a state_dict's architecture"
     )
     parser.add_argument(
         "--kwargs", default="{}", help="JSON build_network overrides, e.g. '{\"label_dim\": 6}'"
@@ -65,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from pdr_jax import model_io, precond  # here, not at the top: --help without jax
+    from pdr_jax.convert import convert_edm
+
     try:
         overrides = json.loads(args.kwargs)
     except json.JSONDecodeError as exc:

@@ -38,15 +38,14 @@ import re
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pdr_jax import inspect, model_io, precond, sampler_presets
 from pdr_jax.cli import add_label_arguments, finish_parser, label_batch_from_args
-from pdr_jax.convert import load_edm_pickle
+from pdr_jax.presets import NETWORKS, SAMPLER_PRESETS
+
+# jax and the model code are imported in the functions that use them: --help answers at once.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--checkpoint", help="model directory, or EDM .pkl/.pt/.pth file or URL")
     source.add_argument(
         "--config",
-        choices=sorted(precond.NETWORKS),
+        choices=sorted(NETWORKS),
         help="a randomly initialised named network (weights from --seed)",
     )
     parser.add_argument("--out", help="output directory (required unless --list)")
@@ -71,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sample-preset",
-        choices=sorted(sampler_presets.SAMPLER_PRESETS),
+        choices=sorted(SAMPLER_PRESETS),
         help="draw the clean images y with this sampler preset first",
     )
     parser.add_argument(
@@ -106,6 +105,11 @@ def _log(message: str) -> None:
 
 def load_network(args):
     """(net, variables, description) from --checkpoint or --config."""
+    import jax
+
+    from pdr_jax import model_io, precond
+    from pdr_jax.convert import load_edm_pickle
+
     if args.config:
         net = precond.build_network(args.config)
         init = jax.jit(lambda key: precond.init_variables(net, key))
@@ -138,6 +142,11 @@ def read_images(path, channels: int) -> np.ndarray:
 
 def make_inputs(args, net, variables):
     """(x [N, H, W, C], sigma [N], labels [N, label_dim] or None, clean y [N, H, W, C])."""
+    import jax
+    import jax.numpy as jnp
+
+    from pdr_jax import sampler_presets
+
     model = net.model
     channels = model.in_channels
     if args.input:
@@ -181,9 +190,11 @@ def make_inputs(args, net, variables):
 # Capture and reductions, batch by batch.
 
 
-@jax.jit
 def _reduce(activations: dict):
-    """Channel summaries and pooled features [B, c] of one batch, on the device."""
+    """Channel summaries and pooled features [B, c] of one batch, on the device (jitted by
+    run_capture)."""
+    from pdr_jax import inspect
+
     summaries = {name: inspect.channel_summary(a) for name, a in activations.items()}
     pooled = {name: inspect.pool_activations(a) for name, a in activations.items()}
     return summaries, pooled
@@ -191,6 +202,12 @@ def _reduce(activations: dict):
 
 def run_capture(net, variables, x, sigma, labels, layers, batch: int, montage_image: int):
     """Per layer: merged channel summary, pooled [N, c], the montage image's activation, shape."""
+    import jax
+    import jax.numpy as jnp
+
+    from pdr_jax import inspect
+
+    reduce = jax.jit(_reduce)
     num = x.shape[0]
     batch = min(batch, num)
     num_batches = math.ceil(num / batch)
@@ -205,7 +222,7 @@ def run_capture(net, variables, x, sigma, labels, layers, batch: int, montage_im
             net, variables, jnp.asarray(x[index]), jnp.asarray(sigma[index]), batch_labels, layers
         )
         activations = {name: a[:valid] for name, a in activations.items()}
-        batch_summaries, batch_pooled = jax.device_get(_reduce(activations))
+        batch_summaries, batch_pooled = jax.device_get(reduce(activations))
         for name in layers:
             summaries[name] = inspect.merge_summaries(summaries.get(name), batch_summaries[name])
             pooled[name].append(batch_pooled[name])
@@ -321,6 +338,8 @@ def write_outputs(out_dir, layers, statistics, pooled, maps, shapes, x, sigma, l
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from pdr_jax import inspect
+
     if not args.list and not args.out:
         raise SystemExit("--out is required (or --list)")
     if args.num < 1 or args.batch < 1 or args.max_channels < 1:

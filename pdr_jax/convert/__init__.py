@@ -7,16 +7,28 @@
 * `names`: EDM state_dict names <-> Flax variables.
 """
 
-from pdr_jax.convert.download import DownloadError
-from pdr_jax.convert.edm_pickle import (
-    ConvertedNetwork,
-    convert_edm,
-    edm_network_kwargs,
-    load_edm_pickle,
-    load_edm_training_state,
-)
-from pdr_jax.convert.names import ConversionError
-from pdr_jax.convert.torch_pickle import TorchFileError, UnsafePickleError
+import importlib
+
+# Imported on first use (PEP 562): `pdr_jax.convert.torch_pickle` and the programs' --help need
+# no jax, edm_pickle (the network builder) does.
+_WHERE = {
+    "DownloadError": "download",
+    "ConvertedNetwork": "edm_pickle",
+    "convert_edm": "edm_pickle",
+    "edm_network_kwargs": "edm_pickle",
+    "load_edm_pickle": "edm_pickle",
+    "load_edm_training_state": "edm_pickle",
+    "ConversionError": "names",
+    "TorchFileError": "torch_pickle",
+    "UnsafePickleError": "torch_pickle",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pdr_jax.convert' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pdr_jax.convert.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "ConversionError",

@@ -377,7 +377,7 @@ class DhariwalUNet(nn.Module):
         return Conv2d(self.out_channels, 3, name="out_conv", dtype=self.dtype, **init_zero)(x)
 
 
-# Named variants (EDM's train.py --arch). The data-specific sizes come from NETWORKS below.
+# Named variants (EDM's train.py --arch). The data-specific sizes come from pdr_jax.presets.NETWORKS.
 DDPMpp = functools.partial(
     SongUNet,
     embedding_type="positional",
