@@ -608,6 +608,8 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
         "output": str(out_path),
         "shape": [int(v) for v in electrons.shape],
         "chi_square": mean("chi_square"),
+        # Per channel of the file (a grayscale model's per-channel restorations in order).
+        "chi_square_per_channel": [c for r in reports for c in r["chi_square_per_channel"]],
         "whiteness": mean("whiteness"),
         "spectral_flatness": mean("spectral_flatness"),
         "mean_photons": mean("mean_photons"),

@@ -429,6 +429,11 @@ def restore(
     residuals = metrics.normalized_residuals(y_b, x, s, r, b)
     report = {
         "chi_square": float(metrics.chi_square(y_b, x, s, r, b, valid)),
+        # Per channel (a colour restoration: R, G, B): one that alone is off shows up here.
+        "chi_square_per_channel": [
+            float(metrics.chi_square(y_b[..., c], x[..., c], s, r, b, valid[..., c]))
+            for c in range(y_b.shape[-1])
+        ],
         "whiteness": float(metrics.whiteness(residuals, mask=valid)),
         "spectral_flatness": float(metrics.spectral_flatness(residuals)),
         "mean_photons": mean_photons,

@@ -595,5 +595,10 @@ def test_a_colour_model_restores_the_channels_together(tmp_path, monkeypatch):
     assert code == 1 and calls == [(20, 24, 3)]
     restored = tifffile.imread(tmp_path / "out" / "rgb.tif")
     assert restored.shape == (20, 24, 3) and np.all((restored >= 0) & (restored <= 1))
-    (failure,) = json.loads(report.read_text())["failures"]
+    saved = json.loads(report.read_text())
+    per_channel = saved["images"][0]["chi_square_per_channel"]
+    assert len(per_channel) == 3 and np.mean(per_channel) == pytest.approx(
+        saved["images"][0]["chi_square"], rel=1e-5
+    )
+    (failure,) = saved["failures"]
     assert "2 channel(s), but the model restores 3 at a time" in failure["error"]
