@@ -265,12 +265,16 @@ def output_paths(files, output: str) -> list[pathlib.Path]:
 
 
 def write_preview(preview_path, path, y, x, std, mask, physics, chi_square: float) -> None:
-    """The --preview figure of one restored frame (pdr_jax.evaluation.report)."""
+    """The --preview figure of one restored frame (pdr_jax.evaluation.report): y, x, mask [H, W]
+    or, restored by a colour model, [H, W, 3] (shown as sRGB); std like them or None."""
     from pdr_jax.evaluation.report import plot_restoration_preview
 
     s, r, b = physics.s, physics.r, physics.b
     mean = s * x + b
     residual = np.where(mask, (y - mean) / np.sqrt(np.maximum(mean, 0.0) + r**2), np.nan)
+    if residual.ndim == 3:  # colour: the channels' residuals summed / sqrt(C), still ~N(0, 1)
+        residual = residual.sum(-1) / np.sqrt(residual.shape[-1])
+        std = None if std is None else std.mean(-1)
     title = (
         f"{path.name}: chi-square {chi_square:.3f}  ({physics.domain}, s = {s:g} e-, "
         f"r = {r:g} e-, b = {b:g} e-)"
@@ -550,7 +554,7 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
             )
             x[f, :, :, part] = result.image
             if f == c == 0:
-                first_std = None if result.std is None else result.std[..., 0]
+                first_std = None if result.std is None else result.std
             if std is not None:  # num_samples > 1: restore() always returns their std
                 std[f, :, :, part] = result.std
             if args.method == "conditional" and not mask[f, :, :, part].all():
@@ -577,13 +581,14 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
             scale * result_image + args.background,
         )
     if preview_path is not None:
+        view = (lambda a: a[..., 0]) if width == 1 else (lambda a: a)  # colour stays colour
         write_preview(
             preview_path,
             path,
-            electrons[0, :, :, 0],
-            x[0, :, :, 0],
-            first_std,
-            mask[0, :, :, 0],
+            view(electrons[0, :, :, :width]),
+            view(x[0, :, :, :width]),
+            None if first_std is None else view(first_std),
+            view(mask[0, :, :, :width]),
             physics,
             reports[0]["chi_square"],
         )

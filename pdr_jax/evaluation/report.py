@@ -323,10 +323,18 @@ def plot_restoration_preview(
     """One restoration at a glance, four labelled panels with colour bars: the noisy measurement
     in clean units ((y - b) / s), the restoration, the residual normalised by the noise model
     ((y - s x - b) / sqrt(s x + b + r^2), about N(0, 1) where the restoration explains the data;
-    NaN = masked) and the posterior std (a note when no samples were drawn). 2-D arrays [H, W]."""
+    NaN = masked) and the posterior std (a note when no samples were drawn). Arrays [H, W]; noisy
+    and restored may be colour [H, W, 3] (linear RGB), shown as sRGB on one scale."""
+    from pdr_jax.physics.calibration import linear_to_srgb
+
     plt = pyplot()
     lo, hi = np.nanpercentile(restored, [0.5, 99.5])
     hi = hi if hi > lo else lo + 1.0
+    if np.ndim(restored) == 3:  # colour: sRGB of both on the restoration's range, no colour bar
+        noisy, restored = (
+            linear_to_srgb((np.asarray(v) - lo) / (hi - lo)) for v in (noisy, restored)
+        )
+        lo, hi = 0.0, 1.0
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.6), constrained_layout=True)
     panels = [
         ("noisy, (y - b) / s", noisy, "gray", (lo, hi)),
@@ -348,7 +356,8 @@ def plot_restoration_preview(
             )
             continue
         shown = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        fig.colorbar(shown, ax=ax, shrink=0.85)
+        if np.ndim(image) == 2:
+            fig.colorbar(shown, ax=ax, shrink=0.85)
     fig.suptitle(title)
     fig.savefig(path, dpi=90)
     plt.close(fig)

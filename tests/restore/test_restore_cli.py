@@ -584,13 +584,22 @@ def test_a_colour_model_restores_the_channels_together(tmp_path, monkeypatch):
     y = rng.poisson(20 * rng.uniform(0.2, 0.8, (20, 24, 3))) + rng.normal(0, 2, (20, 24, 3))
     np.save(tmp_path / "rgb.npy", y.astype(np.float32))
     np.save(tmp_path / "two.npy", y[..., :2].astype(np.float32))
+    from pdr_jax.evaluation import report as report_lib
+
+    drawn, plot = {}, report_lib.plot_restoration_preview
+    monkeypatch.setattr(
+        report_lib,
+        "plot_restoration_preview",
+        lambda path, **kw: (drawn.update(kw), plot(path, **kw)),
+    )
     calls = []
     real = pdr_jax.restore.restore
     monkeypatch.setattr(
         pdr_jax.restore, "restore", lambda m, y, **kw: calls.append(y.shape) or real(m, y, **kw)
     )
-    report = tmp_path / "r.json"
-    argv = ["--output", str(tmp_path / "out"), "--report", str(report), *_args(str(directory))]
+    report, previews = tmp_path / "r.json", tmp_path / "previews"
+    argv = ["--output", str(tmp_path / "out"), "--report", str(report), "--preview", str(previews)]
+    argv += _args(str(directory))
     code = restore_tool.main([str(tmp_path / "rgb.npy"), str(tmp_path / "two.npy"), *argv])
     assert code == 1 and calls == [(20, 24, 3)]
     restored = tifffile.imread(tmp_path / "out" / "rgb.tif")
@@ -601,4 +610,7 @@ def test_a_colour_model_restores_the_channels_together(tmp_path, monkeypatch):
         saved["images"][0]["chi_square"], rel=1e-5
     )
     (failure,) = saved["failures"]
+    assert drawn["restored"].shape == drawn["noisy"].shape == (20, 24, 3)  # drawn in colour
+    assert drawn["residual"].shape == (20, 24) and drawn["std"] is None  # one sample: no std
+    assert (previews / "rgb.png").stat().st_size > 0
     assert "2 channel(s), but the model restores 3 at a time" in failure["error"]
