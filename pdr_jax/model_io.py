@@ -78,9 +78,11 @@ def _listed(items: list, limit: int = 10) -> str:
     return str(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def check_variables(net, variables, where: str) -> None:
-    """Same paths and shapes as the network's own variables, or a ModelFormatError naming them."""
-    expected, found = _leaf_shapes(_variable_shapes(net)), _leaf_shapes(variables)
+def check_variables(net, variables, where: str, expected: dict | None = None) -> None:
+    """Same paths and shapes as the network's own variables, or a ModelFormatError naming them.
+    expected: the network's _leaf_shapes when the caller has them already."""
+    expected = _leaf_shapes(_variable_shapes(net)) if expected is None else expected
+    found = _leaf_shapes(variables)
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     shapes = [
         f"{k}: expected {expected[k]}, found {found[k]}"
@@ -117,7 +119,7 @@ def adapt_image_channels(net, variables, channels: int, where: str):
             value = _adapt_axis(value, want, channels, net.model.in_channels)
         adapted.append(value)
     variables = jax.tree_util.tree_unflatten(treedef, adapted)
-    check_variables(net, variables, where)
+    check_variables(net, variables, where, expected)
     return variables
 
 

@@ -24,9 +24,10 @@ class GuidanceSettings:
     """How strongly and through what the likelihood steers the sampler. Validated on creation.
 
     The defaults are the tuned setting of pdr_jax.restore.restore (damped sigma^2 steps, no
-    clip); the seed design of the table in pdr_jax.physics.guidance is GuidanceSettings(kappa=0.5, grad_clip=10.0,
-    damping=False). kappa "auto" is resolved by pdr_jax.restore (auto_kappa of the mean
-    photon count) before the settings reach pdr_jax.physics.guidance.
+    clip); the seed design of the table in pdr_jax.physics.guidance is
+    GuidanceSettings(kappa=0.5, grad_clip=10.0, damping=False). kappa "auto" is resolved by
+    pdr_jax.restore (auto_kappa of the mean photon count) before the settings reach
+    pdr_jax.physics.guidance.
     """
 
     mode: str = "x0"  # "x0": correct the denoised estimate; "dps": through the denoiser;
@@ -61,7 +62,7 @@ class SamplerSettings:
 
     num_steps: int = 6  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
     solver: str = "euler"  # a name of SOLVERS
-    start: str = "vst"  # "vst" or "noise" (module docstring)
+    start: str = "vst"  # "vst" or "noise" (pdr_jax.restore.restoration's docstring)
     start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
     latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
     estimate_sigma_factor: float = 1.03  # "vst": the denoiser runs at this times sigma_v

@@ -78,6 +78,7 @@ def parse_args(argv=None):
     # pdr_jax.settings, not pdr_jax.restore: --help without importing jax.
     from pdr_jax.settings import (
         CONDITIONAL_SETTINGS,
+        DOMAINS,
         LIKELIHOODS,
         MODES,
         SOLVERS,
@@ -105,7 +106,7 @@ def parse_args(argv=None):
         help="model directory (pdr-convert, a training workdir's model/) or a shipped model's "
         "name; default: the shipped model of --method",
     )
-    p.add_argument("--domain", required=True, choices=("photography", "microscopy", "astronomy"))
+    p.add_argument("--domain", required=True, choices=DOMAINS)
     p.add_argument(
         "--scale",
         type=_number_or_auto,

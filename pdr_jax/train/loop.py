@@ -846,7 +846,7 @@ class _StageSteps:
             if self.t0 is None:  # throughput and ETA exclude the first step (the compile)
                 self.t0, self.n0 = time.time(), step
                 run.logger.info(
-                    f"stage {self.stage.index}: compiled, first step done in "
+                    f"stage {self.stage.index}: compiled, first step started after "
                     f"{self.t0 - self.compile_t0:.0f} s"
                 )
             last = float(state.nimg) >= self.end_nimg - 0.5

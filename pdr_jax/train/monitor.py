@@ -96,11 +96,13 @@ def save_sample_grid(rows, path: str, row_labels=None) -> None:
     if row_labels:
         font = ImageFont.load_default()
         margin = 8 + max(int(ImageDraw.Draw(image).textlength(t, font=font)) for t in row_labels)
-        labelled = Image.new(image.mode, (image.width + margin, image.height), color=255)
+        labelled = Image.new(image.mode, (image.width + margin, image.height), color="white")
         labelled.paste(image, (margin, 0))
         draw, row_height = ImageDraw.Draw(labelled), image.height // len(rows)
         for i, text in enumerate(row_labels):
-            draw.text((4, i * row_height + row_height // 2), text, fill=0, font=font, anchor="lm")
+            draw.text(
+                (4, i * row_height + row_height // 2), text, fill="black", font=font, anchor="lm"
+            )
         image = labelled
     image.save(path)
 

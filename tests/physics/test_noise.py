@@ -229,3 +229,11 @@ def test_likelihoods_are_jittable_finite_and_masked(kind):
     np.testing.assert_array_equal(masked_grad[mask == 0], 0.0)
     with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
         noise.log_likelihood(y, x, s, r, b, kind="poisson")
+
+
+def test_the_settings_name_exactly_the_likelihoods_implemented_here():
+    """pdr_jax.settings.LIKELIHOODS (jax-free, for GuidanceSettings and --likelihood) is the
+    list of noise.LOG_LIKELIHOODS and noise.GRADS: a likelihood added here must be named there."""
+    from pdr_jax import settings
+
+    assert tuple(noise.LOG_LIKELIHOODS) == tuple(noise.GRADS) == settings.LIKELIHOODS

@@ -190,7 +190,7 @@ def test_progressive_stages_carry_parameters(tmp_path, capsys):
     for line in (
         "stage 0: compiling the training step for 16 px",
         "stage 1: compiling the training step for 32 px",
-        "stage 0: compiled, first step done in",
+        "stage 0: compiled, first step started after",
         "run ETA",
         f"stage 1: wrote {os.path.join(workdir, 'samples_stage1_32px.png')}",
         f"exporting the EMA network to {model_dir}",
