@@ -136,9 +136,14 @@ def data_config() -> ml_collections.ConfigDict:
     # Validation crops per frame (an even grid over the held-out columns) and their seed.
     cfg.val_crops_per_frame = 8
     cfg.val_seed = 0
-    # Default colour handling: "gray" (RGB -> Rec. 709 luminance, RAW planes averaged) or
-    # "split" (each channel its own grayscale image). A source may override it.
+    # Default colour handling: "gray" (RGB -> Rec. 709 luminance, RAW planes averaged),
+    # "split" (each channel its own grayscale image) or "rgb" (R, G, B; a gray image's channel
+    # repeated; for model.img_channels = 3). A source may override it.
     cfg.channels = "gray"
+    # Per-domain gamma augmentation {domain: (lo, hi)}: the crops (sRGB-encoded 8-bit
+    # photographs) decoded to linear light and re-encoded with a gamma log-uniform in [lo, hi]
+    # (1 = linear, as a RAW sensor counts). Empty: crops as stored.
+    cfg.gamma = ml_collections.ConfigDict({})
     # Camera RAW: "packed" (2x2 Bayer planes, black/white level applied) or "demosaic".
     cfg.raw_mode = "packed"
     # Frames smaller than this (in either dimension) are skipped as wrong-shape.

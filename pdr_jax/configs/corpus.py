@@ -26,7 +26,7 @@ import ml_collections
 from pdr_jax.configs import base, progressive
 
 
-def _stage(resolution: int, kimg: float, batch_size: int, lr: float) -> dict:
+def stage(resolution: int, kimg: float, batch_size: int, lr: float) -> dict:
     """A fixed-length stage (no plateau detection)."""
     return {
         "resolution": resolution,
@@ -73,16 +73,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         #     --config.model.model_channels=64 --workdir ~/runs/sweep-64x1
         config.train.update(ema_halflife_kimg=2.0, val_every_kimg=1.0, val_batches=4)
         config.checkpoint.update(every_kimg=5.0)
-        config.stages = [_stage(32, 1000.0, 32, 1e-3)]
+        config.stages = [stage(32, 1000.0, 32, 1e-3)]
     elif arg == "cpu":
         # The CPU recipe of the shipped model (README, "The shipped model"): 40 kimg at 32 px,
         # 8 at 64 px and a short 128 px finish; ~40 min on 2 idle cores with PDR_CPU_CONV=bf16.
         # Longer stages in a later run extend a finished workdir (the loop resumes a
         # lengthened stage).
         config.stages = [
-            _stage(32, 40.0, 32, 1e-3),
-            _stage(64, 8.0, 16, 5e-4),
-            _stage(128, 0.6, 8, 2e-4),
+            stage(32, 40.0, 32, 1e-3),
+            stage(64, 8.0, 16, 5e-4),
+            stage(128, 0.6, 8, 2e-4),
         ]
     elif arg == "cpu-continue":
         # A second CPU session from a trained model (init_from): lower learning rates, most of
@@ -90,9 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # idle cores with PDR_CPU_CONV=bf16.
         config.optim.update(lr=5e-4, lr_rampup_kimg=0.5)
         config.stages = [
-            _stage(32, 20.0, 32, 5e-4),
-            _stage(64, 24.0, 16, 3e-4),
-            _stage(128, 6.0, 8, 1.5e-4),
+            stage(32, 20.0, 32, 5e-4),
+            stage(64, 24.0, 16, 3e-4),
+            stage(128, 6.0, 8, 1.5e-4),
         ]
     elif arg == "cpu-finish":
         # A third CPU session from a trained model (init_from), aimed at the prior's weakest
@@ -100,14 +100,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # half of every batch, ln(sigma) ~ N(-1.8, 1.5^2) (1.5x the density at model-space
         # sigma 0.04 of N(-1.4, 1.4^2), as much above sigma 2), low learning rates; 64 px, then
         # 128 px. ~70 min on 2 idle cores with PDR_CPU_CONV=bf16.
-        stages = [_stage(64, 20.0, 16, 2e-4), _stage(128, 5.0, 8, 1e-4)]
+        stages = [stage(64, 20.0, 16, 2e-4), stage(128, 5.0, 8, 1e-4)]
         _photography_finish(config, weight=2.0, P_mean=-1.8, P_std=1.5, stages=stages)
     elif arg == "cpu-finish2":
         # A fourth CPU session (init_from), for the one diagnostic cell still below BM3D
         # (photography at sigma 0.02 on corpus:test): photographs in 60% of every batch,
         # ln(sigma) ~ N(-2.0, 1.5^2), lower learning rates, most of it at 128 px (the crop size of
         # the evaluation). ~90 min on 2 idle cores with PDR_CPU_CONV=bf16.
-        stages = [_stage(64, 12.0, 16, 1.5e-4), _stage(128, 8.0, 8, 8e-5)]
+        stages = [stage(64, 12.0, 16, 1.5e-4), stage(128, 8.0, 8, 8e-5)]
         _photography_finish(config, weight=3.0, P_mean=-2.0, P_std=1.5, stages=stages)
     elif arg == "cpu-finish3":
         # A fifth CPU session (init_from), again for photography at sigma 0.02 (-0.13 dB against
@@ -115,6 +115,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # ln(sigma) ~ N(-2.2, 1.4^2), many more images at 64 px (low-sigma denoising is local;
         # 64 px runs ~4x the images per second of 128 px), a short 128 px finish. ~95 min on 2
         # idle cores with PDR_CPU_CONV=bf16.
-        stages = [_stage(64, 40.0, 16, 1e-4), _stage(128, 6.0, 8, 5e-5)]
+        stages = [stage(64, 40.0, 16, 1e-4), stage(128, 6.0, 8, 5e-5)]
         _photography_finish(config, weight=4.0, P_mean=-2.2, P_std=1.4, stages=stages)
     return config

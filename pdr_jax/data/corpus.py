@@ -6,16 +6,18 @@
 
 `build(root)` fetches the packages of `PACKAGES` with ``apt-get download`` and unpacks them with
 ``dpkg -x`` under ``root/packages`` (nothing is installed system-wide), selects the images the
-table names, refuses the reserved ones (`reserved_reason`), turns each into one grayscale image
-in [0, 1] (`process`), drops exact and near duplicates, splits by whole image (80/10/10 per
-domain, fixed seed) and writes:
+table names, refuses the reserved ones (`reserved_reason`), turns each into one image in
+[0, 1] (`process`: photographs keep their colour, as the file encodes it (sRGB), the rest is
+gray), drops exact and near duplicates, splits by whole image (80/10/10 per domain, fixed seed)
+and writes:
 
-    root/images/<domain>/<id>.npy    [H, W] uint16, value / 65535 = intensity (memory-mapped)
+    root/images/<domain>/<id>.npy    [H, W] or [H, W, 3] uint16, value / 65535 = the file's
+                                     value / 255 (sRGB-encoded for photographs; memory-mapped)
     root/manifest.json               see MANIFEST_VERSION below
 
 Manifest: {"version", "seed", "fractions", "images": [{"id", "domain", "package",
 "package_version", "path" (inside the package), "sha256" (of the source file), "licence"
-(from the package's debian/copyright), "height", "width", "pixels", "processing" (what was
+(from the package's debian/copyright), "height", "width", "channels" (1 or 3), "pixels", "processing" (what was
 done, in words and numbers), "processing_version", "split", "file" (relative to root)}], "skipped": [{"package",
 "path", "reason"}], "simulators": [{"simulator", "domain", "split", "indices", "size", "seed"}],
 "summary"}. Rerunning skips packages already unpacked and images whose source sha256 and
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 # Bumped whenever `process` changes what it keeps or writes: a rerun reprocesses images whose
 # record has another version instead of reusing them.
-PROCESSING_VERSION = 2
+PROCESSING_VERSION = 3  # 3: photographs kept in colour
 DEFAULT_ROOT = (
     pathlib.Path(os.environ.get("PDR_JAX_CACHE", "~/.cache/pdr_jax")).expanduser() / "corpus"
 )
@@ -300,19 +302,23 @@ def noise_level(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(d - np.median(d))))
 
 
-def _gray(path: pathlib.Path) -> np.ndarray:
-    """The file as [H, W] float64 in its physical units (first frame), gray as readers do."""
+def _read(path: pathlib.Path, colour: bool) -> np.ndarray:
+    """The file as float64 in its physical units (first frame): [H, W, 3] when `colour` and the
+    file is RGB(A) (alpha dropped), else [H, W] gray as readers do."""
     array, meta = readers.read_image(path)
     x = np.asarray(array[0], np.float64) * meta.scale + meta.offset
+    if colour and tuple((meta.channel_names or ())[:3]) == ("R", "G", "B"):
+        return x[..., :3]
     return readers.to_gray(x, meta.channel_names)[..., 0]
 
 
 def _downsample(x: np.ndarray, factor: int) -> np.ndarray:
+    """Anti-aliased downsampling of the first two axes ([H, W] or [H, W, C])."""
     from skimage.transform import resize
 
     if factor == 1:
         return x
-    shape = (x.shape[0] // factor, x.shape[1] // factor)
+    shape = (x.shape[0] // factor, x.shape[1] // factor, *x.shape[2:])
     return resize(x, shape, order=1, anti_aliasing=True, preserve_range=True)
 
 
@@ -322,16 +328,18 @@ MAX_FRAME_NOISE = 2e-3
 
 
 def process(path: pathlib.Path, kind: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """One file -> ([H, W] float32 in [0, 1], the processing applied). Raises UnreadableImageError.
+    """One file -> ([H, W] or [H, W, 3] float32 in [0, 1], the processing applied). Raises
+    UnreadableImageError.
 
-    photo: 8-bit gray / 255, downsampled by 2-4 (so that the short side stays >= 384 px) with a
+    photo: 8-bit values / 255, in colour (the file's sRGB encoding kept; a gray file stays
+    gray), downsampled by 2-4 (so that the short side stays >= 384 px) with a
     Gaussian anti-aliasing filter: JPEG blocks and ringing shrink below the noise the prior sees.
     render: 8-bit astronomy renditions as they are (already small); refused when posterised
     (< 64 distinct gray levels, e.g. palette-quantised). frame: detector data; black = 0.5th,
     white = 99.9th percentile, then binned by 1, 2, 4 or 8 until its noise_level is below
     MAX_FRAME_NOISE (else refused).
     """
-    x = _gray(path)
+    x = _read(path, colour=kind == "photo")
     if not np.isfinite(x).any():
         raise readers.UnreadableImageError(f"{path}: no finite values")
     if kind in ("photo", "render"):
@@ -344,7 +352,7 @@ def process(path: pathlib.Path, kind: str) -> tuple[np.ndarray, dict[str, Any]]:
         x = _downsample(x, factor)
         info.update(
             downsample=factor,
-            steps="gray (Rec. 709) / 255"
+            steps=("RGB (sRGB-encoded) / 255" if x.ndim == 3 else "gray (Rec. 709) / 255")
             + (f", {factor}x anti-aliased downsampling" if factor > 1 else ""),
         )
     else:
@@ -383,7 +391,8 @@ def thumbnail(x: np.ndarray, size: int = 64) -> np.ndarray:
     from scipy import ndimage
     from skimage.transform import resize
 
-    t = resize(np.asarray(x, np.float64), (size, size), anti_aliasing=True)
+    x = np.asarray(x, np.float64)
+    t = resize(x.mean(axis=2) if x.ndim == 3 else x, (size, size), anti_aliasing=True)
     layers = [t, t - ndimage.gaussian_filter(t, 2.0)]
     out = []
     for layer in layers:
@@ -554,7 +563,8 @@ def build(
                 "licence": licence_of(tree, package, rel),
                 "height": int(x.shape[0]),
                 "width": int(x.shape[1]),
-                "pixels": int(x.size),
+                "channels": int(x.shape[2]) if x.ndim == 3 else 1,
+                "pixels": int(x.shape[0] * x.shape[1]),
                 "processing": info,
                 "file": str(out.relative_to(root)),
                 "sky_centre": None if centre is None else list(centre),

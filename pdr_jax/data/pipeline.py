@@ -65,8 +65,9 @@ def default_config() -> ml_collections.ConfigDict:
 class DataPipeline:
     """What make_dataset returns: iterate it for numpy batches.
 
-    Batch: {"clean": [B, H, W, 1] float32 in [0, 1], "cond": [B, D + 3] float32, "domain": [B]
-    int32}; paired adds "noisy": [B, H, W, 1] float32 electrons and "s", "r", "b": [B] float32;
+    Batch: {"clean": [B, H, W, C] float32 in [0, 1] (C = 3 for data.channels "rgb", else 1),
+    "cond": [B, D + 3] float32, "domain": [B] int32}; paired adds "noisy": [B, H, W, C] float32
+    electrons and "s", "r", "b": [B] float32;
     split="val" adds "valid": [B] bool (False for padding repeats). B = global_batch // process_count.
     """
 
@@ -87,7 +88,7 @@ def _derive_seed(seed: int, *ids: int) -> int:
 _MIN_SHUFFLE_LENGTH = 65536
 
 # Stage ids for _derive_seed.
-_SHUFFLE, _MIX_SHUFFLE, _CROP, _DIHEDRAL, _CONDITIONING, _NOISE = range(6)
+_SHUFFLE, _MIX_SHUFFLE, _CROP, _DIHEDRAL, _CONDITIONING, _NOISE, _GAMMA = range(7)
 
 
 def _domain_ranges(cfg, spec: ConditioningSpec) -> dict[str, transforms.ConditioningRanges]:
@@ -109,6 +110,12 @@ def build_frames(
     domain_ranges = _domain_ranges(cfg, spec)
     frames = collections.defaultdict(list)
     for entry in expand_sources(cfg.sources):
+        if "simulator" in entry and cfg.channels == "rgb":
+            raise ValueError(
+                f"data source {entry.get('name') or entry['simulator']!r}: the simulators render "
+                "gray images; leave them out (data.domain_weights or the corpus domains) "
+                "when data.channels is 'rgb'"
+            )
         if entry["domain"] not in domain_ranges:
             raise ValueError(f"no conditioning ranges configured for domain {entry['domain']!r}")
         source = sources_lib.build_source(
@@ -221,9 +228,11 @@ def _val_crops(cfg, frames, resolution: int, global_batch: int) -> list[transfor
     return crops
 
 
-def _check_batch(batch: dict[str, np.ndarray], batch_size: int, resolution: int, dim: int):
+def _check_batch(
+    batch: dict[str, np.ndarray], batch_size: int, resolution: int, dim: int, channels: int
+):
     """Shapes and finiteness at the data API edge."""
-    chex.assert_shape(batch["clean"], (batch_size, resolution, resolution, 1))
+    chex.assert_shape(batch["clean"], (batch_size, resolution, resolution, channels))
     chex.assert_shape(batch["cond"], (batch_size, dim))
     chex.assert_shape(batch["domain"], (batch_size,))
     chex.assert_tree_all_finite(batch)
@@ -268,6 +277,9 @@ def make_dataset(
         )
         if cfg.augment:
             ds = ds.random_map(transforms.RandomDihedral(), seed=_derive_seed(seed, _DIHEDRAL))
+        if cfg.gamma:
+            gamma = {spec.domain_index(d): tuple(map(float, r)) for d, r in cfg.gamma.items()}
+            ds = ds.random_map(transforms.RandomGamma(gamma), seed=_derive_seed(seed, _GAMMA))
         conditioning = transforms.SampleConditioning(cfg.label_dropout, spec)
         noise_seed = _derive_seed(seed, _NOISE)
         ds = ds.random_map(conditioning, seed=_derive_seed(seed, _CONDITIONING))
@@ -307,7 +319,13 @@ def make_dataset(
             )
         )
     iter_ds = iter_ds.map(
-        functools.partial(_check_batch, batch_size=batch_size, resolution=resolution, dim=spec.dim)
+        functools.partial(
+            _check_batch,
+            batch_size=batch_size,
+            resolution=resolution,
+            dim=spec.dim,
+            channels=3 if cfg.channels == "rgb" else 1,
+        )
     )
     return DataPipeline(iter_ds, summary, batch_size, num_batches)
 

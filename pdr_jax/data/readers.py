@@ -474,7 +474,8 @@ def read_npy(path) -> tuple[np.ndarray, ImageMeta]:
     """[H, W], [H, W, C] (C <= 4), [N, H, W] (N > 4) or [N, H, W, C] arrays, memory-mapped.
 
     A 3-D array is read as channels-last when its last axis has at most 4 entries, else as a
-    stack of frames. Integer data has the dtype's full range as white level.
+    stack of frames; 3 channels are R, G, B. Integer data has the dtype's full range as white
+    level.
     """
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -491,6 +492,7 @@ def read_npy(path) -> tuple[np.ndarray, ImageMeta]:
         bit_depth=8 * array.dtype.itemsize if np.issubdtype(array.dtype, np.integer) else None,
         white_level=_integer_white(array.dtype),
         black_level=0.0,
+        channel_names=("R", "G", "B") if array.shape[-1] == 3 else None,
         memmapped=True,
     )
     return array, meta

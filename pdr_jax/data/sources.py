@@ -1,20 +1,23 @@
-"""Grain data sources over image files: one record per grayscale frame, read lazily.
+"""Grain data sources over image files: one record per frame (gray, one channel or RGB), read lazily.
 
 A source is built from one config entry (see pipeline.default_config):
 
     {"domain": "microscopy", "paths": ["/data/cells/", "/data/more/*.tif"],
      "calibration": {"black_level": 100, "white_level": 4095, "gain": 0.5} or "calib.yaml",
      "conditioning": None | "calibration" | {"s": [1, 100], "r": 1.6, "b": [0, 5]},
-     "split": "columns" | "train" | "val", "channels": "gray" | "split", "raw_mode": "packed"}
+     "split": "columns" | "train" | "val", "channels": "gray" | "split" | "rgb",
+     "raw_mode": "packed"}
 
 Building it opens every file once (readers.read_image), which catches unreadable, truncated and
 wrong-shape files: each is skipped with one log line and listed in the DataSummary. Each record
 is a ``Frame``: a small picklable description (path, frame and channel, calibration, domain)
-whose ``read(rows, cols)`` returns a normalised [h, w, 1] float32 patch in [0, 1]. Reads go through
+whose ``read(rows, cols)`` returns a normalised [h, w, C] float32 patch in [0, 1] (C = 3 for
+"rgb", else 1). Reads go through
 a per-process cache, so memory-mapped files are opened once and decoded files decoded once.
 
 Normalisation of stored values v: clean = clip((scale * v + offset - black) / (white - black), 0, 1)
-per channel, then gray (readers.to_gray) or one channel. Calibration fields left as None come
+per channel, then gray (readers.to_gray), one channel, or R, G, B ("rgb": a gray file's one
+channel repeated, alpha dropped; other channel sets are refused). Calibration fields left as None come
 from the file's metadata; a white level nobody knows (float data) is 1 when the data already
 lie in [0, 1], else the file's `white_percentile` percentile.
 """
@@ -210,11 +213,12 @@ def _read_cache(max_bytes: int) -> _ReadCache:
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
-    """One grayscale image of a file: a source record. ``read`` gives normalised patches."""
+    """One image of a file (gray, one channel or RGB): a source record. ``read`` gives
+    normalised patches."""
 
     path: str
     index: int  # frame (page, slice, HDU plane) in the file's [N, H, W, C] array
-    channel: int | None  # None: all channels to gray; else that channel alone
+    channel: int | None  # None: all channels to gray (or RGB, see rgb); else that channel alone
     domain: int  # index into the ConditioningSpec's domains
     height: int
     width: int
@@ -227,18 +231,24 @@ class Frame:
     split: str  # "columns", "train" or "val" (see transforms.split_columns)
     raw_mode: str = "packed"
     cache_bytes: int = 1 << 30
+    rgb: bool = False  # channel None: R, G, B instead of gray
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
-        """[h, w, 1] float32 in [0, 1]: the normalised patch at rows x cols."""
+        """[h, w, C] float32 in [0, 1]: the normalised patch at rows x cols (C = 3 if rgb else 1)."""
         array, _ = _read_cache(self.cache_bytes).get(self.path, self.raw_mode)
-        if self.channel is None:
+        if self.rgb:
+            c = min(array.shape[-1], 3)
+            channels, black = slice(0, c), np.asarray(self.black[:c], np.float32)
+        elif self.channel is None:
             channels, black = slice(None), np.asarray(self.black, np.float32)
         else:
             channels = slice(self.channel, self.channel + 1)
             black = np.float32(self.black[self.channel])
         stored = np.asarray(array[self.index, rows, cols, channels], dtype=np.float32)
         x = (self.scale * stored + self.offset - black) / (np.float32(self.white) - black)
-        if self.channel is None:
+        if self.rgb:
+            x = np.repeat(x, 3 // x.shape[-1], axis=-1)
+        elif self.channel is None:
             x = readers.to_gray(x, self.channel_names)
         # NaN (masked pixels, common in FITS) -> 0; the network must never see one.
         return np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0, dtype=np.float32)
@@ -303,13 +313,17 @@ def _frames_of_file(
     if white <= max(black):
         raise readers.UnreadableImageError(f"white level {white} <= black level {max(black)}")
     names = meta.channel_names
-    if channels == "gray":
+    if channels in ("gray", "rgb"):
         channel_list = [None]
     elif channels == "split":
         alpha = {i for i, name in enumerate(names or ()) if name == "A"}
         channel_list = [i for i in range(c) if i not in alpha] if c > 1 else [None]
     else:
-        raise ValueError(f"channels must be 'gray' or 'split', got {channels!r}")
+        raise ValueError(f"channels must be 'gray', 'split' or 'rgb', got {channels!r}")
+    if channels == "rgb" and not (c == 1 or tuple((names or ())[:3]) == ("R", "G", "B")):
+        raise readers.UnreadableImageError(
+            f"channels='rgb' needs an RGB(A) or one-channel image, got channels {names or c}"
+        )
     frames = [
         Frame(
             path=path,
@@ -327,6 +341,7 @@ def _frames_of_file(
             split=split,
             raw_mode=raw_mode,
             cache_bytes=cache_bytes,
+            rgb=channels == "rgb",
         )
         for i in range(n)
         for ch in channel_list

@@ -166,6 +166,29 @@ class RandomDihedral(grain.transforms.RandomMap):
         return {**example, "clean": np.ascontiguousarray(x)}
 
 
+class RandomGamma(grain.transforms.RandomMap):
+    """Photographs in linear light or gamma-encoded, at random: "clean" (the file's sRGB-encoded
+    values) is decoded to linear intensity and re-encoded as linear ** (1 / gamma), gamma
+    log-uniform in `ranges[domain]` (1: linear, what a RAW sensor counts; ~2.2: the 8-bit
+    encoding that many users feed in as intensities). Domains without a range pass unchanged."""
+
+    def __init__(self, ranges: dict[int, tuple[float, float]]):
+        for lo, hi in ranges.values():
+            if not 0 < lo <= hi:
+                raise ValueError(f"gamma range must satisfy 0 < lo <= hi, got ({lo}, {hi})")
+        self.ranges = dict(ranges)
+
+    def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+        from pdr_jax.physics.calibration import srgb_to_linear
+
+        gamma_range = self.ranges.get(int(example["domain"]))
+        if gamma_range is None:
+            return example
+        gamma = _log_uniform(rng, *gamma_range)
+        x = srgb_to_linear(example["clean"]) ** (1.0 / gamma)
+        return {**example, "clean": x.astype(np.float32)}
+
+
 def conditioning_numpy(domain: int, s, r, b, spec: ConditioningSpec = DEFAULT_SPEC) -> np.ndarray:
     """numpy twin of physics.conditioning.conditioning_vector for one example: [spec.dim] float32.
 

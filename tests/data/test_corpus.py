@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pdr_jax.data import corpus, pipeline, readers
+from pdr_jax.physics import calibration
 
 _COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 
@@ -135,21 +136,23 @@ def test_build_selects_processes_and_skips_with_reasons(built):
     assert "Unable to locate" in reasons["missing-package"]
     assert corpus.reserved_images(manifest) == []
     photo = next(r for r in manifest["images"] if r["id"].endswith("photo4.jpg"))
-    # 800x600 JPEG -> gray, 2x anti-aliased downsampling (short side 600 // 384 = 1 -> at least 2)
+    # 800x600 JPEG -> colour, 2x anti-aliased downsampling (short side 600 // 384 = 1 -> at least 2)
     assert (photo["height"], photo["width"], photo["processing"]["downsample"]) == (300, 400, 2)
+    assert photo["channels"] == 3
     assert photo["licence"] == "CC0-1.0"  # the later, more specific DEP-5 stanza wins
     assert {r["licence"] for r in manifest["images"] if r["package"] == "photos"} == {
         "GPL-2+",
         "CC0-1.0",
     }
     stored = np.load(root / photo["file"])
-    assert stored.dtype == np.uint16 and stored.shape == (300, 400)
-    gray = readers.to_gray(
-        np.asarray(Image.open(built[1] / "photos/usr/share/backgrounds/photo4.jpg"), np.float64)
-        / 255,
-        ("R", "G", "B"),
+    assert stored.dtype == np.uint16 and stored.shape == (300, 400, 3)
+    source = np.asarray(Image.open(built[1] / "photos/usr/share/backgrounds/photo4.jpg"))
+    # each channel's mean survives (the sRGB encoding is kept, / 255)
+    np.testing.assert_allclose(
+        stored.mean(axis=(0, 1)) / 65535, source.mean(axis=(0, 1)) / 255, atol=2e-3
     )
-    assert abs(stored.mean() / 65535 - gray.mean()) < 2e-3  # the mean brightness survives
+    sky = next(r for r in manifest["images"] if r["domain"] == "astronomy")
+    assert sky["channels"] == 1 and np.load(root / sky["file"]).ndim == 2  # renders stay gray
     assert len(photo["sha256"]) == 64 and photo["pixels"] == 300 * 400
 
 
@@ -219,6 +222,58 @@ def test_pipeline_sources_from_the_corpus(built):
         pipeline.expand_sources(["photos"])
     with pytest.raises(ValueError, match="unknown corpus splits"):
         corpus.source_entries(root, ["training"])
+
+
+def test_colour_pipeline_from_the_corpus(built):
+    """configs/rgb.py's data: the corpus photographs in R, G, B, the gray ones repeated, the
+    crops as stored without gamma and decoded to linear at gamma 1; simulators refused."""
+    from pdr_jax.configs import rgb
+
+    root, _, manifest = built
+    cfg = rgb.get_config("tiny").data
+    cfg.sources = [{"corpus": str(root), "domains": ["photography"]}]  # + embedded photographs
+    frames, _ = pipeline.build_frames(cfg)
+    assert set(frames) == {"photography"}
+    photo = next(f for f in frames["photography"] if f.path.endswith("photo4.jpg.npy"))
+    stored = np.load(photo.path) / 65535
+    np.testing.assert_allclose(photo.read(slice(0, 8), slice(0, 8)), stored[:8, :8], atol=1e-6)
+    camera = next(f for f in frames["photography"] if f.path.endswith("camera"))
+    patch = camera.read(slice(0, 8), slice(0, 8))
+    assert patch.shape == (8, 8, 3) and np.array_equal(patch[..., 0], patch[..., 2])
+    for gamma, decode in ((None, lambda v: v), ((1.0, 1.0), calibration.srgb_to_linear)):
+        cfg.gamma = {} if gamma is None else {"photography": gamma}
+        cfg.augment = False
+        cfg.sources = [{"corpus": str(root), "domains": ["photography"], "embedded": False}]
+        batch = next(iter(pipeline.make_dataset(cfg, seed=3, resolution=16, global_batch=4)))
+        assert batch["clean"].shape == (4, 16, 16, 3)
+        cfg.gamma = {}
+        plain = next(iter(pipeline.make_dataset(cfg, seed=3, resolution=16, global_batch=4)))
+        np.testing.assert_allclose(batch["clean"], decode(plain["clean"]), atol=1e-6)
+    cfg.sources = [{"corpus": str(root)}]
+    cfg.domain_weights.update(microscopy=1.0)
+    with pytest.raises(ValueError, match="simulators render gray"):
+        pipeline.build_frames(cfg)
+
+
+def test_random_gamma_draws_log_uniformly_and_refuses_bad_ranges():
+    """RandomGamma: x = linear(v) ** (1 / gamma), ln(gamma) uniform on [ln lo, ln hi]; other
+    domains untouched."""
+    from pdr_jax.data import transforms
+
+    v = np.full((2, 2, 3), 0.5, np.float32)
+    lin = float(calibration.srgb_to_linear(np.float32(0.5)))
+    gamma = transforms.RandomGamma({0: (1.0, 2.4)})
+    out = [
+        gamma.random_map({"clean": v, "domain": 0}, np.random.default_rng(i)) for i in range(400)
+    ]
+    gammas = np.array([np.log(lin) / np.log(o["clean"][0, 0, 0]) for o in out])
+    assert 1.0 - 1e-4 <= gammas.min() and gammas.max() <= 2.4 + 1e-4
+    # log-uniform: mean of ln(gamma) = ln(2.4) / 2 = 0.438, std ln(2.4) / sqrt(12) = 0.253;
+    # 400 draws: s.e. 0.013, bound 0.05 (~4 s.e.)
+    assert abs(np.log(gammas).mean() - np.log(2.4) / 2) < 0.05
+    assert gamma.random_map({"clean": v, "domain": 1}, np.random.default_rng(0))["clean"] is v
+    with pytest.raises(ValueError, match="0 < lo <= hi"):
+        transforms.RandomGamma({0: (2.0, 1.0)})
 
 
 def test_missing_corpus_and_bad_manifest_say_what_to_do(tmp_path):
