@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import math
 
+import warnings
+
 import numpy as np
 
 _SQRT_3_2 = math.sqrt(1.5)
@@ -100,7 +102,16 @@ def _per_channel(denoise, image):
     raise ValueError(f"expected an image [H, W] or [H, W, C], got shape {image.shape}")
 
 
-def stabilised(denoise_unit, y, s: float, r: float, b: float, *, joint_channels: bool = False):
+def stabilised(
+    denoise_unit,
+    y,
+    s: float,
+    r: float,
+    b: float,
+    *,
+    joint_channels: bool = False,
+    operator=None,
+):
     """GAT -> denoise_unit(image in [0, 1], noise std) -> unbiased inverse -> x in [0, 1].
 
     The stabilised image (noise std 1) is rescaled to [0, 1] before denoising, with the noise
@@ -108,19 +119,28 @@ def stabilised(denoise_unit, y, s: float, r: float, b: float, *, joint_channels:
     that range. joint_channels=True hands denoise_unit the whole [H, W, C] image (one range,
     one noise std: a multi-channel prior denoises its channels together); otherwise each
     channel goes alone.
+
+    operator (pdr_jax.physics.operators; None: the identity): y is its measurement, e.g. a
+    mosaic [H, W, 1]. The GAT acts on electrons, so every pixel has unit noise std whatever its
+    colour's gain; `operator.fill` turns the stabilised measurement into x's channels
+    (bilinear demosaicking of the stabilised mosaic: interpolated values have less noise than
+    the measured ones, whose std 1 the denoiser is told), the channels are denoised together,
+    and the inverse divides by s times each channel's gain.
     """
 
     def denoise(image):
-        z = gat_forward(image, r)
-        lo, hi = float(z.min()), float(z.max())
+        lo, hi = float(image.min()), float(image.max())
         if hi - lo < 1e-12:  # a constant image: nothing to denoise
-            return z
-        denoised = denoise_unit((z - lo) / (hi - lo), 1.0 / (hi - lo))
+            return image
+        denoised = denoise_unit((image - lo) / (hi - lo), 1.0 / (hi - lo))
         return np.asarray(denoised, np.float64) * (hi - lo) + lo
 
-    y = np.asarray(y, np.float64)
-    lam = gat_inverse(denoise(y) if joint_channels else _per_channel(denoise, y), r)
-    return np.clip((lam - b) / s, 0.0, 1.0).astype(np.float32)
+    z = gat_forward(np.asarray(y, np.float64), r)
+    gains = np.float64(1.0)
+    if operator is not None:
+        z, gains = operator.fill(z), np.asarray(operator.channel_gains, np.float64)
+    lam = gat_inverse(denoise(z) if joint_channels else _per_channel(denoise, z), r)
+    return np.clip((lam - b) / (s * gains), 0.0, 1.0).astype(np.float32)
 
 
 def gat_bm3d(y, s: float, r: float, b: float = 0.0):
@@ -155,6 +175,32 @@ def gat_cbm3d(y, s: float, r: float, b: float = 0.0):
         b,
         joint_channels=True,
     )
+
+
+def gat_bm3d_menon(y, mosaic, s: float, r: float, b: float = 0.0):
+    """The classical RAW pipeline: GAT + BM3D on each of the four Bayer planes (each plane
+    with its colour's gain, s g), then Menon et al. 2007 demosaicking (colour_demosaicing's
+    DDFAPD with its refining step) of the denoised mosaic.
+
+    y: [H, W] or [H, W, 1] mosaic electrons, H and W even; mosaic: a
+    pdr_jax.physics.operators.Mosaic (pattern, gains, phase). Returns x_hat [H, W, 3] float32 in
+    [0, 1], white-balanced linear camera RGB like the restoration's.
+    """
+    with warnings.catch_warnings():  # its scipy.ndimage.filters imports warn
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from colour_demosaicing import demosaicing_CFA_Bayer_Menon2007
+
+    y = np.asarray(y, np.float64).reshape(np.shape(y)[:2])
+    if y.shape[0] % 2 or y.shape[1] % 2:
+        raise ValueError(f"gat_bm3d_menon needs even sides, got {y.shape}")
+    colours = mosaic.colours(*y.shape)
+    denoised = np.empty_like(y)
+    for i in range(2):
+        for j in range(2):
+            gain = mosaic.gains[colours[i, j]]
+            denoised[i::2, j::2] = gat_bm3d(y[i::2, j::2], s * gain, r, b)
+    x = demosaicing_CFA_Bayer_Menon2007(denoised, mosaic.origin_pattern)
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
 def gat_nlm(

@@ -49,10 +49,11 @@ def chi_square(y, x_hat, s, r, b, mask=None):
 
 def as_bhwc(image, name: str = "image"):
     """([B, H, W, C] view, undo) of an [H, W], [H, W, C] or [B, H, W, C] array (numpy or jax,
-    dtype kept); undo maps a [B, H, W, C] result back to the input's layout. The one place
-    where pdr_jax normalises image layouts (metrics, restoration)."""
+    dtype kept); undo maps a [B, H, W, C] result back to the input's layout (an [H, W] input's
+    result with several channels, a demosaicked mosaic say, to [H, W, C]). The one place where
+    pdr_jax normalises image layouts (metrics, restoration)."""
     if image.ndim == 2:
-        return image[None, :, :, None], lambda x: x[0, :, :, 0]
+        return image[None, :, :, None], lambda x: x[0, :, :, 0] if x.shape[-1] == 1 else x[0]
     if image.ndim == 3:
         return image[None], lambda x: x[0]
     if image.ndim == 4:

@@ -54,6 +54,13 @@ From random latents (posterior samples) the MSE is about twice the posterior var
 (dps, damped, one sample: 0.034 / 0.013 / 0.0033, chi-square 1.06 / 1.13 / 1.34; x0 damped
 reaches chi-square 1.98 at s = 100), so a deterministic start is the better point estimate.
 
+The forward operator (pdr_jax.physics.operators; `operator=`, the identity by default) sits
+between x and the noise model: the likelihood is that of y given A(x), its gradient w.r.t. x the
+adjoint of the per-measurement gradient, the Fisher information of a value of x its gain^2
+times its measurement's, and the proximal step the closed form per value of x with s scaled by
+its gain (a colour filter array measures each value of x at most once; the unmeasured colours
+of a pixel get no data step).
+
 Nothing here knows which sampler calls it; the samplers know nothing about the noise model.
 With kappa = 0 both corrections are exactly zero, and `make_guidance` hands the sampler the
 plain denoiser, so results are bit-identical to unguided sampling.
@@ -68,7 +75,10 @@ import jax.numpy as jnp
 from jax.tree_util import Partial
 
 from pdr_jax.physics import noise
+from pdr_jax.physics.operators import Identity
 from pdr_jax.settings import GAMMA_SCHEDULES, GuidanceSettings
+
+IDENTITY = Identity()
 
 SIGMA_DATA = 0.5  # EDM's sigma_data: the prior std of a model-space pixel
 
@@ -95,24 +105,30 @@ def _per_example(sigma, ndim: int):
     return sigma
 
 
-def model_space_grad(denoised, y, s, r, b, *, likelihood: str = "wls", mask=None):
-    """0.5 * d log p(y | x) / dx at x = (denoised + 1) / 2, zero where mask == 0.
+def model_space_grad(
+    denoised, y, s, r, b, *, likelihood: str = "wls", mask=None, operator=IDENTITY
+):
+    """0.5 * d log p(y | A x) / dx at x = (denoised + 1) / 2: A^T of the per-measurement
+    gradient, zero where mask == 0.
 
-    denoised: [B, H, W, C] model-space estimate; y, mask: broadcastable (e.g. [B, H, W, C]);
-    s, r, b: scalars or [B, 1, 1, 1]. Returns [B, H, W, C] float32.
+    denoised: [B, H, W, C] model-space estimate; y, mask: like A(x) (e.g. [B, H, W, C], a
+    mosaic [B, H, W, 1]); s, r, b: scalars or [B, 1, 1, 1]. Returns [B, H, W, C] float32.
     """
     x = 0.5 * (denoised + 1.0)
-    return 0.5 * noise.log_likelihood_grad(y, x, s, r, b, kind=likelihood, mask=mask)
+    grad = noise.log_likelihood_grad(y, operator.forward(x), s, r, b, kind=likelihood, mask=mask)
+    return 0.5 * operator.adjoint(grad)
 
 
-def fisher_information(denoised, s, r, b):
-    """Per-pixel Fisher information of the measurement about model-space x: s^2 / (4 v),
-    v = lambda + r^2 (the Gaussian approximation, used for every likelihood)."""
-    lam = noise.mean_electrons(0.5 * (denoised + 1.0), s, b)
-    return jnp.square(s) / (4.0 * noise.variance(lam, r))
+def fisher_information(denoised, s, r, b, operator=IDENTITY):
+    """Fisher information of the measurement about each value of model-space x: gain^2 s^2 /
+    (4 v), v = lambda + r^2 of the pixel that measures it (the Gaussian approximation, used for
+    every likelihood); 0 for a value no pixel measures."""
+    lam = noise.mean_electrons(operator.forward(0.5 * (denoised + 1.0)), s, b)
+    per_measurement = jnp.square(s) / (4.0 * noise.variance(lam, r))
+    return operator.adjoint(per_measurement) * operator.weights(*denoised.shape[-3:-1])
 
 
-def damped_step(gamma, denoised, s, r, b):
+def damped_step(gamma, denoised, s, r, b, operator=IDENTITY):
     """gamma / (1 + gamma F): one Gauss-Newton (Kalman) step instead of a gradient step.
 
     gamma * grad treats gamma as the variance of the denoised estimate; combining that
@@ -120,10 +136,10 @@ def damped_step(gamma, denoised, s, r, b):
     moves a pixel past its maximum-likelihood value however large gamma gets (high sigma, many
     photons). Without it gamma F >> 1 overshoots and the sampler diverges.
     """
-    return gamma / (1.0 + gamma * fisher_information(denoised, s, r, b))
+    return gamma / (1.0 + gamma * fisher_information(denoised, s, r, b, operator))
 
 
-def guidance_step(grad, denoised, sigma, s, r, b, settings: GuidanceSettings):
+def guidance_step(grad, denoised, sigma, s, r, b, settings: GuidanceSettings, operator=IDENTITY):
     """gamma(sigma) * clip(grad), damped if asked, zero at sigma <= sigma_threshold.
 
     grad, denoised: [B, H, W, C] model space; sigma: scalar or [B]. Returns [B, H, W, C].
@@ -133,20 +149,31 @@ def guidance_step(grad, denoised, sigma, s, r, b, settings: GuidanceSettings):
     sigma = _per_example(sigma, denoised.ndim)
     gamma = step_size(sigma, kappa=settings.kappa, schedule=settings.schedule)
     if settings.damping:
-        gamma = damped_step(gamma, denoised, s, r, b)
+        gamma = damped_step(gamma, denoised, s, r, b, operator)
     return jnp.where(sigma > settings.sigma_threshold, gamma * grad, 0.0)
 
 
 def x0_correction(
-    denoised, sigma, *, y, s, r, b, mask=None, settings: GuidanceSettings = GuidanceSettings()
+    denoised,
+    sigma,
+    *,
+    y,
+    s,
+    r,
+    b,
+    mask=None,
+    settings: GuidanceSettings = GuidanceSettings(),
+    operator=IDENTITY,
 ):
     """The seed design: gamma(sigma) * clip(model_space_grad(denoised)) (guidance_step).
 
-    denoised: [B, H, W, C]; sigma: scalar or [B]; y, mask: [B, H, W, C]; s, r, b: scalars or
+    denoised: [B, H, W, C]; sigma: scalar or [B]; y, mask: like A(x); s, r, b: scalars or
     [B, 1, 1, 1]. Returns the correction [B, H, W, C] float32.
     """
-    grad = model_space_grad(denoised, y, s, r, b, likelihood=settings.likelihood, mask=mask)
-    return guidance_step(grad, denoised, sigma, s, r, b, settings)
+    grad = model_space_grad(
+        denoised, y, s, r, b, likelihood=settings.likelihood, mask=mask, operator=operator
+    )
+    return guidance_step(grad, denoised, sigma, s, r, b, settings, operator)
 
 
 def proximal_correction(
@@ -159,6 +186,7 @@ def proximal_correction(
     b,
     mask=None,
     settings: GuidanceSettings = GuidanceSettings(mode="prox"),
+    operator=IDENTITY,
 ):
     """2 (x* - x0): the step from the denoised estimate to its exact proximal point.
 
@@ -168,12 +196,18 @@ def proximal_correction(
     B = s - rho ((b + r^2) / s + x0), rho = 1 / gamma_x; lambda' is its non-negative root,
     written without cancellation for either sign of B. gamma -> infinity gives the maximum-
     likelihood x = (y - b) / s, gamma -> 0 leaves x0. Zero where mask == 0 and at sigma <=
-    sigma_threshold. denoised: [B, H, W, C]; sigma: scalar or [B]; y, mask: [B, H, W, C];
-    s, r, b: scalars or [B, 1, 1, 1]. Returns [B, H, W, C] float32.
+    sigma_threshold. With an operator each value of x is measured once at most, by its pixel
+    with gain g: the same closed form with s g in place of s, and no step for a value that no
+    pixel measures. denoised: [B, H, W, C]; sigma: scalar or [B]; y, mask: like A(x) (a
+    mosaic's one channel broadcasts over x's three); s, r, b: scalars or [B, 1, 1, 1]. Returns
+    [B, H, W, C] float32.
     """
     sigma = _per_example(sigma, denoised.ndim)
     gamma = step_size(sigma, kappa=settings.kappa, schedule=settings.schedule)
     rho = 4.0 / jnp.maximum(gamma, 1e-20)
+    gains = jnp.asarray(operator.weights(*denoised.shape[-3:-1]))
+    measured = gains > 0
+    s = s * jnp.where(measured, gains, 1.0)
     x0 = 0.5 * (denoised + 1.0)
     offset = b + jnp.square(r)
     counts = jnp.maximum(y + jnp.square(r), 0.0)
@@ -183,7 +217,7 @@ def proximal_correction(
     lam = jnp.where(
         lin >= 0, 2.0 * counts * s / jnp.maximum(lin + root, 1e-30), (root - lin) / (2.0 * quad)
     )
-    correction = 2.0 * ((lam - offset) / s - x0)
+    correction = jnp.where(measured, 2.0 * ((lam - offset) / s - x0), 0.0)
     if mask is not None:
         correction = correction * mask
     on = (sigma > settings.sigma_threshold) & (gamma > 0)  # kappa = 0: exactly no step
@@ -191,7 +225,17 @@ def proximal_correction(
 
 
 def dps_correction(
-    denoise_fn, x, sigma, *, y, s, r, b, mask=None, settings: GuidanceSettings = GuidanceSettings()
+    denoise_fn,
+    x,
+    sigma,
+    *,
+    y,
+    s,
+    r,
+    b,
+    mask=None,
+    settings: GuidanceSettings = GuidanceSettings(),
+    operator=IDENTITY,
 ):
     """(D(x), J^T step): the denoised estimate and its DPS correction (Chung et al. 2022).
 
@@ -200,50 +244,74 @@ def dps_correction(
     x: [B, H, W, C] model space; sigma: scalar or [B]. Returns two [B, H, W, C] float32.
     """
     denoised, vjp_fn = jax.vjp(lambda x_t: denoise_fn(x_t, sigma), x)
-    grad = model_space_grad(denoised, y, s, r, b, likelihood=settings.likelihood, mask=mask)
-    (correction,) = vjp_fn(guidance_step(grad, denoised, sigma, s, r, b, settings))
+    grad = model_space_grad(
+        denoised, y, s, r, b, likelihood=settings.likelihood, mask=mask, operator=operator
+    )
+    (correction,) = vjp_fn(guidance_step(grad, denoised, sigma, s, r, b, settings, operator))
     return denoised, correction
 
 
-def _x0_hook(settings, y, s, r, b, mask, x, denoised, sigma):
+def _x0_hook(settings, operator, y, s, r, b, mask, x, denoised, sigma):
     del x  # the seed design corrects the denoised estimate only
-    return x0_correction(denoised, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings)
+    return x0_correction(
+        denoised, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings, operator=operator
+    )
 
 
-def _prox_hook(settings, y, s, r, b, mask, x, denoised, sigma):
+def _prox_hook(settings, operator, y, s, r, b, mask, x, denoised, sigma):
     del x  # the proximal point of the denoised estimate
-    return proximal_correction(denoised, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings)
+    return proximal_correction(
+        denoised, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings, operator=operator
+    )
 
 
-def _dps_denoise(settings, denoise_fn, y, s, r, b, mask, x, sigma):
+def _dps_denoise(settings, operator, denoise_fn, y, s, r, b, mask, x, sigma):
     denoised, correction = dps_correction(
-        denoise_fn, x, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings
+        denoise_fn, x, sigma, y=y, s=s, r=r, b=b, mask=mask, settings=settings, operator=operator
     )
     return denoised + correction
 
 
 @functools.lru_cache(maxsize=64)
-def _bound(fn, settings: GuidanceSettings):
-    """fn with its settings bound, one object per (fn, settings): jitted samplers key their
-    compiled programs on it."""
-    return functools.partial(fn, settings)
+def _bound(fn, settings: GuidanceSettings, operator):
+    """fn with its settings and operator bound, one object per (fn, settings, operator):
+    jitted samplers key their compiled programs on it."""
+    return functools.partial(fn, settings, operator)
 
 
-def x0_guidance(y, s, r, b, *, mask=None, settings: GuidanceSettings = GuidanceSettings()):
+def x0_guidance(
+    y,
+    s,
+    r,
+    b,
+    *,
+    mask=None,
+    settings: GuidanceSettings = GuidanceSettings(),
+    operator=IDENTITY,
+):
     """A sampler hook `guidance_fn(x, denoised, sigma) -> x0_correction(...)` (settings.mode
     "prox": `proximal_correction(...)`).
 
-    y: [B, H, W, C] electrons; mask: same or None; s, r, b: scalars or [B, 1, 1, 1].
+    y: electrons like A(x); mask: same or None; s, r, b: scalars or [B, 1, 1, 1]; operator: the
+    forward operator (static: a hashable pdr_jax.physics.operators object).
     Returned as a `jax.tree_util.Partial` whose arrays (y, s, r, b, mask) are pytree leaves:
     a jitted sampler traces them instead of baking them in, and reuses its compiled program
     for new data with the same settings and shapes.
     """
     hook = _prox_hook if settings.mode == "prox" else _x0_hook
-    return Partial(_bound(hook, settings), y, s, r, b, mask)
+    return Partial(_bound(hook, settings, operator), y, s, r, b, mask)
 
 
 def dps_denoiser(
-    denoise_fn, y, s, r, b, *, mask=None, settings: GuidanceSettings = GuidanceSettings(mode="dps")
+    denoise_fn,
+    y,
+    s,
+    r,
+    b,
+    *,
+    mask=None,
+    settings: GuidanceSettings = GuidanceSettings(mode="dps"),
+    operator=IDENTITY,
 ):
     """Wrap `denoise_fn(x, sigma) -> D` into `denoise_fn(x, sigma) -> D + dps_correction`.
 
@@ -252,11 +320,19 @@ def dps_denoiser(
     """
     if not isinstance(denoise_fn, Partial):
         denoise_fn = Partial(denoise_fn)
-    return Partial(_bound(_dps_denoise, settings), denoise_fn, y, s, r, b, mask)
+    return Partial(_bound(_dps_denoise, settings, operator), denoise_fn, y, s, r, b, mask)
 
 
 def make_guidance(
-    denoise_fn, y, s, r, b, *, mask=None, settings: GuidanceSettings = GuidanceSettings()
+    denoise_fn,
+    y,
+    s,
+    r,
+    b,
+    *,
+    mask=None,
+    settings: GuidanceSettings = GuidanceSettings(),
+    operator=IDENTITY,
 ):
     """(denoise_fn, guidance_fn) for a sampler: settings.mode "x0" and "prox" add a hook and
     keep the denoiser, "dps" wraps the denoiser and adds no hook.
@@ -271,5 +347,8 @@ def make_guidance(
     if settings.kappa == 0:
         return denoise_fn, None
     if settings.mode in ("x0", "prox"):
-        return denoise_fn, x0_guidance(y, s, r, b, mask=mask, settings=settings)
-    return dps_denoiser(denoise_fn, y, s, r, b, mask=mask, settings=settings), None
+        return denoise_fn, x0_guidance(y, s, r, b, mask=mask, settings=settings, operator=operator)
+    return (
+        dps_denoiser(denoise_fn, y, s, r, b, mask=mask, settings=settings, operator=operator),
+        None,
+    )

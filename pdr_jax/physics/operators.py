@@ -4,9 +4,12 @@
 
 `Identity` (every pixel and channel measured: a denoising problem) and `Mosaic` (a colour filter
 array: one colour per pixel, scaled by that channel's sensitivity, the other two never measured:
-a camera RAW frame). Each is one small object with `forward`, `adjoint` and the channel counts,
-so that the likelihood, the guidance, the chi-square and the tiling ask it instead of branching
-on the kind of data (../shared/STYLE.md section 11; deepinv's `physics.A` / `A_adjoint`). Both
+a camera RAW frame). Each is one small object with `forward`, `adjoint`, the channel counts,
+`weights` (the per-pixel, per-channel weight with which x is measured: both operators measure
+each value of x at most once, so the proximal data step stays in closed form) and
+`channel_masks` (the groups the chi-square is reported for), so that the likelihood, the
+guidance, the chi-square, the start and the tiling ask it instead of branching on the kind of
+data (../shared/STYLE.md section 11; deepinv's `physics.A` / `A_adjoint`). Both
 act pixel by pixel, so a tile whose top-left corner is at (top, left) of the image is measured
 by the operator `at(top, left)`: the same operator, with the mosaic's colour phase shifted.
 
@@ -18,6 +21,7 @@ of the gradient with respect to A(x) (linear A), which `jax.vjp` gives as well.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,12 +37,10 @@ CFA_PATTERNS = {
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    """Every pixel and channel measured as it is: A(x) = x."""
+    """Every pixel and channel measured as it is: A(x) = x, for any number of channels."""
 
-    channels: int = 1
-
-    channels_in = property(lambda self: self.channels)
-    channels_out = property(lambda self: self.channels)
+    channels_in = None  # any: as many as the prior has
+    channels_out = None  # the same as in
 
     def forward(self, x):
         """x [B, H, W, C] -> the same."""
@@ -46,6 +48,22 @@ class Identity:
 
     def adjoint(self, y):
         return y
+
+    def weights(self, height: int, width: int) -> np.ndarray:
+        """The weight of every value of x in the measurement: 1 (broadcasts)."""
+        del height, width
+        return np.float32(1.0)
+
+    channel_gains = np.float32(1.0)  # each channel's sensitivity (broadcasts)
+
+    def fill(self, z: np.ndarray) -> np.ndarray:
+        """[H, W, C] numpy values of the measurement -> an image of x's channels: the same."""
+        return z
+
+    def channel_masks(self, height: int, width: int, channels: int) -> np.ndarray:
+        """[C, 1, 1, C] float32: one mask per measured channel (chi-square per channel)."""
+        del height, width
+        return np.eye(channels, dtype=np.float32)[:, None, None, :]
 
     def at(self, top: int, left: int) -> Identity:
         """The operator of a tile at (top, left): the same."""
@@ -89,6 +107,34 @@ class Mosaic:
         """[H, W, 3] float32: gains[c] at each pixel's colour c, 0 at the other two."""
         one_hot = np.eye(3, dtype=np.float32)[self.colours(height, width)]
         return one_hot * np.asarray(self.gains, np.float32)
+
+    @property
+    def channel_gains(self) -> np.ndarray:
+        """[3]: each channel's sensitivity, R, G, B."""
+        return np.asarray(self.gains, np.float32)
+
+    @property
+    def origin_pattern(self) -> str:
+        """The 2x2 cell at this operator's origin, e.g. 'GRBG' for RGGB at phase (0, 1)."""
+        return "".join("RGB"[c] for c in self.colours(2, 2).ravel())
+
+    def fill(self, z: np.ndarray) -> np.ndarray:
+        """[H, W, 1] numpy values of the mosaic -> [H, W, 3]: each measured value in its colour,
+        the other two colours of a pixel bilinearly interpolated from the nearest pixels of that
+        colour (colour_demosaicing's bilinear demosaicking). Values only: no gains applied.
+        The restoration's start demosaicks the variance-stabilised mosaic with it."""
+        with warnings.catch_warnings():  # its scipy.ndimage.filters imports warn
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from colour_demosaicing import demosaicing_CFA_Bayer_bilinear
+
+        z = np.asarray(z, np.float64)
+        return demosaicing_CFA_Bayer_bilinear(z[..., 0], self.origin_pattern)
+
+    def channel_masks(self, height: int, width: int, channels: int = 1) -> np.ndarray:
+        """[3, H, W, 1] float32: the pixels of each colour R, G, B (chi-square per colour)."""
+        del channels
+        colours = self.colours(height, width)
+        return np.stack([(colours == c)[..., None] for c in range(3)]).astype(np.float32)
 
     def forward(self, x):
         """x [B, H, W, 3] -> the mosaic [B, H, W, 1]."""

@@ -1,10 +1,17 @@
 """One restoration path: `restore(prior, y, physics=Physics(...))` for every caller.
 
-    y electrons [H, W] | [H, W, C] | [B, H, W, C]
+    y electrons [H, W] | [H, W, C] | [B, H, W, C]   (a measurement of physics.operator)
       --(tile plan: reflection padding, tiles fused at every denoiser call)-->
       --(start: the one-call variance-stabilised estimate, re-noised)-->
       --(EDM sampler with likelihood guidance, `num_samples` per image)-->
-    Restoration(image in [0, 1] like y, report, posterior std)
+    Restoration(image in [0, 1] like y, or [.., 3] from a mosaic; report, posterior std)
+
+The forward operator (`Physics.operator`, pdr_jax.physics.operators) is what every step asks
+about the measurement: the guidance's likelihood and its gradient, the start (`fill`: the
+stabilised mosaic demosaicked), the chi-square and its groups (per channel, or per Bayer
+colour). The denoiser's tiles are tiles of x; the likelihood acts on the whole padded image
+through the operator `at` the padding's offset, so a colour filter array keeps its phase.
+Reflection padding ("reflect": pixel -1 mirrors pixel 1) keeps a period-2 mosaic's colours.
 
 `tools/restore.py`, `tools/evaluate.py` (methods "pdr" and "pdr-vst"), the notebooks and the
 README call `restore`; what varies between them are the settings records below, whose
@@ -41,7 +48,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from pdr_jax import baselines, cpu, metrics, model_io, samplers
-from pdr_jax.physics import calibration, conditioning
+from pdr_jax.physics import calibration, conditioning, operators
 from pdr_jax.physics import guidance as physics_guidance
 from pdr_jax.restore import tiling
 from pdr_jax.settings import (
@@ -54,15 +61,17 @@ from pdr_jax.settings import (
 
 @dataclasses.dataclass(frozen=True)
 class Physics:
-    """The measurement model y ~ Poisson(s x + b) + N(0, r^2) in electrons, and the domain.
+    """The measurement model y ~ Poisson(s A(x) + b) + N(0, r^2) in electrons, and the domain.
 
-    The CLI names are in the errors: s is --scale, r --read-noise, b --background.
+    The CLI names are in the errors: s is --scale, r --read-noise, b --background; the operator
+    A is --cfa/--wb's Mosaic (a RAW frame) or the identity.
     """
 
     s: float  # electrons at clean intensity 1 (--scale)
     r: float  # read noise, electrons rms (--read-noise)
     b: float = 0.0  # background, electrons (--background)
     domain: str = "photography"  # a name of conditioning.DOMAINS
+    operator: operators.Identity | operators.Mosaic = operators.Identity()
 
     def __post_init__(self):
         for name, flag, value, strict in (
@@ -161,14 +170,22 @@ class Restoration:
 # The measurement.
 
 
-def _as_bhwc(y, channels: int):
+def _as_bhwc(y, channels: int, operator):
     """y [H, W] / [H, W, C] / [B, H, W, C] -> ([B, H, W, C] float32 numpy, undo), checked
-    against the prior's channels."""
+    against the operator's and the prior's channels."""
     y, undo = metrics.as_bhwc(np.asarray(y, np.float32), "y")
-    if y.shape[-1] != channels:
+    if operator.channels_in not in (None, channels):
         raise ValueError(
-            f"y has {y.shape[-1]} channel(s) but the prior has {channels}: restore each channel "
-            "on its own (tools/restore.py does) or use a prior with as many channels"
+            f"the forward operator {type(operator).__name__} measures a {operator.channels_in}-"
+            f"channel image but the prior has {channels} channel(s): use a colour prior "
+            "(pdr-rgb-default)"
+        )
+    expected = operator.channels_out or channels
+    if y.shape[-1] != expected:
+        raise ValueError(
+            f"y has {y.shape[-1]} channel(s) but the prior and operator measure {expected}: "
+            "restore each channel on its own (tools/restore.py does), use a prior with as many "
+            "channels, or give a mosaic as one channel"
         )
     return y, undo
 
@@ -206,10 +223,11 @@ def _apply(denoise_fn, x, sigma):
     return denoise_fn(x, sigma)
 
 
-def _vst_estimate(denoise_fn, y: np.ndarray, physics: Physics, factor: float = 1.0):
+def _vst_estimate(denoise_fn, y: np.ndarray, physics: Physics, operator, factor: float = 1.0):
     """(x [1, H', W', C] in [0, 1], sigma_v): the one-call estimate of one padded image
-    y [1, H', W', C] (baselines.stabilised with the prior, its channels together, in BM3D's
-    place, run at factor * sigma_v) and sigma_v (inf for a constant image: nothing to denoise)."""
+    y [1, H', W', C'] (baselines.stabilised with the prior, its channels together, in BM3D's
+    place, run at factor * sigma_v; a mosaic stabilised, then demosaicked by operator.fill) and
+    sigma_v (inf for a constant image: nothing to denoise)."""
     sigmas = []
 
     def denoise_unit(unit, sigma_v):  # [0, 1], noise std sigma_v -> model space 2u - 1, 2 sigma_v
@@ -218,27 +236,46 @@ def _vst_estimate(denoise_fn, y: np.ndarray, physics: Physics, factor: float = 1
         return (np.asarray(_apply(denoise_fn, model, jnp.float32(2 * factor * sigma_v)))[0] + 1) / 2
 
     x = baselines.stabilised(
-        denoise_unit, y[0], physics.s, physics.r, physics.b, joint_channels=True
+        denoise_unit,
+        y[0],
+        physics.s,
+        physics.r,
+        physics.b,
+        joint_channels=True,
+        operator=operator,
     )
     return x[None], (sigmas[0] if sigmas else float("inf"))
 
 
 def _start(
-    denoise_fn, y_pad, physics, sampler: SamplerSettings, num_samples: int, key, net_sigma, noise
+    denoise_fn,
+    y_pad,
+    physics,
+    operator,
+    channels: int,
+    sampler: SamplerSettings,
+    num_samples: int,
+    key,
+    net_sigma,
+    noise,
 ):
     """(latents [B K, H', W', C], sigma_max, start estimate [B, H', W', C] or None, refine).
 
-    refine: whether the sampler runs (False: the estimate is the result)."""
+    y_pad: [B, H', W', C'] measured through `operator` (its phase at the padded origin);
+    channels: C, the prior's. refine: whether the sampler runs (False: the estimate is the
+    result)."""
     rows = y_pad.shape[0] * num_samples
     noise_key = jax.random.key(0) if key is None else key
     latents = sampler.latent_scale * jax.random.normal(
-        noise_key, (rows, *y_pad.shape[1:]), jnp.float32
+        noise_key, (rows, *y_pad.shape[1:3], channels), jnp.float32
     )
     if sampler.start == "noise":
         return latents, min(sampler.sigma_max, net_sigma[1]), None, True
     estimates, sigmas = zip(
         *(
-            _vst_estimate(denoise_fn, y_pad[i : i + 1], physics, sampler.estimate_sigma_factor)
+            _vst_estimate(
+                denoise_fn, y_pad[i : i + 1], physics, operator, sampler.estimate_sigma_factor
+            )
             for i in range(len(y_pad))
         )
     )
@@ -276,9 +313,9 @@ def restore(
 
     Args:
       prior: a Prior (or any Denoiser).
-      y: [H, W], [H, W, C] or [B, H, W, C] float electrons, C = prior.img_channels; a batch
-        shares one physics.
-      physics: s, r, b and the domain.
+      y: [H, W], [H, W, C] or [B, H, W, C] float electrons, C = prior.img_channels (a mosaic:
+        one channel, physics.operator a Mosaic); a batch shares one physics.
+      physics: s, r, b, the domain and the forward operator.
       mask: like y, 1 = valid, 0 = ignored by the likelihood (saturated, dead, hot pixels).
       guidance: the likelihood step (pdr_jax.physics.guidance; kappa "auto" = auto_kappa of
         the mean photon count over the valid pixels).
@@ -298,7 +335,8 @@ def restore(
     calibration.check_finite(y, "y")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    y_b, undo = _as_bhwc(y, prior.img_channels)
+    operator = physics.operator
+    y_b, undo = _as_bhwc(y, prior.img_channels, operator)
     valid = _valid_mask(mask, y_b, np.shape(y))
     mean_photons = float(np.sum((y_b - physics.b) * valid) / valid.sum())
     if guidance.kappa == "auto":
@@ -322,6 +360,7 @@ def restore(
         args = prior.sampler_args(physics, batch * num_samples)
         denoise_fn, start_fn = args["denoise_fn"], prior.sampler_args(physics, 1)["denoise_fn"]
         inside = np.ones((1, height, width, 1), np.float32)
+        operator_pad = operator
     else:
         tile = tiling_settings.tile or tiling.choose_tile(
             height,
@@ -347,6 +386,8 @@ def restore(
         denoise_fn = start_fn = tiling.tiled_denoiser(args["denoise_fn"], plan, batch=chunk)
         inside = np.zeros((1, *plan.padded_shape, 1), np.float32)
         inside[:, plan.pad_top : plan.pad_top + height, plan.pad_left : plan.pad_left + width] = 1
+        # The padded image's origin is (-pad_top, -pad_left) of the measurement's.
+        operator_pad = operator.at(-plan.pad_top, -plan.pad_left)
     y_pad = pad(y_b)
     mask_pad = pad(valid) * inside  # the padding is not data
     repeat = lambda v: jnp.repeat(jnp.asarray(v), num_samples, axis=0)
@@ -370,6 +411,8 @@ def restore(
         start_fn,
         y_pad,
         physics,
+        operator_pad,
+        prior.img_channels,
         sampler,
         num_samples,
         key,
@@ -387,6 +430,7 @@ def restore(
             *(jnp.float32(v) for v in (physics.s, physics.r, physics.b)),
             mask=repeat(mask_pad),
             settings=guidance,
+            operator=operator_pad,
         )
         schedule = dict(
             num_steps=sampler.num_steps,
@@ -404,13 +448,13 @@ def restore(
                 guided_fn, latents, solver=sampler.solver, guidance_fn=guidance_fn, **schedule
             )
         samples = jnp.clip(0.5 * (x_model + 1.0), 0.0, 1.0).reshape(
-            batch, num_samples, *y_pad.shape[1:]
+            batch, num_samples, *latents.shape[1:]
         )
         samples = unpad(samples)
     sampled = time.perf_counter()
 
     x = samples.mean(axis=1) if refine else unpad(jnp.asarray(estimate))
-    chex.assert_shape(x, y_b.shape)
+    chex.assert_shape(x, (*y_b.shape[:3], prior.img_channels))
     std = samples.std(axis=1) if draw and num_samples > 1 else None
     std_from = None
     if std is not None:
@@ -426,13 +470,15 @@ def restore(
     for message in report_warnings:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     s, r, b = physics.s, physics.r, physics.b
-    residuals = metrics.normalized_residuals(y_b, x, s, r, b)
+    measured = np.asarray(operator.forward(jnp.asarray(x)))  # A(x), like y
+    residuals = metrics.normalized_residuals(y_b, measured, s, r, b)
+    groups = operator.channel_masks(height, width, y_b.shape[-1])
     report = {
-        "chi_square": float(metrics.chi_square(y_b, x, s, r, b, valid)),
-        # Per channel (a colour restoration: R, G, B): one that alone is off shows up here.
+        "chi_square": float(metrics.chi_square(y_b, measured, s, r, b, valid)),
+        # Per channel (R, G, B of a colour restoration) or per Bayer colour (a mosaic's R, G,
+        # B pixels): one that alone is off shows up here.
         "chi_square_per_channel": [
-            float(metrics.chi_square(y_b[..., c], x[..., c], s, r, b, valid[..., c]))
-            for c in range(y_b.shape[-1])
+            float(metrics.chi_square(y_b, measured, s, r, b, valid * group)) for group in groups
         ],
         "whiteness": float(metrics.whiteness(residuals, mask=valid)),
         "spectral_flatness": float(metrics.spectral_flatness(residuals)),
@@ -449,7 +495,10 @@ def restore(
         "tile": None if plan is None else plan.tile,
         "num_tiles": 1 if plan is None else plan.num_tiles,
         "plan": None if plan is None else plan.to_json(),
-        "physics": dataclasses.asdict(physics),
+        "physics": {
+            **dataclasses.asdict(physics),
+            "operator": {"name": type(operator).__name__, **dataclasses.asdict(operator)},
+        },
         "settings": {
             "guidance": dataclasses.asdict(guidance),
             "sampler": dataclasses.asdict(sampler),

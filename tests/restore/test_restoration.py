@@ -321,7 +321,10 @@ def test_invalid_inputs_are_named():
         ({"mask": np.ones((8, 8))}, "mask shape"),
         ({"mask": np.zeros_like(y)}, "mask excludes every pixel"),
         ({"y": y[0, 0, 0]}, r"y: expected \[H, W\], \[H, W, C\] or \[B, H, W, C\]"),
-        ({"y": np.repeat(y, 3, axis=-1)}, r"y has 3 channel\(s\) but the prior has 1"),
+        (
+            {"y": np.repeat(y, 3, axis=-1)},
+            r"y has 3 channel\(s\) but the prior and operator measure 1",
+        ),
         ({"num_samples": 0}, "num_samples must be >= 1"),
     ]
     for overrides, message in cases:
