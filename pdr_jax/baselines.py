@@ -44,7 +44,6 @@ relative bias < 1.5% for lambda >= 2 and r in {0, 1, 2, 5}, < 3.5% at lambda = 1
 from __future__ import annotations
 
 import math
-
 import warnings
 
 import numpy as np

@@ -75,10 +75,8 @@ import jax.numpy as jnp
 from jax.tree_util import Partial
 
 from pdr_jax.physics import noise
-from pdr_jax.physics.operators import Identity
+from pdr_jax.physics.operators import IDENTITY
 from pdr_jax.settings import GAMMA_SCHEDULES, GuidanceSettings
-
-IDENTITY = Identity()
 
 SIGMA_DATA = 0.5  # EDM's sigma_data: the prior std of a model-space pixel
 

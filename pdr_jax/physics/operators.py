@@ -71,6 +71,9 @@ class Identity:
         return self
 
 
+IDENTITY = Identity()
+
+
 @dataclasses.dataclass(frozen=True)
 class Mosaic:
     """A colour filter array: pixel (h, w) measures colour c = cfa(h, w) of x, times gains[c].

@@ -71,7 +71,7 @@ class Physics:
     r: float  # read noise, electrons rms (--read-noise)
     b: float = 0.0  # background, electrons (--background)
     domain: str = "photography"  # a name of conditioning.DOMAINS
-    operator: operators.Identity | operators.Mosaic = operators.Identity()
+    operator: operators.Identity | operators.Mosaic = operators.IDENTITY
 
     def __post_init__(self):
         for name, flag, value, strict in (

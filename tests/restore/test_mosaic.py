@@ -176,7 +176,7 @@ def test_the_classical_raw_pipeline_denoises_then_demosaicks():
     x_true = np.stack([0.2 + 0.6 * xx, 0.3 + 0.4 * yy, 0.7 - 0.5 * xx], -1).astype(np.float32)
     y = _measure(x_true, op, s, r, b, seed=7)
     x = baselines.gat_bm3d_menon(y, op, s, r, b)
-    assert x.shape == (32, 32, 3) and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (32, 32, 3) and x.min() >= 0 and x.max() <= 1
     noisy = op.fill((y - b) / s) / np.asarray(GAINS)
     assert np.mean((x - x_true) ** 2) < 0.5 * np.mean((noisy - x_true) ** 2)
 
