@@ -17,6 +17,7 @@ STARTS = ("vst", "noise")
 LIKELIHOODS = ("wls", "gaussian", "exact")  # the keys of pdr_jax.physics.noise.LOG_LIKELIHOODS
 GAMMA_SCHEDULES = ("sigma2", "sigma", "constant", "isotropic")
 MODES = ("x0", "dps", "prox")
+CFA_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")  # pdr_jax.physics.operators.CFA_PATTERNS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,6 @@ def test_a_missing_config_is_one_line(tmp_path):
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.splitlines() == [
         f"pdr-train: --config missing.py:cpu: no such file, and no config of that name in the "
-        f"installed configs ({configs.FOLDER}: base.py, conditional.py, corpus.py, progressive.py)"
+        f"installed configs ({configs.FOLDER}: base.py, conditional.py, corpus.py, progressive.py, rgb.py)"
     ]
     assert not (tmp_path / "w").exists()

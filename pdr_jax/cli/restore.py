@@ -7,6 +7,16 @@ checked against the stated physics (pdr_jax.physics.noise_estimation.check_physi
 above --scale, less noise than shot noise and --read-noise allow); a file that contradicts it is
 refused with the fix named, and --force restores it anyway.
 
+Colour: a 3-channel input (RGB TIFF/PNG/JPEG, [H, W, 3] .npy, a FITS cube) is restored with its
+channels together by the colour prior (pdr-rgb-default); --checkpoint pdr-gray-default restores
+each channel on its own instead. 8-bit images are sRGB-encoded: they are restored as the
+intensities they hold unless --linearise srgb decodes them to linear light first (then the
+output is linear). A Bayer mosaic (a camera RAW file: .dng/.nef/.cr2/.arw, its CFA pattern,
+black levels and white balance read from it; or a one-channel file with --cfa RGGB|BGGR|GRBG|GBRG
+and --wb R,G,B) is restored and demosaicked in one model, y ~ Poisson(s g[c] x[c] + b) +
+N(0, r^2) per pixel with c its CFA colour and g = 1 / wb: the output is the white-balanced
+linear camera RGB x, [H, W, 3].
+
 OUT: a file for one input, a folder for several; the format follows its extension (.npy, .tif,
 .fits, .png as 16 bit): the restored clean intensity x in [0, 1] float32; --save-electrons also
 writes s*x+b. A FITS output keeps the input FITS header (WCS, exposure...) and adds HISTORY
@@ -56,12 +66,27 @@ EXAMPLES = (
     "--read-noise auto",
     "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 "
     "--method conditional",
+    "pdr-restore photo.dng --output photo.tif --units adu --gain auto --read-noise auto "
+    "--domain photography --scale auto --preview photo.png",
+    "pdr-restore mosaic.npy --cfa RGGB --wb 2.0,1,1.6 --output rgb.npy --domain photography "
+    "--scale 10 --read-noise 2",
 )
 
 # The shipped models, by name (package data; pdr_jax.model_io.resolve_model).
 DEFAULT_CHECKPOINT = "pdr-gray-default"
+DEFAULT_RGB_CHECKPOINT = "pdr-rgb-default"  # 3-channel inputs and mosaics
 DEFAULT_CONDITIONAL_CHECKPOINT = "conditional-gray-default"
 OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected three numbers > 0 as R,G,B, got {text!r}")
+    return values
 
 
 def _number_or_auto(text: str):
@@ -77,6 +102,7 @@ def _number_or_auto(text: str):
 def parse_args(argv=None):
     # pdr_jax.settings, not pdr_jax.restore: --help without importing jax.
     from pdr_jax.settings import (
+        CFA_PATTERNS,
         CONDITIONAL_SETTINGS,
         DOMAINS,
         LIKELIHOODS,
@@ -104,7 +130,8 @@ def parse_args(argv=None):
         "--checkpoint",
         default=None,
         help="model directory (pdr-convert, a training workdir's model/) or a shipped model's "
-        "name; default: the shipped model of --method",
+        f"name; default: the shipped model of --method ({DEFAULT_RGB_CHECKPOINT} for 3-channel "
+        f"inputs and mosaics, else {DEFAULT_CHECKPOINT})",
     )
     p.add_argument("--domain", required=True, choices=DOMAINS)
     p.add_argument(
@@ -130,6 +157,27 @@ def parse_args(argv=None):
     )
     p.add_argument("--black-level", type=float, help="ADU of an unexposed pixel (--units adu)")
     p.add_argument("--white-level", type=float, help="saturation ADU (--units adu)")
+    p.add_argument(
+        "--cfa",
+        choices=CFA_PATTERNS,
+        help="the input (one channel) is a Bayer mosaic with this 2x2 pattern from its top-left "
+        "pixel: restored and demosaicked to [H, W, 3] by the colour prior (a camera RAW file "
+        "gives its own)",
+    )
+    p.add_argument(
+        "--wb",
+        type=_triple,
+        help="R,G,B white-balance multipliers of a mosaic, as a RAW converter applies them: the "
+        "channels' sensitivities are their inverses and the output is white-balanced (default: "
+        "the RAW file's, else 1,1,1)",
+    )
+    p.add_argument(
+        "--linearise",
+        choices=("none", "srgb"),
+        default="none",
+        help="srgb: decode sRGB-encoded 8-bit values to linear light before restoring (the data "
+        "and the output are then linear intensities); none: the values as they are (default)",
+    )
     conditional_sampler = CONDITIONAL_SETTINGS["sampler"]
     p.add_argument(
         "--steps",
@@ -208,8 +256,9 @@ def parse_args(argv=None):
     finish_parser(p, *EXAMPLES)
     args = p.parse_args(argv)
     conditional = args.method == "conditional"
-    if args.checkpoint is None:
-        args.checkpoint = str(DEFAULT_CONDITIONAL_CHECKPOINT if conditional else DEFAULT_CHECKPOINT)
+    if args.checkpoint is None and conditional:
+        args.checkpoint = DEFAULT_CONDITIONAL_CHECKPOINT
+
     defaults = CONDITIONAL_SETTINGS if conditional else {"guidance": guidance, "sampler": sampler}
     for name, part, field in (
         ("steps", "sampler", "num_steps"),
@@ -266,22 +315,27 @@ def output_paths(files, output: str) -> list[pathlib.Path]:
 
 
 def write_preview(preview_path, path, y, x, std, mask, physics, chi_square: float) -> None:
-    """The --preview figure of one restored frame (pdr_jax.evaluation.report): y, x, mask [H, W]
-    or, restored by a colour model, [H, W, 3] (shown as sRGB); std like them or None."""
+    """The --preview figure of one restored frame (pdr_jax.evaluation.report): y, mask
+    [H, W, C'] (the measurement of physics.operator), x [H, W, C] (3 channels shown as sRGB),
+    std like x or None. A mosaic is shown demosaicked (operator.fill), its residual per pixel."""
     from pdr_jax.evaluation.report import plot_restoration_preview
 
     s, r, b = physics.s, physics.r, physics.b
-    mean = s * x + b
+    operator = physics.operator
+    mean = s * np.asarray(operator.forward(x[None]))[0] + b
     residual = np.where(mask, (y - mean) / np.sqrt(np.maximum(mean, 0.0) + r**2), np.nan)
+    noisy = operator.fill((y - b) / s) / operator.channel_gains
+    squeeze = lambda a: a[..., 0] if a.shape[-1] == 1 else a
+    residual, noisy, x = squeeze(residual), squeeze(noisy), squeeze(x)
     if residual.ndim == 3:  # colour: the channels' residuals summed / sqrt(C), still ~N(0, 1)
         residual = residual.sum(-1) / np.sqrt(residual.shape[-1])
-        std = None if std is None else std.mean(-1)
+    std = None if std is None else (std.mean(-1) if std.shape[-1] > 1 else std[..., 0])
     title = (
         f"{path.name}: chi-square {chi_square:.3f}  ({physics.domain}, s = {s:g} e-, "
         f"r = {r:g} e-, b = {b:g} e-)"
     )
     plot_restoration_preview(
-        preview_path, noisy=(y - b) / s, restored=x, residual=residual, std=std, title=title
+        preview_path, noisy=noisy, restored=x, residual=residual, std=std, title=title
     )
 
 
@@ -349,18 +403,68 @@ def check_physics(path, electrons, mask, physics, force: bool) -> list[str]:
 CHI_SQUARE_RANGE = (0.3, 3.0)  # outside it the noise model does not describe the data
 
 
+def _mosaic(path, args, meta, channels: int):
+    """The forward operator of the file: a Mosaic for a camera RAW file (its pattern and white
+    balance, --cfa/--wb override) or a one-channel file with --cfa, else the identity."""
+    from pdr_jax.physics import operators
+
+    raw = meta.format == "raw"
+    if not raw and args.cfa is None:
+        if args.wb is not None:
+            raise ValueError(f"{path}: --wb applies to a mosaic (--cfa, or a camera RAW file)")
+        return operators.IDENTITY
+    if channels != 1:
+        raise ValueError(f"{path}: --cfa needs a one-channel mosaic, the file has {channels}")
+    pattern = args.cfa or meta.header["cfa_pattern"]
+    wb = args.wb or (meta.header.get("white_balance") if raw else None) or (1.0, 1.0, 1.0)
+    return operators.Mosaic(pattern, gains=tuple(wb[1] / float(v) for v in wb))
+
+
+def _green_planes(frame: np.ndarray, mosaic) -> np.ndarray:
+    """[H, W] mosaic -> its two green planes side by side [H/2, W]: one colour, for the noise
+    estimate (its local windows must not mix colours of different levels)."""
+    colours = mosaic.colours(2, 2)
+    greens = [frame[i::2, j::2] for i in range(2) for j in range(2) if colours[i, j] == 1]
+    height = min(g.shape[0] for g in greens)
+    width = min(g.shape[1] for g in greens)
+    return np.concatenate([g[:height, :width] for g in greens], axis=1)
+
+
 def read_measurement(path: pathlib.Path, args):
-    """(electrons [F, H, W, C] float32, valid mask like it, the reader's ImageMeta, noise).
+    """(electrons [F, H, W, C] float32, valid mask like it, the reader's ImageMeta, noise,
+    the forward operator).
 
     noise: {"scale", "read_noise", "gain"} with "auto" values replaced by the estimates of the
-    first frame and channel (pdr_jax.physics.noise_estimation), and "estimate" (their standard
-    errors and warnings) when anything was estimated.
+    first frame and channel (of a mosaic: its green pixels; pdr_jax.physics.noise_estimation),
+    and "estimate" (their standard errors and warnings) when anything was estimated. A camera
+    RAW file is read as its Bayer mosaic with the black level of each CFA position.
     """
     from pdr_jax.data.readers import read_image
     from pdr_jax.physics import calibration, noise_estimation
 
-    array, meta = read_image(path)
+    array, meta = read_image(path, raw_mode="mosaic")
     data = np.asarray(array, np.float32) * meta.scale + meta.offset
+    operator = _mosaic(path, args, meta, data.shape[-1])
+    planes = (
+        (lambda a: a) if operator.channels_out is None else (lambda a: _green_planes(a, operator))
+    )
+    if meta.format == "raw":
+        if args.units != "adu":
+            raise ValueError(
+                f"{path}: a camera RAW file holds ADU: use --units adu with --gain G or auto"
+            )
+        if args.black_level is None:  # each CFA position's own black level, their mean below
+            cell = np.asarray(meta.header["cfa_black"], np.float32)
+            height, width = data.shape[1:3]
+            black_map = np.tile(cell, (height // 2, width // 2))[None, :, :, None]
+            data = data - (black_map - float(np.mean(cell)))
+    if args.linearise == "srgb":
+        if meta.white_level is None or meta.format == "raw":
+            raise ValueError(
+                f"{path}: --linearise srgb needs integer data with a white level (8-bit images)"
+            )
+        white = meta.white_level
+        data = calibration.srgb_to_linear(np.clip(data / white, 0, 1)) * white
     noise = {
         "scale": args.scale,
         "read_noise": args.read_noise,
@@ -371,7 +475,7 @@ def read_measurement(path: pathlib.Path, args):
         calibration.check_finite(data, f"{path}")
         electrons, mask = data, np.ones_like(data)
         if args.read_noise == "auto":
-            estimate = noise_estimation.estimate_noise(data[0, :, :, 0], gain=1.0)
+            estimate = noise_estimation.estimate_noise(planes(data[0, :, :, 0]), gain=1.0)
             noise.update(read_noise=estimate.read_noise, estimate=dataclasses.asdict(estimate))
     else:
         gain = args.gain if args.gain is not None else meta.gain
@@ -384,7 +488,7 @@ def read_measurement(path: pathlib.Path, args):
             )
         if "auto" in (gain, args.read_noise):
             estimate = noise_estimation.estimate_noise(
-                data[0, :, :, 0],
+                planes(data[0, :, :, 0]),
                 black_level=float(np.mean(black)),
                 white_level=float(white),
                 gain=None if gain == "auto" else float(gain),
@@ -400,7 +504,7 @@ def read_measurement(path: pathlib.Path, args):
         electrons, mask = (np.asarray(v) for v in calibration.calibrate(data, cal))
     if args.scale == "auto":
         noise["scale"] = noise_estimation.auto_scale(electrons[0, :, :, 0], args.background)
-    return electrons, mask, meta, noise
+    return electrons, mask, meta, noise, operator
 
 
 # FITS cards that describe the stored array, not the image: written afresh for the output.
@@ -499,14 +603,26 @@ def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> Non
         )
 
 
-def restore_one(path, out_path, model, args, key, std_path=None, preview_path=None):
-    """Restore every frame and channel of one file; returns its report."""
+def default_checkpoint(args, channels: int, operator) -> str:
+    """--checkpoint, else the shipped model for the data: the colour prior for 3 channels and
+    mosaics, the grayscale one otherwise (and per channel for other channel counts)."""
+    if args.checkpoint is not None:
+        return args.checkpoint
+    colour = channels == 3 or operator.channels_in == 3
+    return DEFAULT_RGB_CHECKPOINT if colour else DEFAULT_CHECKPOINT
+
+
+def restore_one(path, out_path, models, args, key, std_path=None, preview_path=None):
+    """Restore every frame and channel of one file; returns its report. models(checkpoint):
+    the loaded model of a --checkpoint value (cached by the caller)."""
 
     import jax
 
     from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
 
-    electrons, mask, meta, noise = read_measurement(path, args)
+    electrons, mask, meta, noise, operator = read_measurement(path, args)
+    checkpoint = default_checkpoint(args, electrons.shape[-1], operator)
+    model = models(checkpoint)
     scale, read_noise = noise["scale"], noise["read_noise"]
     if noise["estimate"] is not None or args.scale == "auto":
         estimate = noise["estimate"] or {}
@@ -516,7 +632,7 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
             f"+- {estimate.get('gain_std', 0.0):.2g} (estimated where 'auto')",
             file=sys.stderr,
         )
-    physics = Physics(scale, read_noise, args.background, args.domain)
+    physics = Physics(scale, read_noise, args.background, args.domain, operator)
     physics_warnings = check_physics(path, electrons, mask, physics, args.force)
     guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
     sampler = dataclasses.replace(
@@ -528,20 +644,23 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
         batch=args.batch,
         memory_budget_mb=args.memory_budget_mb,
     )
-    frames, _, _, channels = electrons.shape
-    x = np.zeros_like(electrons)
-    std = np.zeros_like(electrons) if std_path else None
-    reports = []
-    # A colour prior restores the channels together, a grayscale one each channel on its own.
+    frames, height, width_px, channels = electrons.shape
+    # A colour prior restores the channels together, a grayscale one each channel on its own; a
+    # mosaic's one channel becomes the colour prior's three.
     width = model.img_channels
-    if channels % width:
+    measured = operator.channels_out or width  # input channels per restoration
+    if channels % measured:
         raise ValueError(
             f"{path}: {channels} channel(s), but the model restores {width} at a time "
             "(--checkpoint: a grayscale model restores any channels one by one)"
         )
+    out_channels = channels // measured * width
+    x = np.zeros((frames, height, width_px, out_channels), np.float32)
+    std = np.zeros_like(x) if std_path else None
+    reports = []
     for f in range(frames):
-        for group, c in enumerate(range(0, channels, width)):
-            part = slice(c, c + width)
+        for group, c in enumerate(range(0, channels, measured)):
+            part, out = slice(c, c + measured), slice(group * width, (group + 1) * width)
             result = restore(
                 model,
                 electrons[f, :, :, part],
@@ -553,22 +672,27 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
                 num_samples=args.num_samples,
                 key=jax.random.fold_in(key, f * channels + group),
             )
-            x[f, :, :, part] = result.image
+            x[f, :, :, out] = result.image.reshape(height, width_px, width)
             if f == c == 0:
                 first_std = None if result.std is None else result.std
             if std is not None:  # num_samples > 1: restore() always returns their std
-                std[f, :, :, part] = result.std
+                std[f, :, :, out] = result.std.reshape(height, width_px, width)
             if args.method == "conditional" and not mask[f, :, :, part].all():
                 result.report["warnings"].append(
                     "saturated pixels are not masked by --method conditional"
                 )
             reports.append(result.report)
     squeeze = lambda a: (
-        (a[0] if frames == 1 else a)[..., 0] if channels == 1 else (a[0] if frames == 1 else a)
+        (a[0] if frames == 1 else a)[..., 0] if a.shape[-1] == 1 else (a[0] if frames == 1 else a)
     )
     result_image = squeeze(x)
+    mosaic = (
+        f" --cfa {operator.pattern} --wb {','.join(f'{1 / g:.4g}' for g in operator.gains)}"
+        if operator.channels_out
+        else ""
+    )
     history = [
-        f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {args.checkpoint}",
+        f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {checkpoint}{mosaic}",
         f"--domain {args.domain} --scale {scale:g} --read-noise {read_noise:g} "
         f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
@@ -582,14 +706,13 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
             scale * result_image + args.background,
         )
     if preview_path is not None:
-        view = (lambda a: a[..., 0]) if width == 1 else (lambda a: a)  # colour stays colour
         write_preview(
             preview_path,
             path,
-            view(electrons[0, :, :, :width]),
-            view(x[0, :, :, :width]),
-            None if first_std is None else view(first_std),
-            view(mask[0, :, :, :width]),
+            electrons[0, :, :, :measured],
+            x[0, :, :, :width],
+            None if first_std is None else first_std.reshape(height, width_px, width),
+            mask[0, :, :, :measured],
             physics,
             reports[0]["chi_square"],
         )
@@ -612,9 +735,12 @@ def restore_one(path, out_path, model, args, key, std_path=None, preview_path=No
     return {
         "input": str(path),
         "output": str(out_path),
+        "checkpoint": checkpoint,
+        "operator": reports[0]["physics"]["operator"],
         "shape": [int(v) for v in electrons.shape],
         "chi_square": mean("chi_square"),
-        # Per channel of the file (a grayscale model's per-channel restorations in order).
+        # Per channel of the file (a grayscale model's per-channel restorations in order), or
+        # per Bayer colour R, G, B of a mosaic.
         "chi_square_per_channel": [c for r in reports for c in r["chi_square_per_channel"]],
         "whiteness": mean("whiteness"),
         "spectral_flatness": mean("spectral_flatness"),
@@ -689,18 +815,29 @@ def main(argv=None) -> int:
             print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
             continue
         todo.append((path, out_path, std_path, preview))
-    kind = read_network_json(args.checkpoint).get("kind", "prior")
-    if kind != args.method:
-        raise SystemExit(f"--checkpoint {args.checkpoint} is a {kind} model; use --method {kind}")
-    net, variables = load_model(args.checkpoint)
-    model = (
-        ConditionalModel(net, variables) if args.method == "conditional" else Prior(net, variables)
-    )
-    print(
-        f"model {args.checkpoint}: {net.model.img_resolution}px, label_dim {net.model.label_dim}; "
-        f"restoring {len(todo)} input(s)",
-        file=sys.stderr,
-    )
+    loaded = {}
+
+    def models(checkpoint: str):
+        """The model of a --checkpoint value, loaded once."""
+        if checkpoint not in loaded:
+            kind = read_network_json(checkpoint).get("kind", "prior")
+            if kind != args.method:
+                raise SystemExit(
+                    f"--checkpoint {checkpoint} is a {kind} model; use --method {kind}"
+                )
+            net, variables = load_model(checkpoint)
+            conditional = args.method == "conditional"
+            loaded[checkpoint] = (ConditionalModel if conditional else Prior)(net, variables)
+            tqdm.tqdm.write(
+                f"model {checkpoint}: {net.model.img_resolution}px, {net.model.in_channels} "
+                f"channel(s), label_dim {net.model.label_dim}",
+                file=sys.stderr,
+            )
+        return loaded[checkpoint]
+
+    if args.checkpoint is not None:  # a wrong --checkpoint is refused before any restoring
+        models(args.checkpoint)
+    print(f"restoring {len(todo)} input(s)", file=sys.stderr)
     key = jax.random.key(args.seed)
     reports = []
     start = time.perf_counter()
@@ -709,7 +846,7 @@ def main(argv=None) -> int:
         progress.set_postfix_str(path.name)
         try:
             rep = restore_one(
-                path, out_path, model, args, jax.random.fold_in(key, i), std_path, preview
+                path, out_path, models, args, jax.random.fold_in(key, i), std_path, preview
             )
         except Exception as err:  # noqa: BLE001 - a broken input is logged, counted and skipped
             failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})

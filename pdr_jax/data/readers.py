@@ -403,13 +403,18 @@ def read_raw(path, mode: str = "packed") -> tuple[np.ndarray, ImageMeta]:
         black level and its white level in ``meta``.
     mode="demosaic": LibRaw's linear (gamma 1, no auto-brightening) 16-bit RGB with the camera
         white balance, [1, H, W, 3] uint16; black is already subtracted and white is 65535.
+    mode="mosaic": the Bayer mosaic itself, [1, H, W, 1] uint16 (cropped to even sides), for
+        pdr-restore's RAW path: ``meta.header`` adds "cfa_pattern" (the 2x2 cell from the top-left
+        pixel, e.g. "RGGB"), "cfa_black" (the black level of each cell position, [[.., ..],
+        [.., ..]]) and "white_balance" (the camera's R, G, B multipliers, green 1); the black
+        level in ``meta`` is their mean.
     LibRaw does not report the sensor gain; give it in the source calibration when it matters.
     """
     import rawpy
 
     path = str(path)
-    if mode not in ("packed", "demosaic"):
-        raise ValueError(f"raw mode must be 'packed' or 'demosaic', got {mode!r}")
+    if mode not in ("packed", "demosaic", "mosaic"):
+        raise ValueError(f"raw mode must be 'packed', 'demosaic' or 'mosaic', got {mode!r}")
     try:
         with rawpy.imread(path) as raw:
             pattern = np.asarray(raw.raw_pattern) if raw.raw_pattern is not None else None
@@ -442,6 +447,22 @@ def read_raw(path, mode: str = "packed") -> tuple[np.ndarray, ImageMeta]:
                     )
                 mosaic = raw.raw_image_visible
                 h, w = mosaic.shape[0] // 2 * 2, mosaic.shape[1] // 2 * 2
+            if mode == "mosaic":
+                cell = [[color_desc[int(c)] for c in row] for row in pattern]
+                if sorted("".join(map("".join, cell))) != sorted("RGGB"):
+                    raise UnreadableImageError(
+                        f"{path}: CFA colours {cell} are not a Bayer R, G, G, B cell"
+                    )
+                wb = [float(v) for v in raw.camera_whitebalance[:3]]
+                header.update(
+                    cfa_pattern="".join(map("".join, cell)),
+                    cfa_black=[[black_per_color[int(c)] for c in row] for row in pattern],
+                    white_balance=[v / wb[1] for v in wb] if all(v > 0 for v in wb) else None,
+                )
+                array = np.asarray(mosaic[:h, :w])[None, :, :, None].copy()
+                names = ("CFA",)
+                black = float(np.mean(header["cfa_black"]))
+            elif mode == "packed":
                 cells = [(0, 0), (0, 1), (1, 0), (1, 1)]
                 planes = [mosaic[dy:h:2, dx:w:2] for dy, dx in cells]
                 array = np.stack(planes, axis=-1)[None].copy()

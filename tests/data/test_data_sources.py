@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 from astropy.io import fits
-from test_readers import write_tiny_dng
+from raw_files import write_tiny_dng
 
 from pdr_jax.data import sources, transforms
 from pdr_jax.physics.conditioning import DEFAULT_SPEC, conditioning_vector

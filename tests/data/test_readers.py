@@ -13,33 +13,11 @@ import pytest
 import tifffile
 from astropy.io import fits
 from PIL import Image
+from raw_files import write_tiny_dng
 
 from pdr_jax.data import readers
 
 RNG = np.random.default_rng(0)
-
-
-def write_tiny_dng(path, cfa: np.ndarray, black: int, white: int) -> None:
-    """A minimal RGGB DNG: uint16 mosaic [H, W] with BlackLevel/WhiteLevel tags."""
-    extratags = [
-        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
-        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
-        (50708, "s", 0, "pdr_jax test camera", True),  # UniqueCameraModel
-        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
-        (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern: R G / G B
-        (50714, "H", 1, black, True),  # BlackLevel
-        (50717, "H", 1, white, True),  # WhiteLevel
-        (
-            50721,
-            "2i",
-            9,
-            (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1),
-            True,
-        ),  # ColorMatrix1
-        (50778, "H", 1, 21, True),  # CalibrationIlluminant1: D65
-        (50728, "2I", 3, (1, 1, 1, 1, 1, 1), True),  # AsShotNeutral
-    ]
-    tifffile.imwrite(path, cfa, photometric=32803, extratags=extratags, subfiletype=0)
 
 
 def write_packed_tiff(path, values: np.ndarray, bits: int) -> None:
@@ -269,6 +247,27 @@ def test_dng_packed_planes_with_black_and_white(tmp_path):
     np.testing.assert_array_equal(array[0, :, :, 0], cfa[0::2, 0::2])
     np.testing.assert_array_equal(array[0, :, :, 3], cfa[1::2, 1::2])
     assert meta.header["color_desc"] == "RGBG"
+
+
+def test_dng_mosaic_with_its_pattern_black_per_cell_and_white_balance(tmp_path):
+    """raw_mode="mosaic": the whole mosaic [1, H, W, 1], the CFA cell from the top-left pixel as
+    letters, each cell position's black level and the camera's multipliers (green 1)."""
+    cfa = _rggb_mosaic()
+    write_tiny_dng(
+        tmp_path / "a.dng",
+        cfa,
+        black=(250, 256, 258, 262),
+        white=4095,
+        pattern="GRBG",
+        white_balance=(2.0, 1.0, 1.5),
+    )
+    array, meta = readers.read_image(tmp_path / "a.dng", raw_mode="mosaic")
+    assert array.shape == (1, 32, 48, 1) and array.dtype == np.uint16
+    np.testing.assert_array_equal(array[0, :, :, 0], cfa)
+    assert meta.header["cfa_pattern"] == "GRBG"
+    assert meta.header["cfa_black"] == [[250.0, 256.0], [258.0, 262.0]]
+    assert meta.black_level == pytest.approx(256.5)
+    np.testing.assert_allclose(meta.header["white_balance"], (2.0, 1.0, 1.5), rtol=1e-3)
 
 
 def test_dng_demosaic(tmp_path):

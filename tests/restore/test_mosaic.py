@@ -1,8 +1,5 @@
 """RAW Bayer restoration through the Mosaic operator, on a colour prior whose exact denoiser is
-known: every image is one colour u ~ N(m, S) plus small independent pixel deviations,
-x = u + e, e ~ N(0, eps^2 I) per pixel and channel (model space). Given x_t = x + sigma n over
-N pixels, E[u | x_t] = m + S (S + v / N I)^-1 (mean(x_t) - m) with v = eps^2 + sigma^2, and
-D(x_t) = E[u | x_t] + eps^2 / v (x_t - E[u | x_t]).
+known (tests/colour_prior.py: every image one colour plus small pixel deviations).
 
 A mosaic measures one colour per pixel; the colour of the scene must come back from the
 pattern (a red scene under RGGB lights the (0, 0) pixels of every cell, and read as BGGR it is
@@ -13,46 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.tree_util import Partial
+from colour_prior import EPS, ColourPrior
 
 from pdr_jax import baselines
 from pdr_jax.physics import guidance, noise, operators
 from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
 
-MEAN = np.array([0.0, 0.0, 0.0], np.float32)  # model space
-COV = np.array([[0.4, 0.1, 0.0], [0.1, 0.4, 0.1], [0.0, 0.1, 0.4]], np.float32)
-EPS = 0.02
 RED = np.array([0.85, 0.08, 0.1], np.float32)  # the truth's colour in [0, 1]
 GAINS = (0.6, 1.0, 0.8)
-
-
-def _denoiser(mean, cov, x, sigma):
-    sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1, 1, 1, 1))
-    v = EPS**2 + jnp.square(sigma)
-    n = x.shape[1] * x.shape[2]
-    x_bar = jnp.mean(x, axis=(1, 2))  # [B, 3]
-    gain = cov @ jnp.linalg.inv(cov[None] + (v[:, :, 0, 0] / n)[:, :, None] * jnp.eye(3))
-    u = mean + jnp.einsum("bij,bj->bi", gain, x_bar - mean)
-    u = u[:, None, None, :]
-    return u + EPS**2 / v * (x - u)
-
-
-class ColourPrior:
-    """The one-colour Gaussian prior's exact denoiser as a pdr_jax.restore.Denoiser."""
-
-    img_resolution, img_channels, downsampling, model_channels = 8, 3, 1, 1
-
-    def sampler_args(self, physics, rows):
-        del physics, rows
-        return {
-            "denoise_fn": Partial(_denoiser, jnp.asarray(MEAN), jnp.asarray(COV)),
-            "sigma_min": 0.002,
-            "sigma_max": 80.0,
-            "round_sigma": None,
-        }
-
-    def conditioning_image(self, y, physics):
-        del y, physics
 
 
 def _scene(height, width, colour=RED, seed=0):

@@ -614,3 +614,83 @@ def test_a_colour_model_restores_the_channels_together(tmp_path, monkeypatch):
     assert drawn["residual"].shape == (20, 24) and drawn["std"] is None  # one sample: no std
     assert (previews / "rgb.png").stat().st_size > 0
     assert "2 channel(s), but the model restores 3 at a time" in failure["error"]
+
+
+def test_a_mosaic_with_cfa_writes_rgb_and_wb_needs_a_mosaic(tmp_path):
+    """pdr-restore x.npy --cfa RGGB ... writes [H, W, 3] through a 3-channel model, the report
+    naming the operator and giving chi-square per Bayer colour; --wb on a gray input is refused
+    by name (the file is counted as failed)."""
+    directory = tmp_path / "rgb-model"
+    save_tiny_prior(directory, img_channels=3)
+    y, _ = _measurement((20, 24), s=10.0)
+    np.save(tmp_path / "mosaic.npy", y)
+    report = tmp_path / "r.json"
+    argv = [str(tmp_path / "mosaic.npy"), "--output", str(tmp_path / "out.npy")]
+    argv += ["--report", str(report), "--cfa", "RGGB", "--wb", "2,1,1.5", *_args(str(directory))]
+    argv[argv.index("microscopy")] = "photography"
+    assert restore_tool.main(argv) == 0
+    restored = np.load(tmp_path / "out.npy")
+    assert restored.shape == (20, 24, 3) and np.all((restored >= 0) & (restored <= 1))
+    image = json.loads(report.read_text())["images"][0]
+    assert image["operator"]["name"] == "Mosaic" and image["operator"]["pattern"] == "RGGB"
+    np.testing.assert_allclose(image["operator"]["gains"], (0.5, 1.0, 1 / 1.5), rtol=1e-6)
+    assert len(image["chi_square_per_channel"]) == 3
+    gray = argv[:]
+    gray.remove("--cfa"), gray.remove("RGGB")
+    assert restore_tool.main(gray) == 1
+    (failure,) = json.loads(report.read_text())["failures"]
+    assert "--wb applies to a mosaic" in failure["error"]
+
+
+def test_a_dng_is_restored_with_its_pattern_black_levels_and_white_balance(tmp_path):
+    """A DNG written here: a red scene (linear, white balanced) seen through GRBG with white
+    balance (2, 1, 1.5) (sensitivities 1/2, 1, 2/3) and a black level per cell position (200, 256,
+    300, 240 ADU, gain 2 e-/ADU). pdr-restore's RAW path reads all three from the file and
+    restores it (with tests/colour_prior.py's exact prior in the network's place) to red: the
+    mean colour within 0.05 of the truth. A pattern read as RGGB, or one black level for all,
+    misses by more than that."""
+    from colour_prior import ColourPrior
+    from raw_files import write_tiny_dng
+
+    red, wb, gain, s = np.array([0.8, 0.05, 0.05]), (2.0, 1.0, 1.5), 2.0, 400.0
+    blacks = np.array([[200, 256], [300, 240]])
+    colours = np.array([[1, 0], [2, 1]])  # GRBG
+    cells = np.tile(colours, (16, 24))
+    rng = np.random.default_rng(8)
+    electrons = rng.poisson(s * red[cells] / np.asarray(wb)[cells]) + rng.normal(0, 3, cells.shape)
+    adu = np.round(electrons / gain + np.tile(blacks, (16, 24))).astype(np.uint16)
+    write_tiny_dng(
+        tmp_path / "red.dng",
+        adu,
+        black=tuple(blacks.ravel()),
+        white=4095,
+        pattern="GRBG",
+        white_balance=wb,
+    )
+    args = restore_tool.parse_args(
+        [str(tmp_path / "red.dng"), "--output", str(tmp_path / "x.npy"), "--units", "adu"]
+        + ["--gain", "2", "--domain", "photography", "--scale", "400", "--read-noise", "3"]
+        + ["--steps", "3", "--tile", "16", "--overlap", "4"]
+    )
+    report = restore_tool.restore_one(
+        tmp_path / "red.dng",
+        tmp_path / "x.npy",
+        lambda checkpoint: ColourPrior(),
+        args,
+        jax.random.key(0),
+    )
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (32, 48, 3)
+    np.testing.assert_allclose(x.mean(axis=(0, 1)), red, atol=0.05)
+    assert report["operator"]["pattern"] == "GRBG" and report["checkpoint"] == "pdr-rgb-default"
+    np.testing.assert_allclose(report["operator"]["gains"], (0.5, 1.0, 2 / 3), rtol=1e-3)
+    assert all(0.6 < c < 1.5 for c in report["chi_square_per_channel"])
+    args.cfa = "RGGB"  # the file's pattern overridden by a wrong one: not red any more
+    restore_tool.restore_one(
+        tmp_path / "red.dng",
+        tmp_path / "y.npy",
+        lambda checkpoint: ColourPrior(),
+        args,
+        jax.random.key(0),
+    )
+    assert np.abs(np.load(tmp_path / "y.npy").mean(axis=(0, 1)) - red).max() > 0.2
