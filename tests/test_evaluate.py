@@ -130,7 +130,7 @@ def test_a_sampling_method_scores_its_posterior_std():
         benchmark.load_clean_images(crop=16, per_domain=1), [10.0], read_noise=2.0
     )
 
-    def sampling(y, *, s, r, b, domain, key, spread):
+    def sampling(y, *, s, r, b, domain, key, spread, operator):
         x = np.clip((y - b) / s, 0, 1)
         return x, np.full_like(x, spread)
 
@@ -481,3 +481,34 @@ def test_gaussian_diagnostic_calls_the_denoiser_in_model_space():
     )
     (row,) = diagnostic.gaussian_denoising([image], Exact, {}, sigmas=(0.1,), with_bm3d=False)
     assert row["prior"] > 80  # exact: PSNR limited only by float rounding
+
+
+def test_colour_and_raw_modes_measure_and_score_through_the_operator():
+    """--mode rgb: photographs only, [H, W, 3] crops as stored; --mode raw: the same crops in
+    linear light (srgb_to_linear of them), measured through the RGGB mosaic ([H, W, 1] y), and
+    scored on A(x_hat): the truth itself gets chi-square ~1 (16 x 16 x 2 crops: std ~0.06;
+    bound 0.25), a mosaic's noisy estimate is [H, W, 3]. Methods outside their modes are
+    unavailable with the reason."""
+    from pdr_jax.physics import calibration
+
+    rgb = benchmark.load_clean_images(crop=16, per_domain=2, mode="rgb")
+    raw = benchmark.load_clean_images(crop=16, per_domain=2, mode="raw")
+    assert {i.domain for i in rgb} == {"photography"} and rgb[0].clean.shape == (16, 16, 3)
+    np.testing.assert_allclose(raw[0].clean, calibration.srgb_to_linear(rgb[0].clean), atol=1e-6)
+    cases = benchmark.make_cases(raw, [50.0], read_noise=2.0, operator=benchmark.RAW_MOSAIC)
+    assert cases[0].y.shape == (16, 16, 1)
+    options = methods.MethodOptions(mode="raw")
+    truth = benchmark.Method(lambda y, **kw: np.stack([c.image.clean for c in cases]))
+    noisy = methods.build_methods(["noisy-raw"], options)["noisy-raw"]
+    rows = benchmark.run_methods(
+        cases, {"truth": truth, "noisy-raw": noisy}, log=lambda _: None
+    ).rows
+    assert all(abs(r["chi_square"] - 1) < 0.25 for r in rows if r["method"] == "truth")
+    assert all(r["psnr"] > 10 for r in rows)
+    skipped = []
+    built = methods.build_methods(
+        ["gat-cbm3d", "gat-bm3d-menon"], methods.MethodOptions(mode="gray"), log=skipped.append
+    )
+    assert built == {} and all("runs in modes" in line for line in skipped)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        benchmark.load_clean_images(crop=16, mode="cmyk")

@@ -10,6 +10,10 @@
     pdr-evaluate --clean corpus:val --methods pdr,gat-bm3d --out eval/val   # tuning
     pdr-evaluate --clean corpus:test --gaussian-denoising --out eval/test  # report once
     pdr-evaluate --clean corpus:val --methods pdr --sweep steps --out eval/steps
+    pdr-evaluate --clean corpus:test --mode rgb --scales 10,50,250 \
+        --methods pdr,gat-cbm3d,gat-bm3d,pdr-gray --out eval/rgb          # colour photographs
+    pdr-evaluate --clean corpus:test --mode raw --scales 10,50,250 \
+        --methods pdr,gat-bm3d-menon,noisy-raw --out eval/raw             # RGGB mosaics
 
 Clean images: the embedded scikit-image set's held-out columns (the right-most 25% of every
 picture, which training never sees), --clean corpus:val or corpus:test (that split of
@@ -24,6 +28,12 @@ prior diagnostic (pdr_jax.evaluation.diagnostic): the prior's one-call denoiser 
 at Gaussian sigma 0.02-0.2 on the same crops. Methods: pdr_jax.evaluation.methods.METHODS;
 one that cannot run (no model, or "conditional" before issue 10) is skipped with a message.
 --ablation FIELD=V1,V2 adds "pdr[FIELD=V]" variants, one field varied at a time.
+
+--mode rgb: the photographs in colour (their stored sRGB-encoded values as intensities), restored
+by the colour prior (pdr-rgb-default) against colour BM3D (gat-cbm3d), BM3D per channel and the
+grayscale prior per channel (pdr-gray). --mode raw: the colour crops decoded to linear light and
+measured through an RGGB mosaic (unit gains), restored and demosaicked by pdr against GAT+BM3D
+per Bayer plane + Menon 2007 demosaicking (gat-bm3d-menon); chi-square is of the mosaic.
 
 Writes OUT/results.csv (per image), summary.csv (per method/domain/scale), table.md,
 psnr_vs_photons.png, examples_s{s}.png, settings.json, with --resolutions
@@ -41,6 +51,8 @@ import json
 import pathlib
 import sys
 import warnings
+
+import numpy as np
 
 from pdr_jax import baselines
 from pdr_jax.cli import finish_parser
@@ -73,6 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--gaussian-denoising",
         action="store_true",
         help="also the prior's one-call denoiser vs BM3D at Gaussian sigma 0.02-0.2",
+    )
+    data.add_argument(
+        "--mode",
+        choices=benchmark.MODES,
+        default="gray",
+        help="gray (default); rgb: colour photographs; raw: their RGGB mosaics",
     )
     data.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("methods")
@@ -163,7 +181,8 @@ def _examples(cases, run) -> dict:
         if row:
             continue
         row["clean"] = case.image.clean
-        row["noisy"] = baselines.noisy_estimate(case.y, case.s, case.r, case.b)
+        noisy = baselines.noisy_estimate(case.y, case.s, case.r, case.b)
+        row["noisy"] = np.clip(case.operator.fill(noisy) / case.operator.channel_gains, 0, 1)
         for (method, domain, scale), image in run.examples.items():
             if domain == case.image.domain and scale == case.s:
                 row[method] = image
@@ -278,12 +297,15 @@ def main(argv=None) -> int:
     )
     ablations = [pair for text in args.ablation for pair in methods.parse_ablation(text)]
     options = methods.MethodOptions(
-        checkpoint=args.checkpoint, conditional_checkpoint=args.conditional_checkpoint, pdr=settings
+        checkpoint=args.checkpoint,
+        conditional_checkpoint=args.conditional_checkpoint,
+        pdr=settings,
+        mode=args.mode,
     )
     names = [name.strip() for name in args.methods.split(",") if name.strip()]
 
     images = benchmark.load_clean_images(
-        args.clean, crop=args.crop, per_domain=args.num_images, domain=args.domain
+        args.clean, crop=args.crop, per_domain=args.num_images, domain=args.domain, mode=args.mode
     )
     cases = benchmark.make_cases(
         images,
@@ -292,6 +314,7 @@ def main(argv=None) -> int:
         background=args.background,
         sky_fraction={"astronomy": args.sky_fraction},
         seed=args.seed,
+        operator=benchmark.RAW_MOSAIC if args.mode == "raw" else methods.IDENTITY,
     )
     print(
         f"benchmark: {len(images)} crops of {args.crop} px x {len(args.scales)} scales "
@@ -317,6 +340,7 @@ def main(argv=None) -> int:
         for name, seconds in run.compile_seconds.items():
             print(f"{name}: {seconds:.1f} s of first-call overhead (compilation) not counted")
         source = "embedded held-out" if args.clean == benchmark.EMBEDDED else args.clean
+        source += {"gray": "", "rgb": " colour", "raw": " RGGB mosaic (linear colour)"}[args.mode]
         sky = f" + {args.sky_fraction:g} s (astronomy)" if args.sky_fraction else ""
         title = (
             f"{source} crops of {args.crop} px, r = {', '.join(f'{r:g}' for r in args.read_noise)} e-"

@@ -7,9 +7,14 @@
 `val_fraction` (25%) of every picture's columns, which training never reads. skimage's moon,
 cell and retina are not in the embedded set (pdr_jax.data.sources) and never used here.
 
-`make_cases` simulates one measurement y = Poisson(s x + b) + N(0, r^2) per image and scale
+`make_cases` simulates one measurement y = Poisson(s A(x) + b) + N(0, r^2) per image and scale
 with `pdr_jax.physics.noise.simulate`; each one's key comes from the seed and the case's
 name, so a case does not change when images, scales or methods are added to a run.
+
+Modes (MODES): "gray" (every domain, crops in gray, A the identity); "rgb" (photographs in
+colour, the crops' stored sRGB-encoded values taken as intensities, as users feed 8-bit images
+in; A the identity); "raw" (photographs in colour decoded to linear light, measured through an
+RGGB mosaic with unit gains, A = RAW_MOSAIC: one colour per pixel, the restoration demosaicks).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import tqdm
 
 from pdr_jax import metrics
 from pdr_jax.data import pipeline, transforms
+from pdr_jax.data import sources as data_sources
 from pdr_jax.evaluation import sources
-from pdr_jax.physics import noise
+from pdr_jax.physics import calibration, noise, operators
 
 EMBEDDED = "embedded"
 CORPUS = (
@@ -56,6 +62,8 @@ METRICS = (
     "coverage_2sd",
 )
 POINT_SOURCE_DOMAINS = ("astronomy",)  # score counts invented and missed stars there (sources)
+MODES = ("gray", "rgb", "raw")
+RAW_MOSAIC = operators.Mosaic("RGGB")  # mode "raw": the measurement of the linear colour crop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +72,7 @@ class CleanImage:
 
     name: str  # e.g. "photography/camera@0,384" (frame, then the crop's row, column)
     domain: str
-    clean: np.ndarray  # [H, W, 1] float32 in [0, 1]
+    clean: np.ndarray  # [H, W, C] float32 in [0, 1] (C = 3 in modes rgb and raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +83,8 @@ class Case:
     s: float  # electrons at intensity 1
     r: float  # read noise, electrons
     b: float  # background, electrons
-    y: np.ndarray  # [H, W, 1] float32 electrons
+    y: np.ndarray  # [H, W, C'] float32 electrons: A(clean) measured
+    operator: object = operators.IDENTITY  # A (pdr_jax.physics.operators)
 
     @property
     def name(self) -> str:
@@ -97,8 +106,12 @@ def load_clean_images(
     per_domain: int = 6,
     domain: str = "photography",
     val_fraction: float | None = None,
+    mode: str = "gray",
 ) -> list[CleanImage]:
-    """Up to per_domain clean [crop, crop, 1] crops per domain, spread evenly over the crops.
+    """Up to per_domain clean [crop, crop, C] crops per domain, spread evenly over the crops.
+
+    mode (MODES): "gray" (C = 1, every domain); "rgb" and "raw" (C = 3, photographs only: a gray
+    photograph's channel repeated; raw decodes the stored sRGB values to linear light).
 
     source: "embedded" (the embedded scikit-image set; held-out columns only), "corpus:val" or
     "corpus:test" (that split of the built corpus: its real images whole and its simulated
@@ -109,7 +122,11 @@ def load_clean_images(
     crop is mirror-padded); per_domain of them are taken at evenly spaced positions of the
     domain's list, so they come from different frames where there are several.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     cfg = pipeline.default_config()
+    colour = mode != "gray"
+    cfg.channels = "rgb" if colour else "gray"
     if val_fraction is not None:
         cfg.val_fraction = val_fraction
     if source.startswith(CORPUS + ":"):
@@ -121,8 +138,13 @@ def load_clean_images(
         # The embedded held-out columns serve tuning (val) only: test stays independent of
         # everything a default was chosen on.
         cfg.sources = [{"corpus": root, "splits": [split], "embedded": split == "val"}]
+        if colour:
+            cfg.sources[0]["domains"] = ["photography"]
     elif source != EMBEDDED:
         cfg.sources = [{"name": "clean", "domain": domain, "paths": [source], "split": "val"}]
+    elif colour:
+        cfg.sources = [dict(e) for e in data_sources.EMBEDDED_SOURCES]
+        cfg.sources = [e for e in cfg.sources if e["domain"] == "photography"]
     frames, _ = pipeline.build_frames(cfg)
     images = []
     for domain_name, domain_frames in frames.items():
@@ -137,6 +159,8 @@ def load_clean_images(
         for index in keep.astype(int):
             spec = crops[index]
             clean = transforms.crop(spec.frame, spec.y, spec.x, crop, spec.x_range)
+            if mode == "raw":
+                clean = calibration.srgb_to_linear(clean)
             name = f"{domain_name}/{_frame_name(spec.frame)}@{spec.y},{spec.x}"
             images.append(CleanImage(name, domain_name, clean.astype(np.float32)))
     if not images:
@@ -157,10 +181,12 @@ def make_cases(
     background: float = 0.0,
     sky_fraction: Mapping[str, float] | None = None,
     seed: int = 0,
+    operator=operators.IDENTITY,
 ) -> list[Case]:
     """One simulated measurement per image, scale and read noise (order: read noise, scale,
     images). b = background + sky_fraction[domain] * s electrons (e.g. an astronomy sky that
-    scales with the exposure, CORPUS_SKY_FRACTION)."""
+    scales with the exposure, CORPUS_SKY_FRACTION). operator: A, what the detector measures of
+    the clean crop (RAW_MOSAIC for mode "raw")."""
     simulate = jax.jit(noise.simulate)
     read_noises = [read_noise] if np.isscalar(read_noise) else list(read_noise)
     sky_fraction = dict(sky_fraction or {})
@@ -169,18 +195,20 @@ def make_cases(
         for s in scales:
             for image in images:
                 b = float(background) + sky_fraction.get(image.domain, 0.0) * float(s)
-                case = Case(image, float(s), float(r), b, np.empty(0))
-                y = simulate(_case_key(seed, case.name), image.clean, case.s, case.r, case.b)
+                case = Case(image, float(s), float(r), b, np.empty(0), operator)
+                measured = np.asarray(operator.forward(image.clean[None]))[0]
+                y = simulate(_case_key(seed, case.name), measured, case.s, case.r, case.b)
                 cases.append(dataclasses.replace(case, y=np.asarray(y, np.float32)))
     return cases
 
 
 def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[str, float]:
-    """Metrics of a restoration x_hat [H, W, 1] in [0, 1] against the case's clean image.
+    """Metrics of a restoration x_hat [H, W, C] in [0, 1] against the case's clean image.
 
     Quality (PSNR, SSIM, MS-SSIM over as many scales as the crop allows, FRC resolution in
-    pixels at the 1/7 threshold, against the clean crop) and physics (chi-square, Poisson
-    deviance, residual whiteness = largest off-centre |autocorrelation|, relative bias); in
+    pixels at the 1/7 threshold, against the clean crop; channels averaged) and physics
+    (chi-square, Poisson deviance, residual whiteness = largest off-centre |autocorrelation|,
+    of the measurement y against A(x_hat); relative bias); in
     POINT_SOURCE_DOMAINS the point sources of the clean crop and the restoration's false and
     missed ones (pdr_jax.evaluation.sources), None elsewhere; with a posterior std (a
     sampling method's per-pixel std over its samples) its mean and the fractions of pixels
@@ -190,8 +218,9 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
     x_hat = np.asarray(x_hat, np.float32).reshape(clean.shape)
     std = None if std is None else np.asarray(std, np.float32).reshape(clean.shape)
     num_scales = metrics.ms_ssim_num_scales(*clean.shape[:2])
-    residuals = metrics.normalized_residuals(case.y, x_hat, case.s, case.r, case.b)
-    physics = (case.y, x_hat, case.s, case.r, case.b)
+    measured = np.asarray(case.operator.forward(x_hat[None]))[0]
+    residuals = metrics.normalized_residuals(case.y, measured, case.s, case.r, case.b)
+    physics = (case.y, measured, case.s, case.r, case.b)
     point_sources = dict.fromkeys(("true", "false", "missed"))
     if case.image.domain in POINT_SOURCE_DOMAINS:
         counts = sources.count(clean, x_hat, case.s, case.r, case.b)
@@ -218,8 +247,9 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
 class Method:
     """A restoration method as the benchmark runs it.
 
-    restore(y [N, H, W, 1] electrons, *, s, r, b, domain, key) -> x_hat [N, H, W, 1] in [0, 1];
-    s, r, b are floats (one domain and scale per call), key a PRNG key for sampling methods.
+    restore(y [N, H, W, C'] electrons, *, s, r, b, domain, key, operator) -> x_hat [N, H, W, C]
+    in [0, 1]; s, r, b are floats (one domain and scale per call), key a PRNG key for sampling
+    methods, operator the cases' forward operator (y = A(x) measured).
     A method that draws several samples may return (x_hat, std), std its per-pixel std.
     """
 
@@ -270,6 +300,7 @@ def run_methods(
             first = chunk[0]
             y = np.stack([case.y for case in chunk])
             args = {"s": first.s, "r": first.r, "b": first.b, "domain": first.image.domain}
+            args["operator"] = first.operator
             key = _case_key(seed, f"restore|{first.name}")
             first_call = 0.0
             if method.jitted and y.shape not in seen_shapes:  # warm-up: compile

@@ -6,9 +6,17 @@
     "pdr-vst"      the same call with num_steps=0: one call of the prior (GAT, the prior's
                    denoiser at the stabilised noise level, the unbiased inverse: GAT+BM3D with
                    the prior in BM3D's place)
-    "gat-bm3d"     generalized Anscombe + BM3D + closed-form unbiased inverse (pdr_jax.baselines)
+    "pdr-gray"     mode rgb: the grayscale prior restoring each colour channel on its own
+    "gat-bm3d"     generalized Anscombe + BM3D + closed-form unbiased inverse (pdr_jax.baselines),
+                   per channel
+    "gat-cbm3d"    mode rgb: GAT per channel + colour BM3D (opponent colour space) + the inverse
+    "gat-bm3d-menon"  mode raw: GAT+BM3D per Bayer plane, then Menon 2007 demosaicking
     "nlm"          generalized Anscombe + non-local means + the same inverse
     "noisy"        (y - b) / s
+    "noisy-raw"    mode raw: (y - b) / (s g) of each pixel, demosaicked bilinearly
+
+Modes (pdr_jax.evaluation.benchmark.MODES): in "rgb" and "raw" the default prior is the colour
+one (DEFAULT_RGB_CHECKPOINT) and a mosaic's forward operator reaches "pdr" in its Physics.
 
 A factory raises MethodUnavailable (with the reason) when it cannot run, e.g. no model; the
 caller reports it and goes on. Ablations are variants of "pdr" with other `PdrSettings`:
@@ -32,6 +40,7 @@ import numpy as np
 
 from pdr_jax import baselines, cpu, model_io
 from pdr_jax.evaluation.benchmark import Method
+from pdr_jax.physics.operators import IDENTITY
 from pdr_jax.restore import (
     CONDITIONAL_SETTINGS,
     GuidanceSettings,
@@ -46,6 +55,7 @@ from pdr_jax.restore import (
 
 # The shipped default models (package data, pdr_jax/models; model_io.resolve_model).
 DEFAULT_CHECKPOINT = "pdr-gray-default"
+DEFAULT_RGB_CHECKPOINT = "pdr-rgb-default"  # modes rgb and raw
 DEFAULT_CONDITIONAL = "conditional-gray-default"
 
 
@@ -68,9 +78,10 @@ class PdrSettings:
 class MethodOptions:
     """What the method factories need from the command line."""
 
-    checkpoint: str | None = None  # the prior for "pdr"; None: DEFAULT_CHECKPOINT if it exists
+    checkpoint: str | None = None  # the prior for "pdr"; None: the mode's default if it exists
     conditional_checkpoint: str | None = None  # for "conditional"; None: DEFAULT_CONDITIONAL
     pdr: PdrSettings = PdrSettings()
+    mode: str = "gray"  # benchmark.MODES: the prior's channels (gray 1, rgb and raw 3)
 
 
 # Ablations.
@@ -149,21 +160,22 @@ def checkpoint_dir(options: MethodOptions) -> str:
     when neither is there."""
     if options.checkpoint is not None:
         return options.checkpoint
-    if (model_io.resolve_model(DEFAULT_CHECKPOINT) / model_io.NETWORK_FILE).exists():
-        return str(DEFAULT_CHECKPOINT)
+    default = DEFAULT_CHECKPOINT if options.mode == "gray" else DEFAULT_RGB_CHECKPOINT
+    if (model_io.resolve_model(default) / model_io.NETWORK_FILE).exists():
+        return str(default)
     raise MethodUnavailable(
-        f"no model: pass --checkpoint DIR (the shipped default {DEFAULT_CHECKPOINT} has no "
+        f"no model: pass --checkpoint DIR (the shipped default {default} has no "
         f"{model_io.NETWORK_FILE} yet)"
     )
 
 
-def restore_pdr(prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings):
-    """Restore crops y [N, H, W, C] electrons (one domain, scalar s, r, b) -> x [N, H, W, C],
-    or (x, std) where num_samples > 1 gave a posterior std."""
+def restore_pdr(prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings, operator=IDENTITY):
+    """Restore crops y [N, H, W, C'] electrons, measured through `operator` (one domain, scalar
+    s, r, b) -> x [N, H, W, C], or (x, std) where num_samples > 1 gave a posterior std."""
     result = restore(
         dataclasses.replace(prior, conditioned=settings.conditioning),
         y,
-        physics=Physics(s, r, b, domain),
+        physics=Physics(s, r, b, domain, operator),
         guidance=settings.guidance,
         sampler=settings.sampler,
         tiling_settings=settings.tiling,
@@ -174,12 +186,15 @@ def restore_pdr(prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings)
 
 
 def load_prior(options: MethodOptions) -> Prior:
-    """The prior of options.checkpoint (or the shipped default) for the benchmark: grayscale,
-    6-D physics conditioning or none; MethodUnavailable otherwise."""
+    """The prior of options.checkpoint (or the mode's shipped default) for the benchmark: the
+    mode's channels (gray 1, rgb and raw 3), 6-D physics conditioning or none; MethodUnavailable
+    otherwise."""
     net, variables = load_checkpoint(checkpoint_dir(options))
-    if net.model.in_channels != 1:
+    channels = 1 if options.mode == "gray" else 3
+    if net.model.in_channels != channels:
         raise MethodUnavailable(
-            f"the benchmark is grayscale; the model has {net.model.in_channels} channels"
+            f"the benchmark (mode {options.mode}) has {channels} channel(s); the model has "
+            f"{net.model.in_channels}"
         )
     try:
         return Prior(net, variables)
@@ -192,8 +207,28 @@ def pdr_method(options: MethodOptions, settings: PdrSettings | None = None) -> M
     model."""
     prior, settings = load_prior(options), settings or options.pdr
 
-    def restore_fn(y, *, s, r, b, domain, key):
-        return restore_pdr(prior, y, s=s, r=r, b=b, domain=domain, key=key, settings=settings)
+    def restore_fn(y, *, s, r, b, domain, key, operator=IDENTITY):
+        return restore_pdr(
+            prior, y, s=s, r=r, b=b, domain=domain, key=key, settings=settings, operator=operator
+        )
+
+    return Method(restore_fn, jitted=True)
+
+
+def gray_per_channel_method(options: MethodOptions) -> Method:
+    """ "pdr-gray" (mode rgb): the grayscale prior (DEFAULT_CHECKPOINT) restoring each channel
+    on its own with options.pdr, as pdr-restore does with --checkpoint pdr-gray-default."""
+    if options.mode != "rgb":
+        raise MethodUnavailable("pdr-gray restores the channels of --mode rgb crops")
+    gray = dataclasses.replace(options, checkpoint=DEFAULT_CHECKPOINT, mode="gray")
+    method = pdr_method(gray)
+
+    def restore_fn(y, *, key, **args):
+        channels = [
+            method.restore(y[..., c : c + 1], key=jax.random.fold_in(key, c), **args)
+            for c in range(y.shape[-1])
+        ]
+        return np.concatenate([np.asarray(c) for c in channels], axis=-1)
 
     return Method(restore_fn, jitted=True)
 
@@ -237,7 +272,8 @@ def conditional_method(options: MethodOptions) -> Method:
         )
     model = ConditionalModel(net, variables)
 
-    def restore_fn(y, *, s, r, b, domain, key):
+    def restore_fn(y, *, s, r, b, domain, key, operator=IDENTITY):
+        del operator  # gray benchmarks only (checked above)
         tiles = None if y.shape[1] <= model.img_resolution else TilingSettings()
         return restore(
             model,
@@ -251,24 +287,42 @@ def conditional_method(options: MethodOptions) -> Method:
     return Method(restore_fn, jitted=True)
 
 
-def _per_image(estimate):
-    """A Method from estimate(y [H, W, C], s, r, b) -> x [H, W, C], applied image by image."""
+def _per_image(estimate, modes=("gray", "rgb")):
+    """A Method from estimate(y [H, W, C], s, r, b) -> x [H, W, C], applied image by image, for
+    the benchmark modes `modes` (identity measurements), or with modes ("raw",)
+    estimate(y, operator, s, r, b) for mosaics."""
 
-    def restore(y, *, s, r, b, domain, key):
+    def restore(y, *, s, r, b, domain, key, operator=IDENTITY):
         del domain, key
+        if modes == ("raw",):
+            return np.stack([estimate(image, operator, s, r, b) for image in np.asarray(y)])
         return np.stack([estimate(image, s, r, b) for image in np.asarray(y)])
 
-    return lambda options: Method(restore)
+    def factory(options: MethodOptions) -> Method:
+        if options.mode not in modes:
+            raise MethodUnavailable(f"it runs in modes {modes}, not {options.mode}")
+        return Method(restore)
+
+    return factory
+
+
+def _noisy_mosaic(y, operator, s, r, b):
+    """(y - b) / s of a mosaic, each colour divided by its gain, bilinearly demosaicked."""
+    del r
+    return np.clip(operator.fill((y - b) / s) / operator.channel_gains, 0, 1).astype(np.float32)
 
 
 METHODS = {
     "pdr": pdr_method,
     "conditional": conditional_method,
     "pdr-vst": vst_prior_method,
+    "pdr-gray": gray_per_channel_method,
     "gat-bm3d": _per_image(baselines.gat_bm3d),
-    "gat-cbm3d": _per_image(baselines.gat_cbm3d),  # colour images [H, W, 3] only
+    "gat-cbm3d": _per_image(baselines.gat_cbm3d, modes=("rgb",)),
+    "gat-bm3d-menon": _per_image(baselines.gat_bm3d_menon, modes=("raw",)),
     "nlm": _per_image(baselines.gat_nlm),
     "noisy": _per_image(baselines.noisy_estimate),
+    "noisy-raw": _per_image(_noisy_mosaic, modes=("raw",)),
 }
 
 

@@ -44,10 +44,8 @@ def evaluate_resolutions(
             summary.append({**entry, "error": str(e)})
             continue
 
-        def restore(y, *, s, r, b, domain, key, tiled=tiled):
-            return methods.restore_pdr(
-                prior, y, s=s, r=r, b=b, domain=domain, key=key, settings=tiled
-            )
+        def restore(y, *, tiled=tiled, **args):
+            return methods.restore_pdr(prior, y, settings=tiled, **args)
 
         name = f"pdr@{tile}"
         run = benchmark.run_methods(

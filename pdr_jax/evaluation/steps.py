@@ -76,10 +76,8 @@ def evaluate_steps(
         sampler = dataclasses.replace(settings.sampler, solver=solver, num_steps=steps)
         variant = dataclasses.replace(settings, sampler=sampler)
 
-        def restore(y, *, s, r, b, domain, key, variant=variant):
-            return methods.restore_pdr(
-                prior, y, s=s, r=r, b=b, domain=domain, key=key, settings=variant
-            )
+        def restore(y, *, variant=variant, **args):
+            return methods.restore_pdr(prior, y, settings=variant, **args)
 
         name = method_name(solver, steps)
         run = benchmark.run_methods(
