@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 # Bumped whenever `process` changes what it keeps or writes: a rerun reprocesses images whose
 # record has another version instead of reusing them.
-PROCESSING_VERSION = 3  # 3: photographs kept in colour
+PROCESSING_VERSION = 4  # 3: photographs kept in colour; 4: their downsampling by the short side
 DEFAULT_ROOT = (
     pathlib.Path(os.environ.get("PDR_JAX_CACHE", "~/.cache/pdr_jax")).expanduser() / "corpus"
 )
@@ -348,7 +348,7 @@ def process(path: pathlib.Path, kind: str) -> tuple[np.ndarray, dict[str, Any]]:
         info: dict[str, Any] = {"source_shape": list(x.shape), "gray_levels": levels}
         if kind == "render" and levels < 64:
             raise readers.UnreadableImageError(f"posterised: {levels} gray levels (< 64)")
-        factor = int(np.clip(min(x.shape) // 384, 2, 4)) if kind == "photo" else 1
+        factor = int(np.clip(min(x.shape[:2]) // 384, 2, 4)) if kind == "photo" else 1
         x = _downsample(x, factor)
         info.update(
             downsample=factor,

@@ -665,16 +665,16 @@ def _finish(run: _Run, state: TrainState, meta: dict, stopped: bool) -> None:
         )
         conditional = run.objective.kind == "conditional"
         method = " --method conditional" if conditional else ""
+        weights = run.config.data.domain_weights
+        domain = max(weights, key=lambda name: float(weights[name]))  # what it was trained on most
         sample = (
-            ""
-            if conditional
-            else f"\n  pdr-sample {model_dir} samples/ --num 12 --domain microscopy"
+            "" if conditional else f"\n  pdr-sample {model_dir} samples/ --num 12 --domain {domain}"
         )
         log(
             f"done: {kimg:.2f} kimg in this run ({source['kimg_total']:.2f} in all); the model is "
             f"{model_dir}, the loss curve {os.path.join(run.workdir, 'loss.png')}. Next:\n"
             f"  pdr-restore noisy.tif --output restored.tif --checkpoint {model_dir}{method} "
-            f"--domain microscopy --scale 10 --read-noise 2{sample}"
+            f"--domain {domain} --scale 10 --read-noise 2{sample}"
         )
     run.logger.close()
 

@@ -365,3 +365,11 @@ def test_corpus_config_presets(built):
     config.data.sources = [{"corpus": str(root)}]
     frames, _ = pipeline.build_frames(config.data)
     assert set(frames) == {"photography", "microscopy", "astronomy"}  # + the embedded set
+
+
+def test_a_large_colour_photograph_is_downsampled_by_its_short_side(tmp_path):
+    """process("photo"): the factor is short side // 384 clipped to [2, 4] (1200 px: 3), of the
+    picture's height and width, not of its channel count; colour kept."""
+    Image.fromarray(_photo(3, shape=(1200, 1500))).save(tmp_path / "big.png")
+    x, info = corpus.process(tmp_path / "big.png", "photo")
+    assert info["downsample"] == 3 and x.shape == (400, 500, 3)
