@@ -562,6 +562,33 @@ def _tiff_metadata(meta) -> dict:
     return kwargs
 
 
+def write_together(writes) -> None:
+    """Write each (path, write) pair's file as write(temporary path): a temporary file in the
+    path's folder, all of them renamed into place once every one is complete. A failure (a
+    full disk, say) removes the temporary files and leaves no partial output and no half of a
+    file's outputs; a symlink at a path is replaced, never written through."""
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary = []
+    try:
+        for path, write in writes:
+            path = pathlib.Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(
+                prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent
+            )
+            os.close(handle)
+            temporary.append((pathlib.Path(name), path))
+            write(pathlib.Path(name))
+            os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open would give
+    except BaseException:
+        for name, _ in temporary:
+            name.unlink(missing_ok=True)
+        raise
+    for name, path in temporary:
+        os.replace(name, path)
+
+
 def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> None:
     """x [H, W] / [H, W, C] / [F, H, W, C] float32 to path by its extension. A FITS output keeps
     the input FITS header (WCS included) with `history` as HISTORY cards; a TIFF output keeps the
@@ -601,6 +628,26 @@ def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> Non
         raise ValueError(
             f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}"
         )
+
+
+def electrons_path(out_path: pathlib.Path) -> pathlib.Path:
+    """Where --save-electrons writes s*x+b: the output's name with the suffix _electrons."""
+    return out_path.with_name(out_path.stem + "_electrons" + out_path.suffix)
+
+
+def check_not_input(path: pathlib.Path, outputs) -> None:
+    """ValueError before any work when an output is the input file itself (the same path, or
+    a link to it): restoring must never destroy the measurement."""
+    for output in outputs:
+        output = pathlib.Path(output)
+        same = output.resolve() == path.resolve() or (
+            output.exists() and os.path.samefile(output, path)
+        )
+        if same:
+            raise ValueError(
+                f"{output} is the input file {path}: refusing to overwrite the measurement; "
+                "choose another --output"
+            )
 
 
 def default_checkpoint(args, channels: int, operator) -> str:
@@ -697,25 +744,32 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
     ]
-    write_image(out_path, result_image, meta, history)
+    # Every output of the file or none (write_together): an image counted as failed leaves nothing.
+    writes = [(out_path, lambda tmp: write_image(tmp, result_image, meta, history))]
     if std is not None:
-        write_image(std_path, squeeze(std), meta, [*history, "values: per-pixel posterior std"])
+        std_history = [*history, "values: per-pixel posterior std"]
+        writes.append((std_path, lambda tmp: write_image(tmp, squeeze(std), meta, std_history)))
     if args.save_electrons:
-        write_image(
-            out_path.with_name(out_path.stem + "_electrons" + out_path.suffix),
-            scale * result_image + args.background,
-        )
+        electrons_image = scale * result_image + args.background
+        writes.append((electrons_path(out_path), lambda tmp: write_image(tmp, electrons_image)))
     if preview_path is not None:
-        write_preview(
-            preview_path,
-            path,
-            electrons[0, :, :, :measured],
-            x[0, :, :, :width],
-            None if first_std is None else first_std.reshape(height, width_px, width),
-            mask[0, :, :, :measured],
-            physics,
-            reports[0]["chi_square"],
+        preview_std = None if first_std is None else first_std.reshape(height, width_px, width)
+        writes.append(
+            (
+                preview_path,
+                lambda tmp: write_preview(
+                    tmp,
+                    path,
+                    electrons[0, :, :, :measured],
+                    x[0, :, :, :width],
+                    preview_std,
+                    mask[0, :, :, :measured],
+                    physics,
+                    reports[0]["chi_square"],
+                ),
+            )
         )
+    write_together(writes)
     warnings = sorted({w for r in reports for w in r["warnings"]})
     warnings += physics_warnings + integer_warning(meta.dtype, args.units)
     chi_square = float(np.mean([r["chi_square"] for r in reports]))
@@ -806,6 +860,8 @@ def main(argv=None) -> int:
         try:
             # Only a PNG output needs the channel count before restoring: decode then (a
             # PNG/JPEG/RAW decode is what restoring the file costs first; TIFF/FITS/npy are lazy).
+            extra = [electrons_path(out_path)] if args.save_electrons else []
+            check_not_input(path, [*outputs_of_file, *extra, *([preview] if preview else [])])
             png = any(o.suffix.lower() == ".png" for o in outputs_of_file)
             channels = read_image(path)[0].shape[-1] if png else None
             for output in outputs_of_file:
@@ -877,12 +933,17 @@ def main(argv=None) -> int:
     )
     if args.report:
         settings = {k: v for k, v in vars(args).items() if k not in ("inputs", "report")}
-        with open(args.report, "w") as f:
-            json.dump(
-                {"summary": summary, "settings": settings, "images": reports, "failures": failed},
-                f,
-                indent=2,
+        content = {"summary": summary, "settings": settings, "images": reports, "failures": failed}
+        try:
+            write_together(
+                [(args.report, lambda tmp: tmp.write_text(json.dumps(content, indent=2)))]
             )
+        except OSError as err:
+            print(
+                f"--report {args.report}: not written ({type(err).__name__}: {err})",
+                file=sys.stderr,
+            )
+            return 1
     return 1 if failed else 0
 
 

@@ -694,3 +694,62 @@ def test_a_dng_is_restored_with_its_pattern_black_levels_and_white_balance(tmp_p
         jax.random.key(0),
     )
     assert np.abs(np.load(tmp_path / "y.npy").mean(axis=(0, 1)) - red).max() > 0.2
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_survives(tiny_model, tmp_path):
+    """--output equal to the input, or a link to it, fails that file before any work (issue 35,
+    defect 8); the measurement's bytes are unchanged and the other input is restored."""
+    y, _ = _measurement((24, 24))
+    np.save(tmp_path / "y.npy", y)
+    original = (tmp_path / "y.npy").read_bytes()
+    report = tmp_path / "r.json"
+    code = restore_tool.main(
+        [str(tmp_path / "y.npy"), "--output", str(tmp_path / "y.npy"), "--report", str(report)]
+        + _args(tiny_model)
+    )
+    assert code == 1 and (tmp_path / "y.npy").read_bytes() == original
+    assert (
+        "refusing to overwrite the measurement"
+        in json.loads(report.read_text())["failures"][0]["error"]
+    )
+    (tmp_path / "link.npy").symlink_to(tmp_path / "y.npy")
+    code = restore_tool.main(
+        [str(tmp_path / "y.npy"), "--output", str(tmp_path / "link.npy")] + _args(tiny_model)
+    )
+    assert code == 1 and (tmp_path / "y.npy").read_bytes() == original
+
+
+def test_outputs_are_atomic_symlinks_replaced_and_a_full_disk_leaves_nothing(
+    tiny_model, tmp_path, monkeypatch
+):
+    """Issue 35, defects 7 and 9: an output path that is a symlink is replaced, its target left
+    alone; a write failing with ENOSPC (the std file of the first input) leaves neither that
+    input's restoration nor a partial file nor a temporary one, counts it as failed, restores
+    the next input and still writes the report."""
+    import errno
+
+    y, _ = _measurement((24, 24))
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", y)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "precious.npy").write_bytes(b"keep me")
+    (out / "b.tif").symlink_to(tmp_path / "precious.npy")  # folder outputs are .tif
+    real = restore_tool.write_image
+
+    def full_disk(path, x, meta=None, history=()):
+        if "std" in str(history) and "a.npy" in str(history):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, x, meta, history)
+
+    monkeypatch.setattr(restore_tool, "write_image", full_disk)
+    report = tmp_path / "r.json"
+    argv = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--output", str(out)]
+    argv += ["--uncertainty", str(tmp_path / "std"), "--num-samples", "2", "--report", str(report)]
+    assert restore_tool.main(argv + _args(tiny_model)) == 1
+    assert (tmp_path / "precious.npy").read_bytes() == b"keep me"
+    assert not (out / "b.tif").is_symlink() and tifffile.imread(out / "b.tif").shape == (24, 24)
+    assert sorted(p.name for p in out.iterdir()) == ["b.tif"]  # no a.tif, no temporary file
+    assert sorted(p.name for p in (tmp_path / "std").iterdir()) == ["b.tif"]
+    saved = json.loads(report.read_text())
+    assert saved["summary"]["restored"] == 1 and "No space left" in saved["failures"][0]["error"]
