@@ -172,6 +172,13 @@ def parse_args(argv=None):
         "the RAW file's, else 1,1,1)",
     )
     p.add_argument(
+        "--nonfinite",
+        choices=("mask", "refuse"),
+        default="mask",
+        help="NaN/Inf pixels (FITS BLANK, masked regions): mask them out of the likelihood and "
+        "let the prior fill them (default; the report counts them), or refuse the file",
+    )
+    p.add_argument(
         "--linearise",
         choices=("none", "srgb"),
         default="none",
@@ -444,6 +451,14 @@ def read_measurement(path: pathlib.Path, args):
 
     array, meta = read_image(path, raw_mode="mosaic")
     data = np.asarray(array, np.float32) * meta.scale + meta.offset
+    # NaN/Inf pixels (FITS BLANK, masked detector regions) carry no data: out of the likelihood,
+    # filled by the prior (--nonfinite refuse: the file fails instead).
+    finite = np.isfinite(data)
+    num_nonfinite = int(finite.size - np.count_nonzero(finite))
+    if num_nonfinite and (args.nonfinite == "refuse" or not finite.any()):
+        calibration.check_finite(data, f"{path}")
+    if num_nonfinite:
+        data = np.where(finite, data, np.float32(np.median(data[finite])))
     operator = _mosaic(path, args, meta, data.shape[-1])
     planes = (
         (lambda a: a) if operator.channels_out is None else (lambda a: _green_planes(a, operator))
@@ -470,9 +485,9 @@ def read_measurement(path: pathlib.Path, args):
         "read_noise": args.read_noise,
         "gain": args.gain,
         "estimate": None,
+        "nonfinite": num_nonfinite,
     }
     if args.units == "electrons":
-        calibration.check_finite(data, f"{path}")
         electrons, mask = data, np.ones_like(data)
         if args.read_noise == "auto":
             estimate = noise_estimation.estimate_noise(planes(data[0, :, :, 0]), gain=1.0)
@@ -502,6 +517,7 @@ def read_measurement(path: pathlib.Path, args):
             gain=float(gain), black_level=float(np.mean(black)), white_level=float(white)
         )
         electrons, mask = (np.asarray(v) for v in calibration.calibrate(data, cal))
+    mask = mask * finite
     if args.scale == "auto":
         noise["scale"] = noise_estimation.auto_scale(electrons[0, :, :, 0], args.background)
     return electrons, mask, meta, noise, operator
@@ -785,6 +801,11 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         )
     if noise["estimate"] is not None:
         warnings += [f"noise estimate: {w}" for w in noise["estimate"]["warnings"]]
+    if noise["nonfinite"]:
+        warnings.append(
+            f"{noise['nonfinite']} NaN/Inf pixel(s) masked: no likelihood there, filled by the "
+            "prior (--nonfinite refuse fails such files)"
+        )
     mean = lambda key: float(np.mean([r[key] for r in reports]))
     return {
         "input": str(path),
@@ -816,6 +837,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
             "gain": noise["gain"],
             "estimate": noise["estimate"],
         },
+        "nonfinite_pixels": noise["nonfinite"],
         "seconds": float(sum(r["timings"]["total_s"] for r in reports)),
         "warnings": warnings,
     }

@@ -753,3 +753,25 @@ def test_outputs_are_atomic_symlinks_replaced_and_a_full_disk_leaves_nothing(
     assert sorted(p.name for p in (tmp_path / "std").iterdir()) == ["b.tif"]
     saved = json.loads(report.read_text())
     assert saved["summary"]["restored"] == 1 and "No space left" in saved["failures"][0]["error"]
+
+
+def test_nan_pixels_of_a_fits_frame_are_masked_or_refused(tiny_model, tmp_path):
+    """A FITS frame with NaN pixels (BLANK in astronomy) restores by default: those pixels are
+    out of the likelihood, filled by the prior (finite there), counted in the report with a
+    warning; --nonfinite refuse fails the file naming the count."""
+    from astropy.io import fits
+
+    y, _ = _measurement((24, 24))
+    y[3, 4] = y[10, 11] = np.nan
+    fits.PrimaryHDU(y).writeto(tmp_path / "frame.fits")
+    report = tmp_path / "r.json"
+    argv = [str(tmp_path / "frame.fits"), "--output", str(tmp_path / "x.npy")]
+    argv += ["--report", str(report), *_args(tiny_model)]
+    assert restore_tool.main(argv) == 0
+    x = np.load(tmp_path / "x.npy")
+    assert np.all(np.isfinite(x))
+    image = json.loads(report.read_text())["images"][0]
+    assert image["nonfinite_pixels"] == 2 and any("2 NaN/Inf" in w for w in image["warnings"])
+    assert restore_tool.main([*argv, "--nonfinite", "refuse"]) == 1
+    (failure,) = json.loads(report.read_text())["failures"]
+    assert "2 non-finite pixel(s)" in failure["error"]
