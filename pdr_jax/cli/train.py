@@ -77,7 +77,12 @@ def main(argv):
         FLAGS.process_id,
         timeout_s=FLAGS.distributed_timeout,
     )
-    loop.train(FLAGS.config, FLAGS.workdir)
+    from pdr_jax.train.lock import WorkdirBusy
+
+    try:
+        loop.train(FLAGS.config, FLAGS.workdir)
+    except WorkdirBusy as err:
+        raise SystemExit(f"pdr-train: {err}") from None
 
 
 def resolve_config_argument(argv: list[str]) -> list[str]:

@@ -43,7 +43,7 @@ from jax.sharding import PartitionSpec as P
 from pdr_jax import conditional, cpu, model_io, schedules
 from pdr_jax import precond as precond_lib
 from pdr_jax.precond import build_network
-from pdr_jax.train import distributed
+from pdr_jax.train import distributed, lock
 from pdr_jax.train import loss as losses
 from pdr_jax.train.monitor import MetricsLogger, save_loss_plot, save_sample_grid
 from pdr_jax.train.state import (
@@ -526,19 +526,24 @@ class _Run:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Train `config` into `workdir`, resuming from its latest checkpoint if there is one."""
-    run = _setup(config, workdir)
-    state, meta, data_state = _start_or_resume(run)
-    stopped = False
-    try:
-        for stage in run.stages[meta["stage"] :]:
-            state, meta, stopped = _run_stage(run, stage, state, meta, data_state)
-            data_state = None
-            if stopped:
-                break
-    finally:  # on errors too: a save in flight is the last good checkpoint, let it land
-        run.manager.wait_until_finished()
-    _finish(run, state, meta, stopped)
+    """Train `config` into `workdir`, resuming from its latest checkpoint if there is one.
+
+    One training per workdir: process 0 holds its lock (pdr_jax.train.lock) for the whole run,
+    and a second training on it raises lock.WorkdirBusy before touching anything."""
+    distributed.initialize()  # a job described by the environment (launch/train.py: also flags)
+    with lock.workdir_lock(workdir, enabled=jax.process_index() == 0):
+        run = _setup(config, workdir)
+        state, meta, data_state = _start_or_resume(run)
+        stopped = False
+        try:
+            for stage in run.stages[meta["stage"] :]:
+                state, meta, stopped = _run_stage(run, stage, state, meta, data_state)
+                data_state = None
+                if stopped:
+                    break
+        finally:  # on errors too: a save in flight is the last good checkpoint, let it land
+            run.manager.wait_until_finished()
+        _finish(run, state, meta, stopped)
     return state
 
 
@@ -546,7 +551,6 @@ def _setup(config, workdir: str) -> _Run:
     """The run's context; network.json and config.json written into the workdir."""
     from pdr_jax.data import pipeline  # local: the data stack (grain, readers) is heavy
 
-    distributed.initialize()  # a job described by the environment (launch/train.py: also flags)
     os.makedirs(workdir, exist_ok=True)
     objective = objective_of(config)
     net, network_kwargs = build_network_from_config(config.model, objective.name)

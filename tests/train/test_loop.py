@@ -543,3 +543,41 @@ def test_an_iddpm_network_is_not_trained():
     net, _ = loop.build_network_from_config(config.model)
     with pytest.raises(ValueError, match="trains only edm, vp and ve"):
         loop.loss_for(net)
+
+
+def test_a_second_training_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    """Issue 35, defect 10: the lock names a live holder (here this test process, as if another
+    training held the workdir) and the training is refused before it writes anything; a lock
+    of a process that has exited is taken over, and released when the block ends."""
+    from pdr_jax.train import lock
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    path = workdir / lock.LOCK_FILE
+    path.write_text(
+        json.dumps({"host": lock.socket.gethostname(), "pid": os.getpid(), "started": 0})
+    )
+    config = base.get_config("tiny")
+    with pytest.raises(lock.WorkdirBusy, match=f"pid {os.getpid()} on"):
+        loop.train(config, str(workdir))
+    assert sorted(p.name for p in workdir.iterdir()) == [lock.LOCK_FILE]  # nothing written
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    path.write_text(
+        json.dumps({"host": lock.socket.gethostname(), "pid": int(gone.stdout), "started": 0})
+    )
+    with lock.workdir_lock(str(workdir)):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with (
+            pytest.raises(lock.WorkdirBusy, match="in use by another training"),
+            lock.workdir_lock(str(workdir)),
+        ):
+            pass
+    assert not path.exists()
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0}))
+    with (
+        pytest.raises(lock.WorkdirBusy, match="on elsewhere .*delete the file"),
+        lock.workdir_lock(str(workdir)),
+    ):
+        pass
