@@ -244,12 +244,15 @@ class Frame:
         else:
             channels = slice(self.channel, self.channel + 1)
             black = np.float32(self.black[self.channel])
-        stored = np.asarray(array[self.index, rows, cols, channels], dtype=np.float32)
-        x = (self.scale * stored + self.offset - black) / (np.float32(self.white) - black)
-        if self.rgb:
-            x = np.repeat(x, 3 // x.shape[-1], axis=-1)
-        elif self.channel is None:
-            x = readers.to_gray(x, self.channel_names)
+        # Values beyond float32 (corrupt or hostile files) become +-inf and clip to 0 or 1 below:
+        # no overflow warnings for them.
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = np.asarray(array[self.index, rows, cols, channels], dtype=np.float32)
+            x = (self.scale * stored + self.offset - black) / (np.float32(self.white) - black)
+            if self.rgb:
+                x = np.repeat(x, 3 // x.shape[-1], axis=-1)
+            elif self.channel is None:
+                x = readers.to_gray(x, self.channel_names)
         # NaN (masked pixels, common in FITS) -> 0; the network must never see one.
         return np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0, dtype=np.float32)
 

@@ -189,3 +189,18 @@ def test_nan_pixels_read_as_zero(tmp_path):
     x = _whole(source[0])
     assert np.isfinite(x).all() and (x[:4] == 0).all()
     np.testing.assert_allclose(x[4:], 1.0)  # the 99.9th percentile of the finite values
+
+
+def test_values_beyond_float32_read_without_warnings(tmp_path):
+    """Issue 35: a float64 file with values past float32's range (1e300, -1e300, NaN) reads as
+    clipped [0, 1] patches with no overflow RuntimeWarning."""
+    import warnings
+
+    x = np.full((32, 32), 0.5)
+    x[0, 0], x[1, 1], x[2, 2] = 1e300, -1e300, np.nan
+    np.save(tmp_path / "big.npy", x)
+    source, _ = _build({"domain": "photography", "paths": [str(tmp_path / "big.npy")]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        patch = source[0].read(slice(0, 4), slice(0, 4))
+    assert patch[0, 0, 0] == 1.0 and patch[1, 1, 0] == 0.0 and patch[2, 2, 0] == 0.0
