@@ -13,6 +13,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 
 import jax
@@ -654,4 +655,62 @@ def test_fields_of_the_wrong_type_are_refused_by_name(monkeypatch, change):
     snapshot["ema"].state["_init_kwargs"] = change(dict(snapshot["ema"].state["_init_kwargs"]))
     monkeypatch.setattr(torch_pickle, "load", lambda *args, **kwargs: snapshot)
     with pytest.raises(ConversionError, match=r"vp_ddpmpp_rgb32\.pkl: "):
+        load_edm_pickle(FIXTURES / "vp_ddpmpp_rgb32.pkl")
+
+
+def test_two_stride_zero_tensors_within_the_old_budget_are_refused_at_once(tmp_path):
+    """Issue 35, defect 4: two 2^15 x 2^14 stride-0 float views (2 GiB each, 4 GiB in all, under
+    the old 6 GiB default) in a sub-2 kB file: their bytes are counted together before the first
+    is made, so the file is refused with no allocation (peak RSS < 1 GB)."""
+
+    def expanded(key):
+        storage = _StorageRef(key, np.zeros(1, np.float32))
+        return _Reduce(
+            _REBUILD_TENSOR, (storage, 0, (2**15, 2**14), (0, 0), False, collections.OrderedDict())
+        )
+
+    path = tmp_path / "two.pt"
+    write_torch_file(path, collections.OrderedDict(a=expanded("0"), b=expanded("1")))
+    start = time.perf_counter()
+    error, rss_mb = _peak_rss_of_conversion(path)
+    assert "beyond the budget" in error and "2 tensor(s)" in error, error
+    assert rss_mb < 1024 and time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda kwargs: {**kwargs, "num_blocks": 100000}, "num_blocks = 100000"),
+        (
+            lambda kwargs: {**kwargs, "channel_mult": (1,) * 60, "img_resolution": 2**60},
+            "len\\(channel_mult\\) = 60",
+        ),
+        (lambda kwargs: {**kwargs, "model_channels": 2048, "num_blocks": 16}, "beyond the budget"),
+    ],
+)
+def test_architecture_bombs_are_refused_before_building(monkeypatch, change, message):
+    """Issue 35, defects 5 and 6: constructor arguments describing an absurd network (100000
+    blocks; 60 levels at 2^60 px; a 2048-channel, 16-block network past the byte budget) are
+    refused by name before anything is built, each within seconds."""
+    snapshot = torch_pickle.load(FIXTURES / "vp_ddpmpp_rgb32.pkl")
+    snapshot["ema"].state["_init_kwargs"] = change(dict(snapshot["ema"].state["_init_kwargs"]))
+    monkeypatch.setattr(torch_pickle, "load", lambda *args, **kwargs: snapshot)
+    start = time.perf_counter()
+    with pytest.raises(ConversionError, match=rf"vp_ddpmpp_rgb32\.pkl: .*{message}"):
+        load_edm_pickle(FIXTURES / "vp_ddpmpp_rgb32.pkl")
+    assert time.perf_counter() - start < 30
+
+
+def test_a_self_containing_argument_is_a_conversion_error(monkeypatch):
+    """Issue 35, defect 6: a list in _init_kwargs that contains itself (RecursionError inside)
+    ends in ConversionError naming the file."""
+    snapshot = torch_pickle.load(FIXTURES / "vp_ddpmpp_rgb32.pkl")
+    loop = []
+    loop.append(loop)
+    snapshot["ema"].state["_init_kwargs"] = {
+        **snapshot["ema"].state["_init_kwargs"],
+        "channel_mult": loop,
+    }
+    monkeypatch.setattr(torch_pickle, "load", lambda *args, **kwargs: snapshot)
+    with pytest.raises(ConversionError, match=r"vp_ddpmpp_rgb32\.pkl: .*RecursionError"):
         load_edm_pickle(FIXTURES / "vp_ddpmpp_rgb32.pkl")

@@ -14,6 +14,7 @@ misshaped entries by name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -122,6 +123,42 @@ def edm_network_kwargs(
     return {"precond": precond_name, "arch": arch, **kwargs}
 
 
+# Bounds on a described network, checked before anything is built: EDM's largest networks have
+# 4 levels, 4 blocks per level and 256 channels at 512 px; these are several times that.
+MAX_LEVELS, MAX_BLOCKS, MAX_CHANNELS, MAX_RESOLUTION = 8, 16, 2048, 4096
+
+
+def check_network_size(kwargs: Mapping, max_bytes: int, where: str) -> int:
+    """The parameter bytes of the network that build_network(**kwargs) would build, checked
+    before it is built: levels (len(channel_mult)), blocks, channels and resolution within the
+    bounds above, then the parameter count by jax.eval_shape (no arrays) within max_bytes.
+    Raises ConversionError naming the file and the field."""
+    levels = len(kwargs.get("channel_mult") or (1, 2, 2, 2))
+    fields = {
+        "len(channel_mult)": (levels, MAX_LEVELS),
+        "num_blocks": (kwargs.get("num_blocks", 4), MAX_BLOCKS),
+        "model_channels": (kwargs.get("model_channels", 128), MAX_CHANNELS),
+        "img_resolution": (kwargs.get("img_resolution"), MAX_RESOLUTION),
+        "img_channels": (kwargs.get("img_channels"), MAX_CHANNELS),
+        "max(channel_mult)": (max(kwargs.get("channel_mult") or (1,)), 64),
+    }
+    for name, (value, bound) in fields.items():
+        if not isinstance(value, (int, np.integer)) or not 0 < value <= bound:
+            raise ConversionError(
+                f"{where}: {name} = {value!r} is not a positive integer up to {bound}: not a "
+                "network pdr_jax builds (refused before building it)"
+            )
+    net = precond.build_network(**kwargs)
+    shapes = jax.eval_shape(lambda: precond.init_variables(net, jax.random.key(0)))
+    nbytes = sum(math.prod(leaf.shape) * 4 for leaf in jax.tree_util.tree_leaves(shapes))
+    if nbytes > max_bytes:
+        raise ConversionError(
+            f"{where}: the network its arguments describe has {nbytes // 4:,} parameters "
+            f"({nbytes:,} bytes), beyond the budget of {max_bytes:,} bytes (--max-bytes)"
+        )
+    return nbytes
+
+
 def _walk(module: PickledModule, prefix: str = ""):
     """(kind, EDM name, array) in torch's order: own parameters, own buffers, then children."""
     state = module.state or {}
@@ -218,7 +255,7 @@ def _variables(net, state: Mapping, where: str) -> dict:
         raise ConversionError(f"{where}: {exc}{_prefix_hint(state)}") from None
 
 
-def _network_from_module(module: PickledModule, overrides: Mapping, where: str):
+def _network_from_module(module: PickledModule, overrides: Mapping, where: str, max_bytes: int):
     state = module.state or {}
     model = (state.get("_modules") or {}).get("model")
     try:
@@ -231,6 +268,7 @@ def _network_from_module(module: PickledModule, overrides: Mapping, where: str):
     except ConversionError as exc:
         raise ConversionError(f"{where}: {exc}") from None
     kwargs = {**kwargs, **overrides}
+    check_network_size(kwargs, max_bytes, where)
     net = precond.build_network(**kwargs)
     return net, kwargs, _variables(net, module_state_dict(module), where)
 
@@ -261,17 +299,19 @@ def convert_edm(
     where = str(path)
     obj = torch_pickle.load(_local_file(path, cache_dir, sha256), max_bytes=max_bytes)
     try:
-        return _convert(obj, key, where, config, prefix, network_kwargs)
+        return _convert(obj, key, where, config, prefix, network_kwargs, max_bytes)
     except ConversionError:
         raise
-    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
-        # A field of the wrong type (img_resolution a string, _init_kwargs a list, ...).
+    except (Exception, RecursionError) as exc:
+        # A field of the wrong type (img_resolution a string, _init_kwargs a list, ...), a
+        # self-containing structure (RecursionError), a backend refusing a shape (RuntimeError).
         raise ConversionError(
-            f"{where}: not an EDM network of the expected structure ({type(exc).__name__}: {exc})"
+            f"{where}: not an EDM network of the expected structure ({type(exc).__name__}: "
+            f"{str(exc)[:300]})"
         ) from exc
 
 
-def _convert(obj, key, where, config, prefix, network_kwargs) -> ConvertedNetwork:
+def _convert(obj, key, where, config, prefix, network_kwargs, max_bytes) -> ConvertedNetwork:
     """convert_edm after the file is read."""
     entry, used_key = _select(obj, key, where)
     source = {"file": where, "key": used_key}
@@ -281,7 +321,7 @@ def _convert(obj, key, where, config, prefix, network_kwargs) -> ConvertedNetwor
                 f"{where}: config/prefix apply to state_dict files; this file records its network "
                 f"({entry.class_name}); pass keyword arguments to override single arguments"
             )
-        net, kwargs, variables = _network_from_module(entry, network_kwargs, where)
+        net, kwargs, variables = _network_from_module(entry, network_kwargs, where, max_bytes)
         model = entry.state["_modules"]["model"]  # present: the weights converted
         source.update(edm_class=entry.class_name, edm_model_class=model.class_name)
     else:
@@ -296,6 +336,7 @@ def _convert(obj, key, where, config, prefix, network_kwargs) -> ConvertedNetwor
             )
         kwargs = {**(precond.NETWORKS[config] if config else {}), **network_kwargs}
         kwargs = _plain(kwargs)
+        check_network_size(kwargs, max_bytes, where)
         net = precond.build_network(**kwargs)
         variables = _variables(net, _strip_prefix(entry, prefix, where), where)
         source.update(config=config, prefix=prefix)
@@ -322,8 +363,15 @@ def _flax_tree(net, state: Mapping[str, np.ndarray], template) -> dict:
     return state_dict_to_variables(net, full, params_template, check_buffers=False)["params"]
 
 
-def load_edm_training_state(path, *, cache_dir=None, sha256: str | None = None) -> dict:
-    """An EDM ``training-state-*.pt``: the training net and torch Adam's state.
+def load_edm_training_state(
+    path,
+    *,
+    cache_dir=None,
+    sha256: str | None = None,
+    max_bytes: int = 4 * torch_pickle.DEFAULT_MAX_BYTES,
+) -> dict:
+    """An EDM ``training-state-*.pt``: the training net and torch Adam's state (`max_bytes`:
+    the load's budget, by default 4x a snapshot's: the net, Adam's two moments, their copies).
 
     Returns a dict with
       "net", "variables", "network_kwargs": the network, as `convert_edm` gives it;
@@ -335,7 +383,7 @@ def load_edm_training_state(path, *, cache_dir=None, sha256: str | None = None) 
           where a parameter has no state), e.g. for optax.ScaleByAdamState(count, mu, nu).
     """
     where = str(path)
-    obj = torch_pickle.load(_local_file(path, cache_dir, sha256))
+    obj = torch_pickle.load(_local_file(path, cache_dir, sha256), max_bytes=max_bytes)
     if not (isinstance(obj, Mapping) and {"net", "optimizer_state"} <= set(obj)):
         found = list(obj) if isinstance(obj, Mapping) else type(obj).__name__
         raise ConversionError(
@@ -344,7 +392,7 @@ def load_edm_training_state(path, *, cache_dir=None, sha256: str | None = None) 
     module, optimizer = obj["net"], obj["optimizer_state"]
     if not isinstance(module, PickledModule):
         raise ConversionError(f"{where}: entry 'net' is a {type(module).__name__}, not a network")
-    net, kwargs, variables = _network_from_module(module, {}, where)
+    net, kwargs, variables = _network_from_module(module, {}, where, max_bytes)
     names = module_parameter_names(module)
 
     def name_of(index):

@@ -36,9 +36,11 @@ import numpy as np
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 # The most bytes one load may declare: zip entries (data.pkl, storages) as decompressed, legacy
-# storages, and tensors as materialised (stride-0 views at their full size). EDM's largest
-# snapshot (ImageNet-64 ADM, EMA only) is ~1.2 GB; a training state with Adam's moments ~4.7 GB.
-DEFAULT_MAX_BYTES = 6 << 30
+# storages, and all tensors as materialised (stride-0 views at their full size), counted
+# together before the first is made. EDM's largest snapshot (ImageNet-64 ADM, EMA only) is
+# ~1.2 GB, 2.4 GB with its tensors copied out: the default is a little above that (a training
+# state with Adam's moments, ~4.7 GB, needs --max-bytes).
+DEFAULT_MAX_BYTES = 3 << 30
 
 
 class TorchFileError(ValueError):
@@ -487,34 +489,55 @@ class _StorageTable:
         return storage
 
 
-def _materialize(obj, memo: dict, budget: _Budget):
-    """`obj` with every _Tensor replaced by a numpy array (containers updated in place); each
-    array's bytes are taken from the budget before it is made."""
+def _tensor_bytes(obj, seen: set) -> tuple[int, int]:
+    """(bytes, count) of every _Tensor reachable from obj as materialised (its full size, a
+    stride-0 view too), each object once (cycles are fine): taken from the budget before the
+    first tensor is made."""
+    if id(obj) in seen:
+        return 0, 0
+    seen.add(id(obj))
+    if isinstance(obj, _Tensor):
+        itemsize = (obj.dtype or obj.storage.dtype).itemsize
+        return math.prod(max(int(n), 0) for n in obj.size) * itemsize, 1
+    if isinstance(obj, dict):
+        children = [*obj.values(), *getattr(obj, "__dict__", {}).values()]
+    elif isinstance(obj, (list, tuple)):
+        children = obj
+    elif isinstance(obj, PickledModule):
+        children = [obj.state]
+    else:
+        return 0, 0
+    total = count = 0
+    for child in children:
+        nbytes, n = _tensor_bytes(child, seen)
+        total, count = total + nbytes, count + n
+    return total, count
+
+
+def _materialize(obj, memo: dict):
+    """`obj` with every _Tensor replaced by a numpy array (containers updated in place); their
+    bytes were taken from the budget before (_tensor_bytes)."""
     if id(obj) in memo:
         return memo[id(obj)]
     if isinstance(obj, _Tensor):
-        itemsize = (obj.dtype or obj.storage.dtype).itemsize
-        budget.take(
-            math.prod(obj.size) * itemsize, f"tensor of size {obj.size} ({obj.storage.key!r})"
-        )
         result = obj.numpy()
     elif isinstance(obj, dict):
         memo[id(obj)] = obj
         for key, value in obj.items():
-            obj[key] = _materialize(value, memo, budget)
+            obj[key] = _materialize(value, memo)
         if isinstance(getattr(obj, "__dict__", None), dict):  # e.g. OrderedDict._metadata
             for key, value in obj.__dict__.items():
-                obj.__dict__[key] = _materialize(value, memo, budget)
+                obj.__dict__[key] = _materialize(value, memo)
         result = obj
     elif isinstance(obj, list):
         memo[id(obj)] = obj
-        obj[:] = [_materialize(v, memo, budget) for v in obj]
+        obj[:] = [_materialize(v, memo) for v in obj]
         result = obj
     elif isinstance(obj, tuple):
-        result = tuple(_materialize(v, memo, budget) for v in obj)
+        result = tuple(_materialize(v, memo) for v in obj)
     elif isinstance(obj, PickledModule):
         memo[id(obj)] = obj
-        obj.state = _materialize(obj.state, memo, budget)
+        obj.state = _materialize(obj.state, memo)
         result = obj
     else:
         result = obj
@@ -611,7 +634,11 @@ def _load_stream(f: BinaryIO, budget: _Budget, materialize: bool = True):
         obj = _Unpickler(f).load()
         if isinstance(obj, int) and obj == LEGACY_MAGIC:
             obj = _load_legacy_rest(f, budget)
-    return _materialize(obj, {}, budget) if materialize else obj
+    if not materialize:
+        return obj
+    nbytes, count = _tensor_bytes(obj, set())
+    budget.take(nbytes, f"the file's {count} tensor(s) as arrays")  # before the first is made
+    return _materialize(obj, {})
 
 
 _CORRUPT = (
