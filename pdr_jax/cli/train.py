@@ -17,6 +17,7 @@ described by JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID or by 
 JAX detects (SLURM): see pdr_jax.train.distributed.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -81,7 +82,9 @@ def main(argv):
 
     try:
         loop.train(FLAGS.config, FLAGS.workdir)
-    except WorkdirBusy as err:
+    except (WorkdirBusy, loop.CheckpointsUnusable) as err:  # one line; PDR_JAX_DEBUG=1: traceback
+        if os.environ.get("PDR_JAX_DEBUG"):
+            raise
         raise SystemExit(f"pdr-train: {err}") from None
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -360,6 +362,109 @@ def _val_loss(metrics):
     return metrics["val_loss"]
 
 
+# Per step, written once the step's save is complete: the sha256 of every file of the step, so
+# a damaged file (a halved data file of the best step, say) is found before the step is trusted.
+MANIFEST = "pdr_manifest.json"
+# The JSON items of a step, each of which must parse (Orbax reads `metrics` when the manager is
+# created, before any restore could fall back).
+_JSON_ITEMS = ("meta/metadata", "data/metadata")
+_OPTIONAL_JSON_ITEMS = ("metrics/metrics",)
+
+
+class CheckpointsUnusable(RuntimeError):
+    """No checkpoint of the workdir can be used: the message says which and what to do."""
+
+
+def _step_dirs(directory: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(directory):
+        return []
+    names = [name for name in os.listdir(directory) if name.isdigit()]
+    return sorted((int(name), os.path.join(directory, name)) for name in names)
+
+
+def _digests(step_dir: str) -> dict[str, str]:
+    digests = {}
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, step_dir)
+            if not relative.startswith(MANIFEST):
+                with open(path, "rb") as f:
+                    digests[relative] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
+
+
+def write_manifests(directory: str) -> None:
+    """A checksum manifest for every finished step that has none (process 0; call it when no
+    save is in flight: Orbax's finished steps are the numeric folders)."""
+    if jax.process_index() != 0:
+        return
+    for _, step_dir in _step_dirs(directory):
+        path = os.path.join(step_dir, MANIFEST)
+        if not os.path.exists(path):
+            digests = _digests(step_dir)
+            with open(path + ".tmp", "w") as f:  # renamed: a crash leaves no half manifest
+                json.dump(digests, f, indent=1)
+            os.replace(path + ".tmp", path)
+
+
+def _step_problem(step_dir: str) -> str | None:
+    """Why a step cannot be trusted (a JSON item that is missing or does not parse, a file that
+    differs from its manifest or is missing), or None."""
+    for item in _JSON_ITEMS + _OPTIONAL_JSON_ITEMS:
+        path = os.path.join(step_dir, item)
+        if not os.path.exists(path):
+            if item in _JSON_ITEMS:
+                return f"{item} is missing"
+            continue
+        try:
+            with open(path) as f:
+                json.load(f)
+        except (OSError, ValueError) as e:
+            return f"{item} does not parse ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    manifest = os.path.join(step_dir, MANIFEST)
+    if os.path.exists(manifest):
+        try:
+            with open(manifest) as f:
+                expected = json.load(f)
+        except (OSError, ValueError):
+            return f"{MANIFEST} does not parse"
+        found = _digests(step_dir)
+        for name, digest in expected.items():
+            if found.get(name) != digest:
+                what = "is missing" if name not in found else "differs from its checksum"
+                return f"{name} {what}"
+    return None
+
+
+def _move_aside(step_dir: str) -> str:
+    aside = f"{step_dir}.corrupt"
+    aside = aside if not os.path.exists(aside) else f"{aside}.{time.time_ns()}"
+    os.replace(step_dir, aside)
+    return aside
+
+
+def check_checkpoints(directory: str, log) -> None:
+    """Every step checked before the checkpoint manager trusts it (_step_problem): a damaged
+    step is reported in one line and moved aside to STEP.corrupt, the best-kept one too (the
+    manager then keeps the best intact step). When every step is damaged nothing is moved and
+    CheckpointsUnusable says so."""
+    steps = _step_dirs(directory)
+    problems = {step: _step_problem(path) for step, path in steps}
+    bad = [step for step, problem in problems.items() if problem]
+    if not bad:
+        return
+    if len(bad) == len(steps):
+        raise CheckpointsUnusable(
+            f"none of the checkpoints {[s for s, _ in steps]} in {directory} is intact ("
+            + "; ".join(f"step {s}: {problems[s]}" for s in bad)
+            + f"): move {directory} away to start this run afresh"
+        )
+    for step, path in steps:
+        if problems[step] and jax.process_index() == 0:
+            log(f"checkpoint step {step}: {problems[step]}; moved aside to {_move_aside(path)}")
+
+
 def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
     """Keep the latest N plus the best N by validation loss; saves are asynchronous.
 
@@ -379,17 +484,15 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
             ),
         ]
     )
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    check_checkpoints(directory, lambda line: print(line, file=sys.stderr, flush=True))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
         best_fn=_val_loss,
         best_mode="min",
         enable_async_checkpointing=True,
     )
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=options,
-        item_names=("state", "data", "meta"),
-    )
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
 
 
 def save_checkpoint(manager, step, state, data_iter, meta, metrics=None) -> None:
@@ -397,8 +500,12 @@ def save_checkpoint(manager, step, state, data_iter, meta, metrics=None) -> None
 
     The data position is a global batch index (pdr_jax.data.pipeline), one copy for all
     processes, so a run resumes with another process count; Grain's own Orbax handler writes a
-    file per process index and count and would refuse that resume.
+    file per process index and count and would refuse that resume. The previous save is
+    finished first (it had a whole checkpoint interval) and the finished steps get their
+    checksum manifests (write_manifests).
     """
+    manager.wait_until_finished()
+    write_manifests(str(manager.directory))
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -441,15 +548,11 @@ def restore_latest_intact(manager, abstract_state, log) -> tuple | None:
             log(f"checkpoint step {step} does not load ({type(e).__name__}: {cause})")
             continue
         for bad in broken if jax.process_index() == 0 else ():
-            directory = os.path.join(str(manager.directory), str(bad))
-            aside = f"{directory}.corrupt"
-            os.replace(
-                directory, aside if not os.path.exists(aside) else f"{aside}.{time.time_ns()}"
-            )
+            aside = _move_aside(os.path.join(str(manager.directory), str(bad)))
             log(f"checkpoint step {bad} moved aside to {aside}; resuming from step {step}")
         return (step, *restored)
     if steps:
-        raise RuntimeError(
+        raise CheckpointsUnusable(
             f"none of the checkpoints {steps} in {manager.directory} loads (causes above; a changed "
             f"network config fails them all alike): fix the config, or move {manager.directory} away "
             "to start this run afresh"
@@ -543,6 +646,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     break
         finally:  # on errors too: a save in flight is the last good checkpoint, let it land
             run.manager.wait_until_finished()
+            write_manifests(str(run.manager.directory))
         _finish(run, state, meta, stopped)
     return state
 

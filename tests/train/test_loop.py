@@ -422,8 +422,9 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_next_intact_one(
     one_device_run, tmp_path, capsys
 ):
     """The newest step with a state data file cut in half, the next with its meta cut to 5
-    bytes: both are reported, moved aside as STEP.corrupt, and the run resumes from step 2 to
-    the same result as the uninterrupted run (the run is deterministic: atol 1e-6)."""
+    bytes: both are found before the checkpoint manager starts (the checksum manifest, the JSON
+    item), reported in one line each, moved aside as STEP.corrupt, and the run resumes from step
+    2 to the same result as the uninterrupted run (the run is deterministic: atol 1e-6)."""
     workdir_ref, state_ref = one_device_run
     workdir = _copy_run(workdir_ref, tmp_path / "run")
     checkpoints = os.path.join(workdir, "checkpoints")
@@ -442,8 +443,8 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_next_intact_one(
     config.stages[0]["kimg"] = 0.032
     state = loop.train(config, workdir)
     log = capsys.readouterr().err
-    assert "checkpoint step 4 does not load" in log and "checkpoint step 3 does not load" in log
-    assert "checkpoint step 4 moved aside" in log and "resumed from step 2" in log
+    assert "checkpoint step 4: state/" in log and "differs from its checksum; moved aside" in log
+    assert "checkpoint step 3: meta/metadata does not parse" in log and "resumed from step 2" in log
     assert {"4.corrupt", "3.corrupt"} <= set(os.listdir(checkpoints))
     assert int(state.step) == 4
     chex.assert_trees_all_close(state.params, state_ref.params, atol=1e-6, rtol=0)
@@ -480,11 +481,47 @@ def test_no_intact_checkpoint_is_a_clear_error(one_device_run, tmp_path):
             f.write("{")
     config = _tiny(num_devices=1)
     with pytest.raises(
-        RuntimeError, match="none of the checkpoints .* loads.*to start this run afresh"
+        loop.CheckpointsUnusable, match="none of the checkpoints .* is intact.*afresh"
     ):
         loop.train(config, workdir)
     # Nothing is moved when nothing loads (a changed config fails every step alike).
     assert not [name for name in os.listdir(checkpoints) if name.endswith(".corrupt")]
+    # pdr-train: the same in one line, exit status 1, no traceback.
+    out = subprocess.run(
+        [sys.executable, "-m", "pdr_jax.cli.train", "--config", "configs/base.py:tiny"]
+        + ["--workdir", workdir],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith("pdr-train: none of the checkpoints")
+
+
+def test_damaged_metrics_and_a_damaged_best_step_are_moved_aside(one_device_run, tmp_path, capsys):
+    """Issue 35, defects 1 and 3: the latest step's metrics cut to 3 bytes (Orbax read them when
+    the manager was created: a 64-line JSONDecodeError) and step 2's largest state file halved
+    (a step kept as the best goes unnoticed without its checksum manifest): each is reported in
+    one line naming the step and moved aside before the manager starts; the run resumes from
+    step 3."""
+    workdir = _copy_run(one_device_run[0], tmp_path / "run")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert all(os.path.exists(os.path.join(checkpoints, s, loop.MANIFEST)) for s in ("2", "3", "4"))
+    with open(os.path.join(checkpoints, "4", "metrics", "metrics"), "r+b") as f:
+        f.truncate(3)
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(checkpoints, "2")) for f in fs]
+    victim = max(files, key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    config = _tiny(num_devices=1)
+    config.stages[0]["kimg"] = 0.032
+    state = loop.train(config, workdir)
+    log = capsys.readouterr().err
+    assert "checkpoint step 4: metrics/metrics does not parse" in log
+    assert "checkpoint step 2: " in log and "differs from its checksum" in log
+    assert "resumed from step 3" in log and int(state.step) == 4
+    assert {"4.corrupt", "2.corrupt"} <= set(os.listdir(checkpoints))
 
 
 def test_the_best_checkpoint_survives_a_restart(tmp_path, monkeypatch):
