@@ -122,8 +122,8 @@ def stabilised(
     operator (pdr_jax.physics.operators; None: the identity): y is its measurement, e.g. a
     mosaic [H, W, 1]. The GAT acts on electrons, so every pixel has unit noise std whatever its
     colour's gain; `operator.fill` turns the stabilised measurement into x's channels
-    (bilinear demosaicking of the stabilised mosaic: interpolated values have less noise than
-    the measured ones, whose std 1 the denoiser is told), the channels are denoised together,
+    (Menon 2007 demosaicking of the stabilised mosaic; the caller tells the denoiser the
+    measured pixels' noise level, the restoration times operator.start_sigma_factor), the channels are denoised together,
     and the inverse divides by s times each channel's gain.
     """
 

@@ -13,7 +13,7 @@
     "gat-bm3d-menon"  mode raw: GAT+BM3D per Bayer plane, then Menon 2007 demosaicking
     "nlm"          generalized Anscombe + non-local means + the same inverse
     "noisy"        (y - b) / s
-    "noisy-raw"    mode raw: (y - b) / (s g) of each pixel, demosaicked bilinearly
+    "noisy-raw"    mode raw: (y - b) / (s g) of each pixel, demosaicked (Menon 2007)
 
 Modes (pdr_jax.evaluation.benchmark.MODES): in "rgb" and "raw" the default prior is the colour
 one (DEFAULT_RGB_CHECKPOINT) and a mosaic's forward operator reaches "pdr" in its Physics.
@@ -307,7 +307,7 @@ def _per_image(estimate, modes=("gray", "rgb")):
 
 
 def _noisy_mosaic(y, operator, s, r, b):
-    """(y - b) / s of a mosaic, each colour divided by its gain, bilinearly demosaicked."""
+    """(y - b) / s of a mosaic, each colour divided by its gain, demosaicked (operator.fill)."""
     del r
     return np.clip(operator.fill((y - b) / s) / operator.channel_gains, 0, 1).astype(np.float32)
 

@@ -230,6 +230,8 @@ def _vst_estimate(denoise_fn, y: np.ndarray, physics: Physics, operator, factor:
     sigma_v (inf for a constant image: nothing to denoise)."""
     sigmas = []
 
+    factor = factor * operator.start_sigma_factor  # a demosaicked mosaic's correlated noise
+
     def denoise_unit(unit, sigma_v):  # [0, 1], noise std sigma_v -> model space 2u - 1, 2 sigma_v
         sigmas.append(sigma_v)
         model = jnp.asarray(2 * unit[None] - 1, jnp.float32)

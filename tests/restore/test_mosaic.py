@@ -34,15 +34,13 @@ def _measure(x, op, s, r, b, seed=1):
 @pytest.mark.parametrize("tile", [None, 8])
 def test_a_red_scene_comes_back_red_through_the_pattern_and_odd_tiles(tile):
     """RGGB data of a red scene restore to red in every pixel (mean colour within 0.03, every
-    pixel's red above its green and blue), with or without 8 px tiles on a 19 x 22 image (odd
+    pixel's red above its green and blue), with or without 8 px tiles on a 37 x 42 image (odd
     padding, so the padded origin shifts the phase); read as BGGR, the same data are blue."""
     s, r, b = 60.0, 2.0, 1.0
     op = operators.Mosaic("RGGB", gains=GAINS)
-    x_true = _scene(19, 22)
+    x_true = _scene(37, 42)  # no tiles: any size works for this prior
     y = _measure(x_true, op, s, r, b)
     tiling = None if tile is None else TilingSettings(tile=tile, overlap=2)
-    if tiling is None:
-        y, x_true = y[:16, :16], x_true[:16, :16]  # no tiles: any size works for this prior
 
     def run(pattern):
         physics = Physics(s, r, b, operator=operators.Mosaic(pattern, gains=GAINS))
@@ -52,11 +50,11 @@ def test_a_red_scene_comes_back_red_through_the_pattern_and_odd_tiles(tile):
     assert result.image.shape == (*y.shape[:2], 3)
     np.testing.assert_allclose(result.image.mean(axis=(0, 1)), RED, atol=0.03)
     assert np.all(result.image[..., 0] > result.image[..., 1:].max(axis=-1) + 0.3)
-    # chi-square per Bayer colour near 1 (measured 0.88-1.10 over the cases; 600-1200 pixels
-    # per colour, std of each ~0.06)
+    # chi-square per Bayer colour near 1 (~390 pixels per colour: std of each ~0.07; measured
+    # 0.79-1.07 over 3 seeds with and without tiles; a wrong phase gives hundreds)
     assert len(result.report["chi_square_per_channel"]) == 3
     for chi2 in [result.report["chi_square"], *result.report["chi_square_per_channel"]]:
-        assert 0.7 < chi2 < 1.35
+        assert 0.55 < chi2 < 1.45
     assert result.report["physics"]["operator"]["name"] == "Mosaic"
     swapped = run("BGGR").image.mean(axis=(0, 1))
     assert swapped[2] > 0.5 and swapped[0] < 0.3  # the red pixels read as blue
@@ -112,7 +110,7 @@ def test_the_proximal_step_through_a_mosaic_is_the_scalar_one_with_the_gain():
 
 
 def test_the_stabilised_start_of_a_mosaic_recovers_a_constant_colour():
-    """baselines.stabilised with the Mosaic: GAT of every pixel, bilinear demosaicking of the
+    """baselines.stabilised with the Mosaic: GAT of every pixel, demosaicking (operator.fill) of the
     stabilised mosaic, a denoiser (here the scene's mean in each channel: exact for a constant
     scene), the unbiased inverse divided by s g: within 0.02 of each channel's truth."""
     op = operators.Mosaic("BGGR", gains=GAINS)
@@ -134,7 +132,7 @@ def test_the_stabilised_start_of_a_mosaic_recovers_a_constant_colour():
 
 def test_the_classical_raw_pipeline_denoises_then_demosaicks():
     """gat_bm3d_menon on a smooth colour ramp: [H, W, 3] in [0, 1], far closer to the truth than
-    the noisy bilinear demosaick (MSE below 0.5x)."""
+    the noisy demosaick (MSE below 0.5x)."""
     op = operators.Mosaic("RGGB", gains=GAINS)
     s, r, b = 20.0, 1.0, 0.0
     yy, xx = np.mgrid[0:32, 0:32] / 32
