@@ -124,11 +124,15 @@ def test_missing_variables_are_reported(tmp_path):
 
 def test_shipped_models_load_by_name_from_the_package():
     """Package data (pdr_jax/models), found by importlib.resources, not by the checkout's layout."""
-    assert {"pdr-gray-default", "conditional-gray-default"} <= set(model_io.shipped_models())
+    shipped = {"pdr-gray-default", "pdr-rgb-default", "conditional-gray-default"}
+    assert shipped <= set(model_io.shipped_models())
     path = model_io.resolve_model("pdr-gray-default")
     assert path.parent == pathlib.Path(model_io.__file__).parent / "models"
     net, variables = model_io.load_model("pdr-gray-default")
     assert net.model.label_dim == 6 and "params" in variables
+    colour, _ = model_io.load_model("pdr-rgb-default")  # the gray prior's network, 3 channels
+    assert colour.model.in_channels == 3 and colour.model.label_dim == 6
+    assert colour.model.model_channels == net.model.model_channels
     assert model_io.resolve_model("no-such-model") == pathlib.Path("no-such-model")
     with pytest.raises(model_io.ModelFormatError, match="no-such-model"):
         model_io.load_model("no-such-model")
