@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# The shipped models (pdr_jax/models, model_io.resolve_model), the programs' defaults: the
+# grayscale prior, the colour prior (3-channel inputs and Bayer mosaics) and the model
+# conditioned on the measurement.
+DEFAULT_CHECKPOINT = "pdr-gray-default"
+DEFAULT_RGB_CHECKPOINT = "pdr-rgb-default"
+DEFAULT_CONDITIONAL_CHECKPOINT = "conditional-gray-default"
+
 # Named networks: preconditioner, U-Net variant and its arguments (EDM's train.py presets and
 # this project's grayscale 6-D-conditioned priors). `pdr_jax.precond.build_network(name, **overrides)` builds them.
 NETWORKS: dict[str, dict[str, Any]] = {

@@ -604,17 +604,22 @@ def _peak_rss_of_conversion(path) -> tuple[str, float]:
     return "\n".join(lines[:-1]), float(lines[-1].split()[1])
 
 
-def test_a_stride_zero_tensor_beyond_the_budget_is_refused_without_allocating(tmp_path):
-    """Two 2^16 x 2^16 stride-0 views of one float (16 GiB each, 817-byte-class file)."""
+def _write_stride_zero_file(path, size) -> None:
+    """A torch file of two `size` float tensors, each a stride-0 view of a one-float storage."""
 
     def expanded(key):
         storage = _StorageRef(key, np.zeros(1, np.float32))
         return _Reduce(
-            _REBUILD_TENSOR, (storage, 0, (2**16, 2**16), (0, 0), False, collections.OrderedDict())
+            _REBUILD_TENSOR, (storage, 0, size, (0,) * len(size), False, collections.OrderedDict())
         )
 
-    path = tmp_path / "expanded.pt"
     write_torch_file(path, collections.OrderedDict(a=expanded("0"), b=expanded("1")))
+
+
+def test_a_stride_zero_tensor_beyond_the_budget_is_refused_without_allocating(tmp_path):
+    """Two 2^16 x 2^16 stride-0 views of one float (16 GiB each, 817-byte-class file)."""
+    path = tmp_path / "expanded.pt"
+    _write_stride_zero_file(path, (2**16, 2**16))
     assert path.stat().st_size < 2000
     error, rss_mb = _peak_rss_of_conversion(path)
     assert (
@@ -662,15 +667,8 @@ def test_two_stride_zero_tensors_within_the_old_budget_are_refused_at_once(tmp_p
     """Issue 35, defect 4: two 2^15 x 2^14 stride-0 float views (2 GiB each, 4 GiB in all, under
     the old 6 GiB default) in a sub-2 kB file: their bytes are counted together before the first
     is made, so the file is refused with no allocation (peak RSS < 1 GB)."""
-
-    def expanded(key):
-        storage = _StorageRef(key, np.zeros(1, np.float32))
-        return _Reduce(
-            _REBUILD_TENSOR, (storage, 0, (2**15, 2**14), (0, 0), False, collections.OrderedDict())
-        )
-
     path = tmp_path / "two.pt"
-    write_torch_file(path, collections.OrderedDict(a=expanded("0"), b=expanded("1")))
+    _write_stride_zero_file(path, (2**15, 2**14))
     start = time.perf_counter()
     error, rss_mb = _peak_rss_of_conversion(path)
     assert "beyond the budget" in error and "2 tensor(s)" in error, error

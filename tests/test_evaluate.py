@@ -486,17 +486,18 @@ def test_gaussian_diagnostic_calls_the_denoiser_in_model_space():
 def test_colour_and_raw_modes_measure_and_score_through_the_operator():
     """--mode rgb: photographs only, [H, W, 3] crops as stored; --mode raw: the same crops in
     linear light (srgb_to_linear of them), measured through the RGGB mosaic ([H, W, 1] y), and
-    scored on A(x_hat): the truth itself gets chi-square ~1 (16 x 16 x 2 crops: std ~0.06;
-    bound 0.25), a mosaic's noisy estimate is [H, W, 3]. Methods outside their modes are
-    unavailable with the reason."""
+    scored on A(x_hat): the truth itself gets chi-square ~1 (32 x 32 mosaic pixels per crop: std
+    ~0.045; bound 0.25, > 5 std), a mosaic's noisy estimate is [H, W, 3]. Methods outside their
+    modes are unavailable with the reason."""
     from pdr_jax.physics import calibration
 
     rgb = benchmark.load_clean_images(crop=16, per_domain=2, mode="rgb")
-    raw = benchmark.load_clean_images(crop=16, per_domain=2, mode="raw")
+    raw = benchmark.load_clean_images(crop=32, per_domain=2, mode="raw")
     assert {i.domain for i in rgb} == {"photography"} and rgb[0].clean.shape == (16, 16, 3)
-    np.testing.assert_allclose(raw[0].clean, calibration.srgb_to_linear(rgb[0].clean), atol=1e-6)
+    rgb32 = benchmark.load_clean_images(crop=32, per_domain=2, mode="rgb")
+    np.testing.assert_allclose(raw[0].clean, calibration.srgb_to_linear(rgb32[0].clean), atol=1e-6)
     cases = benchmark.make_cases(raw, [50.0], read_noise=2.0, operator=benchmark.RAW_MOSAIC)
-    assert cases[0].y.shape == (16, 16, 1)
+    assert cases[0].y.shape == (32, 32, 1)
     options = methods.MethodOptions(mode="raw")
     truth = benchmark.Method(lambda y, **kw: np.stack([c.image.clean for c in cases]))
     noisy = methods.build_methods(["noisy-raw"], options)["noisy-raw"]

@@ -54,6 +54,11 @@ import numpy as np
 import tqdm
 
 from pdr_jax.cli import finish_parser
+from pdr_jax.presets import (  # the shipped models, by name (pdr_jax.model_io.resolve_model)
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONDITIONAL_CHECKPOINT,
+    DEFAULT_RGB_CHECKPOINT,
+)
 
 EXAMPLES = (
     "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 "
@@ -71,11 +76,6 @@ EXAMPLES = (
     "pdr-restore mosaic.npy --cfa RGGB --wb 2.0,1,1.6 --output rgb.npy --domain photography "
     "--scale 10 --read-noise 2",
 )
-
-# The shipped models, by name (package data; pdr_jax.model_io.resolve_model).
-DEFAULT_CHECKPOINT = "pdr-gray-default"
-DEFAULT_RGB_CHECKPOINT = "pdr-rgb-default"  # 3-channel inputs and mosaics
-DEFAULT_CONDITIONAL_CHECKPOINT = "conditional-gray-default"
 OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
 
 

@@ -128,11 +128,10 @@ def edm_network_kwargs(
 MAX_LEVELS, MAX_BLOCKS, MAX_CHANNELS, MAX_RESOLUTION = 8, 16, 2048, 4096
 
 
-def check_network_size(kwargs: Mapping, max_bytes: int, where: str) -> int:
-    """The parameter bytes of the network that build_network(**kwargs) would build, checked
-    before it is built: levels (len(channel_mult)), blocks, channels and resolution within the
+def checked_network(kwargs: Mapping, max_bytes: int, where: str):
+    """build_network(**kwargs), checked before its parameters exist: levels (len(channel_mult)), blocks, channels and resolution within the
     bounds above, then the parameter count by jax.eval_shape (no arrays) within max_bytes.
-    Raises ConversionError naming the file and the field."""
+    Returns the network; raises ConversionError naming the file and the field."""
     levels = len(kwargs.get("channel_mult") or (1, 2, 2, 2))
     fields = {
         "len(channel_mult)": (levels, MAX_LEVELS),
@@ -156,7 +155,7 @@ def check_network_size(kwargs: Mapping, max_bytes: int, where: str) -> int:
             f"{where}: the network its arguments describe has {nbytes // 4:,} parameters "
             f"({nbytes:,} bytes), beyond the budget of {max_bytes:,} bytes (--max-bytes)"
         )
-    return nbytes
+    return net
 
 
 def _walk(module: PickledModule, prefix: str = ""):
@@ -268,8 +267,7 @@ def _network_from_module(module: PickledModule, overrides: Mapping, where: str, 
     except ConversionError as exc:
         raise ConversionError(f"{where}: {exc}") from None
     kwargs = {**kwargs, **overrides}
-    check_network_size(kwargs, max_bytes, where)
-    net = precond.build_network(**kwargs)
+    net = checked_network(kwargs, max_bytes, where)
     return net, kwargs, _variables(net, module_state_dict(module), where)
 
 
@@ -336,8 +334,7 @@ def _convert(obj, key, where, config, prefix, network_kwargs, max_bytes) -> Conv
             )
         kwargs = {**(precond.NETWORKS[config] if config else {}), **network_kwargs}
         kwargs = _plain(kwargs)
-        check_network_size(kwargs, max_bytes, where)
-        net = precond.build_network(**kwargs)
+        net = checked_network(kwargs, max_bytes, where)
         variables = _variables(net, _strip_prefix(entry, prefix, where), where)
         source.update(config=config, prefix=prefix)
     return ConvertedNetwork(net=net, network_kwargs=kwargs, variables=variables, source=source)

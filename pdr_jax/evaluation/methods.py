@@ -41,6 +41,8 @@ import numpy as np
 from pdr_jax import baselines, cpu, model_io
 from pdr_jax.evaluation.benchmark import Method
 from pdr_jax.physics.operators import IDENTITY
+from pdr_jax.presets import DEFAULT_CHECKPOINT, DEFAULT_RGB_CHECKPOINT  # the shipped models
+from pdr_jax.presets import DEFAULT_CONDITIONAL_CHECKPOINT as DEFAULT_CONDITIONAL
 from pdr_jax.restore import (
     CONDITIONAL_SETTINGS,
     GuidanceSettings,
@@ -52,11 +54,6 @@ from pdr_jax.restore import (
     restore,
     tiling,
 )
-
-# The shipped default models (package data, pdr_jax/models; model_io.resolve_model).
-DEFAULT_CHECKPOINT = "pdr-gray-default"
-DEFAULT_RGB_CHECKPOINT = "pdr-rgb-default"  # modes rgb and raw
-DEFAULT_CONDITIONAL = "conditional-gray-default"
 
 
 class MethodUnavailable(RuntimeError):
