@@ -1,7 +1,7 @@
 """Named presets, plain data without jax: the programs' --help lists them without importing it.
 
 NETWORKS: `pdr_jax.precond.build_network` arguments by name. SAMPLER_PRESETS: EDM's published
-sampler settings for `pdr_jax.sampler_presets.sample_with_preset` (NVlabs/edm `example.py` and
+sampler settings for `pdr_jax.samplers.sample_with_preset` (NVlabs/edm `example.py` and
 its README's generate.py commands).
 """
 

@@ -16,7 +16,9 @@ timestep, prediction eps, x0 or v; see `pdr_jax.schedules`):
 
 A discrete-time model also runs in the continuous samplers through `discrete_sampler_args`,
 which rewrites it as a denoiser in sigma_t = sqrt((1 - abar_t) / abar_t) space; a
-preconditioned network (`pdr_jax.precond`) through `network_sampler_args`.
+preconditioned network (`pdr_jax.precond`) through `network_sampler_args`. `sample(solver, ...)`
+runs a continuous sampler by its name (`pdr_jax.settings.SOLVERS`: heun, euler, dpmpp2m), the
+one vocabulary of restore() and both programs; `sample_with_preset` runs EDM's published settings.
 
 Guidance: every sampler takes ``guidance_fn(x, denoised, sigma) -> correction`` ([B, H, W, C])
 and applies ``denoised <- denoised + correction`` at each network evaluation. It always sees
@@ -47,6 +49,8 @@ from jax import lax
 from jax.tree_util import Partial
 
 from pdr_jax import cpu, schedules
+from pdr_jax.presets import SAMPLER_PRESETS
+from pdr_jax.settings import SOLVERS, solver_name
 
 Array = jax.Array
 
@@ -56,10 +60,6 @@ def _as_pytree_fn(fn):
     if fn is None or isinstance(fn, Partial):
         return fn
     return Partial(fn)
-
-
-def _identity(sigma):
-    return sigma
 
 
 def _denoise(denoise_fn, guidance_fn, x, sigma):
@@ -77,31 +77,6 @@ def _with_start(x_init, trajectory):
 
 # ----------------------------------------------------------------------------------------------
 # Continuous sigma: EDM (Karras et al. 2022) and DPM-Solver++ (Lu et al. 2022b).
-
-
-def edm_sigma_steps(
-    num_steps: int,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    round_sigma: Callable | None = None,
-) -> np.ndarray:
-    """EDM's noise levels t_0 > ... > t_{N-1} (rounded) followed by t_N = 0: [S+1] float64.
-
-    Computed in float64 on the host like EDM. These are also the "Karras sigmas" that
-    DPM-Solver++ uses.
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    round_sigma = round_sigma or _identity
-    step_indices = np.arange(num_steps, dtype=np.float64)
-    # Time step discretization (EDM eq. 5).
-    ramp = step_indices / max(num_steps - 1, 1)
-    t_steps = (
-        sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
-    ) ** rho
-    t_steps = np.asarray(round_sigma(t_steps), np.float64)
-    return np.concatenate([t_steps, [0.0]])
 
 
 def _heun_correction(x_hat, t_hat, t_next, d_cur, d_prime):
@@ -190,8 +165,8 @@ def edm_sampler(
         if S_churn > 0:
             raise ValueError("a key is needed when S_churn > 0")
         key = jax.random.key(0)  # the noise is multiplied by 0
-    round_sigma = round_sigma or _identity
-    t_steps = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, round_sigma)
+    round_sigma = round_sigma or (lambda sigma: sigma)
+    t_steps = schedules.edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, round_sigma)
     t_cur, t_next = t_steps[:-1], t_steps[1:]
     # Churn gamma_i = min(S_churn/N, sqrt(2)-1) where S_min <= t_i <= S_max (Algorithm 2), and
     # t_hat = t_i + gamma_i t_i (line 5): fixed by the schedule, so computed here on the host.
@@ -264,12 +239,12 @@ def dpmpp_2m_sampler(
     Args:
       denoise_fn: D(x: [B, H, W, C], sigma: [] float32) -> [B, H, W, C].
       latents: [B, H, W, C] standard normal; x_0 = latents * sigma_max (after rounding).
-      num_steps, sigma_min, sigma_max, rho, round_sigma: the schedule, as `edm_sigma_steps`.
+      num_steps, sigma_min, sigma_max, rho, round_sigma: the schedule, as `schedules.edm_sigma_steps`.
       guidance_fn: optional (x, denoised, sigma) -> correction, added to every D evaluation.
       return_trajectory: return [S+1, B, H, W, C] instead of the [B, H, W, C] samples.
     """
     chex.assert_rank(latents, 4)
-    sigmas = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, round_sigma)
+    sigmas = schedules.edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, round_sigma)
     schedule = {k: jnp.asarray(v, latents.dtype) for k, v in _dpmpp_2m_schedule(sigmas).items()}
     return _dpmpp_2m_sample(
         _as_pytree_fn(denoise_fn),
@@ -556,3 +531,85 @@ def network_sampler_args(
         sigma_max=min(sigma_max, net.sigma_max),
         round_sigma=functools.partial(net.apply, variables, method=net.round_sigma),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# One entry point by solver name (restore, pdr-sample), and EDM's published presets.
+
+
+def network_calls(solver: str, num_steps: int) -> int:
+    """Denoiser calls of `num_steps` steps: Heun 2N - 1 (no correction on the last step), else N."""
+    return 2 * num_steps - 1 if solver == "heun" and num_steps else num_steps
+
+
+def sample(
+    solver: str,
+    denoise_fn: Callable,
+    latents: Array,
+    *,
+    key: Array | None = None,
+    num_steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    round_sigma: Callable | None = None,
+    guidance_fn: Callable | None = None,
+    **churn,
+) -> Array:
+    """The continuous-sigma sampler named `solver` (a name of `pdr_jax.settings.SOLVERS`).
+
+    "heun" and "euler" run `edm_sampler` (which takes key and the churn keywords S_churn, S_min,
+    S_max, S_noise), "dpmpp2m" runs `dpmpp_2m_sampler` (deterministic: no churn). A deprecated
+    alias ("dpmpp") warns and runs its solver. Arguments and result as those two functions.
+    """
+    solver = solver_name(solver)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    schedule = dict(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+    schedule.update(round_sigma=round_sigma, guidance_fn=guidance_fn)
+    if solver == "dpmpp2m":
+        if churn.get("S_churn", 0.0) > 0:
+            raise ValueError("dpmpp2m is deterministic: S_churn must be 0")
+        return dpmpp_2m_sampler(denoise_fn, latents, **schedule)
+    return edm_sampler(denoise_fn, latents, key=key, solver=solver, **schedule, **churn)
+
+
+def sample_with_preset(
+    net,
+    variables,
+    latents: Array,
+    class_labels: Array | None = None,
+    *,
+    key: Array | None = None,
+    preset: str = "edm-default",
+    **overrides,
+) -> Array:
+    """EDM's Heun sampler with a named preset's settings (`pdr_jax.presets.SAMPLER_PRESETS`: the
+    values NVlabs/edm `example.py` passes for its networks); `overrides` replace single settings.
+
+        images = sample_with_preset(net, variables, latents, labels, key=key,
+                                    preset="edm-imagenet64-stochastic")
+
+    Args:
+      net, variables: a `pdr_jax.precond` network and its variables.
+      latents: [B, H, W, C] float32 standard normal.
+      class_labels: [B, label_dim] float32 or None.
+      key: PRNG key for the churn noise (needed when the preset has S_churn > 0).
+      preset: a key of SAMPLER_PRESETS; each keeps EDM's sigma_min 0.002, sigma_max 80 (clamped
+        to the network's range) and rho 7 unless overridden.
+      overrides: any `edm_sampler` keyword, e.g. num_steps=8 for a quick look.
+
+    Returns:
+      [B, H, W, C] float32 samples.
+    """
+    if preset not in SAMPLER_PRESETS:
+        raise KeyError(f"unknown sampler preset {preset!r}; known: {sorted(SAMPLER_PRESETS)}")
+    settings = {**SAMPLER_PRESETS[preset], **overrides}
+    network_args = network_sampler_args(
+        net,
+        variables,
+        class_labels,
+        sigma_min=settings.pop("sigma_min", 0.002),
+        sigma_max=settings.pop("sigma_max", 80.0),
+    )
+    return edm_sampler(latents=latents, key=key, **network_args, **settings)

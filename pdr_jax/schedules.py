@@ -1,4 +1,5 @@
-"""Discrete-time diffusion (DDPM-style models): beta schedules, eps / x0 / v parameterisations.
+"""Noise schedules: EDM's continuous sigma steps, and for discrete-time diffusion (DDPM-style
+models) the beta schedules and the eps / x0 / v parameterisations.
 
 A model trained DDPM-style sees x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps at an
 integer timestep t = 0 .. T-1 (Ho et al. 2020, eq. 4), with alpha_bar_t = prod_{s<=t} (1 - beta_s).
@@ -17,11 +18,40 @@ pure jnp and take `alpha_bar` as a scalar or an array that broadcasts against x 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
+
+
+# Continuous sigma: EDM's time steps (Karras et al. 2022, eq. 5).
+
+
+def edm_sigma_steps(
+    num_steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    round_sigma: Callable | None = None,
+) -> np.ndarray:
+    """EDM's noise levels t_0 > ... > t_{N-1} (rounded) followed by t_N = 0: [S+1] float64.
+
+    Computed in float64 on the host like EDM. These are also the "Karras sigmas" that
+    DPM-Solver++ uses (`pdr_jax.samplers`). round_sigma: the network's, or None (identity).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    step_indices = np.arange(num_steps, dtype=np.float64)
+    # Time step discretization (EDM eq. 5).
+    ramp = step_indices / max(num_steps - 1, 1)
+    t_steps = (
+        sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    ) ** rho
+    if round_sigma is not None:
+        t_steps = np.asarray(round_sigma(t_steps), np.float64)
+    return np.concatenate([t_steps, [0.0]])
 
 
 # Beta schedules: each returns betas [T] float64 with 0 < beta < 1.

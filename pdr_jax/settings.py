@@ -10,14 +10,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import warnings
 
 DOMAINS = ("photography", "microscopy", "astronomy")  # pdr_jax.physics.conditioning
-SOLVERS = ("heun", "euler", "dpmpp")  # EDM Heun (2N - 1 calls), Euler (N), DPM-Solver++(2M) (N)
+# The solvers of pdr_jax.samplers.sample, by the one name that restore(), pdr-restore --solver and
+# pdr-sample --solver use: EDM Heun (2N - 1 network calls), EDM Euler (N), DPM-Solver++(2M) (N).
+SOLVERS = ("heun", "euler", "dpmpp2m")
+SOLVER_ALIASES = {"dpmpp": "dpmpp2m"}  # deprecated spellings -> names of SOLVERS
 STARTS = ("vst", "noise")
 LIKELIHOODS = ("wls", "gaussian", "exact")  # the keys of pdr_jax.physics.noise.LOG_LIKELIHOODS
 GAMMA_SCHEDULES = ("sigma2", "sigma", "constant", "isotropic")
 MODES = ("x0", "dps", "prox")
 CFA_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")  # pdr_jax.physics.operators.CFA_PATTERNS
+
+
+def solver_name(name: str) -> str:
+    """`name` with a deprecated alias (SOLVER_ALIASES) replaced by its name in SOLVERS, with a
+    FutureWarning; any other name is returned as it is (the caller checks it against SOLVERS)."""
+    if name in SOLVER_ALIASES:
+        warnings.warn(
+            f"solver {name!r} is deprecated; use {SOLVER_ALIASES[name]!r}",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return SOLVER_ALIASES[name]
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +79,7 @@ class SamplerSettings:
     """How the sampler runs; the defaults are the tuned setting (README, "Restoration defaults")."""
 
     num_steps: int = 6  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
-    solver: str = "euler"  # a name of SOLVERS
+    solver: str = "euler"  # a name of SOLVERS (a deprecated alias is replaced by it, warning)
     start: str = "vst"  # "vst" or "noise" (pdr_jax.restore.restoration's docstring)
     start_factor: float = 0.7  # "vst": start_sigma = start_factor * 2 sigma_v (model space)
     latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
@@ -73,6 +90,7 @@ class SamplerSettings:
     rho: float = 7.0
 
     def __post_init__(self):
+        object.__setattr__(self, "solver", solver_name(self.solver))
         if self.solver not in SOLVERS or self.start not in STARTS:
             raise ValueError(
                 f"solver must be one of {SOLVERS} and start one of {STARTS}, got "

@@ -1,4 +1,5 @@
-"""pdr_jax.inspect (named activations), pdr_jax.sampler_presets and tools/inspect_activations.py."""
+"""pdr_jax.activations (named activations), pdr_jax.samplers.sample_with_preset and
+tools/inspect_activations.py."""
 
 import csv
 import functools
@@ -14,8 +15,9 @@ from edm_fixtures import FIXTURES, load_case, nchw_to_nhwc
 from PIL import Image
 from tiny_models import tiny_prior_kwargs
 
-from pdr_jax import cpu, inspect, model_io, precond, sampler_presets, samplers
+from pdr_jax import activations, cpu, model_io, precond, samplers
 from pdr_jax.convert import load_edm_pickle
+from pdr_jax.presets import SAMPLER_PRESETS
 
 inspect_tool = importlib.import_module("pdr_jax.cli.inspect")
 
@@ -59,7 +61,7 @@ def tiny():
 
 
 def _tiny_names(net):
-    return [info.name for info in inspect.list_layers(net)] + TINY_EXTRA
+    return [info.name for info in activations.list_layers(net)] + TINY_EXTRA
 
 
 def _tiny_inputs(batch=2):
@@ -73,7 +75,7 @@ def _tiny_inputs(batch=2):
 def tiny_capture(tiny):
     net, variables = tiny
     x, sigma, labels = _tiny_inputs()
-    acts, D = inspect.capture_activations(
+    acts, D = activations.capture_activations(
         net, variables, x, sigma, labels, _tiny_names(net), return_output=True
     )
     return (x, sigma, labels), acts, D
@@ -85,7 +87,7 @@ def tiny_capture(tiny):
 
 def test_list_layers_order_and_edm_keys(tiny):
     net, _ = tiny
-    layers = inspect.list_layers(net)
+    layers = activations.list_layers(net)
     assert [(info.name, info.path, info.resolution, info.channels) for info in layers] == [
         ("encoder_block_0", "enc.8x8_conv", 8, 8),
         ("encoder_block_1", "enc.8x8_block0", 8, 8),
@@ -107,14 +109,14 @@ def test_list_layers_order_and_edm_keys(tiny):
 def test_layer_counts_of_published_configs(name, encoder, decoder):
     """Counts from the architecture: 1 conv + blocks + a down block per lower level; decoder
     num_blocks + 1 per level plus an up block per higher level. No parameters are made."""
-    names = [info.name for info in inspect.list_layers(precond.build_network(name))]
+    names = [info.name for info in activations.list_layers(precond.build_network(name))]
     assert sum(n.startswith("encoder_block_") for n in names) == encoder
     assert sum(n.startswith("decoder_block_") for n in names) == decoder
 
 
 def test_raw_paths_and_unknown_names(tiny):
     net, variables = tiny
-    resolved = inspect.resolve_layers(
+    resolved = activations.resolve_layers(
         net, ["midblock", "model.dec.4x4_in0", "enc.4x4_block0.conv0", "map_label"]
     )
     assert resolved == {
@@ -124,12 +126,12 @@ def test_raw_paths_and_unknown_names(tiny):
         "map_label": "map_label",
     }
     with pytest.raises(KeyError, match="decoder_block_9.*stable names"):
-        inspect.resolve_layers(net, ["decoder_block_9"])
+        activations.resolve_layers(net, ["decoder_block_9"])
     with pytest.raises(KeyError, match="enc.16x16_block0"):
-        inspect.resolve_layers(net, ["enc.16x16_block0"])
+        activations.resolve_layers(net, ["enc.16x16_block0"])
     x, sigma, labels = _tiny_inputs()
     with pytest.raises(KeyError, match="no module at 'model.enc.8x8_block0.qkv'"):
-        inspect.capture_activations(net, variables, x, sigma, labels, ["enc.8x8_block0.qkv"])
+        activations.capture_activations(net, variables, x, sigma, labels, ["enc.8x8_block0.qkv"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,9 +183,9 @@ def test_converted_fixture_activations_match_edm(case):
     net, variables = load_edm_pickle(FIXTURES / f"{case}.pkl")
     _, arrays = load_case(case)
     stable = FIXTURE_NAMES[case]
-    assert {info.name: info.path for info in inspect.list_layers(net)}.items() >= stable.items()
+    assert {info.name: info.path for info in activations.list_layers(net)}.items() >= stable.items()
     raw = [key[len("act/") :] for key in arrays if key.startswith("act/")]  # "model.enc..."
-    acts = inspect.capture_activations(
+    acts = activations.capture_activations(
         net,
         variables,
         nchw_to_nhwc(arrays["x"]),
@@ -207,7 +209,7 @@ def test_imagenet64_adm_with_1000_class_labels():
     """The full EDM ImageNet-64 ADM config (296M parameters) as shapes only, and a narrow copy
     (model_channels 16, one block per level, attention at 8x8) run with one-hot 1000-D labels."""
     net = precond.build_network("edm-imagenet64-adm")
-    layers = {info.name: info for info in inspect.list_layers(net)}
+    layers = {info.name: info for info in activations.list_layers(net)}
     assert layers["encoder_block_0"][1:] == ("enc.64x64_conv", 64, 192)
     assert layers["encoder_bottleneck"][1:] == ("enc.8x8_block2", 8, 768)
     assert layers["midblock"][1:] == ("dec.8x8_in1", 8, 768)
@@ -216,7 +218,7 @@ def test_imagenet64_adm_with_1000_class_labels():
     x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((2, 1000), jnp.float32)
     captured = jax.eval_shape(
-        lambda v, x, c: inspect.capture_activations(
+        lambda v, x, c: activations.capture_activations(
             net, v, x, jnp.ones(2), c, ["midblock", "map_label"]
         ),
         shapes,
@@ -231,7 +233,7 @@ def test_imagenet64_adm_with_1000_class_labels():
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     one_hot = jax.nn.one_hot(jnp.array([7, 999]), 1000)
     names = ["encoder_block_0", "midblock", "decoder_block_10", "dec.8x8_in0.qkv", "map_label"]
-    acts, D = inspect.capture_activations(
+    acts, D = activations.capture_activations(
         small, variables, x, jnp.array([0.5, 20.0]), one_hot, names, return_output=True
     )
     shapes = {name: a.shape for name, a in acts.items()}
@@ -260,8 +262,8 @@ def test_channel_statistics_merge_batches_and_count_dead_channels():
     a[2, 0, 0, 5] = 0.0  # one zero is not a dead channel
     merged = None
     for part in (a[:2], a[2:3], a[3:]):
-        merged = inspect.merge_summaries(merged, jax.jit(inspect.channel_summary)(part))
-    stats = inspect.layer_statistics(merged)
+        merged = activations.merge_summaries(merged, jax.jit(activations.channel_summary)(part))
+    stats = activations.layer_statistics(merged)
     assert stats["mean"] == pytest.approx(a.mean(dtype=np.float64), rel=1e-6)
     assert stats["std"] == pytest.approx(a.std(dtype=np.float64), rel=1e-6)
     assert (stats["min"], stats["max"]) == (a.min(), a.max())
@@ -269,14 +271,14 @@ def test_channel_statistics_merge_batches_and_count_dead_channels():
         stats["channel_std"], a.std(axis=(0, 1, 2), dtype=np.float64), rtol=1e-5, atol=1e-6
     )
     assert stats["dead_channels"] == [1, 4] and stats["dead_fraction"] == pytest.approx(2 / 6)
-    assert inspect.layer_statistics(merged, dead_threshold=1e-7)["dead_channels"] == [1]
+    assert activations.layer_statistics(merged, dead_threshold=1e-7)["dead_channels"] == [1]
     # Embedding layers [B, c]: the same, without positions.
     emb = rng.normal(size=(7, 3)).astype(np.float32)
-    emb_stats = inspect.layer_statistics(
-        inspect.merge_summaries(None, inspect.channel_summary(emb))
+    emb_stats = activations.layer_statistics(
+        activations.merge_summaries(None, activations.channel_summary(emb))
     )
     assert emb_stats["std"] == pytest.approx(emb.std(dtype=np.float64), rel=1e-6)
-    np.testing.assert_allclose(inspect.pool_activations(a), a.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(activations.pool_activations(a), a.mean(axis=(1, 2)), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,15 +286,15 @@ def test_channel_statistics_merge_batches_and_count_dead_channels():
 
 
 def test_sampler_presets(tiny):
-    assert sampler_presets.SAMPLER_PRESETS["edm-imagenet64-stochastic"] == dict(
+    assert SAMPLER_PRESETS["edm-imagenet64-stochastic"] == dict(
         num_steps=256, S_churn=40, S_min=0.05, S_max=50, S_noise=1.003
     )
-    assert sampler_presets.SAMPLER_PRESETS["edm-default"] == dict(num_steps=18)
+    assert SAMPLER_PRESETS["edm-default"] == dict(num_steps=18)
     net, variables = tiny
     latents = jax.random.normal(jax.random.key(3), (2, 8, 8, 1))
     labels = jnp.zeros((2, 6))
     key = jax.random.key(4)
-    got = sampler_presets.sample_with_preset(
+    got = samplers.sample_with_preset(
         net, variables, latents, labels, key=key, preset="edm-imagenet64-stochastic", num_steps=3
     )
     expected = samplers.edm_sampler(
@@ -307,7 +309,7 @@ def test_sampler_presets(tiny):
     )
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     with pytest.raises(KeyError, match="edm-imagenet64-stochastic"):
-        sampler_presets.sample_with_preset(net, variables, latents, preset="imagenet")
+        samplers.sample_with_preset(net, variables, latents, preset="imagenet")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +331,7 @@ def _batched_capture(net, variables, x, sigma, labels, names, batch=2):
     parts = []
     for start in range(0, x.shape[0], batch):
         index = np.minimum(np.arange(start, start + batch), x.shape[0] - 1)
-        acts = inspect.capture_activations(
+        acts = activations.capture_activations(
             net, variables, x[index], sigma[index], labels[index], names
         )
         parts.append({name: np.asarray(a[: x.shape[0] - start]) for name, a in acts.items()})

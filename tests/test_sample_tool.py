@@ -29,6 +29,17 @@ def test_help():
     assert exit_info.value.code == 0
 
 
+def test_solver_flag_and_its_deprecated_spelling():
+    """--solver takes the names of pdr_jax.settings.SOLVERS, as pdr-restore does; --sampler (the
+    old flag) still works and warns."""
+    assert sample_tool.parse_args(["m", "o", "--solver", "dpmpp2m"]).solver == "dpmpp2m"
+    assert sample_tool.parse_args(["m", "o"]).solver == "heun"
+    with pytest.warns(FutureWarning, match="--sampler is deprecated"):
+        assert sample_tool.parse_args(["m", "o", "--sampler", "euler"]).solver == "euler"
+    with pytest.raises(SystemExit):
+        sample_tool.parse_args(["m", "o", "--solver", "rk4"])
+
+
 def test_samples_from_a_model_directory(tiny_model, tmp_path, capsys):
     """5 images in batches of 2 (the last padded): a 3x2 grid PNG and the arrays. Image i depends
     only on seed + i: the first two equal a run with --num 2, and the first five those of a run

@@ -9,7 +9,7 @@ from edm_fixtures import FIXTURES, nchw_to_nhwc, network_from_case
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
-from pdr_jax import samplers, schedules
+from pdr_jax import samplers, schedules, settings
 
 # ----------------------------------------------------------------------------------------------
 # EDM parity (tests/fixtures/edm/sampler_ddpmpp_cond6_gray64.*).
@@ -23,7 +23,7 @@ def test_sigma_steps_match_edm():
     """EDM eq. 5 on the host in float64 equals the sigmas EDM's sampler called the net with."""
     ref = _sampler_fixture()
     for num_steps in (18, 5):
-        t_steps = samplers.edm_sigma_steps(num_steps, 0.002, 80.0, 7.0)
+        t_steps = schedules.edm_sigma_steps(num_steps, 0.002, 80.0, 7.0)
         np.testing.assert_allclose(t_steps, ref[f"t_steps_{num_steps}"], rtol=1e-12, atol=0)
         assert t_steps[-1] == 0 and t_steps[0] == 80.0
 
@@ -435,7 +435,7 @@ def test_network_sampler_args_clamp_and_round_like_edm():
     u = arrays["state/u"]
     assert args["sigma_max"] == 80.0
     assert args["sigma_min"] == pytest.approx(float(u[-2]))
-    t_steps = samplers.edm_sigma_steps(
+    t_steps = schedules.edm_sigma_steps(
         18, args["sigma_min"], args["sigma_max"], 7, args["round_sigma"]
     )
     assert np.all(np.isin(t_steps[:-1].astype(np.float32), u))
@@ -449,7 +449,7 @@ def test_discrete_sampler_args_put_sigma_on_the_grid():
     args = samplers.discrete_sampler_args(gaussian_model(betas), betas)
     grid = schedules.sigmas_from_alpha_bars(schedules.alpha_bars(betas))
     assert args["sigma_min"] == pytest.approx(grid[0]) and args["sigma_max"] == 80.0
-    t_steps = samplers.edm_sigma_steps(
+    t_steps = schedules.edm_sigma_steps(
         20, args["sigma_min"], args["sigma_max"], 7, args["round_sigma"]
     )
     t = np.asarray(
@@ -473,3 +473,34 @@ def test_argument_errors():
         )
     with pytest.raises(ValueError, match="key"):
         samplers.ddim_sampler(gaussian_model(COSINE_1000), latents, betas=COSINE_1000, eta=0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# One solver vocabulary: samplers.sample by name, the deprecated alias, the network-call count.
+
+
+def test_sample_runs_each_solver_by_name_and_the_alias_warns():
+    latents = _latents(batch=2)
+    schedule = dict(num_steps=4, sigma_min=0.01, sigma_max=10.0)
+    expected = {
+        "heun": samplers.edm_sampler(gaussian_denoiser(), latents, solver="heun", **schedule),
+        "euler": samplers.edm_sampler(gaussian_denoiser(), latents, solver="euler", **schedule),
+        "dpmpp2m": samplers.dpmpp_2m_sampler(gaussian_denoiser(), latents, **schedule),
+    }
+    assert tuple(expected) == settings.SOLVERS
+    for solver, want in expected.items():
+        got = samplers.sample(solver, gaussian_denoiser(), latents, **schedule)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.warns(FutureWarning, match="'dpmpp' is deprecated; use 'dpmpp2m'"):
+        old = samplers.sample("dpmpp", gaussian_denoiser(), latents, **schedule)
+    np.testing.assert_array_equal(np.asarray(old), np.asarray(expected["dpmpp2m"]))
+    with pytest.warns(FutureWarning, match="deprecated"):
+        assert settings.SamplerSettings(solver="dpmpp").solver == "dpmpp2m"
+    with pytest.raises(ValueError, match="unknown solver"):
+        samplers.sample("dpm", gaussian_denoiser(), latents, **schedule)
+    with pytest.raises(ValueError, match="S_churn"):
+        samplers.sample("dpmpp2m", gaussian_denoiser(), latents, S_churn=1.0, **schedule)
+    calls = {name: samplers.network_calls(name, 6) for name in settings.SOLVERS}
+    assert (
+        calls == {"heun": 11, "euler": 6, "dpmpp2m": 6} and samplers.network_calls("heun", 0) == 0
+    )

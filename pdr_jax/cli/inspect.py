@@ -8,12 +8,12 @@
 --checkpoint is a model directory (pdr_jax.model_io.load_model) or an EDM snapshot /
 training-state / state_dict file or URL (pdr_jax.convert.load_edm_pickle); --config NAME builds a
 randomly initialised pdr_jax.precond.NETWORKS entry instead. --layers takes the stable names of
-pdr_jax.inspect (encoder_block_{i}, encoder_bottleneck, midblock, decoder_block_{i}) and/or EDM
+pdr_jax.activations (encoder_block_{i}, encoder_bottleneck, midblock, decoder_block_{i}) and/or EDM
 module paths (enc.16x16_block0, dec.8x8_in0, map_layer1, ...); default: every stable name.
 
 Inputs x = y + sigma * n (EDM scaling, n standard normal from --seed): y is zero (pure noise), the
 images of --input (.npy, [N, H, W, C] or [N, C, H, W] in [-1, 1], or uint8), or samples drawn
-with a pdr_jax.sampler_presets preset (--sample-preset). --input-is-noisy uses --input as x.
+with a pdr_jax.samplers.sample_with_preset preset (--sample-preset). --input-is-noisy uses --input as x.
 
 Writes to --out:
   layer_stats.json   per layer: shape, mean, std, min, max, dead channels (indices and fraction),
@@ -145,7 +145,7 @@ def make_inputs(args, net, variables):
     import jax
     import jax.numpy as jnp
 
-    from pdr_jax import sampler_presets
+    from pdr_jax import samplers
 
     model = net.model
     channels = model.in_channels
@@ -161,13 +161,13 @@ def make_inputs(args, net, variables):
     key_latents, key_churn, key_noise = jax.random.split(jax.random.key(args.seed), 3)
     if args.sample_preset:
         overrides = {} if args.sample_steps is None else {"num_steps": args.sample_steps}
-        preset = sampler_presets.SAMPLER_PRESETS[args.sample_preset]
+        preset = SAMPLER_PRESETS[args.sample_preset]
         steps = overrides.get("num_steps", preset["num_steps"])
         _log(f"sampling {num} clean images with {args.sample_preset} ({steps} steps)...")
         tick = time.perf_counter()
         latents = jax.random.normal(key_latents, clean.shape)
         sample_labels = None if labels is None else jnp.asarray(labels)
-        samples = sampler_presets.sample_with_preset(
+        samples = samplers.sample_with_preset(
             net,
             variables,
             latents,
@@ -190,13 +190,13 @@ def make_inputs(args, net, variables):
 # Capture and reductions, batch by batch.
 
 
-def _reduce(activations: dict):
+def _reduce(captured: dict):
     """Channel summaries and pooled features [B, c] of one batch, on the device (jitted by
     run_capture)."""
-    from pdr_jax import inspect
+    from pdr_jax import activations
 
-    summaries = {name: inspect.channel_summary(a) for name, a in activations.items()}
-    pooled = {name: inspect.pool_activations(a) for name, a in activations.items()}
+    summaries = {name: activations.channel_summary(a) for name, a in captured.items()}
+    pooled = {name: activations.pool_activations(a) for name, a in captured.items()}
     return summaries, pooled
 
 
@@ -205,7 +205,7 @@ def run_capture(net, variables, x, sigma, labels, layers, batch: int, montage_im
     import jax
     import jax.numpy as jnp
 
-    from pdr_jax import inspect
+    from pdr_jax import activations
 
     reduce = jax.jit(_reduce)
     num = x.shape[0]
@@ -218,17 +218,19 @@ def run_capture(net, variables, x, sigma, labels, layers, batch: int, montage_im
         index = np.minimum(np.arange(b * batch, (b + 1) * batch), num - 1)
         valid = min(batch, num - b * batch)
         batch_labels = None if labels is None else jnp.asarray(labels[index])
-        activations = inspect.capture_activations(
+        captured = activations.capture_activations(
             net, variables, jnp.asarray(x[index]), jnp.asarray(sigma[index]), batch_labels, layers
         )
-        activations = {name: a[:valid] for name, a in activations.items()}
-        batch_summaries, batch_pooled = jax.device_get(reduce(activations))
+        captured = {name: a[:valid] for name, a in captured.items()}
+        batch_summaries, batch_pooled = jax.device_get(reduce(captured))
         for name in layers:
-            summaries[name] = inspect.merge_summaries(summaries.get(name), batch_summaries[name])
+            summaries[name] = activations.merge_summaries(
+                summaries.get(name), batch_summaries[name]
+            )
             pooled[name].append(batch_pooled[name])
-            shapes[name] = activations[name].shape[1:]
+            shapes[name] = captured[name].shape[1:]
             if b * batch <= montage_image < b * batch + valid:
-                maps[name] = np.asarray(activations[name][montage_image - b * batch], np.float32)
+                maps[name] = np.asarray(captured[name][montage_image - b * batch], np.float32)
         note = " (includes compilation)" if b == 0 else ""
         _log(f"batch {b + 1}/{num_batches}: {time.perf_counter() - tick:.1f}s{note}")
     pooled = {name: np.concatenate(parts) for name, parts in pooled.items()}
@@ -338,7 +340,7 @@ def write_outputs(out_dir, layers, statistics, pooled, maps, shapes, x, sigma, l
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pdr_jax import inspect
+    from pdr_jax import activations
 
     if not args.list and not args.out:
         raise SystemExit("--out is required (or --list)")
@@ -348,7 +350,7 @@ def main(argv=None) -> int:
         _log("loading the network...")
         net, variables, description = load_network(args)
         requested = args.layers.split(",") if args.layers else None
-        layers = inspect.resolve_layers(net, requested)
+        layers = activations.resolve_layers(net, requested)
     except (ValueError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -358,11 +360,11 @@ def main(argv=None) -> int:
         f"{model.in_channels}, label_dim {model.label_dim}"
     )
     if args.list:
-        for info in inspect.list_layers(net):
+        for info in activations.list_layers(net):
             _log(
                 f"{info.name:22s} {info.path:22s} {info.resolution}x{info.resolution}x{info.channels}"
             )
-        _log(f"EDM module paths: {', '.join(inspect.module_keys(net))}")
+        _log(f"EDM module paths: {', '.join(activations.module_keys(net))}")
         return 0
     try:
         x, sigma, labels, clean = make_inputs(args, net, variables)
@@ -377,7 +379,7 @@ def main(argv=None) -> int:
         net, variables, x, sigma, labels, list(layers), args.batch, args.montage_image
     )
     statistics = {
-        name: inspect.layer_statistics(summaries[name], args.dead_threshold) for name in layers
+        name: activations.layer_statistics(summaries[name], args.dead_threshold) for name in layers
     }
     write_outputs(
         pathlib.Path(args.out),

@@ -111,6 +111,7 @@ def parse_args(argv=None):
         GuidanceSettings,
         SamplerSettings,
         parse_kappa,
+        solver_name,
     )
 
     sampler, guidance = SamplerSettings(), GuidanceSettings()
@@ -203,8 +204,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--solver",
         choices=SOLVERS,
+        type=solver_name,  # the deprecated "dpmpp" warns and means dpmpp2m
         default=None,
-        help=f"EDM heun (2 steps - 1 network calls), euler or dpmpp (DPM-Solver++(2M)), steps calls each "
+        help=f"EDM heun (2 steps - 1 network calls), euler or dpmpp2m (DPM-Solver++(2M)), steps calls each "
         f"(default {sampler.solver}; --method conditional: {conditional_sampler.solver})",
     )
     p.add_argument(

@@ -2,7 +2,7 @@
 
     pdr-sample /models/edm-cifar10 out/cifar --num 64 --class 3
     pdr-sample runs/gray128 out/gray --num 12 --domain microscopy,astronomy --scale 50
-    pdr-sample /models/gray out/gray --labels 0,1,0,0.2,0.05,0 --sampler dpmpp2m
+    pdr-sample /models/gray out/gray --labels 0,1,0,0.2,0.05,0 --solver dpmpp2m
 
 MODEL is a directory written by tools/convert_edm.py / pdr_jax.model_io.save_model, or a
 training workdir (network.json + checkpoints/), whose latest (or --step) checkpoint's EMA
@@ -20,14 +20,20 @@ import math
 import pathlib
 import sys
 import time
+import warnings
 
 import numpy as np
 
 from pdr_jax.cli import add_label_arguments, finish_parser, label_batch_from_args
+from pdr_jax.settings import SOLVERS, solver_name
 
 # jax and the model code are imported where they are used, so that --help answers at once.
 
-SAMPLERS = ("heun", "euler", "dpmpp2m")
+
+def _deprecated_sampler_flag(name: str) -> str:
+    """--sampler NAME, the old spelling of --solver NAME: warns, then as --solver."""
+    warnings.warn("--sampler is deprecated; use --solver", FutureWarning, stacklevel=2)
+    return solver_name(name)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +55,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     parser.add_argument("--steps", type=int, default=18, help="sampler steps N (default 18)")
     parser.add_argument(
-        "--sampler", choices=SAMPLERS, default="heun", help="default heun (2N-1 evaluations)"
+        "--solver",
+        choices=SOLVERS,
+        type=solver_name,
+        default="heun",
+        help="pdr_jax.samplers.sample's solver (default heun: 2N-1 evaluations; euler, dpmpp2m: N)",
+    )
+    parser.add_argument(
+        "--sampler",
+        dest="solver",
+        choices=SOLVERS,
+        type=_deprecated_sampler_flag,
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--sigma-min", type=float, default=0.002)
     parser.add_argument("--sigma-max", type=float, default=80.0)
@@ -144,11 +161,6 @@ def _batch_sharding(batch: int):
     return NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
 
 
-def network_calls(args) -> int:
-    """Denoiser calls per batch: EDM Heun 2N - 1 (no correction at the last step), else N."""
-    return 2 * args.steps - 1 if args.sampler == "heun" else args.steps
-
-
 def progress_hook(bar):
     """A samplers guidance_fn that changes nothing (a zero correction) and advances `bar` by one
     at every denoiser call, from the host as the compiled loop runs (jax.debug.callback: no
@@ -169,26 +181,18 @@ def sample_batch(net, variables, latents, labels, args, key, guidance_fn=None):
     sampler_args = samplers.network_sampler_args(
         net, variables, labels, sigma_min=args.sigma_min, sigma_max=args.sigma_max
     )
-    if args.sampler == "dpmpp2m":
-        return samplers.dpmpp_2m_sampler(
-            latents=latents,
-            num_steps=args.steps,
-            rho=args.rho,
-            guidance_fn=guidance_fn,
-            **sampler_args,
-        )
-    return samplers.edm_sampler(
+    churn = dict(S_churn=args.S_churn, S_min=args.S_min, S_max=args.S_max, S_noise=args.S_noise)
+    if args.solver == "dpmpp2m":
+        churn = {}  # deterministic; --S-* are EDM's (heun/euler), as their help says
+    return samplers.sample(
+        args.solver,
         latents=latents,
         key=key,
         num_steps=args.steps,
         rho=args.rho,
-        S_churn=args.S_churn,
-        S_min=args.S_min,
-        S_max=args.S_max,
-        S_noise=args.S_noise,
-        solver=args.sampler,
         guidance_fn=guidance_fn,
         **sampler_args,
+        **churn,
     )
 
 
@@ -219,6 +223,8 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import tqdm
 
+    from pdr_jax import samplers
+
     if args.num < 1 or args.batch < 1 or args.steps < 1:
         raise SystemExit("--num, --batch and --steps must be positive")
     try:
@@ -232,7 +238,7 @@ def main(argv=None) -> int:
     sharding = _batch_sharding(batch)
     print(
         f"{description}: {res}x{res}x{channels}, label_dim {net.model.label_dim}; "
-        f"{args.num} images, {args.sampler} with {args.steps} steps, batch {batch}"
+        f"{args.num} images, {args.solver} with {args.steps} steps, batch {batch}"
         + (f" over {len(jax.devices())} devices" if sharding else ""),
         flush=True,
     )
@@ -240,7 +246,10 @@ def main(argv=None) -> int:
     outputs = []
     start = time.perf_counter()
     bar = tqdm.tqdm(
-        total=num_batches * network_calls(args), desc="sample", unit="step", file=sys.stderr
+        total=num_batches * samplers.network_calls(args.solver, args.steps),
+        desc="sample",
+        unit="step",
+        file=sys.stderr,
     )
     hook = progress_hook(bar)  # one hook: one compiled sampler for every batch
     for b in range(num_batches):

@@ -33,9 +33,9 @@ SWEEP = (
     ("euler", 4),
     ("euler", 6),
     ("euler", 11),
-    ("dpmpp", 4),
-    ("dpmpp", 6),
-    ("dpmpp", 11),
+    ("dpmpp2m", 4),
+    ("dpmpp2m", 6),
+    ("dpmpp2m", 11),
 )
 FIELDS = (
     "solver",

@@ -294,8 +294,7 @@ def _start(
 def network_calls(sampler: SamplerSettings, refine: bool = True) -> int:
     """Denoiser calls per tile: the one-call estimate ("vst" start) plus the sampler's steps
     (Heun 2N - 1, Euler and DPM-Solver++ N) where it refines."""
-    steps = sampler.num_steps if refine else 0
-    calls = 2 * steps - 1 if sampler.solver == "heun" and steps else steps
+    calls = samplers.network_calls(sampler.solver, sampler.num_steps if refine else 0)
     return calls + (sampler.start == "vst")
 
 
@@ -441,14 +440,9 @@ def restore(
             rho=sampler.rho,
             round_sigma=args["round_sigma"],
         )
-        if sampler.solver == "dpmpp":
-            x_model = samplers.dpmpp_2m_sampler(
-                guided_fn, latents, guidance_fn=guidance_fn, **schedule
-            )
-        else:
-            x_model = samplers.edm_sampler(
-                guided_fn, latents, solver=sampler.solver, guidance_fn=guidance_fn, **schedule
-            )
+        x_model = samplers.sample(
+            sampler.solver, guided_fn, latents, guidance_fn=guidance_fn, **schedule
+        )
         samples = jnp.clip(0.5 * (x_model + 1.0), 0.0, 1.0).reshape(
             batch, num_samples, *latents.shape[1:]
         )

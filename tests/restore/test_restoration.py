@@ -158,7 +158,7 @@ def test_restoration_beats_noisy_and_prior_mean_with_chi_square_near_one(mode):
         assert bool(caught) == (s == 1.0) == bool(report["warnings"])
 
 
-@pytest.mark.parametrize("solver, calls", [("heun", 12), ("euler", 7), ("dpmpp", 7)])
+@pytest.mark.parametrize("solver, calls", [("heun", 12), ("euler", 7), ("dpmpp2m", 7)])
 def test_every_solver_refines_and_reports_its_network_calls(solver, calls):
     """From the default start at s = 2 (noise level 1.6: the sampler refines), 6 steps of each
     solver beat the noisy estimate and the one-call estimate they start from."""
