@@ -11,9 +11,9 @@ An example travels through the chain as a dict:
 
 Randomness comes from the ``np.random.Generator`` that ``grain.MapDataset.random_map`` hands
 each transform; Grain seeds it from the pipeline seed and the example's index, so an example
-is the same whichever process or worker computes it. No jax here: Grain workers must not
-initialise an accelerator backend, so the conditioning vector is computed by a numpy mirror of
-``pdr_jax.physics.conditioning.conditioning_vector`` (a test keeps the two equal).
+is the same whichever process or worker computes it. No jax arrays here: Grain workers must not
+initialise an accelerator backend, so the conditioning vector is the one formula,
+``pdr_jax.physics.conditioning.conditioning_vector``, computed with numpy (``xp=np``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from pdr_jax.physics.conditioning import DEFAULT_SPEC, ConditioningSpec
+from pdr_jax.physics.conditioning import DEFAULT_SPEC, ConditioningSpec, conditioning_vector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,19 +189,6 @@ class RandomGamma(grain.transforms.RandomMap):
         return {**example, "clean": x.astype(np.float32)}
 
 
-def conditioning_numpy(domain: int, s, r, b, spec: ConditioningSpec = DEFAULT_SPEC) -> np.ndarray:
-    """numpy twin of physics.conditioning.conditioning_vector for one example: [spec.dim] float32.
-
-    [domain one-hot, log10(s) scaled from spec.log10_scale_range to [-1, 1] and clipped, r/s, b/s]
-    """
-    lo, hi = spec.log10_scale_range
-    one_hot = np.zeros(len(spec.domains), np.float32)
-    one_hot[spec.domain_index(int(domain))] = 1.0
-    s, r, b = np.float32(s), np.float32(r), np.float32(b)
-    log_scale = np.clip(2 * (np.log10(s) - lo) / (hi - lo) - 1, -1.0, 1.0)
-    return np.concatenate([one_hot, np.array([log_scale, r / s, b / s], np.float32)])
-
-
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     if lo == hi:
         return float(lo)
@@ -229,7 +216,7 @@ class SampleConditioning(grain.transforms.RandomMap):
         s = _log_uniform(rng, *ranges.s)
         r = _log_uniform(rng, *ranges.r)
         b = float(rng.uniform(*ranges.b))
-        cond = conditioning_numpy(example["domain"], s, r, b, self.spec)
+        cond = conditioning_vector(example["domain"], s, r, b, self.spec, xp=np)
         if rng.random() < self.label_dropout:
             cond = np.zeros_like(cond)
         example = {k: v for k, v in example.items() if k != "ranges"}

@@ -15,7 +15,6 @@ import dataclasses
 from collections.abc import Sequence
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,31 +45,34 @@ class ConditioningSpec:
 DEFAULT_SPEC = ConditioningSpec()
 
 
-def scaled_log_scale(s, spec: ConditioningSpec = DEFAULT_SPEC):
+def scaled_log_scale(s, spec: ConditioningSpec = DEFAULT_SPEC, *, xp=jnp):
     """log10(s) mapped linearly from spec.log10_scale_range to [-1, 1], clipped."""
     lo, hi = spec.log10_scale_range
-    return jnp.clip(2 * (jnp.log10(s) - lo) / (hi - lo) - 1, -1.0, 1.0)
+    return xp.clip(2 * (xp.log10(s) - lo) / (hi - lo) - 1, -1.0, 1.0)
 
 
-def conditioning_vector(domain, s, r, b, spec: ConditioningSpec = DEFAULT_SPEC):
+def conditioning_vector(domain, s, r, b, spec: ConditioningSpec = DEFAULT_SPEC, *, xp=jnp):
     """Conditioning vectors [..., spec.dim] float32.
 
     domain: a name, or an int index / int array [...] into spec.domains.
     s, r, b: photon scale, read noise and background (electrons), arrays broadcastable to [...].
+    xp: the array namespace the formula is computed in: jax.numpy (the default; traceable), or
+      numpy for a numpy result on the host without a jax backend (the Grain workers of
+      pdr_jax.data.transforms). Both give the same float32 numbers.
     Example: ``conditioning_vector("microscopy", 10.0, 2.0, 0.5)`` -> [6];
     ``conditioning_vector(jnp.array([0, 2]), s, r, b)`` with s, r, b of shape [2] -> [2, 6].
     """
     if isinstance(domain, (str, int, np.integer)):
         domain = spec.domain_index(domain)
-    s = jnp.asarray(s, jnp.float32)
-    r = jnp.asarray(r, jnp.float32)
-    b = jnp.asarray(b, jnp.float32)
-    domain = jnp.asarray(domain, jnp.int32)
-    shape = jnp.broadcast_shapes(domain.shape, s.shape, r.shape, b.shape)
-    one_hot = jax.nn.one_hot(jnp.broadcast_to(domain, shape), len(spec.domains), dtype=jnp.float32)
-    s, r, b = (jnp.broadcast_to(v, shape) for v in (s, r, b))
-    physics = jnp.stack([scaled_log_scale(s, spec), r / s, b / s], axis=-1)
-    c = jnp.concatenate([one_hot, physics], axis=-1)
+    s, r, b = (xp.asarray(v, xp.float32) for v in (s, r, b))
+    domain = xp.asarray(domain, xp.int32)
+    shape = xp.broadcast_shapes(domain.shape, s.shape, r.shape, b.shape)
+    # One-hot as jax.nn.one_hot writes it: an index outside the domains gives zeros.
+    domain = xp.broadcast_to(domain, shape)[..., None]
+    one_hot = (domain == xp.arange(len(spec.domains))).astype(xp.float32)
+    s, r, b = (xp.broadcast_to(v, shape) for v in (s, r, b))
+    physics = xp.stack([scaled_log_scale(s, spec, xp=xp), r / s, b / s], axis=-1)
+    c = xp.concatenate([one_hot, physics], axis=-1)
     chex.assert_shape(c, (*shape, spec.dim))
     return c
 

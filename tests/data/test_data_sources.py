@@ -2,7 +2,6 @@
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tifffile
@@ -10,7 +9,7 @@ from astropy.io import fits
 from raw_files import write_tiny_dng
 
 from pdr_jax.data import sources, transforms
-from pdr_jax.physics.conditioning import DEFAULT_SPEC, conditioning_vector
+from pdr_jax.physics.conditioning import DEFAULT_SPEC
 
 RANGES = transforms.ConditioningRanges(s=(10.0, 100.0), r=(1.0, 2.0), b=(0.0, 1.0))
 DOMAIN_RANGES = {d: RANGES for d in DEFAULT_SPEC.domains}
@@ -134,16 +133,6 @@ def test_held_out_columns_are_disjoint_and_cover_the_image():
     assert train == (0, 750) and val == (750, 1000)
     assert transforms.split_columns(100, "val", 0.25, "train") == (0, 0)
     assert transforms.split_columns(100, "train", 0.25, "train") == (0, 100)
-
-
-def test_conditioning_numpy_matches_physics():
-    rng = np.random.default_rng(1)
-    for domain in range(3):
-        s, r, b = 10 ** rng.uniform(-2, 5), rng.uniform(0, 10), rng.uniform(0, 50)
-        expected = conditioning_vector(jnp.int32(domain), s, r, b)
-        np.testing.assert_allclose(
-            transforms.conditioning_numpy(domain, s, r, b), expected, rtol=1e-6, atol=1e-7
-        )
 
 
 def test_dihedral_covers_the_8_symmetries():

@@ -32,3 +32,20 @@ def test_custom_domains_and_range_round_trip():
 def test_unknown_domain_is_named():
     with pytest.raises(ValueError, match="unknown domain 'x-ray'"):
         cond.conditioning_vector("x-ray", 1.0, 1.0, 0.0)
+
+
+def test_numpy_namespace_gives_the_same_vector_as_jax():
+    """The data pipeline's path (xp=np: numpy in, numpy out, no jax array) is the same formula."""
+    rng = np.random.default_rng(1)
+    for domain in range(3):
+        s, r, b = 10 ** rng.uniform(-2, 5), rng.uniform(0, 10), rng.uniform(0, 50)
+        host = cond.conditioning_vector(np.int32(domain), s, r, b, xp=np)
+        assert type(host) is np.ndarray and host.dtype == np.float32 and host.shape == (6,)
+        np.testing.assert_allclose(
+            host, cond.conditioning_vector(jnp.int32(domain), s, r, b), rtol=1e-6, atol=1e-7
+        )
+    domains, s = np.array([0, 2, 5]), np.array([1.0, 50.0, 1e6])
+    np.testing.assert_array_equal(
+        cond.conditioning_vector(domains, s, 2.0, 0.0, xp=np),
+        np.asarray(cond.conditioning_vector(jnp.asarray(domains), s, 2.0, 0.0)),
+    )
