@@ -370,7 +370,7 @@ def test_the_steps_sweep_compares_settings_image_by_image():
 
 def _tiny_corpus(root):
     """A corpus of 6 small astronomy renditions and simulated microscopy (no apt: a fake package)."""
-    from pdr_jax.data import corpus
+    from pdr_jax.data import corpus_build
 
     tree = root / "pkg" / "usr/share/sky"
     tree.mkdir(parents=True)
@@ -378,9 +378,9 @@ def _tiny_corpus(root):
     for i in range(6):
         image = np.clip(rng.gamma(2.0, 30 + 10 * i, (48, 48)), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(tree / f"field{i}.png")
-    packages = {"pkg": (corpus.Selection("astronomy", "usr/share/sky/*.png", kind="render"),)}
+    packages = {"pkg": (corpus_build.Selection("astronomy", "usr/share/sky/*.png", kind="render"),)}
     simulated = (("fluorescence", "microscopy", {"train": 2, "val": 2, "test": 2}),)
-    return corpus.build(
+    return corpus_build.build(
         root / "corpus", packages=packages, fetch=lambda name, _: root / name, simulated=simulated
     )
 

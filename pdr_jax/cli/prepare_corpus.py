@@ -1,4 +1,4 @@
-"""Build the offline training corpus from Debian packages and simulators (pdr_jax.data.corpus).
+"""Build the training corpus from Debian packages and simulators (pdr_jax.data.corpus_build).
 
     pdr-corpus                         # -> ~/.cache/pdr_jax/corpus
     pdr-corpus --root /data/corpus --summary
@@ -20,7 +20,7 @@ import time
 from tqdm import tqdm
 
 from pdr_jax.cli import finish_parser
-from pdr_jax.data import corpus
+from pdr_jax.data import corpus, corpus_build
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         print(corpus.summary_markdown(corpus.load(args.root)))
         return 0
     start = time.perf_counter()
-    manifest = corpus.build(
+    manifest = corpus_build.build(
         args.root, seed=args.seed, progress=lambda items: tqdm(items, desc="images", unit="file")
     )
     print(corpus.summary_markdown(manifest))

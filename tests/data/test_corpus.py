@@ -1,5 +1,6 @@
-"""pdr_jax.data.corpus on a fake package folder: selection, reserved files, duplicates, corrupt
-files, licences, splits, rerun, and the sources it gives the data pipeline."""
+"""pdr_jax.data.corpus_build and pdr_jax.data.corpus on a fake package folder: selection,
+reserved files, duplicates, corrupt files, licences, splits, rerun, and the sources it gives
+the data pipeline."""
 
 import json
 import pathlib
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdr_jax.data import corpus, pipeline, readers
+from pdr_jax.data import corpus, corpus_build, pipeline, readers
 from pdr_jax.physics import calibration
 
 _COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -72,11 +73,13 @@ def _fake_packages(base: pathlib.Path) -> None:
 
 
 PACKAGES = {
-    "photos": (corpus.Selection("photography", "usr/share/backgrounds/*.jpg"),),
+    "photos": (corpus_build.Selection("photography", "usr/share/backgrounds/*.jpg"),),
     "sky": (
-        corpus.Selection("astronomy", "usr/share/stellarium/nebulae/default/*.png", kind="render"),
+        corpus_build.Selection(
+            "astronomy", "usr/share/stellarium/nebulae/default/*.png", kind="render"
+        ),
     ),
-    "missing-package": (corpus.Selection("photography", "*.jpg"),),
+    "missing-package": (corpus_build.Selection("photography", "*.jpg"),),
 }
 SIMULATED = (("fluorescence", "microscopy", {"train": 4, "val": 2, "test": 2}),)
 
@@ -97,7 +100,7 @@ def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("debs")
     _fake_packages(base)
     root = tmp_path_factory.mktemp("corpus")
-    manifest = corpus.build(root, packages=PACKAGES, fetch=_fetch(base), simulated=SIMULATED)
+    manifest = corpus_build.build(root, packages=PACKAGES, fetch=_fetch(base), simulated=SIMULATED)
     return root, base, manifest
 
 
@@ -134,7 +137,7 @@ def test_build_selects_processes_and_skips_with_reasons(built):
     assert "Fornax" in reasons["n9999.png"]  # by its sky position, not its name
     assert "posterised" in reasons["posterised.png"]
     assert "Unable to locate" in reasons["missing-package"]
-    assert corpus.reserved_images(manifest) == []
+    assert corpus_build.reserved_images(manifest) == []
     photo = next(r for r in manifest["images"] if r["id"].endswith("photo4.jpg"))
     # 800x600 JPEG -> colour, 2x anti-aliased downsampling (short side 600 // 384 = 1 -> at least 2)
     assert (photo["height"], photo["width"], photo["processing"]["downsample"]) == (300, 400, 2)
@@ -163,13 +166,13 @@ def test_splits_are_by_whole_image_and_reproducible(built, tmp_path):
         by_domain.setdefault(r["domain"], []).append(r["split"])
     assert sorted(by_domain["photography"]) == ["test", "train", "train", "train", "train", "val"]
     assert sorted(by_domain["astronomy"]) == ["test", "train", "val"]
-    again = corpus.build(tmp_path, packages=PACKAGES, fetch=_fetch(base), simulated=SIMULATED)
+    again = corpus_build.build(tmp_path, packages=PACKAGES, fetch=_fetch(base), simulated=SIMULATED)
     assert {r["id"]: r["split"] for r in again["images"]} == {
         r["id"]: r["split"] for r in manifest["images"]
     }
     # Dropping an image (a new refusal rule, say) moves no other image across splits.
     records = [dict(r) for r in manifest["images"] if not r["id"].endswith("photo3.jpg")]
-    corpus.assign_splits(records, seed=0)
+    corpus_build.assign_splits(records, seed=0)
     assert all(
         r["split"] == {m["id"]: m["split"] for m in manifest["images"]}[r["id"]] for r in records
     )
@@ -186,7 +189,7 @@ def test_splits_are_by_whole_image_and_reproducible(built, tmp_path):
 def test_rerun_skips_finished_images(built):
     root, base, manifest = built
     files = {r["file"]: (root / r["file"]).stat().st_mtime_ns for r in manifest["images"]}
-    again = corpus.build(root, packages=PACKAGES, fetch=_fetch(base), simulated=SIMULATED)
+    again = corpus_build.build(root, packages=PACKAGES, fetch=_fetch(base), simulated=SIMULATED)
     assert {r["file"]: (root / r["file"]).stat().st_mtime_ns for r in again["images"]} == files
     assert json.loads((root / "manifest.json").read_text())["images"] == again["images"]
 
@@ -285,42 +288,42 @@ def test_missing_corpus_and_bad_manifest_say_what_to_do(tmp_path):
 
 
 def test_reserved_names_and_positions():
-    assert corpus.reserved_reason("nebulae/default/m13.png")
-    assert corpus.reserved_reason("x/NGC1316_fornax_A.fits")
-    assert corpus.reserved_reason("textures/moon_4k.jpg")
-    assert corpus.reserved_reason("n1365.png", (53.40, -36.14))  # a Fornax cluster galaxy
-    assert corpus.reserved_reason("n6205.png") and corpus.reserved_reason("m13b.png")
-    assert corpus.reserved_reason("m1.png", (83.6, 22.0)) is None  # the Crab: fine
-    assert corpus.reserved_reason("m3.png", (205.5, 28.4)) is None
-    assert corpus.reserved_reason("x.png", (250.4, 36.5))  # M13 by position
+    assert corpus_build.reserved_reason("nebulae/default/m13.png")
+    assert corpus_build.reserved_reason("x/NGC1316_fornax_A.fits")
+    assert corpus_build.reserved_reason("textures/moon_4k.jpg")
+    assert corpus_build.reserved_reason("n1365.png", (53.40, -36.14))  # a Fornax cluster galaxy
+    assert corpus_build.reserved_reason("n6205.png") and corpus_build.reserved_reason("m13b.png")
+    assert corpus_build.reserved_reason("m1.png", (83.6, 22.0)) is None  # the Crab: fine
+    assert corpus_build.reserved_reason("m3.png", (205.5, 28.4)) is None
+    assert corpus_build.reserved_reason("x.png", (250.4, 36.5))  # M13 by position
     doctored = {"images": [{"id": "p/m13", "path": "nebulae/m13.png", "sky_centre": None}]}
-    assert corpus.reserved_images(doctored) == ["p/m13"]
+    assert corpus_build.reserved_images(doctored) == ["p/m13"]
 
 
 def test_noise_level_and_frame_processing(tmp_path):
     from astropy.io import fits
 
     rng = np.random.default_rng(0)
-    assert abs(corpus.noise_level(rng.standard_normal((256, 256))) - 1) < 0.05
+    assert abs(corpus_build.noise_level(rng.standard_normal((256, 256))) - 1) < 0.05
     # A photon-count image (X-ray: mostly zeros, single counts) is noise, not a clean image.
     counts = rng.poisson(0.05, (256, 256)).astype(np.float64)
-    assert corpus.noise_level(counts / counts.max()) > 0.1
+    assert corpus_build.noise_level(counts / counts.max()) > 0.1
     y, x = np.mgrid[0:512, 0:512]
     clean = 1000 + 5e4 * np.exp(-((y - 256) ** 2 + (x - 256) ** 2) / (2 * 60.0**2))
     noisy = clean + rng.standard_normal(clean.shape) * 40  # noise 40 / 5e4 ~ 8e-4 of full scale
     fits.PrimaryHDU(noisy.astype(np.float32)).writeto(tmp_path / "frame.fits")
-    image, info = corpus.process(tmp_path / "frame.fits", "frame")
-    assert info["downsample"] == 1 and info["noise"] < corpus.MAX_FRAME_NOISE
+    image, info = corpus_build.process(tmp_path / "frame.fits", "frame")
+    assert info["downsample"] == 1 and info["noise"] < corpus_build.MAX_FRAME_NOISE
     assert image.shape == (512, 512) and image.min() >= 0 and image.max() <= 1
     fits.PrimaryHDU((clean + rng.standard_normal(clean.shape) * 2000).astype(np.float32)).writeto(
         tmp_path / "noisy.fits"
     )
     with pytest.raises(readers.UnreadableImageError, match="noise"):
-        corpus.process(tmp_path / "noisy.fits", "frame")
+        corpus_build.process(tmp_path / "noisy.fits", "frame")
 
 
 def test_table_names_the_issue_packages_and_refuses_nothing_it_selects():
-    assert set(corpus.PACKAGES) == {
+    assert set(corpus_build.PACKAGES) == {
         "lomiri-wallpapers-16.04",
         "lomiri-wallpapers-20.04",
         "plasma-workspace-wallpapers",
@@ -329,10 +332,10 @@ def test_table_names_the_issue_packages_and_refuses_nothing_it_selects():
         "python-drizzle-testdata",
         "eso-midas-testdata",
     }
-    for selections in corpus.PACKAGES.values():
+    for selections in corpus_build.PACKAGES.values():
         for selection in selections:
             for name in selection.names or ():
-                assert corpus.reserved_reason(name + ".jpg") is None, name
+                assert corpus_build.reserved_reason(name + ".jpg") is None, name
 
 
 def test_prepare_corpus_tool_summary_and_missing_corpus(built, capsys):
@@ -371,5 +374,5 @@ def test_a_large_colour_photograph_is_downsampled_by_its_short_side(tmp_path):
     """process("photo"): the factor is short side // 384 clipped to [2, 4] (1200 px: 3), of the
     picture's height and width, not of its channel count; colour kept."""
     Image.fromarray(_photo(3, shape=(1200, 1500))).save(tmp_path / "big.png")
-    x, info = corpus.process(tmp_path / "big.png", "photo")
+    x, info = corpus_build.process(tmp_path / "big.png", "photo")
     assert info["downsample"] == 3 and x.shape == (400, 500, 3)
