@@ -7,10 +7,13 @@ PDR_EDM_PATH (a checkout of NVlabs/edm) are set; the project itself never needs 
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from pdr_jax import cpu
+from pdr_jax.evaluation import scaling
 
 bench_tool = importlib.import_module("pdr_jax.cli.bench")
 
@@ -93,3 +96,30 @@ def test_torch_side_by_side(capsys):
     report = json.loads(capsys.readouterr().out)
     for part in ("forward", "heun", "train"):
         assert report["results"][part]["speedup_vs_torch"] > 0
+
+
+def test_torch_worker_is_a_module_that_imports_no_jax():
+    """pdr_jax.evaluation.torch_worker runs under a Python that may have torch but no jax: the
+    module itself imports neither (torch only when it runs)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, pdr_jax.evaluation.torch_worker as w; "
+            "print(callable(w.main), sorted(m for m in ('jax', 'torch') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["True", "[]"], out.stdout + out.stderr
+
+
+def test_restore_scaling_report_format():
+    clean, y = scaling._synthetic_measurement(40, 10.0, 2.0)
+    assert clean.shape == y.shape == (40, 40) and 0.1 <= clean.min() <= clean.max() <= 0.9
+    row = dict(size=40, tiles=1, restore_s=2.0, restore_s_per_megapixel=1250.0)
+    row.update(peak_rss_mib=900.0, image_mib=0.01, chi_square=1.01)
+    report = dict(steps=6, solver="euler", network_calls=7, batch=8, checkpoint="m", fit={})
+    text = scaling.format_scaling({**report, "sizes": [row]})
+    assert text.splitlines()[0].endswith("batch 8, m") and "1250.0" in text

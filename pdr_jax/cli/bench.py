@@ -27,7 +27,7 @@ With --torch-python (a Python that has torch) and --edm-path (a checkout of NVla
 same network, batch, optimiser and sampler are timed in PyTorch EDM in a subprocess, and the
 rounds alternate between the two (JAX, torch, JAX, torch, ...) so that both see the same load;
 the report gives pdr_jax / torch ratios. pdr_jax never imports torch; EDM's code is only
-imported by that subprocess, from --edm-path.
+imported by that subprocess (pdr_jax.evaluation.torch_worker), from --edm-path.
 
 Programs are compiled as the project compiles them, under one pdr_jax.cpu record: on CPU the
 convolutions go to oneDNN, the resampling and GroupNorm run as their CPU formulations, and XLA
@@ -54,11 +54,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+import pdr_jax
 from pdr_jax import cpu, samplers
 from pdr_jax.cli import finish_parser
 from pdr_jax.configs import base
+from pdr_jax.evaluation import scaling
 from pdr_jax.train.loop import build_network_from_config, objective_of
 from pdr_jax.train.state import create_train_state, make_optimizer
 
@@ -297,73 +298,6 @@ def _tile_denoiser(net):
 # ----------------------------------------------------------------------------------------------
 # PyTorch EDM, in a subprocess (timing only: it imports EDM from --edm-path).
 
-_TORCH_WORKER = r"""
-import json, sys, time
-import torch
-
-spec = json.loads(sys.argv[1])
-sys.path[:0] = spec["edm_path"]
-from training.networks import EDMPrecond
-
-torch.manual_seed(0)
-res, batch, channels, label_dim = spec["resolution"], spec["batch"], spec["img_channels"], spec["label_dim"]
-make = lambda: EDMPrecond(img_resolution=res, img_channels=channels, label_dim=label_dim,
-                          model_type="SongUNet", **spec["unet"])
-net, ema = make().train().requires_grad_(True), make().eval().requires_grad_(False)
-ema.load_state_dict(net.state_dict())
-opt = torch.optim.Adam(net.parameters(), lr=spec["lr"], betas=spec["betas"], eps=spec["eps"])
-images = torch.rand(batch, channels, res, res) * 2 - 1
-labels = torch.rand(batch, label_dim)
-P_mean, P_std, sigma_data = spec["P_mean"], spec["P_std"], spec["sigma_data"]
-
-def train():
-    # EDM's EDMLoss, Adam and EMA (training/loss.py, training_loop.py); clipping as pdr_jax's config.
-    sigma = (torch.randn(batch, 1, 1, 1) * P_std + P_mean).exp()
-    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
-    D = net(images + torch.randn_like(images) * sigma, sigma, labels)
-    loss = (weight * (D - images) ** 2).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if spec["grad_clip"]:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), spec["grad_clip"])
-    opt.step()
-    with torch.no_grad():
-        for p_ema, p in zip(ema.parameters(), net.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, 0.999))
-
-@torch.no_grad()
-def forward():
-    ema(images, torch.ones(batch), labels)
-
-@torch.no_grad()
-def heun(sigma_min=0.002, sigma_max=80.0, rho=7.0):
-    # EDM's Heun sampler without churn (Karras et al. 2022, Algorithm 2), float64 as in generate.py.
-    n = spec["num_steps"]
-    i = torch.arange(n, dtype=torch.float64)
-    t = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
-    x = torch.randn(batch, channels, res, res, dtype=torch.float64) * t[0]
-    for k in range(n):
-        d = (x - ema(x, t[k].expand(batch), labels).to(torch.float64)) / t[k]
-        x_next = x + (t[k + 1] - t[k]) * d
-        if k < n - 1:
-            d2 = (x_next - ema(x_next, t[k + 1].expand(batch), labels).to(torch.float64)) / t[k + 1]
-            x_next = x + (t[k + 1] - t[k]) * (0.5 * d + 0.5 * d2)
-        x = x_next
-
-fns = {"forward": forward, "heun": heun, "train": train}
-print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
-for line in sys.stdin:
-    cmd = json.loads(line)
-    times = []
-    for _ in range(cmd["repeats"]):
-        start = time.perf_counter()
-        fns[cmd["what"]]()
-        times.append(time.perf_counter() - start)
-    import resource
-    print(json.dumps({"times": times, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
-"""
-
 
 class TorchBench:
     """PyTorch EDM's SongUNet (the same DDPM++ network) in a worker process, timed on request."""
@@ -400,11 +334,18 @@ class TorchBench:
             "P_std": cfg.train.P_std,
             "sigma_data": bench.net.sigma_data,
         }
+        # The worker imports no jax, only torch and EDM; this checkout's pdr_jax goes on its path.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(pdr_jax.__file__)))
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
         self.proc = subprocess.Popen(
-            [python, "-c", _TORCH_WORKER, json.dumps(spec)],
+            [python, "-m", "pdr_jax.evaluation.torch_worker", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         line = self.proc.stdout.readline()
         if not line:
@@ -424,140 +365,6 @@ class TorchBench:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait()
-
-
-# ----------------------------------------------------------------------------------------------
-# Restoration at scale: tools/restore.py on whole images of growing size, one subprocess each.
-
-
-def _synthetic_measurement(size: int, scale: float, read_noise: float, seed: int = 0):
-    """A smooth [size, size] clean image in [0.1, 0.9] and its Poisson-Gaussian measurement."""
-    rng = np.random.default_rng(seed)
-    i = np.arange(size, dtype=np.float32)
-    clean = 0.5 + 0.4 * np.sin(i / 13.0)[:, None] * np.cos(i / 29.0)[None, :]
-    y = rng.poisson(scale * clean).astype(np.float32)
-    y += rng.normal(0.0, read_noise, y.shape).astype(np.float32)
-    return clean, y
-
-
-def restore_scaling(
-    sizes, *, steps: int, checkpoint: str | None, batch: int, tile: int | None
-) -> dict:
-    """Peak RSS and time of `tools/restore.py` on one [size, size] measurement per size.
-
-    Each size runs in a fresh process (one call of the CLI). Its time includes compilation,
-    which does not depend on the size (the tiles go through one lax.scan), so fitting
-    seconds = a + b * megapixels separates that fixed cost a from the cost per pixel b; the
-    residuals of the fit show whether time is linear in pixels. Peak RSS is the child's
-    ru_maxrss; fitting peak RSS = c + k * (image bytes) gives the size-independent part c
-    (Python, JAX, the model, compiled programs, one chunk of tiles) and k, the number of
-    full-image float32 arrays alive at the peak.
-    """
-    import tempfile
-
-    scale, read_noise = 10.0, 2.0
-    rows = []
-    for size in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            _, y = _synthetic_measurement(size, scale, read_noise)
-            measurement = os.path.join(tmp, "y.npy")
-            np.save(measurement, y)
-            del y
-            report_path = os.path.join(tmp, "report.json")
-            cmd = [
-                sys.executable,
-                "-m",
-                "pdr_jax.cli.restore",
-                measurement,
-                "--output",
-                os.path.join(tmp, "x.npy"),
-                "--domain",
-                "microscopy",
-                "--scale",
-                str(scale),
-                "--read-noise",
-                str(read_noise),
-                "--batch",
-                str(batch),
-                "--report",
-                report_path,
-            ]
-            cmd += ["--steps", str(steps)] if steps is not None else []
-            cmd += ["--checkpoint", checkpoint] if checkpoint else []
-            cmd += ["--tile", str(tile)] if tile else []
-            _log(f"restore {size}x{size}: {' '.join(cmd[2:])}")
-            start = time.perf_counter()
-            proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-            )
-            stderr = proc.stderr.read()
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - start
-            if status != 0:
-                raise RuntimeError(f"tools/restore.py failed on {size}x{size}:\n{stderr[-2000:]}")
-            with open(report_path) as f:
-                image = json.load(f)["images"][0]
-        rows.append(
-            {
-                "size": size,
-                "megapixels": size * size / 1e6,
-                "tiles": image["num_tiles"],
-                "tile": image["tile"],
-                "process_s": wall,
-                "restore_s": image["seconds"],
-                "restore_s_per_megapixel": image["seconds"] / (size * size / 1e6),
-                "peak_rss_mib": usage.ru_maxrss / 1024,
-                "image_mib": size * size * 4 / 2**20,
-                "chi_square": image["chi_square"],
-            }
-        )
-        _log(f"  {rows[-1]['restore_s']:.1f} s, peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")
-    image_mib = np.array([r["image_mib"] for r in rows])
-    rss = np.array([r["peak_rss_mib"] for r in rows])
-    seconds = np.array([r["restore_s"] for r in rows])
-    megapixels = np.array([r["megapixels"] for r in rows])
-    fit = {}
-    if len(rows) >= 2:
-        k, a = np.polyfit(image_mib, rss, 1)
-        fit["rss_fixed_mib"], fit["rss_image_arrays"] = float(a), float(k)
-        fit["rss_max_residual_mib"] = float(np.max(np.abs(rss - (a + k * image_mib))))
-        slope, intercept = np.polyfit(megapixels, seconds, 1)
-        fit["seconds_per_megapixel"], fit["seconds_fixed"] = float(slope), float(intercept)
-        fit["time_max_relative_residual"] = float(
-            np.max(np.abs(seconds - (intercept + slope * megapixels)) / seconds)
-        )
-    settings = image["settings"]["sampler"]
-    return {
-        "steps": settings["num_steps"],
-        "solver": settings["solver"],
-        "network_calls": image["network_calls"],
-        "batch": batch,
-        "checkpoint": checkpoint or "pdr-gray-default",
-        "sizes": rows,
-        "fit": fit,
-        "load_average": os.getloadavg(),
-    }
-
-
-def format_scaling(report: dict) -> str:
-    lines = [
-        f"tools/restore.py, {report['solver']} {report['steps']} steps ({report['network_calls']} network calls "
-        f"per tile), batch {report['batch']}, {report['checkpoint']}"
-    ]
-    lines.append("  size    tiles  restore s  s/Mpx   peak RSS MiB  image MiB  chi2")
-    for r in report["sizes"]:
-        lines.append(
-            f"  {r['size']:5d}  {r['tiles']:6d}  {r['restore_s']:9.1f}  {r['restore_s_per_megapixel']:5.1f}  "
-            f"{r['peak_rss_mib']:12.0f}  {r['image_mib']:9.0f}  {r['chi_square']:.2f}"
-        )
-    fit = report["fit"]
-    if fit:
-        lines.append(
-            f"peak RSS = {fit['rss_fixed_mib']:.0f} MiB + {fit['rss_image_arrays']:.1f} x image "
-            f"(max residual {fit['rss_max_residual_mib']:.0f} MiB); time = {fit['seconds_fixed']:.1f} s + "
-            f"{fit['seconds_per_megapixel']:.2f} s/Mpx (max relative residual {fit['time_max_relative_residual']:.1%})"
-        )
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -724,14 +531,15 @@ def main(argv=None) -> None:
         # Every program compiled from here on (and --restore-scaling's processes) uses it.
         os.environ[cpu.ENV] = args.cpu_conv
     if args.restore_scaling:
-        report = restore_scaling(
+        report = scaling.restore_scaling(
             args.restore_scaling,
             steps=args.restore_steps,
             checkpoint=args.restore_checkpoint,
             batch=args.restore_batch,
             tile=args.restore_tile,
+            log=_log,
         )
-        print(json.dumps(report, indent=2) if args.json else format_scaling(report))
+        print(json.dumps(report, indent=2) if args.json else scaling.format_scaling(report))
         return
     report = run(args)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
