@@ -300,18 +300,20 @@ def test_restore_tool_method_conditional(tmp_path):
         "--batch",
         "4",
     ]
-    code = restore_tool.main(
-        [
-            str(tmp_path / "y.npy"),
-            "--output",
-            str(tmp_path / "x.tif"),
-            "--method",
-            "conditional",
-            "--solver",
-            "dpmpp",
-            *common,
-        ]
-    )
+    # The solver's old spelling (now dpmpp2m) still works, with a warning.
+    with pytest.warns(FutureWarning, match="'dpmpp' is deprecated; use 'dpmpp2m'"):
+        code = restore_tool.main(
+            [
+                str(tmp_path / "y.npy"),
+                "--output",
+                str(tmp_path / "x.tif"),
+                "--method",
+                "conditional",
+                "--solver",
+                "dpmpp",
+                *common,
+            ]
+        )
     assert code == 0
     x = tifffile.imread(tmp_path / "x.tif")
     assert x.shape == y.shape and np.all((x >= 0) & (x <= 1))
