@@ -297,7 +297,7 @@ def parse_args(argv=None):
 
 
 def expand_inputs(inputs) -> list[pathlib.Path]:
-    from pdr_jax.data.readers import is_supported
+    from pdr_jax.io.readers import is_supported
 
     files = []
     for item in inputs:
@@ -446,7 +446,7 @@ def read_measurement(path: pathlib.Path, args):
     and "estimate" (their standard errors and warnings) when anything was estimated. A camera
     RAW file is read as its Bayer mosaic with the black level of each CFA position.
     """
-    from pdr_jax.data.readers import read_image
+    from pdr_jax.io.readers import read_image
     from pdr_jax.physics import calibration, noise_estimation
 
     array, meta = read_image(path, raw_mode="mosaic")
@@ -855,7 +855,7 @@ def main(argv=None) -> int:
     if not files:
         raise SystemExit(f"no supported input files in {args.inputs}")
     print(f"pdr-restore: {len(files)} input(s) -> {args.output}", file=sys.stderr)
-    from pdr_jax.data.readers import read_image
+    from pdr_jax.io.readers import read_image
 
     outputs = output_paths(files, args.output)
     std_outputs = output_paths(files, args.uncertainty) if args.uncertainty else [None] * len(files)

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from pdr_jax.data import readers
+from pdr_jax.io import readers
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""pdr_jax.io: files in and out. The image file readers (readers.py, tiff.py, meta.py)."""
