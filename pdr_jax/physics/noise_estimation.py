@@ -24,6 +24,9 @@ model, median over bins, below MIN_VARIANCE_RATIO), is not electrons at that sca
 On Poisson-Gaussian images the ratio is 0.87-1.0 at every photon level; texture only raises it
 (skimage's camera, grass, gravel: up to 78 at s = 10000), so there is no upper bound on it.
 
+`check_parameter` is the one validity check of the stated s, r, b and gain (pdr_jax.restore.Physics,
+read_measurement and pdr-restore's flags call it).
+
 `auto_scale` is the rule for `--scale auto`: s is a choice of units (x = 1 at s electrons), not
 a property of the data; the 99.5th percentile of the smoothed photon level puts the bright end
 of the image near x = 1 and keeps outlier pixels from setting it.
@@ -32,6 +35,7 @@ of the image near x = 1 and keeps outlier pixels from setting it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -44,6 +48,31 @@ SCALE_PERCENTILE = 99.5
 # 256 px ADU images 0 of 64 at s >= 50 e-; 0-2 where the std already warns; 29-33 of 64 where a
 # gain 19-2700x too high came with a small std (s = 2 e-, 16 of 200 noise seeds).
 MAX_NO_SLOPE_FRACTION = 0.1
+
+
+# The noise parameters' valid ranges, with the pdr-restore flags that set them: name -> (flag,
+# strict); strict: > 0, else >= 0. No jax here, so pdr-restore checks its flags with it before
+# importing jax. Every check of s, r, b (and of the gain) is check_parameter.
+PARAMETERS = {
+    "s": ("--scale", True),  # electrons at clean intensity 1
+    "r": ("--read-noise", False),  # electrons rms
+    "b": ("--background", False),  # electrons
+    "gain": ("--gain", True),  # electrons per ADU
+}
+
+
+def check_parameter(name: str, value, label: str | None = None) -> float:
+    """`value` as a float if it is a valid s, r, b or gain (PARAMETERS: finite, > 0 or >= 0),
+    else ValueError "<label> must be a finite number > 0, got <value>"; label defaults to the
+    flag and the name, e.g. "--scale (s)"."""
+    flag, strict = PARAMETERS[name]
+    value = float(value)
+    if not math.isfinite(value) or (value <= 0 if strict else value < 0):
+        label = label or f"{flag} ({name})"
+        raise ValueError(
+            f"{label} must be a finite number {'>' if strict else '>='} 0, got {value}"
+        )
+    return value
 
 
 # Photon-transfer curves.
