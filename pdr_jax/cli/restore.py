@@ -442,16 +442,11 @@ def main(argv=None) -> int:
     ):
         outputs_of_file = [o for o in (out_path, std_path) if o is not None]
         try:
-            # Only a PNG output needs the channel count before restoring: decode then (a
-            # PNG/JPEG/RAW decode is what restoring the file costs first; TIFF/FITS/npy are lazy).
+            # Only a PNG output needs the channel count before restoring: it decodes the file
+            # (a PNG/JPEG/RAW decode is what restoring the file costs first; TIFF/FITS/npy are lazy).
             extra = [io.writers.electrons_path(out_path)] if args.save_electrons else []
-            io.writers.check_not_input(
-                path, [*outputs_of_file, *extra, *([preview] if preview else [])]
-            )
-            png = any(o.suffix.lower() == ".png" for o in outputs_of_file)
-            channels = io.read_image(path)[0].shape[-1] if png else None
-            for output in outputs_of_file:
-                io.writers.check_output_format(output, channels)
+            figures = [preview] if preview else []
+            io.writers.check_outputs(path, [*outputs_of_file, *extra], figures)
         except Exception as err:  # noqa: BLE001 - unreadable input or unsuitable output: logged, counted, skipped
             failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
             print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)

@@ -68,6 +68,20 @@ def check_not_input(path, outputs) -> None:
             )
 
 
+def check_outputs(path, outputs, figures=()) -> None:
+    """ValueError before any work when an output (or a figure: only this check) is the input
+    file `path`, or an output's format is unknown or cannot hold the input's channels (a PNG
+    output decodes the input to count them)."""
+    from pdr_jax.io.readers import read_image
+
+    outputs = [pathlib.Path(output) for output in outputs]
+    check_not_input(path, [*outputs, *figures])
+    png = any(output.suffix.lower() == ".png" for output in outputs)
+    channels = read_image(path)[0].shape[-1] if png else None
+    for output in outputs:
+        check_output_format(output, channels)
+
+
 def check_writable(path) -> None:
     """OSError unless a file can be created in path's folder (made if missing). A probe file,
     not permission bits, so a read-only mount or a file in the folder's place is caught for

@@ -128,3 +128,15 @@ def test_photon_transfer_from_one_pair_of_a_static_scene():
     assert fit.read_noise == pytest.approx(read_noise, rel=0.05)
     with pytest.raises(ValueError, match="slope"):
         noise_estimation.fit_photon_transfer([1.0, 2.0], [5.0, 4.0])
+
+
+def test_check_parameter_is_the_one_check_of_s_r_b_and_the_gain():
+    """pdr_jax.restore.Physics, pdr_jax.io.read_measurement and pdr-restore's flags all call it."""
+    assert noise_estimation.check_parameter("r", 0) == 0.0
+    assert noise_estimation.check_parameter("s", "2.5") == 2.5
+    with pytest.raises(ValueError, match=r"^--gain must be a finite number > 0, got 0.0$"):
+        noise_estimation.check_parameter("gain", 0, label="--gain")
+    with pytest.raises(
+        ValueError, match=r"--background \(b\) must be a finite number >= 0, got inf"
+    ):
+        noise_estimation.check_parameter("b", float("inf"))
