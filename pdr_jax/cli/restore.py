@@ -293,17 +293,6 @@ def parse_args(argv=None):
     return args
 
 
-def expand_inputs(inputs) -> list[pathlib.Path]:
-    files = []
-    for item in inputs:
-        path = pathlib.Path(item)
-        if path.is_dir():
-            files += sorted(f for f in path.iterdir() if f.is_file() and io.is_supported(f))
-        else:
-            files.append(path)
-    return files
-
-
 def output_paths(files, output: str) -> list[pathlib.Path]:
     out = pathlib.Path(output)
     if len(files) == 1 and out.suffix.lower() in io.OUTPUT_FORMATS:
@@ -409,7 +398,7 @@ def main(argv=None) -> int:
     from pdr_jax.model_io import load_model, read_network_json
     from pdr_jax.restore import Prior
 
-    files = expand_inputs(args.inputs)
+    files = io.readers.expand_inputs(args.inputs)
     if not files:
         raise SystemExit(f"no supported input files in {args.inputs}")
     print(f"pdr-restore: {len(files)} input(s) -> {args.output}", file=sys.stderr)

@@ -382,6 +382,19 @@ def is_supported(path) -> bool:
     return path.startswith(SKIMAGE_SCHEME) or pathlib.Path(path).suffix.lower() in READERS
 
 
+def expand_inputs(inputs) -> list[pathlib.Path]:
+    """The files of `inputs` (paths of files or folders): a file as given, a folder's files
+    that read_image supports, sorted by name."""
+    files = []
+    for item in inputs:
+        path = pathlib.Path(item)
+        if path.is_dir():
+            files += sorted(f for f in path.iterdir() if f.is_file() and is_supported(f))
+        else:
+            files.append(path)
+    return files
+
+
 def read_image(path, *, raw_mode: str = "packed") -> tuple[Any, ImageMeta]:
     """Read any supported file (or ``skimage://name``): ([N, H, W, C] array-like, ImageMeta).
 
