@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pdr_jax.io.readers import ImageMeta, read_image
+
+if TYPE_CHECKING:  # imported where used: importing pdr_jax.io does not import jax
+    from pdr_jax.physics.operators import Identity, Mosaic
+    from pdr_jax.restore import Physics
 
 UNITS = ("electrons", "adu")
 NONFINITE = ("mask", "refuse")  # NaN/Inf pixels: out of the likelihood, or the file refused
@@ -39,7 +43,7 @@ class Measurement:
     electrons: np.ndarray  # [F, H, W, C] float32
     mask: np.ndarray  # [F, H, W, C] float32: 1 valid, 0 saturated or NaN/Inf
     meta: ImageMeta  # what the file says (format, dtype, FITS cards, TIFF tags, RAW CFA)
-    operator: Any  # pdr_jax.physics.operators.IDENTITY, or a Mosaic
+    operator: Identity | Mosaic  # the forward operator: IDENTITY, or a mosaic's
     units: str  # what the file held: "electrons" or "adu"
     scale: float  # s: electrons at clean intensity 1 ("auto" estimated)
     read_noise: float  # r: electrons rms ("auto" estimated)
@@ -48,7 +52,7 @@ class Measurement:
     estimate: dict | None  # NoiseEstimate fields (stds, warnings) where anything was estimated
     num_nonfinite: int  # NaN/Inf pixels masked
 
-    def physics(self, domain: str):
+    def physics(self, domain: str) -> Physics:
         """The pdr_jax.restore.Physics of this measurement in `domain`."""
         from pdr_jax.restore import Physics
 
