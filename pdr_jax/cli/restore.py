@@ -77,6 +77,11 @@ EXAMPLES = (
 )
 
 
+# read_measurement's keyword arguments, each the flag of the same name.
+MEASUREMENT_FLAGS = ("scale", "read_noise", "background", "units", "gain", "black_level")
+MEASUREMENT_FLAGS += ("white_level", "cfa", "wb", "nonfinite", "linearise")
+
+
 def _triple(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -320,13 +325,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
     caller)."""
     from pdr_jax.restore import GuidanceSettings, SamplerSettings, TilingSettings
 
-    measurement = io.read_measurement(
-        path,
-        **{name: getattr(args, name) for name in ("scale", "read_noise", "background", "units")},
-        **{name: getattr(args, name) for name in ("gain", "black_level", "white_level", "cfa")},
-        **{name: getattr(args, name) for name in ("wb", "nonfinite", "linearise")},
-    )
-    m = measurement
+    m = io.read_measurement(path, **{name: getattr(args, name) for name in MEASUREMENT_FLAGS})
     checkpoint = default_checkpoint(args, m.electrons.shape[-1], m.operator)
     model = models(checkpoint)
     if m.estimate is not None or args.scale == "auto":
