@@ -7,17 +7,15 @@ noise model lambda = s x + b, y ~ Poisson(lambda) + N(0, r^2) (see pdr_jax.physi
   < 1 for overfitting the noise, > 1 for a biased or oversmoothed fit.
 - `residual_autocorrelation`, `spectral_flatness`: whether the normalised residuals are white;
   structure left in them is signal the restoration missed or invented.
-- `fit_photon_transfer` (+ `ptc_from_flat_pairs`, `ptc_from_frame_pair`): gain and read noise
-  from the photon-transfer curve var_ADU = mean_ADU / gain + (read_noise / gain)^2.
 - `relative_bias`, `relative_bias_by_level`: mean error relative to the mean signal.
+
+(Gain and read noise from photon-transfer curves: pdr_jax.physics.noise_estimation.)
 
 Image shapes: [H, W], [H, W, C] or [B, H, W, C]; statistics pool every pixel (and mask == 0
 pixels are left out where a mask is taken).
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -133,103 +131,6 @@ def spectral_flatness(residuals):
     flatness = jnp.exp(log_mean) / (jnp.sum(jnp.where(kept, power, 0.0)) / count)
     n = batch * channels
     return flatness / jnp.exp(jax.scipy.special.digamma(float(n)) - np.log(n))
-
-
-@dataclasses.dataclass(frozen=True)
-class PhotonTransferFit:
-    """A photon-transfer-curve fit var_ADU = slope * mean_ADU + intercept."""
-
-    gain: float  # electrons per ADU, 1 / slope
-    read_noise: float  # electrons, sqrt(intercept) * gain
-    slope: float  # 1 / gain
-    intercept: float  # ADU^2, (read_noise / gain)^2
-
-
-def fit_photon_transfer(mean_adu, var_adu, weights=None) -> PhotonTransferFit:
-    """Weighted least-squares line through (mean, variance) points of a photon-transfer curve.
-
-    mean_adu, var_adu: [N] black-subtracted signal and its temporal variance, in ADU.
-    weights: [N] or None; the default 1 / var^2 matches the scatter of a sample variance
-    (proportional to the variance itself). Saturated points must be removed beforehand.
-    """
-    mean_adu = np.asarray(mean_adu, np.float64)
-    var_adu = np.asarray(var_adu, np.float64)
-    if mean_adu.shape != var_adu.shape or mean_adu.ndim != 1 or mean_adu.size < 2:
-        raise ValueError(
-            f"need two 1-D arrays of >= 2 points, got {mean_adu.shape}, {var_adu.shape}"
-        )
-    if not (np.all(np.isfinite(mean_adu)) and np.all(np.isfinite(var_adu))):
-        raise ValueError("photon-transfer points contain NaN/Inf")
-    if weights is None:
-        weights = 1.0 / np.maximum(var_adu, 1e-12) ** 2
-    design = np.stack([mean_adu, np.ones_like(mean_adu)], axis=1)
-    sqrt_w = np.sqrt(np.asarray(weights, np.float64))
-    (slope, intercept), *_ = np.linalg.lstsq(design * sqrt_w[:, None], var_adu * sqrt_w, rcond=None)
-    if slope <= 0:
-        raise ValueError(
-            f"photon-transfer slope {slope:.3g} <= 0: no shot-noise signal in the data"
-        )
-    gain = 1.0 / slope
-    read_noise = float(np.sqrt(max(intercept, 0.0)) * gain)
-    return PhotonTransferFit(float(gain), read_noise, float(slope), float(intercept))
-
-
-def ptc_from_flat_pairs(flat_pairs, black_level: float, white_level: float | None = None):
-    """(mean_adu [N], var_adu [N]) from N pairs of flat fields at different exposures.
-
-    flat_pairs: sequence of (frame_a, frame_b), raw ADU of equal shape. Per pair, the mean is
-    the black-subtracted average and the variance var(a - b) / 2, which cancels fixed-pattern
-    structure (vignetting, pixel response) common to both frames. Pairs with any pixel at or
-    above white_level are dropped.
-    """
-    means, variances = [], []
-    for frame_a, frame_b in flat_pairs:
-        a, b = np.asarray(frame_a, np.float64), np.asarray(frame_b, np.float64)
-        if a.shape != b.shape:
-            raise ValueError(f"flat pair shapes differ: {a.shape} vs {b.shape}")
-        if white_level is not None and max(a.max(), b.max()) >= white_level:
-            continue
-        means.append(0.5 * (a.mean() + b.mean()) - black_level)
-        variances.append(np.var(a - b) / 2)
-    return np.asarray(means), np.asarray(variances)
-
-
-def neighbour_mean(image):
-    """Mean of the 8 neighbours of each interior pixel of [H, W] or [H, W, C]: [H-2, W-2(, C)]."""
-    height, width = image.shape[:2]
-    total = sum(
-        image[1 + dy : height - 1 + dy, 1 + dx : width - 1 + dx]
-        for dy in (-1, 0, 1)
-        for dx in (-1, 0, 1)
-        if (dy, dx) != (0, 0)
-    )
-    return total / 8
-
-
-def ptc_from_frame_pair(
-    frame_a, frame_b, black_level: float, num_bins: int = 16, min_pixels: int = 100
-):
-    """(mean_adu [<= num_bins], var_adu) from two exposures of one static, locally smooth scene.
-
-    frame_a, frame_b: [H, W] or [H, W, C] raw ADU. Interior pixels are binned (equal-count
-    bins) by the mean of their 8 neighbours in (a + b) / 2; each bin gives the pixels' own mean
-    (a + b) / 2 - black_level and variance var(a - b) / 2. Binning on the neighbours keeps the
-    selection independent of each pixel's own noise: binning on the pixel itself would put
-    pixels whose noise happened to be low into low bins and bias the fit (regression to the
-    mean). Bins with fewer than min_pixels pixels are dropped.
-    """
-    a, b = np.asarray(frame_a, np.float64), np.asarray(frame_b, np.float64)
-    if a.shape != b.shape or a.ndim not in (2, 3) or min(a.shape[:2]) < 3:
-        raise ValueError(f"need two equal [H, W(, C)] frames, got {a.shape} and {b.shape}")
-    level = (neighbour_mean(0.5 * (a + b)) - black_level).ravel()
-    mean = (0.5 * (a + b)[1:-1, 1:-1] - black_level).ravel()
-    diff = (a - b)[1:-1, 1:-1].ravel()
-    means, variances = [], []
-    for chunk in np.array_split(np.argsort(level), num_bins):
-        if chunk.size >= min_pixels:
-            means.append(mean[chunk].mean())
-            variances.append(np.var(diff[chunk]) / 2)
-    return np.asarray(means), np.asarray(variances)
 
 
 def std_coverage(x_hat, std, x_true, k: float = 1.0) -> float:

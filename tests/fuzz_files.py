@@ -80,7 +80,7 @@ def _read(path: pathlib.Path, kind: str) -> None:
 
         torch_pickle.load(path, max_bytes=64 << 20)
     else:
-        from pdr_jax.data import readers
+        from pdr_jax.io import readers
 
         array, _ = readers.read_image(path)
         np.asarray(array[0])
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     from pdr_jax.convert import ConversionError, TorchFileError
-    from pdr_jax.data.readers import UnreadableImageError
+    from pdr_jax.io.readers import UnreadableImageError
 
     rng = np.random.default_rng(args.seed)
     counts, others, slowest = collections.Counter(), [], (0.0, "")

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from tiny_models import save_tiny_prior
 
-from pdr_jax.data import readers, transforms
+from pdr_jax.data import transforms
 from pdr_jax.evaluation import benchmark, methods, report, resolution
+from pdr_jax.io import readers
 
 evaluate_tool = importlib.import_module("pdr_jax.cli.evaluate")
 

@@ -42,17 +42,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import sys
-import tempfile
 import time
 import traceback
 
 import numpy as np
 import tqdm
 
+from pdr_jax import io
 from pdr_jax.cli import finish_parser
 from pdr_jax.presets import (  # the shipped models, by name (pdr_jax.model_io.resolve_model)
     DEFAULT_CHECKPOINT,
@@ -76,7 +75,11 @@ EXAMPLES = (
     "pdr-restore mosaic.npy --cfa RGGB --wb 2.0,1,1.6 --output rgb.npy --domain photography "
     "--scale 10 --read-noise 2",
 )
-OUTPUT_FORMATS = (".npy", ".tif", ".tiff", ".fits", ".fit", ".png")
+
+
+# read_measurement's keyword arguments, each the flag of the same name.
+MEASUREMENT_FLAGS = ("scale", "read_noise", "background", "units", "gain", "black_level")
+MEASUREMENT_FLAGS += ("white_level", "cfa", "wb", "nonfinite", "linearise")
 
 
 def _triple(text: str) -> tuple[float, float, float]:
@@ -281,16 +284,15 @@ def parse_args(argv=None):
         p.error(
             "--uncertainty needs --num-samples >= 2 and --steps >= 1 (samples to take a std of)"
         )
-    for flag, value, strict in (
-        ("--scale", args.scale, True),
-        ("--read-noise", args.read_noise, False),
-        ("--background", args.background, False),
-        ("--gain", args.gain, True),
-    ):
-        if value not in (None, "auto") and not (value > 0 if strict else value >= 0):
-            p.error(
-                f"{flag} must be {'>' if strict else '>='} 0{' or auto' if flag != '--background' else ''}, got {value:g}"
-            )
+    from pdr_jax.physics.noise_estimation import PARAMETERS, check_parameter  # no jax
+
+    for name, (flag, _) in PARAMETERS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value not in (None, "auto"):
+            try:
+                check_parameter(name, value, label=flag)
+            except ValueError as err:
+                p.error(str(err))
     if args.num_samples < 1 or args.steps < 0:
         p.error(
             f"--num-samples must be >= 1 and --steps >= 0, got {args.num_samples}, {args.steps}"
@@ -298,374 +300,16 @@ def parse_args(argv=None):
     return args
 
 
-def expand_inputs(inputs) -> list[pathlib.Path]:
-    from pdr_jax.data.readers import is_supported
-
-    files = []
-    for item in inputs:
-        path = pathlib.Path(item)
-        if path.is_dir():
-            files += sorted(f for f in path.iterdir() if f.is_file() and is_supported(f))
-        else:
-            files.append(path)
-    return files
-
-
 def output_paths(files, output: str) -> list[pathlib.Path]:
     out = pathlib.Path(output)
-    if len(files) == 1 and out.suffix.lower() in OUTPUT_FORMATS:
+    if len(files) == 1 and out.suffix.lower() in io.OUTPUT_FORMATS:
         return [out]
-    if out.suffix.lower() in OUTPUT_FORMATS:
+    if out.suffix.lower() in io.OUTPUT_FORMATS:
         raise SystemExit(
             f"--output {out} is a file but there are {len(files)} inputs: give a folder"
         )
     out.mkdir(parents=True, exist_ok=True)
     return [out / (f.stem + ".tif") for f in files]
-
-
-def write_preview(preview_path, path, y, x, std, mask, physics, chi_square: float) -> None:
-    """The --preview figure of one restored frame (pdr_jax.evaluation.report): y, mask
-    [H, W, C'] (the measurement of physics.operator), x [H, W, C] (3 channels shown as sRGB),
-    std like x or None. A mosaic is shown demosaicked (operator.fill), its residual per pixel."""
-    from pdr_jax.evaluation.report import plot_restoration_preview
-
-    s, r, b = physics.s, physics.r, physics.b
-    operator = physics.operator
-    mean = s * np.asarray(operator.forward(x[None]))[0] + b
-    residual = np.where(mask, (y - mean) / np.sqrt(np.maximum(mean, 0.0) + r**2), np.nan)
-    noisy = operator.fill((y - b) / s) / operator.channel_gains
-    squeeze = lambda a: a[..., 0] if a.shape[-1] == 1 else a
-    residual, noisy, x = squeeze(residual), squeeze(noisy), squeeze(x)
-    if residual.ndim == 3:  # colour: the channels' residuals summed / sqrt(C), still ~N(0, 1)
-        residual = residual.sum(-1) / np.sqrt(residual.shape[-1])
-    std = None if std is None else (std.mean(-1) if std.shape[-1] > 1 else std[..., 0])
-    title = (
-        f"{path.name}: chi-square {chi_square:.3f}  ({physics.domain}, s = {s:g} e-, "
-        f"r = {r:g} e-, b = {b:g} e-)"
-    )
-    plot_restoration_preview(
-        preview_path, noisy=noisy, restored=x, residual=residual, std=std, title=title
-    )
-
-
-def check_writable(path: pathlib.Path, flag: str) -> None:
-    """SystemExit naming the flag unless a file can be created in path's folder (made if
-    missing): checked before anything is computed. A probe file, not permission bits, so a
-    read-only mount or a file in the folder's place is caught for root too."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as e:
-        raise SystemExit(
-            f"{flag} {path}: cannot write there ({type(e).__name__}: {e}); nothing was restored"
-        ) from None
-
-
-def check_output_format(path: pathlib.Path, channels: int | None) -> None:
-    """ValueError before restoring when the output format is unknown or cannot hold the image's
-    channels (None: not known yet, only the format is checked)."""
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        raise ValueError(
-            f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}"
-        )
-    if suffix == ".png" and channels not in (1, None):
-        raise ValueError(
-            f"{path}: 16-bit PNG output is grayscale only; use .tif for {channels} channels"
-        )
-
-
-def integer_warning(array_dtype, units: str) -> list[str]:
-    """A note that an integer file is read as electrons (right for photon-counting detectors and
-    simulations, wrong for camera counts)."""
-    if units == "electrons" and np.issubdtype(np.dtype(array_dtype), np.integer):
-        return [
-            f"the file holds {array_dtype} integers, read as electrons (--units electrons): raw "
-            "camera counts need --units adu with --gain/--black-level/--white-level"
-        ]
-    return []
-
-
-class PhysicsMismatch(ValueError):
-    """The measurement contradicts the stated physics (--units, --scale, --read-noise)."""
-
-
-def check_physics(path, electrons, mask, physics, force: bool) -> list[str]:
-    """Before restoring: the first frame against the stated physics
-    (pdr_jax.physics.noise_estimation.check_physics). Raises PhysicsMismatch naming the fix, or
-    with --force returns the problems as warnings."""
-    from pdr_jax.physics import noise_estimation
-
-    check = noise_estimation.check_physics(
-        electrons[0, :, :, 0], physics.s, physics.r, physics.b, mask[0, :, :, 0]
-    )
-    if check.problems and not force:
-        raise PhysicsMismatch(
-            f"{path}: not restored, the data contradict the stated physics: "
-            + "; ".join(check.problems)
-            + " (--force restores anyway)"
-        )
-    return list(check.problems)
-
-
-CHI_SQUARE_RANGE = (0.3, 3.0)  # outside it the noise model does not describe the data
-
-
-def _mosaic(path, args, meta, channels: int):
-    """The forward operator of the file: a Mosaic for a camera RAW file (its pattern and white
-    balance, --cfa/--wb override) or a one-channel file with --cfa, else the identity."""
-    from pdr_jax.physics import operators
-
-    raw = meta.format == "raw"
-    if not raw and args.cfa is None:
-        if args.wb is not None:
-            raise ValueError(f"{path}: --wb applies to a mosaic (--cfa, or a camera RAW file)")
-        return operators.IDENTITY
-    if channels != 1:
-        raise ValueError(f"{path}: --cfa needs a one-channel mosaic, the file has {channels}")
-    pattern = args.cfa or meta.header["cfa_pattern"]
-    wb = args.wb or (meta.header.get("white_balance") if raw else None) or (1.0, 1.0, 1.0)
-    return operators.Mosaic(pattern, gains=tuple(wb[1] / float(v) for v in wb))
-
-
-def _green_planes(frame: np.ndarray, mosaic) -> np.ndarray:
-    """[H, W] mosaic -> its two green planes side by side [H/2, W]: one colour, for the noise
-    estimate (its local windows must not mix colours of different levels)."""
-    colours = mosaic.colours(2, 2)
-    greens = [frame[i::2, j::2] for i in range(2) for j in range(2) if colours[i, j] == 1]
-    height = min(g.shape[0] for g in greens)
-    width = min(g.shape[1] for g in greens)
-    return np.concatenate([g[:height, :width] for g in greens], axis=1)
-
-
-def read_measurement(path: pathlib.Path, args):
-    """(electrons [F, H, W, C] float32, valid mask like it, the reader's ImageMeta, noise,
-    the forward operator).
-
-    noise: {"scale", "read_noise", "gain"} with "auto" values replaced by the estimates of the
-    first frame and channel (of a mosaic: its green pixels; pdr_jax.physics.noise_estimation),
-    and "estimate" (their standard errors and warnings) when anything was estimated. A camera
-    RAW file is read as its Bayer mosaic with the black level of each CFA position.
-    """
-    from pdr_jax.data.readers import read_image
-    from pdr_jax.physics import calibration, noise_estimation
-
-    array, meta = read_image(path, raw_mode="mosaic")
-    data = np.asarray(array, np.float32) * meta.scale + meta.offset
-    # NaN/Inf pixels (FITS BLANK, masked detector regions) carry no data: out of the likelihood,
-    # filled by the prior (--nonfinite refuse: the file fails instead).
-    finite = np.isfinite(data)
-    num_nonfinite = int(finite.size - np.count_nonzero(finite))
-    if num_nonfinite and (args.nonfinite == "refuse" or not finite.any()):
-        calibration.check_finite(data, f"{path}")
-    if num_nonfinite:
-        data = np.where(finite, data, np.float32(np.median(data[finite])))
-    operator = _mosaic(path, args, meta, data.shape[-1])
-    planes = (
-        (lambda a: a) if operator.channels_out is None else (lambda a: _green_planes(a, operator))
-    )
-    if meta.format == "raw":
-        if args.units != "adu":
-            raise ValueError(
-                f"{path}: a camera RAW file holds ADU: use --units adu with --gain G or auto"
-            )
-        if args.black_level is None:  # each CFA position's own black level, their mean below
-            cell = np.asarray(meta.header["cfa_black"], np.float32)
-            height, width = data.shape[1:3]
-            black_map = np.tile(cell, (height // 2, width // 2))[None, :, :, None]
-            data = data - (black_map - float(np.mean(cell)))
-    if args.linearise == "srgb":
-        if meta.white_level is None or meta.format == "raw":
-            raise ValueError(
-                f"{path}: --linearise srgb needs integer data with a white level (8-bit images)"
-            )
-        white = meta.white_level
-        data = calibration.srgb_to_linear(np.clip(data / white, 0, 1)) * white
-    noise = {
-        "scale": args.scale,
-        "read_noise": args.read_noise,
-        "gain": args.gain,
-        "estimate": None,
-        "nonfinite": num_nonfinite,
-    }
-    if args.units == "electrons":
-        electrons, mask = data, np.ones_like(data)
-        if args.read_noise == "auto":
-            estimate = noise_estimation.estimate_noise(planes(data[0, :, :, 0]), gain=1.0)
-            noise.update(read_noise=estimate.read_noise, estimate=dataclasses.asdict(estimate))
-    else:
-        gain = args.gain if args.gain is not None else meta.gain
-        black = args.black_level if args.black_level is not None else (meta.black_level or 0.0)
-        white = args.white_level if args.white_level is not None else meta.white_level
-        missing = [name for name, v in (("--gain", gain), ("--white-level", white)) if v is None]
-        if missing:
-            raise ValueError(
-                f"{path}: --units adu needs {', '.join(missing)} (the file does not record it)"
-            )
-        if "auto" in (gain, args.read_noise):
-            estimate = noise_estimation.estimate_noise(
-                planes(data[0, :, :, 0]),
-                black_level=float(np.mean(black)),
-                white_level=float(white),
-                gain=None if gain == "auto" else float(gain),
-            )
-            gain = estimate.gain
-            noise["estimate"] = dataclasses.asdict(estimate)
-            if args.read_noise == "auto":
-                noise["read_noise"] = estimate.read_noise
-        noise["gain"] = float(gain)
-        cal = calibration.Calibration(
-            gain=float(gain), black_level=float(np.mean(black)), white_level=float(white)
-        )
-        electrons, mask = (np.asarray(v) for v in calibration.calibrate(data, cal))
-    mask = mask * finite
-    if args.scale == "auto":
-        noise["scale"] = noise_estimation.auto_scale(electrons[0, :, :, 0], args.background)
-    return electrons, mask, meta, noise, operator
-
-
-# FITS cards that describe the stored array, not the image: written afresh for the output.
-_FITS_STRUCTURAL = {
-    "SIMPLE",
-    "BITPIX",
-    "EXTEND",
-    "BSCALE",
-    "BZERO",
-    "BLANK",
-    "XTENSION",
-    "PCOUNT",
-    "GCOUNT",
-    "CHECKSUM",
-    "DATASUM",
-    "BUNIT",
-    "DATAMIN",
-    "DATAMAX",
-}
-
-
-def _fits_header(meta, history: list[str]):
-    """The input's FITS cards (WCS, exposure, ...) minus the structural ones, plus HISTORY."""
-    from astropy.io import fits
-
-    header = fits.Header()
-    if meta is not None and meta.format == "fits":
-        for key, value in meta.header.items():
-            if key not in _FITS_STRUCTURAL and not key.startswith("NAXIS"):
-                try:
-                    header[key] = value
-                except (ValueError, TypeError):  # a value astropy cannot write back: leave it out
-                    continue
-    header["BUNIT"] = ("", "clean intensity x in [0, 1] (pdr_jax)")
-    for line in history:
-        header.add_history(line)
-    return header
-
-
-def _tiff_metadata(meta) -> dict:
-    """tifffile.imwrite arguments that keep the input TIFF's resolution and ImageJ metadata."""
-    if meta is None or meta.format != "tiff":
-        return {}
-    kwargs = {}
-    header = meta.header
-    if "XResolution" in header and "YResolution" in header:
-        kwargs["resolution"] = (header["XResolution"], header["YResolution"])
-        if "ResolutionUnit" in header:
-            kwargs["resolutionunit"] = header["ResolutionUnit"]
-    if header.get("imagej"):  # its own layout keys are written afresh by tifffile
-        layout = {"ImageJ", "images", "channels", "slices", "frames", "hyperstack", "mode", "loop"}
-        kwargs.update(
-            imagej=True, metadata={k: v for k, v in header["imagej"].items() if k not in layout}
-        )
-    return kwargs
-
-
-def write_together(writes) -> None:
-    """Write each (path, write) pair's file as write(temporary path): a temporary file in the
-    path's folder, all of them renamed into place once every one is complete. A failure (a
-    full disk, say) removes the temporary files and leaves no partial output and no half of a
-    file's outputs; a symlink at a path is replaced, never written through."""
-    umask = os.umask(0)
-    os.umask(umask)
-    temporary = []
-    try:
-        for path, write in writes:
-            path = pathlib.Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(
-                prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent
-            )
-            os.close(handle)
-            temporary.append((pathlib.Path(name), path))
-            write(pathlib.Path(name))
-            os.chmod(name, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open would give
-    except BaseException:
-        for name, _ in temporary:
-            name.unlink(missing_ok=True)
-        raise
-    for name, path in temporary:
-        os.replace(name, path)
-
-
-def write_image(path: pathlib.Path, x: np.ndarray, meta=None, history=()) -> None:
-    """x [H, W] / [H, W, C] / [F, H, W, C] float32 to path by its extension. A FITS output keeps
-    the input FITS header (WCS included) with `history` as HISTORY cards; a TIFF output keeps the
-    input TIFF's resolution and ImageJ metadata; .npy and 16-bit PNG keep nothing."""
-    suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".npy":
-        np.save(path, x.astype(np.float32))
-    elif suffix in (".tif", ".tiff"):
-        import tifffile
-
-        kwargs = _tiff_metadata(meta)
-        if kwargs.get("imagej"):
-            kwargs["metadata"] = {**kwargs["metadata"], "Info": "\n".join(history)}
-        else:
-            kwargs["description"] = "\n".join(history) or None
-            # Colour as RGB samples, anything else as gray pages (tifffile asks to say which).
-            kwargs["photometric"] = "rgb" if x.ndim >= 3 and x.shape[-1] == 3 else "minisblack"
-        tifffile.imwrite(path, x.astype(np.float32), **kwargs)
-    elif suffix in (".fits", ".fit"):
-        from astropy.io import fits
-
-        fits.PrimaryHDU(x.astype(np.float32), header=_fits_header(meta, list(history))).writeto(
-            path, overwrite=True
-        )
-    elif suffix == ".png":
-        from PIL import Image
-
-        if x.ndim == 3 and x.shape[-1] != 1:
-            raise ValueError(
-                f"{path}: 16-bit PNG output is grayscale only; use .tif for {x.shape[-1]} channels"
-            )
-        Image.fromarray(
-            np.round(np.clip(x.reshape(x.shape[:2]), 0, 1) * 65535).astype(np.uint16)
-        ).save(path)
-    else:
-        raise ValueError(
-            f"{path}: unknown output format {suffix!r}; expected one of {OUTPUT_FORMATS}"
-        )
-
-
-def electrons_path(out_path: pathlib.Path) -> pathlib.Path:
-    """Where --save-electrons writes s*x+b: the output's name with the suffix _electrons."""
-    return out_path.with_name(out_path.stem + "_electrons" + out_path.suffix)
-
-
-def check_not_input(path: pathlib.Path, outputs) -> None:
-    """ValueError before any work when an output is the input file itself (the same path, or
-    a link to it): restoring must never destroy the measurement."""
-    for output in outputs:
-        output = pathlib.Path(output)
-        same = output.resolve() == path.resolve() or (
-            output.exists() and os.path.samefile(output, path)
-        )
-        if same:
-            raise ValueError(
-                f"{output} is the input file {path}: refusing to overwrite the measurement; "
-                "choose another --output"
-            )
 
 
 def default_checkpoint(args, channels: int, operator) -> str:
@@ -678,79 +322,43 @@ def default_checkpoint(args, channels: int, operator) -> str:
 
 
 def restore_one(path, out_path, models, args, key, std_path=None, preview_path=None):
-    """Restore every frame and channel of one file; returns its report. models(checkpoint):
-    the loaded model of a --checkpoint value (cached by the caller)."""
+    """Restore every frame and channel of one file (pdr_jax.io) and write its outputs; returns
+    its report. models(checkpoint): the loaded model of a --checkpoint value (cached by the
+    caller)."""
+    from pdr_jax.restore import GuidanceSettings, SamplerSettings, TilingSettings
 
-    import jax
-
-    from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
-
-    electrons, mask, meta, noise, operator = read_measurement(path, args)
-    checkpoint = default_checkpoint(args, electrons.shape[-1], operator)
+    m = io.read_measurement(path, **{name: getattr(args, name) for name in MEASUREMENT_FLAGS})
+    checkpoint = default_checkpoint(args, m.electrons.shape[-1], m.operator)
     model = models(checkpoint)
-    scale, read_noise = noise["scale"], noise["read_noise"]
-    if noise["estimate"] is not None or args.scale == "auto":
-        estimate = noise["estimate"] or {}
+    if m.estimate is not None or args.scale == "auto":
+        estimate = m.estimate or {}
         print(
-            f"  {path.name}: scale {scale:.4g} e-, read noise {read_noise:.3g} "
-            f"+- {estimate.get('read_noise_std', 0.0):.2g} e-, gain {noise['gain']} "
+            f"  {path.name}: scale {m.scale:.4g} e-, read noise {m.read_noise:.3g} "
+            f"+- {estimate.get('read_noise_std', 0.0):.2g} e-, gain {m.gain} "
             f"+- {estimate.get('gain_std', 0.0):.2g} (estimated where 'auto')",
             file=sys.stderr,
         )
-    physics = Physics(scale, read_noise, args.background, args.domain, operator)
-    physics_warnings = check_physics(path, electrons, mask, physics, args.force)
-    guidance = GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa)
-    sampler = dataclasses.replace(
-        SamplerSettings(), num_steps=args.steps, start=args.start, solver=args.solver
+    physics = m.physics(args.domain)
+    physics_warnings = io.check_measurement(m, physics, args.force)
+    restoration = io.restore_measurement(
+        model,
+        m,
+        physics,
+        key=key,
+        guidance=GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa),
+        sampler=dataclasses.replace(
+            SamplerSettings(), num_steps=args.steps, start=args.start, solver=args.solver
+        ),
+        tiling_settings=TilingSettings(
+            tile=args.tile,
+            overlap=args.overlap,
+            batch=args.batch,
+            memory_budget_mb=args.memory_budget_mb,
+        ),
+        num_samples=args.num_samples,
+        keep_std=std_path is not None,
     )
-    tiles = TilingSettings(
-        tile=args.tile,
-        overlap=args.overlap,
-        batch=args.batch,
-        memory_budget_mb=args.memory_budget_mb,
-    )
-    frames, height, width_px, channels = electrons.shape
-    # A colour prior restores the channels together, a grayscale one each channel on its own; a
-    # mosaic's one channel becomes the colour prior's three.
-    width = model.img_channels
-    measured = operator.channels_out or width  # input channels per restoration
-    if channels % measured:
-        raise ValueError(
-            f"{path}: {channels} channel(s), but the model restores {width} at a time "
-            "(--checkpoint: a grayscale model restores any channels one by one)"
-        )
-    out_channels = channels // measured * width
-    x = np.zeros((frames, height, width_px, out_channels), np.float32)
-    std = np.zeros_like(x) if std_path else None
-    reports = []
-    for f in range(frames):
-        for group, c in enumerate(range(0, channels, measured)):
-            part, out = slice(c, c + measured), slice(group * width, (group + 1) * width)
-            result = restore(
-                model,
-                electrons[f, :, :, part],
-                physics=physics,
-                mask=mask[f, :, :, part],
-                guidance=guidance,
-                sampler=sampler,
-                tiling_settings=tiles,
-                num_samples=args.num_samples,
-                key=jax.random.fold_in(key, f * channels + group),
-            )
-            x[f, :, :, out] = result.image.reshape(height, width_px, width)
-            if f == c == 0:
-                first_std = None if result.std is None else result.std
-            if std is not None:  # num_samples > 1: restore() always returns their std
-                std[f, :, :, out] = result.std.reshape(height, width_px, width)
-            if args.method == "conditional" and not mask[f, :, :, part].all():
-                result.report["warnings"].append(
-                    "saturated pixels are not masked by --method conditional"
-                )
-            reports.append(result.report)
-    squeeze = lambda a: (
-        (a[0] if frames == 1 else a)[..., 0] if a.shape[-1] == 1 else (a[0] if frames == 1 else a)
-    )
-    result_image = squeeze(x)
+    operator, reports = m.operator, restoration.reports
     mosaic = (
         f" --cfa {operator.pattern} --wb {','.join(f'{1 / g:.4g}' for g in operator.gains)}"
         if operator.channels_out
@@ -758,91 +366,29 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
     )
     history = [
         f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {checkpoint}{mosaic}",
-        f"--domain {args.domain} --scale {scale:g} --read-noise {read_noise:g} "
+        f"--domain {args.domain} --scale {m.scale:g} --read-noise {m.read_noise:g} "
         f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
     ]
-    # Every output of the file or none (write_together): an image counted as failed leaves nothing.
-    writes = [(out_path, lambda tmp: write_image(tmp, result_image, meta, history))]
-    if std is not None:
-        std_history = [*history, "values: per-pixel posterior std"]
-        writes.append((std_path, lambda tmp: write_image(tmp, squeeze(std), meta, std_history)))
-    if args.save_electrons:
-        electrons_image = scale * result_image + args.background
-        writes.append((electrons_path(out_path), lambda tmp: write_image(tmp, electrons_image)))
-    if preview_path is not None:
-        preview_std = None if first_std is None else first_std.reshape(height, width_px, width)
-        writes.append(
-            (
-                preview_path,
-                lambda tmp: write_preview(
-                    tmp,
-                    path,
-                    electrons[0, :, :, :measured],
-                    x[0, :, :, :width],
-                    preview_std,
-                    mask[0, :, :, :measured],
-                    physics,
-                    reports[0]["chi_square"],
-                ),
-            )
-        )
-    write_together(writes)
-    warnings = sorted({w for r in reports for w in r["warnings"]})
-    warnings += physics_warnings + integer_warning(meta.dtype, args.units)
-    chi_square = float(np.mean([r["chi_square"] for r in reports]))
-    if not CHI_SQUARE_RANGE[0] <= chi_square <= CHI_SQUARE_RANGE[1]:
-        warnings.append(
-            f"chi-square {chi_square:.4g} is far from 1: the noise model (--units, --scale, "
-            "--read-noise, --background, --gain) does not describe these data"
-        )
-    s_lo, s_hi = 10 ** np.array([-1.0, 4.0])
-    if not s_lo <= scale <= s_hi:
-        warnings.append(
-            f"scale {scale:g} outside the conditioning range [{s_lo:g}, {s_hi:g}]: clipped"
-        )
-    if noise["estimate"] is not None:
-        warnings += [f"noise estimate: {w}" for w in noise["estimate"]["warnings"]]
-    if noise["nonfinite"]:
-        warnings.append(
-            f"{noise['nonfinite']} NaN/Inf pixel(s) masked: no likelihood there, filled by the "
-            "prior (--nonfinite refuse fails such files)"
-        )
-    mean = lambda key: float(np.mean([r[key] for r in reports]))
-    return {
-        "input": str(path),
-        "output": str(out_path),
-        "checkpoint": checkpoint,
-        "operator": reports[0]["physics"]["operator"],
-        "shape": [int(v) for v in electrons.shape],
-        "chi_square": mean("chi_square"),
-        # Per channel of the file (a grayscale model's per-channel restorations in order), or
-        # per Bayer colour R, G, B of a mosaic.
-        "chi_square_per_channel": [c for r in reports for c in r["chi_square_per_channel"]],
-        "whiteness": mean("whiteness"),
-        "spectral_flatness": mean("spectral_flatness"),
-        "mean_photons": mean("mean_photons"),
-        "saturated_fraction": mean("saturated_fraction"),
-        "posterior_std": mean("posterior_std") if std is not None else None,
-        "uncertainty": str(std_path) if std is not None else None,
-        "tile": reports[0]["tile"],
-        "num_tiles": reports[0]["num_tiles"],
-        "plan": reports[0]["plan"],
-        "kappa": reports[0].get("kappa"),
-        "settings": reports[0].get("settings"),
-        "network_calls": reports[0].get("network_calls"),
-        "refined": reports[0].get("refined"),
-        "std_from": reports[0].get("std_from"),
-        "noise": {
-            "scale": scale,
-            "read_noise": read_noise,
-            "gain": noise["gain"],
-            "estimate": noise["estimate"],
-        },
-        "nonfinite_pixels": noise["nonfinite"],
-        "seconds": float(sum(r["timings"]["total_s"] for r in reports)),
-        "warnings": warnings,
-    }
+    # Every output of the file or none: an image counted as failed leaves nothing.
+    io.write_restoration(
+        out_path,
+        restoration,
+        m,
+        physics,
+        history=history,
+        std_path=std_path,
+        electrons_path=io.writers.electrons_path(out_path) if args.save_electrons else None,
+        preview_path=preview_path,
+    )
+    return io.restoration_report(
+        m,
+        restoration,
+        checkpoint=checkpoint,
+        output=out_path,
+        uncertainty=std_path,
+        physics_warnings=physics_warnings,
+    )
 
 
 def main(argv=None) -> int:
@@ -853,12 +399,10 @@ def main(argv=None) -> int:
     from pdr_jax.model_io import load_model, read_network_json
     from pdr_jax.restore import Prior
 
-    files = expand_inputs(args.inputs)
+    files = io.readers.expand_inputs(args.inputs)
     if not files:
         raise SystemExit(f"no supported input files in {args.inputs}")
     print(f"pdr-restore: {len(files)} input(s) -> {args.output}", file=sys.stderr)
-    from pdr_jax.data.readers import read_image
-
     outputs = output_paths(files, args.output)
     std_outputs = output_paths(files, args.uncertainty) if args.uncertainty else [None] * len(files)
     previews = (
@@ -874,22 +418,25 @@ def main(argv=None) -> int:
         ("--report", [args.report]),
     ):
         for path in paths:
-            if path is not None:
-                check_writable(pathlib.Path(path), flag)
+            try:
+                if path is not None:
+                    io.writers.check_writable(path)
+            except OSError as e:
+                raise SystemExit(
+                    f"{flag} {path}: cannot write there ({type(e).__name__}: {e}); nothing was "
+                    "restored"
+                ) from None
     failed, todo = [], []
     for path, out_path, std_path, preview in zip(
         files, outputs, std_outputs, previews, strict=True
     ):
         outputs_of_file = [o for o in (out_path, std_path) if o is not None]
         try:
-            # Only a PNG output needs the channel count before restoring: decode then (a
-            # PNG/JPEG/RAW decode is what restoring the file costs first; TIFF/FITS/npy are lazy).
-            extra = [electrons_path(out_path)] if args.save_electrons else []
-            check_not_input(path, [*outputs_of_file, *extra, *([preview] if preview else [])])
-            png = any(o.suffix.lower() == ".png" for o in outputs_of_file)
-            channels = read_image(path)[0].shape[-1] if png else None
-            for output in outputs_of_file:
-                check_output_format(output, channels)
+            # Only a PNG output needs the channel count before restoring: it decodes the file
+            # (a PNG/JPEG/RAW decode is what restoring the file costs first; TIFF/FITS/npy are lazy).
+            extra = [io.writers.electrons_path(out_path)] if args.save_electrons else []
+            figures = [preview] if preview else []
+            io.writers.check_outputs(path, [*outputs_of_file, *extra], figures)
         except Exception as err:  # noqa: BLE001 - unreadable input or unsuitable output: logged, counted, skipped
             failed.append({"input": str(path), "error": f"{type(err).__name__}: {err}"})
             print(f"  FAILED {path}: {type(err).__name__}: {err}", file=sys.stderr)
@@ -959,9 +506,7 @@ def main(argv=None) -> int:
         settings = {k: v for k, v in vars(args).items() if k not in ("inputs", "report")}
         content = {"summary": summary, "settings": settings, "images": reports, "failures": failed}
         try:
-            write_together(
-                [(args.report, lambda tmp: tmp.write_text(json.dumps(content, indent=2)))]
-            )
+            io.write_report(args.report, content)
         except OSError as err:
             print(
                 f"--report {args.report}: not written ({type(err).__name__}: {err})",

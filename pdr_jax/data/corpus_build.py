@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from pdr_jax.data import readers
 from pdr_jax.data.corpus import (
     DEFAULT_ROOT,
     FRACTIONS,
@@ -38,6 +37,7 @@ from pdr_jax.data.corpus import (
     read_manifest,
     summarize,
 )
+from pdr_jax.io import readers
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from pdr_jax.data import readers, simulators
+from pdr_jax.data import simulators
 from pdr_jax.data.transforms import ConditioningRanges
+from pdr_jax.io import readers
 from pdr_jax.physics.conditioning import DEFAULT_SPEC, ConditioningSpec
 
 log = logging.getLogger(__name__)

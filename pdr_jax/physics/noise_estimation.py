@@ -1,4 +1,8 @@
-"""Noise parameters from one noisy image: gain and read noise from its local mean-variance relation.
+"""Noise parameters from photon-transfer curves, and from one noisy image's local mean-variance relation.
+
+Photon-transfer curves (`fit_photon_transfer`, from `ptc_from_flat_pairs` or
+`ptc_from_frame_pair`): gain and read noise from var_ADU = mean_ADU / gain + (read_noise / gain)^2
+measured over pairs of exposures. `estimate_noise` does it from one image:
 
     var(y) = (y_mean - black) / gain + (read_noise / gain)^2        (ADU; gain = 1 for electrons)
 
@@ -6,11 +10,11 @@ A single image has no second exposure to difference against, so (after Foi et al
 Poissonian-Gaussian noise modeling and fitting for single-image raw-data") each interior pixel's
 residual d = y - mean(its 8 neighbours) serves as the noise sample: for a locally smooth signal
 (constant or linear) it has variance (1 + 1/8) var(y). Pixels are binned by the neighbour mean
-(independent of the pixel's own noise, as in metrics.ptc_from_frame_pair), and each bin's
+(independent of the pixel's own noise, as in ptc_from_frame_pair), and each bin's
 variance is the mean of its smallest 80% of d^2 divided by the fraction a normal distribution
 keeps (0.4377): edges, stars and hot pixels, which make the tails heavy, fall in the trimmed
 20%. Saturated pixels (>= white_level) and their neighbours are left out. The line through the
-bins is metrics.fit_photon_transfer's weighted least squares; its uncertainty is the spread of
+bins is fit_photon_transfer's weighted least squares; its uncertainty is the spread of
 refits over bootstrap resamples of the bins.
 
 `check_physics` compares a measurement with the physics a user states before anything is
@@ -20,6 +24,9 @@ model, median over bins, below MIN_VARIANCE_RATIO), is not electrons at that sca
 On Poisson-Gaussian images the ratio is 0.87-1.0 at every photon level; texture only raises it
 (skimage's camera, grass, gravel: up to 78 at s = 10000), so there is no upper bound on it.
 
+`check_parameter` is the one validity check of the stated s, r, b and gain (pdr_jax.restore.Physics,
+read_measurement and pdr-restore's flags call it).
+
 `auto_scale` is the rule for `--scale auto`: s is a choice of units (x = 1 at s electrons), not
 a property of the data; the 99.5th percentile of the smoothed photon level puts the bright end
 of the image near x = 1 and keeps outlier pixels from setting it.
@@ -28,10 +35,9 @@ of the image near x = 1 and keeps outlier pixels from setting it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
-
-from pdr_jax import metrics
 
 TRIM_KEEP = 0.8  # fraction of the smallest d^2 kept per bin
 # E[z^2 | |z| < q] for z ~ N(0, 1), q its 90% two-sided quantile: corrects the trimmed mean.
@@ -42,6 +48,134 @@ SCALE_PERCENTILE = 99.5
 # 256 px ADU images 0 of 64 at s >= 50 e-; 0-2 where the std already warns; 29-33 of 64 where a
 # gain 19-2700x too high came with a small std (s = 2 e-, 16 of 200 noise seeds).
 MAX_NO_SLOPE_FRACTION = 0.1
+
+
+# The noise parameters' valid ranges, with the pdr-restore flags that set them: name -> (flag,
+# strict); strict: > 0, else >= 0. No jax here, so pdr-restore checks its flags with it before
+# importing jax. Every check of s, r, b (and of the gain) is check_parameter.
+PARAMETERS = {
+    "s": ("--scale", True),  # electrons at clean intensity 1
+    "r": ("--read-noise", False),  # electrons rms
+    "b": ("--background", False),  # electrons
+    "gain": ("--gain", True),  # electrons per ADU
+}
+
+
+def check_parameter(name: str, value, label: str | None = None) -> float:
+    """`value` as a float if it is a valid s, r, b or gain (PARAMETERS: finite, > 0 or >= 0),
+    else ValueError "<label> must be a finite number > 0, got <value>"; label defaults to the
+    flag and the name, e.g. "--scale (s)"."""
+    flag, strict = PARAMETERS[name]
+    value = float(value)
+    if not math.isfinite(value) or (value <= 0 if strict else value < 0):
+        label = label or f"{flag} ({name})"
+        raise ValueError(
+            f"{label} must be a finite number {'>' if strict else '>='} 0, got {value}"
+        )
+    return value
+
+
+# Photon-transfer curves.
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotonTransferFit:
+    """A photon-transfer-curve fit var_ADU = slope * mean_ADU + intercept."""
+
+    gain: float  # electrons per ADU, 1 / slope
+    read_noise: float  # electrons, sqrt(intercept) * gain
+    slope: float  # 1 / gain
+    intercept: float  # ADU^2, (read_noise / gain)^2
+
+
+def fit_photon_transfer(mean_adu, var_adu, weights=None) -> PhotonTransferFit:
+    """Weighted least-squares line through (mean, variance) points of a photon-transfer curve.
+
+    mean_adu, var_adu: [N] black-subtracted signal and its temporal variance, in ADU.
+    weights: [N] or None; the default 1 / var^2 matches the scatter of a sample variance
+    (proportional to the variance itself). Saturated points must be removed beforehand.
+    """
+    mean_adu = np.asarray(mean_adu, np.float64)
+    var_adu = np.asarray(var_adu, np.float64)
+    if mean_adu.shape != var_adu.shape or mean_adu.ndim != 1 or mean_adu.size < 2:
+        raise ValueError(
+            f"need two 1-D arrays of >= 2 points, got {mean_adu.shape}, {var_adu.shape}"
+        )
+    if not (np.all(np.isfinite(mean_adu)) and np.all(np.isfinite(var_adu))):
+        raise ValueError("photon-transfer points contain NaN/Inf")
+    if weights is None:
+        weights = 1.0 / np.maximum(var_adu, 1e-12) ** 2
+    design = np.stack([mean_adu, np.ones_like(mean_adu)], axis=1)
+    sqrt_w = np.sqrt(np.asarray(weights, np.float64))
+    (slope, intercept), *_ = np.linalg.lstsq(design * sqrt_w[:, None], var_adu * sqrt_w, rcond=None)
+    if slope <= 0:
+        raise ValueError(
+            f"photon-transfer slope {slope:.3g} <= 0: no shot-noise signal in the data"
+        )
+    gain = 1.0 / slope
+    read_noise = float(np.sqrt(max(intercept, 0.0)) * gain)
+    return PhotonTransferFit(float(gain), read_noise, float(slope), float(intercept))
+
+
+def ptc_from_flat_pairs(flat_pairs, black_level: float, white_level: float | None = None):
+    """(mean_adu [N], var_adu [N]) from N pairs of flat fields at different exposures.
+
+    flat_pairs: sequence of (frame_a, frame_b), raw ADU of equal shape. Per pair, the mean is
+    the black-subtracted average and the variance var(a - b) / 2, which cancels fixed-pattern
+    structure (vignetting, pixel response) common to both frames. Pairs with any pixel at or
+    above white_level are dropped.
+    """
+    means, variances = [], []
+    for frame_a, frame_b in flat_pairs:
+        a, b = np.asarray(frame_a, np.float64), np.asarray(frame_b, np.float64)
+        if a.shape != b.shape:
+            raise ValueError(f"flat pair shapes differ: {a.shape} vs {b.shape}")
+        if white_level is not None and max(a.max(), b.max()) >= white_level:
+            continue
+        means.append(0.5 * (a.mean() + b.mean()) - black_level)
+        variances.append(np.var(a - b) / 2)
+    return np.asarray(means), np.asarray(variances)
+
+
+def neighbour_mean(image):
+    """Mean of the 8 neighbours of each interior pixel of [H, W] or [H, W, C]: [H-2, W-2(, C)]."""
+    height, width = image.shape[:2]
+    total = sum(
+        image[1 + dy : height - 1 + dy, 1 + dx : width - 1 + dx]
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        if (dy, dx) != (0, 0)
+    )
+    return total / 8
+
+
+def ptc_from_frame_pair(
+    frame_a, frame_b, black_level: float, num_bins: int = 16, min_pixels: int = 100
+):
+    """(mean_adu [<= num_bins], var_adu) from two exposures of one static, locally smooth scene.
+
+    frame_a, frame_b: [H, W] or [H, W, C] raw ADU. Interior pixels are binned (equal-count
+    bins) by the mean of their 8 neighbours in (a + b) / 2; each bin gives the pixels' own mean
+    (a + b) / 2 - black_level and variance var(a - b) / 2. Binning on the neighbours keeps the
+    selection independent of each pixel's own noise: binning on the pixel itself would put
+    pixels whose noise happened to be low into low bins and bias the fit (regression to the
+    mean). Bins with fewer than min_pixels pixels are dropped.
+    """
+    a, b = np.asarray(frame_a, np.float64), np.asarray(frame_b, np.float64)
+    if a.shape != b.shape or a.ndim not in (2, 3) or min(a.shape[:2]) < 3:
+        raise ValueError(f"need two equal [H, W(, C)] frames, got {a.shape} and {b.shape}")
+    level = (neighbour_mean(0.5 * (a + b)) - black_level).ravel()
+    mean = (0.5 * (a + b)[1:-1, 1:-1] - black_level).ravel()
+    diff = (a - b)[1:-1, 1:-1].ravel()
+    means, variances = [], []
+    for chunk in np.array_split(np.argsort(level), num_bins):
+        if chunk.size >= min_pixels:
+            means.append(mean[chunk].mean())
+            variances.append(np.var(diff[chunk]) / 2)
+    return np.asarray(means), np.asarray(variances)
+
+
+# One image.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +201,12 @@ def _bins(
         y = y[..., 0] if y.shape[-1] == 1 else None
     if y is None or y.ndim != 2 or min(y.shape) < 8:
         raise ValueError("noise estimation needs one [H, W] image of at least 8x8 pixels")
-    level = metrics.neighbour_mean(y) - black_level
+    level = neighbour_mean(y) - black_level
     residual = y[1:-1, 1:-1] - (level + black_level)
     keep = np.ones(level.shape, bool)
     if excluded is not None:  # a saturated pixel or neighbour breaks the noise model
         excluded = np.asarray(excluded, bool).reshape(y.shape)
-        near = metrics.neighbour_mean(excluded.astype(np.float64)) > 0
+        near = neighbour_mean(excluded.astype(np.float64)) > 0
         keep = ~(excluded[1:-1, 1:-1] | near)
     level, residual = level[keep], residual[keep]
     means, variances, counts = [], [], []
@@ -89,7 +223,7 @@ def _bins(
 def _fit(means, variances, gain):
     """(gain, intercept): the PTC line, or its intercept alone with the slope 1 / gain fixed."""
     if gain is None:
-        fit = metrics.fit_photon_transfer(means, variances)
+        fit = fit_photon_transfer(means, variances)
         return fit.gain, fit.intercept
     weights = 1.0 / np.maximum(variances, 1e-12) ** 2
     return gain, float(np.sum(weights * (variances - means / gain)) / np.sum(weights))
@@ -231,5 +365,5 @@ def auto_scale(y_electrons, background: float = 0.0) -> float:
     above the background) of y [H, W]; at least 1e-3."""
     y = np.asarray(y_electrons, np.float64)
     y = y[..., 0] if y.ndim == 3 else y
-    level = metrics.neighbour_mean(y) - background
+    level = neighbour_mean(y) - background
     return float(max(np.percentile(level, SCALE_PERCENTILE), 1e-3))

@@ -50,6 +50,7 @@ from jax.tree_util import Partial
 from pdr_jax import baselines, cpu, metrics, model_io, samplers
 from pdr_jax.physics import calibration, conditioning, operators
 from pdr_jax.physics import guidance as physics_guidance
+from pdr_jax.physics.noise_estimation import check_parameter
 from pdr_jax.restore import tiling
 from pdr_jax.settings import (
     GuidanceSettings,
@@ -74,16 +75,8 @@ class Physics:
     operator: operators.Identity | operators.Mosaic = operators.IDENTITY
 
     def __post_init__(self):
-        for name, flag, value, strict in (
-            ("s", "--scale", self.s, True),
-            ("r", "--read-noise", self.r, False),
-            ("b", "--background", self.b, False),
-        ):
-            value = float(value)
-            if not np.isfinite(value) or (value <= 0 if strict else value < 0):
-                raise ValueError(
-                    f"{flag} ({name}) must be a finite number {'>' if strict else '>='} 0, got {value}"
-                )
+        for name in ("s", "r", "b"):
+            check_parameter(name, getattr(self, name))
         if self.domain not in conditioning.DOMAINS:
             raise ValueError(
                 f"unknown domain {self.domain!r}; expected one of {conditioning.DOMAINS}"

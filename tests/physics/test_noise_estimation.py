@@ -1,4 +1,5 @@
-"""Gain and read noise from one simulated image (pdr_jax.physics.noise_estimation).
+"""Gain and read noise from photon-transfer curves and from one simulated image
+(pdr_jax.physics.noise_estimation).
 
 Measured relative errors on 256 px simulated images (fluorescence and astronomy simulators,
 noise seeds 0-19 unless stated): read noise with the gain known (electrons) within 2.6% at
@@ -8,11 +9,15 @@ s = 250 e- (the bright end) one image's gain is 1-16% low and its read noise 2-3
 Below ~50 e- at the bright end the gain is poorly constrained: the estimate says so.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from pdr_jax.data import simulators
-from pdr_jax.physics import noise_estimation
+from pdr_jax.physics import noise, noise_estimation
+
+_simulate = jax.jit(noise.simulate)  # one compiled program per shape instead of op by op
 
 
 def _measure(name, s, r, gain=1.0, seed=0, black=0.0):
@@ -83,3 +88,55 @@ def test_auto_scale_puts_the_bright_end_near_one():
     s = noise_estimation.auto_scale(y)
     smoothed_clean = np.percentile(clean[1:-1, 1:-1], noise_estimation.SCALE_PERCENTILE)
     assert s == pytest.approx(100 * smoothed_clean, rel=0.1)
+
+
+def _to_adu(key, electrons_mean, gain, read_noise, black, shape):
+    """Simulated raw frame: Poisson electrons + read noise, / gain + black, quantised."""
+    e = _simulate(key, jnp.zeros(shape), 0.0, read_noise, electrons_mean)
+    return np.round(np.asarray(e) / gain + black)
+
+
+def test_photon_transfer_from_flat_pairs_recovers_gain_and_read_noise():
+    gain, read_noise, black = 2.0, 6.0, 200.0  # e/ADU, e, ADU
+    levels = np.geomspace(20, 20000, 12)
+    keys = jax.random.split(jax.random.key(5), (len(levels), 2))
+    pairs = [
+        tuple(_to_adu(k, level, gain, read_noise, black, (128, 128)) for k in pair_keys)
+        for level, pair_keys in zip(levels, keys)
+    ]
+    # A fixed pattern (vignetting) common to both frames must not matter.
+    vignette = 1.0 + 0.05 * np.linspace(-1, 1, 128)[None, :]
+    pairs = [((a - black) * vignette + black, (b - black) * vignette + black) for a, b in pairs]
+    mean, var = noise_estimation.ptc_from_flat_pairs(pairs, black, white_level=65535)
+    fit = noise_estimation.fit_photon_transfer(mean, var)
+    assert fit.gain == pytest.approx(gain, rel=0.05)
+    assert fit.read_noise == pytest.approx(read_noise, rel=0.05)
+
+
+def test_photon_transfer_from_one_pair_of_a_static_scene():
+    gain, read_noise, black = 0.5, 2.0, 100.0
+    # Electrons: a ramp with many dark pixels (where regression to the mean would bias a fit).
+    scene = 2000 * np.linspace(0, 1, 256)[None, :] ** 2 * np.ones((512, 1))
+    key_a, key_b = jax.random.split(jax.random.key(6))
+    frames = [
+        np.round(np.asarray(_simulate(k, scene, 1.0, read_noise, 0.0)) / gain + black)
+        for k in (key_a, key_b)
+    ]
+    mean, var = noise_estimation.ptc_from_frame_pair(*frames, black, num_bins=24)
+    fit = noise_estimation.fit_photon_transfer(mean, var)
+    assert fit.gain == pytest.approx(gain, rel=0.05)
+    assert fit.read_noise == pytest.approx(read_noise, rel=0.05)
+    with pytest.raises(ValueError, match="slope"):
+        noise_estimation.fit_photon_transfer([1.0, 2.0], [5.0, 4.0])
+
+
+def test_check_parameter_is_the_one_check_of_s_r_b_and_the_gain():
+    """pdr_jax.restore.Physics, pdr_jax.io.read_measurement and pdr-restore's flags all call it."""
+    assert noise_estimation.check_parameter("r", 0) == 0.0
+    assert noise_estimation.check_parameter("s", "2.5") == 2.5
+    with pytest.raises(ValueError, match=r"^--gain must be a finite number > 0, got 0.0$"):
+        noise_estimation.check_parameter("gain", 0, label="--gain")
+    with pytest.raises(
+        ValueError, match=r"--background \(b\) must be a finite number >= 0, got inf"
+    ):
+        noise_estimation.check_parameter("b", float("inf"))

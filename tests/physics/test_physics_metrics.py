@@ -1,4 +1,4 @@
-"""Physics metrics: chi-square at the truth, residual whiteness, photon-transfer fits, bias."""
+"""Physics metrics: chi-square at the truth, residual whiteness, bias."""
 
 import jax
 import jax.numpy as jnp
@@ -73,46 +73,6 @@ def test_normalized_residuals_of_a_restoration_are_white():
     residuals = metrics.normalized_residuals(y, x, 50.0, 1.5, 1.0)
     assert float(jnp.std(residuals)) == pytest.approx(1.0, abs=0.02)
     assert float(_whiteness(residuals)) < 5 / np.sqrt(residuals.size)
-
-
-def _to_adu(key, electrons_mean, gain, read_noise, black, shape):
-    """Simulated raw frame: Poisson electrons + read noise, / gain + black, quantised."""
-    e = _simulate(key, jnp.zeros(shape), 0.0, read_noise, electrons_mean)
-    return np.round(np.asarray(e) / gain + black)
-
-
-def test_photon_transfer_from_flat_pairs_recovers_gain_and_read_noise():
-    gain, read_noise, black = 2.0, 6.0, 200.0  # e/ADU, e, ADU
-    levels = np.geomspace(20, 20000, 12)
-    keys = jax.random.split(jax.random.key(5), (len(levels), 2))
-    pairs = [
-        tuple(_to_adu(k, level, gain, read_noise, black, (128, 128)) for k in pair_keys)
-        for level, pair_keys in zip(levels, keys)
-    ]
-    # A fixed pattern (vignetting) common to both frames must not matter.
-    vignette = 1.0 + 0.05 * np.linspace(-1, 1, 128)[None, :]
-    pairs = [((a - black) * vignette + black, (b - black) * vignette + black) for a, b in pairs]
-    mean, var = metrics.ptc_from_flat_pairs(pairs, black, white_level=65535)
-    fit = metrics.fit_photon_transfer(mean, var)
-    assert fit.gain == pytest.approx(gain, rel=0.05)
-    assert fit.read_noise == pytest.approx(read_noise, rel=0.05)
-
-
-def test_photon_transfer_from_one_pair_of_a_static_scene():
-    gain, read_noise, black = 0.5, 2.0, 100.0
-    # Electrons: a ramp with many dark pixels (where regression to the mean would bias a fit).
-    scene = 2000 * np.linspace(0, 1, 256)[None, :] ** 2 * np.ones((512, 1))
-    key_a, key_b = jax.random.split(jax.random.key(6))
-    frames = [
-        np.round(np.asarray(_simulate(k, scene, 1.0, read_noise, 0.0)) / gain + black)
-        for k in (key_a, key_b)
-    ]
-    mean, var = metrics.ptc_from_frame_pair(*frames, black, num_bins=24)
-    fit = metrics.fit_photon_transfer(mean, var)
-    assert fit.gain == pytest.approx(gain, rel=0.05)
-    assert fit.read_noise == pytest.approx(read_noise, rel=0.05)
-    with pytest.raises(ValueError, match="slope"):
-        metrics.fit_photon_transfer([1.0, 2.0], [5.0, 4.0])
 
 
 def test_relative_bias():

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 from tiny_models import save_tiny_prior, tiny_prior_kwargs
 
+import pdr_jax.io.writers
 from pdr_jax.cli import restore as restore_tool
 
 TINY = tiny_prior_kwargs()
@@ -735,14 +736,14 @@ def test_outputs_are_atomic_symlinks_replaced_and_a_full_disk_leaves_nothing(
     out.mkdir()
     (tmp_path / "precious.npy").write_bytes(b"keep me")
     (out / "b.tif").symlink_to(tmp_path / "precious.npy")  # folder outputs are .tif
-    real = restore_tool.write_image
+    real = pdr_jax.io.writers.write_image
 
     def full_disk(path, x, meta=None, history=()):
         if "std" in str(history) and "a.npy" in str(history):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, x, meta, history)
 
-    monkeypatch.setattr(restore_tool, "write_image", full_disk)
+    monkeypatch.setattr(pdr_jax.io.writers, "write_image", full_disk)
     report = tmp_path / "r.json"
     argv = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--output", str(out)]
     argv += ["--uncertainty", str(tmp_path / "std"), "--num-samples", "2", "--report", str(report)]

@@ -15,7 +15,8 @@ from astropy.io import fits
 from PIL import Image
 from raw_files import write_tiny_dng
 
-from pdr_jax.data import readers
+from pdr_jax.io import meta as image_meta
+from pdr_jax.io import readers, tiff
 
 RNG = np.random.default_rng(0)
 
@@ -133,7 +134,7 @@ def test_tiff_multipage_memmapped_and_compressed_paged(tmp_path):
 
     tifffile.imwrite(tmp_path / "z.tif", stack, photometric="minisblack", compression="zlib")
     array, meta = readers.read_image(tmp_path / "z.tif")
-    assert isinstance(array, readers.PagedTiff) and not meta.memmapped
+    assert isinstance(array, tiff.PagedTiff) and not meta.memmapped
     assert array.shape == (4, 12, 10, 1)
     np.testing.assert_array_equal(array[3, 2:5, 1:4, 0], stack[3, 2:5, 1:4])
     np.testing.assert_array_equal(array[1][..., 0], stack[1])
@@ -290,7 +291,7 @@ def test_npy_memmapped_layouts(tmp_path):
     shapes = {}
     for name in ("hw", "hwc", "nhw"):
         array, meta = readers.read_image(tmp_path / f"{name}.npy")
-        assert readers._is_file_backed(array) and meta.memmapped
+        assert image_meta.is_file_backed(array) and meta.memmapped
         shapes[name] = (array.shape, meta.white_level)
     assert shapes == {
         "hw": ((1, 8, 9, 1), None),
