@@ -1,5 +1,5 @@
 """The settings records of a restoration: plain frozen dataclasses whose defaults are the tuned
-setting (README, "Restoration defaults"), validated on creation.
+setting (docs/tuning.md, "Restoration defaults"), validated on creation.
 
 No jax here: the programs' --help shows these defaults without importing jax (pdr_jax.cli), and
 pdr_jax.physics.guidance and pdr_jax.restore read them. pdr_jax.restore re-exports them.
@@ -76,7 +76,7 @@ class GuidanceSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
-    """How the sampler runs; the defaults are the tuned setting (README, "Restoration defaults")."""
+    """How the sampler runs; the defaults are the tuned setting (docs/tuning.md)."""
 
     num_steps: int = 6  # sampler steps (Heun: 2 num_steps - 1 network calls); 0: the start itself
     solver: str = "euler"  # a name of SOLVERS (a deprecated alias is replaced by it, warning)
@@ -147,7 +147,7 @@ def auto_kappa(mean_photons: float) -> float:
     Each sampler step re-applies the (damped) likelihood correction to a new denoised
     estimate, so with many photons the corrections add up to more than one Kalman update and
     the result follows the noise; with few the full strength is needed. Provenance of the
-    constants: README, "Restoration defaults".
+    constants: docs/tuning.md, "Restoration defaults".
     """
     kappa = 1.0 - AUTO_KAPPA_SLOPE * math.log10(max(float(mean_photons), 1e-3))
     return float(min(max(kappa, AUTO_KAPPA_RANGE[0]), AUTO_KAPPA_RANGE[1]))

@@ -129,7 +129,7 @@ MAX_LEVELS, MAX_BLOCKS, MAX_CHANNELS, MAX_RESOLUTION = 8, 16, 2048, 4096
 
 
 def checked_network(kwargs: Mapping, max_bytes: int, where: str):
-    """build_network(**kwargs), checked before its parameters exist: levels (len(channel_mult)), blocks, channels and resolution within the
+    """`build_network(**kwargs)`, checked before its parameters exist: levels (len(channel_mult)), blocks, channels and resolution within the
     bounds above, then the parameter count by jax.eval_shape (no arrays) within max_bytes.
     Returns the network; raises ConversionError naming the file and the field."""
     levels = len(kwargs.get("channel_mult") or (1, 2, 2, 2))

@@ -207,7 +207,7 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
 
     Quality (PSNR, SSIM, MS-SSIM over as many scales as the crop allows, FRC resolution in
     pixels at the 1/7 threshold, against the clean crop; channels averaged) and physics
-    (chi-square, Poisson deviance, residual whiteness = largest off-centre |autocorrelation|,
+    (chi-square, Poisson deviance, residual whiteness = largest off-centre `|autocorrelation|`,
     of the measurement y against A(x_hat); relative bias); in
     POINT_SOURCE_DOMAINS the point sources of the clean crop and the restoration's false and
     missed ones (pdr_jax.evaluation.sources), None elsewhere; with a posterior std (a
@@ -247,7 +247,7 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
 class Method:
     """A restoration method as the benchmark runs it.
 
-    restore(y [N, H, W, C'] electrons, *, s, r, b, domain, key, operator) -> x_hat [N, H, W, C]
+    `restore(y [N, H, W, C'] electrons, *, s, r, b, domain, key, operator) -> x_hat [N, H, W, C]`
     in [0, 1]; s, r, b are floats (one domain and scale per call), key a PRNG key for sampling
     methods, operator the cases' forward operator (y = A(x) measured).
     A method that draws several samples may return (x_hat, std), std its per-pixel std.

@@ -194,7 +194,7 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
 def compare_to(
     summary: Sequence[Mapping], previous: Sequence[Mapping], margin: float = DEFAULT_MARGIN
 ) -> tuple[list[str], list[str]]:
-    """Cells whose mean PSNR dropped by more than margin * |previous PSNR|.
+    """Cells whose mean PSNR dropped by more than margin * `|previous PSNR|`.
 
     summary: this run's summarise() rows; previous: rows of an earlier results.csv or
     summary.csv (per-image rows are averaged per cell). Returns (failures, notes): a failure

@@ -15,7 +15,7 @@ Three modes, each adding a correction to the sampler's denoised estimate:
   the denoiser's vector-Jacobian product, so it wraps `denoise_fn` instead of using the hook.
 - "prox" (half-quadratic splitting as in DiffPIR, Zhu et al. 2023; `proximal_correction`):
   the denoised estimate is replaced by the exact proximal point of the measurement's negative
-  log-likelihood, argmin_x NLL(y | x) + |x - x0|^2 / (2 gamma_x), per pixel and in closed
+  log-likelihood, `argmin_x NLL(y | x) + |x - x0|^2 / (2 gamma_x)`, per pixel and in closed
   form. The likelihood is the shifted Poisson y + r^2 ~ Poisson(s x + b + r^2) (the
   Poisson-Gaussian model's mean and variance; its proximal point is the positive root of a
   quadratic), gamma_x = gamma(sigma) / 4 the estimate's variance in [0, 1] units. The damped

@@ -15,7 +15,7 @@ Reflection padding ("reflect": pixel -1 mirrors pixel 1) keeps a period-2 mosaic
 
 `tools/restore.py`, `tools/evaluate.py` (methods "pdr" and "pdr-vst"), the notebooks and the
 README call `restore`; what varies between them are the settings records below, whose
-defaults are the tuned defaults (chosen on `corpus:val`, see the README's "Restoration
+defaults are the tuned defaults (chosen on `corpus:val`, see docs/tuning.md, "Restoration
 defaults"). `Prior` wraps a `pdr_jax.precond` network; anything with the same members (a
 closed-form Gaussian denoiser in the tests) restores the same way.
 
