@@ -39,6 +39,9 @@ class GuidanceSettings:
     sigma_threshold: float = 0.01  # no correction at sigma <= this
     grad_clip: float | None = None  # clip the model-space gradient to +-grad_clip (None: off)
     damping: bool = True  # gamma -> gamma / (1 + gamma F), see damped_step
+    # "prox" through a non-diagonal operator (a PSF): conjugate-gradient iterations of the
+    # weighted least-squares data step (pdr_jax.physics.guidance.proximal_correction)
+    cg_iterations: int = 8
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -55,6 +58,8 @@ class GuidanceSettings:
             raise ValueError(f"kappa must be >= 0 or 'auto', got {self.kappa!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if not (isinstance(self.cg_iterations, int) and self.cg_iterations >= 1):
+            raise ValueError(f"cg_iterations must be an integer >= 1, got {self.cg_iterations!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -161,3 +161,49 @@ def test_a_delta_psf_is_the_identity_and_blur_is_hashable():
         operators.Blur.of(np.ones((3, 3)))
     with pytest.raises(ValueError, match="larger than the image"):
         operators.Blur.of(psf.gaussian(4.0)).forward(jnp.zeros((1, 8, 8, 1)))
+
+
+@pytest.mark.parametrize("iterations, rtol", [(60, 1e-3), (8, 0.1)])
+def test_proximal_step_through_a_psf_solves_the_weighted_least_squares(iterations, rtol):
+    """The CG data step against the dense solution of its normal equations: converged with
+    enough iterations, and already close (10 %) with the default 8."""
+    from pdr_jax.physics import guidance, noise
+    from pdr_jax.settings import GuidanceSettings
+
+    blur = operators.Blur.of(psf.gaussian(1.8))
+    shape = (1, 9, 10, 1)
+    rng = np.random.default_rng(5)
+    truth = rng.random(shape).astype(np.float32)
+    s, r, b = 40.0, 2.0, 1.0
+    clean = np.asarray(blur.forward(jnp.asarray(truth)))
+    y = (rng.poisson(s * clean + b) + rng.normal(0, r, shape)).astype(np.float32)
+    mask = (rng.random(shape) > 0.1).astype(np.float32)
+    denoised = np.clip(2 * truth - 1 + 0.3 * rng.normal(size=shape), -1, 1).astype(np.float32)
+    sigma = 0.5
+    settings = GuidanceSettings(mode="prox", kappa=1.0, cg_iterations=iterations)
+    got = np.asarray(
+        guidance.proximal_correction(
+            jnp.asarray(denoised),
+            sigma,
+            y=y,
+            s=s,
+            r=r,
+            b=b,
+            mask=mask,
+            settings=settings,
+            operator=blur,
+        )
+    ).ravel()
+    # Dense: A as a matrix, W and rho as in the docstring.
+    n = int(np.prod(shape))
+    matrix = np.asarray(
+        blur.forward(jnp.asarray(np.eye(n, dtype=np.float32).reshape(n, *shape[1:])))
+    )
+    matrix = matrix.reshape(n, n).T.astype(np.float64)  # column j: A e_j
+    x0 = (denoised.ravel() + 1) / 2
+    predicted = matrix @ x0
+    w = mask.ravel() / np.asarray(noise.variance(s * predicted + b, r), np.float64)
+    rho = 4.0 / float(guidance.step_size(sigma, kappa=1.0))
+    lhs = s**2 * matrix.T @ (w[:, None] * matrix) + rho * np.eye(n)
+    d = np.linalg.solve(lhs, s * matrix.T @ (w * (y.ravel() - b - s * predicted)))
+    np.testing.assert_allclose(got, 2 * d, rtol=0, atol=rtol * np.abs(2 * d).max())
