@@ -204,7 +204,7 @@ def proximal_correction(
     gamma = step_size(sigma, kappa=settings.kappa, schedule=settings.schedule)
     rho = 4.0 / jnp.maximum(gamma, 1e-20)
     on = (sigma > settings.sigma_threshold) & (gamma > 0)  # kappa = 0: exactly no step
-    if operator.weights is None:  # a PSF: no closed form per pixel
+    if not operator.diagonal:  # a PSF: no closed form per pixel
         correction = _weighted_least_squares_step(
             denoised, rho, y, s, r, b, mask, operator, settings.cg_iterations
         )

@@ -57,10 +57,15 @@ class Identity:
     channel_gains = np.float32(1.0)  # each channel's sensitivity (broadcasts)
     start_sigma_factor = 1.0  # see Mosaic.start_sigma_factor
     radius = 0  # pixels a measurement reaches beyond its own (see Blur)
+    diagonal = True  # each value of x measured by one pixel at most: `weights` describes A
 
     def normal_diagonal(self, w):
         """diag(A^T diag(w) A) as an image like x: w itself."""
         return w
+
+    def summary(self) -> dict:
+        """What the restoration's report records of the operator."""
+        return {"name": "Identity"}
 
     def fill(self, z: np.ndarray) -> np.ndarray:
         """[H, W, C] numpy values of the measurement -> an image of x's channels: the same."""
@@ -164,6 +169,10 @@ class Mosaic:
         return y * self.weights(*y.shape[-3:-1])
 
     radius = 0
+    diagonal = True
+
+    def summary(self) -> dict:
+        return {"name": "Mosaic", **dataclasses.asdict(self)}
 
     def normal_diagonal(self, w):
         """diag(A^T diag(w) A) as an image like x: w gains[c]^2 at each pixel's colour c."""
@@ -189,6 +198,7 @@ class Blur:
     """
 
     kernel: tuple[tuple[float, ...], ...]
+    source: str = dataclasses.field(default="", compare=False)  # "gaussian:2.5", a file name
 
     channels_in = None
     channels_out = None
@@ -196,9 +206,19 @@ class Blur:
     start_sigma_factor = 1.0
 
     @classmethod
-    def of(cls, kernel) -> Blur:
+    def of(cls, kernel, source: str = "") -> Blur:
         kernel = np.asarray(kernel, np.float64)
-        return cls(tuple(tuple(float(v) for v in row) for row in kernel))
+        return cls(tuple(tuple(float(v) for v in row) for row in kernel), source)
+
+    def summary(self) -> dict:
+        from pdr_jax.physics import psf  # scipy, only when asked
+
+        return {
+            "name": "Blur",
+            "psf": self.source,
+            "size": list(self.array.shape),
+            "fwhm_px": round(psf.fwhm(self.array), 3),
+        }
 
     def __post_init__(self):
         shape = self.array.shape
@@ -247,7 +267,14 @@ class Blur:
         squared = np.conj(self._transfer(*w.shape[-3:-1], self.array**2))
         return self._convolve(w, squared)
 
-    weights = None  # not diagonal: no per-pixel closed-form data step (see guidance)
+    @property
+    def diagonal(self) -> bool:
+        """A 1x1 kernel (the delta PSF) is the identity; any other mixes pixels."""
+        return self.radius == 0
+
+    def weights(self, height: int, width: int):
+        """The identity's (only meaningful where `diagonal`: a 1x1 kernel, which is 1)."""
+        return IDENTITY.weights(height, width)
 
     def fill(self, z: np.ndarray) -> np.ndarray:
         """The measurement as an image of x's channels: itself (blurred)."""
@@ -280,7 +307,11 @@ class Chain:
     channel_gains = property(lambda self: self.outer.channel_gains)
     start_sigma_factor = property(lambda self: self.outer.start_sigma_factor)
     radius = property(lambda self: self.inner.radius)
-    weights = None
+    diagonal = property(lambda self: self.inner.diagonal)
+    weights = property(lambda self: self.outer.weights)
+
+    def summary(self) -> dict:
+        return {"name": "Chain", "outer": self.outer.summary(), "inner": self.inner.summary()}
 
     def forward(self, x):
         return self.outer.forward(self.inner.forward(x))
