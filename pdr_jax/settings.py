@@ -56,6 +56,9 @@ class GuidanceSettings:
     sigma_threshold: float = 0.01  # no correction at sigma <= this
     grad_clip: float | None = None  # clip the model-space gradient to +-grad_clip (None: off)
     damping: bool = True  # gamma -> gamma / (1 + gamma F), see damped_step
+    # "prox" through a non-diagonal operator (a PSF): conjugate-gradient iterations of the
+    # weighted least-squares data step (pdr_jax.physics.guidance.proximal_correction)
+    cg_iterations: int = 8
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -72,6 +75,8 @@ class GuidanceSettings:
             raise ValueError(f"kappa must be >= 0 or 'auto', got {self.kappa!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if not (isinstance(self.cg_iterations, int) and self.cg_iterations >= 1):
+            raise ValueError(f"cg_iterations must be an integer >= 1, got {self.cg_iterations!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +90,8 @@ class SamplerSettings:
     latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
     estimate_sigma_factor: float = 1.03  # "vst": the denoiser runs at this times sigma_v
     refine_min_noise: float = 0.4  # "vst": run the sampler only where noise_level(y) >= this
+    # "vst" through a PSF: Richardson-Lucy iterations from the denoised (blurred) estimate
+    deblur_iterations: int = 10
     sigma_min: float = 0.002
     sigma_max: float = 80.0  # "noise" start
     rho: float = 7.0
@@ -105,13 +112,15 @@ class SamplerSettings:
             and self.latent_scale >= 0
             and self.refine_min_noise >= 0
             and self.estimate_sigma_factor > 0
+            and self.deblur_iterations >= 0
             and 0 < self.sigma_min < self.sigma_max
         ):
             raise ValueError(
                 "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
-                "estimate_sigma_factor > 0 and 0 < sigma_min < sigma_max, got "
-                f"{self.start_factor}, {self.latent_scale}, {self.refine_min_noise}, "
-                f"{self.estimate_sigma_factor}, {self.sigma_min}, {self.sigma_max}"
+                "estimate_sigma_factor > 0, deblur_iterations >= 0 and 0 < sigma_min < "
+                f"sigma_max, got {self.start_factor}, {self.latent_scale}, "
+                f"{self.refine_min_noise}, {self.estimate_sigma_factor}, "
+                f"{self.deblur_iterations}, {self.sigma_min}, {self.sigma_max}"
             )
 
 

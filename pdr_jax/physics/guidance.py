@@ -123,7 +123,7 @@ def fisher_information(denoised, s, r, b, operator=IDENTITY):
     every likelihood); 0 for a value no pixel measures."""
     lam = noise.mean_electrons(operator.forward(0.5 * (denoised + 1.0)), s, b)
     per_measurement = jnp.square(s) / (4.0 * noise.variance(lam, r))
-    return operator.adjoint(per_measurement) * operator.weights(*denoised.shape[-3:-1])
+    return operator.normal_diagonal(per_measurement)
 
 
 def damped_step(gamma, denoised, s, r, b, operator=IDENTITY):
@@ -203,6 +203,12 @@ def proximal_correction(
     sigma = _per_example(sigma, denoised.ndim)
     gamma = step_size(sigma, kappa=settings.kappa, schedule=settings.schedule)
     rho = 4.0 / jnp.maximum(gamma, 1e-20)
+    on = (sigma > settings.sigma_threshold) & (gamma > 0)  # kappa = 0: exactly no step
+    if not operator.diagonal:  # a PSF: no closed form per pixel
+        correction = _weighted_least_squares_step(
+            denoised, rho, y, s, r, b, mask, operator, settings.cg_iterations
+        )
+        return jnp.where(on, correction, 0.0).astype(jnp.float32)
     gains = jnp.asarray(operator.weights(*denoised.shape[-3:-1]))
     measured = gains > 0
     s = s * jnp.where(measured, gains, 1.0)
@@ -218,8 +224,41 @@ def proximal_correction(
     correction = jnp.where(measured, 2.0 * ((lam - offset) / s - x0), 0.0)
     if mask is not None:
         correction = correction * mask
-    on = (sigma > settings.sigma_threshold) & (gamma > 0)  # kappa = 0: exactly no step
     return jnp.where(on, correction, 0.0).astype(jnp.float32)
+
+
+def _weighted_least_squares_step(denoised, rho, y, s, r, b, mask, operator, iterations: int):
+    """2 (x* - x0) for an operator that mixes pixels (a PSF), by conjugate gradients.
+
+    x* = argmin_x sum_m w_m (y_m - b - s (A x)_m)^2 / 2 + rho |x - x0|^2 / 2: the proximal
+    point of the Gaussian approximation of the likelihood with its variance frozen at x0,
+    w = mask / (s (A x0) + b + r^2) (DiffPIR's data step for a linear operator). The normal
+    equations (s^2 A^T W A + rho) d = s A^T W (y - b - s A x0) for d = x - x0 are symmetric
+    positive definite; `iterations` CG steps from d = 0, each image of the batch its own
+    system (rho: scalar or [B, 1, 1, 1]). Returns [B, H, W, C] in model space (2 d).
+    """
+    x0 = 0.5 * (denoised + 1.0)
+    predicted = operator.forward(x0)
+    w = 1.0 / noise.variance(noise.mean_electrons(predicted, s, b), r)
+    if mask is not None:
+        w = w * mask
+    normal = lambda d: jnp.square(s) * operator.adjoint(w * operator.forward(d)) + rho * d
+    dot = lambda u, v: jnp.sum(u * v, axis=(-3, -2, -1), keepdims=True)
+
+    def step(_, carry):
+        d, residual, direction, norm = carry
+        applied = normal(direction)
+        alpha = norm / jnp.maximum(dot(direction, applied), 1e-30)
+        d = d + alpha * direction
+        residual = residual - alpha * applied
+        new_norm = dot(residual, residual)
+        direction = residual + new_norm / jnp.maximum(norm, 1e-30) * direction
+        return d, residual, direction, new_norm
+
+    rhs = s * operator.adjoint(w * (y - b - s * predicted))
+    start = (jnp.zeros_like(x0), rhs, rhs, dot(rhs, rhs))
+    d = jax.lax.fori_loop(0, iterations, step, start)[0]
+    return 2.0 * d
 
 
 def dps_correction(

@@ -56,6 +56,16 @@ class Identity:
 
     channel_gains = np.float32(1.0)  # each channel's sensitivity (broadcasts)
     start_sigma_factor = 1.0  # see Mosaic.start_sigma_factor
+    radius = 0  # pixels a measurement reaches beyond its own (see Blur)
+    diagonal = True  # each value of x measured by one pixel at most: `weights` describes A
+
+    def normal_diagonal(self, w):
+        """diag(A^T diag(w) A) as an image like x: w itself."""
+        return w
+
+    def summary(self) -> dict:
+        """What the restoration's report records of the operator."""
+        return {"name": "Identity"}
 
     def fill(self, z: np.ndarray) -> np.ndarray:
         """[H, W, C] numpy values of the measurement -> an image of x's channels: the same."""
@@ -158,7 +168,166 @@ class Mosaic:
         """y [B, H, W, 1] -> [B, H, W, 3]: each value back in its colour, times its gain."""
         return y * self.weights(*y.shape[-3:-1])
 
+    radius = 0
+    diagonal = True
+
+    def summary(self) -> dict:
+        return {"name": "Mosaic", **dataclasses.asdict(self)}
+
+    def normal_diagonal(self, w):
+        """diag(A^T diag(w) A) as an image like x: w gains[c]^2 at each pixel's colour c."""
+        weights = self.weights(*w.shape[-3:-1])
+        return w * np.square(weights)
+
     def at(self, top: int, left: int) -> Mosaic:
         """The operator of a tile whose top-left pixel is (top, left) of this one's."""
         phase = ((self.phase[0] + top) % 2, (self.phase[1] + left) % 2)
         return dataclasses.replace(self, phase=phase)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blur:
+    """A point-spread function: A(x) = h * x, each channel convolved with the same kernel.
+
+    kernel: the PSF as a tuple of rows (hashable: the operator is a static argument of the
+    compiled sampler), odd sides, sum 1 (pdr_jax.physics.psf makes and checks them); build it
+    with `Blur.of(array)`. The convolution is circular, by FFT over the whole canvas x; the
+    restoration makes that exact by giving x a margin of at least `radius` pixels around the
+    measured image in which y is not data (mask 0), so the measured pixels are the valid part of
+    the convolution of a scene larger than the image and no border is wrapped into them.
+    """
+
+    kernel: tuple[tuple[float, ...], ...]
+    source: str = dataclasses.field(default="", compare=False)  # "gaussian:2.5", a file name
+
+    channels_in = None
+    channels_out = None
+    channel_gains = np.float32(1.0)
+    start_sigma_factor = 1.0
+
+    @classmethod
+    def of(cls, kernel, source: str = "") -> Blur:
+        kernel = np.asarray(kernel, np.float64)
+        return cls(tuple(tuple(float(v) for v in row) for row in kernel), source)
+
+    def summary(self) -> dict:
+        from pdr_jax.physics import psf  # scipy, only when asked
+
+        return {
+            "name": "Blur",
+            "psf": self.source,
+            "size": list(self.array.shape),
+            "fwhm_px": round(psf.fwhm(self.array), 3),
+        }
+
+    def __post_init__(self):
+        shape = self.array.shape
+        if len(shape) != 2 or shape[0] % 2 == 0 or shape[1] % 2 == 0:
+            raise ValueError(f"a PSF kernel must be 2-D with odd sides, got {shape}")
+        if abs(self.array.sum() - 1.0) > 1e-4:
+            raise ValueError(f"a PSF kernel must sum to 1 (flux kept), got {self.array.sum()}")
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.kernel, np.float64)
+
+    @property
+    def radius(self) -> int:
+        """Pixels the blur reaches: the margin the scene needs around the measured image."""
+        return max(len(self.kernel), len(self.kernel[0])) // 2
+
+    def _transfer(self, height: int, width: int, kernel: np.ndarray | None = None):
+        """[H, W // 2 + 1] complex64: the rfft2 of the kernel centred at pixel (0, 0) of an
+        H x W canvas (numpy, computed once per shape at trace time)."""
+        kernel = self.array if kernel is None else kernel
+        kh, kw = kernel.shape
+        if kh > height or kw > width:
+            raise ValueError(f"the PSF ({kh}x{kw}) is larger than the image ({height}x{width})")
+        canvas = np.zeros((height, width))
+        canvas[:kh, :kw] = kernel
+        canvas = np.roll(canvas, (-(kh // 2), -(kw // 2)), axis=(0, 1))
+        return np.fft.rfft2(canvas).astype(np.complex64)
+
+    def _convolve(self, x, transfer):
+        height, width = x.shape[-3:-1]
+        spectrum = jnp.fft.rfft2(x, axes=(-3, -2)) * transfer[..., None]
+        return jnp.fft.irfft2(spectrum, s=(height, width), axes=(-3, -2)).astype(x.dtype)
+
+    def forward(self, x):
+        """x [B, H, W, C] -> h * x [B, H, W, C] (circular over the canvas)."""
+        return self._convolve(x, self._transfer(*x.shape[-3:-1]))
+
+    def adjoint(self, y):
+        """The correlation with h: <A x, y> = <x, A^T y>."""
+        return self._convolve(y, np.conj(self._transfer(*y.shape[-3:-1])))
+
+    def normal_diagonal(self, w):
+        """diag(A^T diag(w) A) as an image: sum_k h_k^2 w(. + k), the correlation of w with h^2
+        (how strongly the measurements, weighted by w, pin down each value of x)."""
+        squared = np.conj(self._transfer(*w.shape[-3:-1], self.array**2))
+        return self._convolve(w, squared)
+
+    @property
+    def diagonal(self) -> bool:
+        """A 1x1 kernel (the delta PSF) is the identity; any other mixes pixels."""
+        return self.radius == 0
+
+    def weights(self, height: int, width: int):
+        """The identity's (only meaningful where `diagonal`: a 1x1 kernel, which is 1)."""
+        return IDENTITY.weights(height, width)
+
+    def fill(self, z: np.ndarray) -> np.ndarray:
+        """The measurement as an image of x's channels: itself (blurred)."""
+        return z
+
+    def channel_masks(self, height: int, width: int, channels: int) -> np.ndarray:
+        return IDENTITY.channel_masks(height, width, channels)
+
+    def at(self, top: int, left: int) -> Blur:
+        """Shift-invariant: the same operator anywhere."""
+        del top, left
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """outer(inner(x)): e.g. a colour filter array after the lens's blur, `Chain(Mosaic(...),
+    Blur.of(psf))` for a blurred RAW frame. The outer operator must be pixel-wise (its normal
+    matrix diagonal), which Identity and Mosaic are."""
+
+    outer: Identity | Mosaic
+    inner: Blur
+
+    def __post_init__(self):
+        if self.outer.radius:
+            raise ValueError("the outer operator of a Chain must act pixel by pixel")
+
+    channels_in = property(lambda self: self.outer.channels_in or self.inner.channels_in)
+    channels_out = property(lambda self: self.outer.channels_out or self.inner.channels_out)
+    channel_gains = property(lambda self: self.outer.channel_gains)
+    start_sigma_factor = property(lambda self: self.outer.start_sigma_factor)
+    radius = property(lambda self: self.inner.radius)
+    diagonal = property(lambda self: self.inner.diagonal)
+    weights = property(lambda self: self.outer.weights)
+
+    def summary(self) -> dict:
+        return {"name": "Chain", "outer": self.outer.summary(), "inner": self.inner.summary()}
+
+    def forward(self, x):
+        return self.outer.forward(self.inner.forward(x))
+
+    def adjoint(self, y):
+        return self.inner.adjoint(self.outer.adjoint(y))
+
+    def normal_diagonal(self, w):
+        """Exact for a diagonal outer normal matrix D: diag(B^T D B) = inner's of D's diagonal."""
+        return self.inner.normal_diagonal(self.outer.normal_diagonal(w))
+
+    def fill(self, z: np.ndarray) -> np.ndarray:
+        return self.outer.fill(z)
+
+    def channel_masks(self, height: int, width: int, channels: int) -> np.ndarray:
+        return self.outer.channel_masks(height, width, channels)
+
+    def at(self, top: int, left: int) -> Chain:
+        return Chain(self.outer.at(top, left), self.inner.at(top, left))

@@ -65,14 +65,17 @@ class Physics:
     """The measurement model y ~ Poisson(s A(x) + b) + N(0, r^2) in electrons, and the domain.
 
     The CLI names are in the errors: s is --scale, r --read-noise, b --background; the operator
-    A is --cfa/--wb's Mosaic (a RAW frame) or the identity.
+    A is the identity, --cfa/--wb's Mosaic (a RAW frame), --psf's Blur (a point-spread
+    function) or their Chain (a blurred RAW frame).
     """
 
     s: float  # electrons at clean intensity 1 (--scale)
     r: float  # read noise, electrons rms (--read-noise)
     b: float = 0.0  # background, electrons (--background)
     domain: str = "photography"  # a name of conditioning.DOMAINS
-    operator: operators.Identity | operators.Mosaic = operators.IDENTITY
+    operator: operators.Identity | operators.Mosaic | operators.Blur | operators.Chain = (
+        operators.IDENTITY
+    )
 
     def __post_init__(self):
         for name in ("s", "r", "b"):
@@ -196,6 +199,16 @@ def _valid_mask(mask, y: np.ndarray, undo_shape) -> np.ndarray:
     return valid
 
 
+def _margin(radius: int, downsampling: int) -> int:
+    """Pixels added on every side for an operator that reaches `radius` pixels: at least the
+    radius, and a multiple of downsampling / 2 so that an untiled image keeps its sides'
+    multiples of the network's downsampling."""
+    if not radius:
+        return 0
+    half = max(downsampling // 2, 1)
+    return -(-radius // half) * half
+
+
 # The start.
 
 
@@ -253,12 +266,14 @@ def _start(
     key,
     net_sigma,
     noise,
+    mask_pad,
 ):
     """(latents [B K, H', W', C], sigma_max, start estimate [B, H', W', C] or None, refine).
 
     y_pad: [B, H', W', C'] measured through `operator` (its phase at the padded origin);
     channels: C, the prior's. refine: whether the sampler runs (False: the estimate is the
-    result)."""
+    result). Through a PSF the one-call estimate is of the blurred image; Richardson-Lucy
+    (sampler.deblur_iterations, from that estimate, mask_pad the data) deblurs it."""
     rows = y_pad.shape[0] * num_samples
     noise_key = jax.random.key(0) if key is None else key
     latents = sampler.latent_scale * jax.random.normal(
@@ -275,9 +290,21 @@ def _start(
         )
     )
     estimate, sigma_v = np.concatenate(estimates), max(sigmas)
+    if operator.radius and sampler.deblur_iterations:
+        estimate = baselines.richardson_lucy(
+            y_pad,
+            operator,
+            physics.s,
+            physics.r,
+            physics.b,
+            iterations=sampler.deblur_iterations,
+            start=estimate,
+            mask=mask_pad,
+        ).clip(0.0, 1.0)
     start_sigma = float(np.clip(sampler.start_factor * 2 * sigma_v, 2 * net_sigma[0], net_sigma[1]))
     x_model = jnp.repeat(jnp.asarray(2 * estimate - 1), num_samples, axis=0)
-    refine = sampler.num_steps > 0 and noise >= sampler.refine_min_noise
+    # Through a PSF the sampler's data steps do the deconvolution: it always runs.
+    refine = sampler.num_steps > 0 and (noise >= sampler.refine_min_noise or not operator.diagonal)
     return x_model / start_sigma + latents, start_sigma, estimate, refine
 
 
@@ -333,6 +360,12 @@ def restore(
     y_b, undo = _as_bhwc(y, prior.img_channels, operator)
     valid = _valid_mask(mask, y_b, np.shape(y))
     mean_photons = float(np.sum((y_b - physics.b) * valid) / valid.sum())
+    # A PSF's scene is larger than the image by its radius (a margin that is not data), so
+    # the measured pixels are the valid part of its circular convolution on the canvas.
+    margin = _margin(operator.radius, prior.downsampling)
+    extend = lambda v, mode: np.pad(v, ((0, 0), (margin, margin), (margin, margin), (0, 0)), mode)
+    crop = lambda v: v[:, margin : v.shape[1] - margin, margin : v.shape[2] - margin]
+    y_canvas, valid_canvas = extend(y_b, "reflect"), extend(valid, "constant")
     if guidance.kappa == "auto":
         guidance = dataclasses.replace(guidance, kappa=auto_kappa(mean_photons))
     report_warnings = []
@@ -343,7 +376,7 @@ def restore(
         )
 
     # The tile plan (a whole image: none) and its denoiser.
-    batch, height, width, _ = y_b.shape
+    batch, height, width, _ = y_canvas.shape
     if tiling_settings is None:
         if height % prior.downsampling or width % prior.downsampling:
             raise ValueError(
@@ -382,8 +415,8 @@ def restore(
         inside[:, plan.pad_top : plan.pad_top + height, plan.pad_left : plan.pad_left + width] = 1
         # The padded image's origin is (-pad_top, -pad_left) of the measurement's.
         operator_pad = operator.at(-plan.pad_top, -plan.pad_left)
-    y_pad = pad(y_b)
-    mask_pad = pad(valid) * inside  # the padding is not data
+    y_pad = pad(y_canvas)
+    mask_pad = pad(valid_canvas) * inside  # the padding is not data
     repeat = lambda v: jnp.repeat(jnp.asarray(v), num_samples, axis=0)
     cond = prior.conditioning_image(jnp.asarray(y_pad), physics)
     if cond is not None:  # a conditional model: every call sees the measurement (its tiles)
@@ -412,6 +445,7 @@ def restore(
         key,
         (args["sigma_min"], args["sigma_max"]),
         noise_level(y_b, physics),
+        mask_pad,
     )
     started = time.perf_counter()
     # Samples are drawn where they are the result, and for the std of num_samples > 1 where the
@@ -442,9 +476,10 @@ def restore(
         samples = unpad(samples)
     sampled = time.perf_counter()
 
-    x = samples.mean(axis=1) if refine else unpad(jnp.asarray(estimate))
-    chex.assert_shape(x, (*y_b.shape[:3], prior.img_channels))
-    std = samples.std(axis=1) if draw and num_samples > 1 else None
+    x_canvas = samples.mean(axis=1) if refine else unpad(jnp.asarray(estimate))
+    chex.assert_shape(x_canvas, (*y_canvas.shape[:3], prior.img_channels))
+    x = crop(x_canvas)
+    std = crop(samples.std(axis=1)) if draw and num_samples > 1 else None
     std_from = None
     if std is not None:
         std_from = "samples" if refine else "samples drawn beside the one-call estimate"
@@ -459,9 +494,9 @@ def restore(
     for message in report_warnings:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     s, r, b = physics.s, physics.r, physics.b
-    measured = np.asarray(operator.forward(jnp.asarray(x)))  # A(x), like y
+    measured = crop(np.asarray(operator.forward(jnp.asarray(x_canvas))))  # A(x), like y
     residuals = metrics.normalized_residuals(y_b, measured, s, r, b)
-    groups = operator.channel_masks(height, width, y_b.shape[-1])
+    groups = operator.channel_masks(*y_b.shape[1:3], y_b.shape[-1])
     report = {
         "chi_square": float(metrics.chi_square(y_b, measured, s, r, b, valid)),
         # Per channel (R, G, B of a colour restoration) or per Bayer colour (a mosaic's R, G,
@@ -484,10 +519,8 @@ def restore(
         "tile": None if plan is None else plan.tile,
         "num_tiles": 1 if plan is None else plan.num_tiles,
         "plan": None if plan is None else plan.to_json(),
-        "physics": {
-            **dataclasses.asdict(physics),
-            "operator": {"name": type(operator).__name__, **dataclasses.asdict(operator)},
-        },
+        "physics": {**dataclasses.asdict(physics), "operator": operator.summary()},
+        "margin": margin,
         "settings": {
             "guidance": dataclasses.asdict(guidance),
             "sampler": dataclasses.asdict(sampler),

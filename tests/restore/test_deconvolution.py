@@ -1,0 +1,117 @@
+"""Restoration through a point-spread function (operators.Blur), on a prior whose exact
+denoiser is known and local: every model-space pixel independently N(MEAN, VAR), so
+D(x_t) = MEAN + VAR / (VAR + sigma^2) (x_t - MEAN) pixel by pixel, and tiles cannot change it.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.tree_util import Partial
+
+from pdr_jax.physics import noise, operators, psf
+from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
+
+MEAN, VAR = 0.0, 0.3
+
+
+def _denoiser(x, sigma):
+    sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1, 1, 1, 1))
+    return MEAN + VAR / (VAR + jnp.square(sigma)) * (x - MEAN)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelPrior:
+    img_resolution: int = 16
+    img_channels: int = 1
+    downsampling: int = 8
+    model_channels: int = 1
+
+    def sampler_args(self, physics, rows):
+        del physics, rows
+        return {
+            "denoise_fn": Partial(_denoiser),
+            "sigma_min": 0.002,
+            "sigma_max": 80.0,
+            "round_sigma": None,
+        }
+
+    def conditioning_image(self, y, physics):
+        del y, physics
+
+
+def _scene(height, width, seed=0):
+    """Blocks of 6 px in [0.15, 0.85]: edges for the blur to smear."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.uniform(0.15, 0.85, (-(-height // 6), -(-width // 6)))
+    return np.kron(blocks, np.ones((6, 6)))[:height, :width, None].astype(np.float32)
+
+
+def _blurred(x, blur, s, r, b, seed=1):
+    """The measurement of x's central part: x is the larger scene (margin = the PSF radius)."""
+    m = blur.radius
+    clean = np.asarray(blur.forward(jnp.asarray(x)[None]))[0, m:-m, m:-m]
+    return np.asarray(noise.simulate(jax.random.key(seed), jnp.asarray(clean), s, r, b))
+
+
+@pytest.mark.parametrize("mode", ["x0", "prox"])
+def test_tiles_give_the_untiled_result(mode):
+    """Through a PSF the data step acts on the whole canvas and the denoiser on tiles: with a
+    local denoiser the tiled restoration of a 40 x 44 image (16 px tiles, 4 px overlap, the
+    margin padded on top) is the untiled one up to float rounding (the FFTs differ in size),
+    from the same deterministic start (no latents: their draw depends on the canvas's shape)."""
+    blur = operators.Blur.of(psf.gaussian(2.0))
+    s, r, b = 80.0, 2.0, 1.0
+    truth = _scene(40 + 2 * blur.radius, 48 + 2 * blur.radius)
+    y = _blurred(truth, blur, s, r, b)
+    physics = Physics(s, r, b, domain="microscopy", operator=blur)
+    settings = dict(guidance=GuidanceSettings(mode=mode), sampler=SamplerSettings(latent_scale=0))
+    whole = restore(PixelPrior(), y, physics=physics, tiling_settings=None, **settings)
+    tiled = restore(
+        PixelPrior(),
+        y,
+        physics=physics,
+        tiling_settings=TilingSettings(tile=16, overlap=4),
+        **settings,
+    )
+    assert tiled.report["num_tiles"] > 1 and whole.report["margin"] == 4  # radius 4, down 8
+    assert whole.image.shape == y.shape
+    np.testing.assert_allclose(tiled.image, whole.image, atol=2e-4)
+    assert tiled.report["chi_square"] == pytest.approx(whole.report["chi_square"], abs=1e-3)
+    assert whole.report["physics"]["operator"]["name"] == "Blur"
+
+
+@pytest.mark.parametrize("mode", ["x0", "prox"])
+def test_a_delta_psf_reproduces_the_denoising_result(mode):
+    s, r, b = 30.0, 1.5, 0.5
+    truth = _scene(32, 32)
+    y = np.asarray(noise.simulate(jax.random.key(3), jnp.asarray(truth), s, r, b))
+    guidance = GuidanceSettings(mode=mode)
+    denoised = restore(PixelPrior(), y, physics=Physics(s, r, b), guidance=guidance)
+    delta = operators.Blur.of([[1.0]])
+    through = restore(PixelPrior(), y, physics=Physics(s, r, b, operator=delta), guidance=guidance)
+    np.testing.assert_allclose(through.image, denoised.image, atol=1e-5)
+    assert through.report["chi_square"] == pytest.approx(denoised.report["chi_square"], rel=1e-4)
+
+
+def test_deconvolution_keeps_flux_and_beats_denoising_alone():
+    """At a high photon count the deconvolving restoration keeps the scene's total flux within
+    1 % (measured 0.1 %), is closer to the sharp truth than the same restoration that ignores
+    the PSF (MSE 0.0056 against 0.0079: a per-pixel prior knows no edges), and fits the
+    blurred model (chi-square 0.97)."""
+    blur = operators.Blur.of(psf.gaussian(3.0))
+    s, r, b = 2000.0, 2.0, 2.0
+    m = blur.radius
+    truth = _scene(48 + 2 * m, 48 + 2 * m, seed=4)
+    y = _blurred(truth, blur, s, r, b, seed=5)
+    inner = truth[m:-m, m:-m]
+    physics = Physics(s, r, b, domain="astronomy", operator=blur)
+    sharp = restore(PixelPrior(), y, physics=physics, tiling_settings=None)
+    blind = restore(PixelPrior(), y, physics=Physics(s, r, b, domain="astronomy"))
+    flux_error = abs(sharp.image.sum() / inner.sum() - 1)
+    assert flux_error < 0.01
+    mse = lambda image: float(np.mean((image - inner) ** 2))
+    assert mse(sharp.image) < 0.85 * mse(blind.image)
+    assert 0.8 < sharp.report["chi_square"] < 1.25
