@@ -123,13 +123,14 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         keep_std=std_path is not None,
     )
     operator, reports = m.operator, restoration.reports
-    mosaic = (
-        f" --cfa {operator.pattern} --wb {','.join(f'{1 / g:.4g}' for g in operator.gains)}"
-        if operator.channels_out
+    mosaic = getattr(operator, "outer", operator)  # a blurred RAW frame's Chain: its mosaic
+    flags = (
+        f" --cfa {mosaic.pattern} --wb {','.join(f'{1 / g:.4g}' for g in mosaic.gains)}"
+        if mosaic.channels_out
         else ""
-    )
+    ) + (f" --psf {args.psf}" if args.psf else "")
     history = [
-        f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {checkpoint}{mosaic}",
+        f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {checkpoint}{flags}",
         f"--domain {args.domain} --scale {m.scale:g} --read-noise {m.read_noise:g} "
         f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",

@@ -34,7 +34,7 @@ EXAMPLES = (
 
 # read_measurement's keyword arguments, each the flag of the same name.
 MEASUREMENT_FLAGS = ("scale", "read_noise", "background", "units", "gain", "black_level")
-MEASUREMENT_FLAGS += ("white_level", "cfa", "wb", "nonfinite", "linearise")
+MEASUREMENT_FLAGS += ("white_level", "cfa", "wb", "nonfinite", "linearise", "psf")
 
 
 def _triple(text: str) -> tuple[float, float, float]:
@@ -145,6 +145,16 @@ def parse_args(argv=None, doc: str = ""):
         default="none",
         help="srgb: decode sRGB-encoded 8-bit values to linear light before restoring (the data "
         "and the output are then linear intensities); none: the values as they are (default)",
+    )
+    p.add_argument(
+        "--psf",
+        default=None,
+        metavar="SPEC",
+        help="deconvolve as well: the point-spread function, a file (FITS/TIFF/.npy: one 2-D "
+        "image at the data's pixel scale, odd sides, centred; normalised to sum 1) or "
+        "gaussian:FWHM_PX, moffat:FWHM_PX,BETA, airy:WAVELENGTH_NM,NA,PIXEL_NM (pixel-"
+        "integrated). Images of any size (tiles; the scene gets a margin of the PSF's radius). "
+        "The start and data step for a PSF are not yet tuned (issue 36)",
     )
     conditional_sampler = CONDITIONAL_SETTINGS["sampler"]
     p.add_argument(

@@ -13,7 +13,13 @@ report; writers.py: outputs with the input's metadata, atomically, the preview a
 Importing this package does not import jax.
 """
 
-from pdr_jax.io.measurement import Measurement, PhysicsMismatch, check_measurement, read_measurement
+from pdr_jax.io.measurement import (
+    Measurement,
+    PhysicsMismatch,
+    check_measurement,
+    read_measurement,
+    read_psf,
+)
 from pdr_jax.io.readers import ImageMeta, UnreadableImageError, is_supported, read_image
 from pdr_jax.io.restoration import MeasurementRestoration, restoration_report, restore_measurement
 from pdr_jax.io.writers import (
@@ -36,6 +42,7 @@ __all__ = [
     "is_supported",
     "read_image",
     "read_measurement",
+    "read_psf",
     "restoration_report",
     "restore_measurement",
     "write_image",

@@ -27,7 +27,7 @@ import numpy as np
 from pdr_jax.io.readers import ImageMeta, read_image
 
 if TYPE_CHECKING:  # imported where used: importing pdr_jax.io does not import jax
-    from pdr_jax.physics.operators import Identity, Mosaic
+    from pdr_jax.physics.operators import Blur, Chain, Identity, Mosaic
     from pdr_jax.restore import Physics
 
 UNITS = ("electrons", "adu")
@@ -43,7 +43,7 @@ class Measurement:
     electrons: np.ndarray  # [F, H, W, C] float32
     mask: np.ndarray  # [F, H, W, C] float32: 1 valid, 0 saturated or NaN/Inf
     meta: ImageMeta  # what the file says (format, dtype, FITS cards, TIFF tags, RAW CFA)
-    operator: Identity | Mosaic  # the forward operator: IDENTITY, or a mosaic's
+    operator: Identity | Mosaic | Blur | Chain  # IDENTITY, a mosaic's, a PSF's, or both
     units: str  # what the file held: "electrons" or "adu"
     scale: float  # s: electrons at clean intensity 1 ("auto" estimated)
     read_noise: float  # r: electrons rms ("auto" estimated)
@@ -102,6 +102,28 @@ def _operator(path, meta: ImageMeta, channels: int, cfa, wb):
     return operators.Mosaic(pattern, gains=tuple(wb[1] / float(v) for v in wb))
 
 
+def read_psf(spec: str):
+    """--psf: a point-spread function as a pdr_jax.physics.operators.Blur. spec: a parametric
+    form of pdr_jax.physics.psf.parse ("gaussian:FWHM_PX", "moffat:FWHM_PX,BETA",
+    "airy:WAVELENGTH_NM,NA,PIXEL_NM") or an image file (FITS, TIFF, .npy...: one 2-D frame at
+    the measurement's pixel scale, odd sides, centred; normalised to sum 1). Raises ValueError
+    or UnreadableImageError naming the file."""
+    from pdr_jax.physics import operators
+    from pdr_jax.physics import psf as psfs
+
+    if psfs.is_parametric(spec):
+        return operators.Blur.of(psfs.parse(spec), source=spec)
+    array, meta = read_image(pathlib.Path(spec))
+    array = np.asarray(array, np.float64) * meta.scale + meta.offset
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise ValueError(
+                f"{spec}: a PSF is one 2-D image, the file has {array.shape[0]} frames"
+            )
+        array = array[0]
+    return operators.Blur.of(psfs.check(array, source=str(spec)), source=str(spec))
+
+
 def _green_planes(frame: np.ndarray, mosaic) -> np.ndarray:
     """[H, W] mosaic -> its two green planes side by side [H/2, W]: one colour, for the noise
     estimate (its local windows must not mix colours of different levels)."""
@@ -126,6 +148,7 @@ def read_measurement(
     wb: tuple[float, float, float] | None = None,
     nonfinite: str = "mask",
     linearise: str = "none",
+    psf: str | None = None,
 ) -> Measurement:
     """Read a file (pdr_jax.io.readers: .npy, TIFF, FITS, PNG/JPEG, camera RAW) as electrons.
 
@@ -136,9 +159,10 @@ def read_measurement(
     mosaic ("RGGB", ...; a RAW file gives its own), wb: its R, G, B white-balance multipliers.
     nonfinite "mask": NaN/Inf pixels leave the likelihood (the prior fills them), "refuse":
     ValueError. linearise "srgb": decode sRGB-encoded integer data to linear light first.
-    Raises pdr_jax.io.readers.UnreadableImageError or ValueError naming the file.
+    psf: the point-spread function to deconvolve (`read_psf`: a file or "gaussian:2.5"...),
+    composed after the mosaic's blur for a RAW frame. Raises pdr_jax.io.readers.UnreadableImageError or ValueError naming the file.
     """
-    from pdr_jax.physics import calibration, noise_estimation
+    from pdr_jax.physics import calibration, noise_estimation, operators
 
     path = pathlib.Path(path)
     for name, value in (("s", scale), ("r", read_noise), ("b", background), ("gain", gain)):
@@ -162,9 +186,11 @@ def read_measurement(
     if num_nonfinite:
         data = np.where(finite, data, np.float32(np.median(data[finite])))
     operator = _operator(path, meta, data.shape[-1], cfa, wb)
-    planes = (
-        (lambda a: a) if operator.channels_out is None else (lambda a: _green_planes(a, operator))
-    )
+    mosaic = operator
+    planes = (lambda a: a) if mosaic.channels_out is None else (lambda a: _green_planes(a, mosaic))
+    if psf is not None:
+        blur = read_psf(psf)
+        operator = blur if operator.channels_out is None else operators.Chain(operator, blur)
     if meta.format == "raw":
         if units != "adu":
             raise ValueError(

@@ -776,3 +776,47 @@ def test_nan_pixels_of_a_fits_frame_are_masked_or_refused(tiny_model, tmp_path):
     assert restore_tool.main([*argv, "--nonfinite", "refuse"]) == 1
     (failure,) = json.loads(report.read_text())["failures"]
     assert "2 non-finite pixel(s)" in failure["error"]
+
+
+def test_a_psf_deconvolves_an_image_of_any_size_and_keeps_the_fits_header(
+    tiny_model, tmp_path, capsys
+):
+    """--psf as a parametric form and as a file: a 37 x 45 FITS frame (tiles, the margin of
+    the PSF's radius) comes back at its size with its WCS, the report and HISTORY name the PSF;
+    a PSF file with even sides is refused naming that file, and the run exits 1."""
+    import json
+
+    from astropy.io import fits
+    from scipy import ndimage
+
+    from pdr_jax.physics import psf
+
+    clean = _measurement((37, 45))[1]
+    rng = np.random.default_rng(3)
+    blurred = ndimage.convolve(clean, psf.gaussian(2.5), mode="reflect")
+    y = (rng.poisson(20.0 * blurred) + rng.normal(0, 2.0, blurred.shape)).astype(np.float32)
+    fits.PrimaryHDU(y, header=fits.Header({"CRVAL1": 150.1, "EXPTIME": 30.0})).writeto(
+        tmp_path / "y.fits"
+    )
+    np.save(tmp_path / "psf.npy", psf.moffat(3.0, 2.5))
+    for spec in ("gaussian:2.5", str(tmp_path / "psf.npy")):
+        out, report = tmp_path / "x.fits", tmp_path / "report.json"
+        code = restore_tool.main(
+            [str(tmp_path / "y.fits"), "--output", str(out), "--psf", spec, "--report", str(report)]
+            + _args(tiny_model)
+        )
+        assert code == 0
+        with fits.open(out) as hdul:
+            assert hdul[0].data.shape == (37, 45) and hdul[0].header["CRVAL1"] == 150.1
+            history = "".join(str(line) for line in hdul[0].header["HISTORY"])  # cards of 72
+            assert f"--psf {spec}" in history
+        image = json.loads(report.read_text())["images"][0]
+        assert image["operator"]["name"] == "Blur" and image["operator"]["psf"] == spec
+        assert np.isfinite(image["chi_square"])
+    np.save(tmp_path / "even.npy", np.ones((4, 4)))
+    code = restore_tool.main(
+        [str(tmp_path / "y.fits"), "--output", str(tmp_path / "z.fits")]
+        + ["--psf", str(tmp_path / "even.npy"), *_args(tiny_model)]
+    )
+    assert code == 1 and not (tmp_path / "z.fits").exists()
+    assert "even.npy: a PSF must have odd sides" in capsys.readouterr().err
