@@ -437,7 +437,7 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path, monkeypatch):
     restart at step 3 and four more steps, step 2 is still there beside the latest."""
     losses = {1: 0.5, 2: 0.1, 3: 0.9, 4: 0.8, 5: 0.7, 6: 0.6}
     monkeypatch.setattr(
-        loop, "_validate", lambda eval_step, state, batches: {"val_loss": losses[int(state.step)]}
+        loop, "validate", lambda eval_step, state, batches: {"val_loss": losses[int(state.step)]}
     )
     workdir = str(tmp_path / "run")
     config = _tiny(num_devices=1)
