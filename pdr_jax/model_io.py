@@ -15,6 +15,11 @@ kind "prior" is a pdr_jax.precond denoiser D(x, sigma, labels); kind "conditiona
 pdr_jax.conditional.ConditionalDenoiser, whose "network" holds `build_conditional`'s arguments
 (including num_timesteps, beta_schedule and parameterization: all a sampler needs).
 
+Model kinds (`KINDS`, one `ModelKind` record each) are the one vocabulary of what a network is:
+its network.json "kind", the training objective that trains it (config.train.objective), its
+builder, the network.json fields that builder needs and the config.model keys it does not take.
+`build_network_from_config` turns a config into a network through the same record.
+
 ``variables`` is an Orbax StandardCheckpointer checkpoint of the Flax variables dict
 ("params", and "buffers" where the net has any) in float32. `tools/convert_edm.py` writes this
 layout; training, sampling and restoration tools read it with `load_model`. (Training
@@ -23,14 +28,16 @@ workdirs are a separate, Orbax CheckpointManager layout.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -42,11 +49,75 @@ NETWORK_FILE = "network.json"
 VARIABLES_DIR = "variables"
 # build_network arguments that are tuples (JSON has only lists).
 _TUPLE_FIELDS = ("channel_mult", "attn_resolutions", "resample_filter")
-# What a model directory holds: its builder and the network.json fields that builder needs.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """One kind of model: `name` (network.json "kind"), `objective` (config.train.objective of the
+    run that trains it), `build` (network.json "network" arguments -> net), `required` (the
+    network.json fields `build` needs), `foreign_model_keys` (config.model keys only the other
+    kinds' builders take)."""
+
+    name: str
+    objective: str
+    build: Callable
+    required: tuple[str, ...]
+    foreign_model_keys: tuple[str, ...]
+
+
 KINDS = {
-    "prior": (precond.build_network, ("precond", "arch", "img_resolution", "img_channels")),
-    "conditional": (conditional.build_conditional, ("arch", "img_resolution", "img_channels")),
+    kind.name: kind
+    for kind in (
+        # A pdr_jax.precond denoiser D(x, sigma, labels), trained with EDM's loss.
+        ModelKind(
+            name="prior",
+            objective="edm",
+            build=precond.build_network,
+            required=("precond", "arch", "img_resolution", "img_channels"),
+            foreign_model_keys=(
+                "cond_channels",
+                "num_timesteps",
+                "beta_schedule",
+                "parameterization",
+            ),
+        ),
+        # A pdr_jax.conditional.ConditionalDenoiser, trained on simulated pairs (discrete time).
+        ModelKind(
+            name="conditional",
+            objective="ddpm",
+            build=conditional.build_conditional,
+            required=("arch", "img_resolution", "img_channels"),
+            foreign_model_keys=("precond",),
+        ),
+    )
 }
+
+
+def kind_of(name: str) -> ModelKind:
+    """The ModelKind of a kind name ("prior", "conditional") or of an objective name ("edm",
+    "ddpm", config.train.objective); a ValueError lists both vocabularies otherwise."""
+    for kind in KINDS.values():
+        if name in (kind.name, kind.objective):
+            return kind
+    names = sorted(KINDS) + sorted(kind.objective for kind in KINDS.values())
+    raise ValueError(f"unknown model kind or objective {name!r}: expected one of {names}")
+
+
+def network_kwargs_from_config(model_cfg, kind: str = "prior") -> dict:
+    """The builder's keyword arguments from config.model: everything but dtype, remat and the
+    keys only the other kinds' builders take (configs/base.py declares all). kind: a kind or
+    objective name (kind_of)."""
+    drop = ("dtype", "remat", *kind_of(kind).foreign_model_keys)
+    kwargs = {k: v for k, v in model_cfg.items() if k not in drop}
+    return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in kwargs.items()}
+
+
+def build_network_from_config(model_cfg, kind: str = "prior"):
+    """(net, network_kwargs) of the kind's builder (a kind or objective name), with the
+    configured compute dtype and rematerialisation."""
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.dtype]
+    kwargs = network_kwargs_from_config(model_cfg, kind)
+    return kind_of(kind).build(**kwargs, dtype=dtype, remat=model_cfg.remat), kwargs
 
 
 class ModelFormatError(ValueError):
@@ -169,7 +240,7 @@ def save_model(
             f"{json_path} exists; pass overwrite=True (convert_edm.py: --overwrite) to replace the model"
         )
     network = _json_value(dict(network_kwargs))
-    net = KINDS[kind][0](**_network_kwargs(network, json_path, kind))
+    net = KINDS[kind].build(**_network_kwargs(network, json_path, kind))
     check_variables(net, variables, str(directory))
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -177,16 +248,22 @@ def save_model(
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / VARIABLES_DIR, variables, force=True)  # ocp.args.StandardSave
         checkpointer.wait_until_finished()
-    description = {
-        "format": FORMAT,
-        "version": VERSION,
-        **({"kind": kind} if kind != "prior" else {}),
-        "network": network,
-        "source": _json_value(dict(source or {})),
-    }
+    description = describe(network, kind=kind, source=source or {})
     # allow_nan: EDMPrecond's sigma_max defaults to inf (written as Infinity, read back by json).
     if jax.process_index() == 0:  # in a multi-process job every process saves (Orbax is collective)
         json_path.write_text(json.dumps(description, indent=2, allow_nan=True) + "\n")
+
+
+def describe(network_kwargs: Mapping, *, kind: str = "prior", source: Mapping | None = None):
+    """The network.json record of a network (JSON values): format, version, kind (written
+    unless "prior", which older readers assume), network, and source when given."""
+    description = {"format": FORMAT, "version": VERSION}
+    if kind != "prior":
+        description["kind"] = kind
+    description["network"] = _json_value(dict(network_kwargs))
+    if source is not None:
+        description["source"] = _json_value(dict(source))
+    return description
 
 
 def _network_kwargs(network, json_path, kind: str = "prior") -> dict:
@@ -198,7 +275,7 @@ def _network_kwargs(network, json_path, kind: str = "prior") -> dict:
     for key in _TUPLE_FIELDS:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
-    for key in KINDS[kind][1]:
+    for key in KINDS[kind].required:
         if key not in kwargs:
             raise ModelFormatError(f"{json_path}: field 'network.{key}' is missing")
     return kwargs
@@ -251,6 +328,23 @@ def read_network_json(directory) -> dict:
     return description
 
 
+def network_of(directory):
+    """The network that a directory's ``network.json`` describes (a model directory, or a
+    training workdir, which has one too), built by its kind's builder; ModelFormatError names
+    the file and field when it does not build."""
+    directory = resolve_model(directory).absolute()
+    json_path = directory / NETWORK_FILE
+    description = read_network_json(directory)
+    kind = description.get("kind", "prior")
+    kwargs = _network_kwargs(description["network"], json_path, kind)
+    try:
+        return KINDS[kind].build(**kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(
+            f"{json_path}: field 'network' does not build a network ({exc})"
+        ) from None
+
+
 def load_model(directory):
     """(net, variables) from a directory written by `save_model` (or tools/convert_edm.py), or
     from a shipped model by name: ``load_model("pdr-gray-default")`` (see shipped_models()).
@@ -260,19 +354,11 @@ def load_model(directory):
     `net.parameterization` then describe its sampler) and restores the variables
     (float32 arrays) against jax.eval_shape of the network's init as the target. Raises
     ModelFormatError naming network.json and the field when the description is missing or bad.
-    Only model directories are read; training workdirs (Orbax CheckpointManager) are not yet.
+    Only model directories are read; a training workdir's checkpoints are read by
+    pdr_jax.train.checkpoint.load_training_run.
     """
     directory = resolve_model(directory).absolute()
-    json_path = directory / NETWORK_FILE
-    description = read_network_json(directory)
-    kind = description.get("kind", "prior")
-    kwargs = _network_kwargs(description["network"], json_path, kind)
-    try:
-        net = KINDS[kind][0](**kwargs)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFormatError(
-            f"{json_path}: field 'network' does not build a network ({exc})"
-        ) from None
+    net = network_of(directory)
     target = _variable_shapes(net)
     if not (directory / VARIABLES_DIR).is_dir():
         raise ModelFormatError(

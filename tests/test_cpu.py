@@ -79,6 +79,24 @@ def test_nested_inside_another_jit():
     np.testing.assert_allclose(outer(w, x), 2.0 * _conv_loss(w, x) + 1.0, rtol=1e-5)
 
 
+def test_a_runs_mode_is_the_environment_else_the_config_else_auto(monkeypatch):
+    """config.cpu_conv picks a training run's mode; $PDR_CPU_CONV, when set, overrides it."""
+    monkeypatch.delenv("PDR_CPU_CONV", raising=False)
+    assert cpu.resolve_mode() == cpu.resolve_mode("") == "auto"
+    assert cpu.resolve_mode("BF16") == "bf16"
+    with pytest.raises(ValueError, match=r"config.cpu_conv='fast': expected one of auto, f32"):
+        cpu.resolve_mode("fast")
+    monkeypatch.setenv("PDR_CPU_CONV", " xla ")
+    assert cpu.resolve_mode("bf16") == "xla"
+    monkeypatch.setenv("PDR_CPU_CONV", "")  # set but empty: as if unset
+    assert cpu.resolve_mode("bf16") == "bf16"
+    # The recorded name: the mode with "auto" and fallbacks resolved.
+    assert cpu.mode_name(cpu.NONE) == "plain"
+    assert (
+        cpu.mode_name(cpu.options("f32")) == "f32" and cpu.mode_name(cpu.options("auto")) == "xla"
+    )
+
+
 def test_the_record_follows_the_mode_and_environment(monkeypatch):
     assert onednn.available(), "onednn-cpu-gomp is installed with pdr_jax on Linux x86-64"
     monkeypatch.setenv("PDR_CPU_CONV", "auto")

@@ -75,6 +75,7 @@ def test_samples_from_a_model_directory(tiny_model, tmp_path, capsys):
 
 def test_samples_from_a_training_checkpoint(tiny_model, tmp_path):
     """A training workdir (network.json + checkpoints/<step>/state): the EMA parameters are used."""
+    from pdr_jax.train.checkpoint import load_training_run
     from pdr_jax.train.state import TrainState
 
     net, variables, _ = tiny_model
@@ -96,7 +97,7 @@ def test_samples_from_a_training_checkpoint(tiny_model, tmp_path):
     with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",)) as manager:
         manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
         manager.wait_until_finished()
-    loaded_net, loaded, step = sample_tool.load_training_run(workdir)
+    loaded_net, loaded, step = load_training_run(workdir)
     assert step == 4 and loaded_net == net
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded["params"], state.ema_params)
     out = tmp_path / "out"

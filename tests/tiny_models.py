@@ -9,7 +9,7 @@ import jax
 
 from pdr_jax import model_io, precond
 from pdr_jax.configs import base
-from pdr_jax.train.loop import network_kwargs_from_config
+from pdr_jax.model_io import network_kwargs_from_config
 
 TINY_PRIOR = network_kwargs_from_config(base.get_config("tiny").model)
 
@@ -38,3 +38,31 @@ def save_tiny_prior(directory, *, jitter: float = 0.0, **overrides):
         variables = jax.tree_util.tree_unflatten(tree, leaves)
     model_io.save_model(directory, tiny_prior_kwargs(**overrides), variables, overwrite=True)
     return net, variables
+
+
+def fresh_state(config):
+    """(train state, net) of config.model, freshly initialised (Adam, lr 1e-3)."""
+    from pdr_jax.train.state import create_train_state, make_optimizer
+
+    net, _ = model_io.build_network_from_config(config.model)
+    state = create_train_state(
+        net, jax.random.key(5), make_optimizer(1e-3), resolution=net.model.img_resolution
+    )
+    return state, net
+
+
+def fixed_batch_step(config):
+    """(net, fresh train state, a fixed 8 x 16 x 16 batch, the jitted train step) of a prior
+    config (the objective's step as the training loop binds it)."""
+    import jax.numpy as jnp
+
+    from pdr_jax.train.state import create_train_state, make_optimizer
+    from pdr_jax.train.steps import objective_of
+
+    net, _ = model_io.build_network_from_config(config.model)
+    state = create_train_state(net, jax.random.key(0), make_optimizer(1e-3), resolution=16)
+    batch = {
+        "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
+        "cond": jnp.zeros((8, 6)),
+    }
+    return net, state, batch, jax.jit(objective_of(config).steps(net, config, 8)[0])

@@ -10,7 +10,7 @@ network, resolution and batch changed):
 * compile: seconds to lower and compile the training step, the denoiser and the sampler;
 * forward: D(x; sigma) of the EMA network on a batch (images/s);
 * heun: EDM's Heun sampler, 18 steps = 35 evaluations of D (images/s);
-* train: the project's own step (pdr_jax.train.loop.make_train_step: EDM loss, forward +
+* train: the project's own step (pdr_jax.train.steps.edm_train_step: EDM loss, forward +
   backward, clipping, Adam, EMA), jitted with the state donated as the training loop does
   (images/s);
 * memory: peak resident host memory of this process, and each compiled program's memory
@@ -60,8 +60,9 @@ from pdr_jax import cpu, samplers
 from pdr_jax.cli import finish_parser
 from pdr_jax.configs import base
 from pdr_jax.evaluation import scaling
-from pdr_jax.train.loop import build_network_from_config, objective_of
+from pdr_jax.model_io import build_network_from_config
 from pdr_jax.train.state import create_train_state, make_optimizer
+from pdr_jax.train.steps import objective_of
 
 # Named configurations: the network (config.model overrides), image size and batch.
 # "bench-*" are the issue-13 reference points; "cpu-128" is configs/base.py's `cpu` preset.

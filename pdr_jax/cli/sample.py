@@ -93,41 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Loading.
 
 
-def _latest_step(checkpoints: pathlib.Path) -> int:
-    steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir()]
-    if not steps:
-        raise ValueError(f"{checkpoints}: no checkpoints")
-    return max(steps)
-
-
-def load_training_run(workdir, step: int | None = None, ema: bool = True):
-    """(net, variables) from a training workdir: network.json and an Orbax checkpoint's state."""
-    import jax
-    import jax.numpy as jnp
-    import orbax.checkpoint as ocp
-
-    from pdr_jax import model_io, precond
-
-    workdir = pathlib.Path(workdir)
-    network = model_io.read_network_json(workdir)["network"]
-    network = {k: tuple(v) if isinstance(v, list) else v for k, v in network.items()}
-    net = precond.build_network(**network)
-    checkpoints = workdir / "checkpoints"
-    step = _latest_step(checkpoints) if step is None else step
-    with ocp.StandardCheckpointer() as checkpointer:
-        # No target: the optimizer state's structure depends on the run's config, and is unused.
-        state = checkpointer.restore(checkpoints / str(step) / "state")
-    variables = {"params": state["ema_params" if ema else "params"], **state["buffers"]}
-    expected = jax.eval_shape(lambda: precond.init_variables(net, jax.random.key(0)))
-    shapes = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), variables)
-    if jax.tree_util.tree_map(lambda a: tuple(a.shape), dict(expected)) != shapes:
-        raise ValueError(f"{checkpoints / str(step)}: variables do not fit network.json")
-    return net, jax.tree_util.tree_map(jnp.asarray, variables), step
-
-
 def load(model, step=None, ema=True):
     """(net, variables, description) of a model directory or a training workdir."""
     from pdr_jax import model_io
+    from pdr_jax.train.checkpoint import load_training_run
 
     path = model_io.resolve_model(model)  # a path, or a shipped model's name
     if (path / "checkpoints").is_dir() and not (path / model_io.VARIABLES_DIR).is_dir():

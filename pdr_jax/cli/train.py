@@ -78,11 +78,12 @@ def main(argv):
         FLAGS.process_id,
         timeout_s=FLAGS.distributed_timeout,
     )
+    from pdr_jax.train.checkpoint import CheckpointsUnusable
     from pdr_jax.train.lock import WorkdirBusy
 
     try:
         loop.train(FLAGS.config, FLAGS.workdir)
-    except (WorkdirBusy, loop.CheckpointsUnusable) as err:  # one line; PDR_JAX_DEBUG=1: traceback
+    except (WorkdirBusy, CheckpointsUnusable) as err:  # one line; PDR_JAX_DEBUG=1: traceback
         if os.environ.get("PDR_JAX_DEBUG"):
             raise
         raise SystemExit(f"pdr-train: {err}") from None

@@ -7,6 +7,11 @@ Presets (the `:arg` after the file name): none = the accelerator-sized recipe; `
 network and short stages for a laptop CPU; `tiny` = a few steps of a tiny network, for tests.
 Units: durations and intervals in kimg (thousands of training images), EMA as a half-life in
 kimg (EDM), learning rate per stage with a linear warm-up over `optim.lr_rampup_kimg`.
+`cpu_conv` picks how programs are built on CPU (pdr_jax.cpu): "auto" (oneDNN float32
+convolutions on one CPU device, XLA's on several), "f32", "bf16" (oneDNN with bfloat16
+operands, ~2x on CPUs with AVX512-BF16), "xla" or "plain" (XLA's defaults); $PDR_CPU_CONV, when
+set, overrides it. GPUs and TPUs ignore it. The mode used is written to the workdir's
+config.json and the exported model's network.json ("source").
 """
 
 import ml_collections
@@ -16,6 +21,9 @@ from ml_collections.config_dict import placeholder
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # How CPU programs are built: auto, f32, bf16, xla or plain (pdr_jax.cpu.MODES; the
+    # docstring above). $PDR_CPU_CONV wins when set.
+    config.cpu_conv = "auto"
 
     # The network: build_network(**model minus dtype/remat) — see pdr_jax/precond.py NETWORKS.
     config.model = ml_collections.ConfigDict(

@@ -16,7 +16,9 @@ in faster formulations; each is one field of the record:
   2.43 s, weight gradients of four 64-channel 3x3 layers 287 -> 197 ms.
 
 The record is chosen in one place, `options(mode)`, from a mode: the argument, else
-``$PDR_CPU_CONV``, else ``auto``:
+``$PDR_CPU_CONV``, else ``auto``. A training run takes its mode from ``config.cpu_conv``
+(`resolve_mode`: ``$PDR_CPU_CONV``, when set, overrides it) and records `mode_name` of the
+record it got:
 
 =========  =============================================================================
 ``auto``   ``f32`` in a single-device CPU process, else ``xla``; fast layers and options on
@@ -100,6 +102,23 @@ def options(mode: str | None = None) -> CpuOptions:
     return CpuOptions(conv=conv, fast_layers=True, compiler_options=compiler)
 
 
+def resolve_mode(configured: str | None = None) -> str:
+    """The mode of a run: $PDR_CPU_CONV when set (an override), else `configured` (e.g.
+    config.cpu_conv), else "auto"; lower-case. A ValueError names the source of a bad value."""
+    override = os.environ.get(ENV, "").strip()
+    source, value = (ENV, override) if override else ("config.cpu_conv", configured or "")
+    value = value.strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"{source}={value!r}: expected one of {', '.join(MODES)}")
+    return value
+
+
+def mode_name(record: CpuOptions) -> str:
+    """The mode that gives `record` here, with "auto" and fallbacks resolved: "plain" for
+    `NONE` (and off CPU), else its convolutions ("f32", "bf16" or "xla")."""
+    return "plain" if record == NONE else record.conv
+
+
 _ACTIVE: contextvars.ContextVar[CpuOptions | None] = contextvars.ContextVar(
     "pdr_jax_cpu_options", default=None
 )
@@ -171,6 +190,8 @@ __all__ = [
     "CpuOptions",
     "current",
     "jit",
+    "mode_name",
     "options",
+    "resolve_mode",
     "using",
 ]

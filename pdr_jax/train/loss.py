@@ -73,9 +73,6 @@ def ve_loss(denoise_fn, key, images, labels=None, *, sigma_min=0.02, sigma_max=1
     return weighted_denoising_error(denoise_fn, images, labels, sigma, noise, weight)
 
 
-LOSSES = {"edm": edm_loss, "vp": vp_loss, "ve": ve_loss}
-
-
 # Discrete time (DDPM-style models).
 
 DISTANCES = {

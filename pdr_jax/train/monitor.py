@@ -1,13 +1,17 @@
-"""What a training run reports: console progress, a JSONL metrics file, TensorBoard events, PNGs."""
+"""What a training run reports: console progress, a JSONL metrics file, TensorBoard events, PNGs
+(the loss curve, and the end-of-stage figures: prior samples or conditional restorations)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 log = logging.getLogger("pdr_jax.train")
@@ -157,3 +161,96 @@ def save_loss_plot(metrics_path: str, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def etas(rate: float, remaining_images: float, resolution: int, later_stages) -> tuple:
+    """(seconds to the end of the stage, seconds to the end of the run) at `rate` images/s;
+    later_stages: (kimg, resolution) of each later stage, timed at this rate scaled by its
+    pixels per image."""
+    rate = max(rate, 1e-9)
+    eta_s = remaining_images / rate
+    later_s = sum(kimg * 1000 / rate * (res / resolution) ** 2 for kimg, res in later_stages)
+    return eta_s, eta_s + later_s
+
+
+def done_message(source: dict, workdir: str, model_dir: str, kind: str, domain_weights) -> str:
+    """The last line of a finished run: how far it trained (source: the exported model's
+    "source" record), where the model and loss curve are, and the commands to try it on the
+    domain it was trained on most."""
+    conditional = kind == "conditional"
+    method = " --method conditional" if conditional else ""
+    domain = max(domain_weights, key=lambda name: float(domain_weights[name]))
+    sample = (
+        "" if conditional else f"\n  pdr-sample {model_dir} samples/ --num 12 --domain {domain}"
+    )
+    return (
+        f"done: {source['kimg']:.2f} kimg in this run ({source['kimg_total']:.2f} in all); the "
+        f"model is {model_dir}, the loss curve {os.path.join(workdir, 'loss.png')}. "
+        f"Next:\n  pdr-restore noisy.tif --output restored.tif --checkpoint {model_dir}{method} "
+        f"--domain {domain} --scale 10 --read-noise 2{sample}"
+    )
+
+
+# End-of-stage figures (the objective's stage_figure, pdr_jax.train.steps.OBJECTIVES).
+
+
+def stage_samples(net, state, config, stage, workdir, val_batch=None) -> str:
+    """A PNG grid of EMA samples, a row per domain (fixed seeds, Heun), written at the end of a
+    stage; returns its path."""
+    from pdr_jax.physics.conditioning import DOMAINS, conditioning_vector
+    from pdr_jax.samplers import edm_sampler, network_sampler_args
+
+    n = config.sample.per_domain
+    variables = jax.device_get(state.variables(ema=True))
+    rows = []
+    for d, domain in enumerate(DOMAINS):
+        s = config.sample.scales[domain]
+        labels = jnp.broadcast_to(
+            conditioning_vector(domain, s, config.sample.read_noise, 0.0), (n, net.model.label_dim)
+        )
+        shape = (n, stage.resolution, stage.resolution, net.model.in_channels)
+        latents = jax.random.normal(jax.random.key(config.sample.seed + d), shape)
+        x = edm_sampler(
+            latents=latents,
+            num_steps=config.sample.num_steps,
+            **network_sampler_args(net, variables, labels),
+        )
+        rows.append(np.asarray((x + 1) / 2))
+    path = os.path.join(workdir, f"samples_stage{stage.index}_{stage.resolution}px.png")
+    save_sample_grid(rows, path, row_labels=DOMAINS)
+    return path
+
+
+def stage_restorations(net, state, config, stage, workdir, val_batch) -> str:
+    """A PNG grid of held-out crops: clean, noisy ((y - b) / s) and the EMA model's restoration
+    (pdr_jax.restore.restore with CONDITIONAL_SETTINGS and config.sample.num_steps, image by
+    image: each has its own s, r, b), written at the end of a stage; returns its path."""
+    from pdr_jax.conditional import ConditionalModel
+    from pdr_jax.physics.conditioning import DOMAINS
+    from pdr_jax.restore import CONDITIONAL_SETTINGS, Physics, restore
+
+    n = min(config.sample.per_domain * 3, val_batch["clean"].shape[0])
+    batch = {k: np.asarray(v[:n]) for k, v in val_batch.items()}
+    model = ConditionalModel(net, jax.device_get(state.variables(ema=True)))
+    sampler = dataclasses.replace(
+        CONDITIONAL_SETTINGS["sampler"], num_steps=config.sample.num_steps
+    )
+    restored = []
+    for i in range(n):
+        domain = DOMAINS[int(np.argmax(batch["cond"][i, : len(DOMAINS)]))]
+        physics = Physics(float(batch["s"][i]), float(batch["r"][i]), float(batch["b"][i]), domain)
+        result = restore(
+            model,
+            batch["noisy"][i],
+            physics=physics,
+            guidance=CONDITIONAL_SETTINGS["guidance"],
+            sampler=sampler,
+            tiling_settings=None,
+            key=jax.random.key(config.sample.seed + i),
+        )
+        restored.append(result.image)
+    noisy = (batch["noisy"] - batch["b"][:, None, None, None]) / batch["s"][:, None, None, None]
+    rows = [batch["clean"], noisy, np.stack(restored)]
+    path = os.path.join(workdir, f"restorations_stage{stage.index}_{stage.resolution}px.png")
+    save_sample_grid(rows, path, row_labels=("clean", "noisy", "restored"))
+    return path

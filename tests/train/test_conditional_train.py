@@ -15,10 +15,14 @@ def _records(workdir, key):
         return [r for r in map(json.loads, f) if key in r]
 
 
-def test_tiny_conditional_run_learns_and_exports_a_conditional_model(tmp_path):
-    """32 steps of batch 8: the validation loss (fixed t, fixed noise, held-out pairs) falls."""
+def test_tiny_conditional_run_learns_and_exports_a_conditional_model(tmp_path, monkeypatch):
+    """32 steps of batch 8: the validation loss (fixed t, fixed noise, held-out pairs) falls.
+    config.cpu_conv (no $PDR_CPU_CONV) builds the programs and is recorded in the workdir's
+    config.json and the model's network.json."""
     workdir = str(tmp_path)
+    monkeypatch.delenv("PDR_CPU_CONV", raising=False)
     config = conditional_config.get_config("tiny")
+    config.cpu_conv = "plain"  # "auto" would be "xla" here (tests/conftest.py: 8 devices)
     config.train.update(num_devices=1, val_every_kimg=0.064, log_every_kimg=0.064)
     config.checkpoint.every_kimg = 0.128
     config.stages[0]["kimg"] = 0.256
@@ -32,6 +36,9 @@ def test_tiny_conditional_run_learns_and_exports_a_conditional_model(tmp_path):
 
     description = model_io.read_network_json(os.path.join(workdir, "model"))
     assert description["kind"] == "conditional"
+    assert description["source"]["cpu_conv"] == "plain"
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["cpu_conv"] == "plain"
     assert description["network"]["parameterization"] == config.model.parameterization
     net, _ = model_io.load_model(os.path.join(workdir, "model"))
     assert isinstance(net, conditional.ConditionalDenoiser)

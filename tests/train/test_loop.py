@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_models import fixed_batch_step, fresh_state
 
+from pdr_jax import cpu, model_io
 from pdr_jax.configs import base, progressive
-from pdr_jax.train import loop
+from pdr_jax.train import checkpoint, loop, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,6 +60,11 @@ def test_run_writes_everything_and_steps(one_device_run):
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, "tensorboard"))
+    # The CPU mode used ("auto" resolved: XLA's convolutions on the tests' 8 devices) is recorded.
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["cpu_conv"] == cpu.mode_name(cpu.options(cpu.resolve_mode("auto")))
+    source = model_io.read_network_json(os.path.join(workdir, "model"))["source"]
+    assert source["cpu_conv"] == cpu.mode_name(cpu.options(cpu.resolve_mode("auto")))
     assert len(_records(workdir, "loss")) == 4 and all(
         np.isfinite(r["loss"]) for r in _records(workdir, "loss")
     )
@@ -258,77 +265,6 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, mo
     assert steps == [1, 2]
 
 
-def test_auto_batch_size_picks_the_largest_that_fits():
-    fake = lambda need: type(
-        "C",
-        (),
-        {
-            "memory_analysis": lambda self: type(
-                "M",
-                (),
-                dict(
-                    argument_size_in_bytes=need,
-                    output_size_in_bytes=0,
-                    alias_size_in_bytes=0,
-                    temp_size_in_bytes=0,
-                ),
-            )()
-        },
-    )()
-    best, report = loop.auto_batch_size(lambda b: fake(100 * b), [1, 2, 4, 8, 16], budget_bytes=450)
-    assert best == 4 and report == {1: 100, 2: 200, 4: 400, 8: 800}
-    with pytest.raises(ValueError, match="batch 1 needs 100 bytes"):
-        loop.auto_batch_size(lambda b: fake(100 * b), [1, 2], budget_bytes=50)
-
-
-def test_auto_batch_size_with_compiled_memory_analysis(tmp_path):
-    """A real compiled train step: its memory analysis grows with the batch; the chosen batch fits."""
-    config = _tiny(num_devices=1, memory_budget_gb=1.0, auto_batch_max=4)
-    net, _ = loop.build_network_from_config(config.model)
-    mesh = loop.make_mesh(1)
-    rep, shard = (
-        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
-    )
-    state = jax.eval_shape(
-        lambda: loop.create_train_state(
-            net, jax.random.key(0), loop.make_optimizer(1e-3), resolution=16
-        )
-    )
-    stage = loop.Stage(0, 16, 1.0, "auto", 1e-3, False)
-    logger = type("L", (), {"info": lambda self, m: None})()
-    batch = loop._stage_batch_size(stage, state, net, config, 1, rep, shard, logger)
-    assert batch == 4
-
-
-def _fixed_batch_step(config):
-    """(net, fresh train state, a fixed 8 x 16 x 16 batch, the jitted train step) of config."""
-    net, _ = loop.build_network_from_config(config.model)
-    state = loop.create_train_state(
-        net, jax.random.key(0), loop.make_optimizer(1e-3), resolution=16
-    )
-    batch = {
-        "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
-        "cond": jnp.zeros((8, 6)),
-    }
-    return net, state, batch, jax.jit(loop.objective_of(config).steps(net, config, 8)[0])
-
-
-@pytest.mark.parametrize("overrides", [dict(dtype="bfloat16"), dict(remat=True)])
-def test_bf16_and_remat_train_steps(overrides):
-    """bf16 body / rematerialised blocks: the step runs, the loss is finite and close to float32's."""
-    config = _tiny()
-    losses = []
-    for model in (dict(), overrides):
-        config.model.update(dtype="float32", remat=False)
-        config.model.update(**model)
-        _, state, batch, step = _fixed_batch_step(config)
-        _, metrics = step(state, batch, jax.random.key(1))
-        losses.append(float(metrics["loss"]))
-    assert np.isfinite(losses[1])
-    assert losses[1] == pytest.approx(losses[0], rel=2e-2 if "dtype" in overrides else 1e-5)
-
-
 def test_mistyped_config_key_is_an_error(tmp_path):
     cmd = [
         sys.executable,
@@ -347,17 +283,6 @@ def test_mistyped_config_key_is_an_error(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def _fresh_state(config):
-    """(state, net) of config.model, freshly initialised."""
-    from pdr_jax.train.state import create_train_state, make_optimizer
-
-    net, _ = loop.build_network_from_config(config.model)
-    state = create_train_state(
-        net, jax.random.key(5), make_optimizer(1e-3), resolution=net.model.img_resolution
-    )
-    return state, net
-
-
 def test_init_from_a_model_directory_continues_its_kimg(one_device_run, tmp_path):
     """train.init_from=<model dir>: the run starts from its EMA weights (not random ones) and
     the saved model counts the earlier kimg on; resuming that run keeps counting."""
@@ -366,7 +291,7 @@ def test_init_from_a_model_directory_continues_its_kimg(one_device_run, tmp_path
     workdir, _ = one_device_run
     model_dir = os.path.join(workdir, "model")
     _, variables = model_io.load_model(model_dir)
-    state, kimg = loop.init_from(*_fresh_state(_tiny()), model_dir)
+    state, kimg = checkpoint.init_from(*fresh_state(_tiny()), model_dir)
     assert kimg == 0.032
     chex.assert_trees_all_equal(state.params, variables["params"])
     chex.assert_trees_all_equal(state.ema_params, variables["params"])
@@ -391,26 +316,6 @@ def test_init_from_a_model_directory_continues_its_kimg(one_device_run, tmp_path
 def _with_kimg(config, kimg):
     config.stages[0]["kimg"] = kimg
     return config
-
-
-def test_init_from_an_edm_pickle_and_a_mismatch():
-    """The EDM fixture (DDPM++ gray 64 px, 6-D labels): its weights become the run's start."""
-    from pdr_jax.convert.edm_pickle import load_edm_pickle
-
-    pickle = os.path.join(ROOT, "tests", "fixtures", "edm", "ddpmpp_cond6_gray64.pkl")
-    config = _tiny()
-    config.model.update(
-        img_resolution=64, model_channels=32, channel_mult=(1, 2, 2), attn_resolutions=(16,)
-    )
-    state, kimg = loop.init_from(*_fresh_state(config), pickle)
-    _, variables = load_edm_pickle(pickle)
-    assert kimg == 0.0
-    chex.assert_trees_all_equal(state.params, variables["params"])
-    with pytest.raises(
-        ValueError,
-        match=r"init_from=.*ddpmpp_cond6_gray64.pkl \(against config.model\): variables do not fit",
-    ):
-        loop.init_from(*_fresh_state(_tiny()), pickle)
 
 
 def _copy_run(source, target):
@@ -459,10 +364,10 @@ def test_a_data_position_of_an_older_kind_restarts_the_stage_data(one_device_run
     for step in ("3", "4"):
         shutil.rmtree(os.path.join(checkpoints, step))
     meta_file = os.path.join(checkpoints, "2", "meta", "metadata")
-    os.remove(os.path.join(checkpoints, "2", loop.MANIFEST))  # older steps have no manifest
+    os.remove(os.path.join(checkpoints, "2", checkpoint.MANIFEST))  # older steps have no manifest
     with open(meta_file) as f:
         meta = json.load(f)
-    assert meta.pop("data_position") == loop.DATA_POSITION
+    assert meta.pop("data_position") == checkpoint.DATA_POSITION
     with open(meta_file, "w") as f:
         json.dump(meta, f)
     config = _tiny(num_devices=1)
@@ -471,7 +376,7 @@ def test_a_data_position_of_an_older_kind_restarts_the_stage_data(one_device_run
     assert "older kind of data position; this stage's data restarts" in capsys.readouterr().err
     assert int(state.step) == 4 and float(state.nimg) == 32
     with open(os.path.join(checkpoints, "4", "meta", "metadata")) as f:
-        assert json.load(f)["data_position"] == loop.DATA_POSITION
+        assert json.load(f)["data_position"] == checkpoint.DATA_POSITION
 
 
 def test_no_intact_checkpoint_is_a_clear_error(one_device_run, tmp_path):
@@ -482,7 +387,7 @@ def test_no_intact_checkpoint_is_a_clear_error(one_device_run, tmp_path):
             f.write("{")
     config = _tiny(num_devices=1)
     with pytest.raises(
-        loop.CheckpointsUnusable, match="none of the checkpoints .* is intact.*afresh"
+        checkpoint.CheckpointsUnusable, match="none of the checkpoints .* is intact.*afresh"
     ):
         loop.train(config, workdir)
     # Nothing is moved when nothing loads (a changed config fails every step alike).
@@ -508,7 +413,9 @@ def test_damaged_metrics_and_a_damaged_best_step_are_moved_aside(one_device_run,
     step 3."""
     workdir = _copy_run(one_device_run[0], tmp_path / "run")
     checkpoints = os.path.join(workdir, "checkpoints")
-    assert all(os.path.exists(os.path.join(checkpoints, s, loop.MANIFEST)) for s in ("2", "3", "4"))
+    assert all(
+        os.path.exists(os.path.join(checkpoints, s, checkpoint.MANIFEST)) for s in ("2", "3", "4")
+    )
     with open(os.path.join(checkpoints, "4", "metrics", "metrics"), "r+b") as f:
         f.truncate(3)
     files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(checkpoints, "2")) for f in fs]
@@ -530,7 +437,7 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path, monkeypatch):
     restart at step 3 and four more steps, step 2 is still there beside the latest."""
     losses = {1: 0.5, 2: 0.1, 3: 0.9, 4: 0.8, 5: 0.7, 6: 0.6}
     monkeypatch.setattr(
-        loop, "_validate", lambda eval_step, state, batches: {"val_loss": losses[int(state.step)]}
+        loop, "validate", lambda eval_step, state, batches: {"val_loss": losses[int(state.step)]}
     )
     workdir = str(tmp_path / "run")
     config = _tiny(num_devices=1)
@@ -553,9 +460,9 @@ def test_vp_and_ve_networks_train_with_their_own_losses(precond, tmp_path):
 
     config = _tiny(num_devices=1)
     config.model.precond = precond
-    net, state, batch, step = _fixed_batch_step(config)
+    net, state, batch, step = fixed_batch_step(config)
     expected = {"vp": losses.vp_loss, "ve": losses.ve_loss}[precond]
-    assert loop.loss_for(net).func is expected
+    assert steps.loss_for(net).func is expected
     history = []
     for i in range(40):
         state, metrics = step(state, batch, jax.random.key(i % 4))  # 4 fixed draws, cycled
@@ -573,14 +480,6 @@ def test_vp_and_ve_networks_train_with_their_own_losses(precond, tmp_path):
         **samplers.network_sampler_args(loaded, variables, jnp.zeros((2, 6))),
     )
     assert bool(jnp.all(jnp.isfinite(x)))
-
-
-def test_an_iddpm_network_is_not_trained():
-    config = _tiny()
-    config.model.precond = "iddpm"
-    net, _ = loop.build_network_from_config(config.model)
-    with pytest.raises(ValueError, match="trains only edm, vp and ve"):
-        loop.loss_for(net)
 
 
 def test_a_second_training_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
