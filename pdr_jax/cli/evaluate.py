@@ -92,6 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="gray",
         help="gray (default); rgb: colour photographs; raw: their RGGB mosaics",
     )
+    data.add_argument(
+        "--psf",
+        default=None,
+        metavar="SPEC",
+        help="blur the clean crops before the noise (mode gray): a PSF file or gaussian:FWHM_PX, "
+        "moffat:FWHM_PX,BETA, airy:WAVELENGTH_NM,NA,PIXEL_NM; pdr then deconvolves, and the "
+        "methods rl, rl-oracle, rl-tv, gat-bm3d-rl run",
+    )
     data.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("methods")
     run.add_argument(
@@ -171,6 +179,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sky_fraction is None:
         args.sky_fraction = benchmark.CORPUS_SKY_FRACTION["astronomy"] if corpus_run else 0.0
     return args
+
+
+def _operator(args):
+    """The cases' forward operator: the RGGB mosaic (mode raw), the --psf blur, or none."""
+    if args.psf is not None:
+        if args.mode != "gray":
+            raise SystemExit("--psf blurs gray cases: use --mode gray")
+        from pdr_jax.io import read_psf
+
+        return read_psf(args.psf)
+    return benchmark.RAW_MOSAIC if args.mode == "raw" else methods.IDENTITY
 
 
 def _examples(cases, run) -> dict:
@@ -301,6 +320,7 @@ def main(argv=None) -> int:
         conditional_checkpoint=args.conditional_checkpoint,
         pdr=settings,
         mode=args.mode,
+        psf=args.psf,
     )
     names = [name.strip() for name in args.methods.split(",") if name.strip()]
 
@@ -314,7 +334,7 @@ def main(argv=None) -> int:
         background=args.background,
         sky_fraction={"astronomy": args.sky_fraction},
         seed=args.seed,
-        operator=benchmark.RAW_MOSAIC if args.mode == "raw" else methods.IDENTITY,
+        operator=_operator(args),
     )
     print(
         f"benchmark: {len(images)} crops of {args.crop} px x {len(args.scales)} scales "
@@ -341,6 +361,7 @@ def main(argv=None) -> int:
             print(f"{name}: {seconds:.1f} s of first-call overhead (compilation) not counted")
         source = "embedded held-out" if args.clean == benchmark.EMBEDDED else args.clean
         source += {"gray": "", "rgb": " colour", "raw": " RGGB mosaic (linear colour)"}[args.mode]
+        source += f" blurred by {args.psf}" if args.psf else ""
         sky = f" + {args.sky_fraction:g} s (astronomy)" if args.sky_fraction else ""
         title = (
             f"{source} crops of {args.crop} px, r = {', '.join(f'{r:g}' for r in args.read_noise)} e-"

@@ -168,6 +168,18 @@ def load_clean_images(
     return images
 
 
+def measure(operator, x) -> np.ndarray:
+    """A(x) of images x [N, H, W, C] whose scene continues by reflection beyond their edges: a
+    PSF's operator acts on x extended by its radius, and the result is cropped back, so no
+    border is wrapped (a crop of a larger scene, as a detector sees it). Pixel-wise operators:
+    A(x) itself."""
+    m = operator.radius
+    if not m:
+        return np.asarray(operator.forward(x))
+    wide = np.pad(np.asarray(x, np.float32), ((0, 0), (m, m), (m, m), (0, 0)), mode="reflect")
+    return np.asarray(operator.forward(wide))[:, m:-m, m:-m]
+
+
 def _case_key(seed: int, name: str):
     """A PRNG key from the run seed and a case name (crc32: stable across processes)."""
     return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
@@ -196,7 +208,7 @@ def make_cases(
             for image in images:
                 b = float(background) + sky_fraction.get(image.domain, 0.0) * float(s)
                 case = Case(image, float(s), float(r), b, np.empty(0), operator)
-                measured = np.asarray(operator.forward(image.clean[None]))[0]
+                measured = measure(operator, image.clean[None])[0]
                 y = simulate(_case_key(seed, case.name), measured, case.s, case.r, case.b)
                 cases.append(dataclasses.replace(case, y=np.asarray(y, np.float32)))
     return cases
@@ -218,7 +230,7 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
     x_hat = np.asarray(x_hat, np.float32).reshape(clean.shape)
     std = None if std is None else np.asarray(std, np.float32).reshape(clean.shape)
     num_scales = metrics.ms_ssim_num_scales(*clean.shape[:2])
-    measured = np.asarray(case.operator.forward(x_hat[None]))[0]
+    measured = measure(case.operator, x_hat[None])[0]
     residuals = metrics.normalized_residuals(case.y, measured, case.s, case.r, case.b)
     physics = (case.y, measured, case.s, case.r, case.b)
     point_sources = dict.fromkeys(("true", "false", "missed"))
@@ -255,6 +267,9 @@ class Method:
 
     restore: Callable[..., np.ndarray]
     jitted: bool = False  # the first call of a shape compiles: warm it up before timing
+    # An oracle row (the best setting per image, chosen against the truth: a bound, not a
+    # method anyone can run): restore also gets clean=[N, H, W, C].
+    oracle: bool = False
 
 
 @dataclasses.dataclass
@@ -301,6 +316,8 @@ def run_methods(
             y = np.stack([case.y for case in chunk])
             args = {"s": first.s, "r": first.r, "b": first.b, "domain": first.image.domain}
             args["operator"] = first.operator
+            if method.oracle:
+                args["clean"] = np.stack([case.image.clean for case in chunk])
             key = _case_key(seed, f"restore|{first.name}")
             first_call = 0.0
             if method.jitted and y.shape not in seen_shapes:  # warm-up: compile

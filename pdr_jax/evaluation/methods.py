@@ -14,6 +14,11 @@
     "nlm"          generalized Anscombe + non-local means + the same inverse
     "noisy"        (y - b) / s
     "noisy-raw"    mode raw: (y - b) / (s g) of each pixel, demosaicked (Menon 2007)
+    "rl"           --psf: scikit-image's Richardson-Lucy on (y - b) / s, its iteration count
+                   per photon level (RL_ITERATIONS)
+    "rl-oracle"    --psf: Richardson-Lucy at the count best for each image against its truth
+    "rl-tv"        --psf: Richardson-Lucy with total-variation regularisation (Dey et al. 2006)
+    "gat-bm3d-rl"  --psf: GAT+BM3D of the blurred measurement, then Richardson-Lucy
 
 Modes (pdr_jax.evaluation.benchmark.MODES): in "rgb" and "raw" the default prior is the colour
 one (DEFAULT_RGB_CHECKPOINT) and a mosaic's forward operator reaches "pdr" in its Physics.
@@ -79,6 +84,7 @@ class MethodOptions:
     conditional_checkpoint: str | None = None  # for "conditional"; None: DEFAULT_CONDITIONAL
     pdr: PdrSettings = PdrSettings()
     mode: str = "gray"  # benchmark.MODES: the prior's channels (gray 1, rgb and raw 3)
+    psf: str | None = None  # --psf: the cases are blurred (the deconvolution methods need it)
 
 
 # Ablations.
@@ -309,6 +315,80 @@ def _noisy_mosaic(y, operator, s, r, b):
     return np.clip(operator.fill((y - b) / s) / operator.channel_gains, 0, 1).astype(np.float32)
 
 
+# Deconvolution baselines (cases blurred by --psf). Richardson-Lucy's iteration count is its
+# regulariser; one count per photon level s (electrons at intensity 1; other s take the nearest
+# level in log s), chosen on corpus:val (tools/tune_deconvolution.py, README of issue 36).
+RL_ITERATIONS = {10.0: 5, 50.0: 12, 250.0: 30}
+RL_TV = {10.0: (20, 0.02), 50.0: (30, 0.01), 250.0: (50, 0.005)}  # (iterations, TV weight)
+GAT_BM3D_RL_ITERATIONS = {10.0: 10, 50.0: 20, 250.0: 40}
+ORACLE_COUNTS = (1, 2, 3, 5, 8, 12, 20, 30, 50, 80, 120, 200)
+
+
+def at_level(table: dict, s: float):
+    """table's value at the photon level nearest s in log s."""
+    return table[min(table, key=lambda level: abs(np.log(level / s)))]
+
+
+def _kernel(operator) -> np.ndarray:
+    if not operator.radius:
+        raise ValueError("a deconvolution method needs blurred cases (pdr-evaluate --psf)")
+    return operator.array
+
+
+def _deconvolution(estimate):
+    """A Method factory from estimate(y [H, W, C], kernel, s, r, b) -> x, image by image, for
+    cases blurred by --psf (mode gray)."""
+
+    def restore(y, *, s, r, b, domain, key, operator=IDENTITY):
+        del domain, key
+        kernel = _kernel(operator)
+        return np.stack([estimate(image, kernel, s, r, b) for image in np.asarray(y)])
+
+    def factory(options: MethodOptions) -> Method:
+        if options.psf is None or options.mode != "gray":
+            raise MethodUnavailable("it deconvolves: give --psf (mode gray)")
+        return Method(restore)
+
+    return factory
+
+
+def _rl(y, kernel, s, r, b):
+    return baselines.richardson_lucy(y, kernel, s, r, b, iterations=at_level(RL_ITERATIONS, s))
+
+
+def _rl_tv(y, kernel, s, r, b):
+    iterations, weight = at_level(RL_TV, s)
+    return baselines.richardson_lucy_tv(y, kernel, s, r, b, iterations=iterations, weight=weight)
+
+
+def _gat_bm3d_rl(y, kernel, s, r, b):
+    iterations = at_level(GAT_BM3D_RL_ITERATIONS, s)
+    return baselines.gat_bm3d_rl(y, kernel, s, r, b, iterations=iterations)
+
+
+def rl_oracle_method(options: MethodOptions) -> Method:
+    """Richardson-Lucy with the iteration count of ORACLE_COUNTS that is best (PSNR) for each
+    image against its truth: the bound on any rule for stopping it."""
+    if options.psf is None or options.mode != "gray":
+        raise MethodUnavailable("it deconvolves: give --psf (mode gray)")
+
+    def best(image, kernel, s, b, clean):
+        intensity = np.clip((np.asarray(image, np.float64) - b) / s, 0.0, None)
+        channels = []
+        for c in range(intensity.shape[-1]):
+            trace = baselines.richardson_lucy_trace(intensity[..., c], kernel, ORACLE_COUNTS)
+            clipped = [np.clip(x, 0, 1) for x in trace.values()]
+            channels.append(max(clipped, key=lambda x: -np.mean((x - clean[..., c]) ** 2)))
+        return np.stack(channels, axis=-1).astype(np.float32)
+
+    def restore(y, *, s, r, b, domain, key, operator=IDENTITY, clean):
+        del r, domain, key
+        kernel = _kernel(operator)
+        return np.stack([best(image, kernel, s, b, x) for image, x in zip(np.asarray(y), clean)])
+
+    return Method(restore, oracle=True)
+
+
 METHODS = {
     "pdr": pdr_method,
     "conditional": conditional_method,
@@ -320,6 +400,10 @@ METHODS = {
     "nlm": _per_image(baselines.gat_nlm),
     "noisy": _per_image(baselines.noisy_estimate),
     "noisy-raw": _per_image(_noisy_mosaic, modes=("raw",)),
+    "rl": _deconvolution(_rl),
+    "rl-oracle": rl_oracle_method,
+    "rl-tv": _deconvolution(_rl_tv),
+    "gat-bm3d-rl": _deconvolution(_gat_bm3d_rl),
 }
 
 

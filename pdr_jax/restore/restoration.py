@@ -291,7 +291,7 @@ def _start(
     )
     estimate, sigma_v = np.concatenate(estimates), max(sigmas)
     if operator.radius and sampler.deblur_iterations:
-        estimate = baselines.richardson_lucy(
+        estimate = baselines.shifted_poisson_em(
             y_pad,
             operator,
             physics.s,
