@@ -104,6 +104,8 @@ ABLATION_FIELDS = {
     "latent_scale": ("sampler", "latent_scale", float),
     "estimate_sigma_factor": ("sampler", "estimate_sigma_factor", float),
     "refine_min_noise": ("sampler", "refine_min_noise", float),
+    "deblur_iterations": ("sampler", "deblur_iterations", int),
+    "cg_iterations": ("guidance", "cg_iterations", int),
     "num_samples": (None, "num_samples", int),
     "conditioning": (None, "conditioning", lambda v: _BOOLEANS[v.lower()]),
 }
