@@ -11,6 +11,8 @@ import pathlib
 import re
 import sys
 
+from sphinx import addnodes
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's pdr_jax, also where another one is installed
 
@@ -47,6 +49,15 @@ autosummary_generate = True
 autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "description"
 autodoc_class_signature = "separated"
+# Type names that annotations leave unresolved and that a package re-exports, so the API pages
+# document them twice (pdr_jax.restore.Physics and pdr_jax.restore.restoration.Physics) and a
+# link to the bare name has two targets: canonical_type_targets below points it at the defining
+# module. Unresolved: imported under TYPE_CHECKING (Physics), or in a class with another such
+# annotation, whose annotations autodoc then all shows as written (ImageMeta in Measurement).
+CANONICAL_TYPES = {
+    "Physics": "pdr_jax.restore.restoration.Physics",
+    "ImageMeta": "pdr_jax.io.meta.ImageMeta",
+}
 
 # The doctest builder runs the guide's ```{testcode}``` blocks from the checkout's root.
 doctest_global_setup = f"""
@@ -94,5 +105,14 @@ def literal_blocks(app, what, name, obj, options, lines):
     lines[:] = out
 
 
+def canonical_type_targets(app, doctree):
+    """Point the Python cross-references to a name of CANONICAL_TYPES at its defining module
+    (the shown text stays as written)."""
+    for node in doctree.findall(addnodes.pending_xref):
+        if node.get("refdomain") == "py" and node.get("reftarget") in CANONICAL_TYPES:
+            node["reftarget"] = CANONICAL_TYPES[node["reftarget"]]
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", literal_blocks)
+    app.connect("doctree-read", canonical_type_targets)

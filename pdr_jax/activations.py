@@ -12,23 +12,20 @@ by `Module.apply(..., capture_intermediates=filter)`, so D(x; sigma) is the same
 without capturing (bit for bit on CPU, tested; on a GPU, XLA may fuse a program with extra
 outputs differently, so compare there with a float32 tolerance).
 
-Stable names (the same for both U-Nets; ``{r}`` is a resolution in EDM's key, e.g. 16x16):
+Stable names (the same for both U-Nets; ``{r}`` is a resolution in EDM's key, e.g. 16x16),
+each with the EDM module whose output it is (what a PyTorch forward hook on it records):
 
-=====================  ======================================================================
-name                   EDM module (its output, as a PyTorch forward hook on it records it)
-=====================  ======================================================================
-encoder_block_{i}      the i-th entry of ``model.enc`` that is a conv or a UNetBlock, in EDM's
-                       order (``{r}_conv``, ``{r}_down``, ``{r}_block{j}``; the ``aux_*`` convs of
-                       the skip/residual encoders are not counted). These are exactly the
-                       tensors the decoder later receives as skip connections.
-encoder_bottleneck     the last of them, i.e. encoder_block_{n-1}: the lowest-resolution
-                       encoder block
-midblock               ``model.dec.{r}_in1`` at the lowest resolution: the output of the
-                       in0/in1 pair that opens the decoder (in0 has the attention layer)
-decoder_block_{i}      the i-th decoder UNetBlock after in1, in EDM's order (``{r}_up`` and
-                       ``{r}_block{j}``; ``aux_*`` modules are not counted). The last one is the
-                       full-resolution block before the output head.
-=====================  ======================================================================
+- ``encoder_block_{i}``: the i-th entry of ``model.enc`` that is a conv or a UNetBlock, in
+  EDM's order (``{r}_conv``, ``{r}_down``, ``{r}_block{j}``; the ``aux_*`` convs of the
+  skip/residual encoders are not counted). These are exactly the tensors the decoder later
+  receives as skip connections.
+- ``encoder_bottleneck``: the last of them, i.e. encoder_block_{n-1}: the lowest-resolution
+  encoder block.
+- ``midblock``: ``model.dec.{r}_in1`` at the lowest resolution: the output of the in0/in1
+  pair that opens the decoder (in0 has the attention layer).
+- ``decoder_block_{i}``: the i-th decoder UNetBlock after in1, in EDM's order (``{r}_up`` and
+  ``{r}_block{j}``; ``aux_*`` modules are not counted). The last one is the full-resolution
+  block before the output head.
 
 Caveats of the mapping: a SongUNet with encoder_type "skip"/"residual" adds an aux branch to
 a ``{r}_down`` block's output after the block; encoder_block_{i} is the block's own output
@@ -266,7 +263,7 @@ def layer_statistics(summary: Mapping, dead_threshold: float = 1e-6) -> dict:
     """Layer-wide statistics from a (merged) channel summary.
 
     mean and std are over all values of the layer (images, positions and channels; population
-    std). A channel is dead when |a| <= dead_threshold at every position of every image seen.
+    std). A channel is dead when ``|a| <= dead_threshold`` at every position of every image seen.
     Returns plain Python numbers and lists (JSON-ready).
     """
     count, mean, m2 = summary["count"], np.asarray(summary["mean"]), np.asarray(summary["m2"])

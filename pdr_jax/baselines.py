@@ -322,7 +322,7 @@ def richardson_lucy_tv(
     y, kernel, s: float, r: float, b: float = 0.0, *, iterations: int, weight: float
 ):
     """Richardson-Lucy with total-variation regularisation (Dey et al. 2006): each update divided
-    by 1 - weight div(grad x / |grad x|), which flattens noise and keeps edges. The divisor is
+    by ``1 - weight div(grad x / |grad x|)``, which flattens noise and keeps edges. The divisor is
     kept >= 0.1 (a weight too large for the image would otherwise flip signs). Per channel,
     clipped to [0, 1] at the end; r is unused."""
     del r

@@ -64,7 +64,7 @@ def _as_bhwc(image):
 
 
 def residual_autocorrelation(residuals, max_lag: int = 2, mask=None):
-    """Normalised spatial autocorrelation rho(dy, dx) for |dy|, |dx| <= max_lag.
+    """Normalised spatial autocorrelation ``rho(dy, dx)`` for ``|dy|, |dx| <= max_lag``.
 
     residuals: [H, W], [H, W, C] or [B, H, W, C] (e.g. normalized_residuals); mask: same shape
     or None (pixel pairs with a masked member are left out). Residuals are centred on their
@@ -92,7 +92,7 @@ def residual_autocorrelation(residuals, max_lag: int = 2, mask=None):
 
 
 def whiteness(residuals, max_lag: int = 2, mask=None):
-    """Largest |rho| of residual_autocorrelation away from lag (0, 0); scalar, ~0 when white."""
+    """Largest ``|rho|`` of residual_autocorrelation away from lag (0, 0); scalar, ~0 when white."""
     rho = residual_autocorrelation(residuals, max_lag, mask)
     centre = jnp.zeros(rho.shape, bool).at[max_lag, max_lag].set(True)
     return jnp.max(jnp.where(centre, 0.0, jnp.abs(rho)))
@@ -114,7 +114,7 @@ def _half_plane(height: int, width: int) -> np.ndarray:
 def spectral_flatness(residuals):
     """Wiener entropy of the residual power spectrum, scaled so white noise gives ~1.
 
-    residuals: [H, W], [H, W, C] or [B, H, W, C]. The periodogram |FFT|^2 over (H, W) is
+    residuals: [H, W], [H, W, C] or [B, H, W, C]. The periodogram ``|FFT|^2`` over (H, W) is
     averaged over the n = B C images; flatness = geometric mean / arithmetic mean over the
     non-self-conjugate half-plane, divided by its expectation exp(psi(n) - log n) for white
     Gaussian residuals (a mean of n exponentials per frequency). Coloured residuals give < 1.
@@ -134,7 +134,7 @@ def spectral_flatness(residuals):
 
 
 def std_coverage(x_hat, std, x_true, k: float = 1.0) -> float:
-    """Fraction of pixels whose error |x_hat - x_true| lies within k times the predicted std:
+    """Fraction of pixels whose error ``|x_hat - x_true|`` lies within k times the predicted std:
     a calibrated Gaussian posterior gives 0.683 at k = 1 and 0.954 at k = 2. Any equal shapes."""
     x_hat, std, x_true = (np.asarray(v, np.float64) for v in (x_hat, std, x_true))
     if not x_hat.shape == std.shape == x_true.shape:
@@ -329,7 +329,7 @@ def _tukey(n: int, alpha: float) -> np.ndarray:
 def fourier_ring_correlation(a, b, *, taper: float = 0.25):
     """FRC of two images: (frequencies [K] cycles/pixel, frc [K] float64).
 
-    FRC(q) = Re sum_ring F_a conj(F_b) / sqrt(sum_ring |F_a|^2 sum_ring |F_b|^2) over rings of
+    ``FRC(q) = Re sum_ring F_a conj(F_b) / sqrt(sum_ring |F_a|^2 sum_ring |F_b|^2)`` over rings of
     one frequency bin (1 / min(H, W) cycles/pixel) at q = 1, ..., K = min(H, W) // 2 bins, i.e.
     up to Nyquist (0.5); the DC bin is left out. a, b: [H, W] or [H, W, C] (the channels' sums
     are pooled per ring). Each image has its mean removed and is multiplied by a Tukey window

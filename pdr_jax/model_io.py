@@ -282,7 +282,7 @@ def _network_kwargs(network, json_path, kind: str = "prior") -> dict:
 
 
 def shipped_models() -> list[str]:
-    """Names of the models that come with the package (pdr_jax/models/*)."""
+    """Names of the models that come with the package (``pdr_jax/models/*``)."""
     root = resources.files("pdr_jax.models")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / NETWORK_FILE).is_file())
 

@@ -487,7 +487,7 @@ def discrete_sampler_args(
     """denoise_fn, sigma_min, sigma_max and round_sigma that run a DDPM-style model in
     `edm_sampler` / `dpmpp_2m_sampler`.
 
-    The model is called as model_fn(x_t, t, *extra) for denoise_fn(x, sigma, *extra), with
+    The model is called as ``model_fn(x_t, t, *extra)`` for ``denoise_fn(x, sigma, *extra)``, with
     x_t = x / sqrt(1 + sigma^2) and t: [] float32,
     the timestep interpolated in log sigma (`schedules.timestep_from_sigma`); round_sigma snaps
     each sigma to the model's grid sigma_t, so t is a whole number. D is the predicted x0.
