@@ -90,8 +90,9 @@ class SamplerSettings:
     latent_scale: float = 1.0  # std of the start's noise (x start_sigma); 0: deterministic
     estimate_sigma_factor: float = 1.03  # "vst": the denoiser runs at this times sigma_v
     refine_min_noise: float = 0.4  # "vst": run the sampler only where noise_level(y) >= this
-    # "vst" through a PSF: Richardson-Lucy iterations from the denoised (blurred) estimate
-    deblur_iterations: int = 10
+    # "vst" through a PSF: Richardson-Lucy (EM) iterations from the denoised (blurred) estimate
+    # before it is re-noised; 0: the denoised blurred image is the start
+    deblur_iterations: int = 0
     sigma_min: float = 0.002
     sigma_max: float = 80.0  # "noise" start
     rho: float = 7.0

@@ -100,6 +100,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "moffat:FWHM_PX,BETA, airy:WAVELENGTH_NM,NA,PIXEL_NM; pdr then deconvolves, and the "
         "methods rl, rl-oracle, rl-tv, gat-bm3d-rl run",
     )
+    data.add_argument(
+        "--domains",
+        default=None,
+        help="comma-separated: only these domains' crops (e.g. microscopy,astronomy)",
+    )
     data.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("methods")
     run.add_argument(
@@ -327,6 +332,11 @@ def main(argv=None) -> int:
     images = benchmark.load_clean_images(
         args.clean, crop=args.crop, per_domain=args.num_images, domain=args.domain, mode=args.mode
     )
+    if args.domains:
+        wanted = {d.strip() for d in args.domains.split(",")}
+        images = [image for image in images if image.domain in wanted]
+        if not images:
+            raise SystemExit(f"--domains {args.domains}: no crops of these domains")
     cases = benchmark.make_cases(
         images,
         args.scales,

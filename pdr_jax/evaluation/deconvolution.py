@@ -25,26 +25,31 @@ from pdr_jax import baselines, metrics
 from pdr_jax.evaluation import benchmark, methods
 from pdr_jax.io import read_psf
 
-TV_GRID = tuple(itertools.product((10, 20, 50), (0.002, 0.005, 0.01, 0.02)))
+# A first grid, (10, 20, 50) x (0.002, 0.005, 0.01, 0.02), peaked at its corner (10, 0.02).
+TV_GRID = tuple(itertools.product((2, 5, 10), (0.01, 0.02, 0.05, 0.1)))
+METHODS = ("rl", "rl-tv", "gat-bm3d-rl")
 DOMAINS = ("microscopy", "astronomy")
 
 
-def settings_psnr(case, kernel) -> dict[str, float]:
-    """{setting name: PSNR} of every baseline setting on one blurred case [H, W, 1]."""
+def settings_psnr(case, kernel, methods_=METHODS) -> dict[str, float]:
+    """{setting name: PSNR} of every setting of the baselines `methods_` on one blurred case
+    [H, W, 1]."""
     y, clean = case.y[..., 0], case.image.clean[..., 0]
     psnr = lambda x: float(metrics.psnr(np.clip(x, 0, 1)[..., None], clean[..., None]))
     intensity = np.clip((y - case.b) / case.s, 0, None)
     rows = {}
-    for n, x in baselines.richardson_lucy_trace(intensity, kernel, methods.ORACLE_COUNTS).items():
-        rows[f"rl:{n}"] = psnr(x)
-    for iterations, weight in TV_GRID:
+    if "rl" in methods_:
+        trace = baselines.richardson_lucy_trace(intensity, kernel, methods.ORACLE_COUNTS)
+        rows.update({f"rl:{n}": psnr(x) for n, x in trace.items()})
+    for iterations, weight in TV_GRID if "rl-tv" in methods_ else ():
         x = baselines.richardson_lucy_tv(
             case.y, kernel, case.s, case.r, case.b, iterations=iterations, weight=weight
         )[..., 0]
         rows[f"rl-tv:{iterations},{weight}"] = psnr(x)
-    denoised = baselines.gat_bm3d(y, case.s, case.r, case.b).astype(np.float64)
-    for n, x in baselines.richardson_lucy_trace(denoised, kernel, methods.ORACLE_COUNTS).items():
-        rows[f"gat-bm3d-rl:{n}"] = psnr(x)
+    if "gat-bm3d-rl" in methods_:
+        denoised = baselines.gat_bm3d(y, case.s, case.r, case.b).astype(np.float64)
+        trace = baselines.richardson_lucy_trace(denoised, kernel, methods.ORACLE_COUNTS)
+        rows.update({f"gat-bm3d-rl:{n}": psnr(x) for n, x in trace.items()})
     return rows
 
 
@@ -56,6 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--psf", nargs="+", required=True)
     parser.add_argument("--scales", type=float, nargs="+", default=[10.0, 50.0, 250.0])
     parser.add_argument("--read-noise", type=float, default=2.0)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", default="deconvolution_tuning.csv")
     args = parser.parse_args(argv)
 
@@ -72,7 +78,7 @@ def main(argv=None) -> int:
             operator=operator,
         )
         for case in cases:
-            for setting, value in settings_psnr(case, operator.array).items():
+            for setting, value in settings_psnr(case, operator.array, args.methods).items():
                 method, _, parameters = setting.partition(":")
                 rows.append(
                     dict(
@@ -91,7 +97,7 @@ def main(argv=None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     for scale in args.scales:
-        for method in ("rl", "rl-tv", "gat-bm3d-rl"):
+        for method in args.methods:
             means: dict[str, list[float]] = {}
             for row in rows:
                 if row["scale"] == scale and row["method"] == method:
