@@ -64,3 +64,21 @@ def test_invented_and_lost_stars_are_counted():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="expected"):
         sources.detect(np.zeros((8, 8)), np.zeros((8, 9)))
+
+
+def test_aperture_photometry_of_the_true_stars():
+    """The truth has no flux error; a restoration 10 % too bright everywhere (sky included) has a
+    bias of +0.10 and no scatter; one star dimmed by half shows in the scatter, not the median
+    (5 stars); a crop without stars has none."""
+    clean = _field()
+    s, r, b = 100.0, 2.0, 1.0
+    assert sources.photometry(clean, clean, s, r, b) == {"bias": 0.0, "scatter": 0.0}
+    brighter = sources.photometry(clean, 1.1 * clean, s, r, b)
+    assert brighter["bias"] == pytest.approx(0.10, abs=1e-9) and brighter["scatter"] < 1e-9
+    dimmed = clean.copy()
+    row, col = STARS[0]
+    dimmed[row - 4 : row + 5, col - 4 : col + 5] *= 0.5  # the star, not its sky annulus
+    photometry = sources.photometry(clean, dimmed, s, r, b)
+    assert abs(photometry["bias"]) < 0.02 and photometry["scatter"] < 0.3
+    empty = np.full((64, 64), 0.05)
+    assert sources.photometry(empty, empty, s, r, b) == {"bias": None, "scatter": None}

@@ -57,6 +57,8 @@ METRICS = (
     "sources_true",
     "sources_false",
     "sources_missed",
+    "photometry_bias",
+    "photometry_scatter",
     "std_mean",
     "coverage_1sd",
     "coverage_2sd",
@@ -222,7 +224,8 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
     (chi-square, Poisson deviance, residual whiteness = largest off-centre `|autocorrelation|`,
     of the measurement y against A(x_hat); relative bias); in
     POINT_SOURCE_DOMAINS the point sources of the clean crop and the restoration's false and
-    missed ones (pdr_jax.evaluation.sources), None elsewhere; with a posterior std (a
+    missed ones, and the aperture photometry of the true ones (relative flux error: median
+    bias and robust scatter; pdr_jax.evaluation.sources), None elsewhere; with a posterior std (a
     sampling method's per-pixel std over its samples) its mean and the fractions of pixels
     whose error lies within 1 and 2 std (calibrated: 0.683, 0.954), None without.
     """
@@ -234,9 +237,11 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
     residuals = metrics.normalized_residuals(case.y, measured, case.s, case.r, case.b)
     physics = (case.y, measured, case.s, case.r, case.b)
     point_sources = dict.fromkeys(("true", "false", "missed"))
+    stars = dict.fromkeys(("bias", "scatter"))
     if case.image.domain in POINT_SOURCE_DOMAINS:
         counts = sources.count(clean, x_hat, case.s, case.r, case.b)
         point_sources = {key: counts[key] for key in point_sources}
+        stars = sources.photometry(clean, x_hat, case.s, case.r, case.b)
     return {
         "psnr": metrics.psnr(x_hat, clean),
         "ssim": metrics.ssim(x_hat, clean),
@@ -247,6 +252,7 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
         "relative_bias": float(metrics.relative_bias(x_hat, clean)),
         "frc_px": metrics.frc_resolution(*metrics.fourier_ring_correlation(x_hat, clean)),
         **{f"sources_{key}": value for key, value in point_sources.items()},
+        **{f"photometry_{key}": value for key, value in stars.items()},
         "std_mean": None if std is None else float(np.mean(std)),
         **{
             f"coverage_{k}sd": None if std is None else metrics.std_coverage(x_hat, std, clean, k)

@@ -92,6 +92,23 @@ def _number(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _domain_table(title: str, rows, methods, scales, by_cell, text_of) -> list[str]:
+    """Markdown lines of a (domain, s) x method table of text_of(cell), for the domains of
+    `rows` (none: no lines)."""
+    if not rows:
+        return []
+    lines = ["", title, "", "| domain | s (e-) | " + " | ".join(methods) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(methods))
+    for domain in _ordered(row["domain"] for row in rows):
+        for scale in scales:
+            texts = []
+            for method in methods:
+                cell = by_cell.get((method, domain, scale))
+                texts.append("n/a" if cell is None else text_of(cell))
+            lines.append(f"| {domain} | {scale:g} | " + " | ".join(texts) + " |")
+    return lines
+
+
 def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> str:
     """Markdown: mean PSNR / SSIM / chi-square per domain x scale (rows) and method (columns),
     the best PSNR of a row in bold; then the other metrics averaged over domains, and seconds
@@ -144,28 +161,29 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
                 f"| {method} | {scale:g} | {_number(ms_ssim, 3)} | {_number(deviance, 2)} | "
                 f"{_number(whiteness, 3)} | {_number(bias, 3)} | {_number(frc, 1)} |"
             )
-    counted = [row for row in summary if row.get("sources_true") is not None]
-    if counted:
-        lines += [
-            "",
-            "### Point sources per crop (pdr_jax.evaluation.sources): true / false / missed",
-            "",
-            "| domain | s (e-) | " + " | ".join(methods) + " |",
-            "|---|---:|" + "---:|" * len(methods),
-        ]
-        for domain in _ordered(row["domain"] for row in counted):
-            for scale in scales:
-                texts = []
-                for method in methods:
-                    cell = by_cell.get((method, domain, scale))
-                    texts.append(
-                        "n/a"
-                        if cell is None
-                        else " / ".join(
-                            _number(cell[f"sources_{k}"], 1) for k in ("true", "false", "missed")
-                        )
-                    )
-                lines.append(f"| {domain} | {scale:g} | " + " | ".join(texts) + " |")
+    sources_text = lambda cell: " / ".join(
+        _number(cell[f"sources_{k}"], 1) for k in ("true", "false", "missed")
+    )
+    lines += _domain_table(
+        "### Point sources per crop (pdr_jax.evaluation.sources): true / false / missed",
+        [row for row in summary if row.get("sources_true") is not None],
+        methods,
+        scales,
+        by_cell,
+        sources_text,
+    )
+    photometry_text = lambda cell: " / ".join(
+        _number(cell[f"photometry_{k}"], 3) for k in ("bias", "scatter")
+    )
+    lines += _domain_table(
+        "### Aperture photometry of the true stars: relative flux error, median bias / robust "
+        "scatter",
+        [row for row in summary if row.get("photometry_bias") is not None],
+        methods,
+        scales,
+        by_cell,
+        photometry_text,
+    )
     sampled = [row for row in summary if row.get("coverage_1sd") is not None]
     if sampled:
         title = (

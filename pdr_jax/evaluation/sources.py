@@ -85,3 +85,44 @@ def count(
     else:
         false, missed = len(found), len(truth)
     return {"true": len(truth), "detected": len(found), "false": false, "missed": missed}
+
+
+APERTURE_RADIUS = 3.0  # pixels: the photometry aperture (the stars are 2-4 px across)
+ANNULUS = (5.0, 8.0)  # pixels: the local sky around each star, its median per pixel
+
+
+def photometry(
+    clean: np.ndarray,
+    restored: np.ndarray,
+    s: float,
+    r: float,
+    b: float,
+    *,
+    radius: float = APERTURE_RADIUS,
+    **detector,
+) -> dict[str, float | None]:
+    """Aperture photometry of the true stars: {"bias", "scatter"} of the relative flux error
+    (F_restored - F_true) / F_true over the point sources that `detect` finds in the clean crop,
+    each F the sum within `radius` pixels minus the annulus's median sky; bias the median,
+    scatter 1.4826 times the median absolute deviation (robust to a star on an edge). None for
+    a crop without stars."""
+    clean, restored = (
+        np.asarray(v, np.float64).reshape(np.shape(clean)[:2]) for v in (clean, restored)
+    )
+    stars = detect(clean, noise_variance(clean, s, r, b), **detector)
+    rows, cols = np.indices(clean.shape)
+    errors = []
+    for row, col in stars:
+        distance = np.hypot(rows - row, cols - col)
+        aperture, annulus = distance <= radius, (distance >= ANNULUS[0]) & (distance <= ANNULUS[1])
+        fluxes = [
+            image[aperture].sum() - aperture.sum() * np.median(image[annulus])
+            for image in (clean, restored)
+        ]
+        if fluxes[0] > 0:
+            errors.append(fluxes[1] / fluxes[0] - 1.0)
+    if not errors:
+        return {"bias": None, "scatter": None}
+    errors = np.asarray(errors)
+    bias = float(np.median(errors))
+    return {"bias": bias, "scatter": float(1.4826 * np.median(np.abs(errors - bias)))}
