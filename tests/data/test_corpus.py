@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pdr_jax.data import corpus, corpus_build, pipeline, readers
+from pdr_jax.data import corpus, corpus_build, pipeline
+from pdr_jax.io import readers
 from pdr_jax.physics import calibration
 
 _COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
