@@ -57,7 +57,12 @@ import numpy as np
 from pdr_jax import baselines
 from pdr_jax.cli import finish_parser
 from pdr_jax.evaluation import benchmark, methods, report, resolution
-from pdr_jax.restore import GuidanceSettings, SamplerSettings, parse_kappa
+from pdr_jax.restore import (
+    DECONVOLUTION_GUIDANCE,
+    GuidanceSettings,
+    SamplerSettings,
+    parse_kappa,
+)
 
 
 def _floats(text: str) -> list[float]:
@@ -133,7 +138,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"pdr start (default {sampler.start}; pdr_jax.restore.SamplerSettings)",
     )
     run.add_argument(
-        "--guidance", default=guidance.mode, help="x0, dps or prox (pdr_jax.physics.guidance)"
+        "--guidance",
+        default=None,
+        help=f"x0, dps or prox (pdr_jax.physics.guidance); default {guidance.mode}, with --psf "
+        "prox (pdr_jax.restore.DECONVOLUTION_GUIDANCE)",
     )
     run.add_argument("--likelihood", default=guidance.likelihood, help="wls, gaussian or exact")
     run.add_argument(
@@ -313,7 +321,10 @@ def main(argv=None) -> int:
     defaults = methods.PdrSettings()
     settings = methods.PdrSettings(
         guidance=dataclasses.replace(
-            defaults.guidance, mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa
+            defaults.guidance,
+            mode=args.guidance or (DECONVOLUTION_GUIDANCE if args.psf else defaults.guidance).mode,
+            likelihood=args.likelihood,
+            kappa=args.kappa,
         ),
         sampler=dataclasses.replace(defaults.sampler, num_steps=args.steps, start=args.start),
         conditioning=not args.no_conditioning,

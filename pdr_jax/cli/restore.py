@@ -89,7 +89,12 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
     """Restore every frame and channel of one file (pdr_jax.io) and write its outputs; returns
     its report. models(checkpoint): the loaded model of a --checkpoint value (cached by the
     caller)."""
-    from pdr_jax.restore import GuidanceSettings, SamplerSettings, TilingSettings
+    from pdr_jax.restore import (
+        DECONVOLUTION_GUIDANCE,
+        GuidanceSettings,
+        SamplerSettings,
+        TilingSettings,
+    )
 
     m = io.read_measurement(path, **{name: getattr(args, name) for name in MEASUREMENT_FLAGS})
     checkpoint = default_checkpoint(args, m.electrons.shape[-1], m.operator)
@@ -109,7 +114,11 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         m,
         physics,
         key=key,
-        guidance=GuidanceSettings(mode=args.guidance, likelihood=args.likelihood, kappa=args.kappa),
+        guidance=GuidanceSettings(
+            mode=args.guidance or (DECONVOLUTION_GUIDANCE if args.psf else GuidanceSettings()).mode,
+            likelihood=args.likelihood,
+            kappa=args.kappa,
+        ),
         sampler=dataclasses.replace(
             SamplerSettings(), num_steps=args.steps, start=args.start, solver=args.solver
         ),

@@ -207,9 +207,10 @@ def parse_args(argv=None, doc: str = ""):
     p.add_argument(
         "--guidance",
         choices=MODES,
-        default=guidance.mode,
+        default=None,
         help="x0: correct the denoised estimate; dps: through the denoiser; prox: the exact "
-        "proximal data step (pdr_jax.physics.guidance)",
+        f"proximal data step (pdr_jax.physics.guidance); default {guidance.mode}, with --psf "
+        "prox (pdr_jax.restore.DECONVOLUTION_GUIDANCE)",
     )
     p.add_argument("--likelihood", choices=LIKELIHOODS, default=guidance.likelihood)
     p.add_argument(

@@ -59,10 +59,6 @@ class Identity:
     radius = 0  # pixels a measurement reaches beyond its own (see Blur)
     diagonal = True  # each value of x measured by one pixel at most: `weights` describes A
 
-    def normal_diagonal(self, w):
-        """diag(A^T diag(w) A) as an image like x: w itself."""
-        return w
-
     def summary(self) -> dict:
         """What the restoration's report records of the operator."""
         return {"name": "Identity"}
@@ -174,11 +170,6 @@ class Mosaic:
     def summary(self) -> dict:
         return {"name": "Mosaic", **dataclasses.asdict(self)}
 
-    def normal_diagonal(self, w):
-        """diag(A^T diag(w) A) as an image like x: w gains[c]^2 at each pixel's colour c."""
-        weights = self.weights(*w.shape[-3:-1])
-        return w * np.square(weights)
-
     def at(self, top: int, left: int) -> Mosaic:
         """The operator of a tile whose top-left pixel is (top, left) of this one's."""
         phase = ((self.phase[0] + top) % 2, (self.phase[1] + left) % 2)
@@ -236,10 +227,10 @@ class Blur:
         """Pixels the blur reaches: the margin the scene needs around the measured image."""
         return max(len(self.kernel), len(self.kernel[0])) // 2
 
-    def _transfer(self, height: int, width: int, kernel: np.ndarray | None = None):
+    def _transfer(self, height: int, width: int):
         """[H, W // 2 + 1] complex64: the rfft2 of the kernel centred at pixel (0, 0) of an
         H x W canvas (numpy, computed once per shape at trace time)."""
-        kernel = self.array if kernel is None else kernel
+        kernel = self.array
         kh, kw = kernel.shape
         if kh > height or kw > width:
             raise ValueError(f"the PSF ({kh}x{kw}) is larger than the image ({height}x{width})")
@@ -260,12 +251,6 @@ class Blur:
     def adjoint(self, y):
         """The correlation with h: <A x, y> = <x, A^T y>."""
         return self._convolve(y, np.conj(self._transfer(*y.shape[-3:-1])))
-
-    def normal_diagonal(self, w):
-        """diag(A^T diag(w) A) as an image: sum_k h_k^2 w(. + k), the correlation of w with h^2
-        (how strongly the measurements, weighted by w, pin down each value of x)."""
-        squared = np.conj(self._transfer(*w.shape[-3:-1], self.array**2))
-        return self._convolve(w, squared)
 
     @property
     def diagonal(self) -> bool:
@@ -318,10 +303,6 @@ class Chain:
 
     def adjoint(self, y):
         return self.inner.adjoint(self.outer.adjoint(y))
-
-    def normal_diagonal(self, w):
-        """Exact for a diagonal outer normal matrix D: diag(B^T D B) = inner's of D's diagonal."""
-        return self.inner.normal_diagonal(self.outer.normal_diagonal(w))
 
     def fill(self, z: np.ndarray) -> np.ndarray:
         return self.outer.fill(z)

@@ -4,6 +4,7 @@ tiling for images of any size (tiling.py); the settings records are pdr_jax.sett
 from pdr_jax.restore.restoration import Denoiser, Physics, Prior, Restoration, restore
 from pdr_jax.settings import (
     CONDITIONAL_SETTINGS,
+    DECONVOLUTION_GUIDANCE,
     GuidanceSettings,
     SamplerSettings,
     TilingSettings,
@@ -13,6 +14,7 @@ from pdr_jax.settings import (
 
 __all__ = [
     "CONDITIONAL_SETTINGS",
+    "DECONVOLUTION_GUIDANCE",
     "Denoiser",
     "GuidanceSettings",
     "Physics",
