@@ -4,7 +4,7 @@
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/rgb.py:cpu --workdir ~/runs/rgb-cpu \\
         --config.train.init_from=pdr-gray-default          # the first colour prior's run
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/rgb.py:cpu --workdir ~/runs/rgb-cpu2 \\
-        --config.train.init_from=pdr-rgb-default  # its continuation, stopped at 30.8 kimg: shipped
+        --config.train.init_from=pdr-rgb-default  # its continuation, stopped at 52.8 kimg: shipped
     python launch/train.py --config configs/rgb.py:tiny --workdir /tmp/run        # tests
 
 The network of the grayscale prior (configs/corpus.py:cpu) with 3 image channels and the same
