@@ -570,3 +570,22 @@ def test_richardson_lucy_forms_agree_with_scikit_image():
         np.testing.assert_allclose(trace[n], want, rtol=1e-6, atol=1e-9)
     tv0 = baselines.richardson_lucy_tv(image[..., None], kernel, 1.0, 0.0, iterations=7, weight=0.0)
     np.testing.assert_allclose(tv0[..., 0], np.clip(trace[7], 0, 1), atol=1e-6)
+
+
+def test_the_deconvolution_tuner_scores_every_setting():
+    """python -m pdr_jax.evaluation.deconvolution: one finite PSNR per setting of each baseline
+    (the oracle's counts, the RL-TV grid, GAT+BM3D then the counts), the settings told apart."""
+    from pdr_jax.evaluation import deconvolution
+    from pdr_jax.io import read_psf
+
+    blur = read_psf("gaussian:2.5")
+    images = [
+        i for i in benchmark.load_clean_images(crop=32, per_domain=1) if i.domain == "microscopy"
+    ]
+    case = benchmark.make_cases(images, [50.0], read_noise=2.0, operator=blur)[0]
+    scores = deconvolution.settings_psnr(case, blur.array)
+    counts = methods.ORACLE_COUNTS
+    assert {f"rl:{n}" for n in counts} | {f"gat-bm3d-rl:{n}" for n in counts} <= set(scores)
+    assert {f"rl-tv:{i},{w}" for i, w in deconvolution.TV_GRID} <= set(scores)
+    assert all(np.isfinite(v) for v in scores.values())
+    assert scores["rl:1"] != scores["rl:200"]

@@ -170,10 +170,11 @@ def test_a_delta_psf_is_the_identity_and_blur_is_hashable():
         operators.Blur.of(psf.gaussian(4.0)).forward(jnp.zeros((1, 8, 8, 1)))
 
 
-@pytest.mark.parametrize("iterations, rtol", [(60, 1e-3), (8, 0.1)])
+@pytest.mark.parametrize("iterations, rtol", [(60, 1e-4), (8, 1e-2)])
 def test_proximal_step_through_a_psf_solves_the_weighted_least_squares(iterations, rtol):
     """The CG data step against the dense solution of its normal equations: converged with
-    enough iterations, and already close (10 %) with the default 8."""
+    enough iterations (measured 4e-7 of the largest value at 60) and already close with the
+    default 8 (2.6e-4; 4 iterations give 2.0e-2 and fail the bound 1e-2)."""
     from pdr_jax.physics import guidance, noise
     from pdr_jax.settings import GuidanceSettings
 
