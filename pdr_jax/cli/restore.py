@@ -8,8 +8,10 @@ above --scale, less noise than shot noise and --read-noise allow); a file that c
 refused with the fix named, and --force restores it anyway.
 
 Colour: a 3-channel input (RGB TIFF/PNG/JPEG, [H, W, 3] .npy, a FITS cube) is restored with its
-channels together by the colour prior (pdr-rgb-default); --checkpoint pdr-gray-default restores
-each channel on its own instead. 8-bit images are sRGB-encoded: they are restored as the
+channels together: by default the grayscale prior denoises its luminance and two chrominances
+(--colour opponent, as colour BM3D does), averaged over 8 flips and transposes of each tile
+(--self-ensemble); --colour joint uses the colour prior (pdr-rgb-default) instead, --colour
+channels the grayscale prior on each channel alone. 8-bit images are sRGB-encoded: they are restored as the
 intensities they hold unless --linearise srgb decodes them to linear light first (then the
 output is linear). A Bayer mosaic (a camera RAW file: .dng/.nef/.cr2/.arw, its CFA pattern,
 black levels and white balance read from it; or a one-channel file with --cfa RGGB|BGGR|GRBG|GBRG
@@ -76,13 +78,47 @@ def output_paths(files, output: str) -> list[pathlib.Path]:
     return [out / (f.stem + ".tif") for f in files]
 
 
+def colour_mode(args, channels: int, operator, model_channels: int | None = None) -> str | None:
+    """How --colour restores this input: "opponent", "joint", "channels", or None for a
+    grayscale input. auto: joint for a mosaic or a colour --checkpoint, else opponent."""
+    mosaic = operator.channels_in == 3
+    if channels != 3 and not mosaic:
+        return None
+    if args.colour != "auto":
+        return args.colour
+    return "joint" if mosaic or model_channels == 3 else "opponent"
+
+
 def default_checkpoint(args, channels: int, operator) -> str:
-    """--checkpoint, else the shipped model for the data: the colour prior for 3 channels and
-    mosaics, the grayscale one otherwise (and per channel for other channel counts)."""
+    """--checkpoint, else the shipped model for the data: the colour prior for mosaics and
+    --colour joint, the grayscale one otherwise."""
     if args.checkpoint is not None:
         return args.checkpoint
-    colour = channels == 3 or operator.channels_in == 3
-    return DEFAULT_RGB_CHECKPOINT if colour else DEFAULT_CHECKPOINT
+    joint = colour_mode(args, channels, operator) == "joint"
+    return DEFAULT_RGB_CHECKPOINT if joint else DEFAULT_CHECKPOINT
+
+
+def compose(model, mode: str | None, self_ensemble: int | None):
+    """The denoiser that restores: a grayscale `model` on the opponent channels (mode
+    "opponent"), averaged over self_ensemble flips and transposes (default: COLOUR_ENSEMBLE
+    with opponent, else 1)."""
+    from pdr_jax.restore.composite import OpponentPrior, SelfEnsemble
+    from pdr_jax.settings import COLOUR_ENSEMBLE
+
+    if mode == "opponent":
+        if model.img_channels != 1:
+            raise ValueError(
+                f"--colour opponent needs a grayscale --checkpoint; this one has "
+                f"{model.img_channels} channels (use --colour joint)"
+            )
+        model = OpponentPrior(model)
+    elif mode == "joint" and model.img_channels != 3:
+        raise ValueError(
+            "--colour joint needs a colour --checkpoint (e.g. pdr-rgb-default); this one is "
+            "grayscale"
+        )
+    size = self_ensemble or (COLOUR_ENSEMBLE if mode == "opponent" else 1)
+    return SelfEnsemble(model, size) if size > 1 else model
 
 
 def restore_one(path, out_path, models, args, key, std_path=None, preview_path=None):
@@ -90,6 +126,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
     its report. models(checkpoint): the loaded model of a --checkpoint value (cached by the
     caller)."""
     from pdr_jax.restore import (
+        COLOUR_SAMPLER,
         DECONVOLUTION_GUIDANCE,
         GuidanceSettings,
         SamplerSettings,
@@ -97,8 +134,13 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
     )
 
     m = io.read_measurement(path, **{name: getattr(args, name) for name in MEASUREMENT_FLAGS})
-    checkpoint = default_checkpoint(args, m.electrons.shape[-1], m.operator)
+    channels = m.electrons.shape[-1]
+    checkpoint = default_checkpoint(args, channels, m.operator)
     model = models(checkpoint)
+    mode = None  # a conditional model restores what it was trained on
+    if args.method == "prior":
+        mode = colour_mode(args, channels, m.operator, model.img_channels)
+        model = compose(model, mode, args.self_ensemble)
     if m.estimate is not None or args.scale == "auto":
         estimate = m.estimate or {}
         print(
@@ -120,7 +162,10 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
             kappa=args.kappa,
         ),
         sampler=dataclasses.replace(
-            SamplerSettings(), num_steps=args.steps, start=args.start, solver=args.solver
+            COLOUR_SAMPLER if mode == "opponent" else SamplerSettings(),
+            num_steps=args.steps,
+            start=args.start,
+            solver=args.solver,
         ),
         tiling_settings=TilingSettings(
             tile=args.tile,
@@ -139,7 +184,9 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         else ""
     ) + (f" --psf {args.psf}" if args.psf else "")
     history = [
-        f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {checkpoint}{flags}",
+        f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {checkpoint}{flags}"
+        + (f" --colour {mode}" if mode else "")
+        + (f" --self-ensemble {model.size}" if hasattr(model, "size") else ""),
         f"--domain {args.domain} --scale {m.scale:g} --read-noise {m.read_noise:g} "
         f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",

@@ -91,8 +91,27 @@ def parse_args(argv=None, doc: str = ""):
         "--checkpoint",
         default=None,
         help="model directory (pdr-convert, a training workdir's model/) or a shipped model's "
-        f"name; default: the shipped model of --method ({DEFAULT_RGB_CHECKPOINT} for 3-channel "
-        f"inputs and mosaics, else {DEFAULT_CHECKPOINT})",
+        f"name; default: the shipped model of --method ({DEFAULT_RGB_CHECKPOINT} for mosaics "
+        f"and --colour joint, else {DEFAULT_CHECKPOINT})",
+    )
+    p.add_argument(
+        "--colour",
+        choices=("auto", "opponent", "joint", "channels"),
+        default="auto",
+        help="how a 3-channel input or a mosaic is restored. opponent: a grayscale prior "
+        "(default pdr-gray-default) on the luminance and two chrominances, as colour BM3D "
+        "does; joint: a colour prior (default pdr-rgb-default) on R, G, B together; channels: "
+        "a grayscale prior on each channel alone. auto (default): opponent for 3-channel "
+        "inputs, joint for mosaics (where opponent lost 3.2-9.0 dB on corpus:val), and what "
+        "--checkpoint's channel count implies",
+    )
+    p.add_argument(
+        "--self-ensemble",
+        type=int,
+        choices=(1, 2, 4, 8),
+        default=None,
+        help="average the denoiser over this many flips and transposes of its input (that many "
+        "times the network calls); default 8 with --colour opponent, else 1",
     )
     p.add_argument("--domain", required=True, choices=DOMAINS)
     p.add_argument(

@@ -7,6 +7,10 @@
                    denoiser at the stabilised noise level, the unbiased inverse: GAT+BM3D with
                    the prior in BM3D's place)
     "pdr-gray"     mode rgb: the grayscale prior restoring each colour channel on its own
+    "pdr-opp"      modes rgb and raw: the grayscale prior on the opponent channels, averaged
+                   over COLOUR_ENSEMBLE flips and transposes, with COLOUR_SAMPLER (pdr-restore's
+                   default for a 3-channel input; "pdr" in these modes is the colour prior,
+                   pdr-restore --colour joint)
     "gat-bm3d"     generalized Anscombe + BM3D + closed-form unbiased inverse (pdr_jax.baselines),
                    per channel
     "gat-cbm3d"    mode rgb: GAT per channel + colour BM3D (opponent colour space) + the inverse
@@ -49,11 +53,15 @@ from pdr_jax.physics.operators import IDENTITY
 from pdr_jax.presets import DEFAULT_CHECKPOINT, DEFAULT_RGB_CHECKPOINT  # the shipped models
 from pdr_jax.presets import DEFAULT_CONDITIONAL_CHECKPOINT as DEFAULT_CONDITIONAL
 from pdr_jax.restore import (
+    COLOUR_ENSEMBLE,
+    COLOUR_SAMPLER,
     CONDITIONAL_SETTINGS,
     GuidanceSettings,
+    OpponentPrior,
     Physics,
     Prior,
     SamplerSettings,
+    SelfEnsemble,
     TilingSettings,
     parse_kappa,
     restore,
@@ -174,11 +182,15 @@ def checkpoint_dir(options: MethodOptions) -> str:
     )
 
 
-def restore_pdr(prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings, operator=IDENTITY):
+def restore_pdr(
+    prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings, operator=IDENTITY, wrap=None
+):
     """Restore crops y [N, H, W, C'] electrons, measured through `operator` (one domain, scalar
-    s, r, b) -> x [N, H, W, C], or (x, std) where num_samples > 1 gave a posterior std."""
+    s, r, b) -> x [N, H, W, C], or (x, std) where num_samples > 1 gave a posterior std.
+    wrap(prior): the denoiser made of it (pdr_jax.restore.composite), None: the prior."""
+    prior = dataclasses.replace(prior, conditioned=settings.conditioning)
     result = restore(
-        dataclasses.replace(prior, conditioned=settings.conditioning),
+        prior if wrap is None else wrap(prior),
         y,
         physics=Physics(s, r, b, domain, operator),
         guidance=settings.guidance,
@@ -234,6 +246,36 @@ def gray_per_channel_method(options: MethodOptions) -> Method:
             for c in range(y.shape[-1])
         ]
         return np.concatenate([np.asarray(c) for c in channels], axis=-1)
+
+    return Method(restore_fn, jitted=True)
+
+
+def opponent_method(options: MethodOptions) -> Method:
+    """ "pdr-opp" (modes rgb and raw): the grayscale prior (DEFAULT_CHECKPOINT, or a grayscale
+    --checkpoint) on the opponent channels, self-ensembled, as pdr-restore restores a colour
+    input by default; options.pdr with COLOUR_SAMPLER where its sampler is the default."""
+    if options.mode == "gray":
+        raise MethodUnavailable("pdr-opp restores the colour crops of --mode rgb or raw")
+    checkpoint = options.checkpoint or DEFAULT_CHECKPOINT
+    prior = load_prior(dataclasses.replace(options, checkpoint=checkpoint, mode="gray"))
+    settings = options.pdr
+    if settings.sampler == SamplerSettings():
+        settings = dataclasses.replace(settings, sampler=COLOUR_SAMPLER)
+    wrap = lambda gray: SelfEnsemble(OpponentPrior(gray), COLOUR_ENSEMBLE)
+
+    def restore_fn(y, *, s, r, b, domain, key, operator=IDENTITY):
+        return restore_pdr(
+            prior,
+            y,
+            s=s,
+            r=r,
+            b=b,
+            domain=domain,
+            key=key,
+            settings=settings,
+            operator=operator,
+            wrap=wrap,
+        )
 
     return Method(restore_fn, jitted=True)
 
@@ -402,6 +444,7 @@ METHODS = {
     "conditional": conditional_method,
     "pdr-vst": vst_prior_method,
     "pdr-gray": gray_per_channel_method,
+    "pdr-opp": opponent_method,
     "gat-bm3d": _per_image(baselines.gat_bm3d),
     "gat-cbm3d": _per_image(baselines.gat_cbm3d, modes=("rgb",)),
     "gat-bm3d-menon": _per_image(baselines.gat_bm3d_menon, modes=("raw",)),

@@ -9,6 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import tifffile
+from astropy.io import fits
 from tiny_models import save_tiny_prior, tiny_prior_kwargs
 
 import pdr_jax.io.writers
@@ -615,6 +616,44 @@ def test_a_colour_model_restores_the_channels_together(tmp_path, monkeypatch):
     assert drawn["residual"].shape == (20, 24) and drawn["std"] is None  # one sample: no std
     assert (previews / "rgb.png").stat().st_size > 0
     assert "2 channel(s), but the model restores 3 at a time" in failure["error"]
+
+
+def test_a_grayscale_model_restores_colour_in_opponent_channels_by_default(tmp_path, monkeypatch):
+    """An [H, W, 3] input and a grayscale prior: one restoration of the three channels together
+    through OpponentPrior and an 8-fold SelfEnsemble (--colour auto), the colour sampler's
+    settings, HISTORY naming both; --colour channels restores each channel alone; --colour joint
+    refuses a grayscale model by name."""
+    import pdr_jax.restore
+
+    directory = tmp_path / "gray-model"
+    save_tiny_prior(directory)
+    rng = np.random.default_rng(5)
+    y = rng.poisson(20 * rng.uniform(0.2, 0.8, (16, 16, 3))) + rng.normal(0, 2, (16, 16, 3))
+    np.save(tmp_path / "rgb.npy", y.astype(np.float32))
+    calls = []
+    real = pdr_jax.restore.restore
+    monkeypatch.setattr(
+        pdr_jax.restore,
+        "restore",
+        lambda m, y, **kw: (
+            calls.append((type(m).__name__, y.shape, kw["sampler"])) or real(m, y, **kw)
+        ),
+    )
+    out = tmp_path / "out.fits"
+    argv = [str(tmp_path / "rgb.npy"), "--output", str(out), *_args(str(directory))]
+    assert restore_tool.main(argv) == 0
+    ((name, shape, sampler),) = calls
+    assert name == "SelfEnsemble" and shape == (16, 16, 3)
+    assert sampler.refine_min_noise == pdr_jax.restore.COLOUR_SAMPLER.refine_min_noise
+    history = "".join(fits.getheader(out)["HISTORY"])
+    assert "--colour opponent --self-ensemble 8" in history
+    calls.clear()
+    assert restore_tool.main([*argv, "--colour", "channels"]) == 0
+    assert [(n, s) for n, s, _ in calls] == [("Prior", (16, 16, 1))] * 3
+    report = tmp_path / "r.json"
+    assert restore_tool.main([*argv, "--colour", "joint", "--report", str(report)]) == 1
+    (failure,) = json.loads(report.read_text())["failures"]
+    assert "--colour joint needs a colour --checkpoint" in failure["error"]
 
 
 def test_a_mosaic_with_cfa_writes_rgb_and_wb_needs_a_mosaic(tmp_path):

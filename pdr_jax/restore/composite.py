@@ -1,0 +1,138 @@
+"""Denoisers made of a prior: a colour one from a grayscale prior, and a self-ensemble.
+
+OpponentPrior. Colour BM3D's lesson (Dabov et al. 2007): R, G and B share their structure, so denoise in a
+decorrelated space, luminance L = (R + G + B) / 3 and two chrominances C1 = (R - B) / 2,
+C2 = (R - 2G + B) / 4. The rows of that matrix are orthogonal, so white noise of std sigma in
+every RGB channel is white and independent in each opponent channel, with std sigma times the
+row's norm (1/sqrt(3), 1/sqrt(2), sqrt(6)/4). Luminance carries most of the signal with a third
+of the noise power; the chrominances are smooth and low in contrast. In model space (2u - 1) the
+matrix maps [-1, 1]^3 to [-1, 1]^3 and mid-grey to 0, so each opponent channel is a grayscale
+image of the range the prior was trained on.
+
+`OpponentPrior(gray)` is a `Denoiser` of 3-channel images: its denoiser calls the grayscale
+prior once on a batch of the 3 B opponent channels, each at its own sigma, and maps back.
+Everything of `restore` works with it as with a colour prior: the variance-stabilised start
+(the GAT channels denoised together), the guided sampler, tiling, a Bayer mosaic's operator.
+
+SelfEnsemble. A denoiser's error is partly its own and not the image's: averaging its outputs
+over the 8 flips and transposes of its input (the dihedral group of the square; Timofte et al.
+2016, "seven ways") keeps the signal and averages down that part, at 8 times the network calls.
+The transposed group differs in shape for a non-square image, so the 8 run as two mapped calls
+(lax.map: one network trace each, the memory of one call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+OPPONENT = np.array([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 0, -1 / 2], [1 / 4, -1 / 2, 1 / 4]], np.float32)
+NOISE_GAIN = np.linalg.norm(OPPONENT, axis=1).astype(np.float32)  # std per unit RGB noise std
+
+
+def to_opponent(x):
+    """[..., 3] RGB (model or unit space) -> [..., 3] L, C1, C2."""
+    return x @ jnp.asarray(OPPONENT.T)
+
+
+def from_opponent(o):
+    """The inverse of to_opponent."""
+    return o @ jnp.asarray(np.linalg.inv(OPPONENT).T.astype(np.float32))
+
+
+def _denoise(gray_fn, x, sigma):
+    """D_rgb(x [B, H, W, 3], sigma scalar | [B]) through gray_fn(o [3 B, H, W, 1], sigma [3 B])."""
+    batch = x.shape[0]
+    sigma = jnp.broadcast_to(jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1,)), (batch,))
+    planes = einops.rearrange(to_opponent(x), "b h w c -> (c b) h w 1")
+    sigmas = einops.rearrange(sigma[None, :] * jnp.asarray(NOISE_GAIN)[:, None], "c b -> (c b)")
+    denoised = gray_fn(planes, sigmas)
+    return from_opponent(einops.rearrange(denoised, "(c b) h w 1 -> b h w c", c=3))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OpponentPrior:
+    """A grayscale `Denoiser` (e.g. restoration.Prior of pdr-gray-default) as a 3-channel one."""
+
+    gray: object
+
+    def __post_init__(self):
+        if self.gray.img_channels != 1:
+            raise ValueError(
+                f"OpponentPrior needs a grayscale prior, got one of {self.gray.img_channels} "
+                "channels"
+            )
+
+    img_channels = 3
+    img_resolution = property(lambda self: self.gray.img_resolution)
+    downsampling = property(lambda self: self.gray.downsampling)
+    model_channels = property(lambda self: self.gray.model_channels)
+
+    def sampler_args(self, physics, rows: int) -> dict:
+        args = dict(self.gray.sampler_args(physics, 3 * rows))
+        args["denoise_fn"] = Partial(_denoise, args["denoise_fn"])
+        return args
+
+    def conditioning_image(self, y, physics):
+        """None: a prior sees only x."""
+        del y, physics
+
+
+ENSEMBLE_SIZES = (1, 2, 4, 8)  # identity; + the left-right flip; + up-down flips; + transposes
+
+
+def _flip(x, k: int):
+    """Flip [B, H, W, C] left-right (bit 0 of k) and up-down (bit 1); its own inverse."""
+    if k & 1:
+        x = x[:, :, ::-1]
+    if k & 2:
+        x = x[:, ::-1]
+    return x
+
+
+def _ensemble(fn, x, sigma, *, size: int):
+    """The mean of g^-1(fn(g(x), sigma)) over the first `size` transforms g."""
+    total = 0.0
+    for transpose in (False, True)[: 2 if size == 8 else 1]:
+        base = jnp.swapaxes(x, 1, 2) if transpose else x
+        flips = range(min(size, 4))
+        denoised = jax.lax.map(lambda g: fn(g, sigma), jnp.stack([_flip(base, k) for k in flips]))
+        part = sum(_flip(denoised[k], k) for k in flips)
+        total = total + (jnp.swapaxes(part, 1, 2) if transpose else part)
+    return total / size
+
+
+# One function object per size (static in a Partial: jit caches stay valid across calls).
+_ENSEMBLES = {size: functools.partial(_ensemble, size=size) for size in ENSEMBLE_SIZES}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SelfEnsemble:
+    """Any `Denoiser` averaged over `size` flips and transposes of its input (ENSEMBLE_SIZES)."""
+
+    prior: object
+    size: int = 8
+
+    def __post_init__(self):
+        if self.size not in ENSEMBLE_SIZES:
+            raise ValueError(f"self-ensemble size must be one of {ENSEMBLE_SIZES}, got {self.size}")
+
+    img_channels = property(lambda self: self.prior.img_channels)
+    img_resolution = property(lambda self: self.prior.img_resolution)
+    downsampling = property(lambda self: self.prior.downsampling)
+    model_channels = property(lambda self: self.prior.model_channels)
+
+    def sampler_args(self, physics, rows: int) -> dict:
+        args = dict(self.prior.sampler_args(physics, rows))
+        if self.size > 1:
+            args["denoise_fn"] = Partial(_ENSEMBLES[self.size], args["denoise_fn"])
+        return args
+
+    def conditioning_image(self, y, physics):
+        return self.prior.conditioning_image(y, physics)

@@ -1,0 +1,161 @@
+"""pdr_jax.restore.composite: the opponent-colour denoiser made of a grayscale prior, and the
+self-ensemble over flips and transposes.
+
+The grayscale prior here is per pixel z ~ N(0, TAU^2) (model space), whose exact denoiser is
+the shrinkage TAU^2 / (TAU^2 + sigma^2) z. A colour image whose opponent channels are each such
+a prior, x = M^-1 o with o ~ N(0, TAU^2 I), has the RGB covariance C = TAU^2 M^-1 M^-T, and its
+exact denoiser is C (C + sigma^2 I)^-1 x, computed here in RGB without the opponent transform:
+OpponentPrior must equal it, which holds only if every opponent channel is denoised at sigma
+times its row's norm.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.tree_util import Partial
+
+from pdr_jax.physics import noise
+from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, restore
+from pdr_jax.restore.composite import (
+    NOISE_GAIN,
+    OPPONENT,
+    OpponentPrior,
+    SelfEnsemble,
+    from_opponent,
+    to_opponent,
+)
+
+TAU = 0.1
+
+
+def _shrink(x, sigma):
+    sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1, 1, 1, 1))
+    return TAU**2 / (TAU**2 + sigma**2) * x
+
+
+class PixelPrior:
+    """The per-pixel Gaussian prior's exact denoiser as a Denoiser of `channels` channels."""
+
+    img_resolution, downsampling, model_channels = 16, 1, 1
+
+    def __init__(self, channels=1, fn=_shrink):
+        self.img_channels, self.fn = channels, fn
+
+    def sampler_args(self, physics, rows):
+        del physics, rows
+        fn = self.fn
+        return {
+            "denoise_fn": Partial(fn),
+            "sigma_min": 0.002,
+            "sigma_max": 80.0,
+            "round_sigma": None,
+        }
+
+    def conditioning_image(self, y, physics):
+        del y, physics
+
+
+def test_opponent_rows_are_orthogonal_so_white_noise_stays_white():
+    """Cov(M n) = M M^T for white n: diagonal, with the rows' squared norms (NOISE_GAIN^2)."""
+    np.testing.assert_allclose(OPPONENT @ OPPONENT.T, np.diag(NOISE_GAIN**2), atol=1e-7)
+    x = jax.random.uniform(jax.random.key(0), (2, 5, 7, 3))
+    np.testing.assert_allclose(from_opponent(to_opponent(x)), x, atol=1e-6)
+    # Mid-grey maps to 0 and the model range [-1, 1] of every channel stays within [-1, 1].
+    corners = np.array(np.meshgrid(*[[-1.0, 1.0]] * 3)).reshape(3, -1).T
+    assert np.abs(to_opponent(jnp.asarray(corners, jnp.float32))).max() <= 1 + 1e-6
+
+
+def test_opponent_prior_is_the_exact_denoiser_of_its_colour_prior():
+    """Against C (C + sigma^2 I)^-1 x in RGB, for a batch of images at different sigmas."""
+    x = jax.random.normal(jax.random.key(1), (3, 4, 6, 3))
+    sigma = jnp.asarray([0.05, 0.4, 2.0])
+    denoise = OpponentPrior(PixelPrior()).sampler_args(Physics(10.0, 1.0), 3)["denoise_fn"]
+    inverse = np.linalg.inv(OPPONENT.astype(np.float64))
+    cov = TAU**2 * inverse @ inverse.T
+    expected = [
+        np.asarray(x[i], np.float64) @ (cov @ np.linalg.inv(cov + float(s) ** 2 * np.eye(3))).T
+        for i, s in enumerate(sigma)
+    ]
+    np.testing.assert_allclose(denoise(x, sigma), np.stack(expected), rtol=1e-4, atol=1e-6)
+    # A scalar sigma is every image's.
+    np.testing.assert_allclose(denoise(x, 0.4)[1], expected[1], rtol=1e-4, atol=1e-6)
+
+
+def test_opponent_prior_needs_a_grayscale_prior():
+    with pytest.raises(ValueError, match="grayscale prior, got one of 3 channels"):
+        OpponentPrior(PixelPrior(channels=3))
+
+
+def _lopsided(x, sigma):
+    """Not equivariant to any flip or transpose: a cumulative sum down and a ramp across."""
+    ramp = jnp.linspace(0.5, 1.5, x.shape[2])[None, None, :, None]
+    return jnp.cumsum(x, axis=1) * ramp + sigma
+
+
+def _group(x):
+    """The 8 transforms of the square on x [H, W, C] as (forward, inverse) pairs (numpy)."""
+    out = []
+    for k in range(4):
+        for flip in (False, True):
+
+            def forward(v, k=k, flip=flip):
+                v = np.rot90(v, k)
+                return v[:, ::-1] if flip else v
+
+            def inverse(v, k=k, flip=flip):
+                return np.rot90(v[:, ::-1] if flip else v, -k)
+
+            out.append((forward, inverse))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 6, 3), (1, 4, 10, 1)])
+def test_self_ensemble_is_the_mean_over_the_flips_and_transposes(shape):
+    x = np.asarray(jax.random.normal(jax.random.key(2), shape))
+    sigma = 0.25
+    ensemble = SelfEnsemble(PixelPrior(shape[-1], _lopsided), 8)
+    denoise = jax.jit(lambda fn, v: fn(v, sigma))
+    got = denoise(ensemble.sampler_args(Physics(10.0, 1.0), shape[0])["denoise_fn"], x)
+    expected = [
+        np.mean(
+            [inv(np.asarray(_lopsided(fwd(image)[None], sigma))[0]) for fwd, inv in _group(image)],
+            axis=0,
+        )
+        for image in x
+    ]
+    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-5, atol=1e-5)
+    # Two transforms: the image and its left-right mirror.
+    two = SelfEnsemble(PixelPrior(shape[-1], _lopsided), 2).sampler_args(None, 1)["denoise_fn"]
+    mirror = np.asarray(_lopsided(x[:, :, ::-1], sigma))[:, :, ::-1]
+    np.testing.assert_allclose(two(x, sigma), (_lopsided(x, sigma) + mirror) / 2, rtol=1e-5)
+    # An equivariant denoiser is unchanged by it.
+    same = SelfEnsemble(PixelPrior(shape[-1]), 8).sampler_args(None, 1)["denoise_fn"]
+    np.testing.assert_allclose(same(x, sigma), _shrink(x, sigma), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one of"):
+        SelfEnsemble(PixelPrior(), 3)
+
+
+def test_restore_with_the_opponent_prior_of_colour_images():
+    """The exact prior of the truth, measured at s = 100, restored from noise with x0 guidance:
+    the MSE is near the posterior mean's (theory: 0.6 of the noisy estimate's; measured 0.66;
+    bound 0.8), and the self-ensemble of this equivariant prior restores the same image."""
+    inverse = np.linalg.inv(OPPONENT)
+    opponent = np.asarray(jax.random.normal(jax.random.key(3), (16, 16, 3))) * TAU
+    x_true = np.clip((opponent @ inverse.T + 1) / 2, 0, 1).astype(np.float32)
+    s, r = 100.0, 2.0
+    y = np.asarray(noise.simulate(jax.random.key(4), x_true, s, r, 0.0))
+    images = [
+        restore(
+            prior,
+            y,
+            physics=Physics(s, r),
+            guidance=GuidanceSettings(schedule="isotropic", grad_clip=10.0),
+            sampler=SamplerSettings(start="noise", solver="heun", num_steps=18, latent_scale=0.0),
+            tiling_settings=None,
+        ).image
+        for prior in (OpponentPrior(PixelPrior()), SelfEnsemble(OpponentPrior(PixelPrior()), 8))
+    ]
+    assert images[0].shape == (16, 16, 3)
+    assert np.mean((images[0] - x_true) ** 2) < 0.8 * np.mean((y / s - x_true) ** 2)
+    np.testing.assert_allclose(images[1], images[0], atol=1e-5)
