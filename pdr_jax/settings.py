@@ -147,7 +147,7 @@ DECONVOLUTION_GUIDANCE = GuidanceSettings(mode="prox")
 # prior on the opponent channels (pdr_jax.restore.composite.OpponentPrior), averaged over the 8
 # flips and transposes (COLOUR_ENSEMBLE), refined by the sampler only where the noise is higher
 # than for gray. On corpus:val (8 colour crops, one-call estimates) this was within 0.06 dB of
-# colour BM3D or above it in every cell, and 0.2-1.4 dB above the trained colour prior
+# colour BM3D or above it in every cell, and 0.5-1.3 dB above the trained colour prior
 # (docs/tuning.md, "Colour").
 COLOUR_ENSEMBLE = 8
 COLOUR_SAMPLER = SamplerSettings(refine_min_noise=0.55)
