@@ -150,6 +150,25 @@ def test_a_sampling_method_scores_its_posterior_std():
     assert astronomy and all(r["sources_false"] is not None for r in astronomy)
 
 
+def test_total_flux_is_scored_in_units_of_its_own_uncertainty_and_weighted_by_flux():
+    """flux_z of x_hat = 1.02 x is 0.02 sum(x) s / sqrt(sum(s x + b + r^2)) (closed form); a
+    cell's flux_error is sum(flux_hat) / sum(flux_true) - 1, so a nearly black crop with +100 %
+    moves it by its share of the flux, not by 100 % / crops."""
+    (image,) = benchmark.load_clean_images(crop=16, per_domain=1)[:1]
+    (case,) = benchmark.make_cases([image], [40.0], read_noise=3.0, background=2.0)
+    row = benchmark.score(case, 1.02 * image.clean)
+    x = image.clean.astype(np.float64)
+    expected = 0.02 * x.sum() * 40.0 / np.sqrt(np.sum(40.0 * x + 2.0 + 9.0))
+    assert row["flux_z"] == pytest.approx(expected, rel=1e-4)
+    assert row["flux_hat"] / row["flux_true"] == pytest.approx(1.02, rel=1e-5)
+    rows = [
+        {"method": "m", "domain": "d", "scale": 1.0, "flux_true": 99.0, "flux_hat": 99.0},
+        {"method": "m", "domain": "d", "scale": 1.0, "flux_true": 1.0, "flux_hat": 2.0},
+    ]
+    (cell,) = report.summarise(rows)
+    assert cell["flux_error"] == pytest.approx(0.01) and cell["flux_true"] == 100.0
+
+
 def test_recommend_resolution():
     summary = [
         {"resolution": 32, "psnr": 24.0, "seconds": 1.0, "memory_mb": 100.0},

@@ -53,6 +53,9 @@ METRICS = (
     "poisson_deviance",
     "whiteness",
     "relative_bias",
+    "flux_true",
+    "flux_hat",
+    "flux_z",
     "frc_px",
     "sources_true",
     "sources_false",
@@ -225,7 +228,12 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
     of the measurement y against A(x_hat); relative bias); in
     POINT_SOURCE_DOMAINS the point sources of the clean crop and the restoration's false and
     missed ones, and the aperture photometry of the true ones (relative flux error: median
-    bias and robust scatter; pdr_jax.evaluation.sources), None elsewhere; with a posterior std (a
+    bias and robust scatter; pdr_jax.evaluation.sources), None elsewhere; the total flux: the
+    sums of the clean crop and of x_hat (flux_true, flux_hat: report.summarise adds them over a
+    cell, so that a cell's flux error is flux-weighted, not a mean of ratios over crops of a
+    few hundredths' mean) and flux_z, the error of x_hat's total in units of the measurement's
+    own uncertainty of it, sqrt(sum(s A x + b + r^2)) / s (the standard deviation of
+    sum(y - b) / s: |flux_z| of a few is what the counts allow); with a posterior std (a
     sampling method's per-pixel std over its samples) its mean and the fractions of pixels
     whose error lies within 1 and 2 std (calibrated: 0.683, 0.954), None without.
     """
@@ -236,6 +244,9 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
     measured = measure(case.operator, x_hat[None])[0]
     residuals = metrics.normalized_residuals(case.y, measured, case.s, case.r, case.b)
     physics = (case.y, measured, case.s, case.r, case.b)
+    flux_true, flux_hat = float(np.sum(clean)), float(np.sum(x_hat))
+    clean_measured = measure(case.operator, clean[None])[0]
+    flux_std = np.sqrt(np.sum(case.s * clean_measured + case.b + case.r**2)) / case.s
     point_sources = dict.fromkeys(("true", "false", "missed"))
     stars = dict.fromkeys(("bias", "scatter"))
     if case.image.domain in POINT_SOURCE_DOMAINS:
@@ -250,6 +261,9 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
         "poisson_deviance": float(metrics.poisson_deviance(*physics)),
         "whiteness": float(metrics.whiteness(residuals)),
         "relative_bias": float(metrics.relative_bias(x_hat, clean)),
+        "flux_true": flux_true,
+        "flux_hat": flux_hat,
+        "flux_z": float((flux_hat - flux_true) / flux_std),
         "frc_px": metrics.frc_resolution(*metrics.fourier_ring_correlation(x_hat, clean)),
         **{f"sources_{key}": value for key, value in point_sources.items()},
         **{f"photometry_{key}": value for key, value in stars.items()},

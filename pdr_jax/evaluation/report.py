@@ -2,7 +2,9 @@
 
 A row is a dict with method, domain, image, scale, read_noise, background, the metrics of
 `benchmark.METRICS` and seconds. A cell is one (method, domain, scale): `summarise` averages
-its rows (FRC resolution: the median, since a curve that starts below 1/7 gives inf).
+its rows (FRC resolution: the median, since a curve that starts below 1/7 gives inf; the total
+fluxes are summed, giving the cell's flux-weighted flux_error, and flux_z is the root mean
+square).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pdr_jax.evaluation.benchmark import METRICS
 CELL = ("method", "domain", "scale")
 CASE = ("domain", "image", "scale", "read_noise", "background")  # what one simulated case is
 ROW_FIELDS = ("method", *CASE, *METRICS, "seconds")
-SUMMARY_FIELDS = (*CELL, "images", "read_noise", "background", *METRICS, "seconds")
+SUMMARY_FIELDS = (*CELL, "images", "read_noise", "background", *METRICS, "flux_error", "seconds")
 DEFAULT_MARGIN = 0.05  # regression: a cell's mean PSNR may drop by 5% of its earlier value
 
 
@@ -72,6 +74,21 @@ def _cells(rows: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
     return cells
 
 
+def _flux(rows: Sequence[Mapping]) -> dict:
+    """The total fluxes of rows summed, flux_error = sum(flux_hat) / sum(flux_true) - 1, and the
+    root mean square of flux_z (None where the rows have none)."""
+    pairs = [(row.get("flux_true"), row.get("flux_hat")) for row in rows]
+    pairs = [(t, h) for t, h in pairs if t is not None and h is not None]
+    zs = [row["flux_z"] for row in rows if row.get("flux_z") is not None]
+    true, hat = (float(sum(v)) for v in zip(*pairs)) if pairs else (None, None)
+    return {
+        "flux_true": true,
+        "flux_hat": hat,
+        "flux_error": hat / true - 1 if pairs and true > 0 else None,
+        "flux_z": float(np.sqrt(np.mean(np.square(zs)))) if zs else None,
+    }
+
+
 def summarise(rows: Sequence[Mapping]) -> list[dict]:
     """Per-image rows -> one row per (method, domain, scale) with the mean metrics, in order."""
     summary = []
@@ -80,6 +97,7 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
         for field in ("read_noise", "background", *METRICS, "seconds"):
             values = [row.get(field) for row in cell]
             entry[field] = _median(values) if field == "frc_px" else finite_mean(values)
+        entry.update(_flux(cell))
         summary.append(entry)
     return summary
 
@@ -145,9 +163,9 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
     lines += ["### Other metrics, mean over domains", ""]
     lines.append(
         "| method | s (e-) | MS-SSIM | Poisson deviance | whiteness | relative bias | "
-        "FRC res. (px) |"
+        "total flux error | flux z (rms) | FRC res. (px) |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for method in methods:
         for scale in scales:
             cells = [by_cell[key] for key in by_cell if key[0] == method and key[2] == scale]
@@ -157,9 +175,11 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
             ms_ssim, deviance, whiteness, bias, frc = (
                 finite_mean(c[field] for c in cells) for field in fields
             )
+            flux = _flux(cells)  # over the domains' cells
             lines.append(
                 f"| {method} | {scale:g} | {_number(ms_ssim, 3)} | {_number(deviance, 2)} | "
-                f"{_number(whiteness, 3)} | {_number(bias, 3)} | {_number(frc, 1)} |"
+                f"{_number(whiteness, 3)} | {_number(bias, 3)} | {_number(flux['flux_error'], 4)} "
+                f"| {_number(flux['flux_z'], 2)} | {_number(frc, 1)} |"
             )
     sources_text = lambda cell: " / ".join(
         _number(cell[f"sources_{k}"], 1) for k in ("true", "false", "missed")
