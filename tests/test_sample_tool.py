@@ -73,9 +73,9 @@ def test_samples_from_a_model_directory(tiny_model, tmp_path, capsys):
     np.testing.assert_allclose(np.load(sharded / "samples.npz")["images"][:5], images, atol=1e-5)
 
 
-def test_samples_from_a_training_checkpoint(tiny_model, tmp_path):
+def test_samples_from_a_training_checkpoint(tiny_model, tmp_path, capsys):
     """A training workdir (network.json + checkpoints/<step>/state): the EMA parameters are used."""
-    from pdr_jax.train.checkpoint import load_training_run
+    from pdr_jax.train.checkpoint import MANIFEST, load_training_run, write_manifests
     from pdr_jax.train.state import TrainState
 
     net, variables, _ = tiny_model
@@ -95,11 +95,29 @@ def test_samples_from_a_training_checkpoint(tiny_model, tmp_path):
         json.dumps({"format": "pdr_jax-model", "version": 1, "network": network})
     )
     with ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",)) as manager:
-        manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        for step in (4, 8):
+            manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True
+            )
         manager.wait_until_finished()
+    # Step 8 damaged after its manifest was written: the newest intact step (4) is read, and
+    # asking for step 8 by name fails naming the file; the workdir is left as it is.
+    write_manifests(str(workdir / "checkpoints"))
+    damaged = next(
+        p
+        for p in sorted((workdir / "checkpoints" / "8").rglob("*"))
+        if p.is_file() and p.stat().st_size > 16 and p.name != MANIFEST
+    )
+    damaged.write_bytes(b"\0" * damaged.stat().st_size)
     loaded_net, loaded, step = load_training_run(workdir)
     assert step == 4 and loaded_net == net
+    assert "checkpoint step 8:" in capsys.readouterr().err
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded["params"], state.ema_params)
+    with pytest.raises(ValueError, match="differs from its checksum"):
+        load_training_run(workdir, step=8)
+    with pytest.raises(ValueError, match="no checkpoint step 5"):
+        load_training_run(workdir, step=5)
+    assert (workdir / "checkpoints" / "8").is_dir()
     out = tmp_path / "out"
     argv = [str(workdir), str(out), "--num", "2", "--steps", "2", "--labels", "1,0,0,0.5,0.1,0"]
     assert sample_tool.main(argv) == 0

@@ -131,6 +131,12 @@ def _step_problem(step_dir: str) -> str | None:
                 json.load(f)
         except (OSError, ValueError) as e:
             return f"{item} does not parse ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    return _manifest_problem(step_dir)
+
+
+def _manifest_problem(step_dir: str) -> str | None:
+    """A file of the step that differs from its manifest or is missing (None: no manifest,
+    or every file as written)."""
     manifest = os.path.join(step_dir, MANIFEST)
     if os.path.exists(manifest):
         try:
@@ -324,19 +330,39 @@ def export_model(workdir: str, state: TrainState, network_kwargs: dict, kind: st
 
 def load_training_run(workdir, step: int | None = None, ema: bool = True):
     """(net, variables, step) of a training workdir: its network.json's network (of its kind)
-    and the variables of checkpoint `step` (default: the newest), EMA unless ema=False.
+    and the variables of checkpoint `step` (default: the newest intact one), EMA unless
+    ema=False.
 
-    The state is read without a target (the optimizer state's structure depends on the run's
-    config and is not needed); the variables are checked against the network."""
+    A step whose files differ from its checksum manifest or whose state does not load is not
+    used: without `step` the next older one is tried (each skipped step named on stderr; the
+    workdir is left as it is, since reading it must not change a run that may be going on);
+    a given `step` that is damaged raises ValueError naming the file. The state is read without
+    a target (the optimizer state's structure depends on the run's config and is not needed);
+    the variables are checked against the network."""
     directory = pathlib.Path(workdir) / "checkpoints"
     net = model_io.network_of(workdir)
-    if step is None:
-        steps = _step_dirs(str(directory))
-        if not steps:
-            raise ValueError(f"{directory}: no checkpoints")
-        step = steps[-1][0]
-    with ocp.StandardCheckpointer() as checkpointer:
-        state = checkpointer.restore(directory / str(step) / "state")
+    steps = [s for s, _ in _step_dirs(str(directory))]
+    if step is not None and step not in steps:
+        raise ValueError(f"{directory}: no checkpoint step {step} (steps: {steps})")
+    candidates = [step] if step is not None else steps[::-1]
+    if not candidates:
+        raise ValueError(f"{directory}: no checkpoints")
+    problems = []
+    for candidate in candidates:
+        step_dir = directory / str(candidate)
+        problem = _manifest_problem(str(step_dir))
+        if problem is None:
+            try:
+                with ocp.StandardCheckpointer() as checkpointer:
+                    state = checkpointer.restore(step_dir / "state")
+                break
+            except Exception as e:  # noqa: BLE001 - TensorStore, Orbax: any failure to load
+                problem = f"does not load ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        problems.append(f"step {candidate}: {problem}")
+        if step is None:
+            print(f"{directory}: checkpoint {problems[-1]}; trying an older one", file=sys.stderr)
+    else:
+        raise ValueError(f"{directory}: no intact checkpoint ({'; '.join(problems)})")
     variables = {"params": state["ema_params" if ema else "params"], **state["buffers"]}
-    model_io.check_variables(net, variables, str(directory / str(step)))
-    return net, jax.tree_util.tree_map(jnp.asarray, variables), step
+    model_io.check_variables(net, variables, str(step_dir))
+    return net, jax.tree_util.tree_map(jnp.asarray, variables), candidate
