@@ -349,6 +349,16 @@ def write_outputs(out_dir, rows, *, title: str, examples=None) -> list[dict]:
     return summary
 
 
+def display_rgb(values, lo: float, hi: float, encoded: bool = False) -> np.ndarray:
+    """Colour values as shown: rescaled from [lo, hi] to [0, 1], then sRGB-encoded if they are
+    linear light (encoded=False); values that are display-encoded already (8-bit sRGB restored
+    as the intensities they hold) are only rescaled, not encoded a second time."""
+    from pdr_jax.physics.calibration import linear_to_srgb
+
+    unit = np.clip((np.asarray(values, np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    return unit if encoded else linear_to_srgb(unit)
+
+
 def plot_restoration_preview(
     path,
     *,
@@ -357,21 +367,18 @@ def plot_restoration_preview(
     residual: np.ndarray,
     std: np.ndarray | None,
     title: str,
+    encoded: bool = False,
 ) -> None:
     """One restoration at a glance, four labelled panels with colour bars: the noisy measurement
     in clean units ((y - b) / s), the restoration, the residual normalised by the noise model
     ((y - s x - b) / sqrt(s x + b + r^2), about N(0, 1) where the restoration explains the data;
     NaN = masked) and the posterior std (a note when no samples were drawn). Arrays [H, W]; noisy
-    and restored may be colour [H, W, 3] (linear RGB), shown as sRGB on one scale."""
-    from pdr_jax.physics.calibration import linear_to_srgb
-
+    and restored may be colour [H, W, 3], shown as sRGB on one scale (display_rgb)."""
     plt = pyplot()
     lo, hi = np.nanpercentile(restored, [0.5, 99.5])
     hi = hi if hi > lo else lo + 1.0
     if np.ndim(restored) == 3:  # colour: sRGB of both on the restoration's range, no colour bar
-        noisy, restored = (
-            linear_to_srgb((np.asarray(v) - lo) / (hi - lo)) for v in (noisy, restored)
-        )
+        noisy, restored = (display_rgb(v, lo, hi, encoded) for v in (noisy, restored))
         lo, hi = 0.0, 1.0
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.6), constrained_layout=True)
     panels = [

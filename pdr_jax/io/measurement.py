@@ -51,6 +51,9 @@ class Measurement:
     gain: float | str | None  # electrons per ADU (units "adu"; as given for electrons)
     estimate: dict | None  # NoiseEstimate fields (stds, warnings) where anything was estimated
     num_nonfinite: int  # NaN/Inf pixels masked
+    # "srgb": 8-bit values restored as the (sRGB-encoded) intensities they hold, so the restored
+    # image is display-encoded already; "linear": linear light (electrons, RAW, --linearise srgb)
+    encoding: str = "linear"
 
     def physics(self, domain: str) -> Physics:
         """The pdr_jax.restore.Physics of this measurement in `domain`."""
@@ -254,4 +257,9 @@ def read_measurement(
         gain=gain,
         estimate=estimate,
         num_nonfinite=num_nonfinite,
+        encoding=(
+            "srgb"
+            if np.dtype(meta.dtype) == np.uint8 and linearise == "none" and meta.format != "raw"
+            else "linear"
+        ),
     )

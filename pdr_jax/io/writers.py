@@ -205,11 +205,14 @@ def write_image(path, x: np.ndarray, meta=None, history=()) -> None:
         )
 
 
-def write_preview(preview_path, path, y, x, std, mask, physics, chi_square: float) -> None:
+def write_preview(
+    preview_path, path, y, x, std, mask, physics, chi_square: float, encoding: str = "linear"
+) -> None:
     """The preview figure of one restored frame (pdr_jax.evaluation.report): y, mask
-    [H, W, C'] (the measurement of physics.operator), x [H, W, C] (3 channels shown as sRGB),
-    std like x or None; path: the input, named in the title. A mosaic is shown demosaicked
-    (operator.fill), its residual per pixel."""
+    [H, W, C'] (the measurement of physics.operator), x [H, W, C] (3 channels shown as sRGB:
+    encoded from linear light, or as they are for encoding "srgb"), std like x or None; path:
+    the input, named in the title. A mosaic is shown demosaicked (operator.fill), its residual
+    per pixel."""
     from pdr_jax.evaluation.report import plot_restoration_preview
 
     s, r, b = physics.s, physics.r, physics.b
@@ -227,7 +230,13 @@ def write_preview(preview_path, path, y, x, std, mask, physics, chi_square: floa
         f"s = {s:g} e-, r = {r:g} e-, b = {b:g} e-)"
     )
     plot_restoration_preview(
-        preview_path, noisy=noisy, restored=x, residual=residual, std=std, title=title
+        preview_path,
+        noisy=noisy,
+        restored=x,
+        residual=residual,
+        std=std,
+        title=title,
+        encoded=encoding == "srgb",
     )
 
 
@@ -274,6 +283,7 @@ def write_restoration(
             mask=measurement.mask[0, :, :, :measured],
             physics=physics,
             chi_square=restoration.reports[0]["chi_square"],
+            encoding=measurement.encoding,
         )
         writes.append((preview_path, preview))
     write_together(writes)

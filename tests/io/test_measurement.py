@@ -113,3 +113,24 @@ def test_bad_arguments_are_refused_by_name(tmp_path, kwargs, message):
     arguments = {"scale": 10.0, "read_noise": 2.0, **kwargs}
     with pytest.raises(ValueError, match=message):
         io.read_measurement(tmp_path / "y.npy", **arguments)
+
+
+def test_8_bit_values_are_display_encoded_and_shown_without_a_second_encoding(tmp_path):
+    """An 8-bit RGB PNG restored as the intensities it holds is sRGB-encoded already
+    (encoding "srgb"): the preview only rescales it; decoded with linearise="srgb", or stored as
+    float electrons, it is linear light and the preview encodes it."""
+    from PIL import Image
+
+    from pdr_jax.evaluation.report import display_rgb
+    from pdr_jax.physics.calibration import linear_to_srgb
+
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "y.png")
+    np.save(tmp_path / "y.npy", rng.uniform(0, 50, (16, 16, 3)).astype(np.float32))
+    read = lambda name, **kw: io.read_measurement(tmp_path / name, scale=10.0, read_noise=2.0, **kw)
+    assert read("y.png").encoding == "srgb"
+    assert read("y.png", linearise="srgb").encoding == "linear"
+    assert read("y.npy").encoding == "linear"
+    values = np.linspace(0.0, 2.0, 12).reshape(2, 2, 3)
+    np.testing.assert_allclose(display_rgb(values, 0.0, 2.0, encoded=True), values / 2)
+    np.testing.assert_allclose(display_rgb(values, 0.0, 2.0), linear_to_srgb(values / 2))
