@@ -77,7 +77,8 @@ def test_iddpm_u_and_round_sigma_match_edm():
     # the recursion's u_j^2 = prod(ratios) - 1 amplifies by 1 / (2 u_j^2) near u = 0: compare
     # u^2 + 1. Measured 1.4e-6 (numpy AVX-512 or AVX2 sin), 2.5e-6 (SSE); -1/0/+1 ulp at random in
     # each sin^2: <= 6.9e-6 (u itself: 1.5e-3); C_2 = 0.0081 instead of 0.008 gives 2e-4.
-    fresh = np.float64(precond.init_variables(net, jax.random.key(0))["buffers"]["u"])
+    init = jax.jit(lambda key: precond.init_variables(net, key))  # op by op: 2.5x longer
+    fresh = np.float64(init(jax.random.key(0))["buffers"]["u"])
     stored = np.float64(arrays["state/u"])
     np.testing.assert_allclose(fresh**2 + 1, stored**2 + 1, rtol=2e-5, atol=0)
     meta, _ = load_case("iddpm_adm_rgb32")
@@ -131,14 +132,13 @@ def test_scalar_sigma_and_missing_labels_broadcast():
     x = jnp.asarray(nchw_to_nhwc(arrays["x"]))
     sigma = float(arrays["sigma"][1])
     labels = jnp.asarray(arrays["class_labels"])
-    D_scalar = net.apply(variables, x, sigma, labels)
-    D_vector = net.apply(variables, x, jnp.full((x.shape[0],), sigma), labels)
+    apply = jax.jit(net.apply)  # op by op, this 64 px network takes about twice as long
+    D_scalar = apply(variables, x, sigma, labels)
+    D_vector = apply(variables, x, jnp.full((x.shape[0],), sigma), labels)
     np.testing.assert_allclose(D_scalar, D_vector, atol=1e-6)
     # No labels means zero labels, as in EDM.
     np.testing.assert_allclose(
-        net.apply(variables, x, sigma),
-        net.apply(variables, x, sigma, jnp.zeros_like(labels)),
-        atol=1e-6,
+        apply(variables, x, sigma), apply(variables, x, sigma, jnp.zeros_like(labels)), atol=1e-6
     )
     chex.assert_shape(D_scalar, x.shape)
     assert D_scalar.dtype == jnp.float32

@@ -40,15 +40,19 @@ def save_tiny_prior(directory, *, jitter: float = 0.0, **overrides):
     return net, variables
 
 
-def fresh_state(config):
-    """(train state, net) of config.model, freshly initialised (Adam, lr 1e-3)."""
+def _train_state(net, key, resolution):
+    """A fresh train state of `net` (Adam, lr 1e-3), initialised under jit: op by op takes
+    about three times longer (tiny prior: 11 s against 4 s on 2 loaded cores)."""
     from pdr_jax.train.state import create_train_state, make_optimizer
 
+    tx = make_optimizer(1e-3)
+    return jax.jit(lambda k: create_train_state(net, k, tx, resolution=resolution))(key)
+
+
+def fresh_state(config):
+    """(train state, net) of config.model, freshly initialised (Adam, lr 1e-3)."""
     net, _ = model_io.build_network_from_config(config.model)
-    state = create_train_state(
-        net, jax.random.key(5), make_optimizer(1e-3), resolution=net.model.img_resolution
-    )
-    return state, net
+    return _train_state(net, jax.random.key(5), net.model.img_resolution), net
 
 
 def fixed_batch_step(config):
@@ -56,11 +60,10 @@ def fixed_batch_step(config):
     config (the objective's step as the training loop binds it)."""
     import jax.numpy as jnp
 
-    from pdr_jax.train.state import create_train_state, make_optimizer
     from pdr_jax.train.steps import objective_of
 
     net, _ = model_io.build_network_from_config(config.model)
-    state = create_train_state(net, jax.random.key(0), make_optimizer(1e-3), resolution=16)
+    state = _train_state(net, jax.random.key(0), 16)
     batch = {
         "clean": jnp.linspace(0, 1, 8 * 16 * 16).reshape(8, 16, 16, 1),
         "cond": jnp.zeros((8, 6)),
