@@ -233,7 +233,7 @@ def score(case: Case, x_hat: np.ndarray, std: np.ndarray | None = None) -> dict[
     cell, so that a cell's flux error is flux-weighted, not a mean of ratios over crops of a
     few hundredths' mean) and flux_z, the error of x_hat's total in units of the measurement's
     own uncertainty of it, sqrt(sum(s A x + b + r^2)) / s (the standard deviation of
-    sum(y - b) / s: |flux_z| of a few is what the counts allow); with a posterior std (a
+    sum(y - b) / s: an absolute flux_z of a few is what the counts allow); with a posterior std (a
     sampling method's per-pixel std over its samples) its mean and the fractions of pixels
     whose error lies within 1 and 2 std (calibrated: 0.683, 0.954), None without.
     """
