@@ -60,7 +60,8 @@ SCRIPT = textwrap.dedent(
 
 
 def test_auto_single_device_training_and_restoration_equal_xla(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": ""}  # no forced host devices: one CPU device
+    # No forced host devices: one CPU device; the suite's compile flags (tests/conftest.py).
+    env = {**os.environ, "XLA_FLAGS": os.environ["PDR_TESTS_XLA_COMPILE_FLAGS"]}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
         env=env,
