@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from edm_fixtures import load_case, network_from_case
-from tiny_models import tiny_prior
+from tiny_models import tiny_prior, tiny_prior_kwargs
 
-from pdr_jax import model_io
+from pdr_jax import model_io, precond
 from pdr_jax.convert import edm_network_kwargs
 
 
@@ -162,7 +162,8 @@ def test_a_gray_network_adapted_to_rgb_maps_gray_images_as_before(arch):
     gray = jax.tree_util.tree_unflatten(
         tree, [v + 0.05 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)]
     )
-    rgb_net, _ = tiny_prior(arch=arch, img_channels=3)
+    # The RGB and the wider network are only shapes here: built, not initialised.
+    rgb_net = precond.build_network(**tiny_prior_kwargs(arch=arch, img_channels=3))
     rgb = model_io.adapt_image_channels(rgb_net, gray, 1, "test")
     x = jax.random.normal(jax.random.key(2), (2, 16, 16, 1))
     sigma, labels = jnp.array([0.5, 2.0]), jnp.zeros((2, 6))
@@ -172,6 +173,6 @@ def test_a_gray_network_adapted_to_rgb_maps_gray_images_as_before(arch):
     assert float(jnp.abs(want - x).max()) > 0.01  # the network does something to compare
     back = model_io.adapt_image_channels(gray_net, rgb, 3, "test")
     chex.assert_trees_all_close(back, gray, atol=1e-6)
-    wider, _ = tiny_prior(arch=arch, img_channels=3, model_channels=32)
+    wider = precond.build_network(**tiny_prior_kwargs(arch=arch, img_channels=3, model_channels=32))
     with pytest.raises(model_io.ModelFormatError, match="test: variables do not fit"):
         model_io.adapt_image_channels(wider, gray, 1, "test")

@@ -41,6 +41,9 @@ SCRIPT = textwrap.dedent(
         calls_before = plan_calls()
         config = base.get_config("tiny")
         config.stages[0]["kimg"] = 0.032
+        # A loss every step; one validation and one checkpoint, at the end: the checks are
+        # about the convolutions, and 3 more saves per run only cost time.
+        config.train.val_every_kimg = config.checkpoint.every_kimg = 0.032
         workdir = os.path.join(root, mode)
         loop.train(config, workdir)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -60,7 +63,8 @@ SCRIPT = textwrap.dedent(
 
 
 def test_auto_single_device_training_and_restoration_equal_xla(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": ""}  # no forced host devices: one CPU device
+    # No forced host devices: one CPU device; the suite's compile flags (tests/conftest.py).
+    env = {**os.environ, "XLA_FLAGS": os.environ["PDR_TESTS_XLA_COMPILE_FLAGS"]}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
         env=env,

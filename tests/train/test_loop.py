@@ -112,7 +112,8 @@ def test_two_processes_then_one_resumes_equal_to_one_device(one_device_run, tmp_
     env = {
         "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}",
         "JAX_NUM_PROCESSES": "2",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        # The suite's flags (tests/conftest.py); the last device count wins.
+        "XLA_FLAGS": os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2",
     }
     procs = [
         _launch(workdir, "--config.stages[0].kimg=0.016", env={**env, "JAX_PROCESS_ID": str(i)})
