@@ -2,12 +2,13 @@
 
 import importlib.util
 import json
+import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import save_tiny_prior
+from tiny_models import save_tiny_prior, tiny_prior
 
 from pdr_jax.data import transforms
 from pdr_jax.evaluation import benchmark, methods, report, resolution
@@ -201,6 +202,12 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="kappa must be >= 0 or 'auto'"):
             methods.with_field(methods.PdrSettings(), "kappa", kappa)
     assert methods.parse_ablation("start_factor=0.5") == [("start_factor", 0.5)]
+    assert methods.parse_ablation("self_ensemble=2,8") == [
+        ("self_ensemble", 2),
+        ("self_ensemble", 8),
+    ]
+    with pytest.raises(ValueError, match="self_ensemble must be one of"):
+        methods.parse_ablation("self_ensemble=3")
     tuned = methods.with_field(methods.PdrSettings(), "steps", 3)
     assert tuned.sampler.num_steps == 3 and tuned.guidance == methods.PdrSettings().guidance
     ablations = methods.parse_ablation("likelihood=wls,exact") + [("conditioning", False)]
@@ -228,6 +235,35 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
     y = np.full((2, 16, 16, 1), 25.0, np.float32)
     x = built["noisy"].restore(y, s=50.0, r=2.0, b=5.0, domain="photography", key=None)
     np.testing.assert_allclose(x, 0.4)
+
+
+def test_pdr_settings_self_ensemble_wraps_whatever_denoiser_restores(monkeypatch):
+    seen = []
+
+    def fake_restore(denoiser, y, **kwargs):
+        seen.append(denoiser)
+        return types.SimpleNamespace(image=y, std=None)
+
+    monkeypatch.setattr(methods, "restore", fake_restore)
+    prior = methods.Prior(*tiny_prior())
+    for size in (1, 8):
+        settings = methods.PdrSettings(self_ensemble=size)
+        for wrap in (None, methods.OpponentPrior):
+            out = methods.restore_pdr(
+                prior,
+                7,
+                s=1,
+                r=1,
+                b=0,
+                domain="photography",
+                key=None,
+                settings=settings,
+                wrap=wrap,
+            )
+            assert out == 7
+    inner = [getattr(d, "prior", d) for d in seen]
+    assert [getattr(d, "size", 1) for d in seen] == [1, 1, 8, 8]
+    assert [type(d).__name__ for d in inner] == ["Prior", "OpponentPrior"] * 2
 
 
 @pytest.mark.slow

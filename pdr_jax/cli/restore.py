@@ -149,6 +149,14 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
             f"+- {estimate.get('gain_std', 0.0):.2g} (estimated where 'auto')",
             file=sys.stderr,
         )
+    if m.psf_fit is not None:
+        fit = m.psf_fit
+        print(
+            f"  {path.name}: --psf auto: {fit['spec']} (FWHM {fit['fwhm']:.3g} px, "
+            f"beta {fit['beta']:.3g}; interquartile ranges {fit['fwhm_iqr']:.2g} px, "
+            f"{fit['beta_iqr']:.2g}) from {fit['num_stars']} stars",
+            file=sys.stderr,
+        )
     physics = m.physics(args.domain)
     physics_warnings = io.check_measurement(m, physics, args.force)
     restoration = io.restore_measurement(
@@ -182,7 +190,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         f" --cfa {mosaic.pattern} --wb {','.join(f'{1 / g:.4g}' for g in mosaic.gains)}"
         if mosaic.channels_out
         else ""
-    ) + (f" --psf {args.psf}" if args.psf else "")
+    ) + (f" --psf {m.psf_fit['spec'] if m.psf_fit else args.psf}" if args.psf else "")
     history = [
         f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {checkpoint}{flags}"
         + (f" --colour {mode}" if mode else "")

@@ -172,8 +172,9 @@ def parse_args(argv=None, doc: str = ""):
         help="deconvolve as well: the point-spread function, a file (FITS/TIFF/.npy: one 2-D "
         "image at the data's pixel scale, odd sides, centred; normalised to sum 1) or "
         "gaussian:FWHM_PX, moffat:FWHM_PX,BETA, airy:WAVELENGTH_NM,NA,PIXEL_NM (pixel-"
-        "integrated). Images of any size (tiles; the scene gets a margin of the PSF's radius). "
-        "The start and data step for a PSF are not yet tuned (issue 36)",
+        "integrated), or auto: a Moffat fitted to the image's own bright isolated stars "
+        "(astronomy; at least 3). Images of any size (tiles; the scene gets a margin of the "
+        "PSF's radius); the data step is then prox (DECONVOLUTION_GUIDANCE)",
     )
     conditional_sampler = CONDITIONAL_SETTINGS["sampler"]
     p.add_argument(

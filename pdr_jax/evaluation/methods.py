@@ -67,6 +67,7 @@ from pdr_jax.restore import (
     restore,
     tiling,
 )
+from pdr_jax.restore.composite import ENSEMBLE_SIZES
 
 
 class MethodUnavailable(RuntimeError):
@@ -82,6 +83,13 @@ class PdrSettings:
     tiling: TilingSettings | None = None  # None: each batch of crops in one piece
     conditioning: bool = True  # False: the all-zero conditioning vector (unconditional)
     num_samples: int = 1
+    self_ensemble: int = 1  # the denoiser averaged over this many flips and transposes
+
+    def __post_init__(self):
+        if self.self_ensemble not in ENSEMBLE_SIZES:
+            raise ValueError(
+                f"self_ensemble must be one of {ENSEMBLE_SIZES}, got {self.self_ensemble}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +123,7 @@ ABLATION_FIELDS = {
     "deblur_iterations": ("sampler", "deblur_iterations", int),
     "cg_iterations": ("guidance", "cg_iterations", int),
     "num_samples": (None, "num_samples", int),
+    "self_ensemble": (None, "self_ensemble", int),
     "conditioning": (None, "conditioning", lambda v: _BOOLEANS[v.lower()]),
 }
 
@@ -187,10 +196,14 @@ def restore_pdr(
 ):
     """Restore crops y [N, H, W, C'] electrons, measured through `operator` (one domain, scalar
     s, r, b) -> x [N, H, W, C], or (x, std) where num_samples > 1 gave a posterior std.
-    wrap(prior): the denoiser made of it (pdr_jax.restore.composite), None: the prior."""
+    wrap(prior): the denoiser made of it (pdr_jax.restore.composite), None: the prior; then
+    self-ensembled if settings.self_ensemble > 1."""
     prior = dataclasses.replace(prior, conditioned=settings.conditioning)
+    denoiser = prior if wrap is None else wrap(prior)
+    if settings.self_ensemble > 1:
+        denoiser = SelfEnsemble(denoiser, settings.self_ensemble)
     result = restore(
-        prior if wrap is None else wrap(prior),
+        denoiser,
         y,
         physics=Physics(s, r, b, domain, operator),
         guidance=settings.guidance,
@@ -261,7 +274,8 @@ def opponent_method(options: MethodOptions) -> Method:
     settings = options.pdr
     if settings.sampler == SamplerSettings():
         settings = dataclasses.replace(settings, sampler=COLOUR_SAMPLER)
-    wrap = lambda gray: SelfEnsemble(OpponentPrior(gray), COLOUR_ENSEMBLE)
+    if settings.self_ensemble == 1:
+        settings = dataclasses.replace(settings, self_ensemble=COLOUR_ENSEMBLE)
 
     def restore_fn(y, *, s, r, b, domain, key, operator=IDENTITY):
         return restore_pdr(
@@ -274,7 +288,7 @@ def opponent_method(options: MethodOptions) -> Method:
             key=key,
             settings=settings,
             operator=operator,
-            wrap=wrap,
+            wrap=OpponentPrior,
         )
 
     return Method(restore_fn, jitted=True)

@@ -19,6 +19,7 @@ pdr_jax.io.writers; the Python API calls the same functions.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,7 @@ class Measurement:
     # "srgb": 8-bit values restored as the (sRGB-encoded) intensities they hold, so the restored
     # image is display-encoded already; "linear": linear light (electrons, RAW, --linearise srgb)
     encoding: str = "linear"
+    psf_fit: dict | None = None  # --psf auto: pdr_jax.physics.psf.MoffatFit's fields
 
     def physics(self, domain: str) -> Physics:
         """The pdr_jax.restore.Physics of this measurement in `domain`."""
@@ -163,9 +165,11 @@ def read_measurement(
     nonfinite "mask": NaN/Inf pixels leave the likelihood (the prior fills them), "refuse":
     ValueError. linearise "srgb": decode sRGB-encoded integer data to linear light first.
     psf: the point-spread function to deconvolve (`read_psf`: a file or "gaussian:2.5"...),
-    composed after the mosaic's blur for a RAW frame. Raises pdr_jax.io.readers.UnreadableImageError or ValueError naming the file.
+    composed after the mosaic's blur for a RAW frame; "auto": a Moffat fitted to the stars of
+    the first frame (pdr_jax.physics.psf.fit_moffat; the fit is in `psf_fit`). Raises pdr_jax.io.readers.UnreadableImageError or ValueError naming the file.
     """
     from pdr_jax.physics import calibration, noise_estimation, operators
+    from pdr_jax.physics import psf as psfs
 
     path = pathlib.Path(path)
     for name, value in (("s", scale), ("r", read_noise), ("b", background), ("gain", gain)):
@@ -191,7 +195,12 @@ def read_measurement(
     operator = _operator(path, meta, data.shape[-1], cfa, wb)
     mosaic = operator
     planes = (lambda a: a) if mosaic.channels_out is None else (lambda a: _green_planes(a, mosaic))
-    if psf is not None:
+    if psf == psfs.AUTO and mosaic.channels_out is not None:
+        raise ValueError(
+            f"{path}: --psf auto fits the stars of a gray or colour image, not of a mosaic: "
+            "give the PSF (moffat:FWHM_PX,BETA or a file)"
+        )
+    if psf not in (None, psfs.AUTO):
         blur = read_psf(psf)
         operator = blur if operator.channels_out is None else operators.Chain(operator, blur)
     if meta.format == "raw":
@@ -244,6 +253,17 @@ def read_measurement(
     mask = mask * finite
     if scale == "auto":
         scale = noise_estimation.auto_scale(electrons[0, :, :, 0], background)
+    psf_fit = None
+    if psf == psfs.AUTO:  # a Moffat fitted to the first frame's stars (all channels summed)
+        fit = psfs.fit_moffat(
+            electrons[0].sum(axis=-1),
+            read_noise=float(read_noise) * math.sqrt(electrons.shape[-1]),
+            valid=mask[0].min(axis=-1),
+        )
+        operator = operators.Blur.of(
+            psfs.parse(fit.spec), source=f"{fit.spec} (auto, {fit.num_stars} stars)"
+        )
+        psf_fit = dataclasses.asdict(fit) | {"spec": fit.spec}
     return Measurement(
         path=path,
         electrons=electrons,
@@ -257,6 +277,7 @@ def read_measurement(
         gain=gain,
         estimate=estimate,
         num_nonfinite=num_nonfinite,
+        psf_fit=psf_fit,
         encoding=(
             "srgb"
             if np.dtype(meta.dtype) == np.uint8 and linearise == "none" and meta.format != "raw"

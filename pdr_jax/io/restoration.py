@@ -136,6 +136,7 @@ def restoration_report(
         "output": str(output),
         "checkpoint": checkpoint,
         "operator": first["physics"]["operator"],
+        "psf_fit": m.psf_fit,
         "shape": [int(v) for v in m.electrons.shape],
         "chi_square": chi_square,
         # Per channel of the file (a grayscale model's per-channel restorations in order), or

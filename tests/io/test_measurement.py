@@ -106,6 +106,7 @@ def test_an_rgb_tiff_in_electrons_with_auto_scale_keeps_its_resolution(tmp_path)
         ({"gain": -2.0, "units": "adu"}, r"--gain \(gain\) must be a finite number > 0"),
         ({"units": "photons"}, "units must be one of"),
         ({"wb": (2.0, 1.0, 1.5)}, "--wb applies to a mosaic"),
+        ({"cfa": "RGGB", "psf": "auto"}, "--psf auto fits the stars of a gray or colour image"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(tmp_path, kwargs, message):
@@ -134,3 +135,33 @@ def test_8_bit_values_are_display_encoded_and_shown_without_a_second_encoding(tm
     values = np.linspace(0.0, 2.0, 12).reshape(2, 2, 3)
     np.testing.assert_allclose(display_rgb(values, 0.0, 2.0, encoded=True), values / 2)
     np.testing.assert_allclose(display_rgb(values, 0.0, 2.0), linear_to_srgb(values / 2))
+
+
+def test_psf_auto_fits_the_stars_of_the_file_in_electrons(tmp_path):
+    """A FITS star field in ADU (gain 2, black 100) blurred by a Moffat of FWHM 3.5 px: the
+    PSF is fitted after the calibration, as the Blur the restoration deconvolves, and recorded."""
+    from scipy import signal
+
+    from pdr_jax.physics import psf
+
+    rng = np.random.default_rng(5)
+    scene = np.zeros((160, 160))
+    for _ in range(30):
+        scene[rng.integers(8, 152), rng.integers(8, 152)] += rng.uniform(10, 60)
+    blurred = signal.fftconvolve(scene, psf.moffat(3.5, 3.0), mode="same")
+    electrons = rng.poisson(50 * np.clip(blurred, 0, None) + 3) + rng.normal(0, R, blurred.shape)
+    fits.PrimaryHDU((electrons / GAIN + BLACK).astype(np.float32)).writeto(tmp_path / "y.fits")
+    m = io.read_measurement(
+        tmp_path / "y.fits",
+        scale=50.0,
+        read_noise=R,
+        units="adu",
+        gain=GAIN,
+        black_level=BLACK,
+        white_level=1e6,
+        psf="auto",
+    )
+    fit = m.psf_fit
+    assert fit["num_stars"] >= 3 and abs(fit["fwhm"] / 3.5 - 1) < 0.08
+    assert isinstance(m.operator, operators.Blur) and m.operator.source.startswith(fit["spec"])
+    np.testing.assert_allclose(m.operator.array, psf.parse(fit["spec"]))

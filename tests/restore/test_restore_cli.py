@@ -826,7 +826,7 @@ def test_a_psf_deconvolves_an_image_of_any_size_and_keeps_the_fits_header(
     import json
 
     from astropy.io import fits
-    from scipy import ndimage
+    from scipy import ndimage, signal
 
     from pdr_jax.physics import psf
 
@@ -852,6 +852,22 @@ def test_a_psf_deconvolves_an_image_of_any_size_and_keeps_the_fits_header(
         image = json.loads(report.read_text())["images"][0]
         assert image["operator"]["name"] == "Blur" and image["operator"]["psf"] == spec
         assert np.isfinite(image["chi_square"])
+    # --psf auto: four isolated stars of a Moffat of FWHM 3 px; HISTORY and the report carry
+    # the fitted form, so the restoration can be repeated with it.
+    scene = np.zeros((64, 64))
+    scene[16::32, 16::32] = 150.0
+    stars = signal.fftconvolve(scene, psf.moffat(3.0, 2.5), mode="same")
+    y = (rng.poisson(20.0 * stars + 1.0) + rng.normal(0, 2.0, stars.shape)).astype(np.float32)
+    fits.PrimaryHDU(y).writeto(tmp_path / "stars.fits")
+    code = restore_tool.main(
+        [str(tmp_path / "stars.fits"), "--output", str(tmp_path / "s.fits"), "--psf", "auto"]
+        + ["--report", str(report), *_args(tiny_model)]
+    )
+    assert code == 0
+    fit = json.loads(report.read_text())["images"][0]["psf_fit"]
+    assert fit["num_stars"] == 4 and abs(fit["fwhm"] / 3.0 - 1) < 0.1
+    with fits.open(tmp_path / "s.fits") as hdul:
+        assert f"--psf {fit['spec']}" in "".join(str(h) for h in hdul[0].header["HISTORY"])
     np.save(tmp_path / "even.npy", np.ones((4, 4)))
     code = restore_tool.main(
         [str(tmp_path / "y.fits"), "--output", str(tmp_path / "z.fits")]
