@@ -152,6 +152,14 @@ DECONVOLUTION_GUIDANCE = GuidanceSettings(mode="prox")
 COLOUR_ENSEMBLE = 8
 COLOUR_SAMPLER = SamplerSettings(refine_min_noise=0.55)
 
+# How a Bayer mosaic restores by default: luminance from the grayscale prior, chrominance from
+# the colour prior (pdr_jax.restore.composite.LumaChromaPrior), refined by the sampler down to
+# a lower noise level than gray (its data steps demosaick: on corpus:val mosaics refining gained
+# on the crops of noise level >= 0.1 and lost below, docs/tuning.md "Colour").
+MOSAIC_SAMPLER = SamplerSettings(refine_min_noise=0.1)
+# pdr-restore --colour (pdr_jax.restore.composite.colour_denoiser)
+COLOUR_MODES = ("opponent", "luma", "joint", "channels")
+
 
 @dataclasses.dataclass(frozen=True)
 class TilingSettings:

@@ -13,6 +13,7 @@ from tiny_models import save_tiny_prior, tiny_prior
 from pdr_jax.data import transforms
 from pdr_jax.evaluation import benchmark, methods, report, resolution
 from pdr_jax.io import readers
+from pdr_jax.restore import COLOUR_SAMPLER, MOSAIC_SAMPLER, SamplerSettings
 
 evaluate_tool = importlib.import_module("pdr_jax.cli.evaluate")
 
@@ -237,33 +238,50 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
     np.testing.assert_allclose(x, 0.4)
 
 
-def test_pdr_settings_self_ensemble_wraps_whatever_denoiser_restores(monkeypatch):
+def test_restore_pdr_takes_the_colour_mode_defaults_unless_settings_name_others(monkeypatch):
+    """pdr-opp's self-ensemble of 8 and COLOUR_SAMPLER, pdr-lc's MOSAIC_SAMPLER, each replaced
+    by what PdrSettings names (colour_denoiser is the one place they are composed)."""
     seen = []
 
-    def fake_restore(denoiser, y, **kwargs):
-        seen.append(denoiser)
+    def fake_restore(denoiser, y, *, sampler, **kwargs):
+        seen.append((denoiser, sampler))
         return types.SimpleNamespace(image=y, std=None)
 
     monkeypatch.setattr(methods, "restore", fake_restore)
-    prior = methods.Prior(*tiny_prior())
-    for size in (1, 8):
-        settings = methods.PdrSettings(self_ensemble=size)
-        for wrap in (None, methods.OpponentPrior):
-            out = methods.restore_pdr(
-                prior,
-                7,
-                s=1,
-                r=1,
-                b=0,
-                domain="photography",
-                key=None,
-                settings=settings,
-                wrap=wrap,
-            )
-            assert out == 7
-    inner = [getattr(d, "prior", d) for d in seen]
-    assert [getattr(d, "size", 1) for d in seen] == [1, 1, 8, 8]
-    assert [type(d).__name__ for d in inner] == ["Prior", "OpponentPrior"] * 2
+    gray, colour = methods.Prior(*tiny_prior()), methods.Prior(*tiny_prior(img_channels=3))
+    steps = methods.with_field(methods.PdrSettings(), "steps", 2)
+    cases = [
+        (gray, None, methods.PdrSettings(), "Prior", 1, SamplerSettings()),
+        (gray, "opponent", methods.PdrSettings(), "OpponentPrior", 8, COLOUR_SAMPLER),
+        (
+            gray,
+            "opponent",
+            methods.PdrSettings(self_ensemble=2),
+            "OpponentPrior",
+            2,
+            COLOUR_SAMPLER,
+        ),
+        (colour, "luma", methods.PdrSettings(), "LumaChromaPrior", 1, MOSAIC_SAMPLER),
+        (colour, "luma", steps, "LumaChromaPrior", 1, steps.sampler),
+        (gray, None, methods.PdrSettings(self_ensemble=8), "Prior", 8, SamplerSettings()),
+    ]
+    for prior, mode, settings, name, size, sampler in cases:
+        out = methods.restore_pdr(
+            prior,
+            7,
+            s=1,
+            r=1,
+            b=0,
+            domain="photography",
+            key=None,
+            settings=settings,
+            colour=mode,
+            gray=gray,
+        )
+        denoiser, used = seen.pop()
+        assert out == 7 and used == sampler
+        assert getattr(denoiser, "size", 1) == size
+        assert type(getattr(denoiser, "prior", denoiser)).__name__ == name
 
 
 @pytest.mark.slow

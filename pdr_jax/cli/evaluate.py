@@ -63,6 +63,7 @@ from pdr_jax.restore import (
     SamplerSettings,
     parse_kappa,
 )
+from pdr_jax.restore.composite import ENSEMBLE_SIZES
 
 
 def _floats(text: str) -> list[float]:
@@ -151,6 +152,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"guidance strength, or auto (from the mean photon count); default {guidance.kappa}",
     )
     run.add_argument("--no-conditioning", action="store_true", help="zero conditioning vector")
+    run.add_argument(
+        "--self-ensemble",
+        type=int,
+        choices=ENSEMBLE_SIZES,
+        default=None,
+        help="average the pdr methods' denoiser over this many flips and transposes (default: "
+        "8 for pdr-opp, else 1)",
+    )
     run.add_argument(
         "--ablation",
         action="append",
@@ -328,6 +337,7 @@ def main(argv=None) -> int:
         ),
         sampler=dataclasses.replace(defaults.sampler, num_steps=args.steps, start=args.start),
         conditioning=not args.no_conditioning,
+        self_ensemble=args.self_ensemble,
         tiling=methods.TilingSettings(overlap=args.tile_overlap, batch=args.tile_batch),
     )
     ablations = [pair for text in args.ablation for pair in methods.parse_ablation(text)]

@@ -17,7 +17,8 @@ output is linear). A Bayer mosaic (a camera RAW file: .dng/.nef/.cr2/.arw, its C
 black levels and white balance read from it; or a one-channel file with --cfa RGGB|BGGR|GRBG|GBRG
 and --wb R,G,B) is restored and demosaicked in one model, y ~ Poisson(s g[c] x[c] + b) +
 N(0, r^2) per pixel with c its CFA colour and g = 1 / wb: the output is the white-balanced
-linear camera RGB x, [H, W, 3].
+linear camera RGB x, [H, W, 3]. Its denoiser takes the luminance from the grayscale prior and
+the chrominances from the colour prior (--colour luma; --colour joint: the colour prior alone).
 
 OUT: a file for one input, a folder for several; the format follows its extension (.npy, .tif,
 .fits, .png as 16 bit): the restored clean intensity x in [0, 1] float32; --save-electrons also
@@ -79,46 +80,25 @@ def output_paths(files, output: str) -> list[pathlib.Path]:
 
 
 def colour_mode(args, channels: int, operator, model_channels: int | None = None) -> str | None:
-    """How --colour restores this input: "opponent", "joint", "channels", or None for a
-    grayscale input. auto: joint for a mosaic or a colour --checkpoint, else opponent."""
+    """How --colour restores this input (pdr_jax.restore.COLOUR_MODES), or None for a
+    grayscale input. auto: luma for a mosaic, joint with a colour --checkpoint, else opponent."""
     mosaic = operator.channels_in == 3
     if channels != 3 and not mosaic:
         return None
     if args.colour != "auto":
         return args.colour
-    return "joint" if mosaic or model_channels == 3 else "opponent"
+    if mosaic:
+        return "luma"
+    return "joint" if model_channels == 3 else "opponent"
 
 
 def default_checkpoint(args, channels: int, operator) -> str:
-    """--checkpoint, else the shipped model for the data: the colour prior for mosaics and
-    --colour joint, the grayscale one otherwise."""
+    """--checkpoint, else the shipped model for the data: the colour prior for mosaics,
+    --colour luma and joint, the grayscale one otherwise."""
     if args.checkpoint is not None:
         return args.checkpoint
-    joint = colour_mode(args, channels, operator) == "joint"
-    return DEFAULT_RGB_CHECKPOINT if joint else DEFAULT_CHECKPOINT
-
-
-def compose(model, mode: str | None, self_ensemble: int | None):
-    """The denoiser that restores: a grayscale `model` on the opponent channels (mode
-    "opponent"), averaged over self_ensemble flips and transposes (default: COLOUR_ENSEMBLE
-    with opponent, else 1)."""
-    from pdr_jax.restore.composite import OpponentPrior, SelfEnsemble
-    from pdr_jax.settings import COLOUR_ENSEMBLE
-
-    if mode == "opponent":
-        if model.img_channels != 1:
-            raise ValueError(
-                f"--colour opponent needs a grayscale --checkpoint; this one has "
-                f"{model.img_channels} channels (use --colour joint)"
-            )
-        model = OpponentPrior(model)
-    elif mode == "joint" and model.img_channels != 3:
-        raise ValueError(
-            "--colour joint needs a colour --checkpoint (e.g. pdr-rgb-default); this one is "
-            "grayscale"
-        )
-    size = self_ensemble or (COLOUR_ENSEMBLE if mode == "opponent" else 1)
-    return SelfEnsemble(model, size) if size > 1 else model
+    colour = colour_mode(args, channels, operator) in ("luma", "joint")
+    return DEFAULT_RGB_CHECKPOINT if colour else DEFAULT_CHECKPOINT
 
 
 def restore_one(path, out_path, models, args, key, std_path=None, preview_path=None):
@@ -126,21 +106,22 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
     its report. models(checkpoint): the loaded model of a --checkpoint value (cached by the
     caller)."""
     from pdr_jax.restore import (
-        COLOUR_SAMPLER,
         DECONVOLUTION_GUIDANCE,
         GuidanceSettings,
         SamplerSettings,
         TilingSettings,
+        colour_denoiser,
     )
 
     m = io.read_measurement(path, **{name: getattr(args, name) for name in MEASUREMENT_FLAGS})
     channels = m.electrons.shape[-1]
     checkpoint = default_checkpoint(args, channels, m.operator)
     model = models(checkpoint)
-    mode = None  # a conditional model restores what it was trained on
+    mode, sampler = None, SamplerSettings()  # a conditional model restores what it learnt
     if args.method == "prior":
         mode = colour_mode(args, channels, m.operator, model.img_channels)
-        model = compose(model, mode, args.self_ensemble)
+        gray = models(DEFAULT_CHECKPOINT) if mode == "luma" else None
+        model, sampler = colour_denoiser(model, mode, gray=gray, self_ensemble=args.self_ensemble)
     if m.estimate is not None or args.scale == "auto":
         estimate = m.estimate or {}
         print(
@@ -170,7 +151,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
             kappa=args.kappa,
         ),
         sampler=dataclasses.replace(
-            COLOUR_SAMPLER if mode == "opponent" else SamplerSettings(),
+            sampler,
             num_steps=args.steps,
             start=args.start,
             solver=args.solver,
@@ -194,7 +175,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
     history = [
         f"pdr_jax restore of {path.name}: --method {args.method} --checkpoint {checkpoint}{flags}"
         + (f" --colour {mode}" if mode else "")
-        + (f" --self-ensemble {model.size}" if hasattr(model, "size") else ""),
+        + (f" --self-ensemble {getattr(model, 'size', 1)}" if mode else ""),
         f"--domain {args.domain} --scale {m.scale:g} --read-noise {m.read_noise:g} "
         f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",

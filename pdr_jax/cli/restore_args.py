@@ -13,6 +13,7 @@ from pdr_jax.presets import (  # the shipped models, by name (pdr_jax.model_io.r
     DEFAULT_CONDITIONAL_CHECKPOINT,
     DEFAULT_RGB_CHECKPOINT,
 )
+from pdr_jax.settings import COLOUR_MODES
 
 EXAMPLES = (
     "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 "
@@ -91,19 +92,19 @@ def parse_args(argv=None, doc: str = ""):
         "--checkpoint",
         default=None,
         help="model directory (pdr-convert, a training workdir's model/) or a shipped model's "
-        f"name; default: the shipped model of --method ({DEFAULT_RGB_CHECKPOINT} for mosaics "
-        f"and --colour joint, else {DEFAULT_CHECKPOINT})",
+        f"name; default: the shipped model of --method ({DEFAULT_RGB_CHECKPOINT} for mosaics, "
+        f"--colour luma and joint, else {DEFAULT_CHECKPOINT})",
     )
     p.add_argument(
         "--colour",
-        choices=("auto", "opponent", "joint", "channels"),
+        choices=("auto", *COLOUR_MODES),
         default="auto",
         help="how a 3-channel input or a mosaic is restored. opponent: a grayscale prior "
         "(default pdr-gray-default) on the luminance and two chrominances, as colour BM3D "
-        "does; joint: a colour prior (default pdr-rgb-default) on R, G, B together; channels: "
+        "does; luma: the chrominances of a colour prior (default pdr-rgb-default) with the "
+        "luminance of pdr-gray-default; joint: a colour prior on R, G, B together; channels: "
         "a grayscale prior on each channel alone. auto (default): opponent for 3-channel "
-        "inputs, joint for mosaics (where opponent lost 3.2-9.0 dB on corpus:val), and what "
-        "--checkpoint's channel count implies",
+        "inputs, luma for mosaics, joint for a 3-channel input with a colour --checkpoint",
     )
     p.add_argument(
         "--self-ensemble",
@@ -141,8 +142,8 @@ def parse_args(argv=None, doc: str = ""):
         "--cfa",
         choices=CFA_PATTERNS,
         help="the input (one channel) is a Bayer mosaic with this 2x2 pattern from its top-left "
-        "pixel: restored and demosaicked to [H, W, 3] by the colour prior (a camera RAW file "
-        "gives its own)",
+        "pixel: restored and demosaicked to [H, W, 3] (--colour luma; a camera RAW file "
+        "gives its own pattern)",
     )
     p.add_argument(
         "--wb",

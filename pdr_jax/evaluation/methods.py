@@ -11,6 +11,8 @@
                    over COLOUR_ENSEMBLE flips and transposes, with COLOUR_SAMPLER (pdr-restore's
                    default for a 3-channel input; "pdr" in these modes is the colour prior,
                    pdr-restore --colour joint)
+    "pdr-lc"       modes rgb and raw: the colour prior's chrominance, the grayscale prior's
+                   luminance, MOSAIC_SAMPLER (pdr-restore's default for a mosaic)
     "gat-bm3d"     generalized Anscombe + BM3D + closed-form unbiased inverse (pdr_jax.baselines),
                    per channel
     "gat-cbm3d"    mode rgb: GAT per channel + colour BM3D (opponent colour space) + the inverse
@@ -53,16 +55,13 @@ from pdr_jax.physics.operators import IDENTITY
 from pdr_jax.presets import DEFAULT_CHECKPOINT, DEFAULT_RGB_CHECKPOINT  # the shipped models
 from pdr_jax.presets import DEFAULT_CONDITIONAL_CHECKPOINT as DEFAULT_CONDITIONAL
 from pdr_jax.restore import (
-    COLOUR_ENSEMBLE,
-    COLOUR_SAMPLER,
     CONDITIONAL_SETTINGS,
     GuidanceSettings,
-    OpponentPrior,
     Physics,
     Prior,
     SamplerSettings,
-    SelfEnsemble,
     TilingSettings,
+    colour_denoiser,
     parse_kappa,
     restore,
     tiling,
@@ -83,10 +82,12 @@ class PdrSettings:
     tiling: TilingSettings | None = None  # None: each batch of crops in one piece
     conditioning: bool = True  # False: the all-zero conditioning vector (unconditional)
     num_samples: int = 1
-    self_ensemble: int = 1  # the denoiser averaged over this many flips and transposes
+    # The denoiser averaged over this many flips and transposes; None: the colour mode's default
+    # (COLOUR_ENSEMBLE for pdr-opp, else 1).
+    self_ensemble: int | None = None
 
     def __post_init__(self):
-        if self.self_ensemble not in ENSEMBLE_SIZES:
+        if self.self_ensemble not in (None, *ENSEMBLE_SIZES):
             raise ValueError(
                 f"self_ensemble must be one of {ENSEMBLE_SIZES}, got {self.self_ensemble}"
             )
@@ -192,22 +193,36 @@ def checkpoint_dir(options: MethodOptions) -> str:
 
 
 def restore_pdr(
-    prior: Prior, y, *, s, r, b, domain, key, settings: PdrSettings, operator=IDENTITY, wrap=None
+    prior: Prior,
+    y,
+    *,
+    s,
+    r,
+    b,
+    domain,
+    key,
+    settings: PdrSettings,
+    operator=IDENTITY,
+    colour: str | None = None,
+    gray: Prior | None = None,
 ):
     """Restore crops y [N, H, W, C'] electrons, measured through `operator` (one domain, scalar
     s, r, b) -> x [N, H, W, C], or (x, std) where num_samples > 1 gave a posterior std.
-    wrap(prior): the denoiser made of it (pdr_jax.restore.composite), None: the prior; then
-    self-ensembled if settings.self_ensemble > 1."""
+    colour: how the prior restores colour (pdr_jax.restore.colour_denoiser: "opponent" with a
+    grayscale prior, "luma" with a colour prior and the grayscale `gray`); its sampler and
+    self-ensemble are the defaults where settings leaves them at theirs."""
     prior = dataclasses.replace(prior, conditioned=settings.conditioning)
-    denoiser = prior if wrap is None else wrap(prior)
-    if settings.self_ensemble > 1:
-        denoiser = SelfEnsemble(denoiser, settings.self_ensemble)
+    if gray is not None:
+        gray = dataclasses.replace(gray, conditioned=settings.conditioning)
+    denoiser, sampler = colour_denoiser(
+        prior, colour, gray=gray, self_ensemble=settings.self_ensemble
+    )
     result = restore(
         denoiser,
         y,
         physics=Physics(s, r, b, domain, operator),
         guidance=settings.guidance,
-        sampler=settings.sampler,
+        sampler=sampler if settings.sampler == SamplerSettings() else settings.sampler,
         tiling_settings=settings.tiling,
         num_samples=settings.num_samples,
         key=key,
@@ -265,33 +280,45 @@ def gray_per_channel_method(options: MethodOptions) -> Method:
 
 def opponent_method(options: MethodOptions) -> Method:
     """ "pdr-opp" (modes rgb and raw): the grayscale prior (DEFAULT_CHECKPOINT, or a grayscale
-    --checkpoint) on the opponent channels, self-ensembled, as pdr-restore restores a colour
-    input by default; options.pdr with COLOUR_SAMPLER where its sampler is the default."""
+    --checkpoint) on the opponent channels, self-ensembled, with COLOUR_SAMPLER, as
+    pdr-restore restores a colour input by default (colour_denoiser "opponent")."""
     if options.mode == "gray":
         raise MethodUnavailable("pdr-opp restores the colour crops of --mode rgb or raw")
     checkpoint = options.checkpoint or DEFAULT_CHECKPOINT
     prior = load_prior(dataclasses.replace(options, checkpoint=checkpoint, mode="gray"))
-    settings = options.pdr
-    if settings.sampler == SamplerSettings():
-        settings = dataclasses.replace(settings, sampler=COLOUR_SAMPLER)
-    if settings.self_ensemble == 1:
-        settings = dataclasses.replace(settings, self_ensemble=COLOUR_ENSEMBLE)
+    return Method(
+        functools.partial(_restore_colour, prior, "opponent", None, options.pdr), jitted=True
+    )
 
-    def restore_fn(y, *, s, r, b, domain, key, operator=IDENTITY):
-        return restore_pdr(
-            prior,
-            y,
-            s=s,
-            r=r,
-            b=b,
-            domain=domain,
-            key=key,
-            settings=settings,
-            operator=operator,
-            wrap=OpponentPrior,
-        )
 
-    return Method(restore_fn, jitted=True)
+def luma_chroma_method(options: MethodOptions) -> Method:
+    """ "pdr-lc" (modes rgb and raw): the colour prior's chrominance (DEFAULT_RGB_CHECKPOINT,
+    or a colour --checkpoint) with the grayscale prior (DEFAULT_CHECKPOINT) on the luminance,
+    with MOSAIC_SAMPLER, as pdr-restore restores a mosaic by default (colour_denoiser "luma")."""
+    if options.mode == "gray":
+        raise MethodUnavailable("pdr-lc restores the colour crops of --mode rgb or raw")
+    colour = load_prior(options)
+    gray = load_prior(dataclasses.replace(options, checkpoint=DEFAULT_CHECKPOINT, mode="gray"))
+    return Method(
+        functools.partial(_restore_colour, colour, "luma", gray, options.pdr), jitted=True
+    )
+
+
+def _restore_colour(prior, colour, gray, settings, y, *, s, r, b, domain, key, operator=IDENTITY):
+    """restore_pdr in a colour mode (the restore function of pdr-opp and pdr-lc)."""
+    return restore_pdr(
+        prior,
+        y,
+        s=s,
+        r=r,
+        b=b,
+        domain=domain,
+        key=key,
+        settings=settings,
+        operator=operator,
+        colour=colour,
+        gray=gray,
+    )
 
 
 def vst_prior_method(options: MethodOptions) -> Method:
@@ -459,6 +486,7 @@ METHODS = {
     "pdr-vst": vst_prior_method,
     "pdr-gray": gray_per_channel_method,
     "pdr-opp": opponent_method,
+    "pdr-lc": luma_chroma_method,
     "gat-bm3d": _per_image(baselines.gat_bm3d),
     "gat-cbm3d": _per_image(baselines.gat_cbm3d, modes=("rgb",)),
     "gat-bm3d-menon": _per_image(baselines.gat_bm3d_menon, modes=("raw",)),

@@ -2,13 +2,20 @@
 tiling for images of any size (tiling.py), denoisers made of a prior (composite.py: colour from
 a grayscale prior, self-ensembles); the settings records are pdr_jax.settings'."""
 
-from pdr_jax.restore.composite import OpponentPrior, SelfEnsemble
+from pdr_jax.restore.composite import (
+    COLOUR_MODES,
+    LumaChromaPrior,
+    OpponentPrior,
+    SelfEnsemble,
+    colour_denoiser,
+)
 from pdr_jax.restore.restoration import Denoiser, Physics, Prior, Restoration, restore
 from pdr_jax.settings import (
     COLOUR_ENSEMBLE,
     COLOUR_SAMPLER,
     CONDITIONAL_SETTINGS,
     DECONVOLUTION_GUIDANCE,
+    MOSAIC_SAMPLER,
     GuidanceSettings,
     SamplerSettings,
     TilingSettings,
@@ -18,11 +25,14 @@ from pdr_jax.settings import (
 
 __all__ = [
     "COLOUR_ENSEMBLE",
+    "COLOUR_MODES",
     "COLOUR_SAMPLER",
     "CONDITIONAL_SETTINGS",
     "DECONVOLUTION_GUIDANCE",
+    "MOSAIC_SAMPLER",
     "Denoiser",
     "GuidanceSettings",
+    "LumaChromaPrior",
     "OpponentPrior",
     "Physics",
     "Prior",
@@ -31,6 +41,7 @@ __all__ = [
     "SelfEnsemble",
     "TilingSettings",
     "auto_kappa",
+    "colour_denoiser",
     "parse_kappa",
     "restore",
 ]

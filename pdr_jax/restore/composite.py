@@ -14,6 +14,17 @@ prior once on a batch of the 3 B opponent channels, each at its own sigma, and m
 Everything of `restore` works with it as with a colour prior: the variance-stabilised start
 (the GAT channels denoised together), the guided sampler, tiling, a Bayer mosaic's operator.
 
+LumaChromaPrior. A Bayer mosaic measures one colour per pixel: its luminance is measured at
+every pixel, its chrominances at a quarter or half of them. Restoring one, the grayscale prior
+(trained on far more images than the colour one) is the better judge of luminance, while the
+chrominances need a prior that knows colour. `LumaChromaPrior(gray, colour)` denoises x's
+luminance plane with the grayscale prior and takes the two chrominances of the colour prior's
+denoised x. The luminance noise is not x's sigma / sqrt(3) here: the restoration's start
+denoises a demosaicked measurement, whose noise sits almost all in the luminance (Menon 2007 of
+white noise of std 1 has opponent stds 0.91, 0.38, 0.25, against 0.58, 0.71, 0.61 for white
+RGB noise) and which the start calls at Mosaic.start_sigma_factor (1.25) times its sigma: the
+grayscale prior runs at LUMA_GAIN = 0.91 / 1.25 = 0.73 times the sigma it is given.
+
 SelfEnsemble. A denoiser's error is partly its own and not the image's: averaging its outputs
 over the 8 flips and transposes of its input (the dihedral group of the square; Timofte et al.
 2016, "seven ways") keeps the signal and averages down that part, at 8 times the network calls.
@@ -31,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
+
+from pdr_jax.settings import COLOUR_MODES
 
 OPPONENT = np.array([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 0, -1 / 2], [1 / 4, -1 / 2, 1 / 4]], np.float32)
 NOISE_GAIN = np.linalg.norm(OPPONENT, axis=1).astype(np.float32)  # std per unit RGB noise std
@@ -81,6 +94,52 @@ class OpponentPrior:
 
     def conditioning_image(self, y, physics):
         """None: a prior sees only x."""
+        del y, physics
+
+
+LUMA_GAIN = 0.73  # the luminance noise std per unit sigma of LumaChromaPrior's calls
+
+
+def _luma_chroma(gray_fn, colour_fn, gain: float, x, sigma):
+    """D(x [B, H, W, 3], sigma): gray_fn on x's luminance at gain * sigma, colour_fn's
+    chrominances."""
+    sigma = jnp.broadcast_to(jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1,)), x.shape[:1])
+    luma = gray_fn(to_opponent(x)[..., :1], gain * sigma)
+    chroma = to_opponent(colour_fn(x, sigma))[..., 1:]
+    return from_opponent(jnp.concatenate([luma, chroma], axis=-1))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LumaChromaPrior:
+    """A 3-channel `Denoiser`: luminance from a grayscale prior (at `gain` times sigma),
+    chrominance from a colour prior (module docstring)."""
+
+    gray: object
+    colour: object
+    gain: float = LUMA_GAIN
+
+    def __post_init__(self):
+        if (self.gray.img_channels, self.colour.img_channels) != (1, 3):
+            raise ValueError(
+                "LumaChromaPrior needs a grayscale and a colour prior, got priors of "
+                f"{self.gray.img_channels} and {self.colour.img_channels} channels"
+            )
+
+    img_channels = 3
+    img_resolution = property(
+        lambda self: min(self.gray.img_resolution, self.colour.img_resolution)
+    )
+    downsampling = property(lambda self: max(self.gray.downsampling, self.colour.downsampling))
+    model_channels = property(lambda self: self.gray.model_channels + self.colour.model_channels)
+
+    def sampler_args(self, physics, rows: int) -> dict:
+        args = dict(self.colour.sampler_args(physics, rows))
+        gray_fn = self.gray.sampler_args(physics, rows)["denoise_fn"]
+        args["denoise_fn"] = Partial(_luma_chroma, gray_fn, args["denoise_fn"], self.gain)
+        return args
+
+    def conditioning_image(self, y, physics):
+        """None: priors see only x."""
         del y, physics
 
 
@@ -136,3 +195,33 @@ class SelfEnsemble:
 
     def conditioning_image(self, y, physics):
         return self.prior.conditioning_image(y, physics)
+
+
+def colour_denoiser(model, mode: str | None, *, gray=None, self_ensemble: int | None = None):
+    """(denoiser, its default SamplerSettings): how `model` restores a colour image in `mode`.
+
+    "opponent": a grayscale `model` on the opponent channels (COLOUR_SAMPLER, self-ensemble
+    COLOUR_ENSEMBLE); "luma": a colour `model`'s chrominance with the grayscale prior `gray` on
+    the luminance (MOSAIC_SAMPLER); "joint": a colour `model` as it is; "channels" or None
+    (grayscale data, or each channel on its own): `model` as it is. self_ensemble (None: the
+    mode's default) averages the denoiser over that many flips and transposes. Raises
+    ValueError naming the mismatch of a model's channels and the mode."""
+    from pdr_jax.settings import COLOUR_ENSEMBLE, COLOUR_SAMPLER, MOSAIC_SAMPLER, SamplerSettings
+
+    if mode not in (None, *COLOUR_MODES):
+        raise ValueError(f"colour mode must be one of {COLOUR_MODES} or None, got {mode!r}")
+    channels = model.img_channels
+    wanted = {"opponent": 1, "luma": 3, "joint": 3}.get(mode)
+    if wanted is not None and channels != wanted:
+        kind = "a grayscale" if wanted == 1 else "a colour"
+        raise ValueError(
+            f"--colour {mode} needs {kind} model; this one has {channels} channel(s)"
+            + (" (use --colour joint)" if mode == "opponent" else " (e.g. pdr-rgb-default)")
+        )
+    sampler, size = SamplerSettings(), 1
+    if mode == "opponent":
+        model, sampler, size = OpponentPrior(model), COLOUR_SAMPLER, COLOUR_ENSEMBLE
+    elif mode == "luma":
+        model, sampler = LumaChromaPrior(gray, model), MOSAIC_SAMPLER
+    size = self_ensemble or size
+    return (SelfEnsemble(model, size) if size > 1 else model), sampler

@@ -60,11 +60,12 @@ def test_a_fits_mosaic_read_restored_and_written_with_its_header(tmp_path):
     report = io.restoration_report(measurement, restored, checkpoint="colour", output="x.fits")
     assert report["noise"]["gain"] == GAIN and report["shape"] == [1, 24, 32, 1]
 
-    # The command on the same file: the same settings, the same image.
+    # The command on the same file: the same settings (the colour prior alone, --colour
+    # joint), the same image.
     args = restore_tool.parse_args(
         [str(tmp_path / "y.fits"), "--output", str(tmp_path / "cli.fits"), "--units", "adu"]
         + ["--domain", "astronomy", "--scale", str(S), "--read-noise", str(R)]
-        + ["--cfa", "RGGB", "--wb", ",".join(map(str, WB))]
+        + ["--cfa", "RGGB", "--wb", ",".join(map(str, WB)), "--colour", "joint"]
     )
     cli_report = restore_tool.restore_one(
         tmp_path / "y.fits",

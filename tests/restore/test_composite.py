@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from pdr_jax.physics import noise
+from pdr_jax.physics import noise, operators
 from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, restore
 from pdr_jax.restore.composite import (
+    LUMA_GAIN,
     NOISE_GAIN,
     OPPONENT,
+    LumaChromaPrior,
     OpponentPrior,
     SelfEnsemble,
     from_opponent,
@@ -80,6 +82,40 @@ def test_opponent_prior_is_the_exact_denoiser_of_its_colour_prior():
     np.testing.assert_allclose(denoise(x, sigma), np.stack(expected), rtol=1e-4, atol=1e-6)
     # A scalar sigma is every image's.
     np.testing.assert_allclose(denoise(x, 0.4)[1], expected[1], rtol=1e-4, atol=1e-6)
+
+
+def _mix(x, sigma):
+    """A colour denoiser that mixes channels and depends on sigma: anything non-trivial."""
+    sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1, 1, 1, 1))
+    mixing = jnp.asarray([[0.6, 0.2, 0.1], [0.1, 0.7, 0.0], [0.3, 0.1, 0.5]])
+    return (x @ mixing) / (1 + sigma)
+
+
+def test_luma_chroma_takes_the_gray_prior_luminance_and_the_colour_prior_chrominance():
+    x = jax.random.normal(jax.random.key(2), (2, 4, 6, 3))
+    sigma = jnp.asarray([0.1, 0.8])
+    prior = LumaChromaPrior(PixelPrior(), PixelPrior(3, fn=_mix))
+    out = to_opponent(prior.sampler_args(Physics(10.0, 1.0), 2)["denoise_fn"](x, sigma))
+    scaled = LUMA_GAIN * sigma[:, None, None, None]
+    np.testing.assert_allclose(
+        out[..., :1], TAU**2 / (TAU**2 + scaled**2) * to_opponent(x)[..., :1], rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        out[..., 1:], to_opponent(_mix(x, sigma))[..., 1:], rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="a grayscale and a colour prior, got priors of 3 and 1"):
+        LumaChromaPrior(PixelPrior(3), PixelPrior())
+
+
+def test_luma_gain_is_the_luminance_noise_of_a_demosaicked_start():
+    """White noise of std 1 on an RGGB mosaic, demosaicked as the start does (Mosaic.fill):
+    its luminance std over the start's sigma factor is LUMA_GAIN (0.91 / 1.25), not the
+    1/sqrt(3) of white RGB noise; 5 % room for the 128 x 128 draw (its std is within 1 %)."""
+    mosaic = operators.Mosaic("RGGB")
+    white = np.random.default_rng(0).normal(0, 1, (128, 128, 1))
+    luma_std = (mosaic.fill(white) @ OPPONENT[0]).std()
+    assert luma_std / mosaic.start_sigma_factor == pytest.approx(LUMA_GAIN, rel=0.05)
+    assert abs(LUMA_GAIN - NOISE_GAIN[0]) > 0.1
 
 
 def test_opponent_prior_needs_a_grayscale_prior():

@@ -653,15 +653,29 @@ def test_a_grayscale_model_restores_colour_in_opponent_channels_by_default(tmp_p
     report = tmp_path / "r.json"
     assert restore_tool.main([*argv, "--colour", "joint", "--report", str(report)]) == 1
     (failure,) = json.loads(report.read_text())["failures"]
-    assert "--colour joint needs a colour --checkpoint" in failure["error"]
+    assert "--colour joint needs a colour model" in failure["error"]
 
 
-def test_a_mosaic_with_cfa_writes_rgb_and_wb_needs_a_mosaic(tmp_path):
-    """pdr-restore x.npy --cfa RGGB ... writes [H, W, 3] through a 3-channel model, the report
-    naming the operator and giving chi-square per Bayer colour; --wb on a gray input is refused
-    by name (the file is counted as failed)."""
+def test_a_mosaic_with_cfa_writes_rgb_and_wb_needs_a_mosaic(tmp_path, monkeypatch):
+    """pdr-restore x.npy --cfa RGGB ... writes [H, W, 3] through a 3-channel model's
+    chrominance and the grayscale model's luminance (--colour auto: luma, MOSAIC_SAMPLER), the
+    report naming the operator and giving chi-square per Bayer colour, HISTORY the mode; --wb
+    on a gray input is refused by name (the file is counted as failed)."""
+    import pdr_jax.restore
+
     directory = tmp_path / "rgb-model"
     save_tiny_prior(directory, img_channels=3)
+    save_tiny_prior(tmp_path / "gray-model")
+    monkeypatch.setattr(restore_tool, "DEFAULT_CHECKPOINT", str(tmp_path / "gray-model"))
+    calls = []
+    real = pdr_jax.restore.restore
+    monkeypatch.setattr(
+        pdr_jax.restore,
+        "restore",
+        lambda m, y, **kw: (
+            calls.append((type(m).__name__, kw["sampler"].refine_min_noise)) or real(m, y, **kw)
+        ),
+    )
     y, _ = _measurement((20, 24), s=10.0)
     np.save(tmp_path / "mosaic.npy", y)
     report = tmp_path / "r.json"
@@ -675,6 +689,7 @@ def test_a_mosaic_with_cfa_writes_rgb_and_wb_needs_a_mosaic(tmp_path):
     assert image["operator"]["name"] == "Mosaic" and image["operator"]["pattern"] == "RGGB"
     np.testing.assert_allclose(image["operator"]["gains"], (0.5, 1.0, 1 / 1.5), rtol=1e-6)
     assert len(image["chi_square_per_channel"]) == 3
+    assert calls == [("LumaChromaPrior", pdr_jax.restore.MOSAIC_SAMPLER.refine_min_noise)]
     gray = argv[:]
     gray.remove("--cfa"), gray.remove("RGGB")
     assert restore_tool.main(gray) == 1
@@ -689,7 +704,7 @@ def test_a_dng_is_restored_with_its_pattern_black_levels_and_white_balance(tmp_p
     restores it (with tests/colour_prior.py's exact prior in the network's place) to red: the
     mean colour within 0.05 of the truth. A pattern read as RGGB, or one black level for all,
     misses by more than that."""
-    from colour_prior import ColourPrior
+    from colour_prior import ColourPrior, LuminancePrior
     from raw_files import write_tiny_dng
 
     red, wb, gain, s = np.array([0.8, 0.05, 0.05]), (2.0, 1.0, 1.5), 2.0, 400.0
@@ -712,12 +727,11 @@ def test_a_dng_is_restored_with_its_pattern_black_levels_and_white_balance(tmp_p
         + ["--gain", "2", "--domain", "photography", "--scale", "400", "--read-noise", "3"]
         + ["--steps", "3", "--tile", "16", "--overlap", "4"]
     )
+    priors = lambda checkpoint: (
+        LuminancePrior() if checkpoint == restore_tool.DEFAULT_CHECKPOINT else ColourPrior()
+    )
     report = restore_tool.restore_one(
-        tmp_path / "red.dng",
-        tmp_path / "x.npy",
-        lambda checkpoint: ColourPrior(),
-        args,
-        jax.random.key(0),
+        tmp_path / "red.dng", tmp_path / "x.npy", priors, args, jax.random.key(0)
     )
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (32, 48, 3)
@@ -727,11 +741,7 @@ def test_a_dng_is_restored_with_its_pattern_black_levels_and_white_balance(tmp_p
     assert all(0.6 < c < 1.5 for c in report["chi_square_per_channel"])
     args.cfa = "RGGB"  # the file's pattern overridden by a wrong one: not red any more
     restore_tool.restore_one(
-        tmp_path / "red.dng",
-        tmp_path / "y.npy",
-        lambda checkpoint: ColourPrior(),
-        args,
-        jax.random.key(0),
+        tmp_path / "red.dng", tmp_path / "y.npy", priors, args, jax.random.key(0)
     )
     assert np.abs(np.load(tmp_path / "y.npy").mean(axis=(0, 1)) - red).max() > 0.2
 
