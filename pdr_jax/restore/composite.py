@@ -85,7 +85,8 @@ class OpponentPrior:
     img_channels = 3
     img_resolution = property(lambda self: self.gray.img_resolution)
     downsampling = property(lambda self: self.gray.downsampling)
-    model_channels = property(lambda self: self.gray.model_channels)
+    # tiling.choose_tile's memory estimate: the network runs 3 rows per image.
+    model_channels = property(lambda self: 3 * self.gray.model_channels)
 
     def sampler_args(self, physics, rows: int) -> dict:
         args = dict(self.gray.sampler_args(physics, 3 * rows))

@@ -118,9 +118,11 @@ def test_luma_gain_is_the_luminance_noise_of_a_demosaicked_start():
     assert abs(LUMA_GAIN - NOISE_GAIN[0]) > 0.1
 
 
-def test_opponent_prior_needs_a_grayscale_prior():
+def test_opponent_prior_needs_a_grayscale_prior_and_counts_its_three_rows_for_memory():
     with pytest.raises(ValueError, match="grayscale prior, got one of 3 channels"):
         OpponentPrior(PixelPrior(channels=3))
+    # tiling.choose_tile sizes tiles by model_channels: three network rows per image row.
+    assert OpponentPrior(PixelPrior()).model_channels == 3 * PixelPrior().model_channels
 
 
 def _lopsided(x, sigma):
