@@ -16,6 +16,7 @@ from tiny_models import tiny_prior_kwargs
 from pdr_jax import conditional, model_io, schedules
 from pdr_jax.precond import init_variables
 from pdr_jax.restore import Physics, tiling
+from pdr_jax.settings import SOLVERS
 from pdr_jax.train import loss as losses
 
 
@@ -181,7 +182,7 @@ def test_the_conditional_model_denoises_in_sigma_space_with_the_measurement():
     chex.assert_trees_all_close(args["denoise_fn"](x, jnp.float32(sigma), cond), x0, atol=1e-4)
 
 
-@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp"])
+@pytest.mark.parametrize("solver", SOLVERS)
 def test_restore_runs_the_conditional_model_with_every_solver(solver):
     """pdr_jax.restore.restore with CONDITIONAL_SETTINGS: whole images, K = 2 samples and their
     std; the one-call start is refused (the model needs no estimate to start from)."""
