@@ -54,6 +54,21 @@ def _args(model, *extra):
     ]
 
 
+def _spy_on_restore(monkeypatch) -> list:
+    """The (denoiser type name, y shape, sampler settings) of every pdr_jax.restore.restore
+    call pdr-restore makes from now on, in order; the calls still run."""
+    import pdr_jax.restore
+
+    calls, real = [], pdr_jax.restore.restore
+
+    def spy(model, y, **kwargs):
+        calls.append((type(model).__name__, y.shape, kwargs["sampler"]))
+        return real(model, y, **kwargs)
+
+    monkeypatch.setattr(pdr_jax.restore, "restore", spy)
+    return calls
+
+
 def test_odd_sized_measurement_end_to_end(tiny_model, tmp_path):
     y, _ = _measurement((37, 53))
     np.save(tmp_path / "y.npy", y)
@@ -578,8 +593,6 @@ def test_a_colour_model_restores_the_channels_together(tmp_path, monkeypatch):
     """An [H, W, 3] input and a 3-channel prior: one restoration of all three channels per frame
     (a grayscale prior makes three, one per channel), written as [H, W, 3]; a 2-channel input is
     refused by name before restoring."""
-    import pdr_jax.restore
-
     directory = tmp_path / "rgb-model"
     save_tiny_prior(directory, img_channels=3)
     rng = np.random.default_rng(4)
@@ -594,16 +607,12 @@ def test_a_colour_model_restores_the_channels_together(tmp_path, monkeypatch):
         "plot_restoration_preview",
         lambda path, **kw: (drawn.update(kw), plot(path, **kw)),
     )
-    calls = []
-    real = pdr_jax.restore.restore
-    monkeypatch.setattr(
-        pdr_jax.restore, "restore", lambda m, y, **kw: calls.append(y.shape) or real(m, y, **kw)
-    )
+    calls = _spy_on_restore(monkeypatch)
     report, previews = tmp_path / "r.json", tmp_path / "previews"
     argv = ["--output", str(tmp_path / "out"), "--report", str(report), "--preview", str(previews)]
     argv += _args(str(directory))
     code = restore_tool.main([str(tmp_path / "rgb.npy"), str(tmp_path / "two.npy"), *argv])
-    assert code == 1 and calls == [(20, 24, 3)]
+    assert code == 1 and [shape for _, shape, _ in calls] == [(20, 24, 3)]
     restored = tifffile.imread(tmp_path / "out" / "rgb.tif")
     assert restored.shape == (20, 24, 3) and np.all((restored >= 0) & (restored <= 1))
     saved = json.loads(report.read_text())
@@ -630,15 +639,7 @@ def test_a_grayscale_model_restores_colour_in_opponent_channels_by_default(tmp_p
     rng = np.random.default_rng(5)
     y = rng.poisson(20 * rng.uniform(0.2, 0.8, (16, 16, 3))) + rng.normal(0, 2, (16, 16, 3))
     np.save(tmp_path / "rgb.npy", y.astype(np.float32))
-    calls = []
-    real = pdr_jax.restore.restore
-    monkeypatch.setattr(
-        pdr_jax.restore,
-        "restore",
-        lambda m, y, **kw: (
-            calls.append((type(m).__name__, y.shape, kw["sampler"])) or real(m, y, **kw)
-        ),
-    )
+    calls = _spy_on_restore(monkeypatch)
     out = tmp_path / "out.fits"
     argv = [str(tmp_path / "rgb.npy"), "--output", str(out), *_args(str(directory))]
     assert restore_tool.main(argv) == 0
@@ -667,15 +668,7 @@ def test_a_mosaic_with_cfa_writes_rgb_and_wb_needs_a_mosaic(tmp_path, monkeypatc
     save_tiny_prior(directory, img_channels=3)
     save_tiny_prior(tmp_path / "gray-model")
     monkeypatch.setattr(restore_tool, "DEFAULT_CHECKPOINT", str(tmp_path / "gray-model"))
-    calls = []
-    real = pdr_jax.restore.restore
-    monkeypatch.setattr(
-        pdr_jax.restore,
-        "restore",
-        lambda m, y, **kw: (
-            calls.append((type(m).__name__, kw["sampler"].refine_min_noise)) or real(m, y, **kw)
-        ),
-    )
+    calls = _spy_on_restore(monkeypatch)
     y, _ = _measurement((20, 24), s=10.0)
     np.save(tmp_path / "mosaic.npy", y)
     report = tmp_path / "r.json"
@@ -689,7 +682,9 @@ def test_a_mosaic_with_cfa_writes_rgb_and_wb_needs_a_mosaic(tmp_path, monkeypatc
     assert image["operator"]["name"] == "Mosaic" and image["operator"]["pattern"] == "RGGB"
     np.testing.assert_allclose(image["operator"]["gains"], (0.5, 1.0, 1 / 1.5), rtol=1e-6)
     assert len(image["chi_square_per_channel"]) == 3
-    assert calls == [("LumaChromaPrior", pdr_jax.restore.MOSAIC_SAMPLER.refine_min_noise)]
+    ((name, _, sampler),) = calls
+    assert name == "LumaChromaPrior"
+    assert sampler.refine_min_noise == pdr_jax.restore.MOSAIC_SAMPLER.refine_min_noise
     gray = argv[:]
     gray.remove("--cfa"), gray.remove("RGGB")
     assert restore_tool.main(gray) == 1
