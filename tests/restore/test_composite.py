@@ -176,10 +176,11 @@ def test_self_ensemble_is_the_mean_over_the_flips_and_transposes(shape):
 
 def test_restore_with_the_opponent_prior_of_colour_images():
     """The exact prior of the truth, measured at s = 100, restored from noise with x0 guidance:
-    the MSE is near the posterior mean's (theory: 0.6 of the noisy estimate's; measured 0.66;
-    bound 0.8), and the self-ensemble of this equivariant prior restores the same image."""
+    the MSE is near the posterior mean's (theory: 0.6 of the noisy estimate's; measured 0.593
+    on these 32 x 32 x 3 values, whose ratio has a std of about 3 %; bound 0.7), and the
+    self-ensemble of this equivariant prior restores the same image."""
     inverse = np.linalg.inv(OPPONENT)
-    opponent = np.asarray(jax.random.normal(jax.random.key(3), (16, 16, 3))) * TAU
+    opponent = np.asarray(jax.random.normal(jax.random.key(3), (32, 32, 3))) * TAU
     x_true = np.clip((opponent @ inverse.T + 1) / 2, 0, 1).astype(np.float32)
     s, r = 100.0, 2.0
     y = np.asarray(noise.simulate(jax.random.key(4), x_true, s, r, 0.0))
@@ -194,6 +195,7 @@ def test_restore_with_the_opponent_prior_of_colour_images():
         ).image
         for prior in (OpponentPrior(PixelPrior()), SelfEnsemble(OpponentPrior(PixelPrior()), 8))
     ]
-    assert images[0].shape == (16, 16, 3)
-    assert np.mean((images[0] - x_true) ** 2) < 0.8 * np.mean((y / s - x_true) ** 2)
+    assert images[0].shape == (32, 32, 3)
+    ratio = np.mean((images[0] - x_true) ** 2) / np.mean((y / s - x_true) ** 2)
+    assert ratio < 0.7
     np.testing.assert_allclose(images[1], images[0], atol=1e-5)
