@@ -63,7 +63,7 @@ from pdr_jax.restore import (
     SamplerSettings,
     parse_kappa,
 )
-from pdr_jax.restore.composite import ENSEMBLE_SIZES
+from pdr_jax.settings import ENSEMBLE_SIZES
 
 
 def _floats(text: str) -> list[float]:

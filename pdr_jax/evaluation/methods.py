@@ -66,7 +66,7 @@ from pdr_jax.restore import (
     restore,
     tiling,
 )
-from pdr_jax.restore.composite import ENSEMBLE_SIZES
+from pdr_jax.settings import ENSEMBLE_SIZES
 
 
 class MethodUnavailable(RuntimeError):
@@ -121,6 +121,7 @@ ABLATION_FIELDS = {
     "latent_scale": ("sampler", "latent_scale", float),
     "estimate_sigma_factor": ("sampler", "estimate_sigma_factor", float),
     "refine_min_noise": ("sampler", "refine_min_noise", float),
+    "estimate_ensemble": ("sampler", "estimate_ensemble", int),
     "deblur_iterations": ("sampler", "deblur_iterations", int),
     "cg_iterations": ("guidance", "cg_iterations", int),
     "num_samples": (None, "num_samples", int),

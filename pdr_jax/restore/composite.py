@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from pdr_jax.settings import COLOUR_MODES
+from pdr_jax.settings import COLOUR_MODES, ENSEMBLE_SIZES
 
 OPPONENT = np.array([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 0, -1 / 2], [1 / 4, -1 / 2, 1 / 4]], np.float32)
 NOISE_GAIN = np.linalg.norm(OPPONENT, axis=1).astype(np.float32)  # std per unit RGB noise std
@@ -144,9 +144,6 @@ class LumaChromaPrior:
         del y, physics
 
 
-ENSEMBLE_SIZES = (1, 2, 4, 8)  # identity; + the left-right flip; + up-down flips; + transposes
-
-
 def _flip(x, k: int):
     """Flip [B, H, W, C] left-right (bit 0 of k) and up-down (bit 1); its own inverse."""
     if k & 1:
@@ -172,6 +169,11 @@ def _ensemble(fn, x, sigma, *, size: int):
 _ENSEMBLES = {size: functools.partial(_ensemble, size=size) for size in ENSEMBLE_SIZES}
 
 
+def ensembled(denoise_fn, size: int):
+    """denoise_fn (a Partial) averaged over `size` flips and transposes (1: itself)."""
+    return denoise_fn if size == 1 else Partial(_ENSEMBLES[size], denoise_fn)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class SelfEnsemble:
     """Any `Denoiser` averaged over `size` flips and transposes of its input (ENSEMBLE_SIZES)."""
@@ -190,8 +192,7 @@ class SelfEnsemble:
 
     def sampler_args(self, physics, rows: int) -> dict:
         args = dict(self.prior.sampler_args(physics, rows))
-        if self.size > 1:
-            args["denoise_fn"] = Partial(_ENSEMBLES[self.size], args["denoise_fn"])
+        args["denoise_fn"] = ensembled(args["denoise_fn"], self.size)
         return args
 
     def conditioning_image(self, y, physics):

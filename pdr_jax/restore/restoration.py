@@ -51,7 +51,7 @@ from pdr_jax import baselines, cpu, metrics, model_io, samplers
 from pdr_jax.physics import calibration, conditioning, operators
 from pdr_jax.physics import guidance as physics_guidance
 from pdr_jax.physics.noise_estimation import check_parameter
-from pdr_jax.restore import tiling
+from pdr_jax.restore import composite, tiling
 from pdr_jax.settings import (
     GuidanceSettings,
     SamplerSettings,
@@ -281,6 +281,10 @@ def _start(
     )
     if sampler.start == "noise":
         return latents, min(sampler.sigma_max, net_sigma[1]), None, True
+    # Through a PSF the sampler's data steps do the deconvolution: it always runs.
+    refine = sampler.num_steps > 0 and (noise >= sampler.refine_min_noise or not operator.diagonal)
+    if not refine:  # the estimate is the result
+        denoise_fn = composite.ensembled(denoise_fn, sampler.estimate_ensemble)
     estimates, sigmas = zip(
         *(
             _vst_estimate(
@@ -303,19 +307,21 @@ def _start(
         ).clip(0.0, 1.0)
     start_sigma = float(np.clip(sampler.start_factor * 2 * sigma_v, 2 * net_sigma[0], net_sigma[1]))
     x_model = jnp.repeat(jnp.asarray(2 * estimate - 1), num_samples, axis=0)
-    # Through a PSF the sampler's data steps do the deconvolution: it always runs.
-    refine = sampler.num_steps > 0 and (noise >= sampler.refine_min_noise or not operator.diagonal)
     return x_model / start_sigma + latents, start_sigma, estimate, refine
 
 
 # The restoration.
 
 
-def network_calls(sampler: SamplerSettings, refine: bool = True) -> int:
-    """Denoiser calls per tile: the one-call estimate ("vst" start) plus the sampler's steps
-    (Heun 2N - 1, Euler and DPM-Solver++ N) where it refines."""
-    calls = samplers.network_calls(sampler.solver, sampler.num_steps if refine else 0)
-    return calls + (sampler.start == "vst")
+def network_calls(sampler: SamplerSettings, refine: bool = True, draw: bool | None = None) -> int:
+    """Denoiser calls per tile: the one-call estimate ("vst" start; estimate_ensemble calls
+    where it is the result, i.e. not refined) plus the sampler's steps (Heun 2N - 1, Euler and
+    DPM-Solver++ N) where it draws (refines, or samples for a std; default: where it refines)."""
+    draw = refine if draw is None else draw
+    calls = samplers.network_calls(sampler.solver, sampler.num_steps if draw else 0)
+    if sampler.start != "vst":
+        return calls
+    return calls + (1 if refine else sampler.estimate_ensemble)
 
 
 def restore(
@@ -513,7 +519,7 @@ def restore(
         "start_sigma": None if estimate is None else float(sigma_max),
         "noise_level": noise_level(y_b, physics),
         "refined": refine,
-        "network_calls": network_calls(sampler, draw),
+        "network_calls": network_calls(sampler, refine, draw),
         "posterior_std": None if std is None else float(std.mean()),
         "std_from": std_from,
         "tile": None if plan is None else plan.tile,

@@ -199,3 +199,34 @@ def test_restore_with_the_opponent_prior_of_colour_images():
     ratio = np.mean((images[0] - x_true) ** 2) / np.mean((y / s - x_true) ** 2)
     assert ratio < 0.7
     np.testing.assert_allclose(images[1], images[0], atol=1e-5)
+
+
+def _ramp(x, sigma):
+    """A per-pixel denoiser that is not flip-equivariant: it weighs columns 0.5 ... 1."""
+    sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1, 1, 1, 1))
+    return x * jnp.linspace(0.5, 1.0, x.shape[2])[None, None, :, None] / (1 + sigma**2)
+
+
+def test_estimate_ensemble_averages_the_one_call_result_only_where_it_is_the_result():
+    """SamplerSettings(estimate_ensemble=8) restores as SelfEnsemble(prior, 8) where the
+    sampler does not refine (8 network calls counted), and as the plain prior where it does."""
+    y = np.asarray(
+        noise.simulate(jax.random.key(5), np.full((16, 20, 1), 0.5, np.float32), 200.0, 2.0, 0.0)
+    )
+    physics, prior = Physics(200.0, 2.0), PixelPrior(1, _ramp)
+    run = lambda denoiser, **sampler: restore(
+        denoiser,
+        y,
+        physics=physics,
+        sampler=SamplerSettings(**sampler),
+        tiling_settings=None,
+        key=jax.random.key(0),
+    )
+    ensembled = run(prior, estimate_ensemble=8)
+    assert ensembled.report["network_calls"] == 8 and not ensembled.report["refined"]
+    np.testing.assert_allclose(ensembled.image, run(SelfEnsemble(prior, 8)).image, atol=1e-6)
+    assert np.abs(ensembled.image - run(prior).image).max() > 1e-3  # the flips matter here
+    refined = run(prior, estimate_ensemble=8, refine_min_noise=0.0)
+    np.testing.assert_array_equal(refined.image, run(prior, refine_min_noise=0.0).image)
+    with pytest.raises(ValueError, match="estimate_ensemble must be one of"):
+        SamplerSettings(estimate_ensemble=3)
