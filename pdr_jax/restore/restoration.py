@@ -265,14 +265,12 @@ def _start(
     num_samples: int,
     key,
     net_sigma,
-    noise,
     mask_pad,
 ):
-    """(latents [B K, H', W', C], sigma_max, start estimate [B, H', W', C] or None, refine).
+    """(latents [B K, H', W', C], sigma_max, start estimate [B, H', W', C] or None).
 
     y_pad: [B, H', W', C'] measured through `operator` (its phase at the padded origin);
-    channels: C, the prior's. refine: whether the sampler runs (False: the estimate is the
-    result). Through a PSF the one-call estimate is of the blurred image; Richardson-Lucy
+    channels: C, the prior's. Through a PSF the one-call estimate is of the blurred image; Richardson-Lucy
     (sampler.deblur_iterations, from that estimate, mask_pad the data) deblurs it."""
     rows = y_pad.shape[0] * num_samples
     noise_key = jax.random.key(0) if key is None else key
@@ -280,11 +278,7 @@ def _start(
         noise_key, (rows, *y_pad.shape[1:3], channels), jnp.float32
     )
     if sampler.start == "noise":
-        return latents, min(sampler.sigma_max, net_sigma[1]), None, True
-    # Through a PSF the sampler's data steps do the deconvolution: it always runs.
-    refine = sampler.num_steps > 0 and (noise >= sampler.refine_min_noise or not operator.diagonal)
-    if not refine:  # the estimate is the result
-        denoise_fn = composite.ensembled(denoise_fn, sampler.estimate_ensemble)
+        return latents, min(sampler.sigma_max, net_sigma[1]), None
     estimates, sigmas = zip(
         *(
             _vst_estimate(
@@ -307,7 +301,7 @@ def _start(
         ).clip(0.0, 1.0)
     start_sigma = float(np.clip(sampler.start_factor * 2 * sigma_v, 2 * net_sigma[0], net_sigma[1]))
     x_model = jnp.repeat(jnp.asarray(2 * estimate - 1), num_samples, axis=0)
-    return x_model / start_sigma + latents, start_sigma, estimate, refine
+    return x_model / start_sigma + latents, start_sigma, estimate
 
 
 # The restoration.
@@ -381,7 +375,16 @@ def restore(
             "dominated by the prior"
         )
 
-    # The tile plan (a whole image: none) and its denoiser.
+    # Whether the sampler refines the one-call estimate (False: the estimate is the result,
+    # averaged over sampler.estimate_ensemble flips and transposes). Through a PSF the
+    # sampler's data steps do the deconvolution: it always runs.
+    refine = sampler.start == "noise" or (
+        sampler.num_steps > 0
+        and (noise_level(y_b, physics) >= sampler.refine_min_noise or not operator.diagonal)
+    )
+    ensemble = 1 if refine else sampler.estimate_ensemble
+
+    # The tile plan (a whole image: none) and its denoisers.
     batch, height, width, _ = y_canvas.shape
     if tiling_settings is None:
         if height % prior.downsampling or width % prior.downsampling:
@@ -391,7 +394,8 @@ def restore(
             )
         plan, pad, unpad = None, (lambda v: np.asarray(v)), (lambda v: np.asarray(v))
         args = prior.sampler_args(physics, batch * num_samples)
-        denoise_fn, start_fn = args["denoise_fn"], prior.sampler_args(physics, 1)["denoise_fn"]
+        denoise_fn = args["denoise_fn"]
+        start_fn = composite.ensembled(prior.sampler_args(physics, 1)["denoise_fn"], ensemble)
         inside = np.ones((1, height, width, 1), np.float32)
         operator_pad = operator
     else:
@@ -416,7 +420,10 @@ def restore(
         # No more tiles per network call than the plan has: a chunk is padded to its size.
         chunk = min(tiling_settings.batch, plan.num_tiles)
         args = prior.sampler_args(physics, chunk)
-        denoise_fn = start_fn = tiling.tiled_denoiser(args["denoise_fn"], plan, batch=chunk)
+        denoise_fn = tiling.tiled_denoiser(args["denoise_fn"], plan, batch=chunk)
+        start_fn = tiling.tiled_denoiser(
+            composite.ensembled(args["denoise_fn"], ensemble), plan, batch=chunk
+        )
         inside = np.zeros((1, *plan.padded_shape, 1), np.float32)
         inside[:, plan.pad_top : plan.pad_top + height, plan.pad_left : plan.pad_left + width] = 1
         # The padded image's origin is (-pad_top, -pad_left) of the measurement's.
@@ -440,7 +447,7 @@ def restore(
 
     # The start, then the guided sampler.
     prepared = time.perf_counter()
-    latents, sigma_max, estimate, refine = _start(
+    latents, sigma_max, estimate = _start(
         start_fn,
         y_pad,
         physics,
@@ -450,7 +457,6 @@ def restore(
         num_samples,
         key,
         (args["sigma_min"], args["sigma_max"]),
-        noise_level(y_b, physics),
         mask_pad,
     )
     started = time.perf_counter()
