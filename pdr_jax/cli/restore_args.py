@@ -30,6 +30,10 @@ EXAMPLES = (
     "--domain photography --scale auto --preview photo.png",
     "pdr-restore mosaic.npy --cfa RGGB --wb 2.0,1,1.6 --output rgb.npy --domain photography "
     "--scale 10 --read-noise 2",
+    "pdr-restore cells.tif --psf airy:520,1.4,65 --output deconvolved.tif --domain microscopy "
+    "--scale 20 --read-noise 1.5",
+    "pdr-restore field.fits --psf auto --output deconvolved.fits --domain astronomy --scale 50 "
+    "--read-noise 2",
 )
 
 
