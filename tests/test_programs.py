@@ -65,3 +65,14 @@ def test_a_missing_config_is_one_line(tmp_path):
         f"installed configs ({configs.FOLDER}: base.py, conditional.py, corpus.py, progressive.py, rgb.py)"
     ]
     assert not (tmp_path / "w").exists()
+
+
+def test_every_pdr_restore_example_parses():
+    """The examples --help shows are commands the parser accepts as written."""
+    import shlex
+
+    from pdr_jax.cli import restore, restore_args
+
+    for example in restore_args.EXAMPLES:
+        args = restore.parse_args(shlex.split(example)[1:])
+        assert args.output and args.domain, example
