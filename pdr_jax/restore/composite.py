@@ -43,7 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from pdr_jax.settings import COLOUR_MODES, ENSEMBLE_SIZES
+from pdr_jax.settings import (
+    COLOUR_ENSEMBLE,
+    COLOUR_MODES,
+    COLOUR_SAMPLER,
+    ENSEMBLE_SIZES,
+    MOSAIC_SAMPLER,
+    SamplerSettings,
+)
 
 OPPONENT = np.array([[1 / 3, 1 / 3, 1 / 3], [1 / 2, 0, -1 / 2], [1 / 4, -1 / 2, 1 / 4]], np.float32)
 NOISE_GAIN = np.linalg.norm(OPPONENT, axis=1).astype(np.float32)  # std per unit RGB noise std
@@ -208,8 +215,6 @@ def colour_denoiser(model, mode: str | None, *, gray=None, self_ensemble: int | 
     (grayscale data, or each channel on its own): `model` as it is. self_ensemble (None: the
     mode's default) averages the denoiser over that many flips and transposes. Raises
     ValueError naming the mismatch of a model's channels and the mode."""
-    from pdr_jax.settings import COLOUR_ENSEMBLE, COLOUR_SAMPLER, MOSAIC_SAMPLER, SamplerSettings
-
     if mode not in (None, *COLOUR_MODES):
         raise ValueError(f"colour mode must be one of {COLOUR_MODES} or None, got {mode!r}")
     channels = model.img_channels
@@ -224,6 +229,8 @@ def colour_denoiser(model, mode: str | None, *, gray=None, self_ensemble: int | 
     if mode == "opponent":
         model, sampler, size = OpponentPrior(model), COLOUR_SAMPLER, COLOUR_ENSEMBLE
     elif mode == "luma":
+        if gray is None:
+            raise ValueError("--colour luma needs the grayscale prior for the luminance (gray=)")
         model, sampler = LumaChromaPrior(gray, model), MOSAIC_SAMPLER
     size = self_ensemble or size
     return (SelfEnsemble(model, size) if size > 1 else model), sampler
