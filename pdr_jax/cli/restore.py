@@ -30,7 +30,8 @@ Every image is restored at any size through overlapping tiles fused at every sam
 --method prior (default): the diffusion prior with likelihood guidance through
 pdr_jax.restore.restore, whose tuned defaults the flags start from (the one-call
 variance-stabilised estimate, re-noised and refined by EDM Euler steps where the noise is high
-enough; --steps 0: the one-call estimate alone, the fast setting); --num-samples K averages K
+enough, elsewhere the estimate averaged over 8 flips and transposes, --estimate-ensemble;
+--steps 0 --estimate-ensemble 1: the one-call estimate alone, the fast setting); --num-samples K averages K
 samples and --uncertainty writes their per-pixel std. --method conditional: a model conditioned
 on the measurement (pdr_jax/conditional.py, default conditional-gray-default) through the same
 call with pdr_jax.restore.CONDITIONAL_SETTINGS (20 EDM Euler steps from noise, no guidance),
@@ -139,6 +140,13 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
             file=sys.stderr,
         )
     physics = m.physics(args.domain)
+    sampler = dataclasses.replace(
+        sampler,
+        num_steps=args.steps,
+        start=args.start,
+        solver=args.solver,
+        estimate_ensemble=args.estimate_ensemble or sampler.estimate_ensemble,
+    )
     physics_warnings = io.check_measurement(m, physics, args.force)
     restoration = io.restore_measurement(
         model,
@@ -150,12 +158,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
             likelihood=args.likelihood,
             kappa=args.kappa,
         ),
-        sampler=dataclasses.replace(
-            sampler,
-            num_steps=args.steps,
-            start=args.start,
-            solver=args.solver,
-        ),
+        sampler=sampler,
         tiling_settings=TilingSettings(
             tile=args.tile,
             overlap=args.overlap,
@@ -177,7 +180,8 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         + (f" --colour {mode}" if mode else "")
         + (f" --self-ensemble {getattr(model, 'size', 1)}" if mode else ""),
         f"--domain {args.domain} --scale {m.scale:g} --read-noise {m.read_noise:g} "
-        f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples}",
+        f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples} "
+        f"--estimate-ensemble {sampler.estimate_ensemble}",
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
     ]
     # Every output of the file or none: an image counted as failed leaves nothing.

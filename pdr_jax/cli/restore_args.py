@@ -13,7 +13,7 @@ from pdr_jax.presets import (  # the shipped models, by name (pdr_jax.model_io.r
     DEFAULT_CONDITIONAL_CHECKPOINT,
     DEFAULT_RGB_CHECKPOINT,
 )
-from pdr_jax.settings import COLOUR_MODES
+from pdr_jax.settings import COLOUR_MODES, ENSEMBLE_SIZES
 
 EXAMPLES = (
     "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 "
@@ -188,6 +188,16 @@ def parse_args(argv=None, doc: str = ""):
         default=None,
         help=f"sampler steps (default: {sampler.num_steps} after the start; {conditional_sampler.num_steps} "
         "--method conditional)",
+    )
+    p.add_argument(
+        "--estimate-ensemble",
+        type=int,
+        choices=ENSEMBLE_SIZES,
+        default=None,
+        help="where the one-call estimate is the result (low noise, or --steps 0), average it "
+        f"over this many flips and transposes of each tile (default {sampler.estimate_ensemble}; "
+        "a colour input's opponent path is self-ensembled already: 1); --steps 0 "
+        "--estimate-ensemble 1 is the fast setting, one network call per tile",
     )
     p.add_argument(
         "--start",

@@ -30,7 +30,9 @@ The start (`SamplerSettings.start`):
            the guided sampler runs from there down to sigma_min. Where the measurement's
            noise is low (`noise_level(y)` < refine_min_noise; on corpus:val the sampler's
            steps lost PSNR there and gained it at higher noise), and with num_steps = 0, the
-           one-call estimate is the result (the fast method: one network call per tile).
+           one-call estimate is the result, averaged over SamplerSettings.estimate_ensemble
+           (default 8) flips and transposes of each tile (estimate_ensemble=1 with
+           num_steps=0: the fast method, one network call per tile).
   "noise"  EDM's start: latents * sigma_max (zero latents: a deterministic estimate).
 """
 

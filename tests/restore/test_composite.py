@@ -224,16 +224,22 @@ def test_estimate_ensemble_averages_the_one_call_result_only_where_it_is_the_res
     )
     ensembled = run(prior, estimate_ensemble=8)
     assert ensembled.report["network_calls"] == 8 and not ensembled.report["refined"]
-    np.testing.assert_allclose(ensembled.image, run(SelfEnsemble(prior, 8)).image, atol=1e-6)
-    assert np.abs(ensembled.image - run(prior).image).max() > 1e-3  # the flips matter here
+    alone = dict(estimate_ensemble=1)
+    np.testing.assert_allclose(
+        ensembled.image, run(SelfEnsemble(prior, 8), **alone).image, atol=1e-6
+    )
+    assert np.abs(ensembled.image - run(prior, **alone).image).max() > 1e-3  # flips matter here
+    assert SamplerSettings().estimate_ensemble == 8  # the default
     # Tiled, the flips act within each tile, as SelfEnsemble's do.
     tiles = dict(physics=physics, tiling_settings=TilingSettings(tile=8, overlap=2))
     np.testing.assert_allclose(
         restore(prior, y, sampler=SamplerSettings(estimate_ensemble=8), **tiles).image,
-        restore(SelfEnsemble(prior, 8), y, **tiles).image,
+        restore(SelfEnsemble(prior, 8), y, sampler=SamplerSettings(**alone), **tiles).image,
         atol=1e-6,
     )
     refined = run(prior, estimate_ensemble=8, refine_min_noise=0.0)
-    np.testing.assert_array_equal(refined.image, run(prior, refine_min_noise=0.0).image)
+    np.testing.assert_array_equal(
+        refined.image, run(prior, refine_min_noise=0.0, estimate_ensemble=1).image
+    )
     with pytest.raises(ValueError, match="estimate_ensemble must be one of"):
         SamplerSettings(estimate_ensemble=3)

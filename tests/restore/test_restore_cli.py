@@ -880,3 +880,26 @@ def test_a_psf_deconvolves_an_image_of_any_size_and_keeps_the_fits_header(
     )
     assert code == 1 and not (tmp_path / "z.fits").exists()
     assert "even.npy: a PSF must have odd sides" in capsys.readouterr().err
+
+
+def test_the_estimate_ensemble_is_the_default_and_one_call_is_the_fast_setting(
+    tiny_model, tmp_path
+):
+    """Where the one-call estimate is the result (--steps 0 here), it is averaged over 8 flips
+    and transposes of each tile by default (8 network calls per tile), once with
+    --estimate-ensemble 1; HISTORY records which."""
+    y, _ = _measurement((24, 24))
+    tifffile.imwrite(tmp_path / "y.tif", y)
+    calls, images = {}, {}
+    for extra in ([], ["--estimate-ensemble", "1"]):
+        out, report = tmp_path / f"x{len(extra)}.fits", tmp_path / f"r{len(extra)}.json"
+        argv = [str(tmp_path / "y.tif"), "--output", str(out), "--report", str(report)]
+        assert restore_tool.main([*argv, *_args(tiny_model, "--steps", "0", *extra)]) == 0
+        image = json.loads(report.read_text())["images"][0]
+        calls[len(extra)], images[len(extra)] = image["network_calls"], fits.getdata(out)
+        history = "".join(str(h) for h in fits.getheader(out)["HISTORY"])
+        assert f"--estimate-ensemble {8 if not extra else 1}" in history
+    assert calls == {0: 8, 2: 1}
+    # The fresh tiny network is close to its skip connection, a flip-equivariant map: the two
+    # images agree (the averaging itself is tested exactly in test_composite.py).
+    np.testing.assert_allclose(images[0], images[2], atol=1e-4)
