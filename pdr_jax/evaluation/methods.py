@@ -3,9 +3,9 @@
     "pdr"          pdr_jax.restore.restore with its default (tuned) settings, or PdrSettings
     "conditional"  the concat-conditioned restoration model (pdr_jax.conditional) through the
                    same call with CONDITIONAL_SETTINGS (EDM Euler from noise, no guidance)
-    "pdr-vst"      the same call with num_steps=0: one call of the prior (GAT, the prior's
-                   denoiser at the stabilised noise level, the unbiased inverse: GAT+BM3D with
-                   the prior in BM3D's place)
+    "pdr-vst"      the same call with num_steps=0 and estimate_ensemble=1: one call of the
+                   prior (GAT, the prior's denoiser at the stabilised noise level, the unbiased
+                   inverse: GAT+BM3D with the prior in BM3D's place)
     "pdr-gray"     mode rgb: the grayscale prior restoring each colour channel on its own
     "pdr-opp"      modes rgb and raw: the grayscale prior on the opponent channels, averaged
                    over COLOUR_ENSEMBLE flips and transposes, with COLOUR_SAMPLER (pdr-restore's
@@ -323,8 +323,11 @@ def _restore_colour(prior, colour, gray, settings, y, *, s, r, b, domain, key, o
 
 
 def vst_prior_method(options: MethodOptions) -> Method:
-    """ "pdr-vst": options.pdr with num_steps=0 and start "vst", the one-call estimate."""
-    sampler = dataclasses.replace(options.pdr.sampler, start="vst", num_steps=0)
+    """ "pdr-vst": options.pdr with num_steps=0, start "vst" and estimate_ensemble=1: the
+    one-call estimate, one network call."""
+    sampler = dataclasses.replace(
+        options.pdr.sampler, start="vst", num_steps=0, estimate_ensemble=1
+    )
     return pdr_method(options, dataclasses.replace(options.pdr, sampler=sampler))
 
 
