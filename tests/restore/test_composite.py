@@ -9,11 +9,13 @@ OpponentPrior must equal it, which holds only if every opponent channel is denoi
 times its row's norm.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.tree_util import Partial
+from function_prior import FunctionPrior, shrinkage
 
 from pdr_jax.physics import noise, operators
 from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
@@ -31,31 +33,7 @@ from pdr_jax.restore.composite import (
 TAU = 0.1
 
 
-def _shrink(x, sigma):
-    sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1, 1, 1, 1))
-    return TAU**2 / (TAU**2 + sigma**2) * x
-
-
-class PixelPrior:
-    """The per-pixel Gaussian prior's exact denoiser as a Denoiser of `channels` channels."""
-
-    img_resolution, downsampling, model_channels = 16, 1, 1
-
-    def __init__(self, channels=1, fn=_shrink):
-        self.img_channels, self.fn = channels, fn
-
-    def sampler_args(self, physics, rows):
-        del physics, rows
-        fn = self.fn
-        return {
-            "denoise_fn": Partial(fn),
-            "sigma_min": 0.002,
-            "sigma_max": 80.0,
-            "round_sigma": None,
-        }
-
-    def conditioning_image(self, y, physics):
-        del y, physics
+_shrink = functools.partial(shrinkage, mean=0.0, var=TAU**2)
 
 
 def test_opponent_rows_are_orthogonal_so_white_noise_stays_white():
@@ -72,7 +50,9 @@ def test_opponent_prior_is_the_exact_denoiser_of_its_colour_prior():
     """Against C (C + sigma^2 I)^-1 x in RGB, for a batch of images at different sigmas."""
     x = jax.random.normal(jax.random.key(1), (3, 4, 6, 3))
     sigma = jnp.asarray([0.05, 0.4, 2.0])
-    denoise = OpponentPrior(PixelPrior()).sampler_args(Physics(10.0, 1.0), 3)["denoise_fn"]
+    denoise = OpponentPrior(FunctionPrior(_shrink)).sampler_args(Physics(10.0, 1.0), 3)[
+        "denoise_fn"
+    ]
     inverse = np.linalg.inv(OPPONENT.astype(np.float64))
     cov = TAU**2 * inverse @ inverse.T
     expected = [
@@ -94,7 +74,7 @@ def _mix(x, sigma):
 def test_luma_chroma_takes_the_gray_prior_luminance_and_the_colour_prior_chrominance():
     x = jax.random.normal(jax.random.key(2), (2, 4, 6, 3))
     sigma = jnp.asarray([0.1, 0.8])
-    prior = LumaChromaPrior(PixelPrior(), PixelPrior(3, fn=_mix))
+    prior = LumaChromaPrior(FunctionPrior(_shrink), FunctionPrior(_mix, 3))
     out = to_opponent(prior.sampler_args(Physics(10.0, 1.0), 2)["denoise_fn"](x, sigma))
     scaled = LUMA_GAIN * sigma[:, None, None, None]
     np.testing.assert_allclose(
@@ -104,7 +84,7 @@ def test_luma_chroma_takes_the_gray_prior_luminance_and_the_colour_prior_chromin
         out[..., 1:], to_opponent(_mix(x, sigma))[..., 1:], rtol=1e-5, atol=1e-6
     )
     with pytest.raises(ValueError, match="a grayscale and a colour prior, got priors of 3 and 1"):
-        LumaChromaPrior(PixelPrior(3), PixelPrior())
+        LumaChromaPrior(FunctionPrior(_shrink, 3), FunctionPrior(_shrink))
 
 
 def test_luma_gain_is_the_luminance_noise_of_a_demosaicked_start():
@@ -120,9 +100,12 @@ def test_luma_gain_is_the_luminance_noise_of_a_demosaicked_start():
 
 def test_opponent_prior_needs_a_grayscale_prior_and_counts_its_three_rows_for_memory():
     with pytest.raises(ValueError, match="grayscale prior, got one of 3 channels"):
-        OpponentPrior(PixelPrior(channels=3))
+        OpponentPrior(FunctionPrior(_shrink, 3))
     # tiling.choose_tile sizes tiles by model_channels: three network rows per image row.
-    assert OpponentPrior(PixelPrior()).model_channels == 3 * PixelPrior().model_channels
+    assert (
+        OpponentPrior(FunctionPrior(_shrink)).model_channels
+        == 3 * FunctionPrior(_shrink).model_channels
+    )
 
 
 def _lopsided(x, sigma):
@@ -152,7 +135,7 @@ def _group(x):
 def test_self_ensemble_is_the_mean_over_the_flips_and_transposes(shape):
     x = np.asarray(jax.random.normal(jax.random.key(2), shape))
     sigma = 0.25
-    ensemble = SelfEnsemble(PixelPrior(shape[-1], _lopsided), 8)
+    ensemble = SelfEnsemble(FunctionPrior(_lopsided, shape[-1]), 8)
     denoise = jax.jit(lambda fn, v: fn(v, sigma))
     got = denoise(ensemble.sampler_args(Physics(10.0, 1.0), shape[0])["denoise_fn"], x)
     expected = [
@@ -164,14 +147,14 @@ def test_self_ensemble_is_the_mean_over_the_flips_and_transposes(shape):
     ]
     np.testing.assert_allclose(got, np.stack(expected), rtol=1e-5, atol=1e-5)
     # Two transforms: the image and its left-right mirror.
-    two = SelfEnsemble(PixelPrior(shape[-1], _lopsided), 2).sampler_args(None, 1)["denoise_fn"]
+    two = SelfEnsemble(FunctionPrior(_lopsided, shape[-1]), 2).sampler_args(None, 1)["denoise_fn"]
     mirror = np.asarray(_lopsided(x[:, :, ::-1], sigma))[:, :, ::-1]
     np.testing.assert_allclose(two(x, sigma), (_lopsided(x, sigma) + mirror) / 2, rtol=1e-5)
     # An equivariant denoiser is unchanged by it.
-    same = SelfEnsemble(PixelPrior(shape[-1]), 8).sampler_args(None, 1)["denoise_fn"]
+    same = SelfEnsemble(FunctionPrior(_shrink, shape[-1]), 8).sampler_args(None, 1)["denoise_fn"]
     np.testing.assert_allclose(same(x, sigma), _shrink(x, sigma), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one of"):
-        SelfEnsemble(PixelPrior(), 3)
+        SelfEnsemble(FunctionPrior(_shrink), 3)
 
 
 def test_restore_with_the_opponent_prior_of_colour_images():
@@ -193,7 +176,10 @@ def test_restore_with_the_opponent_prior_of_colour_images():
             sampler=SamplerSettings(start="noise", solver="heun", num_steps=18, latent_scale=0.0),
             tiling_settings=None,
         ).image
-        for prior in (OpponentPrior(PixelPrior()), SelfEnsemble(OpponentPrior(PixelPrior()), 8))
+        for prior in (
+            OpponentPrior(FunctionPrior(_shrink)),
+            SelfEnsemble(OpponentPrior(FunctionPrior(_shrink)), 8),
+        )
     ]
     assert images[0].shape == (32, 32, 3)
     ratio = np.mean((images[0] - x_true) ** 2) / np.mean((y / s - x_true) ** 2)
@@ -213,7 +199,7 @@ def test_estimate_ensemble_averages_the_one_call_result_only_where_it_is_the_res
     y = np.asarray(
         noise.simulate(jax.random.key(5), np.full((16, 20, 1), 0.5, np.float32), 200.0, 2.0, 0.0)
     )
-    physics, prior = Physics(200.0, 2.0), PixelPrior(1, _ramp)
+    physics, prior = Physics(200.0, 2.0), FunctionPrior(_ramp)
     run = lambda denoiser, **sampler: restore(
         denoiser,
         y,

@@ -3,13 +3,13 @@ denoiser is known and local: every model-space pixel independently N(MEAN, VAR),
 D(x_t) = MEAN + VAR / (VAR + sigma^2) (x_t - MEAN) pixel by pixel, and tiles cannot change it.
 """
 
-import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.tree_util import Partial
+from function_prior import FunctionPrior, shrinkage
 
 from pdr_jax.physics import noise, operators, psf
 from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
@@ -17,29 +17,7 @@ from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSe
 MEAN, VAR = 0.0, 0.3
 
 
-def _denoiser(x, sigma):
-    sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1, 1, 1, 1))
-    return MEAN + VAR / (VAR + jnp.square(sigma)) * (x - MEAN)
-
-
-@dataclasses.dataclass(frozen=True)
-class PixelPrior:
-    img_resolution: int = 16
-    img_channels: int = 1
-    downsampling: int = 8
-    model_channels: int = 1
-
-    def sampler_args(self, physics, rows):
-        del physics, rows
-        return {
-            "denoise_fn": Partial(_denoiser),
-            "sigma_min": 0.002,
-            "sigma_max": 80.0,
-            "round_sigma": None,
-        }
-
-    def conditioning_image(self, y, physics):
-        del y, physics
+PIXEL_PRIOR = FunctionPrior(functools.partial(shrinkage, mean=MEAN, var=VAR), downsampling=8)
 
 
 def _scene(height, width, seed=0):
@@ -68,9 +46,9 @@ def test_tiles_give_the_untiled_result(mode):
     y = _blurred(truth, blur, s, r, b)
     physics = Physics(s, r, b, domain="microscopy", operator=blur)
     settings = dict(guidance=GuidanceSettings(mode=mode), sampler=SamplerSettings(latent_scale=0))
-    whole = restore(PixelPrior(), y, physics=physics, tiling_settings=None, **settings)
+    whole = restore(PIXEL_PRIOR, y, physics=physics, tiling_settings=None, **settings)
     tiled = restore(
-        PixelPrior(),
+        PIXEL_PRIOR,
         y,
         physics=physics,
         tiling_settings=TilingSettings(tile=16, overlap=4),
@@ -89,9 +67,9 @@ def test_a_delta_psf_reproduces_the_denoising_result(mode):
     truth = _scene(32, 32)
     y = np.asarray(noise.simulate(jax.random.key(3), jnp.asarray(truth), s, r, b))
     guidance = GuidanceSettings(mode=mode)
-    denoised = restore(PixelPrior(), y, physics=Physics(s, r, b), guidance=guidance)
+    denoised = restore(PIXEL_PRIOR, y, physics=Physics(s, r, b), guidance=guidance)
     delta = operators.Blur.of([[1.0]])
-    through = restore(PixelPrior(), y, physics=Physics(s, r, b, operator=delta), guidance=guidance)
+    through = restore(PIXEL_PRIOR, y, physics=Physics(s, r, b, operator=delta), guidance=guidance)
     np.testing.assert_allclose(through.image, denoised.image, atol=1e-5)
     assert through.report["chi_square"] == pytest.approx(denoised.report["chi_square"], rel=1e-4)
 
@@ -111,8 +89,8 @@ def test_deconvolution_keeps_flux_and_beats_denoising_alone():
     # Richardson-Lucy in the start (deblur_iterations): this prior knows no edges, so the
     # likelihood's iterations do the deblurring (the default, 0, suits the trained priors).
     sampler = SamplerSettings(deblur_iterations=10)
-    sharp = restore(PixelPrior(), y, physics=physics, sampler=sampler, tiling_settings=None)
-    blind = restore(PixelPrior(), y, physics=Physics(s, r, b, domain="astronomy"))
+    sharp = restore(PIXEL_PRIOR, y, physics=physics, sampler=sampler, tiling_settings=None)
+    blind = restore(PIXEL_PRIOR, y, physics=Physics(s, r, b, domain="astronomy"))
     flux_error = abs(sharp.image.sum() / inner.sum() - 1)
     assert flux_error < 0.01
     mse = lambda image: float(np.mean((image - inner) ** 2))
