@@ -857,22 +857,35 @@ def test_a_psf_deconvolves_an_image_of_any_size_and_keeps_the_fits_header(
         image = json.loads(report.read_text())["images"][0]
         assert image["operator"]["name"] == "Blur" and image["operator"]["psf"] == spec
         assert np.isfinite(image["chi_square"])
+
     # --psf auto: four isolated stars of a Moffat of FWHM 3 px; HISTORY and the report carry
-    # the fitted form, so the restoration can be repeated with it.
-    scene = np.zeros((64, 64))
-    scene[16::32, 16::32] = 150.0
-    stars = signal.fftconvolve(scene, psf.moffat(3.0, 2.5), mode="same")
-    y = (rng.poisson(20.0 * stars + 1.0) + rng.normal(0, 2.0, stars.shape)).astype(np.float32)
-    fits.PrimaryHDU(y).writeto(tmp_path / "stars.fits")
-    code = restore_tool.main(
-        [str(tmp_path / "stars.fits"), "--output", str(tmp_path / "s.fits"), "--psf", "auto"]
-        + ["--report", str(report), *_args(tiny_model)]
-    )
-    assert code == 0
-    fit = json.loads(report.read_text())["images"][0]["psf_fit"]
+    # the fitted form, so the restoration can be repeated with it. Stars of FWHM 2 and 4.5 px in
+    # one field: restored with the median, and a warning that the stars disagree.
+    def star_field(widths):
+        field = np.zeros((64, 64))
+        for (row, col), width in zip([(16, 16), (16, 48), (48, 16), (48, 48)], widths, strict=True):
+            star = np.zeros((64, 64))
+            star[row, col] = 150.0 * (width / 3.0) ** 2  # the same peak whatever the width
+            field += signal.fftconvolve(star, psf.moffat(width, 2.5), mode="same")
+        return (rng.poisson(20.0 * field + 1.0) + rng.normal(0, 2.0, field.shape)).astype(
+            np.float32
+        )
+
+    images = {}
+    for name, widths in (("stars", [3.0] * 4), ("mixed", [2.0, 4.5, 2.0, 4.5])):
+        fits.PrimaryHDU(star_field(widths)).writeto(tmp_path / f"{name}.fits")
+        code = restore_tool.main(
+            [str(tmp_path / f"{name}.fits"), "--output", str(tmp_path / f"{name}_x.fits")]
+            + ["--psf", "auto", "--report", str(report), *_args(tiny_model)]
+        )
+        assert code == 0
+        images[name] = json.loads(report.read_text())["images"][0]
+    fit = images["stars"]["psf_fit"]
     assert fit["num_stars"] == 4 and abs(fit["fwhm"] / 3.0 - 1) < 0.1
-    with fits.open(tmp_path / "s.fits") as hdul:
+    with fits.open(tmp_path / "stars_x.fits") as hdul:
         assert f"--psf {fit['spec']}" in "".join(str(h) for h in hdul[0].header["HISTORY"])
+    spread = [w for w in images["mixed"]["warnings"] if w.startswith("--psf auto: the 4 stars")]
+    assert not any("--psf auto" in w for w in images["stars"]["warnings"]) and len(spread) == 1
     np.save(tmp_path / "even.npy", np.ones((4, 4)))
     code = restore_tool.main(
         [str(tmp_path / "y.fits"), "--output", str(tmp_path / "z.fits")]
