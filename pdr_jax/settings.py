@@ -163,7 +163,7 @@ DECONVOLUTION_GUIDANCE = GuidanceSettings(mode="prox")
 # colour BM3D or above it in every cell, and 0.5-1.3 dB above the trained colour prior
 # (docs/tuning.md, "Colour").
 COLOUR_ENSEMBLE = 8
-COLOUR_SAMPLER = SamplerSettings(refine_min_noise=0.55, estimate_ensemble=1)  # ensembled already
+COLOUR_SAMPLER = SamplerSettings(refine_min_noise=0.55)
 
 # How a Bayer mosaic restores by default: luminance from the grayscale prior, chrominance from
 # the colour prior (pdr_jax.restore.composite.LumaChromaPrior), refined by the sampler down to

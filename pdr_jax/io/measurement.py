@@ -255,11 +255,14 @@ def read_measurement(
         scale = noise_estimation.auto_scale(electrons[0, :, :, 0], background)
     psf_fit = None
     if psf == psfs.AUTO:  # a Moffat fitted to the first frame's stars (all channels summed)
-        fit = psfs.fit_moffat(
-            electrons[0].sum(axis=-1),
-            read_noise=float(read_noise) * math.sqrt(electrons.shape[-1]),
-            valid=mask[0].min(axis=-1),
-        )
+        try:
+            fit = psfs.fit_moffat(
+                electrons[0].sum(axis=-1),
+                read_noise=float(read_noise) * math.sqrt(electrons.shape[-1]),
+                valid=mask[0].min(axis=-1),
+            )
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         operator = operators.Blur.of(
             psfs.parse(fit.spec), source=f"{fit.spec} (auto, {fit.num_stars} stars)"
         )

@@ -213,7 +213,8 @@ def colour_denoiser(model, mode: str | None, *, gray=None, self_ensemble: int | 
     COLOUR_ENSEMBLE); "luma": a colour `model`'s chrominance with the grayscale prior `gray` on
     the luminance (MOSAIC_SAMPLER); "joint": a colour `model` as it is; "channels" or None
     (grayscale data, or each channel on its own): `model` as it is. self_ensemble (None: the
-    mode's default) averages the denoiser over that many flips and transposes. Raises
+    mode's default) averages the denoiser over that many flips and transposes at every call
+    (the sampler's estimate_ensemble is then 1). Raises
     ValueError naming the mismatch of a model's channels and the mode."""
     if mode not in (None, *COLOUR_MODES):
         raise ValueError(f"colour mode must be one of {COLOUR_MODES} or None, got {mode!r}")
@@ -233,4 +234,8 @@ def colour_denoiser(model, mode: str | None, *, gray=None, self_ensemble: int | 
             raise ValueError("--colour luma needs the grayscale prior for the luminance (gray=)")
         model, sampler = LumaChromaPrior(gray, model), MOSAIC_SAMPLER
     size = self_ensemble or size
-    return (SelfEnsemble(model, size) if size > 1 else model), sampler
+    if size == 1:
+        return model, sampler
+    # Averaged at every call already: averaging the one-call estimate again over the same
+    # flips would repeat the work (for 8, exactly: the ensemble is equivariant).
+    return SelfEnsemble(model, size), dataclasses.replace(sampler, estimate_ensemble=1)

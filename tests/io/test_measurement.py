@@ -166,3 +166,16 @@ def test_psf_auto_fits_the_stars_of_the_file_in_electrons(tmp_path):
     assert fit["num_stars"] >= 3 and abs(fit["fwhm"] / 3.5 - 1) < 0.08
     assert isinstance(m.operator, operators.Blur) and m.operator.source.startswith(fit["spec"])
     np.testing.assert_allclose(m.operator.array, psf.parse(fit["spec"]))
+    # A starless frame: the error names the file and asks for the PSF.
+    fits.PrimaryHDU(np.full((64, 64), BLACK + 10, np.float32)).writeto(tmp_path / "flat.fits")
+    with pytest.raises(ValueError, match=r"flat\.fits: --psf auto found 0 isolated star"):
+        io.read_measurement(
+            tmp_path / "flat.fits",
+            scale=50.0,
+            read_noise=R,
+            units="adu",
+            gain=GAIN,
+            black_level=BLACK,
+            white_level=1e6,
+            psf="auto",
+        )
