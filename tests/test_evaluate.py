@@ -240,8 +240,10 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
 
 
 def test_restore_pdr_takes_the_colour_mode_defaults_unless_settings_name_others(monkeypatch):
-    """pdr-opp's self-ensemble of 8 and COLOUR_SAMPLER, pdr-lc's MOSAIC_SAMPLER, each replaced
-    by what PdrSettings names (colour_denoiser is the one place they are composed)."""
+    """pdr-opp's self-ensemble of 8 and COLOUR_SAMPLER, pdr-lc's MOSAIC_SAMPLER: the
+    self-ensemble replaced by what PdrSettings names, the sampler's fields where PdrSettings
+    changes them (an ablation of steps keeps the mode's threshold and its estimate_ensemble of
+    1; colour_denoiser is the one place they are composed)."""
     seen = []
 
     def fake_restore(denoiser, y, *, sampler, **kwargs):
@@ -252,7 +254,8 @@ def test_restore_pdr_takes_the_colour_mode_defaults_unless_settings_name_others(
     gray, colour = methods.Prior(*tiny_prior()), methods.Prior(*tiny_prior(img_channels=3))
     steps = methods.with_field(methods.PdrSettings(), "steps", 2)
     # A self-ensembled denoiser is averaged at every call: its one-call estimate is not again.
-    once = lambda sampler: dataclasses.replace(sampler, estimate_ensemble=1)
+    replace = dataclasses.replace
+    once = lambda sampler: replace(sampler, estimate_ensemble=1)
     cases = [
         (gray, None, methods.PdrSettings(), "Prior", 1, SamplerSettings()),
         (gray, "opponent", methods.PdrSettings(), "OpponentPrior", 8, once(COLOUR_SAMPLER)),
@@ -273,7 +276,8 @@ def test_restore_pdr_takes_the_colour_mode_defaults_unless_settings_name_others(
             COLOUR_SAMPLER,
         ),
         (colour, "luma", methods.PdrSettings(), "LumaChromaPrior", 1, MOSAIC_SAMPLER),
-        (colour, "luma", steps, "LumaChromaPrior", 1, steps.sampler),
+        (colour, "luma", steps, "LumaChromaPrior", 1, replace(MOSAIC_SAMPLER, num_steps=2)),
+        (gray, "opponent", steps, "OpponentPrior", 8, replace(once(COLOUR_SAMPLER), num_steps=2)),
         (gray, None, methods.PdrSettings(self_ensemble=8), "Prior", 8, once(SamplerSettings())),
     ]
     for prior, mode, settings, name, size, sampler in cases:

@@ -193,6 +193,16 @@ def checkpoint_dir(options: MethodOptions) -> str:
     )
 
 
+def _changed_fields(record) -> dict:
+    """The fields of a settings record that differ from its class's defaults."""
+    default = type(record)()
+    return {
+        field.name: getattr(record, field.name)
+        for field in dataclasses.fields(record)
+        if getattr(record, field.name) != getattr(default, field.name)
+    }
+
+
 def restore_pdr(
     prior: Prior,
     y,
@@ -210,8 +220,10 @@ def restore_pdr(
     """Restore crops y [N, H, W, C'] electrons, measured through `operator` (one domain, scalar
     s, r, b) -> x [N, H, W, C], or (x, std) where num_samples > 1 gave a posterior std.
     colour: how the prior restores colour (pdr_jax.restore.colour_denoiser: "opponent" with a
-    grayscale prior, "luma" with a colour prior and the grayscale `gray`); its sampler and
-    self-ensemble are the defaults where settings leaves them at theirs."""
+    grayscale prior, "luma" with a colour prior and the grayscale `gray`); its self-ensemble
+    is the default where settings leaves it at None, and its sampler is the mode's default
+    with the fields that settings.sampler changes from SamplerSettings() (an ablation of
+    num_steps on pdr-lc keeps MOSAIC_SAMPLER's threshold)."""
     prior = dataclasses.replace(prior, conditioned=settings.conditioning)
     if gray is not None:
         gray = dataclasses.replace(gray, conditioned=settings.conditioning)
@@ -223,7 +235,7 @@ def restore_pdr(
         y,
         physics=Physics(s, r, b, domain, operator),
         guidance=settings.guidance,
-        sampler=sampler if settings.sampler == SamplerSettings() else settings.sampler,
+        sampler=dataclasses.replace(sampler, **_changed_fields(settings.sampler)),
         tiling_settings=settings.tiling,
         num_samples=settings.num_samples,
         key=key,
