@@ -232,6 +232,13 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
         for m in messages
     )
     assert sum(m.startswith("SKIPPED method pdr[") for m in messages) == 2
+    # Each diffusion method named gets its own variants, built by its own factory.
+    monkeypatch.setitem(methods.METHODS, "pdr-lc", lambda options: options.pdr)
+    raw = methods.build_methods(
+        ["pdr-lc", "noisy-raw"], methods.MethodOptions(mode="raw"), [("steps", 2)], log=print
+    )
+    assert list(raw) == ["pdr-lc", "noisy-raw", "pdr-lc[steps=2]"]
+    assert raw["pdr-lc"].sampler.num_steps == 6 and raw["pdr-lc[steps=2]"].sampler.num_steps == 2
     with pytest.raises(KeyError, match="unknown methods"):
         methods.build_methods(["bm4d"], methods.MethodOptions())
     y = np.full((2, 16, 16, 1), 25.0, np.float32)

@@ -27,7 +27,8 @@ Tune on corpus:val only; corpus:test is for reporting, once. --gaussian-denoisin
 prior diagnostic (pdr_jax.evaluation.diagnostic): the prior's one-call denoiser against BM3D
 at Gaussian sigma 0.02-0.2 on the same crops. Methods: pdr_jax.evaluation.methods.METHODS;
 one that cannot run (no model, or "conditional" before issue 10) is skipped with a message.
---ablation FIELD=V1,V2 adds "pdr[FIELD=V]" variants, one field varied at a time.
+--ablation FIELD=V1,V2 adds "NAME[FIELD=V]" variants, one field varied at a time, of each
+diffusion method named (pdr, pdr-lc, pdr-opp, pdr-gray; of pdr where none is).
 
 --mode rgb: the photographs in colour (their stored sRGB-encoded values as intensities), restored
 by the colour prior (pdr-rgb-default) against colour BM3D (gat-cbm3d), BM3D per channel and the
@@ -165,7 +166,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="FIELD=V1,V2",
-        help=f"pdr variants; FIELD in {sorted(methods.ABLATION_FIELDS)}",
+        help="variants of each diffusion method named (of pdr where none is); FIELD in "
+        f"{sorted(methods.ABLATION_FIELDS)}",
     )
     run.add_argument("--batch", type=int, default=8, help="crops per pdr call (default 8)")
     res = parser.add_argument_group("processing resolution")

@@ -30,9 +30,11 @@ Modes (pdr_jax.evaluation.benchmark.MODES): in "rgb" and "raw" the default prior
 one (DEFAULT_RGB_CHECKPOINT) and a mosaic's forward operator reaches "pdr" in its Physics.
 
 A factory raises MethodUnavailable (with the reason) when it cannot run, e.g. no model; the
-caller reports it and goes on. Ablations are variants of "pdr" with other `PdrSettings`:
+caller reports it and goes on. Ablations are variants of the diffusion methods (ABLATABLE) with
+other `PdrSettings`:
 `parse_ablation("likelihood=wls,exact")` -> [("likelihood", "wls"), ("likelihood", "exact")],
-and `pdr_variants` names them "pdr[likelihood=exact]".
+and `pdr_variants` names them "pdr[likelihood=exact]" (or "pdr-lc[...]": each diffusion
+method named gets its variants).
 
 Processing resolution: `PdrSettings.tiling` = None restores each batch of crops in one piece;
 TilingSettings(tile=T) runs the network on overlapping tiles fused at every denoiser call
@@ -156,9 +158,13 @@ def parse_ablation(text: str) -> list[tuple[str, object]]:
     return parsed
 
 
-def pdr_variants(base: PdrSettings, ablations) -> dict[str, PdrSettings]:
-    """{"pdr[field=value]": settings} varying one field of base at a time; settings equal to
-    base itself are left out (that is the "pdr" method)."""
+# The diffusion methods whose PdrSettings an ablation varies (each has a "NAME[FIELD=V]" variant).
+ABLATABLE = ("pdr", "pdr-lc", "pdr-opp", "pdr-gray")
+
+
+def pdr_variants(base: PdrSettings, ablations, method: str = "pdr") -> dict[str, PdrSettings]:
+    """{"METHOD[field=value]": settings} varying one field of base at a time; settings equal to
+    base itself are left out (that is `method` itself)."""
     variants = {}
     for field, value in ablations:
         settings = with_field(base, field, value)
@@ -166,7 +172,7 @@ def pdr_variants(base: PdrSettings, ablations) -> dict[str, PdrSettings]:
             text = (
                 {True: "on", False: "off"}.get(value, value) if field == "conditioning" else value
             )
-            variants[f"pdr[{field}={text}]"] = settings
+            variants[f"{method}[{field}={text}]"] = settings
     return variants
 
 
@@ -519,19 +525,22 @@ METHODS = {
 def build_methods(names, options: MethodOptions, ablations=(), log=print) -> dict[str, Method]:
     """Methods by name (and "pdr" ablation variants), skipping unavailable ones with a message.
 
-    names: keys of METHODS. ablations: (field, value) pairs from parse_ablation; their variants
-    run only when the model loads. Raises KeyError for an unknown name.
+    names: keys of METHODS. ablations: (field, value) pairs from parse_ablation: variants
+    "NAME[FIELD=V]" of each ABLATABLE method in names (of "pdr" where none is), which run only
+    where their model loads. Raises KeyError for an unknown name.
     """
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise KeyError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
     methods = {}
+    # The variants of each diffusion method named (of "pdr" where none is): (factory, options).
     variants = {
-        name: dataclasses.replace(options, pdr=settings)
-        for name, settings in pdr_variants(options.pdr, ablations).items()
+        name: (METHODS[method], dataclasses.replace(options, pdr=settings))
+        for method in [n for n in names if n in ABLATABLE] or ["pdr"]
+        for name, settings in pdr_variants(options.pdr, ablations, method).items()
     }
-    for name, method_options in [(n, options) for n in names] + list(variants.items()):
-        factory = METHODS["pdr" if name in variants else name]
+    built = [(n, METHODS[n], options) for n in names] + [(n, *v) for n, v in variants.items()]
+    for name, factory, method_options in built:
         try:
             methods[name] = factory(method_options)
         except MethodUnavailable as e:
