@@ -211,7 +211,12 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="self_ensemble must be one of"):
         methods.parse_ablation("self_ensemble=3")
     tuned = methods.with_field(methods.PdrSettings(), "steps", 3)
-    assert tuned.sampler.num_steps == 3 and tuned.guidance == methods.PdrSettings().guidance
+    assert dict(tuned.sampler) == {"num_steps": 3}
+    assert tuned.guidance == methods.PdrSettings().guidance
+    with pytest.raises(ValueError, match=r"unknown SamplerSettings field\(s\) \['steps'\]"):
+        methods.PdrSettings(sampler=(("steps", 3),))
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+        methods.PdrSettings(sampler=(("num_steps", -1),))
     ablations = methods.parse_ablation("likelihood=wls,exact") + [("conditioning", False)]
     variants = methods.pdr_variants(methods.PdrSettings(), ablations)
     assert list(variants) == ["pdr[likelihood=exact]", "pdr[conditioning=off]"]
@@ -238,7 +243,7 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
         ["pdr-lc", "noisy-raw"], methods.MethodOptions(mode="raw"), [("steps", 2)], log=print
     )
     assert list(raw) == ["pdr-lc", "noisy-raw", "pdr-lc[steps=2]"]
-    assert raw["pdr-lc"].sampler.num_steps == 6 and raw["pdr-lc[steps=2]"].sampler.num_steps == 2
+    assert raw["pdr-lc"].sampler == () and dict(raw["pdr-lc[steps=2]"].sampler) == {"num_steps": 2}
     with pytest.raises(KeyError, match="unknown methods"):
         methods.build_methods(["bm4d"], methods.MethodOptions())
     y = np.full((2, 16, 16, 1), 25.0, np.float32)
@@ -260,6 +265,8 @@ def test_restore_pdr_takes_the_colour_mode_defaults_unless_settings_name_others(
     monkeypatch.setattr(methods, "restore", fake_restore)
     gray, colour = methods.Prior(*tiny_prior()), methods.Prior(*tiny_prior(img_channels=3))
     steps = methods.with_field(methods.PdrSettings(), "steps", 2)
+    default_threshold = {"refine_min_noise": SamplerSettings().refine_min_noise}
+    gray_threshold = methods.with_field(methods.PdrSettings(), "refine_min_noise", 0.4)
     # A self-ensembled denoiser is averaged at every call: its one-call estimate is not again.
     replace = dataclasses.replace
     once = lambda sampler: replace(sampler, estimate_ensemble=1)
@@ -284,6 +291,15 @@ def test_restore_pdr_takes_the_colour_mode_defaults_unless_settings_name_others(
         ),
         (colour, "luma", methods.PdrSettings(), "LumaChromaPrior", 1, MOSAIC_SAMPLER),
         (colour, "luma", steps, "LumaChromaPrior", 1, replace(MOSAIC_SAMPLER, num_steps=2)),
+        # A field set to SamplerSettings' own default still replaces the mode's.
+        (
+            colour,
+            "luma",
+            gray_threshold,
+            "LumaChromaPrior",
+            1,
+            replace(MOSAIC_SAMPLER, **default_threshold),
+        ),
         (gray, "opponent", steps, "OpponentPrior", 8, replace(once(COLOUR_SAMPLER), num_steps=2)),
         (gray, None, methods.PdrSettings(self_ensemble=8), "Prior", 8, once(SamplerSettings())),
     ]

@@ -130,14 +130,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument(
         "--steps",
         type=int,
-        default=sampler.num_steps,
-        help=f"pdr sampler steps after the start (default {sampler.num_steps}; 0: the one-call estimate)",
+        help=f"pdr sampler steps after the start (default: the method's, {sampler.num_steps}; 0: "
+        "the one-call estimate)",
     )
     run.add_argument(
         "--start",
         choices=("vst", "noise"),
-        default=sampler.start,
-        help=f"pdr start (default {sampler.start}; pdr_jax.restore.SamplerSettings)",
+        help=f"pdr start (default: the method's, {sampler.start}; pdr_jax.restore.SamplerSettings)",
     )
     run.add_argument(
         "--guidance",
@@ -337,7 +336,11 @@ def main(argv=None) -> int:
             likelihood=args.likelihood,
             kappa=args.kappa,
         ),
-        sampler=dataclasses.replace(defaults.sampler, num_steps=args.steps, start=args.start),
+        sampler=tuple(
+            (name, value)
+            for name, value in (("num_steps", args.steps), ("start", args.start))
+            if value is not None
+        ),
         conditioning=not args.no_conditioning,
         self_ensemble=args.self_ensemble,
         tiling=methods.TilingSettings(overlap=args.tile_overlap, batch=args.tile_batch),
@@ -378,7 +381,7 @@ def main(argv=None) -> int:
             {
                 "argv": sys.argv[1:] if argv is None else list(argv),
                 **vars(args),
-                "pdr": dataclasses.asdict(settings),
+                "pdr": {**dataclasses.asdict(settings), "sampler": dict(settings.sampler)},
                 "images": [i.name for i in images],
             },
             indent=1,

@@ -80,7 +80,11 @@ class PdrSettings:
     """How "pdr" calls pdr_jax.restore.restore; the defaults are the API's (the tuned ones)."""
 
     guidance: GuidanceSettings = GuidanceSettings()
-    sampler: SamplerSettings = SamplerSettings()
+    # The SamplerSettings fields this run sets, as (name, value) pairs, over the method's own
+    # default sampler (SamplerSettings(), or its colour mode's: COLOUR_SAMPLER, MOSAIC_SAMPLER),
+    # so that steps=10 on pdr-lc keeps MOSAIC_SAMPLER's thresholds (and refine_min_noise=0.4
+    # there is not a no-op). sampler_over(base) is the sampler.
+    sampler: tuple[tuple[str, object], ...] = ()
     tiling: TilingSettings | None = None  # None: each batch of crops in one piece
     conditioning: bool = True  # False: the all-zero conditioning vector (unconditional)
     num_samples: int = 1
@@ -89,10 +93,19 @@ class PdrSettings:
     self_ensemble: int | None = None
 
     def __post_init__(self):
+        names = {field.name for field in dataclasses.fields(SamplerSettings)}
+        unknown = [name for name, _ in self.sampler if name not in names]
+        if unknown:
+            raise ValueError(f"unknown SamplerSettings field(s) {unknown}; known: {sorted(names)}")
+        self.sampler_over(SamplerSettings())  # validates the values
         if self.self_ensemble not in (None, *ENSEMBLE_SIZES):
             raise ValueError(
                 f"self_ensemble must be one of {ENSEMBLE_SIZES}, got {self.self_ensemble}"
             )
+
+    def sampler_over(self, base: SamplerSettings) -> SamplerSettings:
+        """base with this run's sampler fields set."""
+        return dataclasses.replace(base, **dict(self.sampler))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +136,7 @@ ABLATION_FIELDS = {
     "latent_scale": ("sampler", "latent_scale", float),
     "estimate_sigma_factor": ("sampler", "estimate_sigma_factor", float),
     "refine_min_noise": ("sampler", "refine_min_noise", float),
+    "planes_min_noise": ("sampler", "planes_min_noise", float),
     "estimate_ensemble": ("sampler", "estimate_ensemble", int),
     "deblur_iterations": ("sampler", "deblur_iterations", int),
     "cg_iterations": ("guidance", "cg_iterations", int),
@@ -137,6 +151,9 @@ def with_field(settings: PdrSettings, field: str, value) -> PdrSettings:
     part, attribute, _ = ABLATION_FIELDS[field]
     if part is None:
         return dataclasses.replace(settings, **{attribute: value})
+    if part == "sampler":
+        fields = {**dict(settings.sampler), attribute: value}
+        return dataclasses.replace(settings, sampler=tuple(fields.items()))
     updated = dataclasses.replace(getattr(settings, part), **{attribute: value})
     return dataclasses.replace(settings, **{part: updated})
 
@@ -199,16 +216,6 @@ def checkpoint_dir(options: MethodOptions) -> str:
     )
 
 
-def _changed_fields(record) -> dict:
-    """The fields of a settings record that differ from its class's defaults."""
-    default = type(record)()
-    return {
-        field.name: getattr(record, field.name)
-        for field in dataclasses.fields(record)
-        if getattr(record, field.name) != getattr(default, field.name)
-    }
-
-
 def restore_pdr(
     prior: Prior,
     y,
@@ -227,9 +234,8 @@ def restore_pdr(
     s, r, b) -> x [N, H, W, C], or (x, std) where num_samples > 1 gave a posterior std.
     colour: how the prior restores colour (pdr_jax.restore.colour_denoiser: "opponent" with a
     grayscale prior, "luma" with a colour prior and the grayscale `gray`); its self-ensemble
-    is the default where settings leaves it at None, and its sampler is the mode's default
-    with the fields that settings.sampler changes from SamplerSettings() (an ablation of
-    num_steps on pdr-lc keeps MOSAIC_SAMPLER's threshold)."""
+    is the default where settings leaves it at None, and its sampler the mode's default with
+    the fields that settings.sampler sets."""
     prior = dataclasses.replace(prior, conditioned=settings.conditioning)
     if gray is not None:
         gray = dataclasses.replace(gray, conditioned=settings.conditioning)
@@ -241,7 +247,7 @@ def restore_pdr(
         y,
         physics=Physics(s, r, b, domain, operator),
         guidance=settings.guidance,
-        sampler=dataclasses.replace(sampler, **_changed_fields(settings.sampler)),
+        sampler=settings.sampler_over(sampler),
         tiling_settings=settings.tiling,
         num_samples=settings.num_samples,
         key=key,
@@ -343,10 +349,8 @@ def _restore_colour(prior, colour, gray, settings, y, *, s, r, b, domain, key, o
 def vst_prior_method(options: MethodOptions) -> Method:
     """ "pdr-vst": options.pdr with num_steps=0, start "vst" and estimate_ensemble=1: the
     one-call estimate, one network call."""
-    sampler = dataclasses.replace(
-        options.pdr.sampler, start="vst", num_steps=0, estimate_ensemble=1
-    )
-    return pdr_method(options, dataclasses.replace(options.pdr, sampler=sampler))
+    fast = {**dict(options.pdr.sampler), "start": "vst", "num_steps": 0, "estimate_ensemble": 1}
+    return pdr_method(options, dataclasses.replace(options.pdr, sampler=tuple(fast.items())))
 
 
 def conditional_checkpoint_dir(options: MethodOptions) -> str:

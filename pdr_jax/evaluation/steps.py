@@ -23,6 +23,7 @@ import numpy as np
 
 from pdr_jax.evaluation import benchmark, methods, report
 from pdr_jax.restore.restoration import Physics, network_calls, noise_level
+from pdr_jax.settings import SamplerSettings
 
 # (solver, steps): Heun at 2 steps - 1 calls, Euler and DPM-Solver++(2M) at comparable counts.
 SWEEP = (
@@ -53,7 +54,7 @@ DEFAULT_MARGIN_DB = 0.1
 
 def refined_cases(cases: Sequence[benchmark.Case], settings: methods.PdrSettings):
     """The cases on which the sampler runs with these settings."""
-    threshold = settings.sampler.refine_min_noise
+    threshold = settings.sampler_over(SamplerSettings()).refine_min_noise
     return [c for c in cases if noise_level(c.y, Physics(c.s, c.r, c.b)) >= threshold]
 
 
@@ -73,8 +74,8 @@ def evaluate_steps(
         raise ValueError("no case reaches refine_min_noise: the sampler never runs")
     summary, rows = [], []
     for solver, steps in sweep:
-        sampler = dataclasses.replace(settings.sampler, solver=solver, num_steps=steps)
-        variant = dataclasses.replace(settings, sampler=sampler)
+        sampler = {**dict(settings.sampler), "solver": solver, "num_steps": steps}
+        variant = dataclasses.replace(settings, sampler=tuple(sampler.items()))
 
         def restore(y, *, variant=variant, **args):
             return methods.restore_pdr(prior, y, settings=variant, **args)
@@ -88,7 +89,7 @@ def evaluate_steps(
             {
                 "solver": solver,
                 "steps": steps,
-                "network_calls": network_calls(sampler),
+                "network_calls": network_calls(variant.sampler_over(SamplerSettings())),
                 "images": len(run.rows),
                 **{
                     f: report.finite_mean(r[f] for r in run.rows)
