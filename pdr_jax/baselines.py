@@ -43,6 +43,7 @@ relative bias < 1.5% for lambda >= 2 and r in {0, 1, 2, 5}, < 3.5% at lambda = 1
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -137,6 +138,16 @@ def _per_channel(denoise, image):
     raise ValueError(f"expected an image [H, W] or [H, W, C], got shape {image.shape}")
 
 
+def _denoised_in_range(denoise_unit, image):
+    """A stabilised image (noise std 1) through denoise_unit(image scaled to [0, 1], noise std
+    scaled alike), scaled back; a constant image as it is (nothing to denoise)."""
+    lo, hi = float(image.min()), float(image.max())
+    if hi - lo < 1e-12:
+        return image
+    denoised = denoise_unit((image - lo) / (hi - lo), 1.0 / (hi - lo))
+    return np.asarray(denoised, np.float64) * (hi - lo) + lo
+
+
 def stabilised(
     denoise_unit,
     y,
@@ -163,19 +174,31 @@ def stabilised(
     and the inverse divides by s times each channel's gain.
     """
 
-    def denoise(image):
-        lo, hi = float(image.min()), float(image.max())
-        if hi - lo < 1e-12:  # a constant image: nothing to denoise
-            return image
-        denoised = denoise_unit((image - lo) / (hi - lo), 1.0 / (hi - lo))
-        return np.asarray(denoised, np.float64) * (hi - lo) + lo
-
+    denoise = functools.partial(_denoised_in_range, denoise_unit)
     z = gat_forward(np.asarray(y, np.float64), r)
     gains = np.float64(1.0)
     if operator is not None:
         z, gains = operator.fill(z), np.asarray(operator.channel_gains, np.float64)
     lam = gat_inverse(denoise(z) if joint_channels else _per_channel(denoise, z), r)
     return np.clip((lam - b) / (s * gains), 0.0, 1.0).astype(np.float32)
+
+
+def stabilised_planes(denoise_unit, y, mosaic, s: float, r: float, b: float = 0.0):
+    """Denoise, then demosaick: the GAT of a mosaic y [H, W, 1] (H, W even), its four Bayer
+    planes as one grayscale image (mosaic.to_planes; after the GAT their noise is white, std 1,
+    and a grayscale denoiser is exact about it) through denoise_unit(image [H, W, 1] in [0, 1],
+    noise std) like `stabilised`, the unbiased inverse, divided by s times each pixel's gain,
+    then demosaicked (mosaic.fill, Menon 2007) -> x [H, W, 3] in [0, 1].
+
+    The classical pipeline's order (gat_bm3d_menon) with the planes denoised together; the
+    restoration's start averages it with the demosaicked-then-denoised estimate of `stabilised`
+    where the noise is high (SamplerSettings.planes_min_noise)."""
+    z = _denoised_in_range(
+        denoise_unit, mosaic.to_planes(gat_forward(np.asarray(y, np.float64), r))
+    )
+    gains = mosaic.weights(*z.shape[:2]).sum(axis=-1, keepdims=True)
+    x = np.clip((gat_inverse(mosaic.from_planes(z), r) - b) / (s * gains), 0.0, 1.0)
+    return np.clip(mosaic.fill(x), 0.0, 1.0).astype(np.float32)
 
 
 def gat_bm3d(y, s: float, r: float, b: float = 0.0):

@@ -102,6 +102,13 @@ class SamplerSettings:
     # there cost about what refining costs elsewhere. On corpus:val (gray, s = 50 and 250)
     # +0.1 dB on astronomy, +0.26-0.42 dB on photographs and microscopy (docs/tuning.md).
     estimate_ensemble: int = 8
+    # "vst" on a Bayer mosaic (pdr_jax.physics.operators.Mosaic) with a denoiser that has a
+    # grayscale prior (`plane_prior`: LumaChromaPrior): where noise_level(y) >= this, the
+    # one-call estimate is the mean of the demosaicked-then-denoised estimate and the
+    # denoised-then-demosaicked one (its Bayer planes by the grayscale prior, then Menon 2007;
+    # baselines.stabilised_planes), at twice the start's calls. inf: never (MOSAIC_SAMPLER sets
+    # it; docs/tuning.md, "Colour").
+    planes_min_noise: float = math.inf
     sigma_min: float = 0.002
     sigma_max: float = 80.0  # "noise" start
     rho: float = 7.0
@@ -125,15 +132,16 @@ class SamplerSettings:
             self.start_factor > 0
             and self.latent_scale >= 0
             and self.refine_min_noise >= 0
+            and self.planes_min_noise >= 0
             and self.estimate_sigma_factor > 0
             and self.deblur_iterations >= 0
             and 0 < self.sigma_min < self.sigma_max
         ):
             raise ValueError(
                 "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
-                "estimate_sigma_factor > 0, deblur_iterations >= 0 and 0 < sigma_min < "
-                f"sigma_max, got {self.start_factor}, {self.latent_scale}, "
-                f"{self.refine_min_noise}, {self.estimate_sigma_factor}, "
+                "planes_min_noise >= 0, estimate_sigma_factor > 0, deblur_iterations >= 0 and "
+                f"0 < sigma_min < sigma_max, got {self.start_factor}, {self.latent_scale}, "
+                f"{self.refine_min_noise}, {self.planes_min_noise}, {self.estimate_sigma_factor}, "
                 f"{self.deblur_iterations}, {self.sigma_min}, {self.sigma_max}"
             )
 
@@ -169,8 +177,11 @@ COLOUR_SAMPLER = SamplerSettings(refine_min_noise=0.55)
 # the colour prior (pdr_jax.restore.composite.LumaChromaPrior), refined by the sampler down to
 # a lower noise level than gray (its data steps demosaick: on corpus:val mosaics refining gained
 # on the crops of noise level >= 0.1 and lost below, docs/tuning.md "Colour"); below it the
-# one-call estimate is self-ensembled as everywhere (+0.2 dB at s = 250 on corpus:val).
-MOSAIC_SAMPLER = SamplerSettings(refine_min_noise=0.1)
+# one-call estimate is self-ensembled as everywhere (+0.2 dB at s = 250 on corpus:val). From
+# noise level 0.5 the start averages in the Bayer planes denoised by the grayscale prior, then
+# demosaicked (on corpus:val +1.5 dB at s = 10, r = 3, whose crops are at 0.64-0.77, and lost
+# 0.26 dB on average on those of s = 10, r = 0.5, at 0.15-0.49).
+MOSAIC_SAMPLER = SamplerSettings(refine_min_noise=0.1, planes_min_noise=0.5)
 # pdr-restore --colour (pdr_jax.restore.composite.colour_denoiser)
 COLOUR_MODES = ("opponent", "luma", "joint", "channels")
 

@@ -149,6 +149,32 @@ class Mosaic:
         z = np.asarray(z, np.float64)
         return demosaicing_CFA_Bayer_Menon2007(z[..., 0], self.origin_pattern)
 
+    @staticmethod
+    def to_planes(z: np.ndarray) -> np.ndarray:
+        """[H, W, ...] mosaic values (H, W even) -> the same shape: its four Bayer planes (the
+        pixels of each parity (i, j), H/2 x W/2 each) as the quadrants of one image, the plane
+        (0, 0) top left, (0, 1) mirrored left-right top right, (1, 0) mirrored up-down bottom
+        left, (1, 1) mirrored both ways bottom right. The mirrors put each seam between the
+        same image border of two planes, so a denoiser sees a continuous image there (the
+        planes are the scene in other colours) and not a jump to the opposite border. Colour
+        blind: the planes are by parity, whatever the pattern and phase."""
+        z = np.asarray(z)
+        if z.shape[0] % 2 or z.shape[1] % 2:
+            raise ValueError(f"Bayer planes need even sides, got {z.shape[:2]}")
+        top = np.concatenate([z[0::2, 0::2], z[0::2, 1::2][:, ::-1]], axis=1)
+        bottom = np.concatenate([z[1::2, 0::2][::-1], z[1::2, 1::2][::-1, ::-1]], axis=1)
+        return np.concatenate([top, bottom], axis=0)
+
+    @staticmethod
+    def from_planes(q: np.ndarray) -> np.ndarray:
+        """The inverse of to_planes."""
+        q = np.asarray(q)
+        h, w = q.shape[0] // 2, q.shape[1] // 2
+        z = np.empty_like(q)
+        z[0::2, 0::2], z[0::2, 1::2] = q[:h, :w], q[:h, w:][:, ::-1]
+        z[1::2, 0::2], z[1::2, 1::2] = q[h:, :w][::-1], q[h:, w:][::-1, ::-1]
+        return z
+
     def channel_masks(self, height: int, width: int, channels: int = 1) -> np.ndarray:
         """[3, H, W, 1] float32: the pixels of each colour R, G, B (chi-square per colour)."""
         del channels

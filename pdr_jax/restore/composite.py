@@ -139,6 +139,8 @@ class LumaChromaPrior:
     )
     downsampling = property(lambda self: max(self.gray.downsampling, self.colour.downsampling))
     model_channels = property(lambda self: self.gray.model_channels + self.colour.model_channels)
+    # The start denoises a noisy mosaic's Bayer planes with it (SamplerSettings.planes_min_noise).
+    plane_prior = property(lambda self: self.gray)
 
     def sampler_args(self, physics, rows: int) -> dict:
         args = dict(self.colour.sampler_args(physics, rows))
@@ -196,6 +198,12 @@ class SelfEnsemble:
     img_resolution = property(lambda self: self.prior.img_resolution)
     downsampling = property(lambda self: self.prior.downsampling)
     model_channels = property(lambda self: self.prior.model_channels)
+
+    @property
+    def plane_prior(self):
+        """The prior's plane_prior, self-ensembled alike (None where it has none)."""
+        planes = getattr(self.prior, "plane_prior", None)
+        return None if planes is None else SelfEnsemble(planes, self.size)
 
     def sampler_args(self, physics, rows: int) -> dict:
         args = dict(self.prior.sampler_args(physics, rows))

@@ -32,7 +32,12 @@ The start (`SamplerSettings.start`):
            steps lost PSNR there and gained it at higher noise), and with num_steps = 0, the
            one-call estimate is the result, averaged over SamplerSettings.estimate_ensemble
            (default 8) flips and transposes of each tile (estimate_ensemble=1 with
-           num_steps=0: the fast method, one network call per tile).
+           num_steps=0: the fast method, one network call per tile). A Bayer mosaic is
+           stabilised, demosaicked (Mosaic.fill) and denoised; where its noise level is at
+           least planes_min_noise and the denoiser has a grayscale `plane_prior`
+           (LumaChromaPrior), that estimate is averaged with the denoise-then-demosaick one
+           (baselines.stabilised_planes): at high noise, demosaicking first leaves noise that
+           a prior trained on white noise misjudges.
   "noise"  EDM's start: latents * sigma_max (zero latents: a deterministic estimate).
 """
 
@@ -101,6 +106,9 @@ class Denoiser(Protocol):
     img_channels: int
     downsampling: int  # tile sizes are multiples of it
     model_channels: int  # for tiling.choose_tile's memory estimate
+    # Optional: a grayscale Denoiser for a mosaic's Bayer planes in the start (LumaChromaPrior's
+    # grayscale prior; SamplerSettings.planes_min_noise). Absent: the start does without.
+    # plane_prior: Denoiser
 
     def sampler_args(self, physics: Physics, rows: int) -> dict:
         """denoise_fn(x [rows, h, w, C], sigma) -> D in model space, sigma_min, sigma_max,
@@ -231,29 +239,41 @@ def _apply(denoise_fn, x, sigma):
     return denoise_fn(x, sigma)
 
 
-def _vst_estimate(denoise_fn, y: np.ndarray, physics: Physics, operator, factor: float = 1.0):
-    """(x [1, H', W', C] in [0, 1], sigma_v): the one-call estimate of one padded image
-    y [1, H', W', C'] (baselines.stabilised with the prior, its channels together, in BM3D's
-    place, run at factor * sigma_v; a mosaic stabilised, then demosaicked by operator.fill) and
-    sigma_v (inf for a constant image: nothing to denoise)."""
-    sigmas = []
+def _unit_denoiser(denoise_fn, factor: float, sigmas: list):
+    """denoise_unit(image [H, W, C] in [0, 1], noise std sigma_v) for baselines.stabilised:
+    denoise_fn in model space (2u - 1, noise 2 sigma_v) run at factor * 2 sigma_v; each sigma_v
+    appended to `sigmas`."""
 
-    factor = factor * operator.start_sigma_factor  # a demosaicked mosaic's correlated noise
-
-    def denoise_unit(unit, sigma_v):  # [0, 1], noise std sigma_v -> model space 2u - 1, 2 sigma_v
+    def denoise_unit(unit, sigma_v):
         sigmas.append(sigma_v)
         model = jnp.asarray(2 * unit[None] - 1, jnp.float32)
         return (np.asarray(_apply(denoise_fn, model, jnp.float32(2 * factor * sigma_v)))[0] + 1) / 2
 
-    x = baselines.stabilised(
-        denoise_unit,
-        y[0],
-        physics.s,
-        physics.r,
-        physics.b,
-        joint_channels=True,
-        operator=operator,
-    )
+    return denoise_unit
+
+
+def _vst_estimate(
+    denoise_fn, y: np.ndarray, physics: Physics, operator, factor: float = 1.0, plane_fn=None
+):
+    """(x [1, H', W', C] in [0, 1], sigma_v): the one-call estimate of one padded image
+    y [1, H', W', C'] (baselines.stabilised with the prior, its channels together, in BM3D's
+    place, run at factor * sigma_v; a mosaic stabilised, then demosaicked by operator.fill) and
+    sigma_v (inf for a constant image: nothing to denoise). plane_fn (a mosaic): a grayscale
+    denoiser; the estimate is then the mean of that one and baselines.stabilised_planes' (the
+    Bayer planes denoised by plane_fn at factor times their sigma_v, then demosaicked), and
+    sigma_v the planes'."""
+    sigmas = []
+    # A demosaicked mosaic's noise is correlated (Mosaic.start_sigma_factor).
+    denoise_unit = _unit_denoiser(denoise_fn, factor * operator.start_sigma_factor, sigmas)
+    s, r, b = physics.s, physics.r, physics.b
+    x = baselines.stabilised(denoise_unit, y[0], s, r, b, joint_channels=True, operator=operator)
+    if plane_fn is not None:
+        # The planes' noise is white, their range the mosaic's own (the demosaicked image's
+        # is narrower on photographs), and the start is re-noised from their sigma_v (on
+        # corpus:val mosaics at s = 2: +0.9 dB at r = 0.5, +0.15 at r = 3 over the other's).
+        sigmas = []
+        plane_unit = _unit_denoiser(plane_fn, factor, sigmas)
+        x = (x + baselines.stabilised_planes(plane_unit, y[0], operator, s, r, b)) / 2
     return x[None], (sigmas[0] if sigmas else float("inf"))
 
 
@@ -268,12 +288,14 @@ def _start(
     key,
     net_sigma,
     mask_pad,
+    plane_fn=None,
 ):
     """(latents [B K, H', W', C], sigma_max, start estimate [B, H', W', C] or None).
 
     y_pad: [B, H', W', C'] measured through `operator` (its phase at the padded origin);
     channels: C, the prior's. Through a PSF the one-call estimate is of the blurred image; Richardson-Lucy
-    (sampler.deblur_iterations, from that estimate, mask_pad the data) deblurs it."""
+    (sampler.deblur_iterations, from that estimate, mask_pad the data) deblurs it. plane_fn: a
+    mosaic's Bayer planes denoised by it join the estimate (_vst_estimate)."""
     rows = y_pad.shape[0] * num_samples
     noise_key = jax.random.key(0) if key is None else key
     latents = sampler.latent_scale * jax.random.normal(
@@ -284,7 +306,12 @@ def _start(
     estimates, sigmas = zip(
         *(
             _vst_estimate(
-                denoise_fn, y_pad[i : i + 1], physics, operator, sampler.estimate_sigma_factor
+                denoise_fn,
+                y_pad[i : i + 1],
+                physics,
+                operator,
+                sampler.estimate_sigma_factor,
+                plane_fn,
             )
             for i in range(len(y_pad))
         )
@@ -309,15 +336,18 @@ def _start(
 # The restoration.
 
 
-def network_calls(sampler: SamplerSettings, refine: bool = True, draw: bool | None = None) -> int:
+def network_calls(
+    sampler: SamplerSettings, refine: bool = True, draw: bool | None = None, planes: bool = False
+) -> int:
     """Denoiser calls per tile: the one-call estimate ("vst" start; estimate_ensemble calls
-    where it is the result, i.e. not refined) plus the sampler's steps (Heun 2N - 1, Euler and
-    DPM-Solver++ N) where it draws (refines, or samples for a std; default: where it refines)."""
+    where it is the result, i.e. not refined; twice that where a mosaic's Bayer planes join
+    it, `planes`) plus the sampler's steps (Heun 2N - 1, Euler and DPM-Solver++ N) where it
+    draws (refines, or samples for a std; default: where it refines)."""
     draw = refine if draw is None else draw
     calls = samplers.network_calls(sampler.solver, sampler.num_steps if draw else 0)
     if sampler.start != "vst":
         return calls
-    return calls + (1 if refine else sampler.estimate_ensemble)
+    return calls + (1 if refine else sampler.estimate_ensemble) * (2 if planes else 1)
 
 
 def restore(
@@ -380,11 +410,20 @@ def restore(
     # Whether the sampler refines the one-call estimate (False: the estimate is the result,
     # averaged over sampler.estimate_ensemble flips and transposes). Through a PSF the
     # sampler's data steps do the deconvolution: it always runs.
+    level = noise_level(y_b, physics)
     refine = sampler.start == "noise" or (
-        sampler.num_steps > 0
-        and (noise_level(y_b, physics) >= sampler.refine_min_noise or not operator.diagonal)
+        sampler.num_steps > 0 and (level >= sampler.refine_min_noise or not operator.diagonal)
     )
     ensemble = 1 if refine else sampler.estimate_ensemble
+    # A noisy mosaic's start also denoises its Bayer planes, with the denoiser's grayscale
+    # prior (SamplerSettings.planes_min_noise).
+    plane_prior = getattr(prior, "plane_prior", None)
+    planes = (
+        sampler.start == "vst"
+        and plane_prior is not None
+        and hasattr(operator, "to_planes")
+        and level >= sampler.planes_min_noise
+    )
 
     # The tile plan (a whole image: none) and its denoisers.
     batch, height, width, _ = y_canvas.shape
@@ -398,6 +437,10 @@ def restore(
         args = prior.sampler_args(physics, batch * num_samples)
         denoise_fn = args["denoise_fn"]
         start_fn = composite.ensembled(prior.sampler_args(physics, 1)["denoise_fn"], ensemble)
+        planes = planes and height % 2 == 0 and width % 2 == 0  # whole Bayer cells
+        plane_fn = planes and composite.ensembled(
+            plane_prior.sampler_args(physics, 1)["denoise_fn"], ensemble
+        )
         inside = np.ones((1, height, width, 1), np.float32)
         operator_pad = operator
     else:
@@ -425,6 +468,13 @@ def restore(
         denoise_fn = tiling.tiled_denoiser(args["denoise_fn"], plan, batch=chunk)
         start_fn = tiling.tiled_denoiser(
             composite.ensembled(args["denoise_fn"], ensemble), plan, batch=chunk
+        )
+        # The planes are one image of the canvas's shape (Mosaic.to_planes): the same tiles.
+        planes = planes and not any(side % 2 for side in plan.padded_shape)
+        plane_fn = planes and tiling.tiled_denoiser(
+            composite.ensembled(plane_prior.sampler_args(physics, chunk)["denoise_fn"], ensemble),
+            plan,
+            batch=chunk,
         )
         inside = np.zeros((1, *plan.padded_shape, 1), np.float32)
         inside[:, plan.pad_top : plan.pad_top + height, plan.pad_left : plan.pad_left + width] = 1
@@ -460,6 +510,7 @@ def restore(
         key,
         (args["sigma_min"], args["sigma_max"]),
         mask_pad,
+        plane_fn or None,
     )
     started = time.perf_counter()
     # Samples are drawn where they are the result, and for the std of num_samples > 1 where the
@@ -525,9 +576,10 @@ def restore(
         "saturated_fraction": float(1 - valid.mean()),
         "kappa": float(guidance.kappa),
         "start_sigma": None if estimate is None else float(sigma_max),
-        "noise_level": noise_level(y_b, physics),
+        "noise_level": level,
         "refined": refine,
-        "network_calls": network_calls(sampler, refine, draw),
+        "planes_start": planes,
+        "network_calls": network_calls(sampler, refine, draw, planes),
         "posterior_std": None if std is None else float(std.mean()),
         "std_from": std_from,
         "tile": None if plan is None else plan.tile,

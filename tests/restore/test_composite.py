@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from function_prior import FunctionPrior, shrinkage
 
+from pdr_jax import baselines
 from pdr_jax.physics import noise, operators
 from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
 from pdr_jax.restore.composite import (
@@ -229,3 +230,49 @@ def test_estimate_ensemble_averages_the_one_call_result_only_where_it_is_the_res
     )
     with pytest.raises(ValueError, match="estimate_ensemble must be one of"):
         SamplerSettings(estimate_ensemble=3)
+
+
+def test_a_noisy_mosaic_starts_from_the_mean_of_both_orders():
+    """Where a mosaic's noise level reaches planes_min_noise, LumaChromaPrior's start averages
+    the demosaicked-then-denoised estimate with its Bayer planes denoised by the grayscale prior
+    (white noise: at estimate_sigma_factor times sigma_v, no start_sigma_factor), then
+    demosaicked (two calls); below it, or for a denoiser without a grayscale prior, the first
+    alone (one call)."""
+    op = operators.Mosaic("GRBG", gains=(0.6, 1.0, 0.8))
+    s, r = 5.0, 2.0
+    x_true = jax.random.uniform(jax.random.key(7), (1, 16, 20, 3), minval=0.2, maxval=0.8)
+    y = np.asarray(noise.simulate(jax.random.key(8), op.forward(x_true), s, r, 0.0))[0]
+    prior = LumaChromaPrior(FunctionPrior(_shrink), FunctionPrior(_mix, 3))
+    run = lambda denoiser, tiles=None, **sampler: restore(
+        denoiser,
+        y,
+        physics=Physics(s, r, operator=op),
+        sampler=SamplerSettings(num_steps=0, estimate_ensemble=1, **sampler),
+        tiling_settings=tiles,
+    )
+    both, first = run(prior, planes_min_noise=0.5), run(prior)
+    assert both.report["noise_level"] > 0.5 and both.report["planes_start"]
+    assert (both.report["network_calls"], first.report["network_calls"]) == (2, 1)
+    assert not first.report["planes_start"]  # SamplerSettings().planes_min_noise: inf
+    factor = SamplerSettings().estimate_sigma_factor
+
+    def plane_unit(unit, sigma_v):
+        model = jnp.asarray(2 * unit[None] - 1, jnp.float32)
+        return (np.asarray(_shrink(model, 2 * factor * sigma_v))[0] + 1) / 2
+
+    planes = baselines.stabilised_planes(plane_unit, y, op, s, r, 0.0)
+    assert np.abs(planes - first.image).max() > 0.05  # two different estimates
+    np.testing.assert_allclose(both.image, (first.image + planes) / 2, atol=1e-5)
+    # Re-noised from the planes' sigma_v: the unit noise over the stabilised mosaic's range.
+    stabilised = baselines.gat_forward(y.astype(np.float64), r)
+    sigma_v = 1 / (stabilised.max() - stabilised.min())
+    start = SamplerSettings().start_factor * 2 * sigma_v
+    assert both.report["start_sigma"] == pytest.approx(start, rel=1e-5)
+    assert first.report["start_sigma"] != pytest.approx(start, rel=0.05)  # Menon's range
+    # Tiled: the planes are one image of the padded canvas's shape, through the same tiles.
+    tiled = run(prior, TilingSettings(tile=8, overlap=2), planes_min_noise=0.5)
+    assert tiled.report["planes_start"] and tiled.report["num_tiles"] > 1
+    assert tiled.report["network_calls"] == 2
+    assert not run(FunctionPrior(_mix, 3), planes_min_noise=0.0).report["planes_start"]
+    ensembled = SelfEnsemble(prior, 2).plane_prior
+    assert isinstance(ensembled, SelfEnsemble) and ensembled.size == 2
