@@ -95,8 +95,11 @@ class SamplerSettings:
     estimate_sigma_factor: float = 1.03  # "vst": the denoiser runs at this times sigma_v
     refine_min_noise: float = 0.4  # "vst": run the sampler only where noise_level(y) >= this
     # "vst" through a PSF: Richardson-Lucy (EM) iterations from the denoised (blurred) estimate
-    # before it is re-noised; 0: the denoised blurred image is the start
-    deblur_iterations: int = 0
+    # before it is re-noised (0: the denoised blurred image is the start); None: as many as
+    # the measurement's noise allows, floor(deblur_noise / noise_level(y)), at most
+    # DEBLUR_MAX_ITERATIONS; deblur_noise None: the domain's, DEBLUR_NOISE (deblur_iterations)
+    deblur_iterations: int | None = None
+    deblur_noise: float | None = None
     # "vst": where the one-call estimate is the result (not refined), its denoiser averaged
     # over this many flips and transposes (ENSEMBLE_SIZES; pdr_jax.restore.composite): 8 calls
     # there cost about what refining costs elsewhere. On corpus:val (gray, s = 50 and 250)
@@ -134,16 +137,44 @@ class SamplerSettings:
             and self.refine_min_noise >= 0
             and self.planes_min_noise >= 0
             and self.estimate_sigma_factor > 0
-            and self.deblur_iterations >= 0
+            and (self.deblur_iterations is None or self.deblur_iterations >= 0)
+            and (self.deblur_noise is None or self.deblur_noise >= 0)
             and 0 < self.sigma_min < self.sigma_max
         ):
             raise ValueError(
                 "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
-                "planes_min_noise >= 0, estimate_sigma_factor > 0, deblur_iterations >= 0 and "
+                "planes_min_noise >= 0, estimate_sigma_factor > 0, deblur_iterations >= 0 or "
+                "None, deblur_noise >= 0 or None and "
                 f"0 < sigma_min < sigma_max, got {self.start_factor}, {self.latent_scale}, "
                 f"{self.refine_min_noise}, {self.planes_min_noise}, {self.estimate_sigma_factor}, "
-                f"{self.deblur_iterations}, {self.sigma_min}, {self.sigma_max}"
+                f"{self.deblur_iterations}, {self.deblur_noise}, {self.sigma_min}, "
+                f"{self.sigma_max}"
             )
+
+
+DEBLUR_MAX_ITERATIONS = 20  # SamplerSettings.deblur_iterations None: at most this many
+# SamplerSettings.deblur_noise None: the domain's. Richardson-Lucy's positivity sharpens point
+# sources on a dark sky, and amplifies noise in extended structure: on corpus:val (4 crops per
+# cell, the three PSFs of the benchmark) 3 iterations in the start gained 0.5-0.7 dB for
+# astronomy at s = 50 and 8 gained 0.4-1.3 dB at s = 250, and none gained for microscopy
+# (3 iterations lost 0.2-1.6 dB at s = 250 with the Airy and Gaussian PSFs, 2.3-3.9 at s = 50);
+# at s = 10 every count lost (docs/deconvolution.md).
+DEBLUR_NOISE = {"astronomy": 0.3, "microscopy": 0.0, "photography": 0.0}
+
+
+def deblur_iterations(sampler: SamplerSettings, level: float, domain: str) -> int:
+    """Richardson-Lucy iterations of a "vst" start through a PSF at the noise level `level`
+    (pdr_jax.restore.noise_level): sampler.deblur_iterations, or where it is None
+    floor(deblur_noise / level), at most DEBLUR_MAX_ITERATIONS, with sampler.deblur_noise or
+    where that is None the domain's DEBLUR_NOISE."""
+    if sampler.deblur_iterations is not None:
+        return sampler.deblur_iterations
+    scale = DEBLUR_NOISE[domain] if sampler.deblur_noise is None else sampler.deblur_noise
+    if not scale > 0:
+        return 0
+    if not level > 0:
+        return DEBLUR_MAX_ITERATIONS
+    return int(min(DEBLUR_MAX_ITERATIONS, math.floor(scale / level)))
 
 
 # How a model conditioned on the measurement (pdr_jax.conditional.ConditionalModel) restores:

@@ -204,6 +204,10 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="kappa must be >= 0 or 'auto'"):
             methods.with_field(methods.PdrSettings(), "kappa", kappa)
     assert methods.parse_ablation("start_factor=0.5") == [("start_factor", 0.5)]
+    assert methods.parse_ablation("deblur_iterations=None,2") == [
+        ("deblur_iterations", None),
+        ("deblur_iterations", 2),
+    ]
     assert methods.parse_ablation("self_ensemble=2,8") == [
         ("self_ensemble", 2),
         ("self_ensemble", 8),

@@ -122,6 +122,10 @@ class MethodOptions:
 # Ablations.
 
 
+def _int_or_none(text: str) -> int | None:
+    return None if text.strip().lower() == "none" else int(text)
+
+
 _BOOLEANS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 # Ablation field -> (the PdrSettings part it lives in, its attribute there, the value parser).
 ABLATION_FIELDS = {
@@ -138,7 +142,8 @@ ABLATION_FIELDS = {
     "refine_min_noise": ("sampler", "refine_min_noise", float),
     "planes_min_noise": ("sampler", "planes_min_noise", float),
     "estimate_ensemble": ("sampler", "estimate_ensemble", int),
-    "deblur_iterations": ("sampler", "deblur_iterations", int),
+    "deblur_iterations": ("sampler", "deblur_iterations", _int_or_none),
+    "deblur_noise": ("sampler", "deblur_noise", float),
     "cg_iterations": ("guidance", "cg_iterations", int),
     "num_samples": (None, "num_samples", int),
     "self_ensemble": (None, "self_ensemble", int),

@@ -64,6 +64,7 @@ from pdr_jax.settings import (
     SamplerSettings,
     TilingSettings,
     auto_kappa,
+    deblur_iterations,
 )
 
 
@@ -289,13 +290,14 @@ def _start(
     net_sigma,
     mask_pad,
     plane_fn=None,
+    deblur: int = 0,
 ):
     """(latents [B K, H', W', C], sigma_max, start estimate [B, H', W', C] or None).
 
     y_pad: [B, H', W', C'] measured through `operator` (its phase at the padded origin);
-    channels: C, the prior's. Through a PSF the one-call estimate is of the blurred image; Richardson-Lucy
-    (sampler.deblur_iterations, from that estimate, mask_pad the data) deblurs it. plane_fn: a
-    mosaic's Bayer planes denoised by it join the estimate (_vst_estimate)."""
+    channels: C, the prior's. Through a PSF the one-call estimate is of the blurred image;
+    `deblur` Richardson-Lucy iterations (from that estimate, mask_pad the data) deblur it.
+    plane_fn: a mosaic's Bayer planes denoised by it join the estimate (_vst_estimate)."""
     rows = y_pad.shape[0] * num_samples
     noise_key = jax.random.key(0) if key is None else key
     latents = sampler.latent_scale * jax.random.normal(
@@ -317,14 +319,14 @@ def _start(
         )
     )
     estimate, sigma_v = np.concatenate(estimates), max(sigmas)
-    if operator.radius and sampler.deblur_iterations:
+    if operator.radius and deblur:
         estimate = baselines.shifted_poisson_em(
             y_pad,
             operator,
             physics.s,
             physics.r,
             physics.b,
-            iterations=sampler.deblur_iterations,
+            iterations=deblur,
             start=estimate,
             mask=mask_pad,
         ).clip(0.0, 1.0)
@@ -415,6 +417,10 @@ def restore(
         sampler.num_steps > 0 and (level >= sampler.refine_min_noise or not operator.diagonal)
     )
     ensemble = 1 if refine else sampler.estimate_ensemble
+    # Richardson-Lucy in the start through a PSF: as many iterations as the noise allows.
+    deblur = 0
+    if operator.radius and sampler.start == "vst":
+        deblur = deblur_iterations(sampler, level, physics.domain)
     # A noisy mosaic's start also denoises its Bayer planes, with the denoiser's grayscale
     # prior (SamplerSettings.planes_min_noise).
     plane_prior = getattr(prior, "plane_prior", None)
@@ -511,6 +517,7 @@ def restore(
         (args["sigma_min"], args["sigma_max"]),
         mask_pad,
         plane_fn or None,
+        deblur,
     )
     started = time.perf_counter()
     # Samples are drawn where they are the result, and for the std of num_samples > 1 where the
@@ -579,6 +586,7 @@ def restore(
         "noise_level": level,
         "refined": refine,
         "planes_start": planes,
+        "deblur_iterations": deblur,
         "network_calls": network_calls(sampler, refine, draw, planes),
         "posterior_std": None if std is None else float(std.mean()),
         "std_from": std_from,

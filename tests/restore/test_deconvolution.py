@@ -13,6 +13,7 @@ from function_prior import FunctionPrior, shrinkage
 
 from pdr_jax.physics import noise, operators, psf
 from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
+from pdr_jax.settings import DEBLUR_MAX_ITERATIONS, DEBLUR_NOISE, DOMAINS, deblur_iterations
 
 MEAN, VAR = 0.0, 0.3
 
@@ -87,7 +88,7 @@ def test_deconvolution_keeps_flux_and_beats_denoising_alone():
     inner = truth[m:-m, m:-m]
     physics = Physics(s, r, b, domain="astronomy", operator=blur)
     # Richardson-Lucy in the start (deblur_iterations): this prior knows no edges, so the
-    # likelihood's iterations do the deblurring (the default, 0, suits the trained priors).
+    # likelihood's iterations do the deblurring.
     sampler = SamplerSettings(deblur_iterations=10)
     sharp = restore(PIXEL_PRIOR, y, physics=physics, sampler=sampler, tiling_settings=None)
     blind = restore(PIXEL_PRIOR, y, physics=Physics(s, r, b, domain="astronomy"))
@@ -96,3 +97,36 @@ def test_deconvolution_keeps_flux_and_beats_denoising_alone():
     mse = lambda image: float(np.mean((image - inner) ** 2))
     assert mse(sharp.image) < 0.85 * mse(blind.image)
     assert 0.8 < sharp.report["chi_square"] < 1.25
+
+
+def test_richardson_lucy_iterations_in_the_start_follow_the_noise_level():
+    """deblur_iterations None: floor(deblur_noise / noise level), at most DEBLUR_MAX_ITERATIONS,
+    deblur_noise None the domain's (astronomy 0.3; none for microscopy: 0 at the noise of
+    s = 10 and for extended scenes); a count given is kept. restore runs that many through a
+    PSF (reported; the same image as the count given) and none without one."""
+    default = SamplerSettings()
+    assert set(DEBLUR_NOISE) == set(DOMAINS)
+    assert deblur_iterations(default, 0.04, "astronomy") == int(DEBLUR_NOISE["astronomy"] / 0.04)
+    assert deblur_iterations(default, 0.04, "astronomy") == 7
+    assert deblur_iterations(default, 0.45, "astronomy") == 0
+    assert deblur_iterations(default, 1e-6, "astronomy") == DEBLUR_MAX_ITERATIONS
+    assert deblur_iterations(default, 0.0, "astronomy") == DEBLUR_MAX_ITERATIONS
+    assert deblur_iterations(default, 0.04, "microscopy") == 0
+    assert deblur_iterations(SamplerSettings(deblur_noise=0.2), 0.04, "microscopy") == 5
+    assert deblur_iterations(SamplerSettings(deblur_iterations=3), 0.01, "microscopy") == 3
+    with pytest.raises(ValueError, match="deblur_noise >= 0"):
+        SamplerSettings(deblur_noise=-1.0)
+    blur = operators.Blur.of(psf.gaussian(2.0))
+    s, r, b = 400.0, 2.0, 1.0
+    y = _blurred(_scene(24 + 2 * blur.radius, 24 + 2 * blur.radius), blur, s, r, b)
+    physics = Physics(s, r, b, domain="astronomy", operator=blur)
+    run = lambda **sampler: restore(
+        PIXEL_PRIOR, y, physics=physics, sampler=SamplerSettings(**sampler), tiling_settings=None
+    )
+    auto = run()
+    n = int(DEBLUR_NOISE["astronomy"] / auto.report["noise_level"])
+    assert auto.report["deblur_iterations"] == n and n >= 2
+    np.testing.assert_array_equal(auto.image, run(deblur_iterations=n).image)
+    assert np.abs(auto.image - run(deblur_iterations=0).image).max() > 1e-3
+    denoised = restore(PIXEL_PRIOR, y, physics=Physics(s, r, b), tiling_settings=None)
+    assert denoised.report["deblur_iterations"] == 0
