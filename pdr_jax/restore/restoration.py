@@ -278,6 +278,30 @@ def _vst_estimate(
     return x[None], (sigmas[0] if sigmas else float("inf"))
 
 
+def _deblurred(estimate, y, physics: Physics, operator, iterations: int, mask) -> np.ndarray:
+    """`iterations` Richardson-Lucy (EM) iterations of the shifted-Poisson model from the
+    denoised estimate [B, H', W', C] of the measurement y through a PSF, rescaled per image to
+    the estimate's flux over the measured pixels (mask > 0) and clipped to [0, 1]: they
+    sharpen, and the denoised estimate's total is the better one (on corpus:val astronomy EM
+    added 0.2-1.3 % to it, and 0.4-0.9 % stayed in the restorations)."""
+    estimate = np.asarray(estimate, np.float64)
+    sharp = baselines.shifted_poisson_em(
+        y,
+        operator,
+        physics.s,
+        physics.r,
+        physics.b,
+        iterations=iterations,
+        start=estimate,
+        mask=mask,
+    )
+    sharp = np.clip(np.asarray(sharp, np.float64), 0.0, 1.0)
+    measured = np.asarray(mask)[..., :1] > 0
+    flux = lambda v: np.sum(v * measured, axis=(1, 2, 3), keepdims=True)
+    scale = np.where(flux(sharp) > 0, flux(estimate) / np.maximum(flux(sharp), 1e-30), 1.0)
+    return np.clip(sharp * scale, 0.0, 1.0).astype(np.float32)
+
+
 def _start(
     denoise_fn,
     y_pad,
@@ -320,16 +344,7 @@ def _start(
     )
     estimate, sigma_v = np.concatenate(estimates), max(sigmas)
     if operator.radius and deblur:
-        estimate = baselines.shifted_poisson_em(
-            y_pad,
-            operator,
-            physics.s,
-            physics.r,
-            physics.b,
-            iterations=deblur,
-            start=estimate,
-            mask=mask_pad,
-        ).clip(0.0, 1.0)
+        estimate = _deblurred(estimate, y_pad, physics, operator, deblur, mask_pad)
     start_sigma = float(np.clip(sampler.start_factor * 2 * sigma_v, 2 * net_sigma[0], net_sigma[1]))
     x_model = jnp.repeat(jnp.asarray(2 * estimate - 1), num_samples, axis=0)
     return x_model / start_sigma + latents, start_sigma, estimate
