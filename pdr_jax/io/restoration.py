@@ -165,6 +165,11 @@ def restoration_report(
         "settings": first.get("settings"),
         "network_calls": first.get("network_calls"),
         "refined": first.get("refined"),
+        "noise_level": first.get("noise_level"),
+        # A noisy mosaic's start denoised its Bayer planes too; through a PSF, the start's
+        # Richardson-Lucy iterations (SamplerSettings.planes_min_noise, deblur_iterations).
+        "planes_start": first.get("planes_start"),
+        "deblur_iterations": first.get("deblur_iterations"),
         "std_from": first.get("std_from"),
         "noise": {
             "scale": m.scale,

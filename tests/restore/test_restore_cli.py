@@ -105,6 +105,9 @@ def test_odd_sized_measurement_end_to_end(tiny_model, tmp_path):
     ):
         assert field in image, field
     assert image["tile"] == 16 and image["num_tiles"] > 4 and np.isfinite(image["chi_square"])
+    # How the start went: a grayscale image has no Bayer planes and no PSF.
+    assert image["planes_start"] is False and image["deblur_iterations"] == 0
+    assert image["noise_level"] > 0
     assert rep["summary"] == {**rep["summary"], "restored": 1, "failed": 0}
 
 
