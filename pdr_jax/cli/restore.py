@@ -18,7 +18,10 @@ black levels and white balance read from it; or a one-channel file with --cfa RG
 and --wb R,G,B) is restored and demosaicked in one model, y ~ Poisson(s g[c] x[c] + b) +
 N(0, r^2) per pixel with c its CFA colour and g = 1 / wb: the output is the white-balanced
 linear camera RGB x, [H, W, 3]. Its denoiser takes the luminance from the grayscale prior and
-the chrominances from the colour prior (--colour luma; --colour joint: the colour prior alone).
+the chrominances from the colour prior (--colour luma; --colour joint: the colour prior alone);
+where the mosaic is noisy, its start also denoises the Bayer planes with the grayscale prior
+(pdr_jax.settings.MOSAIC_SAMPLER). With --psf, an astronomy image's start is sharpened by a few
+Richardson-Lucy iterations, more the less noise there is (SamplerSettings.deblur_iterations).
 
 OUT: a file for one input, a folder for several; the format follows its extension (.npy, .tif,
 .fits, .png as 16 bit): the restored clean intensity x in [0, 1] float32; --save-electrons also
