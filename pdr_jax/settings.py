@@ -211,7 +211,7 @@ COLOUR_SAMPLER = SamplerSettings(refine_min_noise=0.55)
 # one-call estimate is self-ensembled as everywhere (+0.2 dB at s = 250 on corpus:val). From
 # noise level 0.5 the start averages in the Bayer planes denoised by the grayscale prior, then
 # demosaicked (on corpus:val +1.5 dB at s = 10, r = 3, whose crops are at 0.64-0.77, and lost
-# 0.26 dB on average on those of s = 10, r = 0.5, at 0.15-0.49).
+# 0.17 dB on average on those of s = 10, r = 0.5, at 0.15-0.49).
 MOSAIC_SAMPLER = SamplerSettings(refine_min_noise=0.1, planes_min_noise=0.5)
 # pdr-restore --colour (pdr_jax.restore.composite.colour_denoiser)
 COLOUR_MODES = ("opponent", "luma", "joint", "channels")
