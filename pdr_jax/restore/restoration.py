@@ -459,8 +459,10 @@ def restore(
         denoise_fn = args["denoise_fn"]
         start_fn = composite.ensembled(prior.sampler_args(physics, 1)["denoise_fn"], ensemble)
         planes = planes and height % 2 == 0 and width % 2 == 0  # whole Bayer cells
-        plane_fn = planes and composite.ensembled(
-            plane_prior.sampler_args(physics, 1)["denoise_fn"], ensemble
+        plane_fn = (
+            composite.ensembled(plane_prior.sampler_args(physics, 1)["denoise_fn"], ensemble)
+            if planes
+            else None
         )
         inside = np.ones((1, height, width, 1), np.float32)
         operator_pad = operator
@@ -492,10 +494,16 @@ def restore(
         )
         # The planes are one image of the canvas's shape (Mosaic.to_planes): the same tiles.
         planes = planes and not any(side % 2 for side in plan.padded_shape)
-        plane_fn = planes and tiling.tiled_denoiser(
-            composite.ensembled(plane_prior.sampler_args(physics, chunk)["denoise_fn"], ensemble),
-            plan,
-            batch=chunk,
+        plane_fn = (
+            tiling.tiled_denoiser(
+                composite.ensembled(
+                    plane_prior.sampler_args(physics, chunk)["denoise_fn"], ensemble
+                ),
+                plan,
+                batch=chunk,
+            )
+            if planes
+            else None
         )
         inside = np.zeros((1, *plan.padded_shape, 1), np.float32)
         inside[:, plan.pad_top : plan.pad_top + height, plan.pad_left : plan.pad_left + width] = 1
@@ -531,7 +539,7 @@ def restore(
         key,
         (args["sigma_min"], args["sigma_max"]),
         mask_pad,
-        plane_fn or None,
+        plane_fn,
         deblur,
     )
     started = time.perf_counter()

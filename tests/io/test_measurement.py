@@ -152,8 +152,7 @@ def test_psf_auto_fits_the_stars_of_the_file_in_electrons(tmp_path):
     blurred = signal.fftconvolve(scene, psf.moffat(3.5, 3.0), mode="same")
     electrons = rng.poisson(50 * np.clip(blurred, 0, None) + 3) + rng.normal(0, R, blurred.shape)
     fits.PrimaryHDU((electrons / GAIN + BLACK).astype(np.float32)).writeto(tmp_path / "y.fits")
-    m = io.read_measurement(
-        tmp_path / "y.fits",
+    adu = dict(
         scale=50.0,
         read_noise=R,
         units="adu",
@@ -162,6 +161,7 @@ def test_psf_auto_fits_the_stars_of_the_file_in_electrons(tmp_path):
         white_level=1e6,
         psf="auto",
     )
+    m = io.read_measurement(tmp_path / "y.fits", **adu)
     fit = m.psf_fit
     assert fit["num_stars"] >= 3 and abs(fit["fwhm"] / 3.5 - 1) < 0.08
     assert isinstance(m.operator, operators.Blur) and m.operator.source.startswith(fit["spec"])
@@ -169,13 +169,4 @@ def test_psf_auto_fits_the_stars_of_the_file_in_electrons(tmp_path):
     # A starless frame: the error names the file and asks for the PSF.
     fits.PrimaryHDU(np.full((64, 64), BLACK + 10, np.float32)).writeto(tmp_path / "flat.fits")
     with pytest.raises(ValueError, match=r"flat\.fits: --psf auto found 0 isolated star"):
-        io.read_measurement(
-            tmp_path / "flat.fits",
-            scale=50.0,
-            read_noise=R,
-            units="adu",
-            gain=GAIN,
-            black_level=BLACK,
-            white_level=1e6,
-            psf="auto",
-        )
+        io.read_measurement(tmp_path / "flat.fits", **adu)
