@@ -112,6 +112,12 @@ class SamplerSettings:
     # baselines.stabilised_planes), at twice the start's calls. inf: never (MOSAIC_SAMPLER sets
     # it; docs/tuning.md, "Colour").
     planes_min_noise: float = math.inf
+    # Electrons in, electrons out: the restoration of each image is scaled so that its forward
+    # model's total over the valid pixels equals the measured one, sum(A x) = sum(y - b) / s
+    # (the maximum-likelihood scale of a Poisson measurement, which Richardson-Lucy keeps
+    # too), where the counts know that total to FLUX_MAX_UNCERTAINTY (pdr_jax.restore.
+    # restoration.flux_scale). The report records each image's scale (flux_scale).
+    conserve_flux: bool = True
     sigma_min: float = 0.002
     sigma_max: float = 80.0  # "noise" start
     rho: float = 7.0
@@ -127,6 +133,8 @@ class SamplerSettings:
             raise ValueError(
                 f"estimate_ensemble must be one of {ENSEMBLE_SIZES}, got {self.estimate_ensemble}"
             )
+        if not isinstance(self.conserve_flux, bool):
+            raise ValueError(f"conserve_flux must be True or False, got {self.conserve_flux!r}")
         if self.num_steps < 0 or (self.num_steps == 0 and self.start != "vst"):
             raise ValueError(
                 f"num_steps must be >= 1 (0 only with start='vst'), got {self.num_steps}"
@@ -152,6 +160,12 @@ class SamplerSettings:
             )
 
 
+# SamplerSettings.conserve_flux: the scale is applied where the measured total's standard
+# deviation is at most this fraction of it. On corpus:val (gray microscopy and astronomy, 4 crops
+# per cell, r = 2, s = 10 / 50 / 250, no PSF and three) every crop's total was known to 0.05-5.5 %
+# but a near-black astronomy crop's (mean 0.001) to 16-208 %, where scaling by the measured
+# total cost up to 1.3 dB (docs/restoration.md, "Flux").
+FLUX_MAX_UNCERTAINTY = 0.1
 DEBLUR_MAX_ITERATIONS = 20  # SamplerSettings.deblur_iterations None: at most this many
 # SamplerSettings.deblur_noise None: the domain's. Richardson-Lucy's positivity sharpens point
 # sources on a dark sky, and amplifies noise in extended structure: on corpus:val (4 crops per

@@ -4,6 +4,7 @@
       --(tile plan: reflection padding, tiles fused at every denoiser call)-->
       --(start: the one-call variance-stabilised estimate, re-noised)-->
       --(EDM sampler with likelihood guidance, `num_samples` per image)-->
+      --(flux: scaled so that sum A(x) = sum (y - b) / s, SamplerSettings.conserve_flux)-->
     Restoration(image in [0, 1] like y, or [.., 3] from a mosaic; report, posterior std)
 
 The forward operator (`Physics.operator`, pdr_jax.physics.operators) is what every step asks
@@ -60,6 +61,7 @@ from pdr_jax.physics import guidance as physics_guidance
 from pdr_jax.physics.noise_estimation import check_parameter
 from pdr_jax.restore import composite, tiling
 from pdr_jax.settings import (
+    FLUX_MAX_UNCERTAINTY,
     GuidanceSettings,
     SamplerSettings,
     TilingSettings,
@@ -300,6 +302,28 @@ def _deblurred(estimate, y, physics: Physics, operator, iterations: int, mask) -
     flux = lambda v: np.sum(v * measured, axis=(1, 2, 3), keepdims=True)
     scale = np.where(flux(sharp) > 0, flux(estimate) / np.maximum(flux(sharp), 1e-30), 1.0)
     return np.clip(sharp * scale, 0.0, 1.0).astype(np.float32)
+
+
+def flux_scale(y, measured, physics: Physics, valid, groups) -> np.ndarray:
+    """[B, C]: per image and colour, the measured total over the valid pixels of the colour,
+    sum(y - b) / s, over the restoration's, sum(A x) (measured: A x [B, H, W, C'] like y;
+    groups: the operator's channel_masks, one per channel of x: a colour image's channels, a
+    mosaic's Bayer colours, one for gray). 1 where either total is not positive or the counts
+    know theirs to no better than FLUX_MAX_UNCERTAINTY (its standard deviation
+    sqrt(sum(s A x + b + r^2)) / s relative to it): on a near-black image the read noise would
+    set the scale. Per colour, so that what the prior added to one colour (a floor on a dark
+    one) is not taken from the others."""
+    axes = (1, 2, 3)
+    s, r, b = physics.s, physics.r, physics.b
+    measured = np.asarray(measured, np.float64)
+    weights = [np.asarray(valid, np.float64) * group for group in groups]
+    counts = np.asarray(y, np.float64) - b
+    data = np.stack([np.sum(counts * w, axis=axes) for w in weights], 1) / s
+    model = np.stack([np.sum(measured * w, axis=axes) for w in weights], 1)
+    variance = s * np.maximum(measured, 0.0) + b + r**2
+    spread = np.stack([np.sqrt(np.sum(variance * w, axis=axes)) for w in weights], 1) / s
+    ok = (data > 0) & (model > 0) & (spread <= FLUX_MAX_UNCERTAINTY * data)
+    return np.where(ok, data / np.where(ok, model, 1.0), 1.0)
 
 
 def _start(
@@ -571,10 +595,20 @@ def restore(
         samples = unpad(samples)
     sampled = time.perf_counter()
 
-    x_canvas = samples.mean(axis=1) if refine else unpad(jnp.asarray(estimate))
+    x_canvas = np.asarray(samples.mean(axis=1) if refine else unpad(jnp.asarray(estimate)))
     chex.assert_shape(x_canvas, (*y_canvas.shape[:3], prior.img_channels))
+    forward = lambda v: crop(np.asarray(operator.forward(jnp.asarray(v))))  # A(x), like y
+    measured = forward(x_canvas)
+    groups = operator.channel_masks(*y_b.shape[1:3], y_b.shape[-1])
+    scale = np.ones((batch, prior.img_channels))
+    if sampler.conserve_flux:
+        scale = flux_scale(y_b, measured, physics, valid, groups)
+        x_canvas = np.clip(x_canvas * scale[:, None, None, :], 0.0, 1.0).astype(np.float32)
+        measured = forward(x_canvas)
     x = crop(x_canvas)
-    std = crop(samples.std(axis=1)) if draw and num_samples > 1 else None
+    std = None
+    if draw and num_samples > 1:
+        std = (crop(np.asarray(samples.std(axis=1))) * scale[:, None, None, :]).astype(np.float32)
     std_from = None
     if std is not None:
         std_from = "samples" if refine else "samples drawn beside the one-call estimate"
@@ -589,9 +623,7 @@ def restore(
     for message in report_warnings:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     s, r, b = physics.s, physics.r, physics.b
-    measured = crop(np.asarray(operator.forward(jnp.asarray(x_canvas))))  # A(x), like y
     residuals = metrics.normalized_residuals(y_b, measured, s, r, b)
-    groups = operator.channel_masks(*y_b.shape[1:3], y_b.shape[-1])
     report = {
         "chi_square": float(metrics.chi_square(y_b, measured, s, r, b, valid)),
         # Per channel (R, G, B of a colour restoration) or per Bayer colour (a mosaic's R, G,
@@ -610,6 +642,7 @@ def restore(
         "refined": refine,
         "planes_start": planes,
         "deblur_iterations": deblur,
+        "flux_scale": scale.tolist(),  # [B][C]
         "network_calls": network_calls(sampler, refine, draw, planes),
         "posterior_std": None if std is None else float(std.mean()),
         "std_from": std_from,

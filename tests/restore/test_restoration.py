@@ -197,7 +197,8 @@ def test_kappa_zero_equals_the_unguided_sampler_bit_for_bit(mode):
     _, x_true = _prior()
     y = noise.simulate(jax.random.key(1), x_true, 10.0, R, B)
     guidance = dataclasses.replace(SETTINGS[mode][0], kappa=0.0)
-    sampler = dataclasses.replace(NOISE_START, latent_scale=1.0)
+    # The sampler alone: the restoration's flux scale (conserve_flux) is tested on its own.
+    sampler = dataclasses.replace(NOISE_START, latent_scale=1.0, conserve_flux=False)
     x, _, _ = _restore(y, 10.0, guidance=guidance, sampler=sampler)
     latents = jax.random.normal(jax.random.key(2), x_true.shape)
     unguided = samplers.edm_sampler(_denoise_fn(), latents, num_steps=18)
@@ -210,7 +211,9 @@ def test_zero_steps_is_the_one_call_variance_stabilised_estimate():
     _, x_true = _prior()
     y = np.asarray(noise.simulate(jax.random.key(1), x_true, 10.0, R, B))
     for factor in (1.0, 1.5):  # SamplerSettings.estimate_sigma_factor: D at factor sigma_v
-        sampler = SamplerSettings(num_steps=0, estimate_sigma_factor=factor, estimate_ensemble=1)
+        sampler = SamplerSettings(
+            num_steps=0, estimate_sigma_factor=factor, estimate_ensemble=1, conserve_flux=False
+        )
         x, report, _ = _restore(y, 10.0, sampler=sampler)
 
         def denoise_unit(image, sigma, factor=factor):
@@ -224,6 +227,44 @@ def test_zero_steps_is_the_one_call_variance_stabilised_estimate():
         np.testing.assert_allclose(x[..., 0], expected, atol=2e-6)
         assert report["start_sigma"] > 0 and report["settings"]["sampler"]["num_steps"] == 0
         assert not report["refined"]
+
+
+def test_the_restoration_keeps_the_measured_flux_where_the_counts_know_it():
+    """conserve_flux: each image is scaled by sum(y - b) / s over sum(x) (identity operator),
+    so its total is the measured one (to float rounding, where no pixel clips at 1); the report
+    has the scales. A near-black measurement (its total known to more than
+    FLUX_MAX_UNCERTAINTY) and one whose counts sum below the background keep scale 1."""
+    from pdr_jax.physics.operators import IDENTITY
+    from pdr_jax.restore.restoration import flux_scale
+    from pdr_jax.settings import FLUX_MAX_UNCERTAINTY
+
+    _, x_true = _prior()
+    s = 10.0
+    y = np.asarray(noise.simulate(jax.random.key(1), x_true, s, R, B))
+    kept, report, _ = _restore(y, s, mode="default")
+    free, _, _ = _restore(y, s, mode="default", sampler=SamplerSettings(conserve_flux=False))
+    measured_total = (y - B).sum(axis=(1, 2, 3)) / s
+    expected = measured_total / free.sum(axis=(1, 2, 3))
+    assert np.ptp(expected) > 0.05  # the images differ, and so do their scales
+    np.testing.assert_allclose(np.ravel(report["flux_scale"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(kept, np.clip(free * expected[:, None, None, None], 0, 1), atol=1e-6)
+    unclipped = kept.max(axis=(1, 2, 3)) < 1  # the others lose what clipping at 1 cut
+    assert unclipped.sum() >= len(y) // 2
+    np.testing.assert_allclose(
+        kept.sum(axis=(1, 2, 3))[unclipped], measured_total[unclipped], rtol=1e-5
+    )
+
+    physics = Physics(s, R, B)
+    ones = np.ones((2, SIZE, SIZE, 1))
+    # Restored: a constant x over 64 pixels; measured: twice its flux, a total of 128 x known
+    # to sqrt(64 (s x + b + r^2)) / s: at x = 0.05 to 0.18 of it (near-black: scale 1), at
+    # x = 0.5 to 0.032 (scale 2).
+    for x, scaled in ((0.05, False), (0.5, True)):
+        spread = np.sqrt(64 * (s * x + B + R**2)) / s
+        assert (spread <= FLUX_MAX_UNCERTAINTY * 128 * x) == scaled
+        data = np.stack([np.full((SIZE, SIZE, 1), s * 2 * x + B), np.full((SIZE, SIZE, 1), B - 1)])
+        got = flux_scale(data, x * ones, physics, ones, IDENTITY.channel_masks(SIZE, SIZE, 1))
+        np.testing.assert_allclose(got, [[2.0 if scaled else 1.0], [1.0]])
 
 
 def test_the_sampler_refines_only_where_the_noise_level_reaches_the_threshold():
