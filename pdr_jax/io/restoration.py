@@ -170,6 +170,9 @@ def restoration_report(
         # Richardson-Lucy iterations (SamplerSettings.planes_min_noise, deblur_iterations).
         "planes_start": first.get("planes_start"),
         "deblur_iterations": first.get("deblur_iterations"),
+        # Each channel's (a mosaic's Bayer colour's) flux scale, over the frames
+        # (SamplerSettings.conserve_flux: the measured total over the restoration's).
+        "flux_scale": [list(c) for r in reports for c in zip(*r.get("flux_scale", []))],
         "std_from": first.get("std_from"),
         "noise": {
             "scale": m.scale,

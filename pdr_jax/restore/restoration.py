@@ -40,6 +40,10 @@ The start (`SamplerSettings.start`):
            (baselines.stabilised_planes): at high noise, demosaicking first leaves noise that
            a prior trained on white noise misjudges.
   "noise"  EDM's start: latents * sigma_max (zero latents: a deterministic estimate).
+
+The end (`SamplerSettings.conserve_flux`): the image is scaled per colour so that its forward
+model's total over the valid pixels is the measured sum(y - b) / s (flux_scale), where the
+counts know that total to FLUX_MAX_UNCERTAINTY.
 """
 
 from __future__ import annotations

@@ -108,6 +108,9 @@ def test_odd_sized_measurement_end_to_end(tiny_model, tmp_path):
     # How the start went: a grayscale image has no Bayer planes and no PSF.
     assert image["planes_start"] is False and image["deblur_iterations"] == 0
     assert image["noise_level"] > 0
+    # Electrons in, electrons out (SamplerSettings.conserve_flux; the total is known to 0.9 %
+    # here): the scale of the one channel of the one frame.
+    assert np.shape(image["flux_scale"]) == (1, 1) and image["flux_scale"][0][0] != 1
     assert rep["summary"] == {**rep["summary"], "restored": 1, "failed": 0}
 
 
