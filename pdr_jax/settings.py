@@ -116,10 +116,9 @@ class SamplerSettings:
     # model's total over the valid pixels equals the measured one, sum(A x) = sum(y - b) / s
     # (the maximum-likelihood scale of a Poisson measurement, which Richardson-Lucy keeps
     # too), per colour, where the counts know that total to FLUX_MAX_UNCERTAINTY
-    # (pdr_jax.restore.restoration.flux_scale). On corpus:val it took every cell's total flux
-    # error under 0.71 % (was up to 5.5 %) for -0.05 to +0.57 dB (docs/tuning.md, "Electrons in,
-    # electrons out"). The report records the scales (flux_scale, per image and colour).
-    conserve_flux: bool = True
+    # (pdr_jax.restore.restoration.flux_scale); None: the domain's, CONSERVE_FLUX
+    # (conserves_flux). The report records the scales (flux_scale, per image and colour).
+    conserve_flux: bool | None = None
     sigma_min: float = 0.002
     sigma_max: float = 80.0  # "noise" start
     rho: float = 7.0
@@ -135,8 +134,10 @@ class SamplerSettings:
             raise ValueError(
                 f"estimate_ensemble must be one of {ENSEMBLE_SIZES}, got {self.estimate_ensemble}"
             )
-        if not isinstance(self.conserve_flux, bool):
-            raise ValueError(f"conserve_flux must be True or False, got {self.conserve_flux!r}")
+        if self.conserve_flux not in (None, True, False):
+            raise ValueError(
+                f"conserve_flux must be True, False or None, got {self.conserve_flux!r}"
+            )
         if self.num_steps < 0 or (self.num_steps == 0 and self.start != "vst"):
             raise ValueError(
                 f"num_steps must be >= 1 (0 only with start='vst'), got {self.num_steps}"
@@ -168,6 +169,21 @@ class SamplerSettings:
 # and a near-black astronomy crop's (mean 0.001) to 16-208 %, where scaling by the measured
 # total cost up to 1.3 dB (docs/tuning.md, "Electrons in, electrons out").
 FLUX_MAX_UNCERTAINTY = 0.1
+# SamplerSettings.conserve_flux None: the domain's. On corpus:val the scale gained in microscopy
+# (up to +0.57 dB through a PSF), on photographs (gray +0.00 to +0.50, RGB +0.02 to +0.12, RAW
+# +0.03 to +0.47 dB) and lost in astronomy (16 crops per cell, denoising: -0.08, -0.13, -0.25 dB
+# at s = 10, 50, 250, and the stars' aperture flux 1-3 points lower): there the excess is the
+# sky that positivity lifts, and a multiplicative scale takes it from the stars as well
+# (docs/tuning.md, "Electrons in, electrons out").
+CONSERVE_FLUX = {"astronomy": False, "microscopy": True, "photography": True}
+
+
+def conserves_flux(sampler: SamplerSettings, domain: str) -> bool:
+    """Whether a restoration of `domain` is scaled to the measured flux: sampler.conserve_flux,
+    or where it is None the domain's CONSERVE_FLUX."""
+    return CONSERVE_FLUX[domain] if sampler.conserve_flux is None else sampler.conserve_flux
+
+
 DEBLUR_MAX_ITERATIONS = 20  # SamplerSettings.deblur_iterations None: at most this many
 # SamplerSettings.deblur_noise None: the domain's. Richardson-Lucy's positivity sharpens point
 # sources on a dark sky, and amplifies noise in extended structure: on corpus:val (4 crops per

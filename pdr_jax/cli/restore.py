@@ -149,7 +149,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         start=args.start,
         solver=args.solver,
         estimate_ensemble=args.estimate_ensemble or sampler.estimate_ensemble,
-        conserve_flux=args.conserve_flux,
+        conserve_flux=None if args.conserve_flux is None else args.conserve_flux == "on",
     )
     physics_warnings = io.check_measurement(m, physics, args.force)
     restoration = io.restore_measurement(
@@ -186,7 +186,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         f"--domain {args.domain} --scale {m.scale:g} --read-noise {m.read_noise:g} "
         f"--background {args.background:g} --steps {args.steps} --solver {args.solver} --num-samples {args.num_samples} "
         f"--estimate-ensemble {sampler.estimate_ensemble}"
-        + ("" if sampler.conserve_flux else " --no-conserve-flux"),
+        + (f" --conserve-flux {args.conserve_flux}" if args.conserve_flux else ""),
         f"chi-square {np.mean([r['chi_square'] for r in reports]):.4f}; values: clean intensity in [0, 1]",
     ]
     # Every output of the file or none: an image counted as failed leaves nothing.

@@ -256,12 +256,14 @@ def parse_args(argv=None, doc: str = ""):
         "auto: from the mean photon count, pdr_jax.restore.auto_kappa)",
     )
     p.add_argument(
-        "--no-conserve-flux",
-        dest="conserve_flux",
-        action="store_false",
-        help="leave each restoration's total flux as the sampler made it (default: scaled per "
-        "channel, or Bayer colour, to the measured total sum(y - b) / s where the counts know "
-        "it to 10 %%: SamplerSettings.conserve_flux; the report's flux_scale)",
+        "--conserve-flux",
+        choices=("on", "off"),
+        default=None,
+        help="on: scale each restoration per channel (or Bayer colour) to the measured total "
+        "sum(y - b) / s where the counts know it to 10 %%; off: leave the sampler's total "
+        "(default: the domain's, on for microscopy and photography, off for astronomy, whose "
+        "excess flux is sky lifted by positivity: SamplerSettings.conserve_flux, "
+        "pdr_jax.settings.CONSERVE_FLUX; the report's flux_scale)",
     )
     p.add_argument(
         "--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)"

@@ -41,9 +41,9 @@ The start (`SamplerSettings.start`):
            a prior trained on white noise misjudges.
   "noise"  EDM's start: latents * sigma_max (zero latents: a deterministic estimate).
 
-The end (`SamplerSettings.conserve_flux`): the image is scaled per colour so that its forward
-model's total over the valid pixels is the measured sum(y - b) / s (flux_scale), where the
-counts know that total to FLUX_MAX_UNCERTAINTY.
+The end (`SamplerSettings.conserve_flux`, by default the domain's CONSERVE_FLUX): the image is
+scaled per colour so that its forward model's total over the valid pixels is the measured
+sum(y - b) / s (flux_scale), where the counts know that total to FLUX_MAX_UNCERTAINTY.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from pdr_jax.settings import (
     SamplerSettings,
     TilingSettings,
     auto_kappa,
+    conserves_flux,
     deblur_iterations,
 )
 
@@ -605,7 +606,7 @@ def restore(
     measured = forward(x_canvas)
     groups = operator.channel_masks(*y_b.shape[1:3], y_b.shape[-1])
     scale = np.ones((batch, prior.img_channels))
-    if sampler.conserve_flux:
+    if conserves_flux(sampler, physics.domain):
         scale = flux_scale(y_b, measured, physics, valid, groups)
         x_canvas = np.clip(x_canvas * scale[:, None, None, :], 0.0, 1.0).astype(np.float32)
         measured = forward(x_canvas)

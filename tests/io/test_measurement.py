@@ -12,6 +12,7 @@ from colour_prior import ColourPrior
 from pdr_jax import io
 from pdr_jax.cli import restore as restore_tool
 from pdr_jax.physics import operators
+from pdr_jax.restore import SamplerSettings
 
 RED = np.array([0.85, 0.08, 0.1], np.float32)
 WB = (2.0, 1.0, 1.6)  # white balance of the mosaic: gains 1 / WB relative to green
@@ -50,6 +51,18 @@ def test_a_fits_mosaic_read_restored_and_written_with_its_header(tmp_path):
     restored = io.restore_measurement(ColourPrior(), measurement, physics, key=jax.random.key(0))
     assert restored.image.shape == (1, 24, 32, 3)
     np.testing.assert_allclose(restored.image[0].mean(axis=(0, 1)), RED, atol=0.05)
+    # The flux scale (off for astronomy by default) is per Bayer colour: forced on, each colour
+    # keeps its measured total and the scene stays red (one scale for all three took red 6 %
+    # low: its dark colours, lifted by positivity, took flux from it).
+    scaled = io.restore_measurement(
+        ColourPrior(),
+        measurement,
+        physics,
+        key=jax.random.key(0),
+        sampler=SamplerSettings(conserve_flux=True),
+    )
+    assert np.shape(scaled.reports[0]["flux_scale"]) == (1, 3)
+    np.testing.assert_allclose(scaled.image[0].mean(axis=(0, 1)), RED, atol=0.05)
     history = ["restored from Python", "values: clean intensity in [0, 1]"]
     io.write_restoration(tmp_path / "x.fits", restored, measurement, physics, history=history)
     with fits.open(tmp_path / "x.fits") as hdul:

@@ -230,7 +230,8 @@ def test_zero_steps_is_the_one_call_variance_stabilised_estimate():
 
 
 def test_the_restoration_keeps_the_measured_flux_where_the_counts_know_it():
-    """conserve_flux: each image is scaled by sum(y - b) / s over sum(x) (identity operator),
+    """conserve_flux (photography by default): each image is scaled by sum(y - b) / s over
+    sum(x) (identity operator),
     so its total is the measured one (to float rounding, where no pixel clips at 1); the report
     has the scales. A near-black measurement (its total known to more than
     FLUX_MAX_UNCERTAINTY) and one whose counts sum below the background keep scale 1."""
@@ -243,6 +244,18 @@ def test_the_restoration_keeps_the_measured_flux_where_the_counts_know_it():
     y = np.asarray(noise.simulate(jax.random.key(1), x_true, s, R, B))
     kept, report, _ = _restore(y, s, mode="default")
     free, _, _ = _restore(y, s, mode="default", sampler=SamplerSettings(conserve_flux=False))
+    # Astronomy leaves the sampler's total by default (CONSERVE_FLUX), unless asked.
+    sky = restore(GaussianPrior(), y, physics=Physics(s, R, B, "astronomy"), tiling_settings=None)
+    assert sky.report["flux_scale"] == [[1.0]] * len(y)
+    forced = SamplerSettings(conserve_flux=True)
+    sky_kept = restore(
+        GaussianPrior(),
+        y,
+        physics=Physics(s, R, B, "astronomy"),
+        tiling_settings=None,
+        sampler=forced,
+    )
+    assert np.ptp(sky_kept.report["flux_scale"]) > 0.05
     measured_total = (y - B).sum(axis=(1, 2, 3)) / s
     expected = measured_total / free.sum(axis=(1, 2, 3))
     assert np.ptp(expected) > 0.05  # the images differ, and so do their scales

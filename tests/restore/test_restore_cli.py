@@ -924,14 +924,15 @@ def test_the_estimate_ensemble_is_the_default_and_one_call_is_the_fast_setting(
     np.testing.assert_allclose(images[0], images[2], atol=1e-4)
 
 
-def test_no_conserve_flux_leaves_the_sampler_s_total(tiny_model, tmp_path):
-    """By default the restoration is scaled to the measured total (report flux_scale); with
-    --no-conserve-flux the scale is 1 and the image is the default's divided by it (the fast
-    one-call setting: one deterministic network call per tile); HISTORY says so."""
+def test_conserve_flux_off_leaves_the_sampler_s_total(tiny_model, tmp_path):
+    """By default (microscopy: on) the restoration is scaled to the measured total (report
+    flux_scale); with --conserve-flux off the scale is 1 and the image is the default's divided
+    by it (the fast one-call setting: one deterministic network call per tile); HISTORY says
+    so."""
     y, _ = _measurement((24, 24))
     tifffile.imwrite(tmp_path / "y.tif", y)
     scales, images = [], []
-    for extra in ([], ["--no-conserve-flux"]):
+    for extra in ([], ["--conserve-flux", "off"]):
         out, report = tmp_path / f"x{len(extra)}.fits", tmp_path / f"r{len(extra)}.json"
         argv = [str(tmp_path / "y.tif"), "--output", str(out), "--report", str(report)]
         fast = ("--steps", "0", "--estimate-ensemble", "1", *extra)
@@ -939,6 +940,6 @@ def test_no_conserve_flux_leaves_the_sampler_s_total(tiny_model, tmp_path):
         scales.append(json.loads(report.read_text())["images"][0]["flux_scale"][0][0])
         images.append(fits.getdata(out))
         history = "".join(str(h) for h in fits.getheader(out)["HISTORY"])
-        assert ("--no-conserve-flux" in history) == bool(extra)
+        assert ("--conserve-flux off" in history) == bool(extra)
     assert scales[1] == 1.0 and abs(scales[0] - 1) > 1e-3
     np.testing.assert_allclose(images[0], np.clip(images[1] * scales[0], 0, 1), atol=1e-6)
