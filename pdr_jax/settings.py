@@ -172,9 +172,9 @@ FLUX_MAX_UNCERTAINTY = 0.1
 # SamplerSettings.conserve_flux None: the domain's. On corpus:val the scale gained in microscopy
 # (up to +0.57 dB through a PSF), on photographs (gray +0.00 to +0.50, RGB +0.02 to +0.12, RAW
 # +0.03 to +0.47 dB) and lost in astronomy (16 crops per cell, denoising: -0.08, -0.13, -0.25 dB
-# at s = 10, 50, 250, and the stars' aperture flux 1-3 points lower): there the excess is the
-# sky that positivity lifts, and a multiplicative scale takes it from the stars as well
-# (docs/tuning.md, "Electrons in, electrons out").
+# at s = 10, 50, 250, and the stars' aperture flux 1.4-2.8 points lower at s = 50 and 250):
+# there the excess is the sky that positivity lifts, and a multiplicative scale takes it from
+# the stars as well (docs/tuning.md, "Electrons in, electrons out").
 CONSERVE_FLUX = {"astronomy": False, "microscopy": True, "photography": True}
 
 
