@@ -318,15 +318,13 @@ def flux_scale(y, measured, physics: Physics, valid, groups) -> np.ndarray:
     sqrt(sum(s A x + b + r^2)) / s relative to it): on a near-black image the read noise would
     set the scale. Per colour, so that what the prior added to one colour (a floor on a dark
     one) is not taken from the others."""
-    axes = (1, 2, 3)
     s, r, b = physics.s, physics.r, physics.b
     measured = np.asarray(measured, np.float64)
     weights = [np.asarray(valid, np.float64) * group for group in groups]
-    counts = np.asarray(y, np.float64) - b
-    data = np.stack([np.sum(counts * w, axis=axes) for w in weights], 1) / s
-    model = np.stack([np.sum(measured * w, axis=axes) for w in weights], 1)
-    variance = s * np.maximum(measured, 0.0) + b + r**2
-    spread = np.stack([np.sqrt(np.sum(variance * w, axis=axes)) for w in weights], 1) / s
+    total = lambda v: np.stack([np.sum(v * w, axis=(1, 2, 3)) for w in weights], 1)  # [B, C]
+    data = total(np.asarray(y, np.float64) - b) / s
+    model = total(measured)
+    spread = np.sqrt(total(s * np.maximum(measured, 0.0) + b + r**2)) / s
     ok = (data > 0) & (model > 0) & (spread <= FLUX_MAX_UNCERTAINTY * data)
     return np.where(ok, data / np.where(ok, model, 1.0), 1.0)
 
