@@ -18,6 +18,9 @@ DOMAINS = ("photography", "microscopy", "astronomy")  # pdr_jax.physics.conditio
 SOLVERS = ("heun", "euler", "dpmpp2m")
 SOLVER_ALIASES = {"dpmpp": "dpmpp2m"}  # deprecated spellings -> names of SOLVERS
 STARTS = ("vst", "noise")
+# SamplerSettings.conserve_flux: how a restoration is brought to the measured total per colour
+# (pdr_jax.restore.restoration.flux_correction).
+FLUX_MODES = ("scale", "offset", "off")
 LIKELIHOODS = ("wls", "gaussian", "exact")  # the keys of pdr_jax.physics.noise.LOG_LIKELIHOODS
 GAMMA_SCHEDULES = ("sigma2", "sigma", "constant", "isotropic")
 MODES = ("x0", "dps", "prox")
@@ -112,13 +115,17 @@ class SamplerSettings:
     # baselines.stabilised_planes), at twice the start's calls. inf: never (MOSAIC_SAMPLER sets
     # it; docs/tuning.md, "Colour").
     planes_min_noise: float = math.inf
-    # Electrons in, electrons out: the restoration of each image is scaled so that its forward
-    # model's total over the valid pixels equals the measured one, sum(A x) = sum(y - b) / s
-    # (the maximum-likelihood scale of a Poisson measurement, which Richardson-Lucy keeps
-    # too), per colour, where the counts know that total to FLUX_MAX_UNCERTAINTY
-    # (pdr_jax.restore.restoration.flux_scale); None: the domain's, CONSERVE_FLUX
-    # (conserves_flux). The report records the scales (flux_scale, per image and colour).
-    conserve_flux: bool | None = None
+    # Electrons in, electrons out: the restoration of each image is corrected so that its
+    # forward model's total over the valid pixels equals the measured one, sum(A x) =
+    # sum(y - b) / s (the maximum-likelihood total of a Poisson measurement, which
+    # Richardson-Lucy keeps too), per colour, where the counts know that total to
+    # FLUX_MAX_UNCERTAINTY (pdr_jax.restore.restoration.flux_correction). FLUX_MODES:
+    # "scale" multiplies the colour by one factor, "offset" adds one constant to it (a sky
+    # level: what positivity lifts on a dark sky is taken back without dimming the stars),
+    # both clipped to [0, 1]; "off" leaves the sampler's total. None: the domain's,
+    # CONSERVE_FLUX (flux_mode). The report records both (flux_scale, flux_offset, per image
+    # and colour).
+    conserve_flux: str | None = None
     sigma_min: float = 0.002
     sigma_max: float = 80.0  # "noise" start
     rho: float = 7.0
@@ -134,9 +141,9 @@ class SamplerSettings:
             raise ValueError(
                 f"estimate_ensemble must be one of {ENSEMBLE_SIZES}, got {self.estimate_ensemble}"
             )
-        if self.conserve_flux not in (None, True, False):
+        if self.conserve_flux is not None and self.conserve_flux not in FLUX_MODES:
             raise ValueError(
-                f"conserve_flux must be True, False or None, got {self.conserve_flux!r}"
+                f"conserve_flux must be one of {FLUX_MODES} or None, got {self.conserve_flux!r}"
             )
         if self.num_steps < 0 or (self.num_steps == 0 and self.start != "vst"):
             raise ValueError(
@@ -163,7 +170,7 @@ class SamplerSettings:
             )
 
 
-# SamplerSettings.conserve_flux: a colour's scale is applied where the measured total's standard
+# SamplerSettings.conserve_flux: a colour is corrected where the measured total's standard
 # deviation is at most this fraction of it. On corpus:val (gray microscopy and astronomy, 4 crops
 # per cell, r = 2, s = 10 / 50 / 250, no PSF and three) every crop's total was known to 0.05-5.5 %
 # and a near-black astronomy crop's (mean 0.001) to 16-208 %, where scaling by the measured
@@ -174,13 +181,14 @@ FLUX_MAX_UNCERTAINTY = 0.1
 # +0.03 to +0.47 dB) and lost in astronomy (16 crops per cell, denoising: -0.08, -0.13, -0.25 dB
 # at s = 10, 50, 250, and the stars' aperture flux 1.4-2.8 points lower at s = 50 and 250):
 # there the excess is the sky that positivity lifts, and a multiplicative scale takes it from
-# the stars as well (docs/tuning.md, "Electrons in, electrons out").
-CONSERVE_FLUX = {"astronomy": False, "microscopy": True, "photography": True}
+# the stars as well; the offset takes back the sky level itself (docs/tuning.md, "Electrons
+# in, electrons out").
+CONSERVE_FLUX = {"astronomy": "offset", "microscopy": "scale", "photography": "scale"}
 
 
-def conserves_flux(sampler: SamplerSettings, domain: str) -> bool:
-    """Whether a restoration of `domain` is scaled to the measured flux: sampler.conserve_flux,
-    or where it is None the domain's CONSERVE_FLUX."""
+def flux_mode(sampler: SamplerSettings, domain: str) -> str:
+    """How a restoration of `domain` is brought to the measured flux (FLUX_MODES):
+    sampler.conserve_flux, or where it is None the domain's CONSERVE_FLUX."""
     return CONSERVE_FLUX[domain] if sampler.conserve_flux is None else sampler.conserve_flux
 
 

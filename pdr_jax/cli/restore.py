@@ -149,7 +149,7 @@ def restore_one(path, out_path, models, args, key, std_path=None, preview_path=N
         start=args.start,
         solver=args.solver,
         estimate_ensemble=args.estimate_ensemble or sampler.estimate_ensemble,
-        conserve_flux=None if args.conserve_flux is None else args.conserve_flux == "on",
+        conserve_flux=args.conserve_flux,
     )
     physics_warnings = io.check_measurement(m, physics, args.force)
     restoration = io.restore_measurement(

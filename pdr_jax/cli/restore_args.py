@@ -13,7 +13,7 @@ from pdr_jax.presets import (  # the shipped models, by name (pdr_jax.model_io.r
     DEFAULT_CONDITIONAL_CHECKPOINT,
     DEFAULT_RGB_CHECKPOINT,
 )
-from pdr_jax.settings import COLOUR_MODES, ENSEMBLE_SIZES
+from pdr_jax.settings import COLOUR_MODES, ENSEMBLE_SIZES, FLUX_MODES
 
 EXAMPLES = (
     "pdr-restore noisy.tif --output restored.tif --domain microscopy --scale 10 --read-noise 2 "
@@ -257,13 +257,14 @@ def parse_args(argv=None, doc: str = ""):
     )
     p.add_argument(
         "--conserve-flux",
-        choices=("on", "off"),
+        choices=FLUX_MODES,
         default=None,
-        help="on: scale each restoration per channel (or Bayer colour) to the measured total "
-        "sum(y - b) / s where the counts know it to 10 %%; off: leave the sampler's total "
-        "(default: the domain's, on for microscopy and photography, off for astronomy, whose "
-        "excess flux is sky lifted by positivity: SamplerSettings.conserve_flux, "
-        "pdr_jax.settings.CONSERVE_FLUX; the report's flux_scale)",
+        help="bring each restoration, per channel (or Bayer colour), to the measured total "
+        "sum(y - b) / s where the counts know it to 10 %%: scale multiplies it, offset adds "
+        "a constant (a sky level), off leaves the sampler's total (default: the domain's, "
+        "scale for microscopy and photography, offset for astronomy, whose excess flux is "
+        "sky lifted by positivity: SamplerSettings.conserve_flux, "
+        "pdr_jax.settings.CONSERVE_FLUX; the report's flux_scale and flux_offset)",
     )
     p.add_argument(
         "--tile", type=int, default=None, help="tile size (default: chosen by the documented rule)"

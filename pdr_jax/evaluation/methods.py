@@ -144,7 +144,7 @@ ABLATION_FIELDS = {
     "estimate_ensemble": ("sampler", "estimate_ensemble", int),
     "deblur_iterations": ("sampler", "deblur_iterations", _int_or_none),
     "deblur_noise": ("sampler", "deblur_noise", float),
-    "conserve_flux": ("sampler", "conserve_flux", lambda v: _BOOLEANS[v.lower()]),
+    "conserve_flux": ("sampler", "conserve_flux", str),
     "cg_iterations": ("guidance", "cg_iterations", int),
     "num_samples": (None, "num_samples", int),
     "self_ensemble": (None, "self_ensemble", int),

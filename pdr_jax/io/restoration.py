@@ -170,9 +170,10 @@ def restoration_report(
         # Richardson-Lucy iterations (SamplerSettings.planes_min_noise, deblur_iterations).
         "planes_start": first.get("planes_start"),
         "deblur_iterations": first.get("deblur_iterations"),
-        # Each channel's (a mosaic's Bayer colour's) flux scale, over the frames
-        # (SamplerSettings.conserve_flux: the measured total over the restoration's).
+        # Each channel's (a mosaic's Bayer colour's) flux scale and offset, over the frames
+        # (SamplerSettings.conserve_flux: what brought the restoration to the measured total).
         "flux_scale": [list(c) for r in reports for c in zip(*r.get("flux_scale", []))],
+        "flux_offset": [list(c) for r in reports for c in zip(*r.get("flux_offset", []))],
         "std_from": first.get("std_from"),
         "noise": {
             "scale": m.scale,

@@ -4,7 +4,7 @@
       --(tile plan: reflection padding, tiles fused at every denoiser call)-->
       --(start: the one-call variance-stabilised estimate, re-noised)-->
       --(EDM sampler with likelihood guidance, `num_samples` per image)-->
-      --(flux: scaled so that sum A(x) = sum (y - b) / s, SamplerSettings.conserve_flux)-->
+      --(flux: sum A(x) = sum (y - b) / s by a scale or a sky offset, per colour)-->
     Restoration(image in [0, 1] like y, or [.., 3] from a mosaic; report, posterior std)
 
 The forward operator (`Physics.operator`, pdr_jax.physics.operators) is what every step asks
@@ -41,9 +41,10 @@ The start (`SamplerSettings.start`):
            a prior trained on white noise misjudges.
   "noise"  EDM's start: latents * sigma_max (zero latents: a deterministic estimate).
 
-The end (`SamplerSettings.conserve_flux`, by default the domain's CONSERVE_FLUX): the image is
-scaled per colour so that its forward model's total over the valid pixels is the measured
-sum(y - b) / s (flux_scale), where the counts know that total to FLUX_MAX_UNCERTAINTY.
+The end (`SamplerSettings.conserve_flux`, by default the domain's CONSERVE_FLUX): each colour
+of the image is scaled ("scale": microscopy, photographs) or offset ("offset", a sky level:
+astronomy) so that its forward model's total over the valid pixels is the measured
+sum(y - b) / s (flux_correction), where the counts know that total to FLUX_MAX_UNCERTAINTY.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ from pdr_jax.settings import (
     SamplerSettings,
     TilingSettings,
     auto_kappa,
-    conserves_flux,
     deblur_iterations,
+    flux_mode,
 )
 
 
@@ -309,24 +310,52 @@ def _deblurred(estimate, y, physics: Physics, operator, iterations: int, mask) -
     return np.clip(sharp * scale, 0.0, 1.0).astype(np.float32)
 
 
-def flux_scale(y, measured, physics: Physics, valid, groups) -> np.ndarray:
-    """[B, C]: per image and colour, the measured total over the valid pixels of the colour,
-    sum(y - b) / s, over the restoration's, sum(A x) (measured: A x [B, H, W, C'] like y;
-    groups: the operator's channel_masks, one per channel of x: a colour image's channels, a
-    mosaic's Bayer colours, one for gray). 1 where either total is not positive or the counts
-    know theirs to no better than FLUX_MAX_UNCERTAINTY (its standard deviation
-    sqrt(sum(s A x + b + r^2)) / s relative to it): on a near-black image the read noise would
-    set the scale. Per colour, so that what the prior added to one colour (a floor on a dark
-    one) is not taken from the others."""
+def flux_correction(y, x, physics: Physics, valid, groups, adjoint, mode: str):
+    """(x corrected, scale [B, C], offset [B, C]): per image and colour c, x's channel c
+    brought to the measured total over the valid pixels of the colour, sum(y - b) / s.
+
+    y [B, H, W, C'] measured through A; x [B, H', W', C] (a canvas around y's, where A acts);
+    valid: y's mask; groups: A's channel_masks, one per channel of x (a colour image's
+    channels, a mosaic's Bayer colours, one for gray), each measured through that channel
+    only; adjoint: A^T from y's shape to x's. A is linear, so the total of A(v) over colour c
+    is sum(u_c * v) with u_c = A^T(valid * groups[c]): one adjoint per colour, then no
+    operator call. mode (FLUX_MODES): "scale" multiplies the channel by the ratio of the
+    totals, "offset" adds the constant that matches them (bisection: the total of
+    clip(x + offset, 0, 1) grows with it), "off" neither. A colour is left as it is where
+    either total is not positive or the counts know theirs to no better than
+    FLUX_MAX_UNCERTAINTY (its standard deviation sqrt(sum(s A x + b + r^2)) / s relative to
+    it): on a near-black image the read noise would set it. Per colour, so that what the
+    prior added to one colour (a floor on a dark one) is not taken from the others."""
     s, r, b = physics.s, physics.r, physics.b
-    measured = np.asarray(measured, np.float64)
-    weights = [np.asarray(valid, np.float64) * group for group in groups]
-    total = lambda v: np.stack([np.sum(v * w, axis=(1, 2, 3)) for w in weights], 1)  # [B, C]
-    data = total(np.asarray(y, np.float64) - b) / s
-    model = total(measured)
-    spread = np.sqrt(total(s * np.maximum(measured, 0.0) + b + r**2)) / s
+    x = np.asarray(x, np.float32)
+    batch, channels = x.shape[0], x.shape[-1]
+    scale, offset = np.ones((batch, channels)), np.zeros((batch, channels))
+    if mode == "off":
+        return x, scale, offset
+    u = np.empty_like(x)  # channel c: u_c's (zero elsewhere)
+    data, pixels = np.empty((batch, channels)), np.empty((batch, channels))
+    for c, group in enumerate(groups):
+        mask = np.broadcast_to(np.asarray(valid, np.float32) * group, np.shape(y))
+        u[..., c] = np.asarray(adjoint(mask))[..., c]
+        data[:, c] = np.sum(mask * (np.asarray(y, np.float64) - b), axis=(1, 2, 3)) / s
+        pixels[:, c] = np.sum(mask, axis=(1, 2, 3), dtype=np.float64)
+    total = lambda v: np.sum(u * v, axis=(1, 2), dtype=np.float64)  # [B, C]: of A(v)
+    model = total(x)
+    spread = np.sqrt(s * total(np.maximum(x, 0.0)) + (b + r**2) * pixels) / s
     ok = (data > 0) & (model > 0) & (spread <= FLUX_MAX_UNCERTAINTY * data)
-    return np.where(ok, data / np.where(ok, model, 1.0), 1.0)
+    if mode == "scale":
+        scale = np.where(ok, data / np.where(ok, model, 1.0), 1.0)
+        corrected = x * scale[:, None, None, :].astype(np.float32)
+    else:  # x in [0, 1]: the offset is in [-1, 1]; after 40 halvings to 2^-39
+        low, high = np.full((batch, channels), -1.0), np.ones((batch, channels))
+        for _ in range(40):
+            middle = (low + high) / 2
+            shifted = np.clip(x + middle[:, None, None, :].astype(np.float32), 0.0, 1.0)
+            above = total(shifted) > data
+            low, high = np.where(above, low, middle), np.where(above, middle, high)
+        offset = np.where(ok, (low + high) / 2, 0.0)
+        corrected = x + offset[:, None, None, :].astype(np.float32)
+    return np.clip(corrected, 0.0, 1.0), scale, offset
 
 
 def _start(
@@ -601,13 +630,12 @@ def restore(
     x_canvas = np.asarray(samples.mean(axis=1) if refine else unpad(jnp.asarray(estimate)))
     chex.assert_shape(x_canvas, (*y_canvas.shape[:3], prior.img_channels))
     forward = lambda v: crop(np.asarray(operator.forward(jnp.asarray(v))))  # A(x), like y
-    measured = forward(x_canvas)
     groups = operator.channel_masks(*y_b.shape[1:3], y_b.shape[-1])
-    scale = np.ones((batch, prior.img_channels))
-    if conserves_flux(sampler, physics.domain):
-        scale = flux_scale(y_b, measured, physics, valid, groups)
-        x_canvas = np.clip(x_canvas * scale[:, None, None, :], 0.0, 1.0).astype(np.float32)
-        measured = forward(x_canvas)
+    adjoint = lambda m: np.asarray(operator.adjoint(jnp.asarray(extend(m, "constant"))))
+    x_canvas, scale, offset = flux_correction(
+        y_b, x_canvas, physics, valid, groups, adjoint, flux_mode(sampler, physics.domain)
+    )
+    measured = forward(x_canvas)
     x = crop(x_canvas)
     std = None
     if draw and num_samples > 1:
@@ -646,6 +674,7 @@ def restore(
         "planes_start": planes,
         "deblur_iterations": deblur,
         "flux_scale": scale.tolist(),  # [B][C]
+        "flux_offset": offset.tolist(),  # [B][C], in [0, 1] units of x (electrons: times s)
         "network_calls": network_calls(sampler, refine, draw, planes),
         "posterior_std": None if std is None else float(std.mean()),
         "std_from": std_from,

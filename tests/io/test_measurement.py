@@ -51,20 +51,24 @@ def test_a_fits_mosaic_read_restored_and_written_with_its_header(tmp_path):
     restored = io.restore_measurement(ColourPrior(), measurement, physics, key=jax.random.key(0))
     assert restored.image.shape == (1, 24, 32, 3)
     np.testing.assert_allclose(restored.image[0].mean(axis=(0, 1)), RED, atol=0.05)
-    # The flux scale (off for astronomy by default) is per Bayer colour: forced on, each colour
-    # is scaled to its own measured total (measured 1.00, 0.95, 0.90: the dark colours lifted
-    # by positivity come down, red keeps its flux; one scale for all three took red 6 % low)
-    # and the scene stays red.
-    scaled = io.restore_measurement(
+    # The flux correction is per Bayer colour. Astronomy's default adds a constant per colour
+    # (flux_offset); the scale, asked for, scales each colour to its own measured total
+    # (measured 1.00, 0.95, 0.90: the dark colours lifted by positivity come down, red keeps
+    # its flux; one scale for all three took red 6 % low), and the scene stays red.
+    run = lambda mode: io.restore_measurement(
         ColourPrior(),
         measurement,
         physics,
         key=jax.random.key(0),
-        sampler=SamplerSettings(conserve_flux=True),
+        sampler=SamplerSettings(conserve_flux=mode),
     )
+    free, scaled = run("off"), run("scale")
+    offsets = np.asarray(restored.reports[0]["flux_offset"][0])
+    assert offsets.shape == (3,) and np.ptp(offsets) > 0.005
+    np.testing.assert_allclose(restored.image, np.clip(free.image + offsets, 0, 1), atol=1e-6)
     scales = np.asarray(scaled.reports[0]["flux_scale"][0])
     assert scales.shape == (3,) and np.ptp(scales) > 0.05 and abs(scales[0] - 1) < 0.02
-    np.testing.assert_allclose(scaled.image, np.clip(restored.image * scales, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(scaled.image, np.clip(free.image * scales, 0, 1), atol=1e-6)
     np.testing.assert_allclose(scaled.image[0].mean(axis=(0, 1)), RED, atol=0.05)
     history = ["restored from Python", "values: clean intensity in [0, 1]"]
     io.write_restoration(tmp_path / "x.fits", restored, measurement, physics, history=history)

@@ -249,7 +249,7 @@ def test_a_noisy_mosaic_starts_from_the_mean_of_both_orders():
         physics=Physics(s, r, operator=op),
         # The start itself: these closed-form denoisers shrink, and the flux scale would
         # double it (conserve_flux is tested in test_restoration.py).
-        sampler=SamplerSettings(num_steps=0, estimate_ensemble=1, conserve_flux=False, **sampler),
+        sampler=SamplerSettings(num_steps=0, estimate_ensemble=1, conserve_flux="off", **sampler),
         tiling_settings=tiles,
     )
     both, first = run(prior, planes_min_noise=0.5), run(prior)

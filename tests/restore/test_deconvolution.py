@@ -106,6 +106,31 @@ def test_deconvolution_keeps_flux_and_beats_denoising_alone():
     assert 0.8 < sharp.report["chi_square"] < 1.25
 
 
+@pytest.mark.parametrize("mode", ["scale", "offset"])
+def test_the_flux_correction_matches_the_blurred_total_over_the_measured_pixels(mode):
+    """Through a PSF the total is that of A(x) over the measured pixels, asked of the adjoint
+    once (restoration.flux_correction): after the correction the forward model of the canvas,
+    cropped to the measurement and masked, sums to sum(y - b) / s over the valid pixels, to
+    float rounding; a canvas whose border is bright and unmeasured counts only through what
+    the PSF carries inside. (A scale that clips at 1 loses what it cut: not here.)"""
+    blur = operators.Blur.of(psf.moffat(3.0, 2.5))
+    s, r, b, m = 50.0, 2.0, 1.0, blur.radius
+    truth = _scene(32 + 2 * m, 32 + 2 * m, seed=6)
+    y = _blurred(truth, blur, s, r, b, seed=7)[None]
+    valid = np.ones_like(y)
+    valid[0, 3:9, 5:7] = 0  # saturated, say
+    canvas = (truth * 1.1)[None]  # 10 % too bright: scaled down, nothing clips
+    canvas[:, :m] = 0.7
+    pad = lambda v: np.pad(v, ((0, 0), (m, m), (m, m), (0, 0)))
+    adjoint = lambda mask: np.asarray(blur.adjoint(jnp.asarray(pad(mask))))
+    physics = Physics(s, r, b, operator=blur)
+    groups = blur.channel_masks(32, 32, 1)
+    x, scale, offset = restoration.flux_correction(y, canvas, physics, valid, groups, adjoint, mode)
+    assert (scale[0, 0] != 1) == (mode == "scale") and (offset[0, 0] != 0) == (mode == "offset")
+    measured = np.asarray(blur.forward(jnp.asarray(x)))[:, m:-m, m:-m]
+    np.testing.assert_allclose(np.sum(measured * valid), np.sum((y - b) * valid) / s, rtol=1e-5)
+
+
 def test_richardson_lucy_iterations_in_the_start_follow_the_noise_level():
     """deblur_iterations None: floor(deblur_noise / noise level), at most DEBLUR_MAX_ITERATIONS,
     deblur_noise None the domain's (astronomy 0.3; none for microscopy: 0 at the noise of

@@ -116,13 +116,13 @@ def _oracle_mse(y, x_true, s):
     return _mse(np.reshape(estimate, x_true.shape), x_true)
 
 
-def _restore(y, s, b=B, mode="x0", **kwargs):
+def _restore(y, s, b=B, mode="x0", domain="photography", **kwargs):
     guidance, sampler = SETTINGS[mode]
     kwargs = {"guidance": guidance, "sampler": sampler, "tiling_settings": None, **kwargs}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = restore(
-            GaussianPrior(), y, physics=Physics(s, R, b), key=jax.random.key(2), **kwargs
+            GaussianPrior(), y, physics=Physics(s, R, b, domain), key=jax.random.key(2), **kwargs
         )
     return result.image, result.report, [str(w.message) for w in caught]
 
@@ -198,7 +198,7 @@ def test_kappa_zero_equals_the_unguided_sampler_bit_for_bit(mode):
     y = noise.simulate(jax.random.key(1), x_true, 10.0, R, B)
     guidance = dataclasses.replace(SETTINGS[mode][0], kappa=0.0)
     # The sampler alone: the restoration's flux scale (conserve_flux) is tested on its own.
-    sampler = dataclasses.replace(NOISE_START, latent_scale=1.0, conserve_flux=False)
+    sampler = dataclasses.replace(NOISE_START, latent_scale=1.0, conserve_flux="off")
     x, _, _ = _restore(y, 10.0, guidance=guidance, sampler=sampler)
     latents = jax.random.normal(jax.random.key(2), x_true.shape)
     unguided = samplers.edm_sampler(_denoise_fn(), latents, num_steps=18)
@@ -212,7 +212,7 @@ def test_zero_steps_is_the_one_call_variance_stabilised_estimate():
     y = np.asarray(noise.simulate(jax.random.key(1), x_true, 10.0, R, B))
     for factor in (1.0, 1.5):  # SamplerSettings.estimate_sigma_factor: D at factor sigma_v
         sampler = SamplerSettings(
-            num_steps=0, estimate_sigma_factor=factor, estimate_ensemble=1, conserve_flux=False
+            num_steps=0, estimate_sigma_factor=factor, estimate_ensemble=1, conserve_flux="off"
         )
         x, report, _ = _restore(y, 10.0, sampler=sampler)
 
@@ -230,36 +230,21 @@ def test_zero_steps_is_the_one_call_variance_stabilised_estimate():
 
 
 def test_the_restoration_keeps_the_measured_flux_where_the_counts_know_it():
-    """conserve_flux (photography by default): each image is scaled by sum(y - b) / s over
-    sum(x) (identity operator),
-    so its total is the measured one (to float rounding, where no pixel clips at 1); the report
-    has the scales. A near-black measurement (its total known to more than
-    FLUX_MAX_UNCERTAINTY) and one whose counts sum below the background keep scale 1."""
-    from pdr_jax.physics.operators import IDENTITY
-    from pdr_jax.restore.restoration import flux_scale
-    from pdr_jax.settings import FLUX_MAX_UNCERTAINTY
-
+    """conserve_flux: each image is brought to the measured total sum(y - b) / s (identity
+    operator): photography by default by a scale, sum(y - b) / s over sum(x), astronomy by an
+    offset (a sky level) that matches the total through the clipping to [0, 1]; the report has
+    both. The images differ, and so do their scales and offsets."""
     _, x_true = _prior()
     s = 10.0
     y = np.asarray(noise.simulate(jax.random.key(1), x_true, s, R, B))
-    kept, report, _ = _restore(y, s, mode="default")
-    free, _, _ = _restore(y, s, mode="default", sampler=SamplerSettings(conserve_flux=False))
-    # Astronomy leaves the sampler's total by default (CONSERVE_FLUX), unless asked.
-    sky = restore(GaussianPrior(), y, physics=Physics(s, R, B, "astronomy"), tiling_settings=None)
-    assert sky.report["flux_scale"] == [[1.0]] * len(y)
-    forced = SamplerSettings(conserve_flux=True)
-    sky_kept = restore(
-        GaussianPrior(),
-        y,
-        physics=Physics(s, R, B, "astronomy"),
-        tiling_settings=None,
-        sampler=forced,
-    )
-    assert np.ptp(sky_kept.report["flux_scale"]) > 0.05
     measured_total = (y - B).sum(axis=(1, 2, 3)) / s
+    free, _, _ = _restore(y, s, mode="default", sampler=SamplerSettings(conserve_flux="off"))
+    assert np.ptp(measured_total / free.sum(axis=(1, 2, 3))) > 0.05
+
+    kept, report, _ = _restore(y, s, mode="default")  # photography: "scale"
     expected = measured_total / free.sum(axis=(1, 2, 3))
-    assert np.ptp(expected) > 0.05  # the images differ, and so do their scales
     np.testing.assert_allclose(np.ravel(report["flux_scale"]), expected, rtol=1e-5)
+    assert report["flux_offset"] == [[0.0]] * len(y)
     np.testing.assert_allclose(kept, np.clip(free * expected[:, None, None, None], 0, 1), atol=1e-6)
     unclipped = kept.max(axis=(1, 2, 3)) < 1  # the others lose what clipping at 1 cut
     assert unclipped.sum() >= len(y) // 2
@@ -267,17 +252,52 @@ def test_the_restoration_keeps_the_measured_flux_where_the_counts_know_it():
         kept.sum(axis=(1, 2, 3))[unclipped], measured_total[unclipped], rtol=1e-5
     )
 
-    physics = Physics(s, R, B)
-    ones = np.ones((2, SIZE, SIZE, 1))
-    # Restored: a constant x over 64 pixels; measured: twice its flux, a total of 128 x known
-    # to sqrt(64 (s x + b + r^2)) / s: at x = 0.05 to 0.18 of it (near-black: scale 1), at
-    # x = 0.5 to 0.032 (scale 2).
-    for x, scaled in ((0.05, False), (0.5, True)):
+    sky, sky_report, _ = _restore(y, s, mode="default", domain="astronomy")  # "offset"
+    offsets = np.ravel(sky_report["flux_offset"])
+    assert sky_report["flux_scale"] == [[1.0]] * len(y) and np.ptp(offsets) > 0.005
+    np.testing.assert_allclose(sky, np.clip(free + offsets[:, None, None, None], 0, 1), atol=1e-6)
+    # Clipped or not, every total is the measured one (to the bisection's 2^-39 per pixel).
+    np.testing.assert_allclose(sky.sum(axis=(1, 2, 3)), measured_total, rtol=1e-5)
+    forced = SamplerSettings(conserve_flux="scale")
+    _, sky_scaled, _ = _restore(y, s, mode="default", domain="astronomy", sampler=forced)
+    np.testing.assert_allclose(np.ravel(sky_scaled["flux_scale"]), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="conserve_flux must be one of"):
+        SamplerSettings(conserve_flux=True)
+
+
+def test_the_flux_correction_s_closed_forms_and_its_uncertainty_rule():
+    """flux_correction on constant images of 64 pixels: measured at 1.5 times the restored
+    flux, the scale is 1.5 and the offset x / 2; an offset that clips: pixels 0.1 and 0.5
+    brought to a mean of 0.15 (s = 1000) take -0.2 (the first at 0, the second at 0.3). A total known to
+    more than FLUX_MAX_UNCERTAINTY (sqrt(64 (s x + b + r^2)) / s over 96 x: 0.14 at x = 0.05,
+    0.023 at x = 0.5) or counts summing below the background leave the image as it is."""
+    from pdr_jax.physics.operators import IDENTITY
+    from pdr_jax.restore.restoration import flux_correction
+    from pdr_jax.settings import FLUX_MAX_UNCERTAINTY
+
+    s, physics = 10.0, Physics(10.0, R, B)
+    groups, ones = IDENTITY.channel_masks(SIZE, SIZE, 1), np.ones((2, SIZE, SIZE, 1), np.float32)
+    correct = lambda y, x, mode: flux_correction(
+        y, x, physics, ones, groups, IDENTITY.adjoint, mode
+    )
+    for x, known in ((0.05, False), (0.5, True)):
         spread = np.sqrt(64 * (s * x + B + R**2)) / s
-        assert (spread <= FLUX_MAX_UNCERTAINTY * 128 * x) == scaled
-        data = np.stack([np.full((SIZE, SIZE, 1), s * 2 * x + B), np.full((SIZE, SIZE, 1), B - 1)])
-        got = flux_scale(data, x * ones, physics, ones, IDENTITY.channel_masks(SIZE, SIZE, 1))
-        np.testing.assert_allclose(got, [[2.0 if scaled else 1.0], [1.0]])
+        assert (spread <= FLUX_MAX_UNCERTAINTY * 96 * x) == known
+        y = np.stack([np.full((SIZE, SIZE, 1), s * 1.5 * x + B), np.full((SIZE, SIZE, 1), B - 1)])
+        image, scale, offset = correct(y, x * ones, "scale")
+        np.testing.assert_allclose(scale, [[1.5 if known else 1.0], [1.0]], rtol=1e-6)
+        np.testing.assert_allclose(image[:, 0, 0, 0], [1.5 * x if known else x, x], rtol=1e-6)
+        image, scale, offset = correct(y, x * ones, "offset")
+        np.testing.assert_allclose(offset, [[x / 2 if known else 0.0], [0.0]], atol=1e-6)
+        assert np.all(scale == 1)
+        image, scale, offset = correct(y, x * ones, "off")
+        assert np.all(image == x) and np.all(scale == 1) and np.all(offset == 0)
+    x = np.where(np.arange(SIZE)[None, :, None, None] % 2, 0.5, 0.1) * ones
+    bright = Physics(1000.0, R, B)  # a total known to 1.4 %
+    y = np.full_like(x, 1000.0 * 0.15 + B)
+    image, _, offset = flux_correction(y, x, bright, ones, groups, IDENTITY.adjoint, "offset")
+    np.testing.assert_allclose(offset, -0.2, atol=1e-6)
+    np.testing.assert_allclose(image[0, :2, 0, 0], [0.0, 0.3], atol=1e-6)
 
 
 def test_the_sampler_refines_only_where_the_noise_level_reaches_the_threshold():

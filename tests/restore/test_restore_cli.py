@@ -925,21 +925,25 @@ def test_the_estimate_ensemble_is_the_default_and_one_call_is_the_fast_setting(
 
 
 def test_conserve_flux_off_leaves_the_sampler_s_total(tiny_model, tmp_path):
-    """By default (microscopy: on) the restoration is scaled to the measured total (report
+    """By default (microscopy: scale) the restoration is scaled to the measured total (report
     flux_scale); with --conserve-flux off the scale is 1 and the image is the default's divided
-    by it (the fast one-call setting: one deterministic network call per tile); HISTORY says
-    so."""
+    by it; with offset (astronomy's default) a constant is added instead (flux_offset) (the
+    fast one-call setting: one deterministic network call per tile); HISTORY says so."""
     y, _ = _measurement((24, 24))
     tifffile.imwrite(tmp_path / "y.tif", y)
-    scales, images = [], []
-    for extra in ([], ["--conserve-flux", "off"]):
-        out, report = tmp_path / f"x{len(extra)}.fits", tmp_path / f"r{len(extra)}.json"
+    reports, images = [], []
+    for extra in ([], ["--conserve-flux", "off"], ["--conserve-flux", "offset"]):
+        out, report = tmp_path / f"x{len(reports)}.fits", tmp_path / f"r{len(reports)}.json"
         argv = [str(tmp_path / "y.tif"), "--output", str(out), "--report", str(report)]
         fast = ("--steps", "0", "--estimate-ensemble", "1", *extra)
         assert restore_tool.main([*argv, *_args(tiny_model, *fast)]) == 0
-        scales.append(json.loads(report.read_text())["images"][0]["flux_scale"][0][0])
+        reports.append(json.loads(report.read_text())["images"][0])
         images.append(fits.getdata(out))
         history = "".join(str(h) for h in fits.getheader(out)["HISTORY"])
-        assert ("--conserve-flux off" in history) == bool(extra)
-    assert scales[1] == 1.0 and abs(scales[0] - 1) > 1e-3
-    np.testing.assert_allclose(images[0], np.clip(images[1] * scales[0], 0, 1), atol=1e-6)
+        assert (f"--conserve-flux {extra[-1]}" in history) if extra else "--conserve" not in history
+    (scale,), (offset,) = reports[0]["flux_scale"][0], reports[2]["flux_offset"][0]
+    assert abs(scale - 1) > 1e-3 and reports[0]["flux_offset"] == [[0.0]]
+    assert reports[1]["flux_scale"] == [[1.0]] and reports[1]["flux_offset"] == [[0.0]]
+    assert reports[2]["flux_scale"] == [[1.0]] and abs(offset) > 1e-4
+    np.testing.assert_allclose(images[0], np.clip(images[1] * scale, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(images[2], np.clip(images[1] + offset, 0, 1), atol=1e-6)
