@@ -321,13 +321,14 @@ def flux_correction(y, x, physics: Physics, valid, groups, adjoint, mode: str):
     is sum(u_c * v) with u_c = A^T(valid * groups[c]): one adjoint per colour, then no
     operator call. mode (FLUX_MODES): "scale" multiplies the channel by the ratio of the
     totals, "offset" adds the constant that matches them (bisection: the total of
-    clip(x + offset, 0, 1) grows with it), "off" neither. A colour is left as it is where the
-    measured total is not positive, and by the scale where the restoration's is not or the
-    counts know theirs to no better than FLUX_MAX_UNCERTAINTY (its standard deviation
-    sqrt(sum(s A x + b + r^2)) / s relative to it): on a near-black image the read noise
-    would set a factor for every pixel, while an offset's error is the measured mean's own
-    (on corpus:val astronomy the rule cost the offset 0.01-0.58 dB). Per colour, so that what
-    the prior added to one colour (a floor on a dark one) is not taken from the others."""
+    clip(x + offset, 0, 1) grows with it; a measured total at or below zero takes the colour
+    to 0), "off" neither. The scale leaves a colour as it is where either total is not
+    positive or the counts know theirs to no better than FLUX_MAX_UNCERTAINTY (its standard
+    deviation sqrt(sum(s A x + b + r^2)) / s relative to it): on a near-black image the read
+    noise would set a factor for every pixel, while an offset's error is the measured mean's
+    own (on corpus:val astronomy such a rule cost the offset 0.01-0.58 dB). Per colour, so
+    that what the prior added to one colour (a floor on a dark one) is not taken from the
+    others."""
     s, r, b = physics.s, physics.r, physics.b
     x = np.asarray(x, np.float32)
     batch, channels = x.shape[0], x.shape[-1]
@@ -355,7 +356,7 @@ def flux_correction(y, x, physics: Physics, valid, groups, adjoint, mode: str):
             shifted = np.clip(x + middle[:, None, None, :].astype(np.float32), 0.0, 1.0)
             above = total(shifted) > data
             low, high = np.where(above, low, middle), np.where(above, middle, high)
-        offset = np.where(data > 0, (low + high) / 2, 0.0)
+        offset = (low + high) / 2
         corrected = x + offset[:, None, None, :].astype(np.float32)
     return np.clip(corrected, 0.0, 1.0), scale, offset
 

@@ -270,9 +270,9 @@ def test_the_flux_correction_s_closed_forms_and_its_uncertainty_rule():
     flux, the scale is 1.5 and the offset x / 2; an offset that clips: pixels 0.1 and 0.5
     brought to a mean of 0.15 (s = 1000) take -0.2 (the first at 0, the second at 0.3). A total known to
     more than FLUX_MAX_UNCERTAINTY (sqrt(64 (s x + b + r^2)) / s over 96 x: 0.14 at x = 0.05,
-    0.023 at x = 0.5) leaves the image unscaled, and counts summing below the background
-    leave it as it is; the offset, whose error is the measured mean's own, takes no such
-    rule."""
+    0.023 at x = 0.5) or counts summing below the background leave the image unscaled; the
+    offset, whose error is the measured mean's own, takes no such rule, and takes an image
+    whose counts sum below the background to 0."""
     from pdr_jax.physics.operators import IDENTITY
     from pdr_jax.restore.restoration import flux_correction
     from pdr_jax.settings import FLUX_MAX_UNCERTAINTY
@@ -290,7 +290,9 @@ def test_the_flux_correction_s_closed_forms_and_its_uncertainty_rule():
         np.testing.assert_allclose(scale, [[1.5 if known else 1.0], [1.0]], rtol=1e-6)
         np.testing.assert_allclose(image[:, 0, 0, 0], [1.5 * x if known else x, x], rtol=1e-6)
         image, scale, offset = correct(y, x * ones, "offset")
-        np.testing.assert_allclose(offset, [[x / 2], [0.0]], atol=1e-6)  # no rule
+        # No rule; counts below the background: the offset takes the image to 0.
+        np.testing.assert_allclose(offset[0], [x / 2], atol=1e-6)
+        assert offset[1, 0] <= -x and np.all(image[1] == 0)
         assert np.all(scale == 1)
         image, scale, offset = correct(y, x * ones, "off")
         assert np.all(image == x) and np.all(scale == 1) and np.all(offset == 0)
