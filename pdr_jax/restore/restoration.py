@@ -310,6 +310,31 @@ def _deblurred(estimate, y, physics: Physics, operator, iterations: int, mask) -
     return np.clip(sharp * scale, 0.0, 1.0).astype(np.float32)
 
 
+def _offset(x, u, data, iterations: int = 60) -> np.ndarray:
+    """[B, C]: the offset o in [-1, 1] with sum(u * clip(x + o, 0, 1)) = data (x, u [B, C, N];
+    the sum grows with o, linearly between the points where a pixel clips): Newton's steps,
+    which land on a linear piece's root, kept inside a bisection bracket; where the data lie
+    outside the sum's range, the end of [-1, 1] that comes nearest."""
+    low, high = np.full(data.shape, -1.0), np.ones(data.shape)
+    offset = np.zeros(data.shape)
+    tolerance = 1e-7 * np.maximum(np.sum(u, axis=-1, dtype=np.float64), 1e-30)
+    for _ in range(iterations):
+        shifted = x + offset[..., None].astype(np.float32)
+        inside = (shifted > 0) & (shifted < 1)
+        np.clip(shifted, 0.0, 1.0, out=shifted)
+        error = np.sum(u * shifted, axis=-1, dtype=np.float64) - data
+        slope = np.sum(u * inside, axis=-1, dtype=np.float64)
+        if np.all(np.abs(error) <= tolerance):
+            break
+        low, high = np.where(error < 0, offset, low), np.where(error > 0, offset, high)
+        newton = offset - error / np.where(slope > 0, slope, 1.0)
+        bracketed = (slope > 0) & (newton > low) & (newton < high)
+        offset = np.where(
+            np.abs(error) <= tolerance, offset, np.where(bracketed, newton, (low + high) / 2)
+        )
+    return offset
+
+
 def flux_correction(y, x, physics: Physics, valid, groups, adjoint, mode: str):
     """(x corrected, scale [B, C], offset [B, C]): per image and colour c, x's channel c
     brought to the measured total over the valid pixels of the colour, sum(y - b) / s.
@@ -335,28 +360,26 @@ def flux_correction(y, x, physics: Physics, valid, groups, adjoint, mode: str):
     scale, offset = np.ones((batch, channels)), np.zeros((batch, channels))
     if mode == "off":
         return x, scale, offset
-    u = np.empty_like(x)  # channel c: u_c's (zero elsewhere)
+    # Channel-first [B, C, N] copies, so that every sum runs over contiguous memory.
+    flat = lambda v: np.ascontiguousarray(np.moveaxis(v, -1, 1).reshape(batch, channels, -1))
+    u = np.empty((batch, channels, x[0, ..., 0].size), np.float32)  # u_c in channel c
     data, pixels = np.empty((batch, channels)), np.empty((batch, channels))
+    counts = np.asarray(y, np.float32) - np.float32(b)
     for c, group in enumerate(groups):
         mask = np.broadcast_to(np.asarray(valid, np.float32) * group, np.shape(y))
-        u[..., c] = np.asarray(adjoint(mask))[..., c]
-        data[:, c] = np.sum(mask * (np.asarray(y, np.float64) - b), axis=(1, 2, 3)) / s
+        u[:, c] = np.asarray(adjoint(mask))[..., c].reshape(batch, -1)
+        data[:, c] = np.sum(mask * counts, axis=(1, 2, 3), dtype=np.float64) / s
         pixels[:, c] = np.sum(mask, axis=(1, 2, 3), dtype=np.float64)
-    total = lambda v: np.sum(u * v, axis=(1, 2), dtype=np.float64)  # [B, C]: of A(v)
+    x_flat = flat(x)
+    total = lambda v: np.sum(u * v, axis=-1, dtype=np.float64)  # [B, C]: of A(v)
     if mode == "scale":
-        model = total(x)
-        spread = np.sqrt(s * total(np.maximum(x, 0.0)) + (b + r**2) * pixels) / s
+        model = total(x_flat)
+        spread = np.sqrt(s * total(np.maximum(x_flat, 0.0)) + (b + r**2) * pixels) / s
         ok = (data > 0) & (model > 0) & (spread <= FLUX_MAX_UNCERTAINTY * data)
         scale = np.where(ok, data / np.where(ok, model, 1.0), 1.0)
         corrected = x * scale[:, None, None, :].astype(np.float32)
-    else:  # x in [0, 1]: the offset is in [-1, 1]; after 40 halvings to 2^-39
-        low, high = np.full((batch, channels), -1.0), np.ones((batch, channels))
-        for _ in range(40):
-            middle = (low + high) / 2
-            shifted = np.clip(x + middle[:, None, None, :].astype(np.float32), 0.0, 1.0)
-            above = total(shifted) > data
-            low, high = np.where(above, low, middle), np.where(above, middle, high)
-        offset = (low + high) / 2
+    else:
+        offset = _offset(x_flat, u, data)
         corrected = x + offset[:, None, None, :].astype(np.float32)
     return np.clip(corrected, 0.0, 1.0), scale, offset
 

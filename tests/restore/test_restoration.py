@@ -302,6 +302,10 @@ def test_the_flux_correction_s_closed_forms_and_its_uncertainty_rule():
     image, _, offset = flux_correction(y, x, bright, ones, groups, IDENTITY.adjoint, "offset")
     np.testing.assert_allclose(offset, -0.2, atol=1e-6)
     np.testing.assert_allclose(image[0, :2, 0, 0], [0.0, 0.3], atol=1e-6)
+    # Counts beyond what a white image gives: the offset that comes nearest, all pixels at 1.
+    y = np.full_like(x, 1000.0 * 1.5 + B)
+    image, _, offset = flux_correction(y, x, bright, ones, groups, IDENTITY.adjoint, "offset")
+    assert np.all(offset >= 0.9) and np.all(image == 1)
 
 
 def test_the_sampler_refines_only_where_the_noise_level_reaches_the_threshold():
