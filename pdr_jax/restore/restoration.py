@@ -345,7 +345,7 @@ def flux_correction(y, x, physics: Physics, valid, groups, adjoint, mode: str):
     only; adjoint: A^T from y's shape to x's. A is linear, so the total of A(v) over colour c
     is sum(u_c * v) with u_c = A^T(valid * groups[c]): one adjoint per colour, then no
     operator call. mode (FLUX_MODES): "scale" multiplies the channel by the ratio of the
-    totals, "offset" adds the constant that matches them (bisection: the total of
+    totals, "offset" adds the constant that matches them (_offset: the total of
     clip(x + offset, 0, 1) grows with it; a measured total at or below zero takes the colour
     to 0), "off" neither. The scale leaves a colour as it is where either total is not
     positive or the counts know theirs to no better than FLUX_MAX_UNCERTAINTY (its standard
