@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import math
 import types
 
 import jax.numpy as jnp
@@ -170,6 +171,22 @@ def test_total_flux_is_scored_in_units_of_its_own_uncertainty_and_weighted_by_fl
     ]
     (cell,) = report.summarise(rows)
     assert cell["flux_error"] == pytest.approx(0.01) and cell["flux_true"] == 100.0
+
+
+def test_a_restoration_equal_to_its_truth_is_counted_not_averaged():
+    """PSNR is infinite for a restoration equal to its truth (a black crop restored to 0): the
+    cell's mean is over the other crops, `exact` counts it, and the table says so."""
+    rows = [
+        {"method": "m", "domain": "d", "scale": 1.0, "psnr": 30.0, "ssim": 0.5},
+        {"method": "m", "domain": "d", "scale": 1.0, "psnr": 32.0, "ssim": 0.7},
+        {"method": "m", "domain": "d", "scale": 1.0, "psnr": math.inf, "ssim": 1.0},
+    ]
+    (cell,) = report.summarise(rows)
+    assert cell["psnr"] == 31.0 and cell["exact"] == 1 and cell["images"] == 3
+    table = report.markdown_table([cell])
+    assert "31.00 (+1 exact) / 0.733" in table and "left out of the mean PSNR" in table
+    (plain,) = report.summarise(rows[:2])
+    assert plain["exact"] == 0 and "exact" not in report.markdown_table([plain])
 
 
 def test_recommend_resolution():

@@ -4,7 +4,8 @@ A row is a dict with method, domain, image, scale, read_noise, background, the m
 `benchmark.METRICS` and seconds. A cell is one (method, domain, scale): `summarise` averages
 its rows (FRC resolution: the median, since a curve that starts below 1/7 gives inf; the total
 fluxes are summed, giving the cell's flux-weighted flux_error, and flux_z is the root mean
-square).
+square; a restoration equal to its truth, PSNR inf, is counted in `exact` and left out of the
+mean PSNR).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from pdr_jax.evaluation.benchmark import METRICS
 CELL = ("method", "domain", "scale")
 CASE = ("domain", "image", "scale", "read_noise", "background")  # what one simulated case is
 ROW_FIELDS = ("method", *CASE, *METRICS, "seconds")
-SUMMARY_FIELDS = (*CELL, "images", "read_noise", "background", *METRICS, "flux_error", "seconds")
+SUMMARY_FIELDS = (
+    *CELL,
+    "images",
+    "exact",
+    "read_noise",
+    "background",
+    *METRICS,
+    "flux_error",
+    "seconds",
+)
 DEFAULT_MARGIN = 0.05  # regression: a cell's mean PSNR may drop by 5% of its earlier value
 
 
@@ -94,6 +104,9 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
     summary = []
     for (method, domain, scale), cell in _cells(rows).items():
         entry = {"method": method, "domain": domain, "scale": scale, "images": len(cell)}
+        # Restorations equal to the truth (a black crop restored to 0): their PSNR is
+        # infinite, so the mean is over the others, and the tables say how many there were.
+        entry["exact"] = sum(row.get("psnr") == math.inf for row in cell)
         for field in ("read_noise", "background", *METRICS, "seconds"):
             values = [row.get(field) for row in cell]
             entry[field] = _median(values) if field == "frc_px" else finite_mean(values)
@@ -151,6 +164,8 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
                 psnr = _number(cell["psnr"], 2)
                 if cell["psnr"] is not None and cell["psnr"] == best and len(psnrs) > 1:
                     psnr = f"**{psnr}**"
+                if cell.get("exact"):
+                    psnr += f" (+{cell['exact']} exact)"
                 texts.append(
                     f"{psnr} / {_number(cell['ssim'], 3)} / {_number(cell['chi_square'], 2)}"
                 )
@@ -158,6 +173,11 @@ def markdown_table(summary: Sequence[Mapping], *, title: str = "Benchmark") -> s
     images = sorted({row["images"] for row in summary})
     counts = ", ".join(str(int(n)) for n in images)
     note = f"Images per cell: {counts}. chi-square ~1: the restoration explains the data."
+    if any(row.get("exact") for row in summary):
+        note += (
+            " (+N exact): N crops restored to the truth itself (PSNR infinite), left out of"
+            " the mean PSNR."
+        )
     lines += ["", note, ""]
 
     lines += ["### Other metrics, mean over domains", ""]
