@@ -44,7 +44,8 @@ The start (`SamplerSettings.start`):
 The end (`SamplerSettings.conserve_flux`, by default the domain's CONSERVE_FLUX): each colour
 of the image is scaled ("scale": microscopy, photographs) or offset ("offset", a sky level:
 astronomy) so that its forward model's total over the valid pixels is the measured
-sum(y - b) / s (flux_correction), where the counts know that total to FLUX_MAX_UNCERTAINTY.
+sum(y - b) / s (flux_correction; the scale only where the counts know that total to
+FLUX_MAX_UNCERTAINTY).
 """
 
 from __future__ import annotations
