@@ -118,11 +118,11 @@ class SamplerSettings:
     # Electrons in, electrons out: the restoration of each image is corrected so that its
     # forward model's total over the valid pixels equals the measured one, sum(A x) =
     # sum(y - b) / s (the maximum-likelihood total of a Poisson measurement, which
-    # Richardson-Lucy keeps too), per colour, where the counts know that total to
-    # FLUX_MAX_UNCERTAINTY (pdr_jax.restore.restoration.flux_correction). FLUX_MODES:
-    # "scale" multiplies the colour by one factor, "offset" adds one constant to it (a sky
-    # level: what positivity lifts on a dark sky is taken back without dimming the stars),
-    # both clipped to [0, 1]; "off" leaves the sampler's total. None: the domain's,
+    # Richardson-Lucy keeps too), per colour (pdr_jax.restore.restoration.flux_correction).
+    # FLUX_MODES: "scale" multiplies the colour by one factor, where the counts know that
+    # total to FLUX_MAX_UNCERTAINTY; "offset" adds one constant to it (a sky level: what
+    # positivity lifts on a dark sky is taken back without dimming the stars); both clipped
+    # to [0, 1]; "off" leaves the sampler's total. None: the domain's,
     # CONSERVE_FLUX (flux_mode). The report records both (flux_scale, flux_offset, per image
     # and colour).
     conserve_flux: str | None = None
@@ -182,9 +182,9 @@ FLUX_MAX_UNCERTAINTY = 0.1
 # +0.03 to +0.47 dB) and lost in astronomy (16 crops per cell, denoising: -0.08, -0.13, -0.25 dB
 # at s = 10, 50, 250, and the stars' aperture flux 1.4-2.8 points lower at s = 50 and 250):
 # there the excess is the sky that positivity lifts, and a multiplicative scale takes it from
-# the stars as well. The offset takes back the sky level itself: +0.59, +0.08, +0.04, +0.04 dB
-# over none at s = 2, 10, 50, 250 on the same crops, the stars' flux unchanged
-# (docs/tuning.md, "Electrons in, electrons out").
+# the stars as well. The offset takes back the sky level itself: +1.50, +0.28, +0.04, +0.04 dB
+# over none at s = 2, 10, 50, 250 on the same crops, +0.12 to +0.22 dB through the three PSFs,
+# the stars' flux unchanged (docs/tuning.md, "Electrons in, electrons out").
 CONSERVE_FLUX = {"astronomy": "offset", "microscopy": "scale", "photography": "scale"}
 
 

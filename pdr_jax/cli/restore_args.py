@@ -260,8 +260,8 @@ def parse_args(argv=None, doc: str = ""):
         choices=FLUX_MODES,
         default=None,
         help="bring each restoration, per channel (or Bayer colour), to the measured total "
-        "sum(y - b) / s where the counts know it to 10 %%: scale multiplies it, offset adds "
-        "a constant (a sky level), off leaves the sampler's total (default: the domain's, "
+        "sum(y - b) / s: scale multiplies it (where the counts know the total to 10 %%), "
+        "offset adds a constant (a sky level), off leaves the sampler's total (default: the domain's, "
         "scale for microscopy and photography, offset for astronomy, whose excess flux is "
         "sky lifted by positivity: SamplerSettings.conserve_flux, "
         "pdr_jax.settings.CONSERVE_FLUX; the report's flux_scale and flux_offset)",

@@ -361,8 +361,7 @@ def flux_correction(y, x, physics: Physics, valid, groups, adjoint, mode: str):
     scale, offset = np.ones((batch, channels)), np.zeros((batch, channels))
     if mode == "off":
         return x, scale, offset
-    # Channel-first [B, C, N] copies, so that every sum runs over contiguous memory.
-    flat = lambda v: np.ascontiguousarray(np.moveaxis(v, -1, 1).reshape(batch, channels, -1))
+    # Channel-first [B, C, N], so that every sum runs over contiguous memory.
     u = np.empty((batch, channels, x[0, ..., 0].size), np.float32)  # u_c in channel c
     data, pixels = np.empty((batch, channels)), np.empty((batch, channels))
     counts = np.asarray(y, np.float32) - np.float32(b)
@@ -371,7 +370,7 @@ def flux_correction(y, x, physics: Physics, valid, groups, adjoint, mode: str):
         u[:, c] = np.asarray(adjoint(mask))[..., c].reshape(batch, -1)
         data[:, c] = np.sum(mask * counts, axis=(1, 2, 3), dtype=np.float64) / s
         pixels[:, c] = np.sum(mask, axis=(1, 2, 3), dtype=np.float64)
-    x_flat = flat(x)
+    x_flat = np.ascontiguousarray(np.moveaxis(x, -1, 1).reshape(batch, channels, -1))
     total = lambda v: np.sum(u * v, axis=-1, dtype=np.float64)  # [B, C]: of A(v)
     if mode == "scale":
         model = total(x_flat)
