@@ -115,6 +115,12 @@ class SamplerSettings:
     # baselines.stabilised_planes), at twice the start's calls. inf: never (MOSAIC_SAMPLER sets
     # it; docs/tuning.md, "Colour").
     planes_min_noise: float = math.inf
+    # "vst", where the one-call estimate is the result (not refined): denoised once more, with
+    # the same estimate_ensemble, at this times the image's noise_level (0: not). A
+    # demosaicked mosaic's noise is correlated, and the first call leaves low-frequency
+    # blotches of it that a second, weaker call takes out (MOSAIC_SAMPLER: 0.2; on corpus:val
+    # mosaics +0.29 / +0.35 dB at s = 250, every crop gaining; docs/tuning.md, "Colour").
+    polish_factor: float = 0.0
     # Electrons in, electrons out: the restoration of each image is corrected so that its
     # forward model's total over the valid pixels equals the measured one, sum(A x) =
     # sum(y - b) / s (the maximum-likelihood total of a Poisson measurement, which
@@ -154,6 +160,7 @@ class SamplerSettings:
             and self.latent_scale >= 0
             and self.refine_min_noise >= 0
             and self.planes_min_noise >= 0
+            and self.polish_factor >= 0
             and self.estimate_sigma_factor > 0
             and (self.deblur_iterations is None or self.deblur_iterations >= 0)
             and (self.deblur_noise is None or self.deblur_noise >= 0)
@@ -161,10 +168,12 @@ class SamplerSettings:
         ):
             raise ValueError(
                 "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
-                "planes_min_noise >= 0, estimate_sigma_factor > 0, deblur_iterations >= 0 or "
+                "planes_min_noise >= 0, polish_factor >= 0, estimate_sigma_factor > 0, "
+                "deblur_iterations >= 0 or "
                 "None, deblur_noise >= 0 or None and "
                 f"0 < sigma_min < sigma_max, got {self.start_factor}, {self.latent_scale}, "
-                f"{self.refine_min_noise}, {self.planes_min_noise}, {self.estimate_sigma_factor}, "
+                f"{self.refine_min_noise}, {self.planes_min_noise}, {self.polish_factor}, "
+                f"{self.estimate_sigma_factor}, "
                 f"{self.deblur_iterations}, {self.deblur_noise}, {self.sigma_min}, "
                 f"{self.sigma_max}"
             )
@@ -254,7 +263,7 @@ COLOUR_SAMPLER = SamplerSettings(refine_min_noise=0.55)
 # noise level 0.5 the start averages in the Bayer planes denoised by the grayscale prior, then
 # demosaicked (on corpus:val +1.5 dB at s = 10, r = 3, whose crops are at 0.64-0.77, and lost
 # 0.17 dB on average on those of s = 10, r = 0.5, at 0.15-0.49).
-MOSAIC_SAMPLER = SamplerSettings(refine_min_noise=0.1, planes_min_noise=0.5)
+MOSAIC_SAMPLER = SamplerSettings(refine_min_noise=0.1, planes_min_noise=0.5, polish_factor=0.2)
 # pdr-restore --colour (pdr_jax.restore.composite.colour_denoiser)
 COLOUR_MODES = ("opponent", "luma", "joint", "channels")
 

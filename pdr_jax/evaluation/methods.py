@@ -141,6 +141,7 @@ ABLATION_FIELDS = {
     "estimate_sigma_factor": ("sampler", "estimate_sigma_factor", float),
     "refine_min_noise": ("sampler", "refine_min_noise", float),
     "planes_min_noise": ("sampler", "planes_min_noise", float),
+    "polish_factor": ("sampler", "polish_factor", float),
     "estimate_ensemble": ("sampler", "estimate_ensemble", int),
     "deblur_iterations": ("sampler", "deblur_iterations", _int_or_none),
     "deblur_noise": ("sampler", "deblur_noise", float),

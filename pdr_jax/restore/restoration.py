@@ -38,7 +38,9 @@ The start (`SamplerSettings.start`):
            least planes_min_noise and the denoiser has a grayscale `plane_prior`
            (LumaChromaPrior), that estimate is averaged with the denoise-then-demosaick one
            (baselines.stabilised_planes): at high noise, demosaicking first leaves noise that
-           a prior trained on white noise misjudges.
+           a prior trained on white noise misjudges. Where the estimate is the result,
+           polish_factor > 0 (MOSAIC_SAMPLER) denoises it once more at that times the image's
+           noise_level: the correlated noise of a demosaicked start outlives the first call.
   "noise"  EDM's start: latents * sigma_max (zero latents: a deterministic estimate).
 
 The end (`SamplerSettings.conserve_flux`, by default the domain's CONSERVE_FLUX): each colour
@@ -432,6 +434,17 @@ def _start(
     return x_model / start_sigma + latents, start_sigma, estimate
 
 
+def _polished(denoise_fn, estimate, y_pad, physics, factor: float, net_sigma) -> np.ndarray:
+    """The one-call estimate [B, H', W', C] denoised once more, each image at factor times its
+    own noise_level (within the network's sigma range): SamplerSettings.polish_factor."""
+    out = []
+    for i in range(len(estimate)):
+        sigma = float(np.clip(factor * noise_level(y_pad[i : i + 1], physics), *net_sigma))
+        model = jnp.asarray(2 * estimate[i : i + 1] - 1, jnp.float32)
+        out.append((np.asarray(_apply(denoise_fn, model, jnp.float32(sigma))) + 1) / 2)
+    return np.clip(np.concatenate(out), 0.0, 1.0).astype(np.float32)
+
+
 # The restoration.
 
 
@@ -439,14 +452,18 @@ def network_calls(
     sampler: SamplerSettings, refine: bool = True, draw: bool | None = None, planes: bool = False
 ) -> int:
     """Denoiser calls per tile: the one-call estimate ("vst" start; estimate_ensemble calls
-    where it is the result, i.e. not refined; twice that where a mosaic's Bayer planes join
-    it, `planes`) plus the sampler's steps (Heun 2N - 1, Euler and DPM-Solver++ N) where it
-    draws (refines, or samples for a std; default: where it refines)."""
+    where it is the result, i.e. not refined, and as many again for its polish_factor call;
+    twice the first where a mosaic's Bayer planes join it, `planes`) plus the sampler's steps
+    (Heun 2N - 1, Euler and DPM-Solver++ N) where it draws (refines, or samples for a std;
+    default: where it refines)."""
     draw = refine if draw is None else draw
     calls = samplers.network_calls(sampler.solver, sampler.num_steps if draw else 0)
     if sampler.start != "vst":
         return calls
-    return calls + (1 if refine else sampler.estimate_ensemble) * (2 if planes else 1)
+    if refine:
+        return calls + (2 if planes else 1)
+    polish = sampler.estimate_ensemble if sampler.polish_factor > 0 else 0
+    return calls + sampler.estimate_ensemble * (2 if planes else 1) + polish
 
 
 def restore(
@@ -624,6 +641,9 @@ def restore(
         plane_fn,
         deblur,
     )
+    if not refine and estimate is not None and sampler.polish_factor > 0:
+        net_sigma = (args["sigma_min"], args["sigma_max"])
+        estimate = _polished(start_fn, estimate, y_pad, physics, sampler.polish_factor, net_sigma)
     started = time.perf_counter()
     # Samples are drawn where they are the result, and for the std of num_samples > 1 where the
     # one-call estimate is the result (the image stays the estimate; std_from says so).
