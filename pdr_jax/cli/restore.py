@@ -19,7 +19,8 @@ and --wb R,G,B) is restored and demosaicked in one model, y ~ Poisson(s g[c] x[c
 N(0, r^2) per pixel with c its CFA colour and g = 1 / wb: the output is the white-balanced
 linear camera RGB x, [H, W, 3]. Its denoiser takes the luminance from the grayscale prior and
 the chrominances from the colour prior (--colour luma; --colour joint: the colour prior alone);
-where the mosaic is noisy, its start also denoises the Bayer planes with the grayscale prior
+where the mosaic is noisy, its start also denoises the Bayer planes with the grayscale prior,
+and where it is not, the one-call estimate is denoised once more at a fifth of its noise level
 (pdr_jax.settings.MOSAIC_SAMPLER). With --psf, an astronomy image's start is sharpened by a few
 Richardson-Lucy iterations, more the less noise there is (SamplerSettings.deblur_iterations).
 

@@ -19,7 +19,14 @@ from function_prior import FunctionPrior, shrinkage
 
 from pdr_jax import baselines
 from pdr_jax.physics import noise, operators
-from pdr_jax.restore import GuidanceSettings, Physics, SamplerSettings, TilingSettings, restore
+from pdr_jax.restore import (
+    MOSAIC_SAMPLER,
+    GuidanceSettings,
+    Physics,
+    SamplerSettings,
+    TilingSettings,
+    restore,
+)
 from pdr_jax.restore.composite import (
     LUMA_GAIN,
     NOISE_GAIN,
@@ -30,6 +37,7 @@ from pdr_jax.restore.composite import (
     from_opponent,
     to_opponent,
 )
+from pdr_jax.restore.restoration import noise_level
 
 TAU = 0.1
 
@@ -230,6 +238,43 @@ def test_estimate_ensemble_averages_the_one_call_result_only_where_it_is_the_res
     )
     with pytest.raises(ValueError, match="estimate_ensemble must be one of"):
         SamplerSettings(estimate_ensemble=3)
+
+
+def test_polish_denoises_the_unrefined_estimate_once_more_at_each_images_noise_level():
+    """SamplerSettings.polish_factor f > 0: where the one-call estimate is the result, it is
+    denoised again, each image at f times its own noise_level (two images of different
+    brightness: two sigmas), with the estimate's ensemble (its calls counted twice); where
+    the sampler refines, nothing changes. Mosaics have it by default, nothing else."""
+    clean = np.stack([np.full((16, 20, 1), v, np.float32) for v in (0.2, 0.8)])
+    y = np.asarray(noise.simulate(jax.random.key(9), clean, 200.0, 2.0, 0.0))
+    physics, prior = Physics(200.0, 2.0), FunctionPrior(_shrink)
+    run = lambda denoiser=prior, **sampler: restore(
+        denoiser,
+        y,
+        physics=physics,
+        sampler=SamplerSettings(**{"estimate_ensemble": 1, "conserve_flux": "off", **sampler}),
+        tiling_settings=None,
+        key=jax.random.key(0),
+    )
+    plain, polished = run(), run(polish_factor=0.3)
+    levels = [noise_level(y[i : i + 1], physics) for i in range(2)]
+    assert levels[1] > 1.5 * levels[0]
+    expected = [
+        (_shrink(jnp.asarray(2 * plain.image[i : i + 1] - 1), 0.3 * levels[i]) + 1) / 2
+        for i in range(2)
+    ]
+    np.testing.assert_allclose(polished.image, np.concatenate(expected), atol=1e-6)
+    assert np.abs(polished.image - plain.image).max() > 1e-3
+    assert (plain.report["network_calls"], polished.report["network_calls"]) == (1, 2)
+    # With the ensemble: 8 + 8 calls (a per-pixel denoiser: the flips change nothing).
+    ensembled = run(polish_factor=0.3, estimate_ensemble=8)
+    assert ensembled.report["network_calls"] == 16
+    np.testing.assert_allclose(ensembled.image, polished.image, atol=1e-6)
+    refined = dict(refine_min_noise=0.0)
+    np.testing.assert_array_equal(run(polish_factor=0.3, **refined).image, run(**refined).image)
+    assert (SamplerSettings().polish_factor, MOSAIC_SAMPLER.polish_factor) == (0.0, 0.2)
+    with pytest.raises(ValueError, match="polish_factor >= 0"):
+        SamplerSettings(polish_factor=-0.1)
 
 
 def test_a_noisy_mosaic_starts_from_the_mean_of_both_orders():
