@@ -201,6 +201,27 @@ def stabilised_planes(denoise_unit, y, mosaic, s: float, r: float, b: float = 0.
     return np.clip(mosaic.fill(x), 0.0, 1.0).astype(np.float32)
 
 
+def measured_luminance(denoise_unit, estimate, y, mosaic, s: float, r: float, b: float, valid):
+    """A mosaic's colour estimate [H, W, 3] in [0, 1] with its luminance re-estimated from the
+    measured pixels: in the GAT domain (y [H, W, 1] electrons, valid [H, W, 1]) each pixel's
+    stabilised value z, plus the estimate's luminance (the mean of its three stabilised
+    channels) minus the estimate's value of the pixel's colour, is a measurement of the
+    luminance whose noise is white with std 1 (the colour difference comes from the estimate);
+    it goes through denoise_unit like `stabilised` (a grayscale prior: exact about white noise,
+    where the demosaicked start's luminance noise is correlated), and every channel of the
+    estimate moves by the luminance's change, so its colour differences stay. Pixels that are
+    not valid take the estimate's own value. The unbiased inverse, divided by s times each
+    channel's gain, gives x [H, W, 3] in [0, 1]."""
+    gains = np.asarray(mosaic.channel_gains, np.float64)
+    z_hat = gat_forward(s * gains * np.asarray(estimate, np.float64) + b, r)  # [H, W, 3]
+    own = np.sum(z_hat * (np.asarray(mosaic.weights(*z_hat.shape[:2])) > 0), -1, keepdims=True)
+    z = np.where(np.asarray(valid) > 0, gat_forward(np.asarray(y, np.float64), r), own)
+    luma = z_hat.mean(axis=-1, keepdims=True)
+    denoised = _denoised_in_range(denoise_unit, z - own + luma)
+    lam = gat_inverse(z_hat + (denoised - luma), r)
+    return np.clip((lam - b) / (s * gains), 0.0, 1.0).astype(np.float32)
+
+
 def gat_bm3d(y, s: float, r: float, b: float = 0.0):
     """GAT + BM3D (sigma 1 in the stabilised domain) + closed-form unbiased inverse.
 

@@ -121,6 +121,13 @@ class SamplerSettings:
     # blotches of it that a second, weaker call takes out (MOSAIC_SAMPLER: 0.2; on corpus:val
     # mosaics +0.29 / +0.35 dB at s = 250, every crop gaining; docs/tuning.md, "Colour").
     polish_factor: float = 0.0
+    # "vst" on a Bayer mosaic with a denoiser that has a grayscale `plane_prior`, where the
+    # one-call estimate is the result: after the polish, its luminance is re-estimated from
+    # the measured pixels (baselines.measured_luminance: each pixel's stabilised value with the
+    # estimate's colour difference added is a luminance measurement with white noise, which
+    # the grayscale prior denoises at exactly its level). MOSAIC_SAMPLER: True (on corpus:val
+    # mosaics +0.20 dB at s = 250 over the polish, every crop gaining; docs/tuning.md).
+    measured_luminance: bool = False
     # Electrons in, electrons out: the restoration of each image is corrected so that its
     # forward model's total over the valid pixels equals the measured one, sum(A x) =
     # sum(y - b) / s (the maximum-likelihood total of a Poisson measurement, which
@@ -263,7 +270,9 @@ COLOUR_SAMPLER = SamplerSettings(refine_min_noise=0.55)
 # noise level 0.5 the start averages in the Bayer planes denoised by the grayscale prior, then
 # demosaicked (on corpus:val +1.5 dB at s = 10, r = 3, whose crops are at 0.64-0.77, and lost
 # 0.17 dB on average on those of s = 10, r = 0.5, at 0.15-0.49).
-MOSAIC_SAMPLER = SamplerSettings(refine_min_noise=0.1, planes_min_noise=0.5, polish_factor=0.2)
+MOSAIC_SAMPLER = SamplerSettings(
+    refine_min_noise=0.1, planes_min_noise=0.5, polish_factor=0.2, measured_luminance=True
+)
 # pdr-restore --colour (pdr_jax.restore.composite.colour_denoiser)
 COLOUR_MODES = ("opponent", "luma", "joint", "channels")
 

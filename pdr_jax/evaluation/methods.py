@@ -142,6 +142,7 @@ ABLATION_FIELDS = {
     "refine_min_noise": ("sampler", "refine_min_noise", float),
     "planes_min_noise": ("sampler", "planes_min_noise", float),
     "polish_factor": ("sampler", "polish_factor", float),
+    "measured_luminance": ("sampler", "measured_luminance", lambda v: _BOOLEANS[v.lower()]),
     "estimate_ensemble": ("sampler", "estimate_ensemble", int),
     "deblur_iterations": ("sampler", "deblur_iterations", _int_or_none),
     "deblur_noise": ("sampler", "deblur_noise", float),
@@ -193,9 +194,7 @@ def pdr_variants(base: PdrSettings, ablations, method: str = "pdr") -> dict[str,
     for field, value in ablations:
         settings = with_field(base, field, value)
         if settings != base:
-            text = (
-                {True: "on", False: "off"}.get(value, value) if field == "conditioning" else value
-            )
+            text = {True: "on", False: "off"}[value] if isinstance(value, bool) else value
             variants[f"{method}[{field}={text}]"] = settings
     return variants
 

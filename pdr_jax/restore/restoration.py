@@ -449,11 +449,16 @@ def _polished(denoise_fn, estimate, y_pad, physics, factor: float, net_sigma) ->
 
 
 def network_calls(
-    sampler: SamplerSettings, refine: bool = True, draw: bool | None = None, planes: bool = False
+    sampler: SamplerSettings,
+    refine: bool = True,
+    draw: bool | None = None,
+    planes: bool = False,
+    luminance: bool = False,
 ) -> int:
     """Denoiser calls per tile: the one-call estimate ("vst" start; estimate_ensemble calls
-    where it is the result, i.e. not refined, and as many again for its polish_factor call;
-    twice the first where a mosaic's Bayer planes join it, `planes`) plus the sampler's steps
+    where it is the result, i.e. not refined, and as many again for its polish_factor call
+    and for a mosaic's measured luminance, `luminance`; twice the first where a mosaic's Bayer
+    planes join it, `planes`) plus the sampler's steps
     (Heun 2N - 1, Euler and DPM-Solver++ N) where it draws (refines, or samples for a std;
     default: where it refines)."""
     draw = refine if draw is None else draw
@@ -462,8 +467,8 @@ def network_calls(
         return calls
     if refine:
         return calls + (2 if planes else 1)
-    polish = sampler.estimate_ensemble if sampler.polish_factor > 0 else 0
-    return calls + sampler.estimate_ensemble * (2 if planes else 1) + polish
+    after = (sampler.polish_factor > 0) + luminance
+    return calls + sampler.estimate_ensemble * ((2 if planes else 1) + after)
 
 
 def restore(
@@ -537,13 +542,14 @@ def restore(
         deblur = deblur_iterations(sampler, level, physics.domain)
     # A noisy mosaic's start also denoises its Bayer planes, with the denoiser's grayscale
     # prior (SamplerSettings.planes_min_noise).
+    # Where the estimate is the result, its luminance is re-estimated from the measured pixels
+    # by that prior (SamplerSettings.measured_luminance).
     plane_prior = getattr(prior, "plane_prior", None)
-    planes = (
-        sampler.start == "vst"
-        and plane_prior is not None
-        and hasattr(operator, "to_planes")
-        and level >= sampler.planes_min_noise
+    gray_start = (
+        sampler.start == "vst" and plane_prior is not None and hasattr(operator, "to_planes")
     )
+    planes = gray_start and level >= sampler.planes_min_noise
+    luminance = gray_start and not refine and sampler.measured_luminance
 
     # The tile plan (a whole image: none) and its denoisers.
     batch, height, width, _ = y_canvas.shape
@@ -558,9 +564,9 @@ def restore(
         denoise_fn = args["denoise_fn"]
         start_fn = composite.ensembled(prior.sampler_args(physics, 1)["denoise_fn"], ensemble)
         planes = planes and height % 2 == 0 and width % 2 == 0  # whole Bayer cells
-        plane_fn = (
+        gray_fn = (
             composite.ensembled(plane_prior.sampler_args(physics, 1)["denoise_fn"], ensemble)
-            if planes
+            if planes or luminance
             else None
         )
         inside = np.ones((1, height, width, 1), np.float32)
@@ -593,7 +599,7 @@ def restore(
         )
         # The planes are one image of the canvas's shape (Mosaic.to_planes): the same tiles.
         planes = planes and not any(side % 2 for side in plan.padded_shape)
-        plane_fn = (
+        gray_fn = (
             tiling.tiled_denoiser(
                 composite.ensembled(
                     plane_prior.sampler_args(physics, chunk)["denoise_fn"], ensemble
@@ -601,7 +607,7 @@ def restore(
                 plan,
                 batch=chunk,
             )
-            if planes
+            if planes or luminance
             else None
         )
         inside = np.zeros((1, *plan.padded_shape, 1), np.float32)
@@ -638,12 +644,23 @@ def restore(
         key,
         (args["sigma_min"], args["sigma_max"]),
         mask_pad,
-        plane_fn,
+        gray_fn if planes else None,
         deblur,
     )
     if not refine and estimate is not None and sampler.polish_factor > 0:
         net_sigma = (args["sigma_min"], args["sigma_max"])
         estimate = _polished(start_fn, estimate, y_pad, physics, sampler.polish_factor, net_sigma)
+    if luminance:
+        denoise_unit = _unit_denoiser(gray_fn, 1.0, [])
+        srb = (physics.s, physics.r, physics.b)
+        estimate = np.stack(
+            [
+                baselines.measured_luminance(
+                    denoise_unit, estimate[i], y_pad[i], operator_pad, *srb, mask_pad[i]
+                )
+                for i in range(len(estimate))
+            ]
+        )
     started = time.perf_counter()
     # Samples are drawn where they are the result, and for the std of num_samples > 1 where the
     # one-call estimate is the result (the image stays the estimate; std_from says so).
@@ -718,10 +735,11 @@ def restore(
         "noise_level": level,
         "refined": refine,
         "planes_start": planes,
+        "measured_luminance": luminance,
         "deblur_iterations": deblur,
         "flux_scale": scale.tolist(),  # [B][C]
         "flux_offset": offset.tolist(),  # [B][C], in [0, 1] units of x (electrons: times s)
-        "network_calls": network_calls(sampler, refine, draw, planes),
+        "network_calls": network_calls(sampler, refine, draw, planes, luminance),
         "posterior_std": None if std is None else float(std.mean()),
         "std_from": std_from,
         "tile": None if plan is None else plan.tile,
