@@ -21,6 +21,7 @@ linear camera RGB x, [H, W, 3]. Its denoiser takes the luminance from the graysc
 the chrominances from the colour prior (--colour luma; --colour joint: the colour prior alone);
 where the mosaic is noisy, its start also denoises the Bayer planes with the grayscale prior,
 and where it is not, the one-call estimate is denoised once more at a fifth of its noise level
+and its luminance is re-estimated from the measured pixels by the grayscale prior
 (pdr_jax.settings.MOSAIC_SAMPLER). With --psf, an astronomy image's start is sharpened by a few
 Richardson-Lucy iterations, more the less noise there is (SamplerSettings.deblur_iterations).
 

@@ -40,7 +40,9 @@ The start (`SamplerSettings.start`):
            (baselines.stabilised_planes): at high noise, demosaicking first leaves noise that
            a prior trained on white noise misjudges. Where the estimate is the result,
            polish_factor > 0 (MOSAIC_SAMPLER) denoises it once more at that times the image's
-           noise_level: the correlated noise of a demosaicked start outlives the first call.
+           noise_level: the correlated noise of a demosaicked start outlives the first call;
+           then a mosaic's luminance is re-estimated from its measured pixels by the
+           grayscale prior (measured_luminance, baselines.measured_luminance).
   "noise"  EDM's start: latents * sigma_max (zero latents: a deterministic estimate).
 
 The end (`SamplerSettings.conserve_flux`, by default the domain's CONSERVE_FLUX): each colour

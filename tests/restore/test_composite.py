@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from function_prior import FunctionPrior, shrinkage
+from jax.tree_util import Partial
 
 from pdr_jax import baselines
 from pdr_jax.physics import noise, operators
@@ -37,7 +38,7 @@ from pdr_jax.restore.composite import (
     from_opponent,
     to_opponent,
 )
-from pdr_jax.restore.restoration import noise_level
+from pdr_jax.restore.restoration import _unit_denoiser, noise_level
 
 TAU = 0.1
 
@@ -275,6 +276,43 @@ def test_polish_denoises_the_unrefined_estimate_once_more_at_each_images_noise_l
     assert (SamplerSettings().polish_factor, MOSAIC_SAMPLER.polish_factor) == (0.0, 0.2)
     with pytest.raises(ValueError, match="polish_factor >= 0"):
         SamplerSettings(polish_factor=-0.1)
+
+
+def test_a_mosaics_unrefined_estimate_takes_its_luminance_from_the_measured_pixels():
+    """SamplerSettings.measured_luminance: where a mosaic's one-call estimate is the result and
+    the denoiser has a grayscale prior (LumaChromaPrior), the estimate goes through
+    baselines.measured_luminance with that prior at the measured pixels' own noise level (its
+    ensemble's calls counted again); not where the sampler refines, not without a grayscale
+    prior; MOSAIC_SAMPLER has it."""
+    op = operators.Mosaic("GRBG", gains=(0.6, 1.0, 0.8))
+    s, r = 400.0, 2.0
+    x_true = jax.random.uniform(jax.random.key(7), (1, 16, 20, 3), minval=0.2, maxval=0.8)
+    y = np.asarray(noise.simulate(jax.random.key(8), op.forward(x_true), s, r, 0.0))[0]
+    gray = FunctionPrior(_shrink)
+    run = lambda denoiser, **sampler: restore(
+        denoiser,
+        y,
+        physics=Physics(s, r, operator=op),
+        sampler=SamplerSettings(
+            **{"num_steps": 0, "estimate_ensemble": 1, "conserve_flux": "off", **sampler}
+        ),
+        tiling_settings=None,
+    )
+    prior = LumaChromaPrior(gray, FunctionPrior(_mix, 3))
+    plain, lit = run(prior), run(prior, measured_luminance=True)
+    assert lit.report["measured_luminance"] and not plain.report["measured_luminance"]
+    assert (plain.report["network_calls"], lit.report["network_calls"]) == (1, 2)
+    unit = _unit_denoiser(Partial(_shrink), 1.0, [])
+    valid = np.ones((16, 20, 1), np.float32)
+    expected = baselines.measured_luminance(unit, plain.image, y, op, s, r, 0.0, valid)
+    np.testing.assert_allclose(lit.image, expected, atol=1e-5)
+    assert np.abs(lit.image - plain.image).max() > 1e-2
+    assert run(prior, measured_luminance=True, estimate_ensemble=8).report["network_calls"] == 16
+    refined = dict(measured_luminance=True, num_steps=2, refine_min_noise=0.0)
+    assert not run(prior, **refined).report["measured_luminance"]
+    colour_alone = run(FunctionPrior(_mix, 3), measured_luminance=True)
+    assert not colour_alone.report["measured_luminance"]
+    assert MOSAIC_SAMPLER.measured_luminance and not SamplerSettings().measured_luminance
 
 
 def test_a_noisy_mosaic_starts_from_the_mean_of_both_orders():
