@@ -126,7 +126,7 @@ class SamplerSettings:
     # the measured pixels (baselines.measured_luminance: each pixel's stabilised value with the
     # estimate's colour difference added is a luminance measurement with white noise, which
     # the grayscale prior denoises at exactly its level). MOSAIC_SAMPLER: True (on corpus:val
-    # mosaics +0.20 dB at s = 250 over the polish, every crop gaining; docs/tuning.md).
+    # mosaics +0.23 dB at s = 250 over the polish, every crop gaining; docs/tuning.md).
     measured_luminance: bool = False
     # Electrons in, electrons out: the restoration of each image is corrected so that its
     # forward model's total over the valid pixels equals the measured one, sum(A x) =
