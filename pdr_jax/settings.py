@@ -176,13 +176,11 @@ class SamplerSettings:
             raise ValueError(
                 "need start_factor > 0, latent_scale >= 0, refine_min_noise >= 0, "
                 "planes_min_noise >= 0, polish_factor >= 0, estimate_sigma_factor > 0, "
-                "deblur_iterations >= 0 or "
-                "None, deblur_noise >= 0 or None and "
+                "deblur_iterations >= 0 or None, deblur_noise >= 0 or None and "
                 f"0 < sigma_min < sigma_max, got {self.start_factor}, {self.latent_scale}, "
                 f"{self.refine_min_noise}, {self.planes_min_noise}, {self.polish_factor}, "
-                f"{self.estimate_sigma_factor}, "
-                f"{self.deblur_iterations}, {self.deblur_noise}, {self.sigma_min}, "
-                f"{self.sigma_max}"
+                f"{self.estimate_sigma_factor}, {self.deblur_iterations}, {self.deblur_noise}, "
+                f"{self.sigma_min}, {self.sigma_max}"
             )
 
 
