@@ -217,6 +217,18 @@ def test_ablations_and_method_registry(tmp_path, monkeypatch):
             methods.parse_ablation(bad)
     with pytest.raises(ValueError, match="expected a number >= 0 or 'auto', got 'strong'"):
         methods.parse_ablation("kappa=0.5,strong")
+    assert methods.parse_ablation("measured_luminance=off,on") == [
+        ("measured_luminance", False),
+        ("measured_luminance", True),
+    ]
+    assert methods.parse_ablation("polish_factor=0,0.3") == [
+        ("polish_factor", 0.0),
+        ("polish_factor", 0.3),
+    ]
+    with pytest.raises(ValueError, match=r"expected one of \[.*'on'.*\], got 'maybe'"):
+        methods.parse_ablation("measured_luminance=maybe")
+    with pytest.raises(ValueError, match="polish_factor >= 0"):
+        methods.parse_ablation("polish_factor=-1")
     for kappa in (-1.0, float("nan"), "strong"):
         with pytest.raises(ValueError, match="kappa must be >= 0 or 'auto'"):
             methods.with_field(methods.PdrSettings(), "kappa", kappa)

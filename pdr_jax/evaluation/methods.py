@@ -127,6 +127,15 @@ def _int_or_none(text: str) -> int | None:
 
 
 _BOOLEANS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+
+
+def _boolean(text: str) -> bool:
+    """An ablation's on/off value."""
+    if text.lower() not in _BOOLEANS:
+        raise ValueError(f"expected one of {sorted(_BOOLEANS)}, got {text!r}")
+    return _BOOLEANS[text.lower()]
+
+
 # Ablation field -> (the PdrSettings part it lives in, its attribute there, the value parser).
 ABLATION_FIELDS = {
     "guidance": ("guidance", "mode", str),
@@ -142,7 +151,7 @@ ABLATION_FIELDS = {
     "refine_min_noise": ("sampler", "refine_min_noise", float),
     "planes_min_noise": ("sampler", "planes_min_noise", float),
     "polish_factor": ("sampler", "polish_factor", float),
-    "measured_luminance": ("sampler", "measured_luminance", lambda v: _BOOLEANS[v.lower()]),
+    "measured_luminance": ("sampler", "measured_luminance", _boolean),
     "estimate_ensemble": ("sampler", "estimate_ensemble", int),
     "deblur_iterations": ("sampler", "deblur_iterations", _int_or_none),
     "deblur_noise": ("sampler", "deblur_noise", float),
@@ -150,7 +159,7 @@ ABLATION_FIELDS = {
     "cg_iterations": ("guidance", "cg_iterations", int),
     "num_samples": (None, "num_samples", int),
     "self_ensemble": (None, "self_ensemble", int),
-    "conditioning": (None, "conditioning", lambda v: _BOOLEANS[v.lower()]),
+    "conditioning": (None, "conditioning", _boolean),
 }
 
 

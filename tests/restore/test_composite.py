@@ -74,6 +74,12 @@ def test_opponent_prior_is_the_exact_denoiser_of_its_colour_prior():
     np.testing.assert_allclose(denoise(x, 0.4)[1], expected[1], rtol=1e-4, atol=1e-6)
 
 
+def _unchanged(x, sigma):
+    """A denoiser that returns its input."""
+    del sigma
+    return x
+
+
 def _mix(x, sigma):
     """A colour denoiser that mixes channels and depends on sigma: anything non-trivial."""
     sigma = jnp.reshape(jnp.asarray(sigma, jnp.float32), (-1, 1, 1, 1))
@@ -313,6 +319,26 @@ def test_a_mosaics_unrefined_estimate_takes_its_luminance_from_the_measured_pixe
     colour_alone = run(FunctionPrior(_mix, 3), measured_luminance=True)
     assert not colour_alone.report["measured_luminance"]
     assert MOSAIC_SAMPLER.measured_luminance and not SamplerSettings().measured_luminance
+    # With a grayscale prior that changes nothing and counts so high that the unbiased inverse
+    # is the algebraic one (within a quarter electron: 4e-5 of x), each pixel's own colour is
+    # its measurement, tiled or not: 8 px tiles on 17 x 21 pad the canvas by 1 row on top and
+    # 2 columns on the left, so the padded origin shifts the CFA phase.
+    clean = jax.random.uniform(jax.random.key(9), (1, 17, 21, 3), minval=0.2, maxval=0.8)
+    counts = np.asarray(op.forward(clean))[0] * 1e4
+    own = np.asarray(op.weights(17, 21)) > 0
+    identity = LumaChromaPrior(FunctionPrior(_unchanged), FunctionPrior(_mix, 3))
+    for tiles in (None, TilingSettings(tile=8, overlap=2)):
+        exact = restore(
+            identity,
+            counts,
+            physics=Physics(1e4, 0.0, operator=op),
+            sampler=SamplerSettings(
+                num_steps=0, estimate_ensemble=1, conserve_flux="off", measured_luminance=True
+            ),
+            tiling_settings=tiles,
+        )
+        assert exact.report["measured_luminance"]
+        np.testing.assert_allclose(exact.image[own], np.asarray(clean)[0][own], rtol=0, atol=1e-4)
 
 
 def test_a_noisy_mosaic_starts_from_the_mean_of_both_orders():
