@@ -12,6 +12,8 @@
         --workdir ~/runs/corpus-cpu4 --config.train.init_from=pdr-gray-default   # photographs
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu-finish3 \\
         --workdir ~/runs/corpus-cpu5 --config.train.init_from=pdr-gray-default   # low sigma
+    PDR_CPU_CONV=bf16 python launch/train.py --config configs/corpus.py:cpu-finish4 \\
+        --workdir ~/runs/corpus-cpu6 --config.train.init_from=pdr-gray-default   # not shipped
     python launch/train.py --config configs/corpus.py:tiny --workdir /tmp/run    # tests (needs a corpus)
 
 Data: the corpus's train images and simulators (validation on its val split) plus the embedded
@@ -49,7 +51,7 @@ def _photography_finish(config, *, weight: float, P_mean: float, P_std: float, s
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = progressive.get_config("tiny" if arg == "tiny" else None)
-    cpu_sessions = ("cpu", "cpu-continue", "cpu-finish", "cpu-finish2", "cpu-finish3")
+    cpu_sessions = ("cpu", "cpu-continue", "cpu-finish", *(f"cpu-finish{i}" for i in (2, 3, 4)))
     if arg not in (None, "", "tiny", "sweep", *cpu_sessions):
         raise ValueError(
             f"unknown preset {arg!r}: expected one of {', '.join(cpu_sessions)}, 'sweep' or 'tiny'"
@@ -117,4 +119,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # idle cores with PDR_CPU_CONV=bf16.
         stages = [stage(64, 40.0, 16, 1e-4), stage(128, 6.0, 8, 5e-5)]
         _photography_finish(config, weight=4.0, P_mean=-2.2, P_std=1.4, stages=stages)
+    elif arg == "cpu-finish4":
+        # A sixth CPU session (init_from), for the luminance of RAW mosaics: linear camera RGB,
+        # which the prior had never seen (photographs were sRGB-encoded as stored). cpu-finish3's
+        # mix with each photograph decoded to linear light and re-encoded with a gamma
+        # log-uniform in [1, 2.4] (data.gamma, as the colour prior's), at lower rates. ~60 min on
+        # 2 idle cores with PDR_CPU_CONV=bf16. Measured and not shipped (docs/priors.md, run 6:
+        # RAW +0.00 dB at s = 250 on corpus:val, two astronomy cells -0.12 to -0.17).
+        stages = [stage(64, 30.0, 16, 8e-5), stage(128, 4.0, 8, 4e-5)]
+        _photography_finish(config, weight=4.0, P_mean=-2.2, P_std=1.4, stages=stages)
+        config.data.gamma = {"photography": (1.0, 2.4)}
     return config

@@ -362,6 +362,10 @@ def test_corpus_config_presets(built):
     finish = corpus_config.get_config("cpu-finish")
     assert (finish.train.P_mean, finish.train.P_std) == (-1.8, 1.5)
     assert finish.data.domain_weights.photography == 2 * finish.data.domain_weights.astronomy
+    assert not finish.data.gamma  # the gray prior's photographs as stored, until cpu-finish4
+    linear = corpus_config.get_config("cpu-finish4")
+    assert dict(linear.data.gamma) == {"photography": (1.0, 2.4)}
+    assert [s["resolution"] for s in linear.stages] == [64, 128]
     with pytest.raises(ValueError, match="unknown preset"):
         corpus_config.get_config("gpu")
     root, _, _ = built
