@@ -4,6 +4,7 @@ image (UnreadableImageError): shared by every reader in pdr_jax.io."""
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,27 @@ import numpy as np
 
 class UnreadableImageError(ValueError):
     """A file that is not a readable image: corrupt, truncated, or of an unusable shape."""
+
+
+# What a file was taken for, by its extension (the readers' errors).
+FORMAT_NAMES = {
+    **{ext: "PNG/JPEG" for ext in (".png", ".jpg", ".jpeg")},
+    **{ext: "TIFF" for ext in (".tif", ".tiff")},
+    **{ext: "FITS" for ext in (".fits", ".fit", ".fts")},
+    ".npy": "NumPy .npy",
+    **{ext: f"camera RAW ({ext[1:].upper()})" for ext in (".arw", ".dng", ".nef", ".cr2")},
+}
+
+
+def unreadable(path, error: Exception, part: str = "") -> UnreadableImageError:
+    """The error for a file (its `part`, e.g. "page 3") that the library behind its extension
+    could not read: the file, the format its extension promised, the library's own words."""
+    suffix = pathlib.PurePath(str(path)).suffix.lower()
+    kind = FORMAT_NAMES.get(suffix, suffix.lstrip(".").upper() or "image")
+    where = f"{path}, {part}" if part else f"{path}"
+    return UnreadableImageError(
+        f"{where}: not a readable {kind} file ({type(error).__name__}: {error})"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

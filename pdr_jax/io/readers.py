@@ -30,6 +30,7 @@ from pdr_jax.io.meta import (
     check_image_array,
     integer_white,
     is_file_backed,
+    unreadable,
 )
 from pdr_jax.io.tiff import read_tiff
 
@@ -60,7 +61,7 @@ def read_pillow(path) -> tuple[np.ndarray, ImageMeta]:
             mode = img.mode
             array = np.asarray(img)
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ...)
-        raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+        raise unreadable(path, e) from e
     if mode.startswith("I;16"):
         array, bit_depth = array.astype(np.uint16), 16
     elif mode == "I":  # 32-bit integer mode: Pillow's mode for some 16-bit PNGs
@@ -133,7 +134,7 @@ def read_fits(path) -> tuple[np.ndarray, ImageMeta]:
     except UnreadableImageError:
         raise
     except Exception as e:
-        raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+        raise unreadable(path, e) from e
     check_image_array(array.shape, array.dtype, path)
     white = _first_header_value(header, _FITS_SATURATION_KEYS)
     bit_depth = None
@@ -246,7 +247,7 @@ def read_raw(path, mode: str = "packed") -> tuple[np.ndarray, ImageMeta]:
     except UnreadableImageError:
         raise
     except Exception as e:
-        raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+        raise unreadable(path, e) from e
     check_image_array(array.shape, array.dtype, path)
     meta = ImageMeta(
         format="raw",
@@ -273,7 +274,7 @@ def read_npy(path) -> tuple[np.ndarray, ImageMeta]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:
-        raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+        raise unreadable(path, e) from e
     if array.ndim == 2:
         array = array[None, :, :, None]
     elif array.ndim == 3:
@@ -416,7 +417,7 @@ def read_image(path, *, raw_mode: str = "packed") -> tuple[Any, ImageMeta]:
     except UnreadableImageError:
         raise
     except Exception as e:
-        raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+        raise unreadable(path, e) from e
 
 
 def to_gray(x: np.ndarray, channel_names: tuple[str, ...] | None) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pdr_jax.io.meta import ImageMeta, UnreadableImageError, check_image_array
+from pdr_jax.io.meta import ImageMeta, UnreadableImageError, check_image_array, unreadable
 
 
 def _nhwc_view(array, axes: str):
@@ -58,7 +58,7 @@ class PagedTiff:
             except UnreadableImageError:
                 raise
             except Exception as e:
-                raise UnreadableImageError(f"{self.path}: page {n}: {type(e).__name__}: {e}") from e
+                raise unreadable(self.path, e, f"page {n}") from e
         return self._cached[1]
 
     def __getitem__(self, index):
@@ -141,7 +141,7 @@ def read_tiff(path) -> tuple[Any, ImageMeta]:
     try:
         tif = tifffile.TiffFile(path)
     except Exception as e:
-        raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+        raise unreadable(path, e) from e
     with tif:
         try:
             series = tif.series[0]
@@ -176,7 +176,7 @@ def read_tiff(path) -> tuple[Any, ImageMeta]:
         except UnreadableImageError:
             raise
         except Exception as e:
-            raise UnreadableImageError(f"{path}: {type(e).__name__}: {e}") from e
+            raise unreadable(path, e) from e
     check_image_array(array.shape, dtype, path)
     if np.issubdtype(dtype, np.integer):
         white = float(max_sample) if max_sample and max_sample < 2**bits - 1 else 2.0**bits - 1

@@ -156,6 +156,19 @@ def test_truncated_tiff_is_unreadable(tmp_path):
         readers.read_image(tmp_path / "cut.tif")
 
 
+@pytest.mark.parametrize(
+    "name, kind", [("h.tif", "TIFF"), ("h.npy", r"NumPy \.npy"), ("h.dng", r"camera RAW \(DNG\)")]
+)
+def test_a_file_that_is_not_its_format_says_what_it_was_taken_for(tmp_path, name, kind):
+    """A header that its reader cannot parse: the error names the file and the format that its
+    extension promised, then the reader's own words."""
+    (tmp_path / name).write_bytes(b"II*\x00 not an image at all")
+    with pytest.raises(
+        readers.UnreadableImageError, match=rf"{name}: not a readable {kind} file \("
+    ):
+        readers.read_image(tmp_path / name)
+
+
 # FITS.
 
 
@@ -222,7 +235,10 @@ def test_a_library_exception_becomes_the_named_error(tmp_path, monkeypatch):
 
     monkeypatch.setitem(readers.READERS, ".fits", broken)
     fits.PrimaryHDU(np.ones((4, 4), np.float32)).writeto(tmp_path / "a.fits")
-    with pytest.raises(readers.UnreadableImageError, match=r"a\.fits: KeyError: 'BITPIX'"):
+    with pytest.raises(
+        readers.UnreadableImageError,
+        match=r"a\.fits: not a readable FITS file \(KeyError: 'BITPIX'\)",
+    ):
         readers.read_image(tmp_path / "a.fits")
 
 
