@@ -4,7 +4,9 @@
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/rgb.py:cpu --workdir ~/runs/rgb-cpu \\
         --config.train.init_from=pdr-gray-default          # the first colour prior's run
     PDR_CPU_CONV=bf16 python launch/train.py --config configs/rgb.py:cpu --workdir ~/runs/rgb-cpu2 \\
-        --config.train.init_from=pdr-rgb-default  # its continuation, stopped at 52.8 kimg: shipped
+        --config.train.init_from=pdr-rgb-default  # its continuation, stopped at 52.8 kimg
+    PDR_CPU_CONV=bf16 python launch/train.py --config configs/rgb.py:cpu-finish \\
+        --workdir ~/runs/rgb-cpu3 --config.train.init_from=pdr-rgb-default   # then this: shipped
     python launch/train.py --config configs/rgb.py:tiny --workdir /tmp/run        # tests
 
 The network of the grayscale prior (configs/corpus.py:cpu) with 3 image channels and the same
@@ -25,8 +27,8 @@ from pdr_jax.configs import corpus
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "cpu", "tiny"):
-        raise ValueError(f"unknown preset {arg!r}: expected 'cpu' or 'tiny'")
+    if arg not in (None, "", "cpu", "cpu-finish", "tiny"):
+        raise ValueError(f"unknown preset {arg!r}: expected 'cpu', 'cpu-finish' or 'tiny'")
     config = corpus.get_config("tiny" if arg == "tiny" else "cpu")
     config.model.img_channels = 3
     config.data.channels = "rgb"
@@ -43,4 +45,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             corpus.stage(64, 55.0, 16, 3e-4),
             corpus.stage(128, 3.0, 8, 1e-4),
         ]
+    elif arg == "cpu-finish":
+        # A third CPU session from a trained colour prior (init_from), for where a mosaic's
+        # chrominances are denoised at high counts (model-space sigma ~0.05-0.1): ln(sigma) ~
+        # N(-2.2, 1.4^2) and a third of cpu's learning rate, without its restart at 3e-4 (which
+        # cost the last continuation 8 kimg of validation loss). ~50 min on 2 idle cores with
+        # PDR_CPU_CONV=bf16.
+        config.train.update(P_mean=-2.2, P_std=1.4, ema_halflife_kimg=2.0)
+        config.optim.update(lr=1e-4, lr_rampup_kimg=0.5)
+        config.stages = [corpus.stage(64, 40.0, 16, 1e-4), corpus.stage(128, 3.0, 8, 5e-5)]
     return config

@@ -366,6 +366,13 @@ def test_corpus_config_presets(built):
     linear = corpus_config.get_config("cpu-finish4")
     assert dict(linear.data.gamma) == {"photography": (1.0, 2.4)}
     assert [s["resolution"] for s in linear.stages] == [64, 128]
+    from pdr_jax.configs import rgb
+
+    colour = rgb.get_config("cpu-finish")  # the shipped colour prior's last run
+    assert colour.model.img_channels == 3 and dict(colour.data.gamma) == {"photography": (1.0, 2.4)}
+    assert (colour.train.P_mean, colour.optim.lr) == (-2.2, 1e-4)
+    with pytest.raises(ValueError, match="expected 'cpu', 'cpu-finish' or 'tiny'"):
+        rgb.get_config("gpu")
     with pytest.raises(ValueError, match="unknown preset"):
         corpus_config.get_config("gpu")
     root, _, _ = built
