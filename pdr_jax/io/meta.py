@@ -14,13 +14,14 @@ class UnreadableImageError(ValueError):
     """A file that is not a readable image: corrupt, truncated, or of an unusable shape."""
 
 
+RAW_EXTENSIONS = (".arw", ".dng", ".nef", ".cr2")  # camera RAW files, read through rawpy
 # What a file was taken for, by its extension (the readers' errors).
 FORMAT_NAMES = {
     **{ext: "PNG/JPEG" for ext in (".png", ".jpg", ".jpeg")},
     **{ext: "TIFF" for ext in (".tif", ".tiff")},
     **{ext: "FITS" for ext in (".fits", ".fit", ".fts")},
     ".npy": "NumPy .npy",
-    **{ext: f"camera RAW ({ext[1:].upper()})" for ext in (".arw", ".dng", ".nef", ".cr2")},
+    **{ext: f"camera RAW ({ext[1:].upper()})" for ext in RAW_EXTENSIONS},
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pdr_jax.io.meta import (
+    RAW_EXTENSIONS,
     ImageMeta,
     UnreadableImageError,
     check_image_array,
@@ -34,7 +35,6 @@ from pdr_jax.io.meta import (
 )
 from pdr_jax.io.tiff import read_tiff
 
-RAW_EXTENSIONS = (".arw", ".dng", ".nef", ".cr2")
 SKIMAGE_SCHEME = "skimage://"
 
 # Luminance weights for linear RGB -> gray; the ones skimage.color.rgb2gray uses (Rec. 709).

@@ -162,6 +162,7 @@ def test_truncated_tiff_is_unreadable(tmp_path):
 def test_a_file_that_is_not_its_format_says_what_it_was_taken_for(tmp_path, name, kind):
     """A header that its reader cannot parse: the error names the file and the format that its
     extension promised, then the reader's own words."""
+    assert set(readers.READERS) <= set(image_meta.FORMAT_NAMES)  # every readable extension is named
     (tmp_path / name).write_bytes(b"II*\x00 not an image at all")
     with pytest.raises(
         readers.UnreadableImageError, match=rf"{name}: not a readable {kind} file \("
